@@ -1,0 +1,128 @@
+/**
+ * The audit log writer: fills the envelope, chains each record to the previous one and appends
+ * JSON lines through pino's destination (sonic-boom). Building a record is synchronous, so the
+ * chain order is the call order. What to record is decided by the session; checking is verify.ts.
+ */
+import { open, stat } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import { pino } from 'pino';
+import type { Logger } from '../observability/logger.js';
+import type { Metrics } from '../observability/metrics.js';
+import { AUDIT_SCHEMA, type AuditEvent, type AuditRecord, recordHash, rfc3339Micros, uuidv7 } from './record.js';
+
+type Destination = ReturnType<typeof pino.destination>;
+
+export class AuditLog {
+  private seq = 0;
+  private head: string | null;
+  private readonly instance: AuditRecord['instance'];
+  private readonly monoBase = process.hrtime.bigint();
+  private readonly wallBaseNs = BigInt(Date.now()) * 1_000_000n;
+  private failed: Error | null = null;
+
+  private constructor(
+    private readonly dest: Destination | null,
+    prevHead: string | null,
+    instanceId: string,
+    version: string,
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+  ) {
+    this.head = prevHead;
+    this.instance = { id: instanceId, version, boot_id: randomUUID() };
+    dest?.on('error', (err: Error) => {
+      this.failed = err;
+      this.log.error({ err }, 'audit log write failed');
+    });
+  }
+
+  /** Opens (creating) the file and continues the chain from its last record. No file: records are only counted. */
+  static async open(file: string | undefined, instanceId: string, version: string, metrics: Metrics, log: Logger): Promise<AuditLog> {
+    if (file === undefined) return new AuditLog(null, null, instanceId, version, metrics, log);
+    const prev = await readLastHash(file, log);
+    const dest = pino.destination({ dest: file, append: true, mkdir: true, sync: false, minLength: 0 });
+    await new Promise<void>((resolve, reject) => {
+      dest.once('ready', () => resolve());
+      dest.once('error', reject);
+    });
+    return new AuditLog(dest, prev, instanceId, version, metrics, log);
+  }
+
+  get bootId(): string {
+    return this.instance.boot_id;
+  }
+
+  /** True once a write has failed; fail-closed callers check this (issue 5 makes it durable). */
+  get healthy(): boolean {
+    return this.failed === null;
+  }
+
+  append(event: AuditEvent): AuditRecord {
+    const elapsed = process.hrtime.bigint() - this.monoBase;
+    const { event: name, ...fields } = event;
+    const record = {
+      schema: AUDIT_SCHEMA,
+      event: name,
+      id: uuidv7(),
+      time: rfc3339Micros(this.wallBaseNs + elapsed),
+      mono_ns: Number(elapsed),
+      instance: this.instance,
+      seq: this.seq++,
+      ...fields,
+      chain: { prev: this.head, hash: '' },
+    } as AuditRecord;
+    record.chain.hash = recordHash(record);
+    this.head = record.chain.hash;
+    this.dest?.write(`${JSON.stringify(record)}\n`);
+    this.metrics.auditRecords.inc({ event: name });
+    return record;
+  }
+
+  async flush(): Promise<void> {
+    const dest = this.dest;
+    if (dest === null) return;
+    await new Promise<void>((resolve) => {
+      dest.flush((err) => {
+        if (err) this.log.error({ err }, 'audit flush failed');
+        resolve();
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.flush();
+    const dest = this.dest;
+    if (dest === null) return;
+    await new Promise<void>((resolve) => {
+      dest.once('close', () => resolve());
+      dest.end();
+    });
+  }
+}
+
+/** The chain hash of the file's last complete record, or null for a new or empty file. */
+async function readLastHash(file: string, log: Logger): Promise<string | null> {
+  let size: number;
+  try {
+    size = (await stat(file)).size;
+  } catch {
+    return null;
+  }
+  if (size === 0) return null;
+  const fh = await open(file, 'r');
+  try {
+    const len = Math.min(size, 1 << 20);
+    const buf = Buffer.alloc(len);
+    await fh.read(buf, 0, len, size - len);
+    const lines = buf.toString('utf8').split('\n').filter((l) => l.length > 0);
+    const last = lines[lines.length - 1];
+    if (last === undefined) return null;
+    const rec = JSON.parse(last) as { chain?: { hash?: unknown } };
+    return typeof rec.chain?.hash === 'string' ? rec.chain.hash : null;
+  } catch (err) {
+    log.warn({ err, file }, 'audit file has no readable last record; starting a new chain');
+    return null;
+  } finally {
+    await fh.close();
+  }
+}

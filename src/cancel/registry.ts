@@ -1,0 +1,45 @@
+/**
+ * Proxy-issued cancel keys and what they point at. A client only ever sees our key; the
+ * upstream's key stays here. Lookup compares the secret in constant time, and an unknown key
+ * is simply not found: the caller drops it silently, as PostgreSQL does.
+ */
+import { randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
+
+export interface CancelTarget {
+  readonly tenantId: string;
+  /** Sends the cancel to whatever upstream currently serves the session (may change with pooling). */
+  cancel(): void;
+}
+
+interface Entry {
+  readonly secret: Buffer;
+  readonly target: CancelTarget;
+}
+
+export class CancelRegistry {
+  private readonly entries = new Map<number, Entry>();
+
+  /** Issues a fresh (processId, secretKey) for a session. 3.0 keys are 4 bytes. */
+  issue(target: CancelTarget): { processId: number; secretKey: Buffer } {
+    let processId: number;
+    do processId = randomInt(1, 0x7fffffff);
+    while (this.entries.has(processId));
+    const secretKey = randomBytes(4);
+    this.entries.set(processId, { secret: secretKey, target });
+    return { processId, secretKey };
+  }
+
+  release(processId: number): void {
+    this.entries.delete(processId);
+  }
+
+  lookup(processId: number, secretKey: Buffer): CancelTarget | undefined {
+    const e = this.entries.get(processId);
+    if (e === undefined || e.secret.length !== secretKey.length) return undefined;
+    return timingSafeEqual(e.secret, secretKey) ? e.target : undefined;
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+}

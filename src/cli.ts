@@ -1,0 +1,93 @@
+#!/usr/bin/env node
+/**
+ * The `pgwarden` command: serve, check-config, hash-password, audit verify.
+ * Each subcommand is a thin shell around the module that does the work.
+ */
+import { parseArgs } from 'node:util';
+import { loadConfigFile } from './config/load.js';
+import { ConfigError } from './config/schema.js';
+import { DEFAULT_ITERATIONS, makeScramVerifier } from './auth/scram.js';
+import { verifyAuditFile } from './audit/verify.js';
+import { serve } from './main.js';
+
+const USAGE = `usage:
+  pgwarden serve --config FILE            run the proxy
+  pgwarden check-config --config FILE     validate a config file
+  pgwarden hash-password [--iterations N] read a password on stdin, print a SCRAM-SHA-256 verifier
+  pgwarden audit verify FILE              check an audit log's hash chain
+`;
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  switch (cmd) {
+    case 'serve': {
+      const { values } = parseArgs({ args: rest, options: { config: { type: 'string', short: 'c' } } });
+      if (values.config === undefined) throw new UsageError('serve needs --config FILE');
+      await serve(values.config);
+      return -1; // keeps running
+    }
+    case 'check-config': {
+      const { values } = parseArgs({ args: rest, options: { config: { type: 'string', short: 'c' } } });
+      if (values.config === undefined) throw new UsageError('check-config needs --config FILE');
+      const config = await loadConfigFile(values.config);
+      process.stdout.write(`${values.config}: OK (${config.tenants.size} tenant${config.tenants.size === 1 ? '' : 's'})\n`);
+      return 0;
+    }
+    case 'hash-password': {
+      const { values } = parseArgs({ args: rest, options: { iterations: { type: 'string', short: 'i' } } });
+      const iterations = values.iterations === undefined ? DEFAULT_ITERATIONS : Number(values.iterations);
+      if (!Number.isInteger(iterations) || iterations < 1000 || iterations > 10_000_000) throw new UsageError('--iterations must be an integer from 1000 to 10000000');
+      if (process.stdin.isTTY) process.stderr.write('password (then Enter, Ctrl-D): ');
+      const password = (await readStdin()).replace(/\r?\n$/, '');
+      if (password.length === 0) throw new UsageError('empty password on stdin');
+      process.stdout.write(`${await makeScramVerifier(password, iterations)}\n`);
+      return 0;
+    }
+    case 'audit': {
+      const [sub, ...args] = rest;
+      if (sub !== 'verify' || args.length !== 1) throw new UsageError('audit verify FILE');
+      const result = await verifyAuditFile(args[0]!);
+      if (result.ok) {
+        process.stdout.write(`${args[0]}: OK, ${result.records} records, head ${result.head ?? '(empty)'}\n`);
+        return 0;
+      }
+      const bad = result.firstBad!;
+      process.stdout.write(`${args[0]}: FAILED at line ${bad.line}${bad.id === undefined ? '' : ` (id ${bad.id})`}: ${bad.problem}\n`);
+      return 1;
+    }
+    case undefined:
+    case '-h':
+    case '--help':
+    case 'help':
+      process.stdout.write(USAGE);
+      return cmd === undefined ? 2 : 0;
+    default:
+      throw new UsageError(`unknown command "${cmd}"`);
+  }
+}
+
+class UsageError extends Error {}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code >= 0) process.exitCode = code;
+  },
+  (err: unknown) => {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`${err.message}\n`);
+      process.exitCode = 1;
+    } else if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') === true) {
+      process.stderr.write(`pgwarden: ${(err as Error).message}\n${USAGE}`);
+      process.exitCode = 2;
+    } else {
+      process.stderr.write(`pgwarden: ${(err as Error).stack ?? String(err)}\n`);
+      process.exitCode = 1;
+    }
+  },
+);

@@ -1,0 +1,314 @@
+/**
+ * The typed Config and its validation. Turns the parsed TOML tree into one immutable Config
+ * or a list of problems, each naming the offending key and why. Reading files is load.ts's job.
+ */
+import { BlockList, isIP } from 'node:net';
+import { parseScramVerifier, type ScramVerifier } from '../auth/scram.js';
+
+export type BackendTls = 'disable' | 'require' | 'verify-full';
+
+export interface UserConfig {
+  readonly name: string;
+  /** The client's verifier; pgwarden never holds a client's plaintext password. */
+  readonly verifier: ScramVerifier;
+  /** Role on the tenant's server (defaults to the user's name). */
+  readonly backendUser: string;
+  /** Name of the env var holding the backend password; absent means SCRAM pass-through. */
+  readonly backendPasswordEnv: string | undefined;
+}
+
+export interface TenantConfig {
+  readonly id: string;
+  readonly enabled: boolean;
+  readonly backendHost: string;
+  readonly backendPort: number;
+  readonly backendDatabase: string;
+  readonly backendTls: BackendTls;
+  readonly backendCaPath: string | undefined;
+  readonly maxClientConnections: number;
+  readonly allowCidrs: readonly string[];
+  readonly allowList: BlockList;
+  readonly users: ReadonlyMap<string, UserConfig>;
+}
+
+export interface Config {
+  readonly server: {
+    readonly listenHost: string;
+    readonly listenPort: number;
+    readonly tlsCertPath: string | undefined;
+    readonly tlsKeyPath: string | undefined;
+    readonly tlsMinVersion: 'TLSv1.2' | 'TLSv1.3';
+    readonly requireTls: boolean;
+    readonly sniSuffix: string;
+    readonly authTimeoutMs: number;
+    readonly shutdownTimeoutMs: number;
+    readonly maxPreauthConnections: number;
+    readonly maxPreauthPerSource: number;
+    readonly backendConnectTimeoutMs: number;
+    readonly mockSecretEnv: string | undefined;
+  };
+  readonly metrics: { readonly listenHost: string; readonly listenPort: number } | undefined;
+  readonly audit: { readonly file: string | undefined };
+  readonly log: { readonly level: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent' };
+  readonly tenants: ReadonlyMap<string, TenantConfig>;
+}
+
+/** A tenant id is a DNS label: it appears as the first label of the SNI host name. */
+export const TENANT_ID_RE = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+
+export class ConfigError extends Error {
+  constructor(readonly problems: readonly string[]) {
+    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
+  }
+}
+
+type Tree = Record<string, unknown>;
+
+/** Collects problems while reading typed values out of the TOML tree. */
+class Reader {
+  readonly problems: string[] = [];
+
+  section(tree: Tree, key: string, path: string, known: readonly string[], required = false): Tree | undefined {
+    const v = tree[key];
+    if (v === undefined) {
+      if (required) this.problems.push(`${path}: missing section`);
+      return undefined;
+    }
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+      this.problems.push(`${path}: must be a table`);
+      return undefined;
+    }
+    this.unknownKeys(v as Tree, path, known);
+    return v as Tree;
+  }
+
+  unknownKeys(tree: Tree, path: string, known: readonly string[]): void {
+    for (const k of Object.keys(tree)) {
+      if (!known.includes(k)) this.problems.push(`${path}.${k}: unknown key`);
+    }
+  }
+
+  str(tree: Tree | undefined, key: string, path: string, dflt?: string): string | undefined {
+    const v = tree?.[key];
+    if (v === undefined) return dflt;
+    if (typeof v !== 'string') {
+      this.problems.push(`${path}.${key}: must be a string`);
+      return dflt;
+    }
+    return v;
+  }
+
+  bool(tree: Tree | undefined, key: string, path: string, dflt: boolean): boolean {
+    const v = tree?.[key];
+    if (v === undefined) return dflt;
+    if (typeof v !== 'boolean') {
+      this.problems.push(`${path}.${key}: must be true or false`);
+      return dflt;
+    }
+    return v;
+  }
+
+  int(tree: Tree | undefined, key: string, path: string, dflt: number, min: number, max: number): number {
+    const v = tree?.[key];
+    if (v === undefined) return dflt;
+    const n = typeof v === 'bigint' ? Number(v) : v;
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
+      this.problems.push(`${path}.${key}: must be an integer from ${min} to ${max}`);
+      return dflt;
+    }
+    return n;
+  }
+
+  /** Durations: "250ms", "30s", "5m", "1h", or an integer of milliseconds. */
+  duration(tree: Tree | undefined, key: string, path: string, dfltMs: number, minMs: number, maxMs: number): number {
+    const v = tree?.[key];
+    if (v === undefined) return dfltMs;
+    const ms = parseDurationMs(v);
+    if (ms === undefined || ms < minMs || ms > maxMs) {
+      this.problems.push(`${path}.${key}: must be a duration like "30s" from ${minMs} ms to ${maxMs} ms`);
+      return dfltMs;
+    }
+    return ms;
+  }
+
+  strArray(tree: Tree | undefined, key: string, path: string, dflt: readonly string[]): readonly string[] {
+    const v = tree?.[key];
+    if (v === undefined) return dflt;
+    if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) {
+      this.problems.push(`${path}.${key}: must be an array of strings`);
+      return dflt;
+    }
+    return v as string[];
+  }
+
+  listen(tree: Tree | undefined, key: string, path: string, dflt: string): { host: string; port: number } {
+    const s = this.str(tree, key, path, dflt) ?? dflt;
+    const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(s);
+    const port = m ? Number(m[3]) : NaN;
+    if (!m || port > 65535) {
+      this.problems.push(`${path}.${key}: must be "host:port" (IPv6 as "[::1]:port")`);
+      return { host: '127.0.0.1', port: 0 };
+    }
+    return { host: (m[1] ?? m[2])!, port };
+  }
+}
+
+export function parseDurationMs(v: unknown): number | undefined {
+  if (typeof v === 'number' && Number.isInteger(v) && v >= 0) return v;
+  if (typeof v === 'bigint' && v >= 0n) return Number(v);
+  if (typeof v !== 'string') return undefined;
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)$/.exec(v.trim());
+  if (!m) return undefined;
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 'ms' | 's' | 'm' | 'h'];
+  return Math.round(Number(m[1]) * unit);
+}
+
+/** Validates a parsed TOML tree. `resolvePath` makes file paths absolute (relative to the config file). */
+export function validateConfig(tree: Tree, resolvePath: (p: string) => string): Config {
+  const r = new Reader();
+  r.unknownKeys(tree, '', ['server', 'metrics', 'audit', 'log', 'tenants']);
+  const s = r.section(tree, 'server', 'server', [
+    'listen', 'tls_cert', 'tls_key', 'tls_min_version', 'require_tls', 'sni_suffix', 'auth_timeout',
+    'shutdown_timeout', 'max_preauth_connections', 'max_preauth_per_source', 'backend_connect_timeout', 'mock_secret_env',
+  ], true);
+  const listen = r.listen(s, 'listen', 'server', '127.0.0.1:6432');
+  const tlsCert = r.str(s, 'tls_cert', 'server');
+  const tlsKey = r.str(s, 'tls_key', 'server');
+  if ((tlsCert === undefined) !== (tlsKey === undefined)) r.problems.push('server.tls_cert: tls_cert and tls_key go together');
+  const tlsMin = r.str(s, 'tls_min_version', 'server', 'TLSv1.2');
+  if (tlsMin !== 'TLSv1.2' && tlsMin !== 'TLSv1.3') r.problems.push('server.tls_min_version: must be "TLSv1.2" or "TLSv1.3"');
+  const requireTls = r.bool(s, 'require_tls', 'server', true);
+  if (requireTls && tlsCert === undefined) r.problems.push('server.require_tls: is true but no server.tls_cert/tls_key is set');
+  const sniSuffix = (r.str(s, 'sni_suffix', 'server', '') ?? '').toLowerCase().replace(/^\./, '');
+  if (sniSuffix !== '' && !/^[a-z0-9.-]+$/.test(sniSuffix)) r.problems.push('server.sni_suffix: must be a DNS name like "db.example.com"');
+
+  const server = {
+    listenHost: listen.host,
+    listenPort: listen.port,
+    tlsCertPath: tlsCert === undefined ? undefined : resolvePath(tlsCert),
+    tlsKeyPath: tlsKey === undefined ? undefined : resolvePath(tlsKey),
+    tlsMinVersion: (tlsMin === 'TLSv1.3' ? 'TLSv1.3' : 'TLSv1.2') as 'TLSv1.2' | 'TLSv1.3',
+    requireTls,
+    sniSuffix,
+    authTimeoutMs: r.duration(s, 'auth_timeout', 'server', 60_000, 100, 600_000),
+    shutdownTimeoutMs: r.duration(s, 'shutdown_timeout', 'server', 30_000, 0, 86_400_000),
+    maxPreauthConnections: r.int(s, 'max_preauth_connections', 'server', 2_000, 1, 1_000_000),
+    maxPreauthPerSource: r.int(s, 'max_preauth_per_source', 'server', 200, 1, 1_000_000),
+    backendConnectTimeoutMs: r.duration(s, 'backend_connect_timeout', 'server', 10_000, 100, 600_000),
+    mockSecretEnv: r.str(s, 'mock_secret_env', 'server'),
+  };
+
+  const m = r.section(tree, 'metrics', 'metrics', ['listen']);
+  const metricsListen = m === undefined ? undefined : r.listen(m, 'listen', 'metrics', '127.0.0.1:9187');
+  const a = r.section(tree, 'audit', 'audit', ['file']);
+  const auditFile = r.str(a, 'file', 'audit');
+  const l = r.section(tree, 'log', 'log', ['level']);
+  const level = r.str(l, 'level', 'log', 'info') ?? 'info';
+  const levels = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+  if (!(levels as readonly string[]).includes(level)) r.problems.push(`log.level: must be one of ${levels.join(', ')}`);
+
+  const tenants = new Map<string, TenantConfig>();
+  // Tenant ids are free-form keys, each checked below.
+  const t = tree['tenants'] as Tree | undefined;
+  if (t !== undefined && (typeof t !== 'object' || t === null || Array.isArray(t))) r.problems.push('tenants: must be a table');
+  for (const [id, raw] of Object.entries(t ?? {})) {
+    const path = `tenants.${id}`;
+    if (!TENANT_ID_RE.test(id)) {
+      r.problems.push(`${path}: tenant id must be a lower-case DNS label (a-z, 0-9, '-')`);
+      continue;
+    }
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+      r.problems.push(`${path}: must be a table`);
+      continue;
+    }
+    const tt = raw as Tree;
+    r.unknownKeys(tt, path, ['backend', 'backend_tls', 'backend_ca', 'max_client_connections', 'allow_cidrs', 'enabled', 'users']);
+    const backend = r.str(tt, 'backend', path);
+    let backendHost = '';
+    let backendPort = 5432;
+    let backendDatabase = 'postgres';
+    if (backend === undefined) r.problems.push(`${path}.backend: missing (e.g. "postgresql://10.0.0.5:5432/appdb")`);
+    else {
+      try {
+        const u = new URL(backend);
+        if (u.protocol !== 'postgresql:' && u.protocol !== 'postgres:') throw new Error('scheme');
+        if (u.username !== '' || u.password !== '') {
+          r.problems.push(`${path}.backend: must not contain credentials (use users.<name>.backend_password_env)`);
+        }
+        backendHost = u.hostname.replace(/^\[|\]$/g, '');
+        backendPort = u.port === '' ? 5432 : Number(u.port);
+        backendDatabase = decodeURIComponent(u.pathname.replace(/^\//, '')) || 'postgres';
+        if (backendHost === '') throw new Error('host');
+      } catch {
+        r.problems.push(`${path}.backend: must be a URL like "postgresql://host:5432/database"`);
+      }
+    }
+    const backendTls = r.str(tt, 'backend_tls', path, 'verify-full') ?? 'verify-full';
+    if (!['disable', 'require', 'verify-full'].includes(backendTls)) r.problems.push(`${path}.backend_tls: must be "disable", "require" or "verify-full"`);
+    const backendCa = r.str(tt, 'backend_ca', path);
+    if (backendTls === 'verify-full' && backendCa === undefined) {
+      r.problems.push(`${path}.backend_ca: required when backend_tls = "verify-full"`);
+    }
+    const allowCidrs = r.strArray(tt, 'allow_cidrs', path, ['0.0.0.0/0', '::/0']);
+    const allowList = new BlockList();
+    for (const c of allowCidrs) {
+      const [addr, prefixStr] = c.split('/');
+      const family = isIP(addr ?? '');
+      const prefix = prefixStr === undefined ? (family === 6 ? 128 : 32) : Number(prefixStr);
+      if (family === 0 || !Number.isInteger(prefix) || prefix < 0 || prefix > (family === 6 ? 128 : 32)) {
+        r.problems.push(`${path}.allow_cidrs: "${c}" is not a CIDR like "10.0.0.0/8"`);
+        continue;
+      }
+      allowList.addSubnet(addr!, prefix, family === 6 ? 'ipv6' : 'ipv4');
+    }
+    const users = new Map<string, UserConfig>();
+    const u = tt['users'];
+    if (u !== undefined && (typeof u !== 'object' || u === null || Array.isArray(u))) r.problems.push(`${path}.users: must be a table`);
+    for (const [name, rawUser] of Object.entries((u as Tree | undefined) ?? {})) {
+      const upath = `${path}.users.${name}`;
+      if (typeof rawUser !== 'object' || rawUser === null || Array.isArray(rawUser)) {
+        r.problems.push(`${upath}: must be a table`);
+        continue;
+      }
+      const ut = rawUser as Tree;
+      r.unknownKeys(ut, upath, ['scram', 'backend_password_env', 'backend_user']);
+      const scram = r.str(ut, 'scram', upath);
+      let verifier: ScramVerifier | undefined;
+      if (scram === undefined) r.problems.push(`${upath}.scram: missing (make one with "pgwarden hash-password")`);
+      else {
+        verifier = parseScramVerifier(scram);
+        // Never echo the value: it is a secret.
+        if (verifier === undefined) r.problems.push(`${upath}.scram: not a SCRAM-SHA-256 verifier (SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)`);
+      }
+      const envName = r.str(ut, 'backend_password_env', upath);
+      if (envName !== undefined && process.env[envName] === undefined) {
+        r.problems.push(`${upath}.backend_password_env: environment variable ${envName} is not set`);
+      }
+      if (verifier !== undefined) {
+        users.set(name, { name, verifier, backendUser: r.str(ut, 'backend_user', upath, name) ?? name, backendPasswordEnv: envName });
+      }
+    }
+    tenants.set(id, {
+      id,
+      enabled: r.bool(tt, 'enabled', path, true),
+      backendHost,
+      backendPort,
+      backendDatabase,
+      backendTls: backendTls as BackendTls,
+      backendCaPath: backendCa === undefined ? undefined : resolvePath(backendCa),
+      maxClientConnections: r.int(tt, 'max_client_connections', path, 100, 0, 1_000_000),
+      allowCidrs,
+      allowList,
+      users,
+    });
+  }
+
+  if (r.problems.length > 0) throw new ConfigError(r.problems);
+  return {
+    server,
+    metrics: metricsListen === undefined ? undefined : { listenHost: metricsListen.host, listenPort: metricsListen.port },
+    audit: { file: auditFile === undefined ? undefined : resolvePath(auditFile) },
+    log: { level: level as Config['log']['level'] },
+    tenants,
+  };
+}

@@ -1,0 +1,178 @@
+/**
+ * PgError and the catalogue of errors pgwarden itself raises (SECURITY.md §3).
+ * Messages marked PG are PostgreSQL's verbatim; the others are ours and stable (tests match them).
+ * docs/errors.md mirrors this catalogue; test/unit/errors.test.ts keeps the two in step.
+ */
+import { encodeErrorResponse } from './protocol/backend.js';
+
+export const SQLSTATE = {
+  PROTOCOL_VIOLATION: '08P01',
+  CONNECTION_FAILURE: '08006',
+  INVALID_AUTHORIZATION: '28000',
+  INVALID_PASSWORD: '28P01',
+  UNDEFINED_DATABASE: '3D000',
+  INVALID_PARAMETER_VALUE: '22023',
+  TOO_MANY_CONNECTIONS: '53300',
+  ADMIN_SHUTDOWN: '57P01',
+  CANNOT_CONNECT_NOW: '57P03',
+  FEATURE_NOT_SUPPORTED: '0A000',
+  INTERNAL_ERROR: 'XX000',
+} as const;
+export type SqlState = (typeof SQLSTATE)[keyof typeof SQLSTATE];
+
+/** Bounded label for metrics and audit. */
+export type ErrorKind = 'client' | 'auth' | 'limit' | 'upstream' | 'internal' | 'shutdown';
+
+export class PgError extends Error {
+  readonly sqlstate: SqlState;
+  readonly kind: ErrorKind;
+  readonly severity: 'ERROR' | 'FATAL';
+  readonly detail: string | undefined;
+  readonly hint: string | undefined;
+  /** Internal reason for audit and logs; never sent to the client. */
+  readonly reason: string;
+
+  constructor(
+    sqlstate: SqlState,
+    clientMessage: string,
+    kind: ErrorKind,
+    reason: string,
+    extra?: { detail?: string; hint?: string; severity?: 'ERROR' | 'FATAL'; cause?: unknown },
+  ) {
+    super(clientMessage, extra?.cause === undefined ? undefined : { cause: extra.cause });
+    this.sqlstate = sqlstate;
+    this.kind = kind;
+    this.reason = reason;
+    this.severity = extra?.severity ?? 'FATAL';
+    this.detail = extra?.detail;
+    this.hint = extra?.hint;
+  }
+
+  /** The ErrorResponse frame exactly as the client will see it. */
+  toFrame(): Buffer {
+    return encodeErrorResponse({
+      severity: this.severity,
+      code: this.sqlstate,
+      message: this.message,
+      detail: this.detail,
+      hint: this.hint,
+    });
+  }
+}
+
+/** Printable ASCII only, at most 63 bytes (NAMEDATALEN - 1): attacker-supplied names in messages. */
+export function sanitizeName(name: string): string {
+  // eslint-disable-next-line no-control-regex
+  return name.replace(/[^\x20-\x7e]/g, '?').slice(0, 63);
+}
+
+const MITM_DETAIL =
+  'This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.';
+
+/** The catalogue. Each factory's name says the situation; row ids refer to SECURITY.md §3. */
+export const Errors = {
+  /** N3 */
+  dataAfterSslRequest: () =>
+    new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'received unencrypted data after SSL request', 'client', 'protocol_violation:data_after_sslrequest', { detail: MITM_DETAIL }),
+  /** N3, GSS variant */
+  dataAfterGssRequest: () =>
+    new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'received unencrypted data after GSSAPI encryption request', 'client', 'protocol_violation:data_after_gssencrequest', { detail: MITM_DETAIL }),
+  /** N5 */
+  startupLayout: () =>
+    new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'invalid startup packet layout: expected terminator as last byte', 'client', 'protocol_violation:startup_layout'),
+  /** N6 */
+  unsupportedProtocol: (major: number, minor: number) =>
+    new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, `unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.0`, 'client', 'protocol_violation:unsupported_version'),
+  /** N8 */
+  noUser: () =>
+    new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'no PostgreSQL user name specified in startup packet', 'client', 'protocol_violation:no_user'),
+  /** N9 (value) */
+  badReplicationValue: (value: string) =>
+    new PgError(SQLSTATE.INVALID_PARAMETER_VALUE, `invalid value for parameter "replication": "${sanitizeName(value)}"`, 'client', 'protocol_violation:replication_value'),
+  /** N9 (replication) */
+  replicationNotSupported: () =>
+    new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, 'replication connections are not supported', 'client', 'protocol_violation:replication'),
+  /** N11 */
+  tooManyClients: () =>
+    new PgError(SQLSTATE.TOO_MANY_CONNECTIONS, 'sorry, too many clients already', 'limit', 'too_many_connections'),
+  /** N12 */
+  shuttingDown: () =>
+    new PgError(SQLSTATE.CANNOT_CONNECT_NOW, 'the database system is shutting down', 'shutdown', 'draining'),
+  /** T1 */
+  tlsRequired: () =>
+    new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'TLS connection is required', 'client', 'tls_required', { hint: 'Connect with sslmode=require or stronger.' }),
+  /** T2 */
+  noTenant: () =>
+    new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'no tenant specified in connection request', 'client', 'unknown_tenant', {
+      hint: 'Use the host name <tenant>.<suffix> with TLS (SNI), or options=-c pgwarden.tenant=<tenant>, or user name <user>@<tenant>.',
+    }),
+  /** T3 */
+  inconsistentTenant: () =>
+    new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'inconsistent tenant identifiers in connection request', 'client', 'protocol_violation:tenant_mismatch'),
+  /** T4 */
+  invalidTenant: () =>
+    new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'invalid tenant identifier', 'client', 'protocol_violation:tenant_syntax'),
+  /** A1 */
+  expectedSaslResponse: (type: number) =>
+    new PgError(SQLSTATE.PROTOCOL_VIOLATION, `expected SASL response, got message type ${type}`, 'client', 'protocol_violation:expected_sasl'),
+  /** A2 */
+  expectedPasswordResponse: (type: number) =>
+    new PgError(SQLSTATE.PROTOCOL_VIOLATION, `expected password response, got message type ${type}`, 'client', 'protocol_violation:expected_password'),
+  /** A3 */
+  invalidMechanism: () =>
+    new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'client selected an invalid SASL authentication mechanism', 'client', 'protocol_violation:sasl_mechanism'),
+  /** A4 */
+  malformedScram: (detail: string) =>
+    new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'malformed SCRAM message', 'client', 'protocol_violation:scram_malformed', { detail }),
+  /** A5 */
+  invalidScramResponse: (detail: string) =>
+    new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'invalid SCRAM response', 'client', 'protocol_violation:scram_nonce', { detail }),
+  /** A6 */
+  scramAuthzid: () =>
+    new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, 'client uses authorization identity, but it is not supported', 'client', 'protocol_violation:scram_authzid'),
+  scramExtension: () =>
+    new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, 'client requires an unsupported SCRAM extension', 'client', 'protocol_violation:scram_extension'),
+  scramCbType: (type: string) =>
+    new PgError(SQLSTATE.PROTOCOL_VIOLATION, `unsupported SCRAM channel-binding type "${sanitizeName(type)}"`, 'client', 'protocol_violation:scram_cb_type'),
+  scramUnexpectedCb: () =>
+    new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'unexpected SCRAM channel-binding attribute in client-final-message', 'client', 'protocol_violation:scram_cb_attr'),
+  /** A7: the one answer to every credential failure. */
+  authFailed: (user: string, reason: string) =>
+    new PgError(SQLSTATE.INVALID_PASSWORD, `password authentication failed for user "${sanitizeName(user)}"`, 'auth', reason),
+  /** A8 */
+  channelBindingNegotiation: () =>
+    new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'SCRAM channel binding negotiation error', 'auth', 'channel_binding_downgrade', {
+      detail: 'The client supports SCRAM channel binding but thinks the server does not.  However, this server does support channel binding.',
+    }),
+  /** A9 */
+  channelBindingFailed: () =>
+    new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'SCRAM channel binding check failed', 'auth', 'channel_binding_mismatch'),
+  /** A10, S3 */
+  invalidLength: (reason = 'protocol_violation:length') =>
+    new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'invalid message length', 'client', reason),
+  /** A11 */
+  authTimeout: () => new PgError(SQLSTATE.CONNECTION_FAILURE, 'authentication timed out', 'client', 'auth_timeout'),
+  /** S1 */
+  tooManyConnectionsForDatabase: (database: string) =>
+    new PgError(SQLSTATE.TOO_MANY_CONNECTIONS, `too many connections for database "${sanitizeName(database)}"`, 'limit', 'too_many_connections'),
+  /** S2 */
+  invalidFrontendType: (type: number) =>
+    new PgError(SQLSTATE.PROTOCOL_VIOLATION, `invalid frontend message type ${type}`, 'client', 'protocol_violation:message_type'),
+  /** S4 */
+  invalidFormat: () =>
+    new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'invalid message format', 'client', 'protocol_violation:message_format'),
+  /** S8 */
+  adminShutdown: (reason: string) =>
+    new PgError(SQLSTATE.ADMIN_SHUTDOWN, 'terminating connection due to administrator command', 'shutdown', reason),
+  /** S10 */
+  auditUnavailable: () =>
+    new PgError(SQLSTATE.CANNOT_CONNECT_NOW, 'audit log is unavailable, not accepting connections', 'internal', 'audit_unavailable'),
+  /** S11 */
+  internal: () => new PgError(SQLSTATE.INTERNAL_ERROR, 'internal error', 'internal', 'internal'),
+  /** R2, R3 */
+  upstreamConnect: (reason: string, cause?: unknown) =>
+    new PgError(SQLSTATE.CONNECTION_FAILURE, 'could not connect to the tenant database', 'upstream', reason, { cause }),
+  /** R4 */
+  upstreamLost: () =>
+    new PgError(SQLSTATE.CONNECTION_FAILURE, 'connection to the tenant database was lost', 'upstream', 'backend_lost'),
+} as const;

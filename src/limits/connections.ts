@@ -1,0 +1,73 @@
+/**
+ * Connection quotas held as leases: pre-authentication slots (global and per source address)
+ * and per-tenant client sessions (checked after authentication, as PostgreSQL does).
+ * In-process for now; the Redis-backed implementation of issue 4 keeps this interface.
+ */
+
+/** A held slot. release() is idempotent, so a double release can never free someone else's slot. */
+export interface Lease {
+  release(): void;
+}
+
+export interface ConnectionLimiter {
+  tryAcquireTenant(tenantId: string, limit: number): Lease | null;
+  tenantActive(tenantId: string): number;
+}
+
+class CountLease implements Lease {
+  private released = false;
+  constructor(
+    private readonly counts: Map<string, number>,
+    private readonly key: string,
+  ) {}
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    const n = (this.counts.get(this.key) ?? 1) - 1;
+    if (n <= 0) this.counts.delete(this.key);
+    else this.counts.set(this.key, n);
+  }
+}
+
+function tryAcquire(counts: Map<string, number>, key: string, limit: number): Lease | null {
+  const n = counts.get(key) ?? 0;
+  if (n >= limit) return null;
+  counts.set(key, n + 1);
+  return new CountLease(counts, key);
+}
+
+export class LocalConnectionLimiter implements ConnectionLimiter {
+  private readonly tenants = new Map<string, number>();
+  tryAcquireTenant(tenantId: string, limit: number): Lease | null {
+    return tryAcquire(this.tenants, tenantId, limit);
+  }
+  tenantActive(tenantId: string): number {
+    return this.tenants.get(tenantId) ?? 0;
+  }
+}
+
+/** Pre-auth caps (SECURITY.md rule 9): a flood of slow handshakes cannot take every descriptor. */
+export class PreauthLimiter {
+  private readonly bySource = new Map<string, number>();
+  private total = 0;
+
+  tryAcquire(source: string, maxTotal: number, maxPerSource: number): Lease | null {
+    if (this.total >= maxTotal) return null;
+    const lease = tryAcquire(this.bySource, source, maxPerSource);
+    if (lease === null) return null;
+    this.total++;
+    let released = false;
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        this.total--;
+        lease.release();
+      },
+    };
+  }
+
+  get active(): number {
+    return this.total;
+  }
+}

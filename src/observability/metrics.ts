@@ -1,0 +1,115 @@
+/**
+ * Every Prometheus metric pgwarden exports lives here (prom-client, `pgwarden_` prefix, bounded
+ * labels). Hot counters (bytes, messages) are kept on the session and folded in at scrape time
+ * through `collect`, so the relay never touches a label map per message.
+ */
+import client from 'prom-client';
+
+/** What a live session reports at scrape time (deltas since the last fold). */
+export interface TrafficSource {
+  foldTraffic(m: Metrics): void;
+}
+
+export class Metrics {
+  readonly registry = new client.Registry();
+  readonly liveSessions = new Set<TrafficSource>();
+
+  readonly clientConnections = new client.Gauge({
+    name: 'pgwarden_client_connections',
+    help: 'Authenticated client sessions currently open',
+    labelNames: ['tenant'] as const,
+    registers: [this.registry],
+  });
+  readonly preauthConnections = new client.Gauge({
+    name: 'pgwarden_preauth_connections',
+    help: 'Client connections not yet authenticated',
+    registers: [this.registry],
+  });
+  readonly sessions = new client.Counter({
+    name: 'pgwarden_sessions_total',
+    help: 'Client sessions by outcome (started, auth_failed, refused, upstream_failed)',
+    labelNames: ['tenant', 'outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly sessionEnds = new client.Counter({
+    name: 'pgwarden_session_ends_total',
+    help: 'Ended sessions by close reason',
+    labelNames: ['tenant', 'reason'] as const,
+    registers: [this.registry],
+  });
+  readonly authFailures = new client.Counter({
+    name: 'pgwarden_auth_failures_total',
+    help: 'Failed logins by internal reason (tenant is "unknown" when not configured)',
+    labelNames: ['tenant', 'reason'] as const,
+    registers: [this.registry],
+  });
+  readonly rejections = new client.Counter({
+    name: 'pgwarden_connection_rejections_total',
+    help: 'Connections refused before authentication, by reason',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly limitRejections = new client.Counter({
+    name: 'pgwarden_limit_rejections_total',
+    help: 'Refusals by a limit',
+    labelNames: ['tenant', 'limit'] as const,
+    registers: [this.registry],
+  });
+  readonly errors = new client.Counter({
+    name: 'pgwarden_errors_total',
+    help: 'Errors pgwarden sent to clients, by kind',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+  readonly bytes = new client.Counter({
+    name: 'pgwarden_relay_bytes_total',
+    help: 'Bytes relayed, by direction (client_to_upstream, upstream_to_client)',
+    labelNames: ['tenant', 'direction'] as const,
+    registers: [this.registry],
+    collect: () => this.foldAll(),
+  });
+  readonly messages = new client.Counter({
+    name: 'pgwarden_relay_messages_total',
+    help: 'Protocol messages relayed, by direction',
+    labelNames: ['tenant', 'direction'] as const,
+    registers: [this.registry],
+  });
+  readonly tlsHandshakes = new client.Counter({
+    name: 'pgwarden_tls_handshakes_total',
+    help: 'Client TLS handshakes by outcome and version',
+    labelNames: ['outcome', 'version'] as const,
+    registers: [this.registry],
+  });
+  readonly backendConnectSeconds = new client.Histogram({
+    name: 'pgwarden_backend_connect_duration_seconds',
+    help: 'Time to open and log in a backend connection',
+    labelNames: ['tenant', 'outcome'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+  readonly configReloads = new client.Counter({
+    name: 'pgwarden_config_reloads_total',
+    help: 'Configuration reloads by outcome',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly auditRecords = new client.Counter({
+    name: 'pgwarden_audit_records_total',
+    help: 'Audit records written, by event',
+    labelNames: ['event'] as const,
+    registers: [this.registry],
+  });
+  readonly draining = new client.Gauge({
+    name: 'pgwarden_draining',
+    help: '1 while the proxy drains for shutdown',
+    registers: [this.registry],
+  });
+
+  constructor() {
+    client.collectDefaultMetrics({ register: this.registry, prefix: 'pgwarden_' });
+  }
+
+  private foldAll(): void {
+    for (const s of this.liveSessions) s.foldTraffic(this);
+  }
+}

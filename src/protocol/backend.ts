@@ -1,0 +1,122 @@
+/**
+ * Encoders for what pgwarden sends to clients (B messages), and the few decoders of
+ * upstream replies that a decision needs. Constant frames are built once.
+ * @see https://www.postgresql.org/docs/current/protocol-message-formats.html
+ */
+import { AuthCode, Backend, PROTOCOL_MINOR_SUPPORTED, TxStatus, type TxStatusByte } from './codes.js';
+
+function frame(type: number, bodyLength: number): Buffer {
+  const out = Buffer.allocUnsafe(5 + bodyLength);
+  out[0] = type;
+  out.writeUInt32BE(4 + bodyLength, 1);
+  return out;
+}
+
+function authFrame(code: number, extra: Buffer | null): Buffer {
+  const extraLen = extra === null ? 0 : extra.length;
+  const out = frame(Backend.Authentication, 4 + extraLen);
+  out.writeUInt32BE(code, 5);
+  if (extra !== null) extra.copy(out, 9);
+  return out;
+}
+
+export const AUTHENTICATION_OK: Buffer = authFrame(AuthCode.Ok, null);
+export const AUTHENTICATION_CLEARTEXT_PASSWORD: Buffer = authFrame(AuthCode.CleartextPassword, null);
+export const SSL_ACCEPTED: Buffer = Buffer.from('S');
+export const SSL_REFUSED: Buffer = Buffer.from('N');
+export const READY_FOR_QUERY_IDLE: Buffer = encodeReadyForQuery(TxStatus.Idle);
+
+/** AuthenticationSASL with the mechanisms in preference order. */
+export function encodeAuthenticationSASL(mechanisms: readonly string[]): Buffer {
+  const parts = mechanisms.map((m) => Buffer.from(`${m}\0`, 'utf8'));
+  parts.push(Buffer.from([0]));
+  return authFrame(AuthCode.SASL, Buffer.concat(parts));
+}
+
+export function encodeAuthenticationSASLContinue(data: Buffer): Buffer {
+  return authFrame(AuthCode.SASLContinue, data);
+}
+
+export function encodeAuthenticationSASLFinal(data: Buffer): Buffer {
+  return authFrame(AuthCode.SASLFinal, data);
+}
+
+export function encodeReadyForQuery(status: TxStatusByte): Buffer {
+  const out = frame(Backend.ReadyForQuery, 1);
+  out[5] = status;
+  return out;
+}
+
+export function encodeBackendKeyData(processId: number, secretKey: Buffer): Buffer {
+  const out = frame(Backend.BackendKeyData, 4 + secretKey.length);
+  out.writeUInt32BE(processId >>> 0, 5);
+  secretKey.copy(out, 9);
+  return out;
+}
+
+export function encodeParameterStatus(name: string, value: string): Buffer {
+  const n = Buffer.byteLength(name);
+  const v = Buffer.byteLength(value);
+  const out = frame(Backend.ParameterStatus, n + 1 + v + 1);
+  out.write(name, 5, 'utf8');
+  out[5 + n] = 0;
+  out.write(value, 6 + n, 'utf8');
+  out[6 + n + v] = 0;
+  return out;
+}
+
+/** NegotiateProtocolVersion: newest minor we support and the options we did not recognise. */
+export function encodeNegotiateProtocolVersion(unrecognised: readonly string[]): Buffer {
+  const names = unrecognised.map((o) => Buffer.from(`${o}\0`, 'utf8'));
+  const body = Buffer.concat([Buffer.alloc(8), ...names]);
+  body.writeUInt32BE(PROTOCOL_MINOR_SUPPORTED, 0);
+  body.writeUInt32BE(unrecognised.length, 4);
+  const out = frame(Backend.NegotiateProtocolVersion, body.length);
+  body.copy(out, 5);
+  return out;
+}
+
+export interface ErrorFields {
+  severity: 'ERROR' | 'FATAL';
+  code: string;
+  message: string;
+  detail?: string | undefined;
+  hint?: string | undefined;
+}
+
+/** ErrorResponse with S, V, C, M and optional D, H fields. */
+export function encodeErrorResponse(f: ErrorFields): Buffer {
+  const parts: string[] = [`S${f.severity}`, `V${f.severity}`, `C${f.code}`, `M${f.message}`];
+  if (f.detail !== undefined) parts.push(`D${f.detail}`);
+  if (f.hint !== undefined) parts.push(`H${f.hint}`);
+  const body = Buffer.from(`${parts.join('\0')}\0\0`, 'utf8');
+  const out = frame(Backend.ErrorResponse, body.length);
+  body.copy(out, 5);
+  return out;
+}
+
+/**
+ * Reads one field (by its code letter) of an ErrorResponse or NoticeResponse body.
+ * Tolerates a hostile body: missing terminators end the scan, nothing is read past the end.
+ */
+export function readErrorField(body: Buffer, field: number): string | undefined {
+  let pos = 0;
+  while (pos < body.length) {
+    const code = body[pos]!;
+    if (code === 0) return undefined;
+    const end = body.indexOf(0, pos + 1);
+    if (end < 0) return undefined;
+    if (code === field) return body.toString('utf8', pos + 1, end);
+    pos = end + 1;
+  }
+  return undefined;
+}
+
+/** Decodes ParameterStatus body into name and value; null if malformed. */
+export function decodeParameterStatus(body: Buffer): { name: string; value: string } | null {
+  const a = body.indexOf(0);
+  if (a < 0) return null;
+  const b = body.indexOf(0, a + 1);
+  if (b !== body.length - 1) return null;
+  return { name: body.toString('utf8', 0, a), value: body.toString('utf8', a + 1, b) };
+}

@@ -1,0 +1,129 @@
+/**
+ * Decoders for what clients send (F messages). Bytes in, plain values out; every decoder
+ * throws ProtocolFormatError on a malformed body and never trusts a declared count or length.
+ * Policy (which parameters are allowed, what a mechanism means) is left to the callers.
+ */
+import { RequestCode } from './codes.js';
+
+/** The body does not have the layout its type requires. `detail` is PostgreSQL-like text. */
+export class ProtocolFormatError extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+  ) {
+    super(message);
+  }
+}
+
+export type FirstMessage =
+  | { kind: 'ssl_request' }
+  | { kind: 'gssenc_request' }
+  | { kind: 'cancel'; processId: number; secretKey: Buffer }
+  | { kind: 'startup'; major: number; minor: number; params: Map<string, string>; unknownProtocolOptions: string[] }
+  | { kind: 'unsupported_version'; major: number; minor: number };
+
+/** Decodes the untyped first message's body (after the length word). */
+export function decodeFirstMessage(body: Buffer): FirstMessage {
+  const code = body.readUInt32BE(0);
+  if (code === RequestCode.SSLRequest && body.length === 4) return { kind: 'ssl_request' };
+  if (code === RequestCode.GSSENCRequest && body.length === 4) return { kind: 'gssenc_request' };
+  if (code === RequestCode.CancelRequest) {
+    // Protocol 3.0 keys are 4 bytes; 3.2 allows up to 256. We accept both shapes.
+    if (body.length < 12 || body.length > 8 + 256) {
+      throw new ProtocolFormatError('invalid cancel request', 'cancel_length');
+    }
+    return { kind: 'cancel', processId: body.readUInt32BE(4), secretKey: Buffer.from(body.subarray(8)) };
+  }
+  const major = code >>> 16;
+  const minor = code & 0xffff;
+  if (major !== 3) return { kind: 'unsupported_version', major, minor };
+  const { params, unknownProtocolOptions } = decodeStartupParams(body.subarray(4));
+  return { kind: 'startup', major, minor, params, unknownProtocolOptions };
+}
+
+/**
+ * Startup parameters: name\0value\0 … \0. Later duplicates win, as in PostgreSQL.
+ * `_pq_.*` names are protocol options, reported separately and never returned as params.
+ */
+export function decodeStartupParams(buf: Buffer): { params: Map<string, string>; unknownProtocolOptions: string[] } {
+  if (buf.length === 0 || buf[buf.length - 1] !== 0) {
+    throw new ProtocolFormatError('invalid startup packet layout: expected terminator as last byte', 'startup_layout');
+  }
+  const params = new Map<string, string>();
+  const unknownProtocolOptions: string[] = [];
+  let pos = 0;
+  const end = buf.length - 1;
+  while (pos < end) {
+    const nameEnd = buf.indexOf(0, pos);
+    if (nameEnd < 0 || nameEnd >= end) {
+      throw new ProtocolFormatError('invalid startup packet layout: expected terminator as last byte', 'startup_layout');
+    }
+    const name = buf.toString('utf8', pos, nameEnd);
+    const valueEnd = buf.indexOf(0, nameEnd + 1);
+    if (valueEnd < 0 || valueEnd > end) {
+      throw new ProtocolFormatError('invalid startup packet layout: expected terminator as last byte', 'startup_layout');
+    }
+    const value = buf.toString('utf8', nameEnd + 1, valueEnd);
+    if (name.startsWith('_pq_.')) unknownProtocolOptions.push(name);
+    else params.set(name, value);
+    pos = valueEnd + 1;
+  }
+  if (pos !== end) {
+    throw new ProtocolFormatError('invalid startup packet layout: expected terminator as last byte', 'startup_layout');
+  }
+  return { params, unknownProtocolOptions };
+}
+
+/** SASLInitialResponse: mechanism\0, Int32 length (-1 = none), data. */
+export function decodeSASLInitialResponse(body: Buffer): { mechanism: string; data: Buffer | null } {
+  const nul = body.indexOf(0);
+  if (nul < 0 || body.length < nul + 5) throw new ProtocolFormatError('invalid message format', 'sasl_initial_layout');
+  const mechanism = body.toString('utf8', 0, nul);
+  const len = body.readInt32BE(nul + 1);
+  const rest = body.length - (nul + 5);
+  if (len === -1) {
+    if (rest !== 0) throw new ProtocolFormatError('invalid message format', 'sasl_initial_layout');
+    return { mechanism, data: null };
+  }
+  if (len < 0 || len !== rest) throw new ProtocolFormatError('invalid message format', 'sasl_initial_layout');
+  return { mechanism, data: body.subarray(nul + 5) };
+}
+
+/** PasswordMessage: one NUL-terminated string filling the body. */
+export function decodePasswordMessage(body: Buffer): Buffer {
+  const nul = body.indexOf(0);
+  if (nul !== body.length - 1) throw new ProtocolFormatError('invalid message format', 'password_layout');
+  return body.subarray(0, nul);
+}
+
+/** Encodes a startup message (no type byte) for the upstream login; pg-protocol's forces client_encoding. */
+export function encodeStartupMessage(params: ReadonlyMap<string, string>): Buffer {
+  let size = 4 + 4 + 1;
+  for (const [k, v] of params) size += Buffer.byteLength(k) + 1 + Buffer.byteLength(v) + 1;
+  const out = Buffer.alloc(size);
+  out.writeUInt32BE(size, 0);
+  out.writeUInt32BE(RequestCode.Protocol3, 4);
+  let pos = 8;
+  for (const [k, v] of params) {
+    pos += out.write(k, pos, 'utf8') + 1;
+    pos += out.write(v, pos, 'utf8') + 1;
+  }
+  return out;
+}
+
+/** CancelRequest for the upstream, with its own key. */
+export function encodeCancelRequest(processId: number, secretKey: Buffer): Buffer {
+  const out = Buffer.alloc(12 + secretKey.length - 4);
+  out.writeUInt32BE(out.length, 0);
+  out.writeUInt32BE(RequestCode.CancelRequest, 4);
+  out.writeUInt32BE(processId >>> 0, 8);
+  secretKey.copy(out, 12);
+  return out;
+}
+
+export const SSL_REQUEST: Buffer = (() => {
+  const b = Buffer.alloc(8);
+  b.writeUInt32BE(8, 0);
+  b.writeUInt32BE(RequestCode.SSLRequest, 4);
+  return b;
+})();

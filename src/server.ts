@@ -1,0 +1,228 @@
+/**
+ * The running proxy: the client listener, the admin listener, the shared registries and the
+ * lifecycle (start, reload, drain, close). It composes; sessions do the protocol work.
+ */
+import net from 'node:net';
+import http from 'node:http';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { Config, TenantConfig } from './config/schema.js';
+import { loadTlsMaterial, type TlsMaterial } from './net/tls.js';
+import { CancelRegistry } from './cancel/registry.js';
+import { LocalConnectionLimiter, PreauthLimiter, type ConnectionLimiter } from './limits/connections.js';
+import { AuditLog } from './audit/log.js';
+import { RejectionAggregator } from './audit/rejections.js';
+import { Metrics } from './observability/metrics.js';
+import { createLogger, type Logger } from './observability/logger.js';
+import { createAdminServer } from './admin/http.js';
+import { ClientSession } from './session/client-session.js';
+import type { SessionContext } from './session/context.js';
+import type { UpstreamTarget } from './pool/upstream.js';
+import { Errors } from './errors.js';
+
+export const VERSION = '0.1.0';
+/** One id per process, in every audit record's `instance`. */
+const INSTANCE_ID = randomUUID();
+
+export interface ProxyOptions {
+  logger?: Logger;
+}
+
+export class Proxy {
+  readonly cancels = new CancelRegistry();
+  readonly limiter: ConnectionLimiter = new LocalConnectionLimiter();
+  readonly preauth = new PreauthLimiter();
+  readonly sessions = new Set<ClientSession>();
+  readonly instanceId = INSTANCE_ID;
+  private ctx: SessionContext;
+  private listener: net.Server | null = null;
+  private admin: http.Server | null = null;
+  private draining = false;
+  private drainTimer: NodeJS.Timeout | null = null;
+  private readonly rejections: RejectionAggregator;
+
+  private constructor(
+    config: Config,
+    tlsMaterial: TlsMaterial | null,
+    readonly metrics: Metrics,
+    readonly audit: AuditLog,
+    readonly log: Logger,
+  ) {
+    this.rejections = new RejectionAggregator(() => this.audit, this.metrics);
+    this.ctx = this.makeContext(config, tlsMaterial);
+  }
+
+  static async start(config: Config, opts: ProxyOptions = {}): Promise<Proxy> {
+    const log = opts.logger ?? createLogger(config.log.level);
+    const tlsMaterial = loadTls(config);
+    const metrics = new Metrics();
+    const audit = await AuditLog.open(config.audit.file, INSTANCE_ID, VERSION, metrics, log);
+    const proxy = new Proxy(config, tlsMaterial, metrics, audit, log);
+    await proxy.listen(config);
+    proxy.audit.append({ event: 'proxy.lifecycle', state: 'started', instance_id: proxy.instanceId, listen: proxy.address });
+    log.info({ listen: proxy.address, metrics: proxy.metricsAddress, tenants: config.tenants.size }, 'pgwarden started');
+    return proxy;
+  }
+
+  get config(): Config {
+    return this.ctx.config;
+  }
+
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
+  get address(): { host: string; port: number } {
+    const a = this.listener?.address() as net.AddressInfo | null;
+    return { host: a?.address ?? '', port: a?.port ?? 0 };
+  }
+
+  get metricsAddress(): { host: string; port: number } | null {
+    const a = this.admin?.address() as net.AddressInfo | null | undefined;
+    return a ? { host: a.address, port: a.port } : null;
+  }
+
+  private makeContext(config: Config, tlsMaterial: TlsMaterial | null): SessionContext {
+    const cas = new Map<string, Buffer>();
+    for (const t of config.tenants.values()) if (t.backendCaPath !== undefined) cas.set(t.id, readFileSync(t.backendCaPath));
+    return {
+      config,
+      tls: tlsMaterial,
+      cancels: this.cancels,
+      limiter: this.limiter,
+      audit: this.audit,
+      rejections: this.rejections,
+      metrics: this.metrics,
+      log: this.log,
+      mockSecret: mockSecretFor(config),
+      isDraining: () => this.draining,
+      upstreamTarget: (tenant: TenantConfig): UpstreamTarget => ({
+        host: tenant.backendHost,
+        port: tenant.backendPort,
+        tls: tenant.backendTls,
+        ca: cas.get(tenant.id),
+      }),
+      onClosed: (s) => this.sessions.delete(s as ClientSession),
+    };
+  }
+
+  private async listen(config: Config): Promise<void> {
+    const server = net.createServer({ noDelay: true, pauseOnConnect: false }, (socket) => this.accept(socket));
+    server.on('error', (err) => this.log.error({ err }, 'listener error'));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(config.server.listenPort, config.server.listenHost, () => {
+        server.removeListener('error', reject);
+        resolve();
+      });
+    });
+    this.listener = server;
+    if (config.metrics !== undefined) {
+      const admin = createAdminServer(this.metrics, () => !this.draining, this.log);
+      await new Promise<void>((resolve, reject) => {
+        admin.once('error', reject);
+        admin.listen(config.metrics!.listenPort, config.metrics!.listenHost, () => resolve());
+      });
+      this.admin = admin;
+    }
+  }
+
+  private accept(socket: net.Socket): void {
+    socket.on('error', () => undefined); // errors before the session attaches its handler
+    const cfg = this.ctx.config.server;
+    const source = socket.remoteAddress ?? 'unknown';
+    const lease = this.preauth.tryAcquire(source, cfg.maxPreauthConnections, cfg.maxPreauthPerSource);
+    if (lease === null) {
+      // Over the pre-auth cap: close at once; reading or a TLS handshake is what the cap protects.
+      this.rejections.record('preauth_cap', source);
+      socket.destroy();
+      return;
+    }
+    try {
+      const session = new ClientSession(socket, this.ctx, lease);
+      this.sessions.add(session);
+    } catch (err) {
+      lease.release();
+      this.log.error({ err }, 'session setup failed');
+      socket.destroy();
+    }
+  }
+
+  /** Applies a new configuration to new sessions; running sessions keep theirs. Certificates reload too. */
+  reload(config: Config): void {
+    const tlsMaterial = loadTls(config);
+    const old = this.ctx.config;
+    if (old.server.listenHost !== config.server.listenHost || old.server.listenPort !== config.server.listenPort) {
+      this.log.warn('server.listen changed: takes effect after a restart');
+    }
+    this.ctx = this.makeContext(config, tlsMaterial);
+    this.log.level = config.log.level;
+    this.metrics.configReloads.inc({ outcome: 'ok' });
+    this.audit.append({ event: 'proxy.lifecycle', state: 'reloaded', tenants: [...config.tenants.keys()] });
+    this.log.info({ tenants: config.tenants.size }, 'configuration reloaded');
+  }
+
+  /**
+   * Drains: new connections get 57P03 after their startup packet; at the deadline the sessions
+   * still open get 57P01. Resolves when no session is left.
+   */
+  async drain(deadlineMs = this.ctx.config.server.shutdownTimeoutMs): Promise<void> {
+    if (!this.draining) {
+      this.draining = true;
+      this.metrics.draining.set(1);
+      this.audit.append({ event: 'proxy.lifecycle', state: 'draining', sessions: this.sessions.size });
+      this.log.info({ sessions: this.sessions.size, deadlineMs }, 'draining');
+      this.drainTimer = setTimeout(() => this.terminateAll('drain_deadline'), deadlineMs);
+    }
+    while (this.activeSessions() > 0) await new Promise((r) => setTimeout(r, 50));
+  }
+
+  /** Sessions past authentication (pre-auth ones are refused or time out on their own). */
+  activeSessions(): number {
+    let n = 0;
+    for (const s of this.sessions) if (s.phase === 'relaying' || s.phase === 'connecting') n++;
+    return n;
+  }
+
+  terminateAll(reason: 'drain_deadline' | 'admin'): void {
+    for (const s of [...this.sessions]) s.terminate(Errors.adminShutdown(reason), reason);
+  }
+
+  async close(): Promise<void> {
+    if (this.drainTimer !== null) clearTimeout(this.drainTimer);
+    this.terminateAll('admin');
+    await Promise.all([
+      new Promise<void>((r) => (this.listener ? this.listener.close(() => r()) : r())),
+      new Promise<void>((r) => {
+        if (!this.admin) return r();
+        this.admin.closeAllConnections();
+        this.admin.close(() => r());
+      }),
+    ]);
+    this.rejections.stop();
+    this.audit.append({ event: 'proxy.lifecycle', state: 'stopped' });
+    await this.audit.close();
+    this.log.info('pgwarden stopped');
+    this.log.flush();
+  }
+}
+
+function loadTls(config: Config): TlsMaterial | null {
+  const s = config.server;
+  if (s.tlsCertPath === undefined || s.tlsKeyPath === undefined) return null;
+  return loadTlsMaterial(s.tlsCertPath, s.tlsKeyPath, s.tlsMinVersion);
+}
+
+/**
+ * The mock-salt key: from the named env var, else derived from the TLS key (stable across
+ * restarts and secret), else random per process (documented: salts then change on restart).
+ */
+function mockSecretFor(config: Config): Buffer {
+  const env = config.server.mockSecretEnv;
+  if (env !== undefined && process.env[env] !== undefined) return createHash('sha256').update(process.env[env]!).digest();
+  if (config.server.tlsKeyPath !== undefined) {
+    return createHash('sha256').update('pgwarden-mock-v1\0').update(readFileSync(config.server.tlsKeyPath)).digest();
+  }
+  return PROCESS_MOCK_SECRET;
+}
+const PROCESS_MOCK_SECRET = randomBytes(32);

@@ -1,0 +1,818 @@
+/**
+ * One client connection, start to end, as a state machine:
+ *   accept → negotiating (SSLRequest/GSSENCRequest/CancelRequest/startup) → tls_handshake →
+ *   authenticating (SCRAM) → connecting (upstream login) → relaying → closed.
+ * `phase` changes only in this file. Protocol bytes come from protocol/, policy from routing/
+ * and auth/, the upstream from pool/. Every callback runs inside this session's error boundary:
+ * a throw ends this connection, never the process.
+ */
+import { randomUUID } from 'node:crypto';
+import { isIPv4, type Socket } from 'node:net';
+import tls from 'node:tls';
+import type { Config, TenantConfig, UserConfig } from '../config/schema.js';
+import { Errors, PgError, sanitizeName } from '../errors.js';
+import {
+  AUTHENTICATION_OK,
+  encodeAuthenticationSASL,
+  encodeAuthenticationSASLContinue,
+  encodeAuthenticationSASLFinal,
+  encodeBackendKeyData,
+  encodeNegotiateProtocolVersion,
+  encodeParameterStatus,
+  encodeReadyForQuery,
+  SSL_ACCEPTED,
+  SSL_REFUSED,
+} from '../protocol/backend.js';
+import { Backend, Frontend, Limits, frontendMaxLength, type TxStatusByte } from '../protocol/codes.js';
+import { FrameLengthError, FrameReader, FrameScanner, FrameTypeError, type ScanHandler } from '../protocol/frame-reader.js';
+import { decodeFirstMessage, decodeSASLInitialResponse, ProtocolFormatError } from '../protocol/frontend.js';
+import { readErrorField, decodeParameterStatus } from '../protocol/backend.js';
+import { mockVerifier, ScramServerExchange } from '../auth/scram.js';
+import { resolveStartup, type ResolvedStartup } from '../routing/resolve.js';
+import { connectUpstream, sendUpstreamCancel, UpstreamRefused, type UpstreamConnection, type UpstreamTarget } from '../pool/upstream.js';
+import type { Lease } from '../limits/connections.js';
+import type { SessionContext } from './context.js';
+import type { Metrics, TrafficSource } from '../observability/metrics.js';
+
+export type Phase = 'negotiating' | 'tls_handshake' | 'authenticating' | 'connecting' | 'relaying' | 'closed';
+
+/** Why a session ended (audit `session.end.reason`, metric label). */
+export type CloseReason =
+  | 'client_terminate'
+  | 'client_eof'
+  | 'backend_terminated'
+  | 'backend_lost'
+  | 'drain_deadline'
+  | 'protocol_violation'
+  | 'admin'
+  | 'internal'
+  | 'send_timeout';
+
+type AuthStage = 'negotiation' | 'startup' | 'sasl_first' | 'sasl_final' | 'backend_connect';
+
+/** After a FATAL is written, how long the peer gets to read it before the socket is destroyed. */
+const CLOSE_GRACE_MS = 5_000;
+
+const BACKEND_TYPES = new Set<number>(Object.values(Backend));
+
+export class ClientSession implements TrafficSource {
+  readonly id = randomUUID();
+  readonly startedAt = Date.now();
+  phase: Phase = 'negotiating';
+
+  private sock: Socket;
+  private readonly reader = new FrameReader();
+  private readonly remoteAddress: string;
+  private readonly remotePort: number;
+  private deadline: NodeJS.Timeout | null;
+  private preauthLease: Lease | null;
+  private tenantLease: Lease | null = null;
+
+  // Negotiation facts, for routing and the audit record.
+  private tlsNegotiation: 'sslrequest' | 'none' = 'none';
+  private tlsVersion: string | null = null;
+  private tlsCipher: string | null = null;
+  private sni: string | undefined = undefined;
+  private sslRequested = false;
+  private gssRequested = false;
+
+  // Authentication.
+  private startup: ResolvedStartup | null = null;
+  private tenant: TenantConfig | undefined = undefined;
+  private user: UserConfig | undefined = undefined;
+  private scram: ScramServerExchange | null = null;
+  private saslStage: 'initial' | 'continue' = 'initial';
+  private pendingNegotiate: Buffer | null = null;
+
+  // Relay.
+  private upstream: UpstreamConnection | null = null;
+  private cancelKey: { processId: number; secretKey: Buffer } | null = null;
+  private clientScanner: FrameScanner | null = null;
+  private upstreamScanner: FrameScanner | null = null;
+  private terminateSeen = false;
+  private txStatus: TxStatusByte | number = 0x49;
+  private lastUpstreamError: { code: string; fatal: boolean } | null = null;
+  private started = false;
+  private auditEi = 0;
+  private readonly maxMessageBytes: number = Limits.largeMessageBytes;
+
+  // Counters (folded into metrics at scrape time and at the end).
+  bytesIn = 0;
+  bytesOut = 0;
+  messagesIn = 0;
+  messagesOut = 0;
+  queries = 0;
+  private foldedBytesIn = 0;
+  private foldedBytesOut = 0;
+  private foldedMessagesIn = 0;
+  private foldedMessagesOut = 0;
+
+  constructor(
+    socket: Socket,
+    private readonly ctx: SessionContext,
+    preauthLease: Lease,
+  ) {
+    this.sock = socket;
+    this.preauthLease = preauthLease;
+    this.remoteAddress = socket.remoteAddress ?? '';
+    this.remotePort = socket.remotePort ?? 0;
+    socket.setNoDelay(true);
+    socket.on('data', this.onClientData);
+    socket.on('error', this.onClientError);
+    socket.on('close', this.onClientClose);
+    socket.on('drain', this.onClientDrain);
+    this.deadline = setTimeout(this.onDeadline, ctx.config.server.authTimeoutMs);
+    ctx.metrics.preauthConnections.inc();
+  }
+
+  private get config(): Config {
+    return this.ctx.config;
+  }
+
+  get tenantId(): string | undefined {
+    return this.tenant?.id;
+  }
+
+  get userName(): string | undefined {
+    return this.startup?.user;
+  }
+
+  // ---------------------------------------------------------------- client input
+
+  private readonly onClientData = (chunk: Buffer): void => {
+    try {
+      if (this.phase === 'relaying') {
+        this.relayClientChunk(chunk);
+        return;
+      }
+      this.bytesIn += chunk.length;
+      this.reader.push(chunk);
+      this.pump();
+    } catch (err) {
+      this.fail(err);
+    }
+  };
+
+  /** Processes whole frames while the phase can use them (pre-relay phases only). */
+  private pump(): void {
+    while (this.phase !== 'closed') {
+      if (this.phase === 'negotiating') {
+        let frame;
+        try {
+          frame = this.reader.nextUntyped(Limits.startupBytes);
+        } catch (err) {
+          if (err instanceof FrameLengthError) return this.reject('protocol_violation:startup_length');
+          throw err;
+        }
+        if (frame === null) return;
+        this.onFirstMessage(frame.body);
+      } else if (this.phase === 'authenticating') {
+        let frame;
+        try {
+          frame = this.reader.nextTyped((type) =>
+            type === Frontend.Password ? Limits.saslBytes : type === Frontend.Terminate ? Limits.smallMessageBytes : -1,
+          );
+        } catch (err) {
+          if (err instanceof FrameTypeError) throw Errors.expectedSaslResponse(err.type);
+          if (err instanceof FrameLengthError) throw Errors.invalidLength('protocol_violation:auth_length');
+          throw err;
+        }
+        if (frame === null) return;
+        if (frame.type === Frontend.Terminate) return this.abortPreauth('client_aborted', this.saslStage === 'initial' ? 'sasl_first' : 'sasl_final');
+        this.onSaslMessage(frame.body);
+      } else {
+        // tls_handshake, connecting: bytes wait in the reader until the phase changes.
+        return;
+      }
+    }
+  }
+
+  private onFirstMessage(body: Buffer): void {
+    const msg = decodeFirstMessage(body);
+    switch (msg.kind) {
+      case 'ssl_request':
+        if (this.sslRequested) {
+          // PostgreSQL treats a second SSLRequest as an unknown protocol version 1234.5679.
+          throw Errors.unsupportedProtocol(1234, 5679);
+        }
+        this.sslRequested = true;
+        if (this.reader.buffered > 0) throw Errors.dataAfterSslRequest(); // CVE-2021-23214
+        if (this.ctx.tls === null) {
+          this.sock.write(SSL_REFUSED);
+          return;
+        }
+        this.sock.write(SSL_ACCEPTED);
+        this.startTls();
+        return;
+      case 'gssenc_request':
+        if (this.gssRequested || this.tlsNegotiation !== 'none') throw Errors.unsupportedProtocol(1234, 5680);
+        this.gssRequested = true;
+        if (this.reader.buffered > 0) throw Errors.dataAfterGssRequest();
+        this.sock.write(SSL_REFUSED); // 'N': no GSSAPI encryption
+        return;
+      case 'cancel':
+        this.ctx.cancels.lookup(msg.processId, msg.secretKey)?.cancel();
+        // No reply whatever the outcome, as PostgreSQL (R5).
+        this.closeQuietly();
+        return;
+      case 'unsupported_version':
+        throw Errors.unsupportedProtocol(msg.major, msg.minor);
+      case 'startup':
+        if (msg.minor > 0 || msg.unknownProtocolOptions.length > 0) {
+          this.pendingNegotiate = encodeNegotiateProtocolVersion(msg.unknownProtocolOptions);
+        }
+        this.onStartup(msg.params);
+        return;
+    }
+  }
+
+  private startTls(): void {
+    const tlsCtx = this.ctx.tls!;
+    this.phase = 'tls_handshake';
+    const raw = this.sock;
+    raw.removeListener('data', this.onClientData);
+    raw.removeListener('error', this.onClientError);
+    raw.removeListener('close', this.onClientClose);
+    raw.removeListener('drain', this.onClientDrain);
+    const secure = new tls.TLSSocket(raw, {
+      isServer: true,
+      secureContext: tlsCtx.secureContext,
+      ALPNProtocols: ['postgresql'],
+      SNICallback: (servername, cb) => {
+        this.sni = servername;
+        cb(null, tlsCtx.secureContext);
+      },
+    });
+    this.sock = secure;
+    secure.on('data', this.onClientData);
+    secure.on('error', this.onClientError);
+    secure.on('close', this.onClientClose);
+    secure.on('drain', this.onClientDrain);
+    secure.once('secure', () => {
+      try {
+        this.tlsNegotiation = 'sslrequest';
+        this.tlsVersion = secure.getProtocol();
+        this.tlsCipher = secure.getCipher()?.name ?? null;
+        // ALPN: a client that offers protocols must include "postgresql" (PostgreSQL 17).
+        const alpn = secure.alpnProtocol;
+        this.ctx.metrics.tlsHandshakes.inc({ outcome: 'ok', version: this.tlsVersion ?? 'unknown' });
+        if (alpn !== false && alpn !== 'postgresql') return this.reject('protocol_violation:alpn');
+        this.phase = 'negotiating';
+        this.pump();
+      } catch (err) {
+        this.fail(err);
+      }
+    });
+  }
+
+  private onStartup(params: Map<string, string>): void {
+    if (this.ctx.isDraining()) throw Errors.shuttingDown();
+    const startup = resolveStartup(params, this.sni, this.config.server.sniSuffix);
+    this.startup = startup;
+    // T1: before any authentication request (cancel requests were handled above).
+    if (this.config.server.requireTls && this.tlsNegotiation === 'none') throw Errors.tlsRequired();
+    const tenant = this.config.tenants.get(startup.tenantId);
+    let failReason: string | null = null;
+    if (tenant === undefined) failReason = 'unknown_tenant';
+    else if (!tenant.enabled) failReason = 'tenant_disabled';
+    else if (!isAllowedSource(tenant, this.remoteAddress)) failReason = 'source_not_allowed';
+    const user = tenant?.users.get(startup.user);
+    if (failReason === null && user === undefined) failReason = 'unknown_user';
+    this.tenant = tenant;
+    this.user = failReason === null ? user : undefined;
+    // Unknown tenant or user: a full exchange against a deterministic mock verifier (rule 3).
+    const verifier = failReason === null ? user!.verifier : mockVerifier(this.ctx.mockSecret, startup.tenantId, startup.user);
+    const binding = this.tlsNegotiation === 'none' ? null : (this.ctx.tls?.endpointBinding ?? null);
+    this.scram = new ScramServerExchange(verifier, failReason, startup.user, binding);
+    this.phase = 'authenticating';
+    this.sock.cork();
+    if (this.pendingNegotiate !== null) this.sock.write(this.pendingNegotiate);
+    this.sock.write(encodeAuthenticationSASL(ScramServerExchange.mechanisms(binding !== null)));
+    this.sock.uncork();
+  }
+
+  private onSaslMessage(body: Buffer): void {
+    const scram = this.scram!;
+    if (this.saslStage === 'initial') {
+      let initial;
+      try {
+        initial = decodeSASLInitialResponse(body);
+      } catch (err) {
+        if (err instanceof ProtocolFormatError) throw Errors.invalidFormat();
+        throw err;
+      }
+      const serverFirst = scram.clientFirst(initial.mechanism, initial.data);
+      this.saslStage = 'continue';
+      this.sock.write(encodeAuthenticationSASLContinue(serverFirst));
+      return;
+    }
+    const result = scram.clientFinal(body);
+    if (!result.ok) return this.authFailed(result.error, 'sasl_final');
+    this.phase = 'connecting';
+    this.sock.pause();
+    void this.connect(result.serverFinal, result.clientKey);
+  }
+
+  // ---------------------------------------------------------------- upstream login
+
+  private async connect(serverFinal: Buffer, clientKey: Buffer): Promise<void> {
+    const tenant = this.tenant!;
+    const user = this.user!;
+    const startup = this.startup!;
+    try {
+      const lease = this.ctx.limiter.tryAcquireTenant(tenant.id, tenant.maxClientConnections);
+      if (lease === null) {
+        this.ctx.metrics.limitRejections.inc({ tenant: tenant.id, limit: 'max_client_connections' });
+        throw Errors.tooManyConnectionsForDatabase(startup.database ?? tenant.backendDatabase);
+      }
+      this.tenantLease = lease;
+      const target = this.ctx.upstreamTarget(tenant);
+      const password = user.backendPasswordEnv === undefined ? undefined : process.env[user.backendPasswordEnv];
+      const began = process.hrtime.bigint();
+      let conn: UpstreamConnection;
+      try {
+        conn = await connectUpstream(
+          target,
+          {
+            user: user.backendUser,
+            database: startup.database ?? tenant.backendDatabase,
+            params: startup.forward,
+            credential: password !== undefined ? { kind: 'password', password } : { kind: 'client_key', clientKey, verifier: user.verifier },
+          },
+          this.config.server.backendConnectTimeoutMs,
+        );
+      } finally {
+        const seconds = Number(process.hrtime.bigint() - began) / 1e9;
+        this.ctx.metrics.backendConnectSeconds.observe({ tenant: tenant.id, outcome: this.phase === 'connecting' ? 'done' : 'abandoned' }, seconds);
+      }
+      if (this.phase !== 'connecting') {
+        conn.socket.destroy(); // the client left while we were logging in
+        return;
+      }
+      this.beginRelay(conn, target, serverFinal);
+    } catch (err) {
+      if (this.phase !== 'connecting') return;
+      if (err instanceof UpstreamRefused) {
+        this.auditAuthFailure('backend_connect', `backend_refused:${err.sqlstate}`, err.sqlstate, '(backend error)');
+        this.ctx.metrics.sessions.inc({ tenant: tenant.id, outcome: 'upstream_failed' });
+        this.endWith(err.frame);
+        this.finish('backend_terminated');
+        return;
+      }
+      if (err instanceof PgError) {
+        if (err.kind === 'upstream') {
+          this.ctx.log.warn({ session: this.id, tenant: tenant.id, reason: err.reason, err: err.cause }, 'backend connect failed');
+          this.ctx.metrics.sessions.inc({ tenant: tenant.id, outcome: 'upstream_failed' });
+        }
+        this.auditAuthFailure('backend_connect', err.reason, err.sqlstate, err.message);
+        this.sendFatal(err);
+        this.finish(err.kind === 'limit' ? 'admin' : 'backend_lost');
+        return;
+      }
+      this.fail(err);
+    }
+  }
+
+  private beginRelay(conn: UpstreamConnection, target: UpstreamTarget, serverFinal: Buffer): void {
+    const tenant = this.tenant!;
+    this.upstream = conn;
+    const upstreamPid = conn.processId;
+    const upstreamKey = conn.secretKey;
+    const timeoutMs = this.config.server.backendConnectTimeoutMs;
+    this.cancelKey = this.ctx.cancels.issue({
+      tenantId: tenant.id,
+      cancel: () => sendUpstreamCancel(target, upstreamPid, upstreamKey, timeoutMs),
+    });
+    this.txStatus = conn.txStatus;
+
+    // Everything the client needs to start, in one write.
+    this.sock.cork();
+    this.sock.write(encodeAuthenticationSASLFinal(serverFinal));
+    this.sock.write(AUTHENTICATION_OK);
+    for (const [name, value] of conn.parameters) this.sock.write(encodeParameterStatus(name, value));
+    this.sock.write(encodeBackendKeyData(this.cancelKey.processId, this.cancelKey.secretKey));
+    this.sock.write(encodeReadyForQuery(conn.txStatus as TxStatusByte));
+    this.sock.uncork();
+
+    this.clearDeadline();
+    this.preauthLease?.release();
+    this.preauthLease = null;
+    this.ctx.metrics.preauthConnections.dec();
+    this.ctx.metrics.clientConnections.inc({ tenant: tenant.id });
+    this.ctx.metrics.sessions.inc({ tenant: tenant.id, outcome: 'started' });
+    this.ctx.metrics.liveSessions.add(this);
+    this.started = true;
+    this.phase = 'relaying';
+    this.auditSessionStart(conn);
+
+    this.clientScanner = new FrameScanner(this.clientHandler);
+    this.upstreamScanner = new FrameScanner(this.upstreamHandler);
+    const up = conn.socket;
+    up.on('data', this.onUpstreamData);
+    up.on('error', this.onUpstreamError);
+    up.on('close', this.onUpstreamClose);
+    up.on('drain', this.onUpstreamDrain);
+    up.resume();
+    // Bytes the client pipelined behind its SASL response go first.
+    const early = this.reader.drain();
+    if (early.length > 0) this.relayClientChunk(early, false);
+    this.sock.resume();
+  }
+
+  // ---------------------------------------------------------------- relay (hot path)
+
+  private readonly clientHandler: ScanHandler = {
+    maxFrameLength: (type) => frontendMaxLength(type, this.maxMessageBytes),
+    wantsBody: () => false,
+    onFrame: (type) => {
+      this.messagesIn++;
+      if (type === Frontend.Query || type === Frontend.Execute || type === Frontend.FunctionCall) this.queries++;
+      else if (type === Frontend.Terminate) this.terminateSeen = true;
+    },
+  };
+
+  private readonly upstreamHandler: ScanHandler = {
+    maxFrameLength: (type) => (BACKEND_TYPES.has(type) ? Limits.largeMessageBytes : -1),
+    wantsBody: (type) => type === Backend.ReadyForQuery || type === Backend.ErrorResponse || type === Backend.ParameterStatus,
+    onFrame: (type, _length, body) => {
+      this.messagesOut++;
+      if (type === Backend.ReadyForQuery) {
+        this.txStatus = body![0] ?? this.txStatus;
+      } else if (type === Backend.ErrorResponse) {
+        const severity = readErrorField(body!, 0x56 /* V */) ?? readErrorField(body!, 0x53 /* S */);
+        this.lastUpstreamError = { code: readErrorField(body!, 0x43 /* C */) ?? '', fatal: severity === 'FATAL' || severity === 'PANIC' };
+      } else if (type === Backend.ParameterStatus) {
+        this.onParameterStatus(body!);
+      }
+    },
+  };
+
+  private relayClientChunk(chunk: Buffer, count = true): void {
+    if (count) this.bytesIn += chunk.length;
+    const scanner = this.clientScanner!;
+    const up = this.upstream!.socket;
+    const bad = scanner.scan(chunk);
+    if (bad >= 0) {
+      if (bad > 0) up.write(chunk.subarray(0, bad));
+      const e = scanner.error!;
+      throw e instanceof FrameTypeError ? Errors.invalidFrontendType(e.type) : Errors.invalidLength();
+    }
+    if (!up.write(chunk)) this.sock.pause();
+  }
+
+  private readonly onUpstreamData = (chunk: Buffer): void => {
+    try {
+      this.bytesOut += chunk.length;
+      const scanner = this.upstreamScanner!;
+      const bad = scanner.scan(chunk);
+      if (bad >= 0) {
+        // A hostile or broken server: pass what was well-formed, then end at that boundary.
+        if (bad > 0) this.sock.write(chunk.subarray(0, bad));
+        this.ctx.log.warn({ session: this.id, tenant: this.tenantId, err: scanner.error?.message }, 'backend violated the protocol');
+        this.upstream?.socket.destroy();
+        this.sendFatal(Errors.upstreamLost());
+        this.finish('backend_lost');
+        return;
+      }
+      if (!this.sock.write(chunk)) this.upstream!.socket.pause();
+    } catch (err) {
+      this.fail(err);
+    }
+  };
+
+  private readonly onClientDrain = (): void => {
+    this.upstream?.socket.resume();
+  };
+
+  private readonly onUpstreamDrain = (): void => {
+    if (this.phase === 'relaying') this.sock.resume();
+  };
+
+  private onParameterStatus(body: Buffer): void {
+    const p = decodeParameterStatus(body);
+    if (p !== null && (p.name === 'session_authorization' || p.name === 'is_superuser')) {
+      // Identity changes are audit-worthy (SECURITY.md §2.4); statement audit arrives with issue 5.
+      this.ctx.log.info({ session: this.id, tenant: this.tenantId, parameter: p.name, value: p.value }, 'session identity parameter changed');
+    }
+  }
+
+  private readonly onUpstreamError = (err: Error): void => {
+    this.ctx.log.debug({ session: this.id, err: err.message }, 'upstream socket error');
+  };
+
+  private readonly onUpstreamClose = (): void => {
+    if (this.phase !== 'relaying') return;
+    const last = this.lastUpstreamError;
+    if (last !== null && last.fatal) {
+      // The server already told the client why (forwarded byte for byte).
+      this.sock.end();
+      this.finish('backend_terminated', `backend_terminated:${last.code}`);
+      return;
+    }
+    if (this.terminateSeen) {
+      this.sock.end();
+      this.finish('client_terminate');
+      return;
+    }
+    if (this.upstreamScanner?.atBoundary === true) this.sendFatal(Errors.upstreamLost());
+    else this.sock.destroy();
+    this.finish('backend_lost');
+  };
+
+  // ---------------------------------------------------------------- client leaving
+
+  private readonly onClientError = (err: Error): void => {
+    if (this.phase === 'tls_handshake') {
+      this.ctx.metrics.tlsHandshakes.inc({ outcome: 'failed', version: 'none' });
+      this.ctx.rejections.record('tls_handshake_failed', this.remoteAddress);
+      this.phase = 'closed';
+      this.cleanup();
+      this.sock.destroy();
+      return;
+    }
+    this.ctx.log.debug({ session: this.id, err: err.message }, 'client socket error');
+  };
+
+  private readonly onClientClose = (): void => {
+    if (this.phase === 'closed') return;
+    if (this.phase === 'relaying') {
+      const up = this.upstream!.socket;
+      if (this.terminateSeen) up.end();
+      else if (this.clientScanner!.atBoundary) up.end(TERMINATE);
+      else up.destroy();
+      this.finish(this.terminateSeen ? 'client_terminate' : 'client_eof');
+      return;
+    }
+    if (this.phase === 'authenticating' || this.phase === 'connecting') {
+      this.abortPreauth('client_aborted', this.phase === 'connecting' ? 'backend_connect' : this.saslStage === 'initial' ? 'sasl_first' : 'sasl_final');
+      return;
+    }
+    this.ctx.rejections.record(this.startup === null ? 'client_aborted' : 'client_aborted_startup', this.remoteAddress);
+    this.phase = 'closed';
+    this.cleanup();
+  };
+
+  private readonly onDeadline = (): void => {
+    this.deadline = null;
+    if (this.phase === 'closed' || this.phase === 'relaying') return;
+    if (this.phase === 'authenticating' || this.phase === 'connecting') {
+      this.auditAuthFailure(this.phase === 'connecting' ? 'backend_connect' : 'sasl_first', 'auth_timeout', '08006', 'authentication timed out');
+      this.sendFatal(Errors.authTimeout());
+      this.phase = 'closed';
+      this.cleanup();
+      return;
+    }
+    // Still in the startup packet or TLS handshake: close silently, as PostgreSQL does.
+    this.ctx.rejections.record('auth_timeout', this.remoteAddress);
+    this.phase = 'closed';
+    this.cleanup();
+    this.sock.destroy();
+  };
+
+  // ---------------------------------------------------------------- endings
+
+  /** Operator or drain: FATAL at a message boundary, then close. */
+  terminate(err: PgError, reason: CloseReason): void {
+    if (this.phase === 'closed') return;
+    if (this.phase !== 'relaying') {
+      this.sendFatal(err);
+      this.phase = 'closed';
+      this.cleanup();
+      return;
+    }
+    if (this.upstreamScanner!.atBoundary) this.sendFatal(err);
+    else this.sock.destroy();
+    const up = this.upstream!.socket;
+    if (this.clientScanner!.atBoundary) up.end(TERMINATE);
+    else up.destroy();
+    this.finish(reason);
+  }
+
+  /** The error boundary: PgError goes to the client as is, anything else is a bug (XX000). */
+  private fail(err: unknown): void {
+    if (this.phase === 'closed') return;
+    const pgErr = err instanceof PgError ? err : Errors.internal();
+    if (!(err instanceof PgError)) {
+      this.ctx.log.error({ session: this.id, err }, 'internal error in session');
+    }
+    this.ctx.metrics.errors.inc({ kind: pgErr.kind });
+    if (this.phase === 'relaying') {
+      this.sendFatal(pgErr);
+      const up = this.upstream!.socket;
+      if (this.clientScanner!.atBoundary) up.end(TERMINATE);
+      else up.destroy();
+      this.finish(pgErr.kind === 'client' ? 'protocol_violation' : 'internal');
+      return;
+    }
+    if (this.startup !== null) {
+      this.auditAuthFailure(this.phase === 'authenticating' ? (this.saslStage === 'initial' ? 'sasl_first' : 'sasl_final') : 'startup', pgErr.reason, pgErr.sqlstate, pgErr.message);
+      if (pgErr.kind === 'auth') this.countAuthFailure(pgErr.reason);
+    } else {
+      this.ctx.rejections.record(pgErr.reason, this.remoteAddress);
+    }
+    this.sendFatal(pgErr);
+    this.phase = 'closed';
+    this.cleanup();
+  }
+
+  private authFailed(err: PgError, stage: AuthStage): void {
+    this.countAuthFailure(err.reason);
+    this.ctx.metrics.errors.inc({ kind: err.kind });
+    this.auditAuthFailure(stage, err.reason, err.sqlstate, err.message);
+    this.sendFatal(err);
+    this.phase = 'closed';
+    this.cleanup();
+  }
+
+  private countAuthFailure(reason: string): void {
+    const tenant = this.tenant === undefined ? 'unknown' : this.tenant.id;
+    this.ctx.metrics.authFailures.inc({ tenant, reason });
+    this.ctx.metrics.sessions.inc({ tenant, outcome: 'auth_failed' });
+  }
+
+  private abortPreauth(reason: string, stage: AuthStage): void {
+    this.auditAuthFailure(stage, reason, undefined, undefined);
+    this.phase = 'closed';
+    this.cleanup();
+    this.sock.destroy();
+  }
+
+  /** Pre-startup noise: aggregated audit, then close without a message (N4). */
+  private reject(reason: string): void {
+    this.ctx.rejections.record(reason, this.remoteAddress);
+    this.phase = 'closed';
+    this.cleanup();
+    this.sock.destroy();
+  }
+
+  private closeQuietly(): void {
+    this.phase = 'closed';
+    this.cleanup();
+    this.sock.end();
+    this.sock.destroySoon();
+  }
+
+  private sendFatal(err: PgError): void {
+    this.endWith(err.toFrame());
+  }
+
+  private endWith(frame: Buffer): void {
+    if (this.sock.destroyed) return;
+    this.sock.end(frame);
+    const s = this.sock;
+    setTimeout(() => s.destroy(), CLOSE_GRACE_MS).unref();
+  }
+
+  /** Ends a started session: audit, metrics, slots. */
+  private finish(reason: CloseReason, detail?: string): void {
+    if (this.phase === 'closed') return;
+    this.phase = 'closed';
+    if (this.started) {
+      const tenant = this.tenant!.id;
+      this.foldTraffic(this.ctx.metrics);
+      this.ctx.metrics.liveSessions.delete(this);
+      this.ctx.metrics.clientConnections.dec({ tenant });
+      this.ctx.metrics.sessionEnds.inc({ tenant, reason });
+      this.auditSessionEnd(detail ?? reason);
+    }
+    this.cleanup();
+  }
+
+  /** Releases everything held; idempotent. */
+  private cleanup(): void {
+    this.clearDeadline();
+    if (this.preauthLease !== null) {
+      this.preauthLease.release();
+      this.preauthLease = null;
+      this.ctx.metrics.preauthConnections.dec();
+    }
+    this.tenantLease?.release();
+    this.tenantLease = null;
+    if (this.cancelKey !== null) {
+      this.ctx.cancels.release(this.cancelKey.processId);
+      this.cancelKey = null;
+    }
+    this.ctx.onClosed(this);
+  }
+
+  private clearDeadline(): void {
+    if (this.deadline !== null) {
+      clearTimeout(this.deadline);
+      this.deadline = null;
+    }
+  }
+
+  foldTraffic(m: Metrics): void {
+    const tenant = this.tenant?.id ?? 'unknown';
+    if (this.bytesIn !== this.foldedBytesIn) {
+      m.bytes.inc({ tenant, direction: 'client_to_upstream' }, this.bytesIn - this.foldedBytesIn);
+      this.foldedBytesIn = this.bytesIn;
+    }
+    if (this.bytesOut !== this.foldedBytesOut) {
+      m.bytes.inc({ tenant, direction: 'upstream_to_client' }, this.bytesOut - this.foldedBytesOut);
+      this.foldedBytesOut = this.bytesOut;
+    }
+    if (this.messagesIn !== this.foldedMessagesIn) {
+      m.messages.inc({ tenant, direction: 'client_to_upstream' }, this.messagesIn - this.foldedMessagesIn);
+      this.foldedMessagesIn = this.messagesIn;
+    }
+    if (this.messagesOut !== this.foldedMessagesOut) {
+      m.messages.inc({ tenant, direction: 'upstream_to_client' }, this.messagesOut - this.foldedMessagesOut);
+      this.foldedMessagesOut = this.messagesOut;
+    }
+  }
+
+  // ---------------------------------------------------------------- audit records
+
+  private clientBlock(): Record<string, unknown> {
+    return {
+      addr: this.remoteAddress,
+      port: this.remotePort,
+      via_proxy_protocol: false,
+      application_name: this.startup?.applicationName === undefined ? null : { value: sanitizeName(this.startup.applicationName), untrusted: true },
+      tls: {
+        negotiation: this.tlsNegotiation,
+        version: this.tlsVersion,
+        cipher: this.tlsCipher,
+        sni: this.sni === undefined ? null : sanitizeName(this.sni),
+        alpn: this.sock instanceof tls.TLSSocket ? this.sock.alpnProtocol || null : null,
+      },
+      protocol: '3.0',
+    };
+  }
+
+  private principal(): Record<string, unknown> {
+    const s = this.startup!;
+    return { kind: 'tenant_user', db_user: s.user, database: s.database ?? this.tenant?.backendDatabase ?? null };
+  }
+
+  private auditAuthFailure(stage: AuthStage, reason: string, sqlstate: string | undefined, message: string | undefined): void {
+    const s = this.startup;
+    this.ctx.audit.append({
+      event: 'session.auth_failure',
+      session: { id: this.id, ei: this.auditEi++ },
+      ...(this.tenant === undefined ? {} : { tenant: this.tenant.id }),
+      client: this.clientBlock(),
+      stage,
+      claimed: {
+        tenant: s === null ? null : sanitizeName(s.tenantId),
+        db_user: s === null ? null : sanitizeName(s.user),
+        database: s?.database === undefined ? null : sanitizeName(s.database),
+      },
+      reason,
+      outcome: { success: false, ...(sqlstate === undefined ? {} : { sqlstate }), ...(message === undefined ? {} : { message_sent: message }), reason },
+    });
+  }
+
+  private auditSessionStart(conn: UpstreamConnection): void {
+    const tenant = this.tenant!;
+    const s = this.startup!;
+    const p = conn.parameters;
+    this.ctx.audit.append({
+      event: 'session.start',
+      session: { id: this.id, ei: this.auditEi++ },
+      tenant: tenant.id,
+      principal: this.principal(),
+      client: this.clientBlock(),
+      backend: { id: tenant.id, pid: conn.processId, tls_version: conn.tlsVersion },
+      auth: { method: this.scram?.usedChannelBinding === true ? 'scram-sha-256-plus' : 'scram-sha-256', channel_binding: this.scram?.usedChannelBinding === true },
+      startup_params: Object.fromEntries([...s.forward].map(([k, v]) => [k, sanitizeName(v)])),
+      limits: { tenant_active_after: this.ctx.limiter.tenantActive(tenant.id), tenant_limit: tenant.maxClientConnections, mode: 'local' },
+      server_version: p.get('server_version') ?? null,
+      client_encoding: p.get('client_encoding') ?? null,
+      session_authorization: p.get('session_authorization') ?? null,
+      is_superuser: p.get('is_superuser') ?? null,
+      outcome: { success: true },
+    });
+  }
+
+  private auditSessionEnd(reason: string): void {
+    this.ctx.audit.append({
+      event: 'session.end',
+      session: { id: this.id, ei: this.auditEi++ },
+      tenant: this.tenant!.id,
+      principal: this.principal(),
+      client: { addr: this.remoteAddress, port: this.remotePort },
+      backend: { id: this.tenant!.id, pid: this.upstream?.processId ?? null },
+      reason,
+      duration_ms: Date.now() - this.startedAt,
+      bytes_in: this.bytesIn,
+      bytes_out: this.bytesOut,
+      messages_in: this.messagesIn,
+      messages_out: this.messagesOut,
+      queries: this.queries,
+      last_tx_status: String.fromCharCode(this.txStatus),
+      outcome: { success: true },
+    });
+  }
+}
+
+/** Per-tenant allowlist; IPv4-mapped IPv6 addresses are checked as IPv4. */
+function isAllowedSource(tenant: TenantConfig, addr: string): boolean {
+  const v4 = addr.startsWith('::ffff:') ? addr.slice(7) : addr;
+  if (isIPv4(v4)) return tenant.allowList.check(v4, 'ipv4');
+  return tenant.allowList.check(addr, 'ipv6');
+}
+
+/** Terminate ('X', length 4): sent upstream when a client vanishes at a message boundary. */
+const TERMINATE = Buffer.from([Frontend.Terminate, 0, 0, 0, 4]);

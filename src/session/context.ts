@@ -1,0 +1,29 @@
+/**
+ * What a client session may use of the proxy: a snapshot taken at accept time, so a reload
+ * changes new sessions only and a running session keeps the configuration it started with.
+ */
+import type { Config, TenantConfig } from '../config/schema.js';
+import type { TlsMaterial } from '../net/tls.js';
+import type { CancelRegistry } from '../cancel/registry.js';
+import type { ConnectionLimiter } from '../limits/connections.js';
+import type { AuditLog } from '../audit/log.js';
+import type { RejectionAggregator } from '../audit/rejections.js';
+import type { Metrics } from '../observability/metrics.js';
+import type { Logger } from '../observability/logger.js';
+import type { UpstreamTarget } from '../pool/upstream.js';
+
+export interface SessionContext {
+  readonly config: Config;
+  readonly tls: TlsMaterial | null;
+  readonly cancels: CancelRegistry;
+  readonly limiter: ConnectionLimiter;
+  readonly audit: AuditLog;
+  readonly rejections: RejectionAggregator;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  /** Key for deterministic mock SCRAM salts (SECURITY.md rule 3). */
+  readonly mockSecret: Buffer;
+  isDraining(): boolean;
+  upstreamTarget(tenant: TenantConfig): UpstreamTarget;
+  onClosed(session: { readonly id: string }): void;
+}

@@ -1,0 +1,215 @@
+/**
+ * Starts pgwarden for tests, in-process (fast, inspectable) or as a child process running the
+ * real CLI (for signals), with a config written as TOML so the real loader is exercised.
+ * Also builds clients (`pg`, `psql`) that reach a tenant the way users do: SNI and verify-full.
+ */
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { mkdtemp, writeFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { pino } from 'pino';
+import pg from 'pg';
+import { parseConfigText } from '../../src/config/load.js';
+import { Proxy } from '../../src/server.js';
+import { makeDevCerts, type DevCerts } from '../../src/tools/dev-certs.js';
+import type { Cluster } from './cluster.js';
+
+export const SNI_SUFFIX = 'pg.test';
+
+let sharedCerts: Promise<DevCerts> | undefined;
+/** One dev PKI per test process: `*.pg.test`. */
+export function testCerts(): Promise<DevCerts> {
+  sharedCerts ??= mkdtemp(path.join(os.tmpdir(), 'pgwarden-certs-')).then((dir) =>
+    makeDevCerts({ dir, hostnames: [`*.${SNI_SUFFIX}`, SNI_SUFFIX] }),
+  );
+  return sharedCerts;
+}
+
+export interface TenantSpec {
+  id: string;
+  cluster: Cluster;
+  database?: string;
+  users: { name: string; verifier: string; backendPasswordEnv?: string; backendUser?: string }[];
+  maxClientConnections?: number;
+  allowCidrs?: string[];
+  enabled?: boolean;
+}
+
+export interface ProxySpec {
+  tenants: TenantSpec[];
+  requireTls?: boolean;
+  auditFile?: string;
+  metrics?: boolean;
+  server?: Record<string, string | number | boolean>;
+}
+
+const q = (s: string): string => JSON.stringify(s);
+
+export function configToml(spec: ProxySpec, certs: DevCerts, port = 0): string {
+  const lines = [
+    '[server]',
+    `listen = "127.0.0.1:${port}"`,
+    `tls_cert = ${q(certs.serverCertPath)}`,
+    `tls_key = ${q(certs.serverKeyPath)}`,
+    `require_tls = ${spec.requireTls ?? true}`,
+    `sni_suffix = "${SNI_SUFFIX}"`,
+    ...Object.entries(spec.server ?? {}).map(([k, v]) => `${k} = ${typeof v === 'string' ? q(v) : String(v)}`),
+  ];
+  if (spec.metrics !== false) lines.push('', '[metrics]', 'listen = "127.0.0.1:0"');
+  if (spec.auditFile !== undefined) lines.push('', '[audit]', `file = ${q(spec.auditFile)}`);
+  lines.push('', '[log]', 'level = "warn"');
+  for (const t of spec.tenants) {
+    lines.push(
+      '',
+      `[tenants.${t.id}]`,
+      `backend = ${q(t.cluster.url(t.database ?? 'postgres'))}`,
+      'backend_tls = "disable"',
+      `max_client_connections = ${t.maxClientConnections ?? 100}`,
+      `allow_cidrs = ${JSON.stringify(t.allowCidrs ?? ['0.0.0.0/0', '::/0'])}`,
+      `enabled = ${t.enabled ?? true}`,
+    );
+    for (const u of t.users) {
+      lines.push('', `[tenants.${t.id}.users.${q(u.name)}]`, `scram = ${q(u.verifier)}`);
+      if (u.backendPasswordEnv !== undefined) lines.push(`backend_password_env = ${q(u.backendPasswordEnv)}`);
+      if (u.backendUser !== undefined) lines.push(`backend_user = ${q(u.backendUser)}`);
+    }
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+export interface RunningProxy {
+  proxy: Proxy;
+  port: number;
+  metricsPort: number;
+  certs: DevCerts;
+  /** Reloads with a new spec, as SIGHUP would. */
+  reload(spec: ProxySpec): void;
+  close(): Promise<void>;
+}
+
+export async function startProxy(spec: ProxySpec): Promise<RunningProxy> {
+  const certs = await testCerts();
+  const config = parseConfigText(configToml(spec, certs), os.tmpdir());
+  const proxy = await Proxy.start(config, { logger: pino({ level: process.env['PGWARDEN_TEST_LOG'] ?? 'silent' }) });
+  return {
+    proxy,
+    port: proxy.address.port,
+    metricsPort: proxy.metricsAddress?.port ?? 0,
+    certs,
+    reload: (next) => proxy.reload(parseConfigText(configToml(next, certs, proxy.address.port), os.tmpdir())),
+    close: () => proxy.close(),
+  };
+}
+
+/** A node-postgres client config reaching `tenant` through the proxy with SNI and verify-full. */
+export function clientConfig(
+  rp: { port: number; certs: DevCerts },
+  o: { tenant: string; user: string; password: string; database?: string; ssl?: boolean; options?: string; applicationName?: string },
+): pg.ClientConfig {
+  return {
+    host: '127.0.0.1',
+    port: rp.port,
+    user: o.user,
+    password: o.password,
+    database: o.database ?? 'postgres',
+    ...(o.options === undefined ? {} : { options: o.options }),
+    ...(o.applicationName === undefined ? {} : { application_name: o.applicationName }),
+    ssl: o.ssl === false ? false : { ca: rp.certs.caCertPem, servername: `${o.tenant}.${SNI_SUFFIX}`, rejectUnauthorized: true },
+    connectionTimeoutMillis: 10_000,
+  };
+}
+
+export async function connect(rp: { port: number; certs: DevCerts }, o: Parameters<typeof clientConfig>[1]): Promise<pg.Client> {
+  const c = new pg.Client(clientConfig(rp, o));
+  await c.connect();
+  return c;
+}
+
+/** libpq connection string for psql/pgbench: SNI by host name, address by hostaddr. */
+export function libpqConninfo(rp: { port: number; certs: DevCerts }, o: { tenant: string; user: string; database?: string; extra?: string }): string {
+  return [
+    `host=${o.tenant}.${SNI_SUFFIX}`,
+    'hostaddr=127.0.0.1',
+    `port=${rp.port}`,
+    `user=${o.user}`,
+    `dbname=${o.database ?? 'postgres'}`,
+    'sslmode=verify-full',
+    `sslrootcert=${rp.certs.caCertPath}`,
+    o.extra ?? '',
+  ].join(' ');
+}
+
+export interface PsqlResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs psql (-X, no psqlrc; -v ON_ERROR_STOP=1) with the password in the environment. */
+export function psql(conninfo: string, password: string, args: string[], input?: string): Promise<PsqlResult> {
+  return new Promise((resolve) => {
+    const child = execFile(
+      'psql',
+      ['-X', '-v', 'ON_ERROR_STOP=1', '-At', '-d', conninfo, ...args],
+      { env: { ...process.env, PGPASSWORD: password, PGCONNECT_TIMEOUT: '10' }, timeout: 60_000, maxBuffer: 64 << 20 },
+      (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    );
+    if (input !== undefined) child.stdin?.end(input);
+    else child.stdin?.end();
+  });
+}
+
+export interface ChildProxy {
+  child: ChildProcess;
+  port: number;
+  metricsPort: number | null;
+  configPath: string;
+  dir: string;
+  logs(): string;
+  /** Resolves with the exit code. */
+  exited: Promise<number | null>;
+  stop(): Promise<void>;
+}
+
+/** Runs `node dist/src/cli.js serve --config <file>` and waits for its "listening" log line. */
+export async function spawnProxy(spec: ProxySpec, env: Record<string, string> = {}): Promise<ChildProxy> {
+  const certs = await testCerts();
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-proxy-'));
+  const configPath = path.join(dir, 'pgwarden.toml');
+  await writeFile(configPath, configToml(spec, certs).replace('level = "warn"', 'level = "info"'));
+  const cli = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../src/cli.js');
+  const child = spawn(process.execPath, [cli, 'serve', '--config', configPath], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const ports = await new Promise<{ port: number; metricsPort: number | null }>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`proxy did not start:\n${out}`)), 15_000);
+    const check = (): void => {
+      for (const line of out.split('\n')) {
+        if (!line.includes('"event":"listening"')) continue;
+        const rec = JSON.parse(line) as { port: number; metrics_port: number | null };
+        clearTimeout(timer);
+        resolve({ port: rec.port, metricsPort: rec.metrics_port });
+        return;
+      }
+    };
+    child.stdout!.on('data', check);
+    void exited.then((code) => reject(new Error(`proxy exited with ${code}:\n${out}`)));
+  });
+  return {
+    child,
+    ...ports,
+    configPath,
+    dir,
+    logs: () => out,
+    exited,
+    stop: async () => {
+      if (child.exitCode === null) {
+        child.kill('SIGKILL');
+        await exited;
+      }
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
