@@ -125,12 +125,11 @@ function isScramPrintable(s: string): boolean {
 }
 
 /** Splits "a=…" attributes; PostgreSQL's read_attribute rejects anything else as malformed. */
-function readAttr(parts: string[], idx: number, want: string, what: string): string {
+function readAttr(parts: string[], idx: number, want: string): string {
   const p = parts[idx];
   if (p === undefined || p.length < 2 || p[1] !== '=' || p[0] !== want) {
     throw Errors.malformedScram(`Expected attribute "${want}" but found "${p === undefined ? 'end of message' : sanitizeAttr(p)}".`);
   }
-  void what;
   return p.slice(2);
 }
 const sanitizeAttr = (p: string): string => (p.length === 0 ? '' : /[a-zA-Z]/.test(p[0]!) ? p[0]! : '?');
@@ -159,6 +158,8 @@ export class ScramServerExchange {
     private readonly user: string,
     /** tls-server-end-point data when the connection is TLS, else null. */
     private readonly channelBinding: Buffer | null,
+    /** Tests only: a fixed server nonce to replay RFC 7677's vector. */
+    private readonly fixedServerNonce?: string,
   ) {}
 
   /** Mechanisms to offer, PLUS first when channel binding is possible (SECURITY.md rule 4). */
@@ -208,13 +209,13 @@ export class ScramServerExchange {
     this.clientFirstBare = msg.slice(pos);
     const parts = this.clientFirstBare.split(',');
     if (parts[0]?.startsWith('m=')) throw Errors.scramExtension();
-    readAttr(parts, 0, 'n', 'user'); // PostgreSQL ignores the SCRAM user name: the startup user counts.
-    const nonce = readAttr(parts, 1, 'r', 'nonce');
+    readAttr(parts, 0, 'n'); // PostgreSQL ignores the SCRAM user name: the startup user counts.
+    const nonce = readAttr(parts, 1, 'r');
     if (nonce.length === 0 || !isScramPrintable(nonce)) {
       throw Errors.invalidScramResponse('non-printable characters in SCRAM nonce');
     }
     this.clientNonce = nonce;
-    this.serverNonce = randomBytes(NONCE_BYTES).toString('base64');
+    this.serverNonce = this.fixedServerNonce ?? randomBytes(NONCE_BYTES).toString('base64');
     this.serverFirst = `r=${this.clientNonce}${this.serverNonce},s=${this.verifier.salt.toString('base64')},i=${this.verifier.iterations}`;
     this.phase = 'final';
     return Buffer.from(this.serverFirst, 'utf8');
@@ -230,7 +231,7 @@ export class ScramServerExchange {
       throw Errors.malformedScram('Message length does not match input length.');
     }
     const parts = msg.split(',');
-    const cb = decodeBase64Strict(readAttr(parts, 0, 'c', 'channel binding'));
+    const cb = decodeBase64Strict(readAttr(parts, 0, 'c'));
     if (cb === undefined) throw Errors.malformedScram('Malformed channel-binding data in client-final-message.');
     let cbFailed = false;
     if (this.cbFlag === 'p') {
@@ -239,7 +240,7 @@ export class ScramServerExchange {
     } else if (cb.toString('utf8') !== this.gs2Header) {
       throw Errors.scramUnexpectedCb();
     }
-    const nonce = readAttr(parts, 1, 'r', 'nonce');
+    const nonce = readAttr(parts, 1, 'r');
     if (nonce !== this.clientNonce + this.serverNonce) throw Errors.invalidScramResponse('Nonce does not match.');
     let idx = 2;
     while (idx < parts.length && !parts[idx]!.startsWith('p=')) idx++; // extensions are ignored
