@@ -145,6 +145,7 @@ export class ClientSession implements TrafficSource {
         this.relayClientChunk(chunk);
         return;
       }
+      if (this.phase === 'closed') return; // reading on only to see the peer's FIN
       this.bytesIn += chunk.length;
       this.reader.push(chunk);
       this.pump();
@@ -196,19 +197,17 @@ export class ClientSession implements TrafficSource {
           throw Errors.unsupportedProtocol(1234, 5679);
         }
         this.sslRequested = true;
-        if (this.reader.buffered > 0) throw Errors.dataAfterSslRequest(); // CVE-2021-23214
-        if (this.ctx.tls === null) {
-          this.sock.write(SSL_REFUSED);
-          return;
-        }
-        this.sock.write(SSL_ACCEPTED);
-        this.startTls();
+        // Answer first (never with an ErrorResponse: CVE-2024-10977), then the buffer must be
+        // empty: bytes sent before the handshake were not encrypted (CVE-2021-23214).
+        this.sock.write(this.ctx.tls === null ? SSL_REFUSED : SSL_ACCEPTED);
+        if (this.reader.buffered > 0) throw Errors.dataAfterSslRequest();
+        if (this.ctx.tls !== null) this.startTls();
         return;
       case 'gssenc_request':
         if (this.gssRequested || this.tlsNegotiation !== 'none') throw Errors.unsupportedProtocol(1234, 5680);
         this.gssRequested = true;
-        if (this.reader.buffered > 0) throw Errors.dataAfterGssRequest();
         this.sock.write(SSL_REFUSED); // 'N': no GSSAPI encryption
+        if (this.reader.buffered > 0) throw Errors.dataAfterGssRequest();
         return;
       case 'cancel':
         this.ctx.cancels.lookup(msg.processId, msg.secretKey)?.cancel();
@@ -659,6 +658,8 @@ export class ClientSession implements TrafficSource {
   private endWith(frame: Buffer): void {
     if (this.sock.destroyed) return;
     this.sock.end(frame);
+    // Keep reading (and discarding) so the peer's FIN is seen; a paused socket would linger.
+    this.sock.resume();
     const s = this.sock;
     setTimeout(() => s.destroy(), CLOSE_GRACE_MS).unref();
   }
