@@ -328,6 +328,7 @@ export class ClientSession implements TrafficSource {
       const target = this.ctx.upstreamTarget(tenant);
       const password = user.backendPasswordEnv === undefined ? undefined : process.env[user.backendPasswordEnv];
       const began = process.hrtime.bigint();
+      let outcome = 'error';
       let conn: UpstreamConnection;
       try {
         conn = await connectUpstream(
@@ -340,9 +341,10 @@ export class ClientSession implements TrafficSource {
           },
           this.config.server.backendConnectTimeoutMs,
         );
+        outcome = 'ok';
       } finally {
         const seconds = Number(process.hrtime.bigint() - began) / 1e9;
-        this.ctx.metrics.backendConnectSeconds.observe({ tenant: tenant.id, outcome: this.phase === 'connecting' ? 'done' : 'abandoned' }, seconds);
+        this.ctx.metrics.backendConnectSeconds.observe({ tenant: tenant.id, outcome }, seconds);
       }
       if (this.phase !== 'connecting') {
         conn.socket.destroy(); // the client left while we were logging in

@@ -80,7 +80,7 @@ describe('operations', () => {
       assert.match(m.body, /^pgwarden_relay_bytes_total\{tenant="acme",direction="upstream_to_client"\} [1-9]\d*$/m);
       assert.match(m.body, /^pgwarden_relay_messages_total\{tenant="acme",direction="client_to_upstream"\} [1-9]\d*$/m);
       assert.match(m.body, /^pgwarden_tls_handshakes_total\{outcome="ok",version="TLSv1\.3"\} \d+$/m);
-      assert.match(m.body, /^pgwarden_backend_connect_duration_seconds_count\{tenant="acme",outcome="done"\} \d+$/m);
+      assert.match(m.body, /^pgwarden_backend_connect_duration_seconds_count\{tenant="acme",outcome="ok"\} \d+$/m);
       assert.match(m.body, /^pgwarden_process_resident_memory_bytes \d+/m);
       assert.ok(!m.body.includes('app-pass') && !m.body.includes('SCRAM-SHA-256$'));
       assert.equal((await get(rp.metricsPort, '/healthz')).status, 200);

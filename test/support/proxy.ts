@@ -33,6 +33,10 @@ export interface TenantSpec {
   maxClientConnections?: number;
   allowCidrs?: string[];
   enabled?: boolean;
+  backendTls?: 'disable' | 'require' | 'verify-full';
+  backendCa?: string;
+  /** Overrides the backend URL (e.g. a port where nothing listens). */
+  backendUrl?: string;
 }
 
 export interface ProxySpec {
@@ -62,8 +66,9 @@ export function configToml(spec: ProxySpec, certs: DevCerts, port = 0): string {
     lines.push(
       '',
       `[tenants.${t.id}]`,
-      `backend = ${q(t.cluster.url(t.database ?? 'postgres'))}`,
-      'backend_tls = "disable"',
+      `backend = ${q(t.backendUrl ?? t.cluster.url(t.database ?? 'postgres'))}`,
+      `backend_tls = ${q(t.backendTls ?? 'disable')}`,
+      ...(t.backendCa === undefined ? [] : [`backend_ca = ${q(t.backendCa)}`]),
       `max_client_connections = ${t.maxClientConnections ?? 100}`,
       `allow_cidrs = ${JSON.stringify(t.allowCidrs ?? ['0.0.0.0/0', '::/0'])}`,
       `enabled = ${t.enabled ?? true}`,
