@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
-import { startProxy, connect, clientConfig, configToml, spawnProxy, testCerts, type RunningProxy, type ProxySpec } from '../support/proxy.js';
+import { connectError, startProxy, connect, clientConfig, configToml, spawnProxy, testCerts, type RunningProxy, type ProxySpec } from '../support/proxy.js';
 import { makeDevCerts } from '../../src/tools/dev-certs.js';
 import { verifyAuditFile } from '../../src/audit/verify.js';
 
@@ -30,17 +30,6 @@ async function get(port: number, p: string): Promise<{ status: number; body: str
   return { status: res.status, body: await res.text() };
 }
 
-async function failedConnect(cfg: pg.ClientConfig): Promise<{ code?: string; message: string }> {
-  const c = new pg.Client(cfg);
-  try {
-    await c.connect();
-  } catch (err) {
-    return err as { code?: string; message: string };
-  } finally {
-    await c.end().catch(() => undefined);
-  }
-  throw new Error('connect unexpectedly succeeded');
-}
 
 describe('operations', () => {
   let cluster: Cluster;
@@ -71,7 +60,7 @@ describe('operations', () => {
     it('serves /metrics, /healthz and /readyz', async () => {
       const c = await connect(rp, { tenant: 'acme', user: 'app', password: 'app-pass' });
       await c.query('select repeat($1, 1000)', ['x']);
-      await failedConnect(clientConfig(rp, { tenant: 'acme', user: 'app', password: 'wrong' }));
+      await connectError(clientConfig(rp, { tenant: 'acme', user: 'app', password: 'wrong' }));
       const m = await get(rp.metricsPort, '/metrics');
       assert.equal(m.status, 200);
       assert.match(m.body, /^pgwarden_client_connections\{tenant="acme"\} 1$/m);
@@ -111,7 +100,7 @@ describe('operations', () => {
       assert.equal((await other.query('select current_user as u')).rows[0].u, 'other');
       await other.end();
       rp.reload({ tenants: [{ id: 'acme', cluster, users: [{ name: 'other', verifier: otherVerifier }] }] });
-      const gone = await failedConnect(clientConfig(rp, { tenant: 'acme', user: 'app', password: 'app-pass' }));
+      const gone = await connectError(clientConfig(rp, { tenant: 'acme', user: 'app', password: 'app-pass' }));
       assert.equal(gone.code, '28P01');
       stop = true;
       await Promise.all(load);
@@ -147,7 +136,7 @@ describe('operations', () => {
             return false;
           }
         });
-        const old = await failedConnect(clientConfig(base, { tenant: 'acme', user: 'app', password: 'app-pass' }));
+        const old = await connectError(clientConfig(base, { tenant: 'acme', user: 'app', password: 'app-pass' }));
         assert.match(old.message, /self.signed|unable to verify|certificate/i);
       } finally {
         await child.stop();
@@ -164,7 +153,7 @@ describe('operations', () => {
         const ended = new Promise<{ code?: string }>((resolve) => idle.on('error', (e) => resolve(e as { code?: string })));
         child.child.kill('SIGTERM');
         await waitFor(() => child.logs().includes('draining'));
-        const refused = await failedConnect(clientConfig(base, { tenant: 'acme', user: 'app', password: 'app-pass' }));
+        const refused = await connectError(clientConfig(base, { tenant: 'acme', user: 'app', password: 'app-pass' }));
         assert.equal(refused.code, '57P03');
         assert.equal(refused.message, 'the database system is shutting down');
         assert.equal((await get(child.metricsPort!, '/readyz')).status, 503);

@@ -7,25 +7,12 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import pg from 'pg';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
-import { startProxy, connect, clientConfig, libpqConninfo, psql, type RunningProxy, type ProxySpec } from '../support/proxy.js';
+import { connectError, startProxy, connect, clientConfig, libpqConninfo, psql, type RunningProxy, type ProxySpec } from '../support/proxy.js';
 import { Wire, startupMessage, sslRequest, gssencRequest, typed } from '../support/wire.js';
 import { rawLogin } from '../support/login.js';
 import { verifyAuditFile } from '../../src/audit/verify.js';
 
-async function loginError(rp: RunningProxy, o: Parameters<typeof clientConfig>[1]): Promise<{ code: string; message: string }> {
-  const c = new pg.Client(clientConfig(rp, o));
-  try {
-    await c.connect();
-  } catch (err) {
-    const e = err as { code?: string; message: string };
-    return { code: e.code ?? 'none', message: e.message };
-  } finally {
-    await c.end().catch(() => undefined);
-  }
-  throw new Error('login unexpectedly succeeded');
-}
 
 describe('security at the edge', () => {
   let acmePg: Cluster;
@@ -77,7 +64,7 @@ describe('security at the edge', () => {
       { tenant: 'walled', user: 'app', password: 'acme-pass' }, // source_not_allowed
     ];
     for (const c of cases) {
-      const e = await loginError(rp, c);
+      const e = await connectError(clientConfig(rp, c));
       assert.equal(e.code, '28P01', JSON.stringify(c));
       assert.equal(e.message, `password authentication failed for user "${c.user}"`);
     }
@@ -111,21 +98,21 @@ describe('security at the edge', () => {
   });
 
   it('refuses plaintext sessions with 28000 when TLS is required', async () => {
-    const e = await loginError(rp, { tenant: 'acme', user: 'app', password: 'acme-pass', ssl: false, options: '-c pgwarden.tenant=acme' });
+    const e = await connectError(clientConfig(rp, { tenant: 'acme', user: 'app', password: 'acme-pass', ssl: false, options: '-c pgwarden.tenant=acme' }));
     assert.equal(e.code, '28000');
     assert.equal(e.message, 'TLS connection is required');
   });
 
   it('keeps a tenant user away from another tenant by every identifier', async () => {
     // SNI of the other tenant with this tenant's credentials: no such user there.
-    const viaSni = await loginError(rp, { tenant: 'globex', user: 'app', password: 'acme-pass' });
+    const viaSni = await connectError(clientConfig(rp, { tenant: 'globex', user: 'app', password: 'acme-pass' }));
     assert.equal(viaSni.code, '28P01');
     // SNI and options disagree.
-    const mixed = await loginError(rp, { tenant: 'acme', user: 'app', password: 'acme-pass', options: '-c pgwarden.tenant=globex' });
+    const mixed = await connectError(clientConfig(rp, { tenant: 'acme', user: 'app', password: 'acme-pass', options: '-c pgwarden.tenant=globex' }));
     assert.equal(mixed.code, '28000');
     assert.equal(mixed.message, 'inconsistent tenant identifiers in connection request');
     // The other tenant's database name only names a database on this tenant's own server.
-    const viaDb = await loginError(rp, { tenant: 'acme', user: 'app', password: 'acme-pass', database: 'globexdb' });
+    const viaDb = await connectError(clientConfig(rp, { tenant: 'acme', user: 'app', password: 'acme-pass', database: 'globexdb' }));
     assert.equal(viaDb.code, '3D000');
     // And a real session lands on its own server.
     const c = await connect(rp, { tenant: 'acme', user: 'app', password: 'acme-pass', database: 'acmedb' });
@@ -136,10 +123,10 @@ describe('security at the edge', () => {
 
   it('answers the tenant limit with 53300 after authentication', async () => {
     const first = await connect(rp, { tenant: 'tiny', user: 'solo', password: 'solo-pass' });
-    const e = await loginError(rp, { tenant: 'tiny', user: 'solo', password: 'solo-pass' });
+    const e = await connectError(clientConfig(rp, { tenant: 'tiny', user: 'solo', password: 'solo-pass' }));
     assert.equal(e.code, '53300');
     // A wrong password still gets 28P01, not 53300: the limit is checked after authentication.
-    const bad = await loginError(rp, { tenant: 'tiny', user: 'solo', password: 'nope' });
+    const bad = await connectError(clientConfig(rp, { tenant: 'tiny', user: 'solo', password: 'nope' }));
     assert.equal(bad.code, '28P01');
     await first.end();
     const again = await connect(rp, { tenant: 'tiny', user: 'solo', password: 'solo-pass' });

@@ -5,9 +5,8 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import pg from 'pg';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
-import { startProxy, connect, clientConfig, testCerts, type RunningProxy } from '../support/proxy.js';
+import { connectError, startProxy, connect, clientConfig, testCerts, type RunningProxy } from '../support/proxy.js';
 import { makeScramVerifier } from '../../src/auth/scram.js';
 import { makeDevCerts } from '../../src/tools/dev-certs.js';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -22,17 +21,6 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-async function loginError(rp: RunningProxy, o: Parameters<typeof clientConfig>[1]): Promise<{ code?: string; message: string }> {
-  const c = new pg.Client(clientConfig(rp, o));
-  try {
-    await c.connect();
-  } catch (err) {
-    return err as { code?: string; message: string };
-  } finally {
-    await c.end().catch(() => undefined);
-  }
-  throw new Error('login unexpectedly succeeded');
-}
 
 describe('upstream login', () => {
   let tlsPg: Cluster;
@@ -93,24 +81,24 @@ describe('upstream login', () => {
     assert.equal((await c.query<{ u: string }>('select current_user as u')).rows[0]!.u, 'svc');
     await c.end();
     // The backend password is not a client password.
-    const e = await loginError(rp, { tenant: 'pw', user: 'alice', password: 'backend-only-secret' });
+    const e = await connectError(clientConfig(rp, { tenant: 'pw', user: 'alice', password: 'backend-only-secret' }));
     assert.equal(e.code, '28P01');
   });
 
   it('answers 08006 when the backend refuses the proxy, without naming the backend role', async () => {
-    const e = await loginError(rp, { tenant: 'mismatch', user: 'app', password: 'app-pass' });
+    const e = await connectError(clientConfig(rp, { tenant: 'mismatch', user: 'app', password: 'app-pass' }));
     assert.equal(e.code, '08006');
     assert.equal(e.message, 'could not connect to the tenant database');
   });
 
   it('answers 08006 when the backend certificate does not verify', async () => {
-    const e = await loginError(rp, { tenant: 'wrongca', user: 'app', password: 'app-pass' });
+    const e = await connectError(clientConfig(rp, { tenant: 'wrongca', user: 'app', password: 'app-pass' }));
     assert.equal(e.code, '08006');
   });
 
   it('answers 08006 quickly when the backend is down', async () => {
     const t0 = Date.now();
-    const e = await loginError(rp, { tenant: 'down', user: 'app', password: 'app-pass' });
+    const e = await connectError(clientConfig(rp, { tenant: 'down', user: 'app', password: 'app-pass' }));
     assert.equal(e.code, '08006');
     assert.ok(Date.now() - t0 < 3000);
   });

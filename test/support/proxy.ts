@@ -218,3 +218,16 @@ export async function spawnProxy(spec: ProxySpec, env: Record<string, string> = 
     },
   };
 }
+
+/** Connects with node-postgres expecting a refusal; returns the error (code = SQLSTATE). */
+export async function connectError(cfg: pg.ClientConfig): Promise<{ code?: string; message: string }> {
+  const c = new pg.Client(cfg);
+  try {
+    await c.connect();
+  } catch (err) {
+    return err as { code?: string; message: string };
+  } finally {
+    await c.end().catch(() => undefined);
+  }
+  throw new Error('connect unexpectedly succeeded');
+}
