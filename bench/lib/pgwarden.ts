@@ -1,0 +1,90 @@
+/** Runs pgwarden as a child process (`node dist/src/cli.js serve`) with one tenant in front of the cluster. */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { DevCerts } from '../../src/tools/dev-certs.js';
+import type { Cluster } from '../../test/support/cluster.js';
+import { configToml, SNI_SUFFIX } from '../../test/support/proxy.js';
+import { startDaemon, type Daemon } from './child.js';
+import { onCleanup } from './cleanup.js';
+import type { Target } from './target.js';
+
+const TENANT = 'bench';
+/** pino's numeric level for "warn"; anything at or above it counts as a problem. */
+const PINO_WARN = 40;
+const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/cli.js');
+
+export interface PgWardenSpec {
+  cluster: Cluster;
+  database: string;
+  user: string;
+  verifier: string;
+  certs: DevCerts;
+  maxClientConnections: number;
+}
+
+/** The config the tests use (require_tls, backend_tls = "disable", metrics on), at the default log level. */
+function configText(spec: PgWardenSpec): string {
+  const toml = configToml(
+    {
+      requireTls: true,
+      tenants: [{
+        id: TENANT,
+        cluster: spec.cluster,
+        database: spec.database,
+        users: [{ name: spec.user, verifier: spec.verifier }],
+        maxClientConnections: spec.maxClientConnections,
+      }],
+    },
+    spec.certs,
+  );
+  // The "listening" line is logged at info, which is also the proxy's default level.
+  return toml.replace('level = "warn"', 'level = "info"');
+}
+
+/** Resolves with the port from the proxy's `"event":"listening"` log line. */
+function listeningPort(daemon: Daemon, timeoutMs = 15_000): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  return new Promise((resolve, reject) => {
+    const poll = (): void => {
+      const line = daemon.output().split('\n').find((l) => l.includes('"event":"listening"'));
+      if (line !== undefined) return resolve((JSON.parse(line) as { port: number }).port);
+      if (daemon.hasExited()) return reject(new Error(`pgwarden exited before listening:\n${daemon.output()}`));
+      if (Date.now() > deadline) return reject(new Error(`pgwarden did not log "listening" within ${timeoutMs} ms:\n${daemon.output()}`));
+      setTimeout(poll, 50);
+    };
+    poll();
+  });
+}
+
+/** Log lines at warn or above, and anything that is not pino JSON (stack traces, Node warnings). */
+function problemLines(output: string): string[] {
+  return output.split('\n').filter((line) => {
+    if (line.trim() === '') return false;
+    try {
+      const level = (JSON.parse(line) as { level?: unknown }).level;
+      return typeof level !== 'number' || level >= PINO_WARN;
+    } catch {
+      return true;
+    }
+  });
+}
+
+export async function startPgWarden(spec: PgWardenSpec): Promise<Target> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-bench-proxy-'));
+  onCleanup(`remove ${dir}`, () => rm(dir, { recursive: true, force: true }));
+  const configPath = path.join(dir, 'pgwarden.toml');
+  await writeFile(configPath, configText(spec));
+  const daemon = startDaemon(process.execPath, [CLI, 'serve', '--config', configPath], { cwd: dir });
+  onCleanup('stop pgwarden', () => daemon.stop());
+  const port = await listeningPort(daemon);
+  return {
+    name: 'pgwarden',
+    port,
+    host: `${TENANT}.${SNI_SUFFIX}`,
+    proxyPid: daemon.pid,
+    problems: () => problemLines(daemon.output()),
+    stop: () => daemon.stop(),
+  };
+}
