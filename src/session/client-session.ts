@@ -31,6 +31,7 @@ import { mockVerifier, ScramServerExchange } from '../auth/scram.js';
 import { resolveStartup, type ResolvedStartup } from '../routing/resolve.js';
 import { connectUpstream, sendUpstreamCancel, UpstreamRefused, type UpstreamConnection, type UpstreamTarget } from '../pool/upstream.js';
 import type { Lease } from '../limits/connections.js';
+import { PrefixedStream } from '../net/prefixed-stream.js';
 import type { SessionContext } from './context.js';
 import type { Metrics, TrafficSource } from '../observability/metrics.js';
 
@@ -54,6 +55,8 @@ type AuthStage = 'negotiation' | 'startup' | 'sasl_first' | 'sasl_final' | 'back
 const CLOSE_GRACE_MS = 5_000;
 
 const BACKEND_TYPES = new Set<number>(Object.values(Backend));
+/** First byte of a TLS record carrying a handshake (ClientHello). */
+const TLS_HANDSHAKE = 0x16;
 
 export class ClientSession implements TrafficSource {
   readonly id = randomUUID();
@@ -69,7 +72,7 @@ export class ClientSession implements TrafficSource {
   private tenantLease: Lease | null = null;
 
   // Negotiation facts, for routing and the audit record.
-  private tlsNegotiation: 'sslrequest' | 'none' = 'none';
+  private tlsNegotiation: 'sslrequest' | 'direct' | 'none' = 'none';
   private tlsVersion: string | null = null;
   private tlsCipher: string | null = null;
   private sni: string | undefined = undefined;
@@ -146,6 +149,12 @@ export class ClientSession implements TrafficSource {
         return;
       }
       if (this.phase === 'closed') return; // reading on only to see the peer's FIN
+      if (this.phase === 'negotiating' && this.bytesIn === 0 && chunk[0] === TLS_HANDSHAKE && this.ctx.tls !== null) {
+        // Direct TLS: a ClientHello instead of a startup packet (PostgreSQL 17).
+        this.bytesIn += chunk.length;
+        this.startTls(chunk);
+        return;
+      }
       this.bytesIn += chunk.length;
       this.reader.push(chunk);
       this.pump();
@@ -192,7 +201,7 @@ export class ClientSession implements TrafficSource {
     const msg = decodeFirstMessage(body);
     switch (msg.kind) {
       case 'ssl_request':
-        if (this.sslRequested) {
+        if (this.sslRequested || this.tlsNegotiation !== 'none') {
           // PostgreSQL treats a second SSLRequest as an unknown protocol version 1234.5679.
           throw Errors.unsupportedProtocol(1234, 5679);
         }
@@ -225,7 +234,8 @@ export class ClientSession implements TrafficSource {
     }
   }
 
-  private startTls(): void {
+  /** Upgrades the connection: after SSLRequest (no prefix) or for direct TLS (the ClientHello already read). */
+  private startTls(directPrefix?: Buffer): void {
     const tlsCtx = this.ctx.tls!;
     this.phase = 'tls_handshake';
     const raw = this.sock;
@@ -233,7 +243,8 @@ export class ClientSession implements TrafficSource {
     raw.removeListener('error', this.onClientError);
     raw.removeListener('close', this.onClientClose);
     raw.removeListener('drain', this.onClientDrain);
-    const secure = new tls.TLSSocket(raw, {
+    const direct = directPrefix !== undefined;
+    const secure = new tls.TLSSocket(direct ? (new PrefixedStream(raw, directPrefix) as unknown as Socket) : raw, {
       isServer: true,
       secureContext: tlsCtx.secureContext,
       ALPNProtocols: ['postgresql'],
@@ -249,13 +260,14 @@ export class ClientSession implements TrafficSource {
     secure.on('drain', this.onClientDrain);
     secure.once('secure', () => {
       try {
-        this.tlsNegotiation = 'sslrequest';
+        this.tlsNegotiation = direct ? 'direct' : 'sslrequest';
         this.tlsVersion = secure.getProtocol();
         this.tlsCipher = secure.getCipher()?.name ?? null;
-        // ALPN: a client that offers protocols must include "postgresql" (PostgreSQL 17).
+        // ALPN (PostgreSQL 17): direct TLS requires "postgresql"; after SSLRequest it is optional,
+        // but a client that offers protocols must include it (N10).
         const alpn = secure.alpnProtocol;
         this.ctx.metrics.tlsHandshakes.inc({ outcome: 'ok', version: this.tlsVersion ?? 'unknown' });
-        if (alpn !== false && alpn !== 'postgresql') return this.reject('protocol_violation:alpn');
+        if (alpn !== 'postgresql' && (direct || alpn !== false)) return this.reject('protocol_violation:alpn');
         this.phase = 'negotiating';
         this.pump();
       } catch (err) {

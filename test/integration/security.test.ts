@@ -7,12 +7,21 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import tls from 'node:tls';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
 import { connectError, startProxy, connect, clientConfig, libpqConninfo, psql, type RunningProxy, type ProxySpec } from '../support/proxy.js';
 import { Wire, startupMessage, sslRequest, gssencRequest, typed } from '../support/wire.js';
 import { rawLogin } from '../support/login.js';
 import { verifyAuditFile } from '../../src/audit/verify.js';
 
+
+function directTls(rp: RunningProxy, alpn: string[] | undefined): Promise<tls.TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const s = tls.connect({ host: '127.0.0.1', port: rp.port, servername: 'acme.pg.test', ca: rp.certs.caCertPem, ...(alpn === undefined ? {} : { ALPNProtocols: alpn }) });
+    s.once('secureConnect', () => resolve(s));
+    s.once('error', reject);
+  });
+}
 
 describe('security at the edge', () => {
   let acmePg: Cluster;
@@ -153,6 +162,25 @@ describe('security at the edge', () => {
     const f = await w.frame();
     assert.equal(f?.type, 'R');
     w.end();
+  });
+
+  it('accepts direct TLS with ALPN "postgresql" and closes direct TLS without it', async () => {
+    const ok = await directTls(rp, ['postgresql']);
+    ok.write(startupMessage({ user: 'app', database: 'postgres' }));
+    const f = await new Promise<Buffer>((resolve) => ok.once('data', resolve));
+    assert.equal(String.fromCharCode(f[0]!), 'R');
+    ok.destroy();
+    // No ALPN: the handshake may complete, but the session is closed without a reply.
+    const bare = await directTls(rp, undefined).catch(() => null);
+    if (bare !== null) {
+      bare.write(startupMessage({ user: 'app', database: 'postgres' }));
+      const got = await new Promise<Buffer | null>((resolve) => {
+        bare.once('data', resolve);
+        bare.once('close', () => resolve(null));
+        bare.once('error', () => resolve(null));
+      });
+      assert.equal(got, null);
+    }
   });
 
   it('closes without a message on startup lengths out of range', async () => {
