@@ -92,6 +92,15 @@ export const Errors = {
   /** N9 (replication) */
   replicationNotSupported: () =>
     new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, 'replication connections are not supported', 'client', 'protocol_violation:replication'),
+  /** N9b: `options` holds something other than -c settings. */
+  unsupportedOptions: () =>
+    new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, 'only "-c name=value" settings are supported in the options parameter', 'client', 'protocol_violation:options'),
+  /** N9c: a startup setting outside the allowlist (SECURITY.md rule 7). */
+  settingNotAllowed: (name: string) =>
+    new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, `parameter "${sanitizeName(name)}" cannot be set at connection time through pgwarden`, 'client', 'protocol_violation:setting_not_allowed'),
+  /** N9d */
+  unknownPgwardenOption: (name: string) =>
+    new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, `unrecognized pgwarden option "${sanitizeName(name)}"`, 'client', 'protocol_violation:options'),
   /** N11 */
   tooManyClients: () =>
     new PgError(SQLSTATE.TOO_MANY_CONNECTIONS, 'sorry, too many clients already', 'limit', 'too_many_connections'),
@@ -104,7 +113,7 @@ export const Errors = {
   /** T2 */
   noTenant: () =>
     new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'no tenant specified in connection request', 'client', 'unknown_tenant', {
-      hint: 'Use the host name <tenant>.<suffix> with TLS (SNI), or options=-c pgwarden.tenant=<tenant>, or user name <user>@<tenant>.',
+      hint: 'Use the host name <tenant>.<suffix> with TLS (SNI), or options=-c pgwarden.tenant=<tenant>.',
     }),
   /** T3 */
   inconsistentTenant: () =>

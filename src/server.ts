@@ -33,6 +33,8 @@ export class Proxy {
   readonly limiter: ConnectionLimiter = new LocalConnectionLimiter();
   readonly preauth = new PreauthLimiter();
   readonly sessions = new Set<ClientSession>();
+  /** Every client socket until it closes, including ones lingering after their FATAL. */
+  private readonly sockets = new Set<net.Socket>();
   readonly instanceId = INSTANCE_ID;
   private ctx: SessionContext;
   private listener: net.Server | null = null;
@@ -129,6 +131,8 @@ export class Proxy {
 
   private accept(socket: net.Socket): void {
     socket.on('error', () => undefined); // errors before the session attaches its handler
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
     const cfg = this.ctx.config.server;
     const source = socket.remoteAddress ?? 'unknown';
     const lease = this.preauth.tryAcquire(source, cfg.maxPreauthConnections, cfg.maxPreauthPerSource);
@@ -191,6 +195,10 @@ export class Proxy {
   async close(): Promise<void> {
     if (this.drainTimer !== null) clearTimeout(this.drainTimer);
     this.terminateAll('admin');
+    // Give the FATALs a moment to leave, then close what is left: shutdown must not wait on
+    // clients that do not read (the listener's close waits for every socket).
+    if (this.sockets.size > 0) await new Promise((r) => setTimeout(r, 200));
+    for (const s of this.sockets) s.destroy();
     await Promise.all([
       new Promise<void>((r) => (this.listener ? this.listener.close(() => r()) : r())),
       new Promise<void>((r) => {

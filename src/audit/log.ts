@@ -59,7 +59,8 @@ export class AuditLog {
 
   append(event: AuditEvent): AuditRecord {
     const elapsed = process.hrtime.bigint() - this.monoBase;
-    const { event: name, ...fields } = event;
+    // The envelope is the writer's alone: a caller's field can never replace seq, id or chain.
+    const { event: name, schema: _s, id: _i, time: _t, mono_ns: _m, instance: _n, seq: _q, chain: _c, ...fields } = event;
     const record = {
       schema: AUDIT_SCHEMA,
       event: name,

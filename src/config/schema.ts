@@ -84,7 +84,7 @@ class Reader {
 
   unknownKeys(tree: Tree, path: string, known: readonly string[]): void {
     for (const k of Object.keys(tree)) {
-      if (!known.includes(k)) this.problems.push(`${path}.${k}: unknown key`);
+      if (!known.includes(k)) this.problems.push(`${path === '' ? k : `${path}.${k}`}: unknown key`);
     }
   }
 
@@ -252,10 +252,11 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
     const allowCidrs = r.strArray(tt, 'allow_cidrs', path, ['0.0.0.0/0', '::/0']);
     const allowList = new BlockList();
     for (const c of allowCidrs) {
-      const [addr, prefixStr] = c.split('/');
+      const m = /^([^/]+)(?:\/(\d{1,3}))?$/.exec(c);
+      const addr = m?.[1];
       const family = isIP(addr ?? '');
-      const prefix = prefixStr === undefined ? (family === 6 ? 128 : 32) : Number(prefixStr);
-      if (family === 0 || !Number.isInteger(prefix) || prefix < 0 || prefix > (family === 6 ? 128 : 32)) {
+      const prefix = m?.[2] === undefined ? (family === 6 ? 128 : 32) : Number(m[2]);
+      if (m === null || family === 0 || prefix > (family === 6 ? 128 : 32)) {
         r.problems.push(`${path}.allow_cidrs: "${c}" is not a CIDR like "10.0.0.0/8"`);
         continue;
       }

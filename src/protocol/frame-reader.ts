@@ -130,9 +130,9 @@ export class FrameScanner {
 
   constructor(private readonly handler: ScanHandler) {}
 
-  /** True when the scanner sits on a frame boundary. */
+  /** True when the scanner sits on a frame boundary (never after an error: the stream is broken). */
   get atBoundary(): boolean {
-    return this.remaining === 0 && this.headerFill === 0;
+    return this.remaining === 0 && this.headerFill === 0 && this.error === null;
   }
 
   scan(chunk: Buffer): number {

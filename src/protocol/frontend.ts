@@ -55,6 +55,8 @@ export function decodeStartupParams(buf: Buffer): { params: Map<string, string>;
   const end = buf.length - 1;
   while (pos < end) {
     const nameEnd = buf.indexOf(0, pos);
+    // An empty name ends the list, as in PostgreSQL; it must then be the last byte (checked below).
+    if (nameEnd === pos) break;
     if (nameEnd < 0 || nameEnd >= end) {
       throw new ProtocolFormatError('invalid startup packet layout: expected terminator as last byte', 'startup_layout');
     }
@@ -113,7 +115,7 @@ export function encodeStartupMessage(params: ReadonlyMap<string, string>): Buffe
 
 /** CancelRequest for the upstream, with its own key. */
 export function encodeCancelRequest(processId: number, secretKey: Buffer): Buffer {
-  const out = Buffer.alloc(12 + secretKey.length - 4);
+  const out = Buffer.alloc(12 + secretKey.length);
   out.writeUInt32BE(out.length, 0);
   out.writeUInt32BE(RequestCode.CancelRequest, 4);
   out.writeUInt32BE(processId >>> 0, 8);

@@ -3,7 +3,7 @@
  * Input: the SNI host name, the startup parameters. Output: a validated tenant id and the
  * allow-listed parameters, or a PgError from SECURITY.md §3 (T2–T4, N8, N9). No I/O.
  */
-import { Errors, PgError } from '../errors.js';
+import { Errors } from '../errors.js';
 import { TENANT_ID_RE } from '../config/schema.js';
 
 /** The startup `options` key that names the tenant for clients that cannot send SNI. */
@@ -88,10 +88,10 @@ function parseOptions(options: string): Map<string, string> {
     else if (a.startsWith('--')) pair = a.slice(2);
     const eq = pair?.indexOf('=') ?? -1;
     if (pair === undefined || eq <= 0) {
-      throw new PgError('0A000', 'only "-c name=value" settings are supported in the options parameter', 'client', 'protocol_violation:options');
+      throw Errors.unsupportedOptions();
     }
     const name = pair.slice(0, eq).replace(/-/g, '_');
-    if (!GUC_NAME_RE.test(name)) throw new PgError('0A000', 'only "-c name=value" settings are supported in the options parameter', 'client', 'protocol_violation:options');
+    if (!GUC_NAME_RE.test(name)) throw Errors.unsupportedOptions();
     settings.set(name, pair.slice(eq + 1));
   }
   return settings;
@@ -121,7 +121,9 @@ export function resolveStartup(params: ReadonlyMap<string, string>, sni: string 
   const fromOptions = optionSettings.get(TENANT_OPTION);
   optionSettings.delete(TENANT_OPTION);
   for (const name of optionSettings.keys()) {
-    if (name.startsWith('pgwarden.')) throw new PgError('0A000', `unrecognized pgwarden option "${name.slice(0, 63)}"`, 'client', 'protocol_violation:options');
+    if (name.startsWith('pgwarden.')) throw Errors.unknownPgwardenOption(name);
+    // The same allowlist as plain startup parameters: options is no way around it (rule 7).
+    if (!FORWARDED_PARAMS.has(name)) throw Errors.settingNotAllowed(name);
   }
   const fromSni = tenantFromSni(sni, sniSuffix);
   const candidates = [fromSni, fromOptions].filter((t): t is string => t !== undefined && t !== '');

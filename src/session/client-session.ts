@@ -198,7 +198,15 @@ export class ClientSession implements TrafficSource {
   }
 
   private onFirstMessage(body: Buffer): void {
-    const msg = decodeFirstMessage(body);
+    let msg;
+    try {
+      msg = decodeFirstMessage(body);
+    } catch (err) {
+      if (!(err instanceof ProtocolFormatError)) throw err;
+      // A malformed CancelRequest is closed silently, as PostgreSQL does; a broken startup packet gets N5.
+      if (err.code === 'cancel_length') return this.reject('protocol_violation:cancel_length');
+      throw Errors.startupLayout();
+    }
     switch (msg.kind) {
       case 'ssl_request':
         if (this.sslRequested || this.tlsNegotiation !== 'none') {

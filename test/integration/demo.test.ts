@@ -1,0 +1,119 @@
+/**
+ * `npm run demo` end to end: runs dist/scripts/demo.js as a child, runs a printed psql command
+ * through the shell exactly as printed, then sends SIGINT and expects exit 0 and no `.demo/`.
+ * What the demo stages is scripts/demo.ts's business; this only holds it to its printed word.
+ */
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { accessSync, constants as fsConstants, existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const DEMO = path.join(REPO, 'dist/scripts/demo.js');
+const WORK = path.join(REPO, '.demo');
+const TIMEOUT_MS = 60_000;
+
+function onPath(cmd: string): boolean {
+  return (process.env['PATH'] ?? '').split(path.delimiter).some((dir) => {
+    try {
+      accessSync(path.join(dir || '.', cmd), fsConstants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** A demo someone started by hand owns `.demo/`; the test must not fight it. */
+function liveDemoPid(): number | undefined {
+  try {
+    const pid = Number(readFileSync(path.join(WORK, 'demo.pid'), 'utf8'));
+    process.kill(pid, 0);
+    return pid;
+  } catch {
+    return undefined;
+  }
+}
+
+function sh(command: string, input: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn('/bin/sh', ['-c', command], {
+      cwd: REPO,
+      env: { ...process.env, PSQLRC: '/dev/null', PGCONNECT_TIMEOUT: '10' },
+      timeout: TIMEOUT_MS,
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+    child.stdin.end(input);
+  });
+}
+
+const livePid = liveDemoPid();
+
+describe('npm run demo', { skip: livePid === undefined ? false : `a demo is running (pid ${livePid})`, timeout: 3 * TIMEOUT_MS }, () => {
+  let demo: ChildProcess;
+  let out = '';
+  let exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+
+  before(async () => {
+    demo = spawn(process.execPath, [DEMO], { cwd: REPO, env: { ...process.env, INIT_CWD: REPO }, stdio: ['ignore', 'pipe', 'pipe'] });
+    demo.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    demo.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    exited = new Promise((resolve) => demo.once('exit', (code, signal) => resolve({ code, signal })));
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`demo not ready after ${TIMEOUT_MS} ms:\n${out}`)), TIMEOUT_MS);
+      const check = (): void => {
+        if (!out.includes('Press Ctrl-C')) return;
+        clearTimeout(timer);
+        resolve();
+      };
+      demo.stdout!.on('data', check);
+      void exited.then(({ code }) => {
+        clearTimeout(timer);
+        reject(new Error(`demo exited with ${code} before it was ready:\n${out}`));
+      });
+    });
+  });
+
+  after(async () => {
+    if (demo?.exitCode !== null || demo.signalCode !== null) return;
+    demo.kill('SIGINT');
+    const t = setTimeout(() => demo.kill('SIGKILL'), TIMEOUT_MS);
+    await exited;
+    clearTimeout(t);
+  });
+
+  it('prints a psql command per tenant and the cross-tenant refusal', () => {
+    for (const [tenant, role] of [['acme', 'acme_app'], ['globex', 'globex_app']]) {
+      const re = new RegExp(`^  PGPASSWORD='[A-Za-z0-9_-]+' psql "host=${tenant}\\.pg\\.test hostaddr=127\\.0\\.0\\.1 port=\\d+ user=${role} dbname=${tenant} sslmode=verify-full sslrootcert=\\S+/\\.demo/certs/ca\\.crt channel_binding=require"$`, 'm');
+      assert.match(out, re);
+    }
+    assert.match(out, /^  => .*FATAL: {2}password authentication failed for user "acme_app"/m);
+    assert.match(out, /^  node dist\/src\/cli\.js audit verify \.demo\/audit\.jsonl$/m);
+  });
+
+  it('the printed acme command works when pasted into a shell', { skip: onPath('psql') ? false : 'psql is not installed' }, async () => {
+    const line = /^  (PGPASSWORD=.* psql "host=acme\.pg\.test .*")$/m.exec(out)?.[1];
+    assert.ok(line, `no acme command in:\n${out}`);
+    const r = await sh(line, "SELECT current_user || '@' || current_database() || ':' || count(*) AS who FROM products;\n");
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /acme_app@acme:3/);
+  });
+
+  it('SIGINT stops everything, exits 0 and removes .demo/', async () => {
+    assert.ok(existsSync(WORK));
+    demo.kill('SIGINT');
+    let timer: NodeJS.Timeout | undefined;
+    const result = await Promise.race([
+      exited,
+      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`demo still running ${TIMEOUT_MS} ms after SIGINT:\n${out}`)), TIMEOUT_MS))),
+    ]).finally(() => clearTimeout(timer));
+    assert.deepEqual(result, { code: 0, signal: null }, out);
+    assert.equal(existsSync(WORK), false, '.demo/ is still there');
+  });
+});
