@@ -161,6 +161,9 @@ export const Errors = {
     new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'invalid message length', 'client', reason),
   /** A11 */
   authTimeout: () => new PgError(SQLSTATE.CONNECTION_FAILURE, 'authentication timed out', 'client', 'auth_timeout'),
+  /** S1b: a database outside the tenant's `databases` list, in PostgreSQL's words. */
+  undefinedDatabase: (database: string) =>
+    new PgError(SQLSTATE.UNDEFINED_DATABASE, `database "${sanitizeName(database)}" does not exist`, 'client', 'database_not_allowed'),
   /** S1 */
   tooManyConnectionsForDatabase: (database: string) =>
     new PgError(SQLSTATE.TOO_MANY_CONNECTIONS, `too many connections for database "${sanitizeName(database)}"`, 'limit', 'too_many_connections'),

@@ -28,6 +28,8 @@ export interface TenantConfig {
   readonly maxClientConnections: number;
   readonly allowCidrs: readonly string[];
   readonly allowList: BlockList;
+  /** Databases a client may ask for on the tenant's server; undefined = any (the server's grants decide). */
+  readonly databases: ReadonlySet<string> | undefined;
   readonly users: ReadonlyMap<string, UserConfig>;
 }
 
@@ -222,7 +224,7 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
       continue;
     }
     const tt = raw as Tree;
-    r.unknownKeys(tt, path, ['backend', 'backend_tls', 'backend_ca', 'max_client_connections', 'allow_cidrs', 'enabled', 'users']);
+    r.unknownKeys(tt, path, ['backend', 'backend_tls', 'backend_ca', 'max_client_connections', 'allow_cidrs', 'enabled', 'databases', 'users']);
     const backend = r.str(tt, 'backend', path);
     let backendHost = '';
     let backendPort = 5432;
@@ -300,6 +302,7 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
       maxClientConnections: r.int(tt, 'max_client_connections', path, 100, 0, 1_000_000),
       allowCidrs,
       allowList,
+      databases: tt['databases'] === undefined ? undefined : new Set(r.strArray(tt, 'databases', path, [])),
       users,
     });
   }

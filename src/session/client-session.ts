@@ -339,10 +339,13 @@ export class ClientSession implements TrafficSource {
     const user = this.user!;
     const startup = this.startup!;
     try {
+      // Checked after authentication, as PostgreSQL checks a database's existence.
+      const database = startup.database ?? tenant.backendDatabase;
+      if (tenant.databases !== undefined && !tenant.databases.has(database)) throw Errors.undefinedDatabase(database);
       const lease = this.ctx.limiter.tryAcquireTenant(tenant.id, tenant.maxClientConnections);
       if (lease === null) {
         this.ctx.metrics.limitRejections.inc({ tenant: tenant.id, limit: 'max_client_connections' });
-        throw Errors.tooManyConnectionsForDatabase(startup.database ?? tenant.backendDatabase);
+        throw Errors.tooManyConnectionsForDatabase(database);
       }
       this.tenantLease = lease;
       const target = this.ctx.upstreamTarget(tenant);
@@ -355,7 +358,7 @@ export class ClientSession implements TrafficSource {
           target,
           {
             user: user.backendUser,
-            database: startup.database ?? tenant.backendDatabase,
+            database,
             params: startup.forward,
             credential: password !== undefined ? { kind: 'password', password } : { kind: 'client_key', clientKey, verifier: user.verifier },
           },

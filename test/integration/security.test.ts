@@ -53,6 +53,8 @@ describe('security at the edge', () => {
         { id: 'closed', cluster: acmePg, enabled: false, users: [{ name: 'app', verifier: await readVerifier(acmePg, 'app') }] },
         { id: 'walled', cluster: acmePg, allowCidrs: ['10.0.0.0/8'], users: [{ name: 'app', verifier: await readVerifier(acmePg, 'app') }] },
         { id: 'tiny', cluster: acmePg, maxClientConnections: 1, users: [{ name: 'solo', verifier: await readVerifier(acmePg, 'solo') }] },
+        // A tenant sharing a server: only its own database may be asked for.
+        { id: 'shared', cluster: acmePg, database: 'acmedb', databases: ['acmedb'], users: [{ name: 'app', verifier: await readVerifier(acmePg, 'app') }] },
       ],
     };
     rp = await startProxy(spec);
@@ -127,6 +129,16 @@ describe('security at the edge', () => {
     const c = await connect(rp, { tenant: 'acme', user: 'app', password: 'acme-pass', database: 'acmedb' });
     const port = (await c.query<{ port: string }>("select current_setting('port') as port")).rows[0]!.port;
     assert.equal(Number(port), acmePg.port);
+    await c.end();
+  });
+
+  it('limits a tenant on a shared server to its listed databases (3D000, after authentication)', async () => {
+    const other = await connectError(clientConfig(rp, { tenant: 'shared', user: 'app', password: 'acme-pass', database: 'postgres' }));
+    assert.equal(other.code, '3D000');
+    assert.equal(other.message, 'database "postgres" does not exist');
+    const bad = await connectError(clientConfig(rp, { tenant: 'shared', user: 'app', password: 'wrong', database: 'postgres' }));
+    assert.equal(bad.code, '28P01');
+    const c = await connect(rp, { tenant: 'shared', user: 'app', password: 'acme-pass', database: 'acmedb' });
     await c.end();
   });
 

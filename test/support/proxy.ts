@@ -37,6 +37,7 @@ export interface TenantSpec {
   backendCa?: string;
   /** Overrides the backend URL (e.g. a port where nothing listens). */
   backendUrl?: string;
+  databases?: string[];
 }
 
 export interface ProxySpec {
@@ -72,6 +73,7 @@ export function configToml(spec: ProxySpec, certs: DevCerts, port = 0): string {
       `max_client_connections = ${t.maxClientConnections ?? 100}`,
       `allow_cidrs = ${JSON.stringify(t.allowCidrs ?? ['0.0.0.0/0', '::/0'])}`,
       `enabled = ${t.enabled ?? true}`,
+      ...(t.databases === undefined ? [] : [`databases = ${JSON.stringify(t.databases)}`]),
     );
     for (const u of t.users) {
       lines.push('', `[tenants.${t.id}.users.${q(u.name)}]`, `scram = ${q(u.verifier)}`);

@@ -48,6 +48,7 @@ const SAMPLES: SampleArgs = {
   channelBindingFailed: [],
   invalidLength: [],
   authTimeout: [],
+  undefinedDatabase: ['otherdb'],
   tooManyConnectionsForDatabase: ['appdb'],
   invalidFrontendType: [120],
   invalidFormat: [],
@@ -66,6 +67,7 @@ const HOSTILE_SAMPLES: SampleArgs = {
   scramCbType: [HOSTILE],
   authFailed: [HOSTILE, 'unknown_user'],
   tooManyConnectionsForDatabase: [HOSTILE],
+  undefinedDatabase: [HOSTILE],
   settingNotAllowed: [HOSTILE],
   unknownPgwardenOption: [HOSTILE],
 };
