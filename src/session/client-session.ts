@@ -428,6 +428,7 @@ export class ClientSession implements TrafficSource {
     this.started = true;
     this.phase = 'relaying';
     this.auditSessionStart(conn);
+    this.ctx.log.info({ session: this.id, tenant: tenant.id, user: sanitizeName(this.startup!.user), client: this.remoteAddress, tls: this.tlsVersion }, 'session started');
 
     this.clientScanner = new FrameScanner(this.clientHandler);
     this.upstreamScanner = new FrameScanner(this.upstreamHandler);
@@ -643,6 +644,7 @@ export class ClientSession implements TrafficSource {
     this.countAuthFailure(err.reason);
     this.ctx.metrics.errors.inc({ kind: err.kind });
     this.auditAuthFailure(stage, err.reason, err.sqlstate, err.message);
+    this.ctx.log.info({ session: this.id, tenant: this.tenant?.id ?? null, client: this.remoteAddress, reason: err.reason }, 'authentication failed');
     this.sendFatal(err);
     this.phase = 'closed';
     this.cleanup();
@@ -700,6 +702,7 @@ export class ClientSession implements TrafficSource {
       this.ctx.metrics.clientConnections.dec({ tenant });
       this.ctx.metrics.sessionEnds.inc({ tenant, reason });
       this.auditSessionEnd(detail ?? reason);
+      this.ctx.log.info({ session: this.id, tenant, reason: detail ?? reason, durationMs: Date.now() - this.startedAt, bytesIn: this.bytesIn, bytesOut: this.bytesOut }, 'session ended');
     }
     this.cleanup();
   }
