@@ -6,6 +6,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
@@ -76,6 +77,33 @@ describe('operations', () => {
       assert.equal((await get(rp.metricsPort, '/readyz')).status, 200);
       assert.equal((await get(rp.metricsPort, '/nope')).status, 404);
       await c.end();
+    });
+
+    it('leaves nothing behind after many short sessions, failed logins and aborted handshakes', async () => {
+      for (let round = 0; round < 10; round++) {
+        await Promise.all([
+          ...Array.from({ length: 20 }, async () => {
+            const c = await connect(rp, { tenant: 'acme', user: 'app', password: 'app-pass' });
+            await c.query('select 1');
+            await c.end();
+          }),
+          ...Array.from({ length: 5 }, () => connectError(clientConfig(rp, { tenant: 'acme', user: 'app', password: 'nope' }))),
+          ...Array.from({ length: 5 }, async () => {
+            const s = net.connect({ host: '127.0.0.1', port: rp.port });
+            await new Promise((r) => s.once('connect', r));
+            s.destroy(); // gone before the startup packet
+          }),
+        ]);
+      }
+      await waitFor(() => rp.proxy.sessions.size === 0);
+      assert.equal(rp.proxy.cancels.size, 0);
+      assert.equal(rp.proxy.preauth.active, 0);
+      assert.equal(rp.proxy.limiter.tenantActive('acme'), 0);
+      const m = await get(rp.metricsPort, '/metrics');
+      assert.match(m.body, /^pgwarden_client_connections\{tenant="acme"\} 0$/m);
+      assert.match(m.body, /^pgwarden_preauth_connections 0$/m);
+      // Every backend connection was closed (a backend process exits a moment after Terminate).
+      await waitFor(async () => (await cluster.query("select count(*)::int as n from pg_stat_activity where usename = 'app'")).rows[0].n === 0);
     });
 
     it('reloads under load without disturbing running sessions', async () => {
