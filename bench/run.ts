@@ -57,7 +57,7 @@ async function setUp(options: BenchOptions): Promise<Setup> {
 }
 
 function directTarget(cluster: Cluster): Target {
-  return { name: 'direct', port: cluster.port, host: `direct.${SNI_SUFFIX}`, proxyPid: null, problems: () => [], stop: async () => undefined };
+  return { name: 'direct', port: cluster.port, host: `direct.${SNI_SUFFIX}`, proxyPid: null, problems: () => [], stop: () => Promise.resolve() };
 }
 
 function endpoint(setup: Setup, target: Target): Endpoint {

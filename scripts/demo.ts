@@ -444,11 +444,11 @@ async function startPgwarden(configPath: string): Promise<Pgwarden> {
   children.add(child);
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   onTeardown('stop pgwarden', () => stopChild(child, exited));
-  child.stderr!.on('data', (d: Buffer) => {
+  child.stderr.on('data', (d: Buffer) => {
     log.write(d);
     process.stderr.write(`[pgwarden] ${d.toString()}`);
   });
-  const lines = createInterface({ input: child.stdout! });
+  const lines = createInterface({ input: child.stdout });
   const listening = new Promise<{ port: number; metrics_port: number }>((resolve, reject) => {
     lines.on('line', (line) => {
       log.write(`${line}\n`);
@@ -544,7 +544,7 @@ async function selfCheckPg(tenants: readonly Tenant[], w: Pgwarden, certs: DevCe
       ssl: { ca: certs.caCertPem, servername: `${tenant}.${SNI_SUFFIX}`, rejectUnauthorized: true },
       enableChannelBinding: true,
       connectionTimeoutMillis: 10_000,
-    } as pg.ClientConfig);
+    });
     c.on('error', () => undefined);
     await c.connect();
     return c;
@@ -562,7 +562,10 @@ async function selfCheckPg(tenants: readonly Tenant[], w: Pgwarden, certs: DevCe
         await c.end();
         throw new DemoError('self-check: a forbidden login succeeded');
       },
-      (err: Error & { code?: string }) => `${err.code ?? '?'} ${err.message}`,
+      (err: unknown) => {
+        const e = err as Error & { code?: string };
+        return `${e.code ?? '?'} ${e.message}`;
+      },
     );
   const cross = await failure(login(globex.id, acme.role, acme.password, globex.id));
   const wrong = await failure(login(acme.id, acme.role, newPassword(), acme.id));

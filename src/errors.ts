@@ -62,7 +62,6 @@ export class PgError extends Error {
 
 /** Printable ASCII only, at most 63 bytes (NAMEDATALEN - 1): attacker-supplied names in messages. */
 export function sanitizeName(name: string): string {
-  // eslint-disable-next-line no-control-regex
   return name.replace(/[^\x20-\x7e]/g, '?').slice(0, 63);
 }
 

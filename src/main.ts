@@ -40,7 +40,7 @@ export async function serve(configPath: string): Promise<void> {
       .then((next) => proxy.reload(next))
       .catch((err: unknown) => {
         proxy.metrics.configReloads.inc({ outcome: 'rejected' });
-        const problems = err instanceof ConfigError ? err.problems : [String((err as Error).message ?? err)];
+        const problems = err instanceof ConfigError ? err.problems : [String((err as { message?: unknown } | null | undefined)?.message ?? err)];
         log.error({ problems }, 'reload rejected: keeping the running configuration');
       });
   });

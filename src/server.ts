@@ -104,7 +104,7 @@ export class Proxy {
         tls: tenant.backendTls,
         ca: cas.get(tenant.id),
       }),
-      onClosed: (s) => this.sessions.delete(s as ClientSession),
+      onClosed: (s) => this.sessions.delete(s),
     };
   }
 
@@ -227,7 +227,7 @@ function loadTls(config: Config): TlsMaterial | null {
  */
 function mockSecretFor(config: Config): Buffer {
   const env = config.server.mockSecretEnv;
-  if (env !== undefined && process.env[env] !== undefined) return createHash('sha256').update(process.env[env]!).digest();
+  if (env !== undefined && process.env[env] !== undefined) return createHash('sha256').update(process.env[env]).digest();
   if (config.server.tlsKeyPath !== undefined) {
     return createHash('sha256').update('pgwarden-mock-v1\0').update(readFileSync(config.server.tlsKeyPath)).digest();
   }

@@ -20,8 +20,8 @@ export function startDaemon(file: string, args: string[], options: SpawnOptions 
   const append = (chunk: Buffer): void => {
     out += chunk.toString();
   };
-  child.stdout?.on('data', append);
-  child.stderr?.on('data', append);
+  child.stdout.on('data', append);
+  child.stderr.on('data', append);
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   child.once('error', (err) => {
     out += `spawn error: ${err.message}\n`;

@@ -26,12 +26,13 @@ export async function verifyAuditFile(file: string): Promise<VerifyResult> {
   for await (const line of rl) {
     lineNo++;
     if (line.length === 0) continue;
-    let rec: Record<string, unknown> & { chain?: { prev?: unknown; hash?: unknown } };
+    let rec: (Record<string, unknown> & { chain?: { prev?: unknown; hash?: unknown } | null }) | null;
     try {
       rec = JSON.parse(line) as typeof rec;
     } catch {
       return bad(lineNo, undefined, 'not valid JSON');
     }
+    if (rec === null) return bad(lineNo, undefined, 'not a JSON object');
     const id = typeof rec['id'] === 'string' ? rec['id'] : undefined;
     if (rec['schema'] !== AUDIT_SCHEMA) return bad(lineNo, id, `schema is not ${AUDIT_SCHEMA}`);
     const chain = rec.chain;

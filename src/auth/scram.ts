@@ -65,10 +65,10 @@ export function formatScramVerifier(v: ScramVerifier): string {
  * characters) is used as raw bytes.
  */
 export function saslprep(password: string): Buffer {
-  // eslint-disable-next-line no-control-regex
   if (/^[\x20-\x7e]*$/.test(password)) return Buffer.from(password, 'utf8');
   const mapped = password
     .replace(/[\u00a0\u1680\u2000-\u200b\u202f\u205f\u3000]/g, ' ')
+    // eslint-disable-next-line no-misleading-character-class -- a set of single code points (RFC 3454 B.1), not combined sequences
     .replace(/[\u00ad\u034f\u1806\u180b-\u180d\u200b-\u200d\u2060\ufe00-\ufe0f\ufeff]/g, '')
     .normalize('NFKC');
   // eslint-disable-next-line no-control-regex

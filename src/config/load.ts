@@ -20,7 +20,7 @@ export async function loadConfigFile(file: string): Promise<Config> {
 export function parseConfigText(text: string, baseDir: string, name = 'config'): Config {
   let tree: Record<string, unknown>;
   try {
-    tree = parse(text) as Record<string, unknown>;
+    tree = parse(text);
   } catch (err) {
     if (err instanceof TomlError) throw new ConfigError([`${name}:${err.line}:${err.column}: TOML syntax error: ${err.message.split('\n')[0] ?? ''}`]);
     throw err;

@@ -140,7 +140,7 @@ class Reader {
       this.problems.push(`${path}.${key}: must be an array of strings`);
       return dflt;
     }
-    return v as string[];
+    return v;
   }
 
   listen(tree: Tree | undefined, key: string, path: string, dflt: string): { host: string; port: number } {
@@ -184,12 +184,12 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
   const sniSuffix = (r.str(s, 'sni_suffix', 'server', '') ?? '').toLowerCase().replace(/^\./, '');
   if (sniSuffix !== '' && !/^[a-z0-9.-]+$/.test(sniSuffix)) r.problems.push('server.sni_suffix: must be a DNS name like "db.example.com"');
 
-  const server = {
+  const server: Config['server'] = {
     listenHost: listen.host,
     listenPort: listen.port,
     tlsCertPath: tlsCert === undefined ? undefined : resolvePath(tlsCert),
     tlsKeyPath: tlsKey === undefined ? undefined : resolvePath(tlsKey),
-    tlsMinVersion: (tlsMin === 'TLSv1.3' ? 'TLSv1.3' : 'TLSv1.2') as 'TLSv1.2' | 'TLSv1.3',
+    tlsMinVersion: tlsMin === 'TLSv1.3' ? 'TLSv1.3' : 'TLSv1.2',
     requireTls,
     sniSuffix,
     authTimeoutMs: r.duration(s, 'auth_timeout', 'server', 60_000, 100, 600_000),
@@ -211,9 +211,9 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
 
   const tenants = new Map<string, TenantConfig>();
   // Tenant ids are free-form keys, each checked below.
-  const t = tree['tenants'] as Tree | undefined;
+  const t = tree['tenants'];
   if (t !== undefined && (typeof t !== 'object' || t === null || Array.isArray(t))) r.problems.push('tenants: must be a table');
-  for (const [id, raw] of Object.entries(t ?? {})) {
+  for (const [id, raw] of Object.entries((t ?? {}) as Tree)) {
     const path = `tenants.${id}`;
     if (!TENANT_ID_RE.test(id)) {
       r.problems.push(`${path}: tenant id must be a lower-case DNS label (a-z, 0-9, '-')`);

@@ -157,10 +157,8 @@ export class FrameScanner {
       // Header: fast path when all 5 bytes are in this chunk.
       let type: number;
       let length: number;
-      let frameStart: number;
       if (this.headerFill === 0 && n - pos >= 5) {
         type = chunk[pos]!;
-        frameStart = pos;
         const max = this.handler.maxFrameLength(type);
         if (max < 0) return this.fail(new FrameTypeError(type), pos);
         length = chunk.readUInt32BE(pos + 1);
@@ -171,7 +169,7 @@ export class FrameScanner {
           const max = this.handler.maxFrameLength(chunk[pos]!);
           if (max < 0) return this.fail(new FrameTypeError(chunk[pos]!), pos);
         }
-        frameStart = pos - this.headerFill; // may be negative: the frame began in an earlier chunk
+        const frameStart = pos - this.headerFill; // may be negative: the frame began in an earlier chunk
         const take = Math.min(5 - this.headerFill, n - pos);
         chunk.copy(this.header, this.headerFill, pos, pos + take);
         this.headerFill += take;

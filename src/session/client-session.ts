@@ -93,7 +93,7 @@ export class ClientSession implements TrafficSource {
   private clientScanner: FrameScanner | null = null;
   private upstreamScanner: FrameScanner | null = null;
   private terminateSeen = false;
-  private txStatus: TxStatusByte | number = 0x49;
+  private txStatus: number = 0x49;
   private lastUpstreamError: { code: string; fatal: boolean } | null = null;
   private started = false;
   private auditEi = 0;
@@ -252,7 +252,7 @@ export class ClientSession implements TrafficSource {
     raw.removeListener('close', this.onClientClose);
     raw.removeListener('drain', this.onClientDrain);
     const direct = directPrefix !== undefined;
-    const secure = new tls.TLSSocket(direct ? (new PrefixedStream(raw, directPrefix) as unknown as Socket) : raw, {
+    const secure = new tls.TLSSocket(direct ? new PrefixedStream(raw, directPrefix) : raw, {
       isServer: true,
       secureContext: tlsCtx.secureContext,
       ALPNProtocols: ['postgresql'],
@@ -270,6 +270,8 @@ export class ClientSession implements TrafficSource {
       try {
         this.tlsNegotiation = direct ? 'direct' : 'sslrequest';
         this.tlsVersion = secure.getProtocol();
+        // @types/node says getCipher() is never null, but Node returns null once the handle is gone.
+        // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
         this.tlsCipher = secure.getCipher()?.name ?? null;
         // ALPN (PostgreSQL 17): direct TLS requires "postgresql"; after SSLRequest it is optional,
         // but a client that offers protocols must include it (N10).

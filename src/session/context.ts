@@ -11,6 +11,7 @@ import type { RejectionAggregator } from '../audit/rejections.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Logger } from '../observability/logger.js';
 import type { UpstreamTarget } from '../pool/upstream.js';
+import type { ClientSession } from './client-session.js';
 
 export interface SessionContext {
   readonly config: Config;
@@ -25,5 +26,5 @@ export interface SessionContext {
   readonly mockSecret: Buffer;
   isDraining(): boolean;
   upstreamTarget(tenant: TenantConfig): UpstreamTarget;
-  onClosed(session: { readonly id: string }): void;
+  onClosed(session: ClientSession): void;
 }

@@ -355,7 +355,7 @@ describe('clients through pgwarden: node-postgres, psql, pgbench', () => {
       await listener.query('listen pgwarden_chan');
       const payload = 'hello 🐘 中文';
       await notifier.query('select pg_notify($1, $2)', ['pgwarden_chan', payload]);
-      await waitFor('the first notification', async () => got.length === 1, 5_000);
+      await waitFor('the first notification', () => Promise.resolve(got.length === 1), 5_000);
       const pid = (await notifier.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid;
       assert.equal(got[0]?.channel, 'pgwarden_chan');
       assert.equal(got[0]?.payload, payload);
@@ -366,7 +366,7 @@ describe('clients through pgwarden: node-postgres, psql, pgbench', () => {
       await sleep(300);
       assert.equal(got.length, 1, 'not delivered before commit');
       await notifier.query('commit');
-      await waitFor('the committed notification', async () => got.length === 2, 5_000);
+      await waitFor('the committed notification', () => Promise.resolve(got.length === 2), 5_000);
       assert.equal(got[1]?.payload, 'in-tx');
       await listener.query('unlisten *');
     });
@@ -385,7 +385,7 @@ describe('clients through pgwarden: node-postgres, psql, pgbench', () => {
       await c.query('create temp table u (id int, s text)');
       for (const [i, s] of samples.entries()) {
         const p = await c.query<{ s: string; bytes: number; chars: number }>('select $1::text as s, octet_length($1::text) as bytes, char_length($1::text) as chars', [s]);
-        assert.deepEqual(p.rows[0], { s, bytes: Buffer.byteLength(s), chars: [...s].length });
+        assert.deepEqual(p.rows[0], { s, bytes: Buffer.byteLength(s), chars: Array.from(s).length });
         const lit = await c.query<{ s: string }>(`select ${c.escapeLiteral(s)}::text as s`);
         assert.equal(lit.rows[0]?.s, s);
         await c.query('insert into u values ($1, $2)', [i, s]);
@@ -447,8 +447,8 @@ describe('clients through pgwarden: node-postgres, psql, pgbench', () => {
     it('SHOW application_name is what the client sent (pg and psql)', async () => {
       const c = await client({ applicationName: 'pgwarden-clients-test' });
       assert.equal((await c.query<{ application_name: string }>('show application_name')).rows[0]?.application_name, 'pgwarden-clients-test');
-      const act = await pgc.query("select count(*)::int as n from pg_stat_activity where application_name = 'pgwarden-clients-test' and usename = $1", [USER]);
-      assert.equal(act.rows[0].n, 1);
+      const act = await pgc.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where application_name = 'pgwarden-clients-test' and usename = $1", [USER]);
+      assert.equal(act.rows[0]?.n, 1);
       const p = await sql(['-c', 'show application_name'], undefined, 'application_name=psql-through-pgwarden');
       assert.equal(p.code, 0, p.stderr);
       assert.equal(p.stdout, 'psql-through-pgwarden\n');
@@ -464,11 +464,11 @@ describe('clients through pgwarden: node-postgres, psql, pgbench', () => {
   describe('cancel', () => {
     const CANCEL_DEADLINE_MS = 5_000;
     const activeSleeps = async (appName: string): Promise<number> => {
-      const r = await pgc.query(
+      const r = await pgc.query<{ n: number }>(
         "select count(*)::int as n from pg_stat_activity where state = 'active' and query like 'select pg_sleep(%' and application_name = $1",
         [appName],
       );
-      return r.rows[0].n as number;
+      return r.rows[0]!.n;
     };
     /** Cancels leftovers from the superuser side, so a failed cancel costs seconds, not 30. */
     const cancelLeftovers = async (appName: string): Promise<void> => {

@@ -71,7 +71,7 @@ describe('startCluster', () => {
   });
 
   it('serves TLS with the given certificate, verified against the dev CA', async () => {
-    assert.equal((await cluster.query('SHOW ssl')).rows[0]?.ssl, 'on');
+    assert.equal((await cluster.query<{ ssl: string }>('SHOW ssl')).rows[0]?.ssl, 'on');
     const client = await connectAlice(ALICE.password, { ssl: { ca: certs.caCertPem, rejectUnauthorized: true } });
     try {
       const { rows } = await client.query<{ ssl: boolean }>('SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()');
@@ -82,7 +82,7 @@ describe('startCluster', () => {
   });
 
   it('applies extra settings, quoted', async () => {
-    assert.equal((await cluster.query('SHOW application_name')).rows[0]?.application_name, "pgwarden's test");
+    assert.equal((await cluster.query<{ application_name: string }>('SHOW application_name')).rows[0]?.application_name, "pgwarden's test");
   });
 
   it('survives killHard() and restart() on the same port', async () => {
@@ -96,7 +96,7 @@ describe('startCluster', () => {
     await cluster.restart();
     assert.equal(cluster.port, port);
     assert.notEqual(cluster.pid(), before);
-    assert.equal((await cluster.query('SELECT 1 AS one')).rows[0]?.one, 1);
+    assert.equal((await cluster.query<{ one: number }>('SELECT 1 AS one')).rows[0]?.one, 1);
     await cluster.restart(); // clean stop -m fast, then start
     const client = await connectAlice(ALICE.password);
     await client.end();

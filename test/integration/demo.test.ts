@@ -93,12 +93,12 @@ describe('npm run demo', { skip: livePid === undefined ? false : `a demo is runn
       const re = new RegExp(`^  PGPASSWORD='[A-Za-z0-9_-]+' psql "host=${tenant}\\.pg\\.test hostaddr=127\\.0\\.0\\.1 port=\\d+ user=${role} dbname=${tenant} sslmode=verify-full sslrootcert=\\S+/\\.demo/certs/ca\\.crt channel_binding=require"$`, 'm');
       assert.match(out, re);
     }
-    assert.match(out, /^  => .*FATAL: {2}password authentication failed for user "acme_app"/m);
-    assert.match(out, /^  node dist\/src\/cli\.js audit verify \.demo\/audit\.jsonl$/m);
+    assert.match(out, /^ {2}=> .*FATAL: {2}password authentication failed for user "acme_app"/m);
+    assert.match(out, /^ {2}node dist\/src\/cli\.js audit verify \.demo\/audit\.jsonl$/m);
   });
 
   it('the printed acme command works when pasted into a shell', { skip: onPath('psql') ? false : 'psql is not installed' }, async () => {
-    const line = /^  (PGPASSWORD=.* psql "host=acme\.pg\.test .*")$/m.exec(out)?.[1];
+    const line = /^ {2}(PGPASSWORD=.* psql "host=acme\.pg\.test .*")$/m.exec(out)?.[1];
     assert.ok(line, `no acme command in:\n${out}`);
     const r = await sh(line, "SELECT current_user || '@' || current_database() || ':' || count(*) AS who FROM products;\n");
     assert.equal(r.code, 0, r.stderr);

@@ -103,7 +103,7 @@ describe('operations', () => {
       assert.match(m.body, /^pgwarden_client_connections\{tenant="acme"\} 0$/m);
       assert.match(m.body, /^pgwarden_preauth_connections 0$/m);
       // Every backend connection was closed (a backend process exits a moment after Terminate).
-      await waitFor(async () => (await cluster.query("select count(*)::int as n from pg_stat_activity where usename = 'app'")).rows[0].n === 0);
+      await waitFor(async () => (await cluster.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where usename = 'app'")).rows[0]?.n === 0);
     });
 
     it('reloads under load without disturbing running sessions', async () => {
@@ -112,8 +112,8 @@ describe('operations', () => {
       let stop = false;
       const load = clients.map(async (c) => {
         while (!stop) {
-          const r = await c.query('select sum(g) as s from generate_series(1, 100) g');
-          assert.equal(r.rows[0].s, '5050');
+          const r = await c.query<{ s: string }>('select sum(g) as s from generate_series(1, 100) g');
+          assert.equal(r.rows[0]?.s, '5050');
           queries++;
         }
       });
@@ -125,7 +125,7 @@ describe('operations', () => {
       }
       rp.reload(withOther);
       const other = await connect(rp, { tenant: 'acme', user: 'other', password: 'other-pass' });
-      assert.equal((await other.query('select current_user as u')).rows[0].u, 'other');
+      assert.equal((await other.query<{ u: string }>('select current_user as u')).rows[0]?.u, 'other');
       await other.end();
       rp.reload({ tenants: [{ id: 'acme', cluster, users: [{ name: 'other', verifier: otherVerifier }] }] });
       const gone = await connectError(clientConfig(rp, { tenant: 'acme', user: 'app', password: 'app-pass' }));

@@ -103,7 +103,7 @@ describe('security at the edge', () => {
       w.write(typed('p', Buffer.concat([sasl, first])));
       const cont = await w.frame();
       assert.equal(cont?.type, 'R');
-      salts.push(/s=([^,]+)/.exec(cont!.body.toString('utf8', 4))![1]!);
+      salts.push(/s=([^,]+)/.exec(cont.body.toString('utf8', 4))![1]!);
       w.end();
     }
     assert.equal(salts[0], salts[1]);
@@ -213,7 +213,7 @@ describe('security at the edge', () => {
     w1.write(startupMessage({ user: 'app' }, 4 << 16));
     const e1 = await w1.error();
     assert.equal(e1?.code, '0A000');
-    assert.match(e1!.message, /^unsupported frontend protocol 4\.0/);
+    assert.match(e1.message, /^unsupported frontend protocol 4\.0/);
 
     const w2 = await Wire.connect(rp.port);
     await w2.startTls(rp.certs.caCertPem, 'acme.pg.test');
@@ -235,9 +235,9 @@ describe('security at the edge', () => {
     w.write(startupMessage({ user: 'app', database: 'postgres', _pq__bogus: 'x' }.constructor === Object ? { user: 'app', database: 'postgres', '_pq_.bogus': '1' } : {}, (3 << 16) | 2));
     const f1 = await w.frame();
     assert.equal(f1?.type, 'v');
-    assert.equal(f1!.body.readUInt32BE(0), 0); // newest minor we speak
-    assert.equal(f1!.body.readUInt32BE(4), 1);
-    assert.equal(f1!.body.toString('utf8', 8).replace(/\0$/, ''), '_pq_.bogus');
+    assert.equal(f1.body.readUInt32BE(0), 0); // newest minor we speak
+    assert.equal(f1.body.readUInt32BE(4), 1);
+    assert.equal(f1.body.toString('utf8', 8).replace(/\0$/, ''), '_pq_.bogus');
     const f2 = await w.frame();
     assert.equal(f2?.type, 'R');
     w.end();
@@ -302,7 +302,7 @@ describe('security at the edge', () => {
     assert.equal(e2?.code, '08P01');
     assert.equal(e2?.message, 'invalid message length');
 
-    assert.equal((await bystander.query('select 7 as n')).rows[0].n, 7);
+    assert.equal((await bystander.query<{ n: number }>('select 7 as n')).rows[0]?.n, 7);
     await bystander.end();
   });
 

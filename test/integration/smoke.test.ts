@@ -17,9 +17,9 @@ describe('smoke', () => {
   });
   it('pg client works through the proxy', async () => {
     const c = await connect(rp, { tenant: 'acme', user: 'app', password: 'secret-app' });
-    const r = await c.query('select 1 + 1 as two, current_user as u');
-    assert.equal(r.rows[0].two, 2);
-    assert.equal(r.rows[0].u, 'app');
+    const r = await c.query<{ two: number; u: string }>('select 1 + 1 as two, current_user as u');
+    assert.equal(r.rows[0]?.two, 2);
+    assert.equal(r.rows[0]?.u, 'app');
     await c.end();
   });
   it('psql with channel_binding=require works', async () => {

@@ -37,7 +37,7 @@ export interface Cluster {
   /** `postgresql://127.0.0.1:<port>/<database>` without credentials. */
   url(database?: string): string;
   /** Runs one statement as superuser over the unix socket with a short-lived client. */
-  query(sql: string, params?: unknown[], database?: string): Promise<pg.QueryResult>;
+  query<R extends pg.QueryResultRow = pg.QueryResultRow>(sql: string, params?: unknown[], database?: string): Promise<pg.QueryResult<R>>;
   /** Immediate shutdown, then removes the temp dir. Safe to call twice. */
   stop(): Promise<void>;
   /** SIGKILLs the postmaster and its children, as a host crash would; the data dir stays. */
@@ -265,7 +265,7 @@ class ClusterProcess implements Cluster {
     return this.postmasterPid;
   }
 
-  async query(sql: string, params?: unknown[], database?: string): Promise<pg.QueryResult> {
+  async query<R extends pg.QueryResultRow = pg.QueryResultRow>(sql: string, params?: unknown[], database?: string): Promise<pg.QueryResult<R>> {
     const client = new pg.Client({
       host: this.socketDir,
       port: this.port,
@@ -274,7 +274,7 @@ class ClusterProcess implements Cluster {
     });
     await client.connect();
     try {
-      return await client.query(sql, params);
+      return await client.query<R>(sql, params);
     } finally {
       await client.end();
     }

@@ -187,8 +187,8 @@ export async function spawnProxy(spec: ProxySpec, env: Record<string, string> = 
   const cli = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../src/cli.js');
   const child = spawn(process.execPath, [cli, 'serve', '--config', configPath], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const ports = await new Promise<{ port: number; metricsPort: number | null }>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`proxy did not start:\n${out}`)), 15_000);
@@ -201,7 +201,7 @@ export async function spawnProxy(spec: ProxySpec, env: Record<string, string> = 
         return;
       }
     };
-    child.stdout!.on('data', check);
+    child.stdout.on('data', check);
     void exited.then((code) => reject(new Error(`proxy exited with ${code}:\n${out}`)));
   });
   return {

@@ -98,7 +98,7 @@ describe('config: a full valid file', () => {
     config = parseConfigText(FULL, BASE_DIR);
   });
   after(() => {
-    delete process.env[ENV_SET];
+    Reflect.deleteProperty(process.env, ENV_SET);
   });
 
   it('the minimal config is valid too', () => {
@@ -259,7 +259,7 @@ describe('config: each problem names its key', () => {
   }
 
   it('backend_password_env naming an unset variable', () => {
-    delete process.env[ENV_UNSET];
+    Reflect.deleteProperty(process.env, ENV_UNSET);
     assertProblemAt(MINIMAL.replace(`scram = "${VERIFIER}"`, `scram = "${VERIFIER}"\nbackend_password_env = "${ENV_UNSET}"`), 'tenants.acme.users.alice.backend_password_env');
   });
 
