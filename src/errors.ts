@@ -166,6 +166,9 @@ export const Errors = {
   /** S1 */
   tooManyConnectionsForDatabase: (database: string) =>
     new PgError(SQLSTATE.TOO_MANY_CONNECTIONS, `too many connections for database "${sanitizeName(database)}"`, 'limit', 'too_many_connections'),
+  /** P1: no backend became free within pool_timeout. */
+  poolTimeout: () =>
+    new PgError(SQLSTATE.TOO_MANY_CONNECTIONS, 'no backend connection available within pool_timeout', 'limit', 'pool_timeout'),
   /** S2 */
   invalidFrontendType: (type: number) =>
     new PgError(SQLSTATE.PROTOCOL_VIOLATION, `invalid frontend message type ${type}`, 'client', 'protocol_violation:message_type'),

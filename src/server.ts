@@ -18,6 +18,7 @@ import { createAdminServer } from './admin/http.js';
 import { ClientSession } from './session/client-session.js';
 import type { SessionContext } from './session/context.js';
 import type { UpstreamTarget } from './pool/upstream.js';
+import { PoolManager } from './pool/backend-pool.js';
 import { Errors } from './errors.js';
 
 export const VERSION = '0.1.0';
@@ -42,6 +43,7 @@ export class Proxy {
   private draining = false;
   private drainTimer: NodeJS.Timeout | null = null;
   private readonly rejections: RejectionAggregator;
+  readonly pools: PoolManager;
 
   private constructor(
     config: Config,
@@ -51,6 +53,7 @@ export class Proxy {
     readonly log: Logger,
   ) {
     this.rejections = new RejectionAggregator(() => this.audit, this.metrics);
+    this.pools = new PoolManager(this.metrics, this.log);
     this.ctx = this.makeContext(config, tlsMaterial);
   }
 
@@ -92,6 +95,7 @@ export class Proxy {
       tls: tlsMaterial,
       cancels: this.cancels,
       limiter: this.limiter,
+      pools: this.pools,
       audit: this.audit,
       rejections: this.rejections,
       metrics: this.metrics,
@@ -160,6 +164,7 @@ export class Proxy {
       this.log.warn('server.listen changed: takes effect after a restart');
     }
     this.ctx = this.makeContext(config, tlsMaterial);
+    this.pools.retain(new Set(config.tenants.keys()));
     this.log.level = config.log.level;
     this.metrics.configReloads.inc({ outcome: 'ok' });
     this.audit.append({ event: 'proxy.lifecycle', state: 'reloaded', tenants: [...config.tenants.keys()] });
@@ -199,6 +204,7 @@ export class Proxy {
     // clients that do not read (the listener's close waits for every socket).
     if (this.sockets.size > 0) await new Promise((r) => setTimeout(r, 200));
     for (const s of this.sockets) s.destroy();
+    this.pools.close();
     await Promise.all([
       new Promise<void>((r) => (this.listener ? this.listener.close(() => r()) : r())),
       new Promise<void>((r) => {

@@ -4,6 +4,7 @@
  */
 import { BlockList, isIP } from 'node:net';
 import { parseScramVerifier, type ScramVerifier } from '../auth/scram.js';
+import type { PoolSettings } from '../pool/backend-pool.js';
 
 export type BackendTls = 'disable' | 'require' | 'verify-full';
 
@@ -31,6 +32,8 @@ export interface TenantConfig {
   /** Databases a client may ask for on the tenant's server; undefined = any (the server's grants decide). */
   readonly databases: ReadonlySet<string> | undefined;
   readonly users: ReadonlyMap<string, UserConfig>;
+  /** [pool] defaults with this tenant's overrides. */
+  readonly pool: PoolSettings;
 }
 
 export interface Config {
@@ -51,6 +54,7 @@ export interface Config {
   };
   readonly metrics: { readonly listenHost: string; readonly listenPort: number } | undefined;
   readonly audit: { readonly file: string | undefined };
+  readonly pool: PoolSettings;
   readonly log: { readonly level: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent' };
   readonly tenants: ReadonlyMap<string, TenantConfig>;
 }
@@ -165,10 +169,31 @@ export function parseDurationMs(v: unknown): number | undefined {
   return Math.round(Number(m[1]) * unit);
 }
 
+const POOL_KEYS = ['pool_mode', 'max_backend_connections', 'min_idle_backend_connections', 'pool_timeout', 'backend_idle_timeout', 'backend_lifetime'] as const;
+
+/** Pool settings from `tree` (the [pool] table or a tenant's), falling back to `dflt`. */
+function readPool(r: Reader, tree: Tree | undefined, path: string, dflt: PoolSettings): PoolSettings {
+  const mode = r.str(tree, 'pool_mode', path, dflt.mode) ?? dflt.mode;
+  if (mode !== 'session' && mode !== 'transaction') r.problems.push(`${path}.pool_mode: must be "session" or "transaction"`);
+  const settings: PoolSettings = {
+    mode: mode === 'transaction' ? 'transaction' : 'session',
+    maxBackendConnections: r.int(tree, 'max_backend_connections', path, dflt.maxBackendConnections, 1, 100_000),
+    minIdleBackendConnections: r.int(tree, 'min_idle_backend_connections', path, dflt.minIdleBackendConnections, 0, 100_000),
+    poolTimeoutMs: r.duration(tree, 'pool_timeout', path, dflt.poolTimeoutMs, 0, 3_600_000),
+    backendIdleTimeoutMs: r.duration(tree, 'backend_idle_timeout', path, dflt.backendIdleTimeoutMs, 1000, 86_400_000),
+    backendLifetimeMs: r.duration(tree, 'backend_lifetime', path, dflt.backendLifetimeMs, 1000, 7 * 86_400_000),
+    connectTimeoutMs: dflt.connectTimeoutMs,
+  };
+  if (settings.minIdleBackendConnections > settings.maxBackendConnections) {
+    r.problems.push(`${path}.min_idle_backend_connections: must not exceed max_backend_connections`);
+  }
+  return settings;
+}
+
 /** Validates a parsed TOML tree. `resolvePath` makes file paths absolute (relative to the config file). */
 export function validateConfig(tree: Tree, resolvePath: (p: string) => string): Config {
   const r = new Reader();
-  r.unknownKeys(tree, '', ['server', 'metrics', 'audit', 'log', 'tenants']);
+  r.unknownKeys(tree, '', ['server', 'metrics', 'audit', 'log', 'pool', 'tenants']);
   const s = r.section(tree, 'server', 'server', [
     'listen', 'tls_cert', 'tls_key', 'tls_min_version', 'require_tls', 'sni_suffix', 'auth_timeout',
     'shutdown_timeout', 'max_preauth_connections', 'max_preauth_per_source', 'backend_connect_timeout', 'mock_secret_env',
@@ -209,6 +234,17 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
   const levels = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
   if (!(levels as readonly string[]).includes(level)) r.problems.push(`log.level: must be one of ${levels.join(', ')}`);
 
+  const poolTree = r.section(tree, 'pool', 'pool', POOL_KEYS);
+  const pool = readPool(r, poolTree, 'pool', {
+    mode: 'session',
+    maxBackendConnections: 100,
+    minIdleBackendConnections: 0,
+    poolTimeoutMs: 30_000,
+    backendIdleTimeoutMs: 600_000,
+    backendLifetimeMs: 3_600_000,
+    connectTimeoutMs: server.backendConnectTimeoutMs,
+  });
+
   const tenants = new Map<string, TenantConfig>();
   // Tenant ids are free-form keys, each checked below.
   const t = tree['tenants'];
@@ -224,7 +260,7 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
       continue;
     }
     const tt = raw as Tree;
-    r.unknownKeys(tt, path, ['backend', 'backend_tls', 'backend_ca', 'max_client_connections', 'allow_cidrs', 'enabled', 'databases', 'users']);
+    r.unknownKeys(tt, path, ['backend', 'backend_tls', 'backend_ca', 'max_client_connections', 'allow_cidrs', 'enabled', 'databases', 'users', ...POOL_KEYS]);
     const backend = r.str(tt, 'backend', path);
     let backendHost = '';
     let backendPort = 5432;
@@ -304,6 +340,7 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
       allowList,
       databases: tt['databases'] === undefined ? undefined : new Set(r.strArray(tt, 'databases', path, [])),
       users,
+      pool: readPool(r, tt, path, pool),
     });
   }
 
@@ -312,6 +349,7 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
     server,
     metrics: metricsListen === undefined ? undefined : { listenHost: metricsListen.host, listenPort: metricsListen.port },
     audit: { file: auditFile === undefined ? undefined : resolvePath(auditFile) },
+    pool,
     log: { level: level as Config['log']['level'] },
     tenants,
   };

@@ -87,6 +87,43 @@ export class Metrics {
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
     registers: [this.registry],
   });
+  readonly poolBackends = new client.Gauge({
+    name: 'pgwarden_pool_backends',
+    help: 'Backend connections by state (active: lent to a client or resetting; idle: in the pool)',
+    labelNames: ['tenant', 'state'] as const,
+    registers: [this.registry],
+  });
+  readonly poolWaiting = new client.Gauge({
+    name: 'pgwarden_pool_waiting_clients',
+    help: 'Clients waiting for a backend connection',
+    labelNames: ['tenant'] as const,
+    registers: [this.registry],
+  });
+  readonly poolWaitSeconds = new client.Histogram({
+    name: 'pgwarden_pool_wait_seconds',
+    help: 'How long clients that had to wait waited for a backend',
+    labelNames: ['tenant'] as const,
+    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30],
+    registers: [this.registry],
+  });
+  readonly backendConnects = new client.Counter({
+    name: 'pgwarden_backend_connects_total',
+    help: 'Backend connections opened, by outcome',
+    labelNames: ['tenant', 'outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly poolPins = new client.Counter({
+    name: 'pgwarden_pool_pins_total',
+    help: 'Transaction-mode clients pinned to their backend because they changed session state',
+    labelNames: ['tenant'] as const,
+    registers: [this.registry],
+  });
+  readonly transactions = new client.Counter({
+    name: 'pgwarden_transactions_total',
+    help: 'Transactions relayed (ReadyForQuery returning to idle after work)',
+    labelNames: ['tenant'] as const,
+    registers: [this.registry],
+  });
   readonly configReloads = new client.Counter({
     name: 'pgwarden_config_reloads_total',
     help: 'Configuration reloads by outcome',

@@ -261,18 +261,26 @@ export async function connectUpstream(target: UpstreamTarget, loginInfo: Upstrea
   }
 }
 
-/** Sends a CancelRequest for an upstream key; fire and forget, as a client would. */
-export function sendUpstreamCancel(target: UpstreamTarget, processId: number, secretKey: Buffer, timeoutMs: number): void {
+/**
+ * Sends a CancelRequest for an upstream key, as a client would. `onDone` runs once the server
+ * has closed that connection (it has then signalled the backend) or the attempt failed.
+ */
+export function sendUpstreamCancel(target: UpstreamTarget, processId: number, secretKey: Buffer, timeoutMs: number, onDone: () => void = () => undefined): void {
   const req = encodeCancelRequest(processId, secretKey);
   const signal = AbortSignal.timeout(timeoutMs);
+  let done = false;
+  const finish = (): void => {
+    if (done) return;
+    done = true;
+    onDone();
+  };
   openSocket(target, signal)
     .then(({ socket }) => {
       socket.setTimeout(timeoutMs, () => socket.destroy());
       socket.on('error', () => socket.destroy());
+      socket.on('close', finish);
       socket.end(req);
       socket.resume();
     })
-    .catch(() => {
-      /* the server is gone: nothing to cancel */
-    });
+    .catch(finish); // the server is gone: nothing to cancel
 }

@@ -29,7 +29,9 @@ import { decodeFirstMessage, decodeSASLInitialResponse, ProtocolFormatError } fr
 import { readErrorField, decodeParameterStatus } from '../protocol/backend.js';
 import { mockVerifier, ScramServerExchange } from '../auth/scram.js';
 import { resolveStartup, type ResolvedStartup } from '../routing/resolve.js';
-import { connectUpstream, sendUpstreamCancel, UpstreamRefused, type UpstreamConnection, type UpstreamTarget } from '../pool/upstream.js';
+import { sendUpstreamCancel, UpstreamRefused, type UpstreamLogin } from '../pool/upstream.js';
+import { poolKey, type Backend as PooledBackend, type TenantPool } from '../pool/backend-pool.js';
+import { hasSessionState } from './session-state.js';
 import type { Lease } from '../limits/connections.js';
 import { PrefixedStream } from '../net/prefixed-stream.js';
 import type { SessionContext } from './context.js';
@@ -47,6 +49,7 @@ export type CloseReason =
   | 'protocol_violation'
   | 'admin'
   | 'internal'
+  | 'pool_timeout'
   | 'send_timeout';
 
 type AuthStage = 'negotiation' | 'startup' | 'sasl_first' | 'sasl_final' | 'backend_connect';
@@ -88,7 +91,26 @@ export class ClientSession implements TrafficSource {
   private pendingNegotiate: Buffer | null = null;
 
   // Relay.
-  private upstream: UpstreamConnection | null = null;
+  /** The backend serving this client now; null between transactions in transaction mode. */
+  private backend: PooledBackend | null = null;
+  private pool: TenantPool | null = null;
+  private poolKeyStr = '';
+  private login: UpstreamLogin | null = null;
+  private transactionMode = false;
+  /** Transaction mode: the client changed session state, so it keeps its backend to the end. */
+  private pinned = false;
+  /** Client chunks waiting for a backend (transaction mode); the client is paused meanwhile. */
+  private pending: Buffer[] = [];
+  private acquiring = false;
+  /** Messages that will each be answered by ReadyForQuery (Query, Sync, FunctionCall)… */
+  private rfqExpected = 0;
+  /** …and the ReadyForQuery messages seen: equal when the backend owes the client nothing. */
+  private rfqReceived = 0;
+  /** Extended-protocol messages since the last Sync: a backend is not given back in between. */
+  private unsynced = 0;
+  private loginBackendPid = 0;
+  transactions = 0;
+  private foldedTransactions = 0;
   private cancelKey: { processId: number; secretKey: Buffer } | null = null;
   private clientScanner: FrameScanner | null = null;
   private upstreamScanner: FrameScanner | null = null;
@@ -350,32 +372,24 @@ export class ClientSession implements TrafficSource {
         throw Errors.tooManyConnectionsForDatabase(database);
       }
       this.tenantLease = lease;
-      const target = this.ctx.upstreamTarget(tenant);
       const password = user.backendPasswordEnv === undefined ? undefined : process.env[user.backendPasswordEnv];
-      const began = process.hrtime.bigint();
-      let outcome = 'error';
-      let conn: UpstreamConnection;
-      try {
-        conn = await connectUpstream(
-          target,
-          {
-            user: user.backendUser,
-            database,
-            params: startup.forward,
-            credential: password !== undefined ? { kind: 'password', password } : { kind: 'client_key', clientKey, verifier: user.verifier },
-          },
-          this.config.server.backendConnectTimeoutMs,
-        );
-        outcome = 'ok';
-      } finally {
-        const seconds = Number(process.hrtime.bigint() - began) / 1e9;
-        this.ctx.metrics.backendConnectSeconds.observe({ tenant: tenant.id, outcome }, seconds);
-      }
+      this.login = {
+        user: user.backendUser,
+        database,
+        params: startup.forward,
+        credential: password !== undefined ? { kind: 'password', password } : { kind: 'client_key', clientKey, verifier: user.verifier },
+      };
+      this.poolKeyStr = poolKey(this.login);
+      this.pool = this.ctx.pools.get(tenant.id, tenant.pool);
+      this.transactionMode = tenant.pool.mode === 'transaction';
+      // The login takes a backend in every mode: it proves the credentials work upstream and
+      // gives the parameters the client is shown. Transaction mode gives it back at once.
+      const backend = await this.pool.acquire(this.poolKeyStr, this.login, this.ctx.upstreamTarget(tenant));
       if (this.phase !== 'connecting') {
-        conn.socket.destroy(); // the client left while we were logging in
+        this.pool.release(backend, true, false); // the client left while we waited; the backend is clean
         return;
       }
-      this.beginRelay(conn, target, serverFinal);
+      this.beginRelay(backend, serverFinal);
     } catch (err) {
       if (this.phase !== 'connecting') return;
       if (err instanceof UpstreamRefused) {
@@ -399,25 +413,20 @@ export class ClientSession implements TrafficSource {
     }
   }
 
-  private beginRelay(conn: UpstreamConnection, target: UpstreamTarget, serverFinal: Buffer): void {
+  private beginRelay(backend: PooledBackend, serverFinal: Buffer): void {
     const tenant = this.tenant!;
-    this.upstream = conn;
-    const upstreamPid = conn.processId;
-    const upstreamKey = conn.secretKey;
-    const timeoutMs = this.config.server.backendConnectTimeoutMs;
-    this.cancelKey = this.ctx.cancels.issue({
-      tenantId: tenant.id,
-      cancel: () => sendUpstreamCancel(target, upstreamPid, upstreamKey, timeoutMs),
-    });
-    this.txStatus = conn.txStatus;
+    this.loginBackendPid = backend.processId;
+    this.cancelKey = this.ctx.cancels.issue({ tenantId: tenant.id, cancel: () => this.cancelRunning() });
+    this.txStatus = backend.conn.txStatus;
+    const parameters = this.pool!.parametersFor(this.poolKeyStr) ?? backend.conn.parameters;
 
     // Everything the client needs to start, in one write.
     this.sock.cork();
     this.sock.write(encodeAuthenticationSASLFinal(serverFinal));
     this.sock.write(AUTHENTICATION_OK);
-    for (const [name, value] of conn.parameters) this.sock.write(encodeParameterStatus(name, value));
+    for (const [name, value] of parameters) this.sock.write(encodeParameterStatus(name, value));
     this.sock.write(encodeBackendKeyData(this.cancelKey.processId, this.cancelKey.secretKey));
-    this.sock.write(encodeReadyForQuery(conn.txStatus as TxStatusByte));
+    this.sock.write(encodeReadyForQuery(backend.conn.txStatus as TxStatusByte));
     this.sock.uncork();
 
     this.clearDeadline();
@@ -429,32 +438,137 @@ export class ClientSession implements TrafficSource {
     this.ctx.metrics.liveSessions.add(this);
     this.started = true;
     this.phase = 'relaying';
-    this.auditSessionStart(conn);
+    this.auditSessionStart(backend);
     this.ctx.log.info({ session: this.id, tenant: tenant.id, user: sanitizeName(this.startup!.user), client: this.remoteAddress, tls: this.tlsVersion }, 'session started');
 
     this.clientScanner = new FrameScanner(this.clientHandler);
     this.upstreamScanner = new FrameScanner(this.upstreamHandler);
-    const up = conn.socket;
-    up.on('data', this.onUpstreamData);
-    up.on('error', this.onUpstreamError);
-    up.on('close', this.onUpstreamClose);
-    up.on('drain', this.onUpstreamDrain);
-    up.resume();
+    if (this.transactionMode) this.pool!.release(backend, true, false);
+    else this.attach(backend);
     // Bytes the client pipelined behind its SASL response go first.
     const early = this.reader.drain();
     if (early.length > 0) this.relayClientChunk(early, false);
     this.sock.resume();
   }
 
+  private attach(backend: PooledBackend): void {
+    this.backend = backend;
+    const up = backend.socket;
+    up.on('data', this.onUpstreamData);
+    up.on('close', this.onUpstreamClose);
+    up.on('drain', this.onUpstreamDrain);
+    up.resume();
+  }
+
+  /** Takes the backend off this session; it goes back to the pool (reset first when asked) or is closed. */
+  private detach(reusable: boolean, reset: boolean): void {
+    const b = this.backend;
+    if (b === null) return;
+    this.backend = null;
+    const up = b.socket;
+    up.removeListener('data', this.onUpstreamData);
+    up.removeListener('close', this.onUpstreamClose);
+    up.removeListener('drain', this.onUpstreamDrain);
+    this.pool!.release(b, reusable, reset);
+  }
+
+  /** Whether the backend owes nothing and holds no half-sent message: safe for another client. */
+  private backendIsClean(): boolean {
+    return (
+      this.txStatus === TX_IDLE &&
+      this.rfqReceived === this.rfqExpected &&
+      this.unsynced === 0 &&
+      this.clientScanner?.atBoundary === true &&
+      this.upstreamScanner?.atBoundary === true &&
+      this.lastUpstreamError?.fatal !== true
+    );
+  }
+
+  /** The client is leaving (or being sent away): its backend goes back clean and reset, or is closed. */
+  private releaseBackend(): void {
+    this.pending = [];
+    this.detach(this.backendIsClean(), !this.transactionMode || this.pinned);
+  }
+
+  /** CancelRequest for this session: reaches the backend running its query, if any; a late one is dropped. */
+  private cancelRunning(): void {
+    const b = this.backend;
+    if (b === null) return; // nothing running: as PostgreSQL with a key whose query is done
+    b.cancelStarted();
+    sendUpstreamCancel(this.ctx.upstreamTarget(this.tenant!), b.processId, b.conn.secretKey, this.config.server.backendConnectTimeoutMs, () => b.cancelFinished());
+  }
+
+  /** Transaction mode: a backend for the client's next transaction; its chunks wait in `pending`. */
+  private acquireForTransaction(): void {
+    if (this.acquiring) return;
+    this.acquiring = true;
+    this.sock.pause();
+    this.pool!.acquire(this.poolKeyStr, this.login!, this.ctx.upstreamTarget(this.tenant!)).then(
+      (b) => {
+        this.acquiring = false;
+        if (this.phase !== 'relaying') {
+          this.pool!.release(b, true, false);
+          return;
+        }
+        try {
+          this.attach(b);
+          const chunks = this.pending;
+          this.pending = [];
+          for (const c of chunks) this.forwardToBackend(c);
+          this.sock.resume();
+        } catch (err) {
+          this.fail(err);
+        }
+      },
+      (err: unknown) => {
+        this.acquiring = false;
+        this.fail(err);
+      },
+    );
+  }
+
   // ---------------------------------------------------------------- relay (hot path)
 
   private readonly clientHandler: ScanHandler = {
     maxFrameLength: (type) => frontendMaxLength(type, this.maxMessageBytes),
-    wantsBody: () => false,
-    onFrame: (type) => {
+    // Transaction mode reads statement text to see session state that would outlive the transaction.
+    wantsBody: (type) => this.transactionMode && !this.pinned && (type === Frontend.Query || type === Frontend.Parse),
+    onFrame: (type, _length, body) => {
       this.messagesIn++;
-      if (type === Frontend.Query || type === Frontend.Execute || type === Frontend.FunctionCall) this.queries++;
-      else if (type === Frontend.Terminate) this.terminateSeen = true;
+      switch (type) {
+        case Frontend.Query:
+          this.queries++;
+          this.rfqExpected++;
+          if (body !== null && hasSessionState(body, false)) this.pin();
+          return;
+        case Frontend.FunctionCall:
+          this.queries++;
+          this.rfqExpected++;
+          return;
+        case Frontend.Sync:
+          this.rfqExpected++;
+          this.unsynced = 0;
+          return;
+        case Frontend.Execute:
+          this.queries++;
+          this.unsynced++;
+          return;
+        case Frontend.Parse:
+          this.unsynced++;
+          if (body !== null && hasSessionState(body, true)) this.pin();
+          return;
+        case Frontend.Bind:
+        case Frontend.Describe:
+        case Frontend.Close:
+        case Frontend.Flush:
+          this.unsynced++;
+          return;
+        case Frontend.Terminate:
+          this.terminateSeen = true;
+          return;
+        default:
+          return;
+      }
     },
   };
 
@@ -465,6 +579,8 @@ export class ClientSession implements TrafficSource {
       this.messagesOut++;
       if (type === Backend.ReadyForQuery) {
         this.txStatus = body![0] ?? this.txStatus;
+        this.rfqReceived++;
+        if (this.txStatus === TX_IDLE) this.transactions++;
       } else if (type === Backend.ErrorResponse) {
         const severity = readErrorField(body!, 0x56 /* V */) ?? readErrorField(body!, 0x53 /* S */);
         this.lastUpstreamError = { code: readErrorField(body!, 0x43 /* C */) ?? '', fatal: severity === 'FATAL' || severity === 'PANIC' };
@@ -476,15 +592,44 @@ export class ClientSession implements TrafficSource {
 
   private relayClientChunk(chunk: Buffer, count = true): void {
     if (count) this.bytesIn += chunk.length;
-    const scanner = this.clientScanner!;
-    const up = this.upstream!.socket;
-    const bad = scanner.scan(chunk);
+    const bad = this.clientScanner!.scan(chunk);
     if (bad >= 0) {
-      if (bad > 0) up.write(chunk.subarray(0, bad));
-      const e = scanner.error!;
+      if (bad > 0) this.forwardToBackend(chunk.subarray(0, bad));
+      const e = this.clientScanner!.error!;
       throw e instanceof FrameTypeError ? Errors.invalidFrontendType(e.type) : Errors.invalidLength();
     }
-    if (!up.write(chunk)) this.sock.pause();
+    this.forwardToBackend(chunk);
+    if (this.terminateSeen) {
+      // As PostgreSQL: Terminate ends the session and the server closes the connection.
+      this.releaseBackend();
+      this.sock.end();
+      this.finish('client_terminate');
+    }
+  }
+
+  /** Sends scanned client bytes to the backend (taking one first in transaction mode); Terminate stays here. */
+  private forwardToBackend(chunk: Buffer): void {
+    let out = chunk;
+    if (this.terminateSeen) {
+      // Terminate is the client's last message; the backend is pooled, so it never sees it.
+      const n = out.length;
+      out = n >= 5 && out[n - 5] === Frontend.Terminate ? out.subarray(0, n - 5) : EMPTY;
+      if (out.length === 0) return;
+    }
+    const b = this.backend;
+    if (b === null) {
+      this.pending.push(out);
+      this.acquireForTransaction();
+      return;
+    }
+    if (!b.socket.write(out)) this.sock.pause();
+  }
+
+  /** Transaction mode: from now on this client keeps its backend (SET, LISTEN, temp tables…). */
+  private pin(): void {
+    if (this.pinned) return;
+    this.pinned = true;
+    this.ctx.metrics.poolPins.inc({ tenant: this.tenant!.id });
   }
 
   private readonly onUpstreamData = (chunk: Buffer): void => {
@@ -496,19 +641,25 @@ export class ClientSession implements TrafficSource {
         // A hostile or broken server: pass what was well-formed, then end at that boundary.
         if (bad > 0) this.sock.write(chunk.subarray(0, bad));
         this.ctx.log.warn({ session: this.id, tenant: this.tenantId, err: scanner.error?.message }, 'backend violated the protocol');
-        this.upstream?.socket.destroy();
+        this.detach(false, false);
         this.sendFatal(Errors.upstreamLost());
         this.finish('backend_lost');
         return;
       }
-      if (!this.sock.write(chunk)) this.upstream!.socket.pause();
+      const b = this.backend!;
+      if (!this.sock.write(chunk)) b.socket.pause();
+      // Transaction mode: the transaction is over and nothing is owed, so the backend goes back.
+      if (this.transactionMode && !this.pinned && this.backendIsClean() && this.pending.length === 0) {
+        b.socket.resume(); // it may have been paused for backpressure; the pool reads it from now on
+        this.detach(true, false);
+      }
     } catch (err) {
       this.fail(err);
     }
   };
 
   private readonly onClientDrain = (): void => {
-    this.upstream?.socket.resume();
+    this.backend?.socket.resume();
   };
 
   private readonly onUpstreamDrain = (): void => {
@@ -523,12 +674,9 @@ export class ClientSession implements TrafficSource {
     }
   }
 
-  private readonly onUpstreamError = (err: Error): void => {
-    this.ctx.log.debug({ session: this.id, err: err.message }, 'upstream socket error');
-  };
-
   private readonly onUpstreamClose = (): void => {
     if (this.phase !== 'relaying') return;
+    this.detach(false, false);
     const last = this.lastUpstreamError;
     if (last !== null && last.fatal) {
       // The server already told the client why (forwarded byte for byte).
@@ -563,10 +711,7 @@ export class ClientSession implements TrafficSource {
   private readonly onClientClose = (): void => {
     if (this.phase === 'closed') return;
     if (this.phase === 'relaying') {
-      const up = this.upstream!.socket;
-      if (this.terminateSeen) up.end();
-      else if (this.clientScanner!.atBoundary) up.end(TERMINATE);
-      else up.destroy();
+      this.releaseBackend();
       this.finish(this.terminateSeen ? 'client_terminate' : 'client_eof');
       return;
     }
@@ -609,9 +754,7 @@ export class ClientSession implements TrafficSource {
     }
     if (this.upstreamScanner!.atBoundary) this.sendFatal(err);
     else this.sock.destroy();
-    const up = this.upstream!.socket;
-    if (this.clientScanner!.atBoundary) up.end(TERMINATE);
-    else up.destroy();
+    this.releaseBackend();
     this.finish(reason);
   }
 
@@ -625,10 +768,8 @@ export class ClientSession implements TrafficSource {
     this.ctx.metrics.errors.inc({ kind: pgErr.kind });
     if (this.phase === 'relaying') {
       this.sendFatal(pgErr);
-      const up = this.upstream!.socket;
-      if (this.clientScanner!.atBoundary) up.end(TERMINATE);
-      else up.destroy();
-      this.finish(pgErr.kind === 'client' ? 'protocol_violation' : 'internal');
+      this.releaseBackend();
+      this.finish(pgErr.kind === 'client' ? 'protocol_violation' : pgErr.kind === 'limit' ? 'pool_timeout' : 'internal');
       return;
     }
     if (this.startup !== null) {
@@ -747,6 +888,10 @@ export class ClientSession implements TrafficSource {
       m.messages.inc({ tenant, direction: 'client_to_upstream' }, this.messagesIn - this.foldedMessagesIn);
       this.foldedMessagesIn = this.messagesIn;
     }
+    if (this.transactions !== this.foldedTransactions) {
+      m.transactions.inc({ tenant }, this.transactions - this.foldedTransactions);
+      this.foldedTransactions = this.transactions;
+    }
     if (this.messagesOut !== this.foldedMessagesOut) {
       m.messages.inc({ tenant, direction: 'upstream_to_client' }, this.messagesOut - this.foldedMessagesOut);
       this.foldedMessagesOut = this.messagesOut;
@@ -795,17 +940,18 @@ export class ClientSession implements TrafficSource {
     });
   }
 
-  private auditSessionStart(conn: UpstreamConnection): void {
+  private auditSessionStart(backend: PooledBackend): void {
     const tenant = this.tenant!;
     const s = this.startup!;
-    const p = conn.parameters;
+    const conn = backend.conn;
+    const p = this.pool!.parametersFor(this.poolKeyStr) ?? conn.parameters;
     this.ctx.audit.append({
       event: 'session.start',
       session: { id: this.id, ei: this.auditEi++ },
       tenant: tenant.id,
       principal: this.principal(),
       client: this.clientBlock(),
-      backend: { id: tenant.id, pid: conn.processId, tls_version: conn.tlsVersion },
+      backend: { id: tenant.id, pid: conn.processId, tls_version: conn.tlsVersion, pool_mode: tenant.pool.mode },
       auth: { method: this.scram?.usedChannelBinding === true ? 'scram-sha-256-plus' : 'scram-sha-256', channel_binding: this.scram?.usedChannelBinding === true },
       startup_params: Object.fromEntries([...s.forward].map(([k, v]) => [k, sanitizeName(v)])),
       limits: { tenant_active_after: this.ctx.limiter.tenantActive(tenant.id), tenant_limit: tenant.maxClientConnections, mode: 'local' },
@@ -824,7 +970,7 @@ export class ClientSession implements TrafficSource {
       tenant: this.tenant!.id,
       principal: this.principal(),
       client: { addr: this.remoteAddress, port: this.remotePort },
-      backend: { id: this.tenant!.id, pid: this.upstream?.processId ?? null },
+      backend: { id: this.tenant!.id, pid: this.loginBackendPid, pinned: this.pinned },
       reason,
       duration_ms: Date.now() - this.startedAt,
       bytes_in: this.bytesIn,
@@ -845,5 +991,5 @@ function isAllowedSource(tenant: TenantConfig, addr: string): boolean {
   return tenant.allowList.check(addr, 'ipv6');
 }
 
-/** Terminate ('X', length 4): sent upstream when a client vanishes at a message boundary. */
-const TERMINATE = Buffer.from([Frontend.Terminate, 0, 0, 0, 4]);
+const EMPTY = Buffer.alloc(0);
+const TX_IDLE = 0x49; // 'I'

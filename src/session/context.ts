@@ -11,6 +11,7 @@ import type { RejectionAggregator } from '../audit/rejections.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Logger } from '../observability/logger.js';
 import type { UpstreamTarget } from '../pool/upstream.js';
+import type { PoolManager } from '../pool/backend-pool.js';
 import type { ClientSession } from './client-session.js';
 
 export interface SessionContext {
@@ -18,6 +19,7 @@ export interface SessionContext {
   readonly tls: TlsMaterial | null;
   readonly cancels: CancelRegistry;
   readonly limiter: ConnectionLimiter;
+  readonly pools: PoolManager;
   readonly audit: AuditLog;
   readonly rejections: RejectionAggregator;
   readonly metrics: Metrics;

@@ -102,8 +102,12 @@ describe('operations', () => {
       const m = await get(rp.metricsPort, '/metrics');
       assert.match(m.body, /^pgwarden_client_connections\{tenant="acme"\} 0$/m);
       assert.match(m.body, /^pgwarden_preauth_connections 0$/m);
-      // Every backend connection was closed (a backend process exits a moment after Terminate).
-      await waitFor(async () => (await cluster.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where usename = 'app'")).rows[0]?.n === 0);
+      // Backends went back to the pool: none is lent out, and the server sees no more than the pool's cap.
+      await waitFor(() => rp.proxy.pools.snapshot().every((p) => p.active === 0 && p.waiting === 0));
+      const pool = rp.proxy.pools.snapshot().find((p) => p.tenant === 'acme');
+      assert.ok(pool !== undefined && pool.total <= pool.max && pool.idle === pool.total, JSON.stringify(pool));
+      const onServer = (await cluster.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where usename = 'app'")).rows[0]?.n;
+      assert.equal(onServer, pool.total);
     });
 
     it('reloads under load without disturbing running sessions', async () => {

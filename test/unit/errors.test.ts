@@ -50,6 +50,7 @@ const SAMPLES: SampleArgs = {
   authTimeout: [],
   undefinedDatabase: ['otherdb'],
   tooManyConnectionsForDatabase: ['appdb'],
+  poolTimeout: [],
   invalidFrontendType: [120],
   invalidFormat: [],
   adminShutdown: ['drain_deadline'],

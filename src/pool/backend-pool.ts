@@ -1,0 +1,466 @@
+/**
+ * Backend connections per tenant, pooled by (database, role, startup parameters).
+ * A tenant's pools share its `max_backend_connections`; a client waiting for a backend is
+ * served in arrival order and only ever by its own tenant's backends. Idle backends are watched
+ * (a server that closes or talks out of turn is dropped), reaped after `backend_idle_timeout` or
+ * `backend_lifetime`, and reset with DISCARD ALL when a session-mode client leaves.
+ * Sessions decide when to take and give back; this file decides which connection and when to open one.
+ */
+import type { Socket } from 'node:net';
+import { Backend as B } from '../protocol/codes.js';
+import { FrameScanner, type ScanHandler } from '../protocol/frame-reader.js';
+import { Limits } from '../protocol/codes.js';
+import { Errors, PgError } from '../errors.js';
+import type { Metrics } from '../observability/metrics.js';
+import type { Logger } from '../observability/logger.js';
+import { connectUpstream, type UpstreamConnection, type UpstreamLogin, type UpstreamTarget } from './upstream.js';
+
+export type PoolMode = 'session' | 'transaction';
+
+export interface PoolSettings {
+  readonly mode: PoolMode;
+  readonly maxBackendConnections: number;
+  readonly minIdleBackendConnections: number;
+  readonly poolTimeoutMs: number;
+  readonly backendIdleTimeoutMs: number;
+  readonly backendLifetimeMs: number;
+  readonly connectTimeoutMs: number;
+}
+
+/** One logged-in server connection. `state` changes only in this file. */
+export class Backend {
+  state: 'idle' | 'active' | 'resetting' | 'closed' = 'active';
+  readonly createdAt = Date.now();
+  lastUsedAt = Date.now();
+  /** Cancel requests sent for this backend and not yet closed by the server: it is not reused before. */
+  cancelsInFlight = 0;
+  private releaseWhenCancelsDone: (() => void) | null = null;
+
+  /** Listeners the pool attaches while the backend is idle or resetting (removed one by one, never all). */
+  watchers: { data: (chunk: Buffer) => void; close: () => void } | null = null;
+
+  constructor(
+    readonly conn: UpstreamConnection,
+    readonly key: string,
+    readonly pool: TenantPool,
+  ) {
+    // Errors are always followed by 'close', which the owner of the moment handles.
+    conn.socket.on('error', () => undefined);
+  }
+
+  watch(data: (chunk: Buffer) => void, close: () => void): void {
+    this.unwatch();
+    this.watchers = { data, close };
+    this.conn.socket.on('data', data);
+    this.conn.socket.on('close', close);
+  }
+
+  unwatch(): void {
+    if (this.watchers === null) return;
+    this.conn.socket.removeListener('data', this.watchers.data);
+    this.conn.socket.removeListener('close', this.watchers.close);
+    this.watchers = null;
+  }
+
+  get socket(): Socket {
+    return this.conn.socket;
+  }
+
+  get processId(): number {
+    return this.conn.processId;
+  }
+
+  /** Called by the cancel path; the backend is held back from reuse until the server closed the cancel connection. */
+  cancelStarted(): void {
+    this.cancelsInFlight++;
+  }
+
+  cancelFinished(): void {
+    this.cancelsInFlight = Math.max(0, this.cancelsInFlight - 1);
+    if (this.cancelsInFlight === 0 && this.releaseWhenCancelsDone !== null) {
+      const f = this.releaseWhenCancelsDone;
+      this.releaseWhenCancelsDone = null;
+      f();
+    }
+  }
+
+  /** Runs `f` now, or once the cancels in flight are done. */
+  afterCancels(f: () => void): void {
+    if (this.cancelsInFlight === 0) f();
+    else this.releaseWhenCancelsDone = f;
+  }
+}
+
+interface KeyPool {
+  readonly key: string;
+  readonly idle: Backend[];
+  /** How new backends of this key log in: the latest client's credential (pass-through key or password). */
+  login: UpstreamLogin;
+  target: UpstreamTarget;
+  /** ParameterStatus values from the first login, shown to clients that get a pooled backend. */
+  parameters: Map<string, string> | null;
+}
+
+interface Waiter {
+  readonly key: string;
+  readonly since: number;
+  readonly resolve: (b: Backend) => void;
+  readonly reject: (e: Error) => void;
+  timer: NodeJS.Timeout | null;
+}
+
+const DISCARD_ALL = (() => {
+  const text = Buffer.from('DISCARD ALL\0');
+  const b = Buffer.allocUnsafe(5 + text.length);
+  b[0] = 0x51; // Q
+  b.writeUInt32BE(4 + text.length, 1);
+  text.copy(b, 5);
+  return b;
+})();
+
+const TERMINATE = Buffer.from([0x58, 0, 0, 0, 4]);
+
+/** All pools of one tenant. */
+export class TenantPool {
+  private readonly pools = new Map<string, KeyPool>();
+  private readonly waiters: Waiter[] = [];
+  private readonly all = new Set<Backend>();
+  /** Backends open or being opened: the number max_backend_connections caps. */
+  private total = 0;
+  private closed = false;
+
+  constructor(
+    readonly tenantId: string,
+    public settings: PoolSettings,
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+  ) {}
+
+  get size(): { total: number; idle: number; active: number; waiting: number } {
+    let idle = 0;
+    for (const p of this.pools.values()) idle += p.idle.length;
+    return { total: this.total, idle, active: this.total - idle, waiting: this.waiters.length };
+  }
+
+  /** Parameters a client of this key is shown at login (from the key's first backend). */
+  parametersFor(key: string): Map<string, string> | null {
+    return this.pools.get(key)?.parameters ?? null;
+  }
+
+  /**
+   * A backend for `key`: an idle one, a new one if the tenant has room (evicting another key's
+   * idle backend if that makes room), or the next one freed, within pool_timeout.
+   * Throws PgError (08006 when the server cannot be reached, 53300 on pool timeout) or UpstreamRefused.
+   */
+  async acquire(key: string, login: UpstreamLogin, target: UpstreamTarget): Promise<Backend> {
+    if (this.closed) throw Errors.adminShutdown('pool_closed');
+    let pool = this.pools.get(key);
+    if (pool === undefined) {
+      pool = { key, idle: [], login, target, parameters: null };
+      this.pools.set(key, pool);
+    } else {
+      pool.login = login;
+      pool.target = target;
+    }
+    const ready = this.takeIdle(pool);
+    if (ready !== null) return ready;
+    if (this.total < this.settings.maxBackendConnections || this.evictIdleOtherThan(key)) return this.open(pool);
+    const since = Date.now();
+    const backend = await new Promise<Backend>((resolve, reject) => {
+      const w: Waiter = { key, since, resolve, reject, timer: null };
+      w.timer = setTimeout(() => {
+        const i = this.waiters.indexOf(w);
+        if (i >= 0) this.waiters.splice(i, 1);
+        this.metrics.poolWaiting.set({ tenant: this.tenantId }, this.waiters.length);
+        this.metrics.limitRejections.inc({ tenant: this.tenantId, limit: 'pool_timeout' });
+        reject(Errors.poolTimeout());
+      }, this.settings.poolTimeoutMs);
+      this.waiters.push(w);
+      this.metrics.poolWaiting.set({ tenant: this.tenantId }, this.waiters.length);
+    });
+    this.metrics.poolWaitSeconds.observe({ tenant: this.tenantId }, (Date.now() - since) / 1000);
+    return backend;
+  }
+
+  /**
+   * Gives a backend back. `reusable` says the session left it at a message boundary, idle, with
+   * nothing outstanding; `reset` runs DISCARD ALL first (session mode).
+   */
+  release(b: Backend, reusable: boolean, reset: boolean): void {
+    if (b.state === 'closed') return;
+    b.lastUsedAt = Date.now();
+    if (!reusable || this.closed || this.expired(b) || b.socket.destroyed) {
+      this.destroy(b);
+      return;
+    }
+    b.state = 'resetting';
+    b.afterCancels(() => {
+      if (b.state === 'closed') return;
+      if (reset) this.reset(b);
+      else this.makeIdle(b);
+    });
+  }
+
+  /** Closes a backend that is broken or whose session ended mid-conversation. */
+  destroy(b: Backend): void {
+    if (b.state === 'closed') return;
+    const wasIdle = b.state === 'idle';
+    b.state = 'closed';
+    this.all.delete(b);
+    if (wasIdle) {
+      const pool = this.pools.get(b.key);
+      const i = pool?.idle.indexOf(b) ?? -1;
+      if (pool !== undefined && i >= 0) pool.idle.splice(i, 1);
+    }
+    b.unwatch();
+    if (!b.socket.destroyed) b.socket.end(TERMINATE);
+    b.socket.destroy();
+    this.total--;
+    this.updateGauges();
+    this.serviceWaiters();
+  }
+
+  /** Closes idle backends past their idle timeout or lifetime (keeping min_idle per key), and tops up min_idle. */
+  reap(now = Date.now()): void {
+    for (const pool of this.pools.values()) {
+      for (const b of [...pool.idle]) {
+        const tooOld = now - b.createdAt >= this.settings.backendLifetimeMs;
+        const idleTooLong = now - b.lastUsedAt >= this.settings.backendIdleTimeoutMs && pool.idle.length > this.settings.minIdleBackendConnections;
+        if (tooOld || idleTooLong) this.destroy(b);
+      }
+      while (pool.idle.length < this.settings.minIdleBackendConnections && this.total < this.settings.maxBackendConnections && !this.closed) {
+        this.open(pool).then(
+          (b) => this.release(b, true, false),
+          (err: unknown) => this.log.warn({ tenant: this.tenantId, err: (err as Error).message }, 'could not open an idle backend'),
+        );
+      }
+    }
+  }
+
+  /** Closes every idle backend and refuses waiters; active ones close with their sessions. */
+  close(): void {
+    this.closed = true;
+    for (const w of this.waiters.splice(0)) {
+      if (w.timer !== null) clearTimeout(w.timer);
+      w.reject(Errors.adminShutdown('pool_closed'));
+    }
+    for (const pool of this.pools.values()) for (const b of [...pool.idle]) this.destroy(b);
+    this.updateGauges();
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  private expired(b: Backend): boolean {
+    return Date.now() - b.createdAt >= this.settings.backendLifetimeMs;
+  }
+
+  private takeIdle(pool: KeyPool): Backend | null {
+    for (;;) {
+      const b = pool.idle.pop(); // LIFO: the warmest connection first
+      if (b === undefined) return null;
+      if (b.socket.destroyed || this.expired(b)) {
+        b.state = 'active'; // so destroy() does not look for it in the idle list again
+        this.destroy(b);
+        continue;
+      }
+      this.activate(b);
+      return b;
+    }
+  }
+
+  private activate(b: Backend): void {
+    b.state = 'active';
+    b.unwatch();
+    b.socket.pause();
+    this.updateGauges();
+  }
+
+  private async open(pool: KeyPool): Promise<Backend> {
+    this.total++;
+    this.updateGauges();
+    const began = process.hrtime.bigint();
+    let conn: UpstreamConnection;
+    try {
+      conn = await connectUpstream(pool.target, pool.login, this.settings.connectTimeoutMs);
+    } catch (err) {
+      this.total--;
+      this.metrics.backendConnects.inc({ tenant: this.tenantId, outcome: 'error' });
+      this.metrics.backendConnectSeconds.observe({ tenant: this.tenantId, outcome: 'error' }, Number(process.hrtime.bigint() - began) / 1e9);
+      this.updateGauges();
+      // The server is down or refuses: waiters of this key would get the same answer, now.
+      this.failWaiters(pool.key, err as Error);
+      this.serviceWaiters();
+      throw err;
+    }
+    this.metrics.backendConnects.inc({ tenant: this.tenantId, outcome: 'ok' });
+    this.metrics.backendConnectSeconds.observe({ tenant: this.tenantId, outcome: 'ok' }, Number(process.hrtime.bigint() - began) / 1e9);
+    pool.parameters ??= new Map(conn.parameters);
+    const b = new Backend(conn, pool.key, this);
+    this.all.add(b);
+    if (this.closed) {
+      this.destroy(b);
+      throw Errors.adminShutdown('pool_closed');
+    }
+    return b;
+  }
+
+  private makeIdle(b: Backend): void {
+    if (this.closed) {
+      this.destroy(b);
+      return;
+    }
+    // A waiter of the same key takes it at once; otherwise it goes idle, watched.
+    const i = this.waiters.findIndex((w) => w.key === b.key);
+    if (i >= 0) {
+      const w = this.waiters.splice(i, 1)[0]!;
+      if (w.timer !== null) clearTimeout(w.timer);
+      this.activate(b);
+      this.metrics.poolWaiting.set({ tenant: this.tenantId }, this.waiters.length);
+      w.resolve(b);
+      return;
+    }
+    const pool = this.pools.get(b.key);
+    if (pool === undefined) {
+      this.destroy(b);
+      return;
+    }
+    b.state = 'idle';
+    // An idle server may only speak to say it is going away (FATAL) or to notify: drop it either way.
+    b.watch(
+      () => this.destroy(b),
+      () => this.destroy(b),
+    );
+    b.socket.resume();
+    pool.idle.push(b);
+    this.updateGauges();
+    this.serviceWaiters();
+  }
+
+  /** DISCARD ALL, then idle if the server answers CommandComplete and ReadyForQuery 'I'; else closed. */
+  private reset(b: Backend): void {
+    const s = b.socket;
+    let ok = true;
+    let done = false;
+    const finish = (good: boolean): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      b.unwatch();
+      if (good) this.makeIdle(b);
+      else this.destroy(b);
+    };
+    const handler: ScanHandler = {
+      maxFrameLength: () => Limits.upstreamLoginMessageBytes,
+      wantsBody: (type) => type === B.ReadyForQuery,
+      onFrame: (type, _len, body) => {
+        if (type === B.ErrorResponse) ok = false;
+        if (type === B.ReadyForQuery) finish(ok && body?.[0] === 0x49);
+      },
+    };
+    const scanner = new FrameScanner(handler);
+    b.watch(
+      (chunk: Buffer) => {
+        if (scanner.scan(chunk) >= 0) finish(false);
+      },
+      () => finish(false),
+    );
+    const timer = setTimeout(() => finish(false), this.settings.connectTimeoutMs);
+    s.resume();
+    s.write(DISCARD_ALL);
+  }
+
+  private evictIdleOtherThan(key: string): boolean {
+    let victim: Backend | undefined;
+    for (const pool of this.pools.values()) {
+      if (pool.key === key) continue;
+      for (const b of pool.idle) if (victim === undefined || b.lastUsedAt < victim.lastUsedAt) victim = b;
+    }
+    if (victim === undefined) return false;
+    this.destroy(victim);
+    return this.total < this.settings.maxBackendConnections;
+  }
+
+  private serviceWaiters(): void {
+    while (this.waiters.length > 0 && !this.closed) {
+      const w = this.waiters[0]!;
+      const pool = this.pools.get(w.key);
+      if (pool === undefined) break;
+      const idle = this.takeIdle(pool);
+      if (idle === null && !(this.total < this.settings.maxBackendConnections || this.evictIdleOtherThan(w.key))) break;
+      this.waiters.shift();
+      if (w.timer !== null) clearTimeout(w.timer);
+      this.metrics.poolWaiting.set({ tenant: this.tenantId }, this.waiters.length);
+      if (idle !== null) w.resolve(idle);
+      else this.open(pool).then(w.resolve, w.reject);
+    }
+  }
+
+  private failWaiters(key: string, err: Error): void {
+    for (let i = this.waiters.length - 1; i >= 0; i--) {
+      const w = this.waiters[i]!;
+      if (w.key !== key) continue;
+      this.waiters.splice(i, 1);
+      if (w.timer !== null) clearTimeout(w.timer);
+      w.reject(err instanceof PgError ? err : Errors.upstreamConnect('backend_connect_failed', err));
+    }
+    this.metrics.poolWaiting.set({ tenant: this.tenantId }, this.waiters.length);
+  }
+
+  private updateGauges(): void {
+    const s = this.size;
+    this.metrics.poolBackends.set({ tenant: this.tenantId, state: 'idle' }, s.idle);
+    this.metrics.poolBackends.set({ tenant: this.tenantId, state: 'active' }, s.active);
+  }
+}
+
+/** Every tenant's pool, the reaper, and reconfiguration on reload. */
+export class PoolManager {
+  private readonly tenants = new Map<string, TenantPool>();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+  ) {
+    this.timer = setInterval(() => {
+      for (const t of this.tenants.values()) t.reap();
+    }, 1000);
+    this.timer.unref();
+  }
+
+  /** The tenant's pool, created or updated with the current settings. */
+  get(tenantId: string, settings: PoolSettings): TenantPool {
+    let t = this.tenants.get(tenantId);
+    if (t === undefined) {
+      t = new TenantPool(tenantId, settings, this.metrics, this.log);
+      this.tenants.set(tenantId, t);
+    } else if (t.settings !== settings) {
+      t.settings = settings;
+    }
+    return t;
+  }
+
+  /** After a reload: pools of tenants that are gone are closed. */
+  retain(tenantIds: ReadonlySet<string>): void {
+    for (const [id, t] of this.tenants) {
+      if (!tenantIds.has(id)) {
+        t.close();
+        this.tenants.delete(id);
+      }
+    }
+  }
+
+  snapshot(): { tenant: string; mode: PoolMode; total: number; idle: number; active: number; waiting: number; max: number }[] {
+    return [...this.tenants.values()].map((t) => ({ tenant: t.tenantId, mode: t.settings.mode, max: t.settings.maxBackendConnections, ...t.size }));
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    for (const t of this.tenants.values()) t.close();
+  }
+}
+
+/** The pool key: backends are shared only by clients whose login would be identical. */
+export function poolKey(login: UpstreamLogin): string {
+  return JSON.stringify([login.database, login.user, [...login.params].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))]);
+}
