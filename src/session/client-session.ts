@@ -382,11 +382,13 @@ export class ClientSession implements TrafficSource {
       this.poolKeyStr = poolKey(this.login);
       this.pool = this.ctx.pools.get(tenant.id, tenant.pool);
       this.transactionMode = tenant.pool.mode === 'transaction';
-      // The login takes a backend in every mode: it proves the credentials work upstream and
-      // gives the parameters the client is shown. Transaction mode gives it back at once.
-      const backend = await this.pool.acquire(this.poolKeyStr, this.login, this.ctx.upstreamTarget(tenant));
+      // The first login of a pool key takes a backend: it proves the credentials work upstream and
+      // gives the parameters clients are shown. After that, a transaction-mode client needs none
+      // until its first transaction (a session-mode client keeps one for the whole session).
+      const needsBackend = !this.transactionMode || this.pool.parametersFor(this.poolKeyStr) === null;
+      const backend = needsBackend ? await this.pool.acquire(this.poolKeyStr, this.login, this.ctx.upstreamTarget(tenant)) : null;
       if (this.phase !== 'connecting') {
-        this.pool.release(backend, true, false); // the client left while we waited; the backend is clean
+        if (backend !== null) this.pool.release(backend, true, false); // the client left while we waited; the backend is clean
         return;
       }
       this.beginRelay(backend, serverFinal);
@@ -413,12 +415,12 @@ export class ClientSession implements TrafficSource {
     }
   }
 
-  private beginRelay(backend: PooledBackend, serverFinal: Buffer): void {
+  private beginRelay(backend: PooledBackend | null, serverFinal: Buffer): void {
     const tenant = this.tenant!;
-    this.loginBackendPid = backend.processId;
+    this.loginBackendPid = backend?.processId ?? 0;
     this.cancelKey = this.ctx.cancels.issue({ tenantId: tenant.id, cancel: () => this.cancelRunning() });
-    this.txStatus = backend.conn.txStatus;
-    const parameters = this.pool!.parametersFor(this.poolKeyStr) ?? backend.conn.parameters;
+    this.txStatus = backend?.conn.txStatus ?? TX_IDLE;
+    const parameters = this.pool!.parametersFor(this.poolKeyStr) ?? backend?.conn.parameters ?? new Map<string, string>();
 
     // Everything the client needs to start, in one write.
     this.sock.cork();
@@ -426,7 +428,7 @@ export class ClientSession implements TrafficSource {
     this.sock.write(AUTHENTICATION_OK);
     for (const [name, value] of parameters) this.sock.write(encodeParameterStatus(name, value));
     this.sock.write(encodeBackendKeyData(this.cancelKey.processId, this.cancelKey.secretKey));
-    this.sock.write(encodeReadyForQuery(backend.conn.txStatus as TxStatusByte));
+    this.sock.write(encodeReadyForQuery(this.txStatus as TxStatusByte));
     this.sock.uncork();
 
     this.clearDeadline();
@@ -443,8 +445,10 @@ export class ClientSession implements TrafficSource {
 
     this.clientScanner = new FrameScanner(this.clientHandler);
     this.upstreamScanner = new FrameScanner(this.upstreamHandler);
-    if (this.transactionMode) this.pool!.release(backend, true, false);
-    else this.attach(backend);
+    if (backend !== null) {
+      if (this.transactionMode) this.pool!.release(backend, true, false);
+      else this.attach(backend);
+    }
     // Bytes the client pipelined behind its SASL response go first.
     const early = this.reader.drain();
     if (early.length > 0) this.relayClientChunk(early, false);
@@ -940,18 +944,17 @@ export class ClientSession implements TrafficSource {
     });
   }
 
-  private auditSessionStart(backend: PooledBackend): void {
+  private auditSessionStart(backend: PooledBackend | null): void {
     const tenant = this.tenant!;
     const s = this.startup!;
-    const conn = backend.conn;
-    const p = this.pool!.parametersFor(this.poolKeyStr) ?? conn.parameters;
+    const p = this.pool!.parametersFor(this.poolKeyStr) ?? backend?.conn.parameters ?? new Map<string, string>();
     this.ctx.audit.append({
       event: 'session.start',
       session: { id: this.id, ei: this.auditEi++ },
       tenant: tenant.id,
       principal: this.principal(),
       client: this.clientBlock(),
-      backend: { id: tenant.id, pid: conn.processId, tls_version: conn.tlsVersion, pool_mode: tenant.pool.mode },
+      backend: { id: tenant.id, pid: backend?.processId ?? null, tls_version: backend?.conn.tlsVersion ?? null, pool_mode: tenant.pool.mode },
       auth: { method: this.scram?.usedChannelBinding === true ? 'scram-sha-256-plus' : 'scram-sha-256', channel_binding: this.scram?.usedChannelBinding === true },
       startup_params: Object.fromEntries([...s.forward].map(([k, v]) => [k, sanitizeName(v)])),
       limits: { tenant_active_after: this.ctx.limiter.tenantActive(tenant.id), tenant_limit: tenant.maxClientConnections, mode: 'local' },

@@ -38,6 +38,8 @@ export interface TenantSpec {
   /** Overrides the backend URL (e.g. a port where nothing listens). */
   backendUrl?: string;
   databases?: string[];
+  /** Tenant-level pool settings, written as given (e.g. { pool_mode: 'transaction', max_backend_connections: 2 }). */
+  pool?: Record<string, string | number>;
 }
 
 export interface ProxySpec {
@@ -74,6 +76,7 @@ export function configToml(spec: ProxySpec, certs: DevCerts, port = 0): string {
       `allow_cidrs = ${JSON.stringify(t.allowCidrs ?? ['0.0.0.0/0', '::/0'])}`,
       `enabled = ${t.enabled ?? true}`,
       ...(t.databases === undefined ? [] : [`databases = ${JSON.stringify(t.databases)}`]),
+      ...Object.entries(t.pool ?? {}).map(([k, v]) => `${k} = ${typeof v === 'string' ? q(v) : String(v)}`),
     );
     for (const u of t.users) {
       lines.push('', `[tenants.${t.id}.users.${q(u.name)}]`, `scram = ${q(u.verifier)}`);

@@ -1,0 +1,208 @@
+/**
+ * Backend pooling with real clients: reuse and reset in session mode, many clients on few
+ * backends in transaction mode, pinning, pool timeout, backends dying while pooled, and cancel
+ * requests that never reach a neighbour's query.
+ */
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import net from 'node:net';
+import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
+import { startProxy, connect, clientConfig, connectError, libpqConninfo, type RunningProxy } from '../support/proxy.js';
+import { cancelRequest } from '../support/wire.js';
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await cond()) return;
+    await sleep(25);
+  }
+  throw new Error('condition not met in time');
+}
+
+/** Sends a CancelRequest on a plain connection, as libpq does, and waits for the proxy to close it. */
+async function sendCancel(port: number, pid: number, key: number): Promise<void> {
+  const s = net.connect({ host: '127.0.0.1', port });
+  s.on('error', () => undefined);
+  await new Promise((r) => s.once('connect', r));
+  s.write(cancelRequest(pid, key));
+  await new Promise((r) => s.once('close', r));
+}
+
+describe('pooling', () => {
+  let cluster: Cluster;
+  let rp: RunningProxy;
+  let verifier: string;
+
+  const backendsOnServer = async (): Promise<number> =>
+    (await cluster.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where usename = 'app'")).rows[0]?.n ?? -1;
+
+  before(async () => {
+    cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }], settings: { max_connections: '100' } });
+    verifier = await readVerifier(cluster, 'app');
+    await cluster.query('create table ledger (id serial primary key, who text, n int)');
+    await cluster.query('grant all on ledger, ledger_id_seq to app');
+    rp = await startProxy({
+      tenants: [
+        { id: 'sess', cluster, users: [{ name: 'app', verifier }], pool: { pool_mode: 'session', max_backend_connections: 2 } },
+        { id: 'tiny', cluster, users: [{ name: 'app', verifier }], pool: { pool_mode: 'session', max_backend_connections: 1, pool_timeout: '500ms' } },
+        { id: 'txn', cluster, users: [{ name: 'app', verifier }], pool: { pool_mode: 'transaction', max_backend_connections: 3 } },
+        { id: 'txone', cluster, users: [{ name: 'app', verifier }], pool: { pool_mode: 'transaction', max_backend_connections: 1 } },
+      ],
+    });
+  });
+  after(async () => {
+    await rp?.close();
+    await cluster?.stop();
+  });
+
+  const pool = (tenant: string): { total: number; idle: number; active: number; waiting: number } => {
+    const p = rp.proxy.pools.snapshot().find((x) => x.tenant === tenant);
+    assert.ok(p !== undefined, `pool for ${tenant}`);
+    return p;
+  };
+
+  describe('session mode', () => {
+    it('reuses one backend for consecutive clients, reset between them', async () => {
+      const a = await connect(rp, { tenant: 'sess', user: 'app', password: 'app-pass' });
+      const pidA = (await a.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid;
+      await a.query("set search_path = 'nowhere'");
+      await a.query('create temp table scratch (x int)');
+      await a.end();
+      await waitFor(() => pool('sess').idle === 1);
+      const b = await connect(rp, { tenant: 'sess', user: 'app', password: 'app-pass' });
+      const r = await b.query<{ pid: number; sp: string; temp: number }>(
+        "select pg_backend_pid() as pid, current_setting('search_path') as sp, (select count(*)::int from pg_class where relname = 'scratch') as temp",
+      );
+      assert.equal(r.rows[0]?.pid, pidA, 'same backend');
+      assert.equal(r.rows[0]?.sp, '"$user", public', 'SET was reset');
+      assert.equal(r.rows[0]?.temp, 0, 'temp table was discarded');
+      await b.end();
+    });
+
+    it('closes a backend whose client left in the middle of a transaction', async () => {
+      await waitFor(() => pool('sess').active === 0);
+      const a = await connect(rp, { tenant: 'sess', user: 'app', password: 'app-pass' });
+      a.on('error', () => undefined);
+      const pidA = (await a.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid;
+      await a.query('begin');
+      (a as unknown as { connection: { stream: net.Socket } }).connection.stream.destroy();
+      await waitFor(async () => (await cluster.query<{ n: number }>('select count(*)::int as n from pg_stat_activity where pid = $1', [pidA])).rows[0]?.n === 0);
+      const b = await connect(rp, { tenant: 'sess', user: 'app', password: 'app-pass' });
+      const pidB = (await b.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid;
+      assert.notEqual(pidB, pidA);
+      await b.end();
+    });
+
+    it('answers 53300 when no backend frees up within pool_timeout', async () => {
+      const holder = await connect(rp, { tenant: 'tiny', user: 'app', password: 'app-pass' });
+      const t0 = Date.now();
+      const e = await connectError(clientConfig(rp, { tenant: 'tiny', user: 'app', password: 'app-pass' }));
+      assert.equal(e.code, '53300');
+      assert.equal(e.message, 'no backend connection available within pool_timeout');
+      assert.ok(Date.now() - t0 >= 450);
+      await holder.end();
+      const next = await connect(rp, { tenant: 'tiny', user: 'app', password: 'app-pass' });
+      await next.end();
+    });
+
+    it('drops a pooled backend that dies while idle, and serves the next client with a new one', async () => {
+      const a = await connect(rp, { tenant: 'tiny', user: 'app', password: 'app-pass' });
+      const pid = (await a.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid;
+      await a.end();
+      await waitFor(() => pool('tiny').idle === 1);
+      await cluster.query('select pg_terminate_backend($1)', [pid]);
+      await waitFor(() => pool('tiny').total === 0);
+      const b = await connect(rp, { tenant: 'tiny', user: 'app', password: 'app-pass' });
+      assert.notEqual((await b.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid, pid);
+      await b.end();
+    });
+  });
+
+  describe('transaction mode', () => {
+    it('serves 20 clients with 3 backends, every transaction correct', async () => {
+      const clients = await Promise.all(Array.from({ length: 20 }, () => connect(rp, { tenant: 'txn', user: 'app', password: 'app-pass' })));
+      let peak = 0;
+      const watcher = setInterval(() => {
+        void backendsOnServer().then((n) => (peak = Math.max(peak, n)));
+      }, 20);
+      await Promise.all(
+        clients.map(async (c, i) => {
+          for (let k = 0; k < 15; k++) {
+            await c.query('begin');
+            await c.query('insert into ledger (who, n) values ($1, $2)', [`c${i}`, k]);
+            const r = await c.query<{ s: number }>('select sum(n)::int as s from ledger where who = $1', [`c${i}`]);
+            assert.equal(r.rows[0]?.s, (k * (k + 1)) / 2);
+            await c.query('commit');
+          }
+        }),
+      );
+      clearInterval(watcher);
+      assert.ok(pool('txn').total <= 3, JSON.stringify(pool('txn')));
+      assert.ok(peak <= 3 + 4 /* other tenants' idle backends of the same role */, `peak ${peak}`);
+      const total = (await cluster.query<{ n: number }>("select count(*)::int as n from ledger where who like 'c%'")).rows[0]?.n;
+      assert.equal(total, 20 * 15);
+      await Promise.all(clients.map((c) => c.end()));
+      await cluster.query("delete from ledger where who like 'c%'");
+    });
+
+    it('keeps a client that changes session state on its backend (pinning) and no one else sees it', async () => {
+      const a = await connect(rp, { tenant: 'txone', user: 'app', password: 'app-pass' });
+      await a.query("set application_name = 'pinned-one'");
+      const b = await connect(rp, { tenant: 'txone', user: 'app', password: 'app-pass' });
+      // b needs the only backend, which a keeps: b waits until a leaves.
+      const bQuery = b.query<{ a: string }>("select current_setting('application_name') as a");
+      await sleep(200);
+      assert.equal((await a.query<{ a: string }>("select current_setting('application_name') as a")).rows[0]?.a, 'pinned-one');
+      await a.end();
+      const r = await bQuery;
+      assert.notEqual(r.rows[0]?.a, 'pinned-one', 'the pinned state was reset before b got the backend');
+      await b.end();
+      const m = await (await fetch(`http://127.0.0.1:${rp.metricsPort}/metrics`)).text();
+      assert.match(m, /^pgwarden_pool_pins_total\{tenant="txone"\} [1-9]/m);
+    });
+
+    it('cancels the running query of the client, and a late cancel never hits the next client', async () => {
+      const a = await connect(rp, { tenant: 'txone', user: 'app', password: 'app-pass' });
+      const { processID, secretKey } = a as unknown as { processID: number; secretKey: number };
+      const running = a.query('select pg_sleep(30)').then(() => null, (e: unknown) => e as { code?: string });
+      await waitFor(async () => (await cluster.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'")).rows[0]?.n === 1);
+      await sendCancel(rp.port, processID, secretKey);
+      assert.equal((await running)?.code, '57014');
+
+      // a is idle now (its backend went back to the pool). b runs on that same single backend…
+      const b = await connect(rp, { tenant: 'txone', user: 'app', password: 'app-pass' });
+      const bRun = b.query<{ v: number }>('select pg_sleep(1), 7 as v');
+      await waitFor(async () => (await cluster.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where query like 'select pg_sleep(1)%' and state = 'active'")).rows[0]?.n === 1);
+      // …and a's stale key arrives: it must not cancel b.
+      await sendCancel(rp.port, processID, secretKey);
+      assert.equal((await bRun).rows[0]?.v, 7);
+      await Promise.all([a.end(), b.end()]);
+    });
+
+    it('runs pgbench simple and extended with 8 clients on 3 backends', async () => {
+      const init = await new Promise<{ code: number; err: string }>((resolve) => {
+        execFile('pgbench', ['-i', '-s', '1', '-q', '-h', cluster.socketDir, '-p', String(cluster.port), '-U', cluster.superuser, 'postgres'], (e, _o, err) =>
+          resolve({ code: e ? 1 : 0, err }),
+        );
+      });
+      assert.equal(init.code, 0, init.err);
+      await cluster.query('grant select, update, insert on all tables in schema public to app');
+      for (const mode of ['simple', 'extended']) {
+        const out = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+          execFile(
+            'pgbench',
+            ['-n', '-S', '-T', '2', '-c', '8', '-j', '2', '-M', mode, libpqConninfo(rp, { tenant: 'txn', user: 'app' })],
+            { env: { ...process.env, PGPASSWORD: 'app-pass' }, timeout: 60_000 },
+            (e, stdout, stderr) => resolve({ code: e ? 1 : 0, stdout, stderr }),
+          );
+        });
+        assert.equal(out.code, 0, `${mode}: ${out.stderr}`);
+        assert.match(out.stdout, /number of failed transactions: 0 /, mode);
+        assert.ok(pool('txn').total <= 3);
+      }
+    });
+  });
+});
