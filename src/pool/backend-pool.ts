@@ -36,6 +36,8 @@ export class Backend {
   cancelsInFlight = 0;
   private releaseWhenCancelsDone: (() => void) | null = null;
 
+  /** Server-side prepared statements (transaction mode's statement tracking), oldest first. */
+  readonly prepared = new Set<string>();
   /** Listeners the pool attaches while the backend is idle or resetting (removed one by one, never all). */
   watchers: { data: (chunk: Buffer) => void; close: () => void } | null = null;
 
@@ -365,6 +367,7 @@ export class TenantPool {
       () => finish(false),
     );
     const timer = setTimeout(() => finish(false), this.settings.connectTimeoutMs);
+    b.prepared.clear(); // DISCARD ALL deallocates them
     s.resume();
     s.write(DISCARD_ALL);
   }

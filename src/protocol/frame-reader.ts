@@ -32,6 +32,8 @@ export interface Frame {
   readonly type: number;
   /** Body without the type byte and the length word. */
   readonly body: Buffer;
+  /** The whole frame as received (a view, no copy), for forwarding it unchanged. */
+  readonly raw: Buffer;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -77,9 +79,9 @@ export class FrameReader {
     // PostgreSQL: len < 4 + 4 (version word) or > MAX_STARTUP_PACKET_LENGTH is rejected.
     if (length < 8 || length > maxBytes) throw new FrameLengthError(-1, length);
     if (this.buffered < length) return null;
-    const body = this.buf.subarray(this.offset + 4, this.offset + length);
+    const raw = this.buf.subarray(this.offset, this.offset + length);
     this.offset += length;
-    return { type: -1, body };
+    return { type: -1, body: raw.subarray(4), raw };
   }
 
   /**
@@ -95,9 +97,9 @@ export class FrameReader {
     const length = this.buf.readUInt32BE(this.offset + 1);
     if (length < 4 || length > max) throw new FrameLengthError(type, length);
     if (this.buffered < 1 + length) return null;
-    const body = this.buf.subarray(this.offset + 5, this.offset + 1 + length);
+    const raw = this.buf.subarray(this.offset, this.offset + 1 + length);
     this.offset += 1 + length;
-    return { type, body };
+    return { type, body: raw.subarray(5), raw };
   }
 }
 

@@ -32,6 +32,8 @@ import { resolveStartup, type ResolvedStartup } from '../routing/resolve.js';
 import { sendUpstreamCancel, UpstreamRefused, type UpstreamLogin } from '../pool/upstream.js';
 import { poolKey, type Backend as PooledBackend, type TenantPool } from '../pool/backend-pool.js';
 import { hasSessionState } from './session-state.js';
+import { ReplyQueue, StatementTracker, type Expectation } from './tx-statements.js';
+import type { Frame } from '../protocol/frame-reader.js';
 import type { Lease } from '../limits/connections.js';
 import { PrefixedStream } from '../net/prefixed-stream.js';
 import type { SessionContext } from './context.js';
@@ -99,8 +101,13 @@ export class ClientSession implements TrafficSource {
   private transactionMode = false;
   /** Transaction mode: the client changed session state, so it keeps its backend to the end. */
   private pinned = false;
-  /** Client chunks waiting for a backend (transaction mode); the client is paused meanwhile. */
-  private pending: Buffer[] = [];
+  /** Transaction mode works on whole frames both ways (statement names are rewritten). */
+  private readonly txClientReader = new FrameReader();
+  private readonly txBackendReader = new FrameReader();
+  private readonly statements = new StatementTracker();
+  private readonly replies = new ReplyQueue();
+  /** Client frames waiting for a backend (transaction mode); the client is paused meanwhile. */
+  private pending: Frame[] = [];
   private acquiring = false;
   /** Messages that will each be answered by ReadyForQuery (Query, Sync, FunctionCall)… */
   private rfqExpected = 0;
@@ -482,10 +489,14 @@ export class ClientSession implements TrafficSource {
       this.txStatus === TX_IDLE &&
       this.rfqReceived === this.rfqExpected &&
       this.unsynced === 0 &&
-      this.clientScanner?.atBoundary === true &&
-      this.upstreamScanner?.atBoundary === true &&
+      (this.transactionMode ? this.txBackendReader.buffered === 0 : this.clientScanner?.atBoundary === true && this.upstreamScanner?.atBoundary === true) &&
       this.lastUpstreamError?.fatal !== true
     );
+  }
+
+  /** Whether the bytes sent to the client end on a message boundary (transaction mode sends whole frames). */
+  private clientStreamAtBoundary(): boolean {
+    return this.transactionMode || this.upstreamScanner?.atBoundary === true;
   }
 
   /** The client is leaving (or being sent away): its backend goes back clean and reset, or is closed. */
@@ -516,9 +527,7 @@ export class ClientSession implements TrafficSource {
         }
         try {
           this.attach(b);
-          const chunks = this.pending;
-          this.pending = [];
-          for (const c of chunks) this.forwardToBackend(c);
+          this.flushClientFrames();
           this.sock.resume();
         } catch (err) {
           this.fail(err);
@@ -535,51 +544,58 @@ export class ClientSession implements TrafficSource {
 
   private readonly clientHandler: ScanHandler = {
     maxFrameLength: (type) => frontendMaxLength(type, this.maxMessageBytes),
-    // Transaction mode reads statement text to see session state that would outlive the transaction.
-    wantsBody: (type) => this.transactionMode && !this.pinned && (type === Frontend.Query || type === Frontend.Parse),
-    onFrame: (type, _length, body) => {
-      this.messagesIn++;
-      switch (type) {
-        case Frontend.Query:
-          this.queries++;
-          this.rfqExpected++;
-          if (body !== null && hasSessionState(body, false)) this.pin();
-          return;
-        case Frontend.FunctionCall:
-          this.queries++;
-          this.rfqExpected++;
-          return;
-        case Frontend.Sync:
-          this.rfqExpected++;
-          this.unsynced = 0;
-          return;
-        case Frontend.Execute:
-          this.queries++;
-          this.unsynced++;
-          return;
-        case Frontend.Parse:
-          this.unsynced++;
-          if (body !== null && hasSessionState(body, true)) this.pin();
-          return;
-        case Frontend.Bind:
-        case Frontend.Describe:
-        case Frontend.Close:
-        case Frontend.Flush:
-          this.unsynced++;
-          return;
-        case Frontend.Terminate:
-          this.terminateSeen = true;
-          return;
-        default:
-          return;
-      }
-    },
+    wantsBody: () => false,
+    onFrame: (type, _length, body) => this.noteClientFrame(type, body),
   };
+
+  /** Bookkeeping for one client message: counts, what it will be answered with, session state. */
+  private noteClientFrame(type: number, body: Buffer | null): void {
+    this.messagesIn++;
+    switch (type) {
+      case Frontend.Query:
+        this.queries++;
+        this.rfqExpected++;
+        if (body !== null && !this.pinned && hasSessionState(body, false)) this.pin();
+        return;
+      case Frontend.FunctionCall:
+        this.queries++;
+        this.rfqExpected++;
+        return;
+      case Frontend.Sync:
+        this.rfqExpected++;
+        this.unsynced = 0;
+        return;
+      case Frontend.Execute:
+        this.queries++;
+        this.unsynced++;
+        return;
+      case Frontend.Parse:
+        this.unsynced++;
+        if (body !== null && !this.pinned && hasSessionState(body, true)) this.pin();
+        return;
+      case Frontend.Bind:
+      case Frontend.Describe:
+      case Frontend.Close:
+      case Frontend.Flush:
+        this.unsynced++;
+        return;
+      case Frontend.Terminate:
+        this.terminateSeen = true;
+        return;
+      default:
+        return;
+    }
+  }
 
   private readonly upstreamHandler: ScanHandler = {
     maxFrameLength: (type) => (BACKEND_TYPES.has(type) ? Limits.largeMessageBytes : -1),
     wantsBody: (type) => type === Backend.ReadyForQuery || type === Backend.ErrorResponse || type === Backend.ParameterStatus,
-    onFrame: (type, _length, body) => {
+    onFrame: (type, _length, body) => this.noteBackendFrame(type, body),
+  };
+
+  /** Bookkeeping for one backend message: transaction status, errors, identity parameters. */
+  private noteBackendFrame(type: number, body: Buffer | null): void {
+    {
       this.messagesOut++;
       if (type === Backend.ReadyForQuery) {
         this.txStatus = body![0] ?? this.txStatus;
@@ -591,11 +607,16 @@ export class ClientSession implements TrafficSource {
       } else if (type === Backend.ParameterStatus) {
         this.onParameterStatus(body!);
       }
-    },
-  };
+    }
+  }
 
   private relayClientChunk(chunk: Buffer, count = true): void {
     if (count) this.bytesIn += chunk.length;
+    if (this.transactionMode) {
+      this.relayClientFrames(chunk);
+      if (this.terminateSeen) this.endOnTerminate();
+      return;
+    }
     const bad = this.clientScanner!.scan(chunk);
     if (bad >= 0) {
       if (bad > 0) this.forwardToBackend(chunk.subarray(0, bad));
@@ -603,15 +624,17 @@ export class ClientSession implements TrafficSource {
       throw e instanceof FrameTypeError ? Errors.invalidFrontendType(e.type) : Errors.invalidLength();
     }
     this.forwardToBackend(chunk);
-    if (this.terminateSeen) {
-      // As PostgreSQL: Terminate ends the session and the server closes the connection.
-      this.releaseBackend();
-      this.sock.end();
-      this.finish('client_terminate');
-    }
+    if (this.terminateSeen) this.endOnTerminate();
   }
 
-  /** Sends scanned client bytes to the backend (taking one first in transaction mode); Terminate stays here. */
+  /** As PostgreSQL: Terminate ends the session and the server closes the connection. */
+  private endOnTerminate(): void {
+    this.releaseBackend();
+    this.sock.end();
+    this.finish('client_terminate');
+  }
+
+  /** Session mode: scanned client bytes go to the backend as they came; Terminate stays here. */
   private forwardToBackend(chunk: Buffer): void {
     let out = chunk;
     if (this.terminateSeen) {
@@ -620,13 +643,54 @@ export class ClientSession implements TrafficSource {
       out = n >= 5 && out[n - 5] === Frontend.Terminate ? out.subarray(0, n - 5) : EMPTY;
       if (out.length === 0) return;
     }
+    if (!this.backend!.socket.write(out)) this.sock.pause();
+  }
+
+  /** Transaction mode: whole client frames, queued until a backend serves them. */
+  private relayClientFrames(chunk: Buffer): void {
+    this.txClientReader.push(chunk);
+    for (;;) {
+      let f: Frame | null;
+      try {
+        f = this.txClientReader.nextTyped((type) => frontendMaxLength(type, this.maxMessageBytes));
+      } catch (err) {
+        this.flushClientFrames(); // what came before the bad frame still goes
+        if (err instanceof FrameTypeError) throw Errors.invalidFrontendType(err.type);
+        if (err instanceof FrameLengthError) throw Errors.invalidLength();
+        throw err;
+      }
+      if (f === null) break;
+      this.noteClientFrame(f.type, f.type === Frontend.Query || f.type === Frontend.Parse ? f.body : null);
+      if (this.terminateSeen) break;
+      this.pending.push(f);
+    }
+    this.flushClientFrames();
+  }
+
+  /** Sends the queued client frames, rewritten for the backend at hand; takes a backend first if needed. */
+  private flushClientFrames(): void {
+    if (this.pending.length === 0) return;
     const b = this.backend;
     if (b === null) {
-      this.pending.push(out);
       this.acquireForTransaction();
       return;
     }
-    if (!b.socket.write(out)) this.sock.pause();
+    const frames = this.pending;
+    this.pending = [];
+    const out: Buffer[] = [];
+    const expect: Expectation[] = [];
+    for (const f of frames) this.statements.rewrite(f.type, f.body, f.raw, b, out, expect);
+    for (const e of expect) this.replies.push(e);
+    const up = b.socket;
+    up.cork();
+    let ok = true;
+    for (const part of coalesce(out)) ok = up.write(part);
+    up.uncork();
+    if (!ok) this.sock.pause();
+    // Our own replies that nothing the backend owes precedes (e.g. ParseComplete of a statement it has).
+    const mine: Buffer[] = [];
+    this.replies.flushSynth(mine);
+    for (const m of mine) this.sock.write(m);
   }
 
   /** Transaction mode: from now on this client keeps its backend (SET, LISTEN, temp tables…). */
@@ -639,6 +703,10 @@ export class ClientSession implements TrafficSource {
   private readonly onUpstreamData = (chunk: Buffer): void => {
     try {
       this.bytesOut += chunk.length;
+      if (this.transactionMode) {
+        this.relayBackendFrames(chunk);
+        return;
+      }
       const scanner = this.upstreamScanner!;
       const bad = scanner.scan(chunk);
       if (bad >= 0) {
@@ -650,17 +718,49 @@ export class ClientSession implements TrafficSource {
         this.finish('backend_lost');
         return;
       }
-      const b = this.backend!;
-      if (!this.sock.write(chunk)) b.socket.pause();
-      // Transaction mode: the transaction is over and nothing is owed, so the backend goes back.
-      if (this.transactionMode && !this.pinned && this.backendIsClean() && this.pending.length === 0) {
-        b.socket.resume(); // it may have been paused for backpressure; the pool reads it from now on
-        this.detach(true, false);
-      }
+      if (!this.sock.write(chunk)) this.backend!.socket.pause();
     } catch (err) {
       this.fail(err);
     }
   };
+
+  /** Transaction mode: whole backend frames, matched to what was asked; the backend goes back when nothing is owed. */
+  private relayBackendFrames(chunk: Buffer): void {
+    const reader = this.txBackendReader;
+    reader.push(chunk);
+    const out: Buffer[] = [];
+    for (;;) {
+      let f: Frame | null;
+      try {
+        f = reader.nextTyped((type) => (BACKEND_TYPES.has(type) ? Limits.largeMessageBytes : -1));
+      } catch (err) {
+        this.ctx.log.warn({ session: this.id, tenant: this.tenantId, err: (err as Error).message }, 'backend violated the protocol');
+        this.writeToClient(out);
+        this.detach(false, false);
+        this.sendFatal(Errors.upstreamLost());
+        this.finish('backend_lost');
+        return;
+      }
+      if (f === null) break;
+      this.noteBackendFrame(f.type, f.type === Backend.ReadyForQuery || f.type === Backend.ErrorResponse || f.type === Backend.ParameterStatus ? f.body : null);
+      this.replies.onReply(f.type, f.raw, out);
+    }
+    this.writeToClient(out);
+    const b = this.backend;
+    if (b !== null && !this.pinned && this.pending.length === 0 && this.replies.empty && this.backendIsClean()) {
+      b.socket.resume(); // it may have been paused for backpressure; the pool reads it from now on
+      this.detach(true, false);
+    }
+  }
+
+  private writeToClient(out: Buffer[]): void {
+    if (out.length === 0) return;
+    this.sock.cork();
+    let ok = true;
+    for (const part of coalesce(out)) ok = this.sock.write(part);
+    this.sock.uncork();
+    if (!ok) this.backend?.socket.pause();
+  }
 
   private readonly onClientDrain = (): void => {
     this.backend?.socket.resume();
@@ -693,7 +793,7 @@ export class ClientSession implements TrafficSource {
       this.finish('client_terminate');
       return;
     }
-    if (this.upstreamScanner?.atBoundary === true) this.sendFatal(Errors.upstreamLost());
+    if (this.clientStreamAtBoundary()) this.sendFatal(Errors.upstreamLost());
     else this.sock.destroy();
     this.finish('backend_lost');
   };
@@ -756,7 +856,7 @@ export class ClientSession implements TrafficSource {
       this.cleanup();
       return;
     }
-    if (this.upstreamScanner!.atBoundary) this.sendFatal(err);
+    if (this.clientStreamAtBoundary()) this.sendFatal(err);
     else this.sock.destroy();
     this.releaseBackend();
     this.finish(reason);
@@ -995,4 +1095,22 @@ function isAllowedSource(tenant: TenantConfig, addr: string): boolean {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** Joins frames that sit back to back in the same received buffer, so they go out as one write. */
+function coalesce(parts: Buffer[]): Buffer[] {
+  if (parts.length < 2) return parts;
+  const out: Buffer[] = [];
+  let run = parts[0]!;
+  for (let i = 1; i < parts.length; i++) {
+    const p = parts[i]!;
+    if (p.buffer === run.buffer && p.byteOffset === run.byteOffset + run.length) {
+      run = Buffer.from(run.buffer, run.byteOffset, run.length + p.length);
+    } else {
+      out.push(run);
+      run = p;
+    }
+  }
+  out.push(run);
+  return out;
+}
 const TX_IDLE = 0x49; // 'I'

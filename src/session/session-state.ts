@@ -3,12 +3,12 @@
  * keep its backend (be pinned). Conservative by design: a false positive costs pooling for that
  * one client, a false negative would leak state to the next client of the backend.
  * Pinned: SET / RESET (not SET LOCAL or SET TRANSACTION), LISTEN, SQL PREPARE, DECLARE … WITH HOLD,
- * CREATE TEMP objects, LOAD, set_config(), session advisory locks, and named protocol-level
- * prepared statements (tracked across backends in a later step).
+ * CREATE TEMP objects, LOAD, DISCARD / DEALLOCATE, set_config(), session advisory locks.
+ * Protocol-level named statements are not pinned: tx-statements.ts carries them across backends.
  */
 
 const STATEMENT_START =
-  /^(?:SET\s+(?!LOCAL\b|TRANSACTION\b)|RESET\b|LISTEN\b|PREPARE\b|LOAD\b|DECLARE\b[\s\S]*\bWITH\s+HOLD\b|CREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b|CREATE\s+(?:UNLOGGED\s+)?TABLE\b[\s\S]*\bON\s+COMMIT\b)/i;
+  /^(?:SET\s+(?!LOCAL\b|TRANSACTION\b)|RESET\b|LISTEN\b|PREPARE\b|LOAD\b|DISCARD\b|DEALLOCATE\b|DECLARE\b[\s\S]*\bWITH\s+HOLD\b|CREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b|CREATE\s+(?:UNLOGGED\s+)?TABLE\b[\s\S]*\bON\s+COMMIT\b)/i;
 const ANYWHERE = /\b(?:set_config|pg_advisory_lock|pg_advisory_lock_shared|pg_try_advisory_lock|pg_try_advisory_lock_shared)\s*\(/i;
 
 /** Strips leading white space and comments from a statement. */
@@ -34,14 +34,9 @@ export function sqlHasSessionState(sql: string): boolean {
   return false;
 }
 
-/** For a Query body (text\0) or a Parse body (name\0text\0…). */
+/** For a Query body (text\0) or a Parse body (name\0text\0…; named statements are tracked, not pinned). */
 export function hasSessionState(body: Buffer, isParse: boolean): boolean {
-  let start = 0;
-  if (isParse) {
-    const nameEnd = body.indexOf(0);
-    if (nameEnd !== 0) return true; // a named statement outlives the transaction
-    start = 1;
-  }
+  const start = isParse ? body.indexOf(0) + 1 : 0;
   const end = body.indexOf(0, start);
   return sqlHasSessionState(body.toString('utf8', start, end < 0 ? body.length : end));
 }

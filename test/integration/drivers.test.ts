@@ -70,7 +70,7 @@ function assertCommon(r: DriverResult, applicationName: string): void {
   if (r.ssl_in_use !== undefined) assert.equal(r.ssl_in_use, true);
 }
 
-describe('drivers through pgwarden', () => {
+for (const poolMode of ['session', 'transaction'] as const) describe(`drivers through pgwarden (${poolMode} pooling)`, () => {
   let pgc: Cluster;
   let rp: RunningProxy;
   const sqls: postgres.Sql[] = [];
@@ -78,7 +78,10 @@ describe('drivers through pgwarden', () => {
   before(async () => {
     pgc = await startCluster({ users: [{ name: USER, password: PASSWORD }] });
     const verifier = await readVerifier(pgc, USER);
-    rp = await startProxy({ tenants: [{ id: TENANT, cluster: pgc, users: [{ name: USER, verifier }] }] });
+    // Transaction mode gets three backends, so statements and sessions really move between them;
+    // session mode needs one per open client (postgres.js keeps several open here).
+    const pool = poolMode === 'transaction' ? { pool_mode: poolMode, max_backend_connections: 3 } : { pool_mode: poolMode };
+    rp = await startProxy({ tenants: [{ id: TENANT, cluster: pgc, users: [{ name: USER, verifier }], pool }] });
   });
 
   after(async () => {

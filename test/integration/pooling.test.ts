@@ -148,6 +148,45 @@ describe('pooling', () => {
       await cluster.query("delete from ledger where who like 'c%'");
     });
 
+    it('carries named prepared statements across backends (node-postgres), without pinning', async () => {
+      const pinsBefore = Number(/^pgwarden_pool_pins_total\{tenant="txn"\} (\d+)/m.exec(await (await fetch(`http://127.0.0.1:${rp.metricsPort}/metrics`)).text())?.[1] ?? 0);
+      const clients = await Promise.all(Array.from({ length: 8 }, () => connect(rp, { tenant: 'txn', user: 'app', password: 'app-pass' })));
+      const pids = new Set<number>();
+      await Promise.all(
+        clients.map(async (c, i) => {
+          for (let k = 0; k < 40; k++) {
+            const r = await c.query<{ v: number; pid: number }>({ name: 'double', text: 'select $1::int * 2 as v, pg_backend_pid() as pid', values: [i * 100 + k] });
+            assert.equal(r.rows[0]?.v, (i * 100 + k) * 2);
+            pids.add(r.rows[0].pid);
+            // A second statement under another name with different text, and the same name reused by every client.
+            const t = await c.query<{ s: string }>({ name: `echo${i % 2}`, text: `select $1::text || '${i % 2}' as s`, values: ['x'] });
+            assert.equal(t.rows[0]?.s, `x${i % 2}`);
+          }
+        }),
+      );
+      assert.ok(pids.size > 1, 'the statements ran on more than one backend');
+      assert.ok(pool('txn').total <= 3);
+      const server = await cluster.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where usename = 'app'");
+      assert.ok((server.rows[0]?.n ?? 99) <= 3 + 4);
+      await Promise.all(clients.map((c) => c.end()));
+      const pinsAfter = Number(/^pgwarden_pool_pins_total\{tenant="txn"\} (\d+)/m.exec(await (await fetch(`http://127.0.0.1:${rp.metricsPort}/metrics`)).text())?.[1] ?? 0);
+      assert.equal(pinsAfter, pinsBefore, 'named statements did not pin');
+    });
+
+    it('answers Parse of a statement the backend already has, and Close, itself (raw protocol)', async () => {
+      const c1 = await connect(rp, { tenant: 'txone', user: 'app', password: 'app-pass' });
+      await c1.query({ name: 'seed', text: 'select 41 + $1::int as v', values: [1] }); // prepares pgw_<hash> on the only backend
+      await c1.end();
+      const c2 = await connect(rp, { tenant: 'txone', user: 'app', password: 'app-pass' });
+      // Same text under another client name: the backend has it, the Parse is answered here.
+      const r = await c2.query<{ v: number }>({ name: 'other', text: 'select 41 + $1::int as v', values: [2] });
+      assert.equal(r.rows[0]?.v, 43);
+      // A statement that fails to prepare reports the server's error, and the session goes on.
+      await assert.rejects(c2.query({ name: 'bad', text: 'select from nowhere_table', values: [] }), { code: '42P01' });
+      assert.equal((await c2.query<{ v: number }>({ name: 'other', text: 'select 41 + $1::int as v', values: [3] })).rows[0]?.v, 44);
+      await c2.end();
+    });
+
     it('keeps a client that changes session state on its backend (pinning) and no one else sees it', async () => {
       const a = await connect(rp, { tenant: 'txone', user: 'app', password: 'app-pass' });
       await a.query("set application_name = 'pinned-one'");
@@ -182,7 +221,7 @@ describe('pooling', () => {
       await Promise.all([a.end(), b.end()]);
     });
 
-    it('runs pgbench simple and extended with 8 clients on 3 backends', async () => {
+    it('runs pgbench simple, extended and prepared with 8 clients on 3 backends', async () => {
       const init = await new Promise<{ code: number; err: string }>((resolve) => {
         execFile('pgbench', ['-i', '-s', '1', '-q', '-h', cluster.socketDir, '-p', String(cluster.port), '-U', cluster.superuser, 'postgres'], (e, _o, err) =>
           resolve({ code: e ? 1 : 0, err }),
@@ -190,7 +229,7 @@ describe('pooling', () => {
       });
       assert.equal(init.code, 0, init.err);
       await cluster.query('grant select, update, insert on all tables in schema public to app');
-      for (const mode of ['simple', 'extended']) {
+      for (const mode of ['simple', 'extended', 'prepared']) {
         const out = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
           execFile(
             'pgbench',
