@@ -124,7 +124,7 @@ export class Proxy {
     });
     this.listener = server;
     if (config.metrics !== undefined) {
-      const admin = createAdminServer(this.metrics, () => !this.draining, this.log);
+      const admin = createAdminServer(this.metrics, () => !this.draining, this.log, () => this.pools.snapshot());
       await new Promise<void>((resolve, reject) => {
         admin.once('error', reject);
         admin.listen(config.metrics!.listenPort, config.metrics!.listenHost, () => resolve());

@@ -1,12 +1,15 @@
 /**
- * The operator's HTTP listener: GET /metrics (Prometheus text), /healthz (the process runs),
- * /readyz (it accepts new sessions: not draining). Admin commands arrive with issue 5.
+ * The operator's HTTP listener: GET /metrics (Prometheus text), /pools (backend pools, JSON),
+ * /healthz (the process runs), /readyz (it accepts new sessions: not draining). Admin commands arrive with issue 5.
  */
 import http from 'node:http';
 import type { Metrics } from '../observability/metrics.js';
 import type { Logger } from '../observability/logger.js';
 
-export function createAdminServer(metrics: Metrics, isReady: () => boolean, log: Logger): http.Server {
+/** What GET /pools shows: one row per tenant pool, like PgBouncer's SHOW POOLS. */
+export type PoolsView = () => unknown;
+
+export function createAdminServer(metrics: Metrics, isReady: () => boolean, log: Logger, pools: PoolsView = () => []): http.Server {
   return http.createServer((req, res) => {
     const url = req.url ?? '/';
     if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -21,6 +24,10 @@ export function createAdminServer(metrics: Metrics, isReady: () => boolean, log:
           log.error({ err }, 'metrics collection failed');
           res.writeHead(500, { 'content-type': 'application/json' }).end('{"error":"metrics unavailable"}\n');
         });
+      return;
+    }
+    if (url === '/pools') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(`${JSON.stringify(pools())}\n`);
       return;
     }
     if (url === '/healthz') {

@@ -112,6 +112,12 @@ export class Metrics {
     labelNames: ['tenant', 'outcome'] as const,
     registers: [this.registry],
   });
+  readonly queries = new client.Counter({
+    name: 'pgwarden_queries_total',
+    help: 'Statements relayed (simple Query, Execute, FunctionCall)',
+    labelNames: ['tenant'] as const,
+    registers: [this.registry],
+  });
   readonly poolPins = new client.Counter({
     name: 'pgwarden_pool_pins_total',
     help: 'Transaction-mode clients pinned to their backend because they changed session state',

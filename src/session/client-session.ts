@@ -118,6 +118,7 @@ export class ClientSession implements TrafficSource {
   private loginBackendPid = 0;
   transactions = 0;
   private foldedTransactions = 0;
+  private foldedQueries = 0;
   private cancelKey: { processId: number; secretKey: Buffer } | null = null;
   private clientScanner: FrameScanner | null = null;
   private upstreamScanner: FrameScanner | null = null;
@@ -991,6 +992,10 @@ export class ClientSession implements TrafficSource {
     if (this.messagesIn !== this.foldedMessagesIn) {
       m.messages.inc({ tenant, direction: 'client_to_upstream' }, this.messagesIn - this.foldedMessagesIn);
       this.foldedMessagesIn = this.messagesIn;
+    }
+    if (this.queries !== this.foldedQueries) {
+      m.queries.inc({ tenant }, this.queries - this.foldedQueries);
+      this.foldedQueries = this.queries;
     }
     if (this.transactions !== this.foldedTransactions) {
       m.transactions.inc({ tenant }, this.transactions - this.foldedTransactions);

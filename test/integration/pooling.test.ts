@@ -221,6 +221,46 @@ describe('pooling', () => {
       await Promise.all([a.end(), b.end()]);
     });
 
+    it('ends the session of a client whose backend dies mid-query, and the pool recovers', async () => {
+      const c = await connect(rp, { tenant: 'txone', user: 'app', password: 'app-pass' });
+      c.on('error', () => undefined); // the connection ends after the query's error
+      const q = c.query('select pg_sleep(30)').then(() => null, (e: unknown) => e as { code?: string });
+      await waitFor(async () => (await cluster.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'")).rows[0]?.n === 1);
+      await cluster.query("select pg_terminate_backend(pid) from pg_stat_activity where query = 'select pg_sleep(30)'");
+      assert.equal((await q)?.code, '57P01', 'the server said why, forwarded byte for byte');
+      await waitFor(() => pool('txone').active === 0);
+      const next = await connect(rp, { tenant: 'txone', user: 'app', password: 'app-pass' });
+      assert.equal((await next.query<{ v: number }>('select 5 as v')).rows[0]?.v, 5);
+      await next.end();
+    });
+
+    it('leaks nothing over 1000 short transaction-mode sessions, and shows pools to operators', async () => {
+      for (let round = 0; round < 50; round++) {
+        await Promise.all(
+          Array.from({ length: 20 }, async (_, i) => {
+            const c = await connect(rp, { tenant: 'txn', user: 'app', password: 'app-pass' });
+            await c.query({ name: `s${i % 3}`, text: 'select $1::int as v', values: [i] });
+            await c.end();
+          }),
+        );
+      }
+      await waitFor(() => pool('txn').active === 0 && rp.proxy.sessions.size === 0);
+      assert.ok(pool('txn').total <= 3);
+      assert.equal(rp.proxy.cancels.size, 0);
+      const onServer = (await cluster.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where usename = 'app'")).rows[0]?.n ?? -1;
+      const pooled = rp.proxy.pools.snapshot().reduce((n, p) => n + p.total, 0);
+      assert.equal(onServer, pooled, 'every server connection is a pooled one');
+      const view = (await (await fetch(`http://127.0.0.1:${rp.metricsPort}/pools`)).json()) as { tenant: string; mode: string; total: number; max: number }[];
+      const txn = view.find((p) => p.tenant === 'txn');
+      assert.equal(txn?.mode, 'transaction');
+      assert.equal(txn?.max, 3);
+      const m = await (await fetch(`http://127.0.0.1:${rp.metricsPort}/metrics`)).text();
+      assert.match(m, /^pgwarden_queries_total\{tenant="txn"\} [1-9]\d*$/m);
+      assert.match(m, /^pgwarden_transactions_total\{tenant="txn"\} [1-9]\d*$/m);
+      assert.match(m, /^pgwarden_pool_backends\{tenant="txn",state="idle"\} \d+$/m);
+      assert.match(m, /^pgwarden_backend_connects_total\{tenant="txn",outcome="ok"\} [1-9]\d*$/m);
+    });
+
     it('runs pgbench simple, extended and prepared with 8 clients on 3 backends', async () => {
       const init = await new Promise<{ code: number; err: string }>((resolve) => {
         execFile('pgbench', ['-i', '-s', '1', '-q', '-h', cluster.socketDir, '-p', String(cluster.port), '-U', cluster.superuser, 'postgres'], (e, _o, err) =>
