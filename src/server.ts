@@ -54,6 +54,7 @@ export class Proxy {
   ) {
     this.rejections = new RejectionAggregator(() => this.audit, this.metrics);
     this.pools = new PoolManager(this.metrics, this.log);
+    this.metrics.poolSizes = () => this.pools.snapshot();
     this.ctx = this.makeContext(config, tlsMaterial);
   }
 

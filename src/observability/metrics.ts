@@ -87,11 +87,22 @@ export class Metrics {
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
     registers: [this.registry],
   });
+  /** Pool sizes, read at scrape time (set by the server): gauges are not touched per transaction. */
+  poolSizes: () => readonly { tenant: string; idle: number; active: number; waiting: number }[] = () => [];
   readonly poolBackends = new client.Gauge({
     name: 'pgwarden_pool_backends',
     help: 'Backend connections by state (active: lent to a client or resetting; idle: in the pool)',
     labelNames: ['tenant', 'state'] as const,
     registers: [this.registry],
+    collect: () => {
+      this.poolBackends.reset();
+      this.poolWaiting.reset();
+      for (const p of this.poolSizes()) {
+        this.poolBackends.set({ tenant: p.tenant, state: 'idle' }, p.idle);
+        this.poolBackends.set({ tenant: p.tenant, state: 'active' }, p.active);
+        this.poolWaiting.set({ tenant: p.tenant }, p.waiting);
+      }
+    },
   });
   readonly poolWaiting = new client.Gauge({
     name: 'pgwarden_pool_waiting_clients',

@@ -173,12 +173,10 @@ export class TenantPool {
       w.timer = setTimeout(() => {
         const i = this.waiters.indexOf(w);
         if (i >= 0) this.waiters.splice(i, 1);
-        this.metrics.poolWaiting.set({ tenant: this.tenantId }, this.waiters.length);
         this.metrics.limitRejections.inc({ tenant: this.tenantId, limit: 'pool_timeout' });
         reject(Errors.poolTimeout());
       }, this.settings.poolTimeoutMs);
       this.waiters.push(w);
-      this.metrics.poolWaiting.set({ tenant: this.tenantId }, this.waiters.length);
     });
     this.metrics.poolWaitSeconds.observe({ tenant: this.tenantId }, (Date.now() - since) / 1000);
     return backend;
@@ -218,7 +216,6 @@ export class TenantPool {
     if (!b.socket.destroyed) b.socket.end(TERMINATE);
     b.socket.destroy();
     this.total--;
-    this.updateGauges();
     this.serviceWaiters();
   }
 
@@ -247,7 +244,6 @@ export class TenantPool {
       w.reject(Errors.adminShutdown('pool_closed'));
     }
     for (const pool of this.pools.values()) for (const b of [...pool.idle]) this.destroy(b);
-    this.updateGauges();
   }
 
   // ---------------------------------------------------------------- internals
@@ -274,12 +270,10 @@ export class TenantPool {
     b.state = 'active';
     b.unwatch();
     b.socket.pause();
-    this.updateGauges();
   }
 
   private async open(pool: KeyPool): Promise<Backend> {
     this.total++;
-    this.updateGauges();
     const began = process.hrtime.bigint();
     let conn: UpstreamConnection;
     try {
@@ -288,7 +282,6 @@ export class TenantPool {
       this.total--;
       this.metrics.backendConnects.inc({ tenant: this.tenantId, outcome: 'error' });
       this.metrics.backendConnectSeconds.observe({ tenant: this.tenantId, outcome: 'error' }, Number(process.hrtime.bigint() - began) / 1e9);
-      this.updateGauges();
       // The server is down or refuses: waiters of this key would get the same answer, now.
       this.failWaiters(pool.key, err as Error);
       this.serviceWaiters();
@@ -317,7 +310,6 @@ export class TenantPool {
       const w = this.waiters.splice(i, 1)[0]!;
       if (w.timer !== null) clearTimeout(w.timer);
       this.activate(b);
-      this.metrics.poolWaiting.set({ tenant: this.tenantId }, this.waiters.length);
       w.resolve(b);
       return;
     }
@@ -334,7 +326,6 @@ export class TenantPool {
     );
     b.socket.resume();
     pool.idle.push(b);
-    this.updateGauges();
     this.serviceWaiters();
   }
 
@@ -392,7 +383,6 @@ export class TenantPool {
       if (idle === null && !(this.total < this.settings.maxBackendConnections || this.evictIdleOtherThan(w.key))) break;
       this.waiters.shift();
       if (w.timer !== null) clearTimeout(w.timer);
-      this.metrics.poolWaiting.set({ tenant: this.tenantId }, this.waiters.length);
       if (idle !== null) w.resolve(idle);
       else this.open(pool).then(w.resolve, w.reject);
     }
@@ -406,14 +396,8 @@ export class TenantPool {
       if (w.timer !== null) clearTimeout(w.timer);
       w.reject(err instanceof PgError ? err : Errors.upstreamConnect('backend_connect_failed', err));
     }
-    this.metrics.poolWaiting.set({ tenant: this.tenantId }, this.waiters.length);
   }
 
-  private updateGauges(): void {
-    const s = this.size;
-    this.metrics.poolBackends.set({ tenant: this.tenantId, state: 'idle' }, s.idle);
-    this.metrics.poolBackends.set({ tenant: this.tenantId, state: 'active' }, s.active);
-  }
 }
 
 /** Every tenant's pool, the reaper, and reconfiguration on reload. */
