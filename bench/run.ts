@@ -1,4 +1,9 @@
-/** `npm run bench`: pgbench -S over TLS against direct PostgreSQL, PgBouncer and pgwarden, alternating in rounds. */
+/**
+ * `npm run bench`: pgbench -S over TLS against direct PostgreSQL, PgBouncer and pgwarden (session and
+ * transaction pooling), alternating targets cell by cell; then pgbench -C (connection rate) and the
+ * proxies' memory with thousands of idle TLS clients.
+ */
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -8,24 +13,97 @@ import { makeDevCerts, type DevCerts } from '../src/tools/dev-certs.js';
 import { readVerifier, startCluster, type Cluster } from '../test/support/cluster.js';
 import { SNI_SUFFIX } from '../test/support/proxy.js';
 import { cleanup, cleanupOnSignals, onCleanup, tearingDown } from './lib/cleanup.js';
-import { describeEnvironment } from './lib/environment.js';
-import { parseOptions, USAGE, type BenchOptions } from './lib/options.js';
+import { describeEnvironment, openFilesLimit } from './lib/environment.js';
+import { measureIdle, type IdleResult } from './lib/idle.js';
+import { counterDeltas, parseCounters } from './lib/metrics.js';
+import { parseOptions, USAGE, type BenchOptions, type Protocol } from './lib/options.js';
 import { initialise, killRunningPgbench, runSelectOnly, type Endpoint } from './lib/pgbench.js';
 import { findPgBouncer, startPgBouncer } from './lib/pgbouncer.js';
 import { startPgWarden } from './lib/pgwarden.js';
-import { busyPercent, cpuSeconds, hostTicks, memory } from './lib/procstat.js';
-import { formatRun, formatTable, ratios, summarise, writeResult, type RunRecord } from './lib/report.js';
-import type { Target, TargetName } from './lib/target.js';
+import { busyPercent, cpuTimes, hostTicks, memory, type CpuTimes } from './lib/procstat.js';
+import { formatConnect, formatIdle, formatMatrix, formatRun, statusOf, summarise, writeResult, type CellSummary, type Phase, type RunRecord } from './lib/report.js';
+import { parseTargetName, type PoolMode, type ProxyKind, type Target, type TargetName } from './lib/target.js';
 
 const USER = 'bench';
 const DATABASE = 'bench';
 const RESULTS_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bench/results');
+/** RLIMIT_NOFILE for the bench and everything it starts: 10 000 idle clients need that many sockets in the worker and the proxy. */
+const OPEN_FILES = 65_536;
+const isRoot = process.getuid?.() === 0;
 
 interface Setup {
   cluster: Cluster;
   certs: DevCerts;
   password: string;
   workDir: string;
+}
+
+/** What runs where, and with which pool sizes and limits (also written to the JSON). */
+interface Plan {
+  matrixTargets: TargetName[];
+  connectTargets: TargetName[];
+  /** Proxies measured with idle clients (each a fresh process in transaction mode). */
+  idleProxies: ProxyKind[];
+  /** Targets started for the matrix and connect phases. */
+  running: TargetName[];
+  maxClients: number;
+  /** Session mode holds a backend per client for the whole session, so its pool must fit every client. */
+  sessionPoolSize: number;
+  transactionPoolSize: number;
+  maxClientConnections: number;
+  maxConnections: number;
+}
+
+function log(line: string): void {
+  process.stdout.write(`${line}\n`);
+}
+
+/**
+ * Node has no setrlimit: prlimit(1) raises this process's own RLIMIT_NOFILE, which every child inherits.
+ * Root tries OPEN_FILES for both limits (needs CAP_SYS_RESOURCE, which containers often lack); failing
+ * that, or not root, the soft limit goes up to the hard one.
+ */
+function raiseOpenFiles(): void {
+  const limits = (): number[] => openFilesLimit().split('/').map((v) => (v === 'unlimited' ? Infinity : Number(v)));
+  const set = (soft: number, hard: number): boolean => {
+    const text = (n: number): string => (Number.isFinite(n) ? String(n) : 'unlimited');
+    try {
+      execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${text(soft)}:${text(hard)}`], { stdio: 'ignore' });
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const [soft = Number.NaN, hard = Number.NaN] = limits();
+  if (!Number.isFinite(soft) || soft >= OPEN_FILES) return;
+  if (isRoot && hard < OPEN_FILES && set(OPEN_FILES, OPEN_FILES)) return;
+  if (soft < hard) set(Math.min(hard, OPEN_FILES), hard);
+}
+
+function makePlan(options: BenchOptions, bouncer: string | null): { plan: Plan; skipped: { target: string; reason: string }[] } {
+  const skipped: { target: string; reason: string }[] = [];
+  const available = options.targets.filter((t) => {
+    if (bouncer !== null || parseTargetName(t)?.proxy !== 'pgbouncer') return true;
+    skipped.push({ target: t, reason: 'pgbouncer is not installed' });
+    return false;
+  });
+  const has = (p: 'matrix' | 'connect' | 'idle'): boolean => options.phases.includes(p);
+  const matrixTargets = has('matrix') ? available : [];
+  const connectTargets = has('connect') ? available.filter((t) => t === 'direct' || parseTargetName(t)?.mode === 'session') : [];
+  const idleProxies = has('idle') ? (['pgbouncer', 'pgwarden'] as const).filter((p) => available.some((t) => parseTargetName(t)?.proxy === p)) : [];
+  const running = available.filter((t) => matrixTargets.includes(t) || connectTargets.includes(t));
+  const maxClients = Math.max(1, ...(has('matrix') ? options.clients : []), ...(has('connect') ? [options.connectClients] : []));
+  const sessionPoolSize = Math.max(options.poolSize, maxClients + 4);
+  const count = (mode: PoolMode): number => running.filter((t) => parseTargetName(t)?.mode === mode).length;
+  // Direct needs one backend per client; each proxy may keep its whole pool open (idle) after its cells.
+  const needed = maxClients + count('session') * sessionPoolSize + count('transaction') * options.poolSize + idleProxies.length * 2 + 30;
+  return {
+    plan: {
+      matrixTargets, connectTargets, idleProxies, running, maxClients, sessionPoolSize, transactionPoolSize: options.poolSize,
+      maxClientConnections: maxClients + 50, maxConnections: Math.max(300, needed),
+    },
+    skipped,
+  };
 }
 
 /** A temp dir for certificates and pgbench logs, removed at the end. */
@@ -35,17 +113,18 @@ async function makeWorkDir(): Promise<string> {
   return dir;
 }
 
-/** Starts the cluster with ssl on (dev certs) and SCRAM, and loads pgbench's tables as the bench role. */
-async function setUp(options: BenchOptions): Promise<Setup> {
+/** Starts the cluster with ssl on (dev certs), SCRAM and room for every client, and loads pgbench's tables as the bench role. */
+async function setUp(options: BenchOptions, plan: Plan): Promise<Setup> {
   const workDir = await makeWorkDir();
   const certs = await makeDevCerts({ dir: path.join(workDir, 'certs'), hostnames: [`*.${SNI_SUFFIX}`, SNI_SUFFIX] });
   const password = randomBytes(16).toString('hex');
-  log('starting PostgreSQL…');
+  log(`starting PostgreSQL (max_connections ${plan.maxConnections})…`);
   const cluster = await startCluster({
     auth: 'scram-sha-256',
     ssl: { certPath: certs.serverCertPath, keyPath: certs.serverKeyPath },
     users: [{ name: USER, password }],
     databases: [DATABASE],
+    settings: { max_connections: String(plan.maxConnections) },
   });
   onCleanup('stop PostgreSQL', () => cluster.stop());
   // Since PostgreSQL 15 only the database owner may create tables in `public`.
@@ -64,29 +143,45 @@ function endpoint(setup: Setup, target: Target): Endpoint {
   return { host: target.host, port: target.port, user: USER, password: setup.password, database: DATABASE, caCertPath: setup.certs.caCertPath };
 }
 
-/** Starts every requested target; PgBouncer is skipped (with the reason) when it is not installed. */
-async function startTargets(setup: Setup, options: BenchOptions, bouncer: string | null): Promise<Target[]> {
+interface ProxyLimits {
+  poolSize: number;
+  maxClients: number;
+  /** pgwarden [server] overrides. */
+  server?: Record<string, number>;
+}
+
+async function startProxy(setup: Setup, bouncer: string | null, proxy: ProxyKind, mode: PoolMode, limits: ProxyLimits): Promise<Target> {
   const verifier = await readVerifier(setup.cluster, USER);
-  const common = { database: DATABASE, user: USER, verifier, certs: setup.certs };
+  const common = { database: DATABASE, user: USER, verifier, certs: setup.certs, mode };
+  if (proxy === 'pgbouncer') {
+    return startPgBouncer(bouncer!, { ...common, backendPort: setup.cluster.port, poolSize: limits.poolSize, maxClientConn: limits.maxClients });
+  }
+  return startPgWarden({
+    ...common, cluster: setup.cluster, maxBackendConnections: limits.poolSize, maxClientConnections: limits.maxClients,
+    ...(limits.server === undefined ? {} : { server: limits.server }),
+  });
+}
+
+async function startTargets(setup: Setup, plan: Plan, bouncer: string | null): Promise<Target[]> {
   const targets: Target[] = [];
-  for (const name of options.targets) {
-    if (name === 'direct') targets.push(directTarget(setup.cluster));
-    if (name === 'pgbouncer' && bouncer !== null) {
-      targets.push(await startPgBouncer(bouncer, { ...common, backendPort: setup.cluster.port, poolSize: options.clients + 4 }));
+  for (const name of plan.running) {
+    const kind = parseTargetName(name);
+    if (kind === null) {
+      targets.push(directTarget(setup.cluster));
+      continue;
     }
-    if (name === 'pgwarden') {
-      targets.push(await startPgWarden({ ...common, cluster: setup.cluster, maxClientConnections: options.clients + 10 }));
-    }
+    const poolSize = kind.mode === 'session' ? plan.sessionPoolSize : plan.transactionPoolSize;
+    targets.push(await startProxy(setup, bouncer, kind.proxy, kind.mode, { poolSize, maxClients: plan.maxClientConnections }));
   }
   return targets;
 }
 
-function safeCpu(pid: number | null): number {
-  if (pid === null) return Number.NaN;
+function safeCpu(pid: number | null): CpuTimes {
+  if (pid === null) return { userS: Number.NaN, systemS: Number.NaN };
   try {
-    return cpuSeconds(pid);
+    return cpuTimes(pid);
   } catch {
-    return Number.NaN; // the proxy has exited
+    return { userS: Number.NaN, systemS: Number.NaN }; // the proxy has exited
   }
 }
 
@@ -99,82 +194,222 @@ function safeMemory(pid: number | null): { rssMb: number; peakRssMb: number } {
   }
 }
 
-/** One measured run, with the proxy's CPU time and new log problems around it. */
-async function measure(setup: Setup, options: BenchOptions, target: Target, round: number, durationS: number): Promise<RunRecord> {
-  const problemsBefore = target.problems().length;
-  const loadAvg1mBefore = os.loadavg()[0] ?? Number.NaN;
-  const startedAt = new Date().toISOString();
-  const cpuBefore = safeCpu(target.proxyPid);
-  const hostBefore = hostTicks();
-  const figures = await runSelectOnly(endpoint(setup, target), { ...options, durationS }, setup.workDir);
-  const hostBusyPct = busyPercent(hostBefore, hostTicks());
-  const proxyCpuS = safeCpu(target.proxyPid) - cpuBefore;
-  const mem = safeMemory(target.proxyPid);
-  return {
-    target: target.name, round, startedAt, ...figures, proxyCpuS,
-    proxyCpuSPer10kTx: (proxyCpuS / figures.transactions) * 10_000,
-    proxyRssMb: mem.rssMb, proxyPeakRssMb: mem.peakRssMb, loadAvg1mBefore, hostBusyPct,
-    proxyProblems: target.problems().slice(problemsBefore),
-  };
+interface Cell {
+  phase: Phase;
+  protocol: Protocol;
+  clients: number;
+  durationS: number;
 }
 
-/** Round r starts at target r mod n, so no target always runs first or right after another. */
+/** One measured run, with the proxy's CPU time, log problems and (pgwarden) counters around it. */
+async function measure(setup: Setup, options: BenchOptions, target: Target, cell: Cell, round: number): Promise<RunRecord> {
+  const problemsBefore = target.problems().length;
+  const countersBefore = parseCounters((await target.metrics?.()) ?? null);
+  const loadAvg1mBefore = os.loadavg()[0] ?? Number.NaN;
+  const startedAt = new Date().toISOString();
+  // pgbench opens connections synchronously within a thread, so -C needs a thread per client to have `clients` logins in flight.
+  const jobs = cell.phase === 'connect' ? cell.clients : Math.min(cell.clients, options.jobs);
+  const cpuBefore = safeCpu(target.proxyPid);
+  const hostBefore = hostTicks();
+  const figures = await runSelectOnly(
+    endpoint(setup, target),
+    { clients: cell.clients, jobs, durationS: cell.durationS, protocol: cell.protocol, connectEachTx: cell.phase === 'connect' },
+    setup.workDir,
+  );
+  const hostBusyPct = busyPercent(hostBefore, hostTicks());
+  const cpuAfter = safeCpu(target.proxyPid);
+  const mem = safeMemory(target.proxyPid);
+  const countersAfter = parseCounters((await target.metrics?.()) ?? null);
+  const problems = target.problems().slice(problemsBefore);
+  const proxyUserS = cpuAfter.userS - cpuBefore.userS;
+  const proxySystemS = cpuAfter.systemS - cpuBefore.systemS;
+  const per10k = (s: number): number => (s / figures.transactions) * 10_000;
+  const record: Omit<RunRecord, 'status'> = {
+    phase: cell.phase, target: target.name, protocol: cell.protocol, clients: cell.clients, jobs, durationS: cell.durationS, round, startedAt,
+    ...figures,
+    proxyCpuS: proxyUserS + proxySystemS, proxyUserS, proxySystemS,
+    proxyCpuSPer10kTx: per10k(proxyUserS + proxySystemS), proxyUserSPer10kTx: per10k(proxyUserS), proxySystemSPer10kTx: per10k(proxySystemS),
+    proxyRssMb: mem.rssMb, proxyPeakRssMb: mem.peakRssMb, loadAvg1mBefore, hostBusyPct,
+    proxyProblems: problems.slice(0, 20), proxyProblemCount: problems.length,
+    proxyCounters: counterDeltas(countersBefore, countersAfter),
+  };
+  return { ...record, status: statusOf(record) };
+}
+
+/** Turn k starts at target k mod n, so no target always runs first or right after another. */
 function rotated<T>(items: T[], by: number): T[] {
   const k = items.length === 0 ? 0 : by % items.length;
   return [...items.slice(k), ...items.slice(0, k)];
 }
 
-async function runRounds(setup: Setup, options: BenchOptions, targets: Target[]): Promise<RunRecord[]> {
+/** Thrown when a signal started teardown while runs were in flight. */
+class Interrupted extends Error {}
+
+async function runRounds(setup: Setup, options: BenchOptions, plan: Plan, targets: Target[]): Promise<RunRecord[]> {
   onCleanup('kill pgbench', killRunningPgbench);
+  const byName = (names: TargetName[]): Target[] => targets.filter((t) => names.includes(t.name));
   if (options.warmupS > 0) {
+    const warm: Cell = { phase: 'matrix', protocol: 'simple', clients: Math.min(16, plan.maxClients), durationS: options.warmupS };
     for (const target of targets) {
-      log(`warm-up ${target.name} (${options.warmupS} s, not recorded)`);
-      await measure(setup, options, target, 0, options.warmupS);
+      log(`warm-up ${target.name} (${options.warmupS} s, ${warm.clients} clients, not recorded)`);
+      await measure(setup, options, target, warm, 0);
       if (tearingDown()) throw new Interrupted();
     }
   }
   const runs: RunRecord[] = [];
+  const run = async (target: Target, cell: Cell, round: number): Promise<void> => {
+    const r = await measure(setup, options, target, cell, round);
+    if (tearingDown()) throw new Interrupted();
+    runs.push(r);
+    log(formatRun(r));
+    for (const line of [...r.errors.slice(0, 3), ...r.proxyProblems.slice(0, 3)]) log(`    ${target.name}: ${line}`);
+  };
+  let turn = 0;
   for (let round = 1; round <= options.rounds; round++) {
-    for (const target of rotated(targets, round - 1)) {
-      const run = await measure(setup, options, target, round, options.durationS);
-      if (tearingDown()) throw new Interrupted();
-      runs.push(run);
-      log(formatRun(run));
-      for (const line of [...run.errors, ...run.proxyProblems].slice(0, 5)) log(`  ${target.name}: ${line}`);
+    for (const protocol of plan.matrixTargets.length > 0 ? options.protocols : []) {
+      for (const clients of options.clients) {
+        const cell: Cell = { phase: 'matrix', protocol, clients, durationS: options.durationS };
+        for (const target of rotated(byName(plan.matrixTargets), turn++)) await run(target, cell, round);
+      }
     }
+    const connect: Cell = { phase: 'connect', protocol: 'simple', clients: options.connectClients, durationS: options.connectDurationS };
+    for (const target of rotated(byName(plan.connectTargets), round - 1)) await run(target, connect, round);
   }
   return runs;
 }
 
-/** Thrown when a signal started teardown while runs were in flight. */
-class Interrupted extends Error {}
+/** Fresh proxies in transaction mode (idle clients hold no backend), one at a time, stopped afterwards. */
+async function runIdle(setup: Setup, options: BenchOptions, plan: Plan, bouncer: string | null): Promise<IdleResult[]> {
+  const results: IdleResult[] = [];
+  const most = Math.max(...options.idle);
+  for (const proxy of plan.idleProxies) {
+    log(`idle clients: ${proxy} (transaction mode), ${options.idle.join(', ')} connections in batches of ${options.loginBatch}`);
+    const target = await startProxy(setup, bouncer, proxy, 'transaction', {
+      poolSize: plan.transactionPoolSize,
+      maxClients: most + 1000,
+      server: { max_preauth_connections: most + 1000, max_preauth_per_source: most + 1000 },
+    });
+    try {
+      results.push(await measureIdle(target, {
+        login: {
+          port: target.port, servername: target.host, caPem: setup.certs.caCertPem, user: USER, password: setup.password, database: DATABASE,
+          timeoutMs: 60_000,
+        },
+        counts: options.idle,
+        batch: options.loginBatch,
+        countBackends: async () => (await setup.cluster.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = '${USER}'`)).rows[0]?.n ?? -1,
+        log,
+      }));
+    } finally {
+      await target.stop();
+    }
+    if (tearingDown()) throw new Interrupted();
+  }
+  return results;
+}
 
-function log(line: string): void {
-  process.stdout.write(`${line}\n`);
+/** Rough wall time: cells plus connection set-up, warm-ups, the connect phase and the idle phase. */
+function estimateSeconds(options: BenchOptions, plan: Plan): number {
+  // pgbench's -T includes its connection set-up, so a cell takes its duration plus ~0.3 s (reading logs).
+  const cellOverhead = (): number => 0.5;
+  let s = 20 + options.scale * 1.5;
+  s += plan.running.length * (options.warmupS > 0 ? options.warmupS + cellOverhead() : 0);
+  s += options.rounds * options.clients.length * options.protocols.length * plan.matrixTargets.length * (options.durationS + cellOverhead());
+  s += options.rounds * plan.connectTargets.length * (options.connectDurationS + cellOverhead());
+  // Logins run at roughly 150–300 per second on a small machine; each step settles 3 s before reading RSS.
+  s += plan.idleProxies.length * (Math.max(...options.idle) / 200 + 3 * (options.idle.length + 1) + 5);
+  return Math.round(s);
+}
+
+const minutes = (s: number): string => `${Math.floor(s / 60)} min ${String(Math.round(s % 60)).padStart(2, '0')} s`;
+
+/** Lines under the tables for cells that did not simply work, with pgbench's first error and pgwarden's counters. */
+function notes(summaries: CellSummary[], runs: RunRecord[]): string[] {
+  const lines: string[] = [];
+  for (const s of summaries) {
+    const mine = runs.filter((r) => r.phase === s.phase && r.protocol === s.protocol && r.clients === s.clients && r.target === s.target);
+    const counters = mine.map((r) => r.proxyCounters);
+    const interesting = (key: string): boolean =>
+      /pool_pins|pool_wait_seconds_count|errors_total|limit_rejections|auth_failures|connection_rejections/.test(key) ||
+      (key.startsWith('pgwarden_session_ends_total') && !/reason="(client_terminate|client_eof)"/.test(key));
+    const keys = [...new Set(counters.flatMap((c) => Object.keys(c)))].filter(interesting);
+    if (s.status === 'ok' && keys.length === 0 && s.proxyProblems === 0) continue;
+    const what = s.phase === 'connect' ? `-C ${s.clients}c` : `-M ${s.protocol} ${s.clients}c`;
+    const parts = [`${what} ${s.target}: ${s.status}`];
+    if (s.starvedClients > 0) parts.push(`${s.starvedClients}/${s.clients} clients ran ≤ 1 transaction, max latency ${Math.round(s.maxLatencyMs)} ms`);
+    const firstError = mine.flatMap((r) => r.errors)[0];
+    if (firstError !== undefined) parts.push(`pgbench: ${firstError.slice(0, 160)}`);
+    const problem = mine.flatMap((r) => r.proxyProblems)[0];
+    if (problem !== undefined) parts.push(`proxy: ${problem.slice(0, 200)}`);
+    if (keys.length > 0) parts.push(keys.map((k) => `${k.replace(/^pgwarden_/, '')} +${median(counters.map((c) => c[k] ?? 0))}`).join(', '));
+    lines.push(`  ${parts.join(' | ')}`);
+  }
+  return lines;
+}
+
+function median(values: number[]): number {
+  const v = [...values].sort((a, b) => a - b);
+  return v[(v.length - 1) >> 1] ?? 0;
 }
 
 async function main(): Promise<void> {
   const options = parseOptions(process.argv.slice(2));
   if (options === null) return void process.stdout.write(USAGE);
   cleanupOnSignals();
-  const startedAt = new Date().toISOString();
-  const bouncer = options.targets.includes('pgbouncer') ? findPgBouncer() : null;
-  const skipped: { target: TargetName; reason: string }[] =
-    options.targets.includes('pgbouncer') && bouncer === null ? [{ target: 'pgbouncer', reason: 'pgbouncer is not installed' }] : [];
+  raiseOpenFiles();
+  const openFiles = Number(openFilesLimit().split('/')[0]);
+  if (options.phases.includes('idle') && openFiles < Math.max(...options.idle) + 500) {
+    log(`warning: open-files limit ${openFiles} is below ${Math.max(...options.idle)} idle clients + 500; raise it (ulimit -n) or lower --idle`);
+  }
+  const started = Date.now();
+  const startedAt = new Date(started).toISOString();
+  const wantsBouncer = options.targets.some((t) => parseTargetName(t)?.proxy === 'pgbouncer');
+  const bouncer = wantsBouncer ? findPgBouncer() : null;
+  const { plan, skipped } = makePlan(options, bouncer);
+  const estimatedS = estimateSeconds(options, plan);
   const environment = describeEnvironment(bouncer);
-  const setup = await setUp(options);
-  const targets = await startTargets(setup, options, bouncer);
-  const perRun = options.durationS * options.rounds * targets.length + options.warmupS * targets.length;
-  log(`${targets.map((t) => t.name).join(', ')}: ${options.rounds} rounds × ${options.durationS} s, ${options.clients} clients, ` +
-    `${options.jobs} threads (about ${Math.ceil(perRun / 60)} min)`);
-  const runs = await runRounds(setup, options, targets);
-  const summaries = targets.map((t) => summarise(t.name, runs));
-  const r = ratios(summaries);
-  log(`\n${formatTable(summaries, r)}\n`);
+  const cells = options.protocols.length * options.clients.length * plan.matrixTargets.length * options.rounds;
+  log(`plan: ${cells} matrix cells (${options.protocols.join('/')} × ${options.clients.join('/')} clients × ${plan.matrixTargets.length} targets × ` +
+    `${options.rounds} rounds, ${options.durationS} s each), ${plan.connectTargets.length * options.rounds} connection-rate cells ` +
+    `(${options.connectClients} clients, ${options.connectDurationS} s), idle RSS for ${plan.idleProxies.join(', ') || 'none'} at ${options.idle.join('/')} clients`);
+  log(`pools: session ${plan.sessionPoolSize}, transaction ${plan.transactionPoolSize} backends per proxy; open files ${environment.openFilesLimit}`);
+  log(`estimated time: about ${minutes(estimatedS)}`);
+  const setup = await setUp(options, plan);
+  const targets = await startTargets(setup, plan, bouncer);
+  const runs = await runRounds(setup, options, plan, targets);
+  for (const t of targets) await t.stop();
+  const idle = await runIdle(setup, options, plan, bouncer);
+
+  const summaries = summarise(runs);
+  const when = `${options.rounds} round${options.rounds === 1 ? '' : 's'}, median per cell`;
+  if (plan.matrixTargets.length > 0) {
+    log(`\npgbench -S over TLS, ${options.durationS} s per cell, ${when}; pools: session ${plan.sessionPoolSize}, transaction ${plan.transactionPoolSize} backends`);
+    log('÷bouncer: pgwarden TPS / PgBouncer TPS in the same pool mode; ÷direct: pgwarden TPS / direct TPS; CPU s/10k: proxy utime+stime per 10 000 tx\n');
+    log(formatMatrix(summaries));
+  }
+  if (plan.connectTargets.length > 0) {
+    log(`\nconnection rate: pgbench -S -C (new TLS + SCRAM login per transaction), ${options.connectDurationS} s, ${when}\n`);
+    log(formatConnect(summaries));
+  }
+  if (idle.length > 0) {
+    log('\nidle TLS clients (logged in, idle), proxies in transaction mode; kB/conn = (RSS − baseline) / open connections\n');
+    log(formatIdle(idle));
+  }
+  const noteLines = notes(summaries, runs);
+  if (noteLines.length > 0) log(`\nnotes:\n${noteLines.join('\n')}`);
+  for (const s of skipped) log(`skipped ${s.target}: ${s.reason}`);
+  const finished = Date.now();
   const file = await writeResult(RESULTS_DIR, {
-    startedAt, finishedAt: new Date().toISOString(), options, environment, skipped, summaries, ratios: r, runs,
+    startedAt, finishedAt: new Date(finished).toISOString(), elapsedS: Math.round((finished - started) / 1000), estimatedS,
+    options, environment,
+    setup: {
+      ...plan,
+      pgwardenPoolTimeout: '30s (default)', pgbouncerQueryWaitTimeout: '120 s (default)',
+      idleProxyLimits: { maxClients: Math.max(...options.idle) + 1000, pgwardenMaxPreauth: Math.max(...options.idle) + 1000 },
+    },
+    skipped, summaries, idle, runs,
   });
-  log(`raw figures: ${file}`);
+  log(`\nelapsed ${minutes((finished - started) / 1000)} (estimated ${minutes(estimatedS)}); raw figures: ${file}`);
 }
 
 main().then(

@@ -17,6 +17,29 @@ export interface Environment {
   hostname: string;
   totalMemMb: number;
   loadAvgAtStart: number[];
+  /** Soft/hard RLIMIT_NOFILE of the bench process, which its children (proxies, worker) inherit. */
+  openFilesLimit: string;
+  /** The commit measured, and files changed on top of it (pgwarden is built from the working tree). */
+  git: { commit: string; dirty: string[] };
+}
+
+function git(): Environment['git'] {
+  const run = (args: string[]): string => execFileSync('git', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  try {
+    return { commit: run(['rev-parse', 'HEAD']).trim(), dirty: run(['status', '--porcelain']).split('\n').filter((l) => l.trim() !== '') };
+  } catch {
+    return { commit: 'unknown', dirty: [] };
+  }
+}
+
+/** "soft/hard" open-files limit from /proc/self/limits. */
+export function openFilesLimit(): string {
+  try {
+    const m = /^Max open files\s+(\S+)\s+(\S+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    return m === null ? 'unknown' : `${m[1]!}/${m[2]!}`;
+  } catch {
+    return 'unknown';
+  }
 }
 
 function firstLine(file: string, args: string[]): string {
@@ -47,5 +70,7 @@ export function describeEnvironment(pgbouncerBinary: string | null): Environment
     hostname: os.hostname(),
     totalMemMb: Math.round(os.totalmem() / 2 ** 20),
     loadAvgAtStart: os.loadavg(),
+    openFilesLimit: openFilesLimit(),
+    git: git(),
   };
 }

@@ -1,32 +1,52 @@
 /** Command-line options of `npm run bench`, validated into one typed object. */
 import os from 'node:os';
 import { parseArgs } from 'node:util';
-import type { TargetName } from './target.js';
+import { ALL_TARGETS, type TargetName } from './target.js';
+
+export type Protocol = 'simple' | 'extended' | 'prepared';
+export type Phase = 'matrix' | 'connect' | 'idle';
 
 export interface BenchOptions {
+  phases: Phase[];
+  targets: TargetName[];
+  protocols: Protocol[];
+  clients: number[];
   durationS: number;
   rounds: number;
-  clients: number;
+  /** pgbench threads cap; each cell uses min(clients, jobs). */
   jobs: number;
   scale: number;
   warmupS: number;
-  protocol: 'simple' | 'extended' | 'prepared';
-  targets: TargetName[];
+  /** default_pool_size / max_backend_connections of the transaction-mode proxies. */
+  poolSize: number;
+  connectClients: number;
+  connectDurationS: number;
+  /** Idle client counts for the RSS phase, ascending. */
+  idle: number[];
+  loginBatch: number;
 }
 
 export const USAGE = `usage: npm run bench -- [options]
-  --duration S    seconds per measured run (default 15)
-  --rounds N      rounds; each round runs every target once (default 3)
-  --clients N     pgbench clients (default 16)
-  --jobs N        pgbench threads (default: min(clients, CPUs))
-  --scale N       pgbench -i scale factor (default 10)
-  --warmup S      unrecorded run per target before round 1 (default 5; 0 = none)
-  --protocol P    pgbench -M: simple, extended or prepared (default simple)
-  --targets LIST  comma-separated subset of direct,pgbouncer,pgwarden (default all)
+  --phases LIST         matrix,connect,idle (default all three)
+  --targets LIST        subset of ${ALL_TARGETS.join(',')}
+                        (default all; "pgbouncer" / "pgwarden" mean both of its modes)
+  --protocols LIST      pgbench -M for the matrix: simple,extended,prepared (default all)
+  --clients LIST        client counts for the matrix (default 1,16,64,256)
+  --duration S          seconds per measured matrix cell (default 10)
+  --rounds N            rounds; each round runs every cell of every phase once (default 1)
+  --jobs N              pgbench threads cap for the matrix (default: CPUs; a cell uses min(clients, N))
+  --scale N             pgbench -i scale factor (default 10)
+  --warmup S            unrecorded run per target before the first round (default 5; 0 = none)
+  --pool-size N         backends per transaction-mode proxy: PgBouncer default_pool_size and
+                        pgwarden max_backend_connections (default 20)
+  --connect-clients N   pgbench clients (one thread each) for the connection-rate phase, -C (default 16)
+  --connect-duration S  seconds per connection-rate cell (default: --duration)
+  --idle LIST           idle TLS client counts for the RSS phase (default 2000,10000)
+  --login-batch N       concurrent logins while opening idle clients (default 200)
 `;
 
-const ALL_TARGETS: readonly TargetName[] = ['direct', 'pgbouncer', 'pgwarden'];
-const PROTOCOLS = ['simple', 'extended', 'prepared'] as const;
+const PROTOCOLS: readonly Protocol[] = ['simple', 'extended', 'prepared'];
+const PHASES: readonly Phase[] = ['matrix', 'connect', 'idle'];
 
 function positiveInt(name: string, text: string | undefined, fallback: number, min = 1): number {
   if (text === undefined) return fallback;
@@ -35,41 +55,56 @@ function positiveInt(name: string, text: string | undefined, fallback: number, m
   return value;
 }
 
-function targetList(text: string | undefined): TargetName[] {
-  if (text === undefined) return [...ALL_TARGETS];
-  const names = text.split(',').map((s) => s.trim());
-  const unknown = names.filter((n) => !(ALL_TARGETS as readonly string[]).includes(n));
-  if (unknown.length > 0) throw new Error(`--targets: unknown ${unknown.join(', ')}`);
-  return ALL_TARGETS.filter((t) => names.includes(t));
+function intList(name: string, text: string | undefined, fallback: number[]): number[] {
+  if (text === undefined) return fallback;
+  const values = text.split(',').filter((s) => s.trim() !== '').map((s) => positiveInt(name, s.trim(), 1));
+  if (values.length === 0) throw new Error(`--${name}: empty list`);
+  return [...new Set(values)].sort((a, b) => a - b);
 }
 
-function protocol(text: string | undefined): BenchOptions['protocol'] {
-  const value = text ?? 'simple';
-  const known = PROTOCOLS.find((p) => p === value);
-  if (known === undefined) throw new Error(`--protocol must be one of ${PROTOCOLS.join(', ')}`);
-  return known;
+/** A comma-separated subset of `known`, in `known`'s order; `aliases` expand to several names. */
+function subset<T extends string>(name: string, text: string | undefined, known: readonly T[], aliases: Record<string, T[]> = {}): T[] {
+  if (text === undefined) return [...known];
+  const names = text.split(',').map((s) => s.trim()).filter((s) => s !== '');
+  const wanted = new Set<string>();
+  for (const n of names) {
+    const expanded = aliases[n] ?? ((known as readonly string[]).includes(n) ? [n] : undefined);
+    if (expanded === undefined) throw new Error(`--${name}: unknown "${n}" (known: ${[...known, ...Object.keys(aliases)].join(', ')})`);
+    for (const e of expanded) wanted.add(e);
+  }
+  return known.filter((k) => wanted.has(k));
 }
 
 /** Parsed options, or null when --help was asked for. */
 export function parseOptions(argv: string[]): BenchOptions | null {
+  const s = { type: 'string' } as const;
   const { values } = parseArgs({
     args: argv,
     options: {
-      duration: { type: 'string' }, rounds: { type: 'string' }, clients: { type: 'string' }, jobs: { type: 'string' },
-      scale: { type: 'string' }, warmup: { type: 'string' }, protocol: { type: 'string' }, targets: { type: 'string' },
+      phases: s, targets: s, protocols: s, clients: s, duration: s, rounds: s, jobs: s, scale: s, warmup: s,
+      'pool-size': s, 'connect-clients': s, 'connect-duration': s, idle: s, 'login-batch': s,
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help === true) return null;
-  const clients = positiveInt('clients', values.clients, 16);
+  const durationS = positiveInt('duration', values.duration, 10);
   return {
-    durationS: positiveInt('duration', values.duration, 15),
-    rounds: positiveInt('rounds', values.rounds, 3),
-    clients,
-    jobs: Math.min(clients, positiveInt('jobs', values.jobs, Math.min(clients, os.availableParallelism()))),
+    phases: subset('phases', values.phases, PHASES),
+    targets: subset('targets', values.targets, ALL_TARGETS, {
+      pgbouncer: ['pgbouncer-session', 'pgbouncer-transaction'],
+      pgwarden: ['pgwarden-session', 'pgwarden-transaction'],
+    }),
+    protocols: subset('protocols', values.protocols, PROTOCOLS),
+    clients: intList('clients', values.clients, [1, 16, 64, 256]),
+    durationS,
+    rounds: positiveInt('rounds', values.rounds, 1),
+    jobs: positiveInt('jobs', values.jobs, os.availableParallelism()),
     scale: positiveInt('scale', values.scale, 10),
     warmupS: positiveInt('warmup', values.warmup, 5, 0),
-    protocol: protocol(values.protocol),
-    targets: targetList(values.targets),
+    poolSize: positiveInt('pool-size', values['pool-size'], 20),
+    connectClients: positiveInt('connect-clients', values['connect-clients'], 16),
+    connectDurationS: positiveInt('connect-duration', values['connect-duration'], durationS),
+    idle: intList('idle', values.idle, [2000, 10_000]),
+    loginBatch: positiveInt('login-batch', values['login-batch'], 200),
   };
 }

@@ -1,4 +1,4 @@
-/** Finds or installs PgBouncer and runs it in session mode with client TLS and SCRAM in front of the cluster. */
+/** Finds or installs PgBouncer and runs it (session or transaction pooling) with client TLS and SCRAM in front of the cluster. */
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { chmod, chown, copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -7,7 +7,7 @@ import path from 'node:path';
 import type { DevCerts } from '../../src/tools/dev-certs.js';
 import { freePort, startDaemon, waitForPort } from './child.js';
 import { onCleanup } from './cleanup.js';
-import type { Target } from './target.js';
+import type { PoolMode, Target } from './target.js';
 
 const BINARY = '/usr/sbin/pgbouncer';
 const isRoot = process.getuid?.() === 0;
@@ -19,7 +19,10 @@ export interface PgBouncerSpec {
   /** SCRAM verifier from pg_authid, so PgBouncer can verify the client and then log in upstream. */
   verifier: string;
   certs: DevCerts;
+  mode: PoolMode;
+  /** default_pool_size: server connections for the one (database, user) pair. */
   poolSize: number;
+  maxClientConn: number;
 }
 
 /** The PgBouncer binary, installed with apt-get when missing and we are root; null (with a message) otherwise. */
@@ -67,9 +70,11 @@ function iniText(spec: PgBouncerSpec, dir: string, port: number): string {
     'unix_socket_dir =',
     'auth_type = scram-sha-256',
     `auth_file = ${path.join(dir, 'userlist.txt')}`,
-    'pool_mode = session',
+    `pool_mode = ${spec.mode}`,
     `default_pool_size = ${spec.poolSize}`,
-    `max_client_conn = ${spec.poolSize + 20}`,
+    `max_client_conn = ${spec.maxClientConn}`,
+    // Logins arrive in bursts (pgbench start, pgbench -C, the idle phase's batches); 128 would drop SYNs.
+    'listen_backlog = 4096',
     'client_tls_sslmode = require',
     `client_tls_cert_file = ${path.join(dir, 'server.crt')}`,
     `client_tls_key_file = ${path.join(dir, 'server.key')}`,
@@ -109,7 +114,7 @@ export async function startPgBouncer(binary: string, spec: PgBouncerSpec): Promi
   onCleanup('stop PgBouncer', () => daemon.stop());
   await waitForPort(port, daemon);
   return {
-    name: 'pgbouncer',
+    name: `pgbouncer-${spec.mode}`,
     port,
     host: 'pgbouncer.pg.test',
     proxyPid: daemon.pid,

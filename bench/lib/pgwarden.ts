@@ -8,7 +8,7 @@ import type { Cluster } from '../../test/support/cluster.js';
 import { configToml, SNI_SUFFIX } from '../../test/support/proxy.js';
 import { startDaemon, type Daemon } from './child.js';
 import { onCleanup } from './cleanup.js';
-import type { Target } from './target.js';
+import type { PoolMode, Target } from './target.js';
 
 const TENANT = 'bench';
 /** pino's numeric level for "warn"; anything at or above it counts as a problem. */
@@ -21,7 +21,12 @@ export interface PgWardenSpec {
   user: string;
   verifier: string;
   certs: DevCerts;
+  mode: PoolMode;
   maxClientConnections: number;
+  /** The tenant's max_backend_connections. */
+  maxBackendConnections: number;
+  /** Extra [server] keys (e.g. max_preauth_connections for the idle phase). */
+  server?: Record<string, number>;
 }
 
 /** The config the tests use (require_tls, backend_tls = "disable", metrics on), at the default log level. */
@@ -35,7 +40,9 @@ function configText(spec: PgWardenSpec): string {
         database: spec.database,
         users: [{ name: spec.user, verifier: spec.verifier }],
         maxClientConnections: spec.maxClientConnections,
+        pool: { pool_mode: spec.mode, max_backend_connections: spec.maxBackendConnections },
       }],
+      ...(spec.server === undefined ? {} : { server: spec.server }),
     },
     spec.certs,
   );
@@ -43,13 +50,13 @@ function configText(spec: PgWardenSpec): string {
   return toml.replace('level = "warn"', 'level = "info"');
 }
 
-/** Resolves with the port from the proxy's `"event":"listening"` log line. */
-function listeningPort(daemon: Daemon, timeoutMs = 15_000): Promise<number> {
+/** Resolves with the ports from the proxy's `"event":"listening"` log line. */
+function listeningPorts(daemon: Daemon, timeoutMs = 15_000): Promise<{ port: number; metrics_port: number | null }> {
   const deadline = Date.now() + timeoutMs;
   return new Promise((resolve, reject) => {
     const poll = (): void => {
       const line = daemon.output().split('\n').find((l) => l.includes('"event":"listening"'));
-      if (line !== undefined) return resolve((JSON.parse(line) as { port: number }).port);
+      if (line !== undefined) return resolve(JSON.parse(line) as { port: number; metrics_port: number | null });
       if (daemon.hasExited()) return reject(new Error(`pgwarden exited before listening:\n${daemon.output()}`));
       if (Date.now() > deadline) return reject(new Error(`pgwarden did not log "listening" within ${timeoutMs} ms:\n${daemon.output()}`));
       setTimeout(poll, 50);
@@ -71,6 +78,16 @@ function problemLines(output: string): string[] {
   });
 }
 
+/** GET /metrics from the proxy's metrics listener; null when it does not answer. */
+async function scrape(port: number): Promise<string | null> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(5000) });
+    return res.ok ? await res.text() : null;
+  } catch {
+    return null;
+  }
+}
+
 export async function startPgWarden(spec: PgWardenSpec): Promise<Target> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-bench-proxy-'));
   onCleanup(`remove ${dir}`, () => rm(dir, { recursive: true, force: true }));
@@ -78,13 +95,14 @@ export async function startPgWarden(spec: PgWardenSpec): Promise<Target> {
   await writeFile(configPath, configText(spec));
   const daemon = startDaemon(process.execPath, [CLI, 'serve', '--config', configPath], { cwd: dir });
   onCleanup('stop pgwarden', () => daemon.stop());
-  const port = await listeningPort(daemon);
+  const { port, metrics_port: metricsPort } = await listeningPorts(daemon);
   return {
-    name: 'pgwarden',
+    name: `pgwarden-${spec.mode}`,
     port,
     host: `${TENANT}.${SNI_SUFFIX}`,
     proxyPid: daemon.pid,
     problems: () => problemLines(daemon.output()),
+    metrics: () => (metricsPort === null ? Promise.resolve(null) : scrape(metricsPort)),
     stop: () => daemon.stop(),
   };
 }

@@ -15,14 +15,25 @@ function clockTicks(): number {
   return cachedTicks;
 }
 
-/** utime + stime of all threads of `pid`, in seconds. @see proc(5), fields 14 and 15 */
-export function cpuSeconds(pid: number): number {
+export interface CpuTimes {
+  /** utime of all threads, seconds. */
+  userS: number;
+  /** stime of all threads, seconds. */
+  systemS: number;
+}
+
+/** utime and stime of all threads of `pid`, in seconds. @see proc(5), fields 14 and 15 */
+export function cpuTimes(pid: number): CpuTimes {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   // Fields after "(comm)" start with field 3 (state); comm may contain spaces.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const utime = Number(fields[14 - 3]);
-  const stime = Number(fields[15 - 3]);
-  return (utime + stime) / clockTicks();
+  return { userS: Number(fields[14 - 3]) / clockTicks(), systemS: Number(fields[15 - 3]) / clockTicks() };
+}
+
+/** utime + stime of all threads of `pid`, in seconds. */
+export function cpuSeconds(pid: number): number {
+  const t = cpuTimes(pid);
+  return t.userS + t.systemS;
 }
 
 export interface MemorySample {

@@ -1,6 +1,17 @@
 /** What the bench measures against: a name, a TLS endpoint on loopback, and the proxy process if any. */
 
-export type TargetName = 'direct' | 'pgbouncer' | 'pgwarden';
+export type ProxyKind = 'pgbouncer' | 'pgwarden';
+export type PoolMode = 'session' | 'transaction';
+export type TargetName = 'direct' | 'pgbouncer-session' | 'pgbouncer-transaction' | 'pgwarden-session' | 'pgwarden-transaction';
+
+export const ALL_TARGETS: readonly TargetName[] = ['direct', 'pgbouncer-session', 'pgbouncer-transaction', 'pgwarden-session', 'pgwarden-transaction'];
+
+/** The proxy and pool mode a target name stands for; null for direct PostgreSQL. */
+export function parseTargetName(name: TargetName): { proxy: ProxyKind; mode: PoolMode } | null {
+  if (name === 'direct') return null;
+  const [proxy, mode] = name.split('-') as [ProxyKind, PoolMode];
+  return { proxy, mode };
+}
 
 export interface Target {
   name: TargetName;
@@ -12,5 +23,7 @@ export interface Target {
   proxyPid: number | null;
   /** Proxy log lines at warning level or above, so far. */
   problems(): string[];
+  /** pgwarden's Prometheus text (/metrics), for counters around a run; null for other targets. */
+  metrics?: () => Promise<string | null>;
   stop(): Promise<void>;
 }
