@@ -149,6 +149,30 @@ export class TenantPool {
     return this.pools.get(key)?.parameters ?? null;
   }
 
+  /** First logins of a key in flight: concurrent ones wait for it instead of each opening a backend. */
+  private readonly firstLogins = new Map<string, Promise<Map<string, string>>>();
+
+  /**
+   * The parameters for a transaction-mode login. The first login of a key logs a backend in (which
+   * proves the credentials work upstream) and gives it straight back; logins at the same moment
+   * share that one; later ones need no backend at all.
+   */
+  async loginParameters(key: string, login: UpstreamLogin, target: UpstreamTarget): Promise<Map<string, string>> {
+    const known = this.parametersFor(key);
+    if (known !== null) return known;
+    let first = this.firstLogins.get(key);
+    if (first === undefined) {
+      first = this.acquire(key, login, target).then((b) => {
+        this.release(b, true, false);
+        return this.parametersFor(key) ?? b.conn.parameters;
+      });
+      this.firstLogins.set(key, first);
+      const forget = (): void => void this.firstLogins.delete(key);
+      first.then(forget, forget);
+    }
+    return first;
+  }
+
   /**
    * A backend for `key`: an idle one, a new one if the tenant has room (evicting another key's
    * idle backend if that makes room), or the next one freed, within pool_timeout.

@@ -116,6 +116,8 @@ export class ClientSession implements TrafficSource {
   /** Extended-protocol messages since the last Sync: a backend is not given back in between. */
   private unsynced = 0;
   private loginBackendPid = 0;
+  /** Transaction mode: the parameters shown at login, from the pool (no backend is held). */
+  private loginParameters: Map<string, string> | null = null;
   transactions = 0;
   private foldedTransactions = 0;
   private foldedQueries = 0;
@@ -393,8 +395,10 @@ export class ClientSession implements TrafficSource {
       // The first login of a pool key takes a backend: it proves the credentials work upstream and
       // gives the parameters clients are shown. After that, a transaction-mode client needs none
       // until its first transaction (a session-mode client keeps one for the whole session).
-      const needsBackend = !this.transactionMode || this.pool.parametersFor(this.poolKeyStr) === null;
-      const backend = needsBackend ? await this.pool.acquire(this.poolKeyStr, this.login, this.ctx.upstreamTarget(tenant)) : null;
+      const target = this.ctx.upstreamTarget(tenant);
+      let backend: PooledBackend | null = null;
+      if (this.transactionMode) this.loginParameters = await this.pool.loginParameters(this.poolKeyStr, this.login, target);
+      else backend = await this.pool.acquire(this.poolKeyStr, this.login, target);
       if (this.phase !== 'connecting') {
         if (backend !== null) this.pool.release(backend, true, false); // the client left while we waited; the backend is clean
         return;
@@ -428,7 +432,7 @@ export class ClientSession implements TrafficSource {
     this.loginBackendPid = backend?.processId ?? 0;
     this.cancelKey = this.ctx.cancels.issue({ tenantId: tenant.id, cancel: () => this.cancelRunning() });
     this.txStatus = backend?.conn.txStatus ?? TX_IDLE;
-    const parameters = this.pool!.parametersFor(this.poolKeyStr) ?? backend?.conn.parameters ?? new Map<string, string>();
+    const parameters = this.loginParameters ?? this.pool!.parametersFor(this.poolKeyStr) ?? backend?.conn.parameters ?? new Map<string, string>();
 
     // Everything the client needs to start, in one write.
     this.sock.cork();
@@ -453,10 +457,7 @@ export class ClientSession implements TrafficSource {
 
     this.clientScanner = new FrameScanner(this.clientHandler);
     this.upstreamScanner = new FrameScanner(this.upstreamHandler);
-    if (backend !== null) {
-      if (this.transactionMode) this.pool!.release(backend, true, false);
-      else this.attach(backend);
-    }
+    if (backend !== null) this.attach(backend);
     // Bytes the client pipelined behind its SASL response go first.
     const early = this.reader.drain();
     if (early.length > 0) this.relayClientChunk(early, false);
