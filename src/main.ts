@@ -16,8 +16,11 @@ export async function serve(configPath: string): Promise<void> {
   log.info({ event: 'listening', port: proxy.address.port, metrics_port: proxy.metricsAddress?.port ?? null }, 'listening');
 
   let stopping = false;
+  let forced = false;
   const shutdown = (signal: string): void => {
     if (stopping) {
+      if (forced) return;
+      forced = true;
       log.warn({ signal }, 'second signal: exiting now');
       void proxy.close().finally(() => process.exit(1));
       return;
@@ -26,8 +29,11 @@ export async function serve(configPath: string): Promise<void> {
     log.info({ signal }, 'shutting down: draining sessions');
     void proxy
       .drain()
-      .then(() => proxy.close())
-      .then(() => process.exit(0))
+      .then(async () => {
+        if (forced) return; // the second signal's exit wins
+        await proxy.close();
+        process.exit(0);
+      })
       .catch((err: unknown) => {
         log.error({ err }, 'shutdown failed');
         process.exit(1);

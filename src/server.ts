@@ -198,7 +198,15 @@ export class Proxy {
     for (const s of [...this.sessions]) s.terminate(Errors.adminShutdown(reason), reason);
   }
 
-  async close(): Promise<void> {
+  private closing: Promise<void> | null = null;
+
+  /** Ends every session (57P01), closes the listeners and pools, flushes the audit log. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= this.closeOnce();
+    return this.closing;
+  }
+
+  private async closeOnce(): Promise<void> {
     if (this.drainTimer !== null) clearTimeout(this.drainTimer);
     this.terminateAll('admin');
     // Give the FATALs a moment to leave, then close what is left: shutdown must not wait on

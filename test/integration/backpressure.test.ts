@@ -8,8 +8,8 @@ import { startCluster, readVerifier, type Cluster } from '../support/cluster.js'
 import { startProxy, type RunningProxy } from '../support/proxy.js';
 import { rawLogin } from '../support/login.js';
 import { typed } from '../support/wire.js';
+import { sleep } from '../support/wait.js';
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 describe('backpressure', () => {
   let cluster: Cluster;

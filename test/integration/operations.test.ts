@@ -14,6 +14,7 @@ import { startCluster, readVerifier, type Cluster } from '../support/cluster.js'
 import { connectError, startProxy, connect, clientConfig, configToml, spawnProxy, testCerts, type RunningProxy, type ProxySpec } from '../support/proxy.js';
 import { makeDevCerts } from '../../src/tools/dev-certs.js';
 import { verifyAuditFile } from '../../src/audit/verify.js';
+import { waitFor } from '../support/wait.js';
 
 const CLI = path.resolve('dist/src/cli.js');
 
@@ -269,11 +270,3 @@ describe('operations', () => {
   });
 });
 
-async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await cond()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error('condition not met in time');
-}

@@ -10,17 +10,9 @@ import net from 'node:net';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
 import { startProxy, connect, clientConfig, connectError, libpqConninfo, type RunningProxy } from '../support/proxy.js';
 import { cancelRequest } from '../support/wire.js';
+import { sleep, waitFor } from '../support/wait.js';
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await cond()) return;
-    await sleep(25);
-  }
-  throw new Error('condition not met in time');
-}
 
 /** Sends a CancelRequest on a plain connection, as libpq does, and waits for the proxy to close it. */
 async function sendCancel(port: number, pid: number, key: number): Promise<void> {
