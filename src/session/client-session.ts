@@ -710,13 +710,16 @@ export class ClientSession implements TrafficSource {
         return;
       }
       const scanner = this.upstreamScanner!;
+      const boundaryBefore = scanner.atBoundary;
       const bad = scanner.scan(chunk);
       if (bad >= 0) {
-        // A hostile or broken server: pass what was well-formed, then end at that boundary.
+        // A hostile or broken server: pass what was well-formed, then end at that boundary. If the
+        // bad frame began in an earlier chunk, its first bytes already went out: no clean boundary.
         if (bad > 0) this.sock.write(chunk.subarray(0, bad));
         this.ctx.log.warn({ session: this.id, tenant: this.tenantId, err: scanner.error?.message }, 'backend violated the protocol');
         this.detach(false, false);
-        this.sendFatal(Errors.upstreamLost());
+        if (bad > 0 || boundaryBefore) this.sendFatal(Errors.upstreamLost());
+        else this.sock.destroy();
         this.finish('backend_lost');
         return;
       }
