@@ -169,14 +169,17 @@ export function parseDurationMs(v: unknown): number | undefined {
   return Math.round(Number(m[1]) * unit);
 }
 
-const POOL_KEYS = ['pool_mode', 'max_backend_connections', 'min_idle_backend_connections', 'pool_timeout', 'backend_idle_timeout', 'backend_lifetime'] as const;
+const POOL_KEYS = ['pool_mode', 'max_backend_connections', 'min_idle_backend_connections', 'pool_timeout', 'backend_idle_timeout', 'backend_lifetime', 'session_state'] as const;
 
 /** Pool settings from `tree` (the [pool] table or a tenant's), falling back to `dflt`. */
 function readPool(r: Reader, tree: Tree | undefined, path: string, dflt: PoolSettings): PoolSettings {
   const mode = r.str(tree, 'pool_mode', path, dflt.mode) ?? dflt.mode;
   if (mode !== 'session' && mode !== 'transaction') r.problems.push(`${path}.pool_mode: must be "session" or "transaction"`);
+  const sessionState = r.str(tree, 'session_state', path, dflt.sessionState) ?? dflt.sessionState;
+  if (sessionState !== 'pin' && sessionState !== 'refuse') r.problems.push(`${path}.session_state: must be "pin" or "refuse"`);
   const settings: PoolSettings = {
     mode: mode === 'transaction' ? 'transaction' : 'session',
+    sessionState: sessionState === 'refuse' ? 'refuse' : 'pin',
     maxBackendConnections: r.int(tree, 'max_backend_connections', path, dflt.maxBackendConnections, 1, 100_000),
     minIdleBackendConnections: r.int(tree, 'min_idle_backend_connections', path, dflt.minIdleBackendConnections, 0, 100_000),
     poolTimeoutMs: r.duration(tree, 'pool_timeout', path, dflt.poolTimeoutMs, 0, 3_600_000),
@@ -237,6 +240,7 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
   const poolTree = r.section(tree, 'pool', 'pool', POOL_KEYS);
   const pool = readPool(r, poolTree, 'pool', {
     mode: 'session',
+    sessionState: 'pin',
     maxBackendConnections: 100,
     minIdleBackendConnections: 0,
     poolTimeoutMs: 30_000,

@@ -19,6 +19,8 @@ export type PoolMode = 'session' | 'transaction';
 
 export interface PoolSettings {
   readonly mode: PoolMode;
+  /** Transaction mode, for statements that leave session state: keep the backend ("pin") or fail them ("refuse"). */
+  readonly sessionState: 'pin' | 'refuse';
   readonly maxBackendConnections: number;
   readonly minIdleBackendConnections: number;
   readonly poolTimeoutMs: number;

@@ -116,6 +116,8 @@ export class ClientSession implements TrafficSource {
   /** Extended-protocol messages since the last Sync: a backend is not given back in between. */
   private unsynced = 0;
   private loginBackendPid = 0;
+  /** Set by noteClientFrame when a statement would leave session state (transaction mode decides). */
+  private sessionStateSeen = false;
   /** Transaction mode: the parameters shown at login, from the pool (no backend is held). */
   private loginParameters: Map<string, string> | null = null;
   transactions = 0;
@@ -557,7 +559,7 @@ export class ClientSession implements TrafficSource {
       case Frontend.Query:
         this.queries++;
         this.rfqExpected++;
-        if (body !== null && !this.pinned && hasSessionState(body, false)) this.pin();
+        if (body !== null && !this.pinned && hasSessionState(body, false)) this.sessionStateSeen = true;
         return;
       case Frontend.FunctionCall:
         this.queries++;
@@ -573,7 +575,7 @@ export class ClientSession implements TrafficSource {
         return;
       case Frontend.Parse:
         this.unsynced++;
-        if (body !== null && !this.pinned && hasSessionState(body, true)) this.pin();
+        if (body !== null && !this.pinned && hasSessionState(body, true)) this.sessionStateSeen = true;
         return;
       case Frontend.Bind:
       case Frontend.Describe:
@@ -664,6 +666,11 @@ export class ClientSession implements TrafficSource {
       if (f === null) break;
       this.noteClientFrame(f.type, f.type === Frontend.Query || f.type === Frontend.Parse ? f.body : null);
       if (this.terminateSeen) break;
+      if (this.sessionStateSeen) {
+        this.sessionStateSeen = false;
+        if (this.tenant!.pool.sessionState === 'refuse') f = refusedStatement(f);
+        else this.pin();
+      }
       this.pending.push(f);
     }
     this.flushClientFrames();
@@ -1104,6 +1111,27 @@ function isAllowedSource(tenant: TenantConfig, addr: string): boolean {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/**
+ * session_state = "refuse": the statement is replaced by one that fails on the server with 0A000,
+ * so the server itself reports the error and sets the transaction status, as it would for any error.
+ */
+const REFUSAL_SQL =
+  "DO $pgwarden$BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = 'statements that change session state are not supported in transaction pooling mode', HINT = 'Use SET LOCAL, or a session-mode pool.'; END$pgwarden$";
+
+function refusedStatement(f: Frame): Frame {
+  let body: Buffer;
+  if (f.type === Frontend.Query) body = Buffer.from(`${REFUSAL_SQL}\0`, 'utf8');
+  else {
+    const nameEnd = f.body.indexOf(0);
+    body = Buffer.concat([f.body.subarray(0, nameEnd + 1), Buffer.from(`${REFUSAL_SQL}\0`, 'utf8'), Buffer.alloc(2)]);
+  }
+  const raw = Buffer.allocUnsafe(5 + body.length);
+  raw[0] = f.type;
+  raw.writeUInt32BE(4 + body.length, 1);
+  body.copy(raw, 5);
+  return { type: f.type, body: raw.subarray(5), raw };
+}
 
 /** Joins frames that sit back to back in the same received buffer, so they go out as one write. */
 function coalesce(parts: Buffer[]): Buffer[] {

@@ -43,6 +43,7 @@ describe('pooling', () => {
         { id: 'txn', cluster, users: [{ name: 'app', verifier }], pool: { pool_mode: 'transaction', max_backend_connections: 3 } },
         { id: 'txone', cluster, users: [{ name: 'app', verifier }], pool: { pool_mode: 'transaction', max_backend_connections: 1 } },
         { id: 'cold', cluster, users: [{ name: 'app', verifier }], pool: { pool_mode: 'transaction', max_backend_connections: 5 } },
+        { id: 'strict', cluster, users: [{ name: 'app', verifier }], pool: { pool_mode: 'transaction', max_backend_connections: 2, session_state: 'refuse' } },
       ],
     });
   });
@@ -202,6 +203,27 @@ describe('pooling', () => {
       await b.end();
       const m = await (await fetch(`http://127.0.0.1:${rp.metricsPort}/metrics`)).text();
       assert.match(m, /^pgwarden_pool_pins_total\{tenant="txone"\} [1-9]/m);
+    });
+
+    it('refuses session-state statements with 0A000 when session_state = "refuse", keeping transaction status honest', async () => {
+      const c = await connect(rp, { tenant: 'strict', user: 'app', password: 'app-pass' });
+      const refused = (sql: string): Promise<unknown> =>
+        assert.rejects(c.query(sql), { code: '0A000', message: 'statements that change session state are not supported in transaction pooling mode' });
+      await refused("set search_path = 'elsewhere'");
+      await refused('listen somewhere');
+      assert.equal((await c.query<{ v: number }>('select 1 as v')).rows[0]?.v, 1);
+      // Inside a transaction the refusal aborts it, as any server-side error would.
+      await c.query('begin');
+      await refused('set statement_timeout = 5');
+      await assert.rejects(c.query('select 1'), { code: '25P02' });
+      await c.query('rollback');
+      // SET LOCAL lives and dies with its transaction: allowed.
+      await c.query('begin');
+      await c.query("set local search_path = 'elsewhere'");
+      assert.equal((await c.query<{ sp: string }>("select current_setting('search_path') as sp")).rows[0]?.sp, 'elsewhere');
+      await c.query('commit');
+      assert.equal(pool('strict').active, 0, 'not pinned');
+      await c.end();
     });
 
     it('cancels the running query of the client, and a late cancel never hits the next client', async () => {
