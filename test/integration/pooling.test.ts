@@ -39,7 +39,7 @@ describe('pooling', () => {
     rp = await startProxy({
       tenants: [
         { id: 'sess', cluster, users: [{ name: 'app', verifier }], pool: { pool_mode: 'session', max_backend_connections: 2 } },
-        { id: 'tiny', cluster, users: [{ name: 'app', verifier }], pool: { pool_mode: 'session', max_backend_connections: 1, pool_timeout: '500ms' } },
+        { id: 'tiny', cluster, users: [{ name: 'app', verifier }], pool: { pool_mode: 'session', max_backend_connections: 1, pool_timeout: '1500ms' } },
         { id: 'txn', cluster, users: [{ name: 'app', verifier }], pool: { pool_mode: 'transaction', max_backend_connections: 3 } },
         { id: 'txone', cluster, users: [{ name: 'app', verifier }], pool: { pool_mode: 'transaction', max_backend_connections: 1 } },
         { id: 'cold', cluster, users: [{ name: 'app', verifier }], pool: { pool_mode: 'transaction', max_backend_connections: 5 } },
@@ -93,10 +93,17 @@ describe('pooling', () => {
     it('answers 53300 when no backend frees up within pool_timeout', async () => {
       const holder = await connect(rp, { tenant: 'tiny', user: 'app', password: 'app-pass' });
       const t0 = Date.now();
-      const e = await connectError(clientConfig(rp, { tenant: 'tiny', user: 'app', password: 'app-pass' }));
+      let settled = false;
+      const waiting = connectError(clientConfig(rp, { tenant: 'tiny', user: 'app', password: 'app-pass' })).finally(() => (settled = true));
+      // While tiny's client waits, another tenant is served: waiters never take others' backends.
+      await waitFor(() => pool('tiny').waiting === 1);
+      const neighbour = await connect(rp, { tenant: 'sess', user: 'app', password: 'app-pass' });
+      assert.equal(settled, false, 'the neighbour was served while tiny still waited');
+      await neighbour.end();
+      const e = await waiting;
       assert.equal(e.code, '53300');
       assert.equal(e.message, 'no backend connection available within pool_timeout');
-      assert.ok(Date.now() - t0 >= 450);
+      assert.ok(Date.now() - t0 >= 1400);
       await holder.end();
       const next = await connect(rp, { tenant: 'tiny', user: 'app', password: 'app-pass' });
       await next.end();
