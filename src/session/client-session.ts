@@ -599,18 +599,16 @@ export class ClientSession implements TrafficSource {
 
   /** Bookkeeping for one backend message: transaction status, errors, identity parameters. */
   private noteBackendFrame(type: number, body: Buffer | null): void {
-    {
-      this.messagesOut++;
-      if (type === Backend.ReadyForQuery) {
-        this.txStatus = body![0] ?? this.txStatus;
-        this.rfqReceived++;
-        if (this.txStatus === TX_IDLE) this.transactions++;
-      } else if (type === Backend.ErrorResponse) {
-        const severity = readErrorField(body!, 0x56 /* V */) ?? readErrorField(body!, 0x53 /* S */);
-        this.lastUpstreamError = { code: readErrorField(body!, 0x43 /* C */) ?? '', fatal: severity === 'FATAL' || severity === 'PANIC' };
-      } else if (type === Backend.ParameterStatus) {
-        this.onParameterStatus(body!);
-      }
+    this.messagesOut++;
+    if (type === Backend.ReadyForQuery) {
+      this.txStatus = body![0] ?? this.txStatus;
+      this.rfqReceived++;
+      if (this.txStatus === TX_IDLE) this.transactions++;
+    } else if (type === Backend.ErrorResponse) {
+      const severity = readErrorField(body!, 0x56 /* V */) ?? readErrorField(body!, 0x53 /* S */);
+      this.lastUpstreamError = { code: readErrorField(body!, 0x43 /* C */) ?? '', fatal: severity === 'FATAL' || severity === 'PANIC' };
+    } else if (type === Backend.ParameterStatus) {
+      this.onParameterStatus(body!);
     }
   }
 
