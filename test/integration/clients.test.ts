@@ -501,42 +501,31 @@ describe('clients through pgwarden: node-postgres, psql, pgbench', () => {
       }
     });
 
-    it('a plaintext CancelRequest with the key a pg client got cancels its query (57014)', async () => {
-      const app = 'pg-cancel';
-      const c = await client({ applicationName: app });
-      const { processID, secretKey } = c as unknown as { processID: number; secretKey: number };
-      const settled = c.query('select pg_sleep(30)').then(() => 'completed', (e: unknown) => e);
-      try {
-        await waitFor('pg to be running pg_sleep', async () => (await activeSleeps(app)) === 1);
-        const out = await plainCancel(rp.port, cancelRequest(processID, secretKey));
-        assert.deepEqual(out, { received: 0, closed: true }, 'no reply, closed');
-        const err = await outcome(settled);
-        assert.notEqual(err, 'still running', `query still running ${CANCEL_DEADLINE_MS} ms after the CancelRequest`);
-        assert.equal((err as { code?: string }).code, '57014');
-      } finally {
-        await cancelLeftovers(app);
-        await settled;
-      }
-      assert.equal((await c.query<{ v: number }>('select 1 as v')).rows[0]?.v, 1);
-    });
-
-    it('a CancelRequest inside TLS (libpq 17 style) cancels too', async () => {
-      const app = 'tls-cancel';
-      const c = await client({ applicationName: app });
-      const { processID, secretKey } = c as unknown as { processID: number; secretKey: number };
-      const settled = c.query('select pg_sleep(30)').then(() => 'completed', (e: unknown) => e);
-      try {
-        await waitFor('pg to be running pg_sleep', async () => (await activeSleeps(app)) === 1);
-        const out = await tlsCancel(rp, cancelRequest(processID, secretKey));
-        assert.deepEqual(out, { received: 0, closed: true }, 'no reply, closed');
-        const err = await outcome(settled);
-        assert.notEqual(err, 'still running', `query still running ${CANCEL_DEADLINE_MS} ms after the CancelRequest`);
-        assert.equal((err as { code?: string }).code, '57014');
-      } finally {
-        await cancelLeftovers(app);
-        await settled;
-      }
-    });
+    // The same key, two ways a driver sends it: plaintext on a new connection (libpq up to 16,
+    // node-postgres, pgjdbc) and inside TLS (libpq 17).
+    const transports = [
+      { name: 'a plaintext CancelRequest with the key a pg client got cancels its query (57014)', app: 'pg-cancel', send: (req: Buffer) => plainCancel(rp.port, req) },
+      { name: 'a CancelRequest inside TLS (libpq 17 style) cancels too', app: 'tls-cancel', send: (req: Buffer) => tlsCancel(rp, req) },
+    ];
+    for (const t of transports) {
+      it(t.name, async () => {
+        const c = await client({ applicationName: t.app });
+        const { processID, secretKey } = c as unknown as { processID: number; secretKey: number };
+        const settled = c.query('select pg_sleep(30)').then(() => 'completed', (e: unknown) => e);
+        try {
+          await waitFor('pg to be running pg_sleep', async () => (await activeSleeps(t.app)) === 1);
+          const out = await t.send(cancelRequest(processID, secretKey));
+          assert.deepEqual(out, { received: 0, closed: true }, 'no reply, closed');
+          const err = await outcome(settled);
+          assert.notEqual(err, 'still running', `query still running ${CANCEL_DEADLINE_MS} ms after the CancelRequest`);
+          assert.equal((err as { code?: string }).code, '57014');
+        } finally {
+          await cancelLeftovers(t.app);
+          await settled;
+        }
+        assert.equal((await c.query<{ v: number }>('select 1 as v')).rows[0]?.v, 1);
+      });
+    }
 
     it('a CancelRequest with a random or wrong key gets no reply, is closed, and cancels nothing', async () => {
       const app = 'bogus-cancel';

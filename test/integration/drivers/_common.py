@@ -28,3 +28,19 @@ def md5(data):
 def emit(result):
     sys.stdout.write(json.dumps(result, ensure_ascii=True) + "\n")
     sys.stdout.flush()
+
+
+def libpq_params(cfg, application_name):
+    """libpq keywords for psycopg 2 and 3: SNI from host=<tenant>.pg.test, address from hostaddr, verify-full."""
+    return dict(
+        host=f"{cfg['tenant']}.pg.test",
+        hostaddr="127.0.0.1",
+        port=cfg["port"],
+        dbname="postgres",
+        user=cfg["user"],
+        password=cfg["password"],
+        sslmode="verify-full",
+        sslrootcert=cfg["ca"],
+        application_name=application_name,
+        connect_timeout=10,
+    )

@@ -3,21 +3,10 @@ import sys
 
 import psycopg2
 
-from _common import UNICODE_SAMPLE, config, emit, md5, payload
+from _common import UNICODE_SAMPLE, config, emit, libpq_params, md5, payload
 
 cfg = config()
-conn = psycopg2.connect(
-    host=f"{cfg['tenant']}.pg.test",
-    hostaddr="127.0.0.1",
-    port=cfg["port"],
-    dbname="postgres",
-    user=cfg["user"],
-    password=cfg["password"],
-    sslmode="verify-full",
-    sslrootcert=cfg["ca"],
-    application_name="psycopg2-check",
-    connect_timeout=10,
-)
+conn = psycopg2.connect(**libpq_params(cfg, "psycopg2-check"))
 res = {"driver": "psycopg2", "version": psycopg2.__version__, "libpq": psycopg2.extensions.libpq_version()}
 res["ssl_in_use"] = bool(conn.info.ssl_in_use)
 cur = conn.cursor()

@@ -3,23 +3,10 @@ protocol-level prepared statements, libpq pipeline mode and binary results."""
 import psycopg
 from psycopg import pq
 
-from _common import UNICODE_SAMPLE, config, emit, md5, payload
+from _common import UNICODE_SAMPLE, config, emit, libpq_params, md5, payload
 
 cfg = config()
-conn = psycopg.connect(
-    host=f"{cfg['tenant']}.pg.test",
-    hostaddr="127.0.0.1",
-    port=cfg["port"],
-    dbname="postgres",
-    user=cfg["user"],
-    password=cfg["password"],
-    sslmode="verify-full",
-    sslrootcert=cfg["ca"],
-    channel_binding="require",
-    application_name="psycopg3-check",
-    connect_timeout=10,
-    autocommit=True,
-)
+conn = psycopg.connect(channel_binding="require", **libpq_params(cfg, "psycopg3-check"))
 res = {"driver": "psycopg3", "version": psycopg.__version__, "libpq": pq.version()}
 res["ssl_in_use"] = bool(conn.pgconn.ssl_in_use)
 
