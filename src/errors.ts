@@ -16,6 +16,10 @@ export const SQLSTATE = {
   ADMIN_SHUTDOWN: '57P01',
   CANNOT_CONNECT_NOW: '57P03',
   FEATURE_NOT_SUPPORTED: '0A000',
+  QUERY_CANCELED: '57014',
+  IDLE_SESSION_TIMEOUT: '57P05',
+  IDLE_IN_TRANSACTION_TIMEOUT: '25P03',
+  TRANSACTION_TIMEOUT: '25P04',
   INTERNAL_ERROR: 'XX000',
 } as const;
 export type SqlState = (typeof SQLSTATE)[keyof typeof SQLSTATE];
@@ -160,6 +164,27 @@ export const Errors = {
     new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'invalid message length', 'client', reason),
   /** A11 */
   authTimeout: () => new PgError(SQLSTATE.CONNECTION_FAILURE, 'authentication timed out', 'client', 'auth_timeout'),
+  /** A12: authentication throttled, or the tenant's connection rate exceeded; the same for any user. */
+  tooManyAttempts: (reason: 'rate_limited' | 'auth_throttled') =>
+    new PgError(SQLSTATE.TOO_MANY_CONNECTIONS, 'too many connection attempts, please try again later', 'limit', reason),
+  /** S1 (per-user cap) */
+  tooManyConnectionsForRole: (role: string) =>
+    new PgError(SQLSTATE.TOO_MANY_CONNECTIONS, `too many connections for role "${sanitizeName(role)}"`, 'limit', 'too_many_connections'),
+  /** S3b: a client message over the tenant's max_message_bytes. */
+  messageTooLarge: () =>
+    new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'invalid message length', 'limit', 'max_message_bytes'),
+  /** S6 */
+  idleSessionTimeout: () =>
+    new PgError(SQLSTATE.IDLE_SESSION_TIMEOUT, 'terminating connection due to idle-session timeout', 'limit', 'idle_timeout'),
+  /** S7 */
+  idleInTransactionTimeout: () =>
+    new PgError(SQLSTATE.IDLE_IN_TRANSACTION_TIMEOUT, 'terminating connection due to idle-in-transaction timeout', 'limit', 'idle_in_txn_timeout'),
+  /** S7 (transaction) */
+  transactionTimeout: () =>
+    new PgError(SQLSTATE.TRANSACTION_TIMEOUT, 'terminating connection due to transaction timeout', 'limit', 'transaction_timeout'),
+  /** S8b: an operator suspended the tenant; its sessions end (new ones fail as a disabled tenant, T5). */
+  tenantSuspended: () =>
+    new PgError(SQLSTATE.ADMIN_SHUTDOWN, 'terminating connection due to administrator command', 'shutdown', 'tenant_suspended'),
   /** S1b: a database outside the tenant's `databases` list, in PostgreSQL's words. */
   undefinedDatabase: (database: string) =>
     new PgError(SQLSTATE.UNDEFINED_DATABASE, `database "${sanitizeName(database)}" does not exist`, 'client', 'database_not_allowed'),

@@ -41,7 +41,7 @@ export async function serve(configPath: string): Promise<void> {
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
-  process.on('SIGHUP', () => {
+  const reload = (): void => {
     loadConfigFile(configPath)
       .then((next) => proxy.reload(next))
       .catch((err: unknown) => {
@@ -49,5 +49,8 @@ export async function serve(configPath: string): Promise<void> {
         const problems = err instanceof ConfigError ? err.problems : [String((err as { message?: unknown } | null | undefined)?.message ?? err)];
         log.error({ problems }, 'reload rejected: keeping the running configuration');
       });
-  });
+  };
+  process.on('SIGHUP', reload);
+  // POST /reload on any instance (with Redis: on every instance) re-reads this file too.
+  proxy.reloadHook = reload;
 }

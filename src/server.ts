@@ -9,7 +9,11 @@ import { readFileSync } from 'node:fs';
 import type { Config, TenantConfig } from './config/schema.js';
 import { loadTlsMaterial, type TlsMaterial } from './net/tls.js';
 import { CancelRegistry } from './cancel/registry.js';
-import { LocalConnectionLimiter, PreauthLimiter, type ConnectionLimiter } from './limits/connections.js';
+import { PreauthLimiter } from './limits/connections.js';
+import type { LimitMode, LimitStore } from './limits/store.js';
+import { BandwidthRegistry } from './limits/bandwidth.js';
+import type { ClusterBus } from './cluster/bus.js';
+import { openSharedState } from './cluster/shared-state.js';
 import { AuditLog } from './audit/log.js';
 import { RejectionAggregator } from './audit/rejections.js';
 import { Metrics } from './observability/metrics.js';
@@ -22,6 +26,8 @@ import { PoolManager } from './pool/backend-pool.js';
 import { Errors } from './errors.js';
 
 export const VERSION = '0.1.0';
+/** How often session timeouts are checked: the resolution of every timeout. */
+const TIMER_SWEEP_MS = 100;
 /** One id per process, in every audit record's `instance`. */
 const INSTANCE_ID = randomUUID();
 
@@ -31,8 +37,12 @@ export interface ProxyOptions {
 
 export class Proxy {
   readonly cancels = new CancelRegistry();
-  readonly limiter: ConnectionLimiter = new LocalConnectionLimiter();
   readonly preauth = new PreauthLimiter();
+  readonly bandwidth = new BandwidthRegistry();
+  /** Set in start() (the shared store may need a connection first). */
+  limits!: LimitStore;
+  bus!: ClusterBus;
+  private sweeper: NodeJS.Timeout | null = null;
   readonly sessions = new Set<ClientSession>();
   /** Every client socket until it closes, including ones lingering after their FATAL. */
   private readonly sockets = new Set<net.Socket>();
@@ -55,6 +65,7 @@ export class Proxy {
     this.rejections = new RejectionAggregator(() => this.audit, this.metrics);
     this.pools = new PoolManager(this.metrics, this.log);
     this.metrics.poolSizes = () => this.pools.snapshot();
+    this.metrics.bandwidthView = () => this.bandwidth.snapshot();
     this.ctx = this.makeContext(config, tlsMaterial);
   }
 
@@ -64,6 +75,17 @@ export class Proxy {
     const metrics = new Metrics();
     const audit = await AuditLog.open(config.audit.file, INSTANCE_ID, VERSION, metrics, log);
     const proxy = new Proxy(config, tlsMaterial, metrics, audit, log);
+    const shared = await openSharedState(config, INSTANCE_ID, log, (mode, cause) => proxy.onLimitMode(mode, cause));
+    proxy.limits = shared.limits;
+    proxy.bus = shared.bus;
+    await proxy.bus.start({
+      onCancel: (m) => proxy.cancels.lookupByHash(m.processId, m.secretHash)?.cancel(),
+      onSuspension: (tenantId, suspended) => proxy.onSuspension(tenantId, suspended),
+      onReload: () => proxy.onClusterReload(),
+    });
+    proxy.ctx = proxy.makeContext(config, tlsMaterial);
+    proxy.sweeper = setInterval(() => proxy.sweep(), TIMER_SWEEP_MS);
+    proxy.sweeper.unref();
     await proxy.listen(config);
     proxy.audit.append({ event: 'proxy.lifecycle', state: 'started', instance_id: proxy.instanceId, listen: proxy.address });
     log.info({ listen: proxy.address, metrics: proxy.metricsAddress, tenants: config.tenants.size }, 'pgwarden started');
@@ -95,7 +117,9 @@ export class Proxy {
       config,
       tls: tlsMaterial,
       cancels: this.cancels,
-      limiter: this.limiter,
+      limits: this.limits,
+      bandwidth: this.bandwidth,
+      bus: this.bus,
       pools: this.pools,
       audit: this.audit,
       rejections: this.rejections,
@@ -103,6 +127,7 @@ export class Proxy {
       log: this.log,
       mockSecret: mockSecretFor(config),
       isDraining: () => this.draining,
+      isSuspended: (tenantId) => this.bus.suspended().has(tenantId),
       upstreamTarget: (tenant: TenantConfig): UpstreamTarget => ({
         host: tenant.backendHost,
         port: tenant.backendPort,
@@ -125,7 +150,20 @@ export class Proxy {
     });
     this.listener = server;
     if (config.metrics !== undefined) {
-      const admin = createAdminServer(this.metrics, () => !this.draining, this.log, () => this.pools.snapshot());
+      const admin = createAdminServer({
+        metrics: this.metrics,
+        isReady: () => !this.draining,
+        log: this.log,
+        pools: () => this.pools.snapshot(),
+        token: () => {
+          const env = this.ctx.config.metrics?.adminTokenEnv;
+          return env === undefined ? undefined : process.env[env];
+        },
+        commands: {
+          suspend: (tenantId, suspended) => this.bus.publishSuspension(tenantId, suspended),
+          reload: () => this.bus.publishReload(),
+        },
+      });
       await new Promise<void>((resolve, reject) => {
         admin.once('error', reject);
         admin.listen(config.metrics!.listenPort, config.metrics!.listenHost, () => resolve());
@@ -155,6 +193,37 @@ export class Proxy {
       this.log.error({ err }, 'session setup failed');
       socket.destroy();
     }
+  }
+
+  /** Timeouts of every session, a few times a second (one timer for all). */
+  private sweep(): void {
+    const now = performance.now();
+    for (const s of this.sessions) s.checkTimers(now);
+  }
+
+  /** The shared limit store lost or regained Redis: metric, audit record, log. */
+  onLimitMode(mode: LimitMode, cause: string): void {
+    const degraded = mode === 'degraded_local';
+    this.metrics.limitsDegraded.set(degraded ? 1 : 0);
+    this.metrics.limitsDegradedTransitions.inc({ state: degraded ? 'enter' : 'exit' });
+    this.audit.append({ event: 'limits.degraded', state: degraded ? 'enter' : 'exit', cause, mode });
+    if (degraded) this.log.warn({ cause }, 'shared limits unavailable: enforcing this instance\'s share locally');
+    else this.log.info({ cause }, 'shared limits restored');
+  }
+
+  /** An operator suspended or resumed a tenant (on any instance). */
+  private onSuspension(tenantId: string, suspended: boolean): void {
+    this.audit.append({ event: 'proxy.lifecycle', state: suspended ? 'tenant_suspended' : 'tenant_resumed', tenant: tenantId });
+    this.log.info({ tenant: tenantId, suspended }, suspended ? 'tenant suspended' : 'tenant resumed');
+    if (!suspended) return;
+    for (const s of [...this.sessions]) if (s.tenantId === tenantId) s.terminate(Errors.tenantSuspended(), 'tenant_suspended');
+  }
+
+  /** Another instance asked every instance to re-read its configuration. */
+  reloadHook: (() => void) | null = null;
+  private onClusterReload(): void {
+    if (this.reloadHook === null) this.log.info('cluster reload requested, but this instance has no configuration file to re-read');
+    else this.reloadHook();
   }
 
   /** Applies a new configuration to new sessions; running sessions keep theirs. Certificates reload too. */
@@ -208,6 +277,7 @@ export class Proxy {
 
   private async closeOnce(): Promise<void> {
     if (this.drainTimer !== null) clearTimeout(this.drainTimer);
+    if (this.sweeper !== null) clearInterval(this.sweeper);
     this.terminateAll('admin');
     // Give the FATALs a moment to leave, then close what is left: shutdown must not wait on
     // clients that do not read (the listener's close waits for every socket).
@@ -223,6 +293,8 @@ export class Proxy {
       }),
     ]);
     this.rejections.stop();
+    await this.bus.close();
+    await this.limits.close();
     this.audit.append({ event: 'proxy.lifecycle', state: 'stopped' });
     await this.audit.close();
     this.log.info('pgwarden stopped');

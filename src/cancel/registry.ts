@@ -3,7 +3,7 @@
  * upstream's key stays here. Lookup compares the secret in constant time, and an unknown key
  * is simply not found: the caller drops it silently, as PostgreSQL does.
  */
-import { randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
 
 export interface CancelTarget {
   readonly tenantId: string;
@@ -37,6 +37,14 @@ export class CancelRegistry {
     const e = this.entries.get(processId);
     if (e === undefined || e.secret.length !== secretKey.length) return undefined;
     return timingSafeEqual(e.secret, secretKey) ? e.target : undefined;
+  }
+
+  /** A cancel relayed by another instance or worker: the secret arrives as its SHA-256 (hex). */
+  lookupByHash(processId: number, secretHash: string): CancelTarget | undefined {
+    const e = this.entries.get(processId);
+    if (e === undefined || !/^[0-9a-f]{64}$/.test(secretHash)) return undefined;
+    const mine = createHash('sha256').update(e.secret).digest();
+    return timingSafeEqual(mine, Buffer.from(secretHash, 'hex')) ? e.target : undefined;
   }
 
   get size(): number {

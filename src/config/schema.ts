@@ -16,6 +16,28 @@ export interface UserConfig {
   readonly backendUser: string;
   /** Name of the env var holding the backend password; absent means SCRAM pass-through. */
   readonly backendPasswordEnv: string | undefined;
+  /** Sessions this user may hold at once (0 = only the tenant's caps apply). */
+  readonly maxConnections: number;
+}
+
+/**
+ * Per-tenant limits ([limits] defaults with the tenant's overrides). 0 turns a limit off, except
+ * max_message_bytes which is always bounded.
+ */
+export interface LimitSettings {
+  readonly maxConnectionsPerUser: number;
+  readonly newConnectionsPerSecond: number;
+  readonly newConnectionsBurst: number;
+  /** Authentication failures per (tenant, source address) within the window before a cool-down. */
+  readonly authFailureLimit: number;
+  readonly authFailureWindowMs: number;
+  readonly authFailureCooldownMs: number;
+  readonly queryTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+  readonly idleInTransactionTimeoutMs: number;
+  readonly transactionTimeoutMs: number;
+  readonly maxBandwidthBytesPerSecond: number;
+  readonly maxMessageBytes: number;
 }
 
 export interface TenantConfig {
@@ -34,6 +56,8 @@ export interface TenantConfig {
   readonly users: ReadonlyMap<string, UserConfig>;
   /** [pool] defaults with this tenant's overrides. */
   readonly pool: PoolSettings;
+  /** [limits] defaults with this tenant's overrides. */
+  readonly limits: LimitSettings;
 }
 
 export interface Config {
@@ -51,8 +75,20 @@ export interface Config {
     readonly maxPreauthPerSource: number;
     readonly backendConnectTimeoutMs: number;
     readonly mockSecretEnv: string | undefined;
+    /** Worker processes sharing the listen socket (1 = serve in this process). */
+    readonly workers: number;
   };
-  readonly metrics: { readonly listenHost: string; readonly listenPort: number } | undefined;
+  /** Source-wide limits that are not per tenant. */
+  readonly limits: {
+    /** Authentication failures per source address (any tenant) within the window before a cool-down. */
+    readonly authFailuresPerSource: number;
+    readonly authFailureWindowMs: number;
+    readonly authFailureCooldownMs: number;
+  };
+  /** Shared limits and the instance bus; undefined = one instance, in-process state. */
+  readonly redis: { readonly url: string; readonly keyPrefix: string; readonly commandTimeoutMs: number; readonly leaseTtlMs: number } | undefined;
+  /** The admin listener; commands need the token named by adminTokenEnv. */
+  readonly metrics: { readonly listenHost: string; readonly listenPort: number; readonly adminTokenEnv: string | undefined } | undefined;
   readonly audit: { readonly file: string | undefined };
   readonly pool: PoolSettings;
   readonly log: { readonly level: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent' };
@@ -114,6 +150,29 @@ class Reader {
     return v;
   }
 
+  num(tree: Tree | undefined, key: string, path: string, dflt: number, min: number, max: number): number {
+    const v = tree?.[key];
+    if (v === undefined) return dflt;
+    const n = typeof v === 'bigint' ? Number(v) : v;
+    if (typeof n !== 'number' || !Number.isFinite(n) || n < min || n > max) {
+      this.problems.push(`${path}.${key}: must be a number from ${min} to ${max}`);
+      return dflt;
+    }
+    return n;
+  }
+
+  /** Sizes: an integer of bytes, or "64kB", "16MB", "1GB" (powers of 1024, as PostgreSQL's units). */
+  bytes(tree: Tree | undefined, key: string, path: string, dflt: number, min: number, max: number): number {
+    const v = tree?.[key];
+    if (v === undefined) return dflt;
+    const n = parseBytes(v);
+    if (n === undefined || n < min || n > max) {
+      this.problems.push(`${path}.${key}: must be a size like "16MB" from ${min} to ${max} bytes`);
+      return dflt;
+    }
+    return n;
+  }
+
   int(tree: Tree | undefined, key: string, path: string, dflt: number, min: number, max: number): number {
     const v = tree?.[key];
     if (v === undefined) return dflt;
@@ -169,6 +228,44 @@ export function parseDurationMs(v: unknown): number | undefined {
   return Math.round(Number(m[1]) * unit);
 }
 
+export function parseBytes(v: unknown): number | undefined {
+  if (typeof v === 'number' && Number.isInteger(v) && v >= 0) return v;
+  if (typeof v === 'bigint' && v >= 0n) return Number(v);
+  if (typeof v !== 'string') return undefined;
+  const m = /^(\d+)\s*(B|kB|MB|GB)$/.exec(v.trim());
+  if (!m) return undefined;
+  const unit = { B: 1, kB: 1024, MB: 1024 ** 2, GB: 1024 ** 3 }[m[2] as 'B' | 'kB' | 'MB' | 'GB'];
+  return Number(m[1]) * unit;
+}
+
+const LIMIT_KEYS = [
+  'max_connections_per_user', 'new_connections_per_second', 'new_connections_burst', 'auth_failure_limit',
+  'auth_failure_window', 'auth_failure_cooldown', 'query_timeout', 'idle_timeout', 'idle_in_transaction_timeout',
+  'transaction_timeout', 'max_bandwidth_bytes_per_second', 'max_message_bytes',
+] as const;
+
+/** The largest client message pgwarden accepts at all (PostgreSQL's own cap is 1 GB). */
+const MAX_MESSAGE_BYTES = 1024 ** 3;
+
+function readLimits(r: Reader, tree: Tree | undefined, path: string, dflt: LimitSettings): LimitSettings {
+  const rate = r.num(tree, 'new_connections_per_second', path, dflt.newConnectionsPerSecond, 0, 1_000_000);
+  return {
+    maxConnectionsPerUser: r.int(tree, 'max_connections_per_user', path, dflt.maxConnectionsPerUser, 0, 1_000_000),
+    newConnectionsPerSecond: rate,
+    // A burst defaults to one second's worth (at least 1).
+    newConnectionsBurst: r.int(tree, 'new_connections_burst', path, tree?.['new_connections_per_second'] === undefined ? dflt.newConnectionsBurst : Math.max(1, Math.ceil(rate)), 1, 1_000_000),
+    authFailureLimit: r.int(tree, 'auth_failure_limit', path, dflt.authFailureLimit, 0, 1_000_000),
+    authFailureWindowMs: r.duration(tree, 'auth_failure_window', path, dflt.authFailureWindowMs, 1000, 86_400_000),
+    authFailureCooldownMs: r.duration(tree, 'auth_failure_cooldown', path, dflt.authFailureCooldownMs, 100, 86_400_000),
+    queryTimeoutMs: r.duration(tree, 'query_timeout', path, dflt.queryTimeoutMs, 0, 7 * 86_400_000),
+    idleTimeoutMs: r.duration(tree, 'idle_timeout', path, dflt.idleTimeoutMs, 0, 7 * 86_400_000),
+    idleInTransactionTimeoutMs: r.duration(tree, 'idle_in_transaction_timeout', path, dflt.idleInTransactionTimeoutMs, 0, 7 * 86_400_000),
+    transactionTimeoutMs: r.duration(tree, 'transaction_timeout', path, dflt.transactionTimeoutMs, 0, 7 * 86_400_000),
+    maxBandwidthBytesPerSecond: r.bytes(tree, 'max_bandwidth_bytes_per_second', path, dflt.maxBandwidthBytesPerSecond, 0, 100 * 1024 ** 3),
+    maxMessageBytes: r.bytes(tree, 'max_message_bytes', path, dflt.maxMessageBytes, 1024, MAX_MESSAGE_BYTES),
+  };
+}
+
 const POOL_KEYS = ['pool_mode', 'max_backend_connections', 'min_idle_backend_connections', 'pool_timeout', 'backend_idle_timeout', 'backend_lifetime', 'session_state'] as const;
 
 /** Pool settings from `tree` (the [pool] table or a tenant's), falling back to `dflt`. */
@@ -196,10 +293,10 @@ function readPool(r: Reader, tree: Tree | undefined, path: string, dflt: PoolSet
 /** Validates a parsed TOML tree. `resolvePath` makes file paths absolute (relative to the config file). */
 export function validateConfig(tree: Tree, resolvePath: (p: string) => string): Config {
   const r = new Reader();
-  r.unknownKeys(tree, '', ['server', 'metrics', 'audit', 'log', 'pool', 'tenants']);
+  r.unknownKeys(tree, '', ['server', 'metrics', 'audit', 'log', 'pool', 'limits', 'redis', 'tenants']);
   const s = r.section(tree, 'server', 'server', [
     'listen', 'tls_cert', 'tls_key', 'tls_min_version', 'require_tls', 'sni_suffix', 'auth_timeout',
-    'shutdown_timeout', 'max_preauth_connections', 'max_preauth_per_source', 'backend_connect_timeout', 'mock_secret_env',
+    'shutdown_timeout', 'max_preauth_connections', 'max_preauth_per_source', 'backend_connect_timeout', 'mock_secret_env', 'workers',
   ], true);
   const listen = r.listen(s, 'listen', 'server', '127.0.0.1:6432');
   const tlsCert = r.str(s, 'tls_cert', 'server');
@@ -226,9 +323,45 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
     maxPreauthPerSource: r.int(s, 'max_preauth_per_source', 'server', 200, 1, 1_000_000),
     backendConnectTimeoutMs: r.duration(s, 'backend_connect_timeout', 'server', 10_000, 100, 600_000),
     mockSecretEnv: r.str(s, 'mock_secret_env', 'server'),
+    workers: r.int(s, 'workers', 'server', 1, 1, 64),
   };
 
-  const m = r.section(tree, 'metrics', 'metrics', ['listen']);
+  const limTree = r.section(tree, 'limits', 'limits', [...LIMIT_KEYS, 'max_client_connections', 'auth_failures_per_source']);
+  const limits = readLimits(r, limTree, 'limits', {
+    maxConnectionsPerUser: 0,
+    newConnectionsPerSecond: 0,
+    newConnectionsBurst: 1,
+    authFailureLimit: 20,
+    authFailureWindowMs: 60_000,
+    authFailureCooldownMs: 60_000,
+    queryTimeoutMs: 0,
+    idleTimeoutMs: 0,
+    idleInTransactionTimeoutMs: 0,
+    transactionTimeoutMs: 0,
+    maxBandwidthBytesPerSecond: 0,
+    maxMessageBytes: MAX_MESSAGE_BYTES,
+  });
+  const defaultMaxClients = r.int(limTree, 'max_client_connections', 'limits', 100, 0, 1_000_000);
+  const sourceLimits: Config['limits'] = {
+    authFailuresPerSource: r.int(limTree, 'auth_failures_per_source', 'limits', 100, 0, 1_000_000),
+    authFailureWindowMs: limits.authFailureWindowMs,
+    authFailureCooldownMs: limits.authFailureCooldownMs,
+  };
+  const rd = r.section(tree, 'redis', 'redis', ['url', 'key_prefix', 'command_timeout', 'lease_ttl']);
+  let redis: Config['redis'];
+  if (rd !== undefined) {
+    const url = r.str(rd, 'url', 'redis');
+    if (url === undefined || !/^rediss?:\/\/./.test(url)) r.problems.push('redis.url: must be a URL like "redis://127.0.0.1:6379"');
+    redis = {
+      url: url ?? '',
+      keyPrefix: r.str(rd, 'key_prefix', 'redis', 'pgwarden:') ?? 'pgwarden:',
+      commandTimeoutMs: r.duration(rd, 'command_timeout', 'redis', 250, 10, 10_000),
+      leaseTtlMs: r.duration(rd, 'lease_ttl', 'redis', 10_000, 1000, 600_000),
+    };
+  }
+
+  const m = r.section(tree, 'metrics', 'metrics', ['listen', 'admin_token_env']);
+  const adminTokenEnv = r.str(m, 'admin_token_env', 'metrics');
   const metricsListen = m === undefined ? undefined : r.listen(m, 'listen', 'metrics', '127.0.0.1:9187');
   const a = r.section(tree, 'audit', 'audit', ['file']);
   const auditFile = r.str(a, 'file', 'audit');
@@ -264,7 +397,7 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
       continue;
     }
     const tt = raw as Tree;
-    r.unknownKeys(tt, path, ['backend', 'backend_tls', 'backend_ca', 'max_client_connections', 'allow_cidrs', 'enabled', 'databases', 'users', ...POOL_KEYS]);
+    r.unknownKeys(tt, path, ['backend', 'backend_tls', 'backend_ca', 'max_client_connections', 'allow_cidrs', 'enabled', 'databases', 'users', ...POOL_KEYS, ...LIMIT_KEYS]);
     const backend = r.str(tt, 'backend', path);
     let backendHost = '';
     let backendPort = 5432;
@@ -314,7 +447,7 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
         continue;
       }
       const ut = rawUser as Tree;
-      r.unknownKeys(ut, upath, ['scram', 'backend_password_env', 'backend_user']);
+      r.unknownKeys(ut, upath, ['scram', 'backend_password_env', 'backend_user', 'max_connections']);
       const scram = r.str(ut, 'scram', upath);
       let verifier: ScramVerifier | undefined;
       if (scram === undefined) r.problems.push(`${upath}.scram: missing (make one with "pgwarden hash-password")`);
@@ -328,7 +461,7 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
         r.problems.push(`${upath}.backend_password_env: environment variable ${envName} is not set`);
       }
       if (verifier !== undefined) {
-        users.set(name, { name, verifier, backendUser: r.str(ut, 'backend_user', upath, name) ?? name, backendPasswordEnv: envName });
+        users.set(name, { name, verifier, backendUser: r.str(ut, 'backend_user', upath, name) ?? name, backendPasswordEnv: envName, maxConnections: r.int(ut, 'max_connections', upath, 0, 0, 1_000_000) });
       }
     }
     tenants.set(id, {
@@ -339,21 +472,24 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
       backendDatabase,
       backendTls: backendTls as BackendTls,
       backendCaPath: backendCa === undefined ? undefined : resolvePath(backendCa),
-      maxClientConnections: r.int(tt, 'max_client_connections', path, 100, 0, 1_000_000),
+      maxClientConnections: r.int(tt, 'max_client_connections', path, defaultMaxClients, 0, 1_000_000),
       allowCidrs,
       allowList,
       databases: tt['databases'] === undefined ? undefined : new Set(r.strArray(tt, 'databases', path, [])),
       users,
       pool: readPool(r, tt, path, pool),
+      limits: readLimits(r, tt, path, limits),
     });
   }
 
   if (r.problems.length > 0) throw new ConfigError(r.problems);
   return {
     server,
-    metrics: metricsListen === undefined ? undefined : { listenHost: metricsListen.host, listenPort: metricsListen.port },
+    metrics: metricsListen === undefined ? undefined : { listenHost: metricsListen.host, listenPort: metricsListen.port, adminTokenEnv },
     audit: { file: auditFile === undefined ? undefined : resolvePath(auditFile) },
     pool,
+    limits: sourceLimits,
+    redis,
     log: { level: level as Config['log']['level'] },
     tenants,
   };

@@ -1,18 +1,10 @@
 /**
- * Connection quotas held as leases: pre-authentication slots (global and per source address)
- * and per-tenant client sessions (checked after authentication, as PostgreSQL does).
- * In-process for now; the Redis-backed implementation of issue 4 keeps this interface.
+ * Pre-authentication slots (global and per source address), always per instance: they guard
+ * this process's descriptors and memory. Per-tenant and per-user caps live in store.ts.
  */
 
-/** A held slot. release() is idempotent, so a double release can never free someone else's slot. */
-export interface Lease {
-  release(): void;
-}
-
-export interface ConnectionLimiter {
-  tryAcquireTenant(tenantId: string, limit: number): Lease | null;
-  tenantActive(tenantId: string): number;
-}
+import type { Lease } from './store.js';
+export type { Lease } from './store.js';
 
 class CountLease implements Lease {
   private released = false;
@@ -34,16 +26,6 @@ function tryAcquire(counts: Map<string, number>, key: string, limit: number): Le
   if (n >= limit) return null;
   counts.set(key, n + 1);
   return new CountLease(counts, key);
-}
-
-export class LocalConnectionLimiter implements ConnectionLimiter {
-  private readonly tenants = new Map<string, number>();
-  tryAcquireTenant(tenantId: string, limit: number): Lease | null {
-    return tryAcquire(this.tenants, tenantId, limit);
-  }
-  tenantActive(tenantId: string): number {
-    return this.tenants.get(tenantId) ?? 0;
-  }
 }
 
 /** Pre-auth caps (SECURITY.md rule 9): a flood of slow handshakes cannot take every descriptor. */

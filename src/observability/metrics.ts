@@ -55,6 +55,31 @@ export class Metrics {
     labelNames: ['tenant', 'limit'] as const,
     registers: [this.registry],
   });
+  readonly limitsDegraded = new client.Gauge({
+    name: 'pgwarden_limits_degraded',
+    help: '1 while the shared limit store (Redis) is unreachable and each instance enforces its local share',
+    registers: [this.registry],
+  });
+  readonly limitsDegradedTransitions = new client.Counter({
+    name: 'pgwarden_limits_degraded_transitions_total',
+    help: 'Entries into (state="enter") and exits from (state="exit") degraded limit mode',
+    labelNames: ['state'] as const,
+    registers: [this.registry],
+  });
+  readonly bandwidthWaiters = new client.Gauge({
+    name: 'pgwarden_bandwidth_waiting_sessions',
+    help: 'Sessions paused by their tenant bandwidth limit, at scrape time',
+    labelNames: ['tenant', 'direction'] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.bandwidthWaiters.reset();
+      for (const b of this.bandwidthView()) {
+        this.bandwidthWaiters.set({ tenant: b.tenant, direction: 'client_to_upstream' }, b.clientToServer);
+        this.bandwidthWaiters.set({ tenant: b.tenant, direction: 'upstream_to_client' }, b.serverToClient);
+      }
+    },
+  });
+  bandwidthView: () => readonly { tenant: string; clientToServer: number; serverToClient: number }[] = () => [];
   readonly errors = new client.Counter({
     name: 'pgwarden_errors_total',
     help: 'Errors pgwarden sent to clients, by kind',

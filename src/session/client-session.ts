@@ -35,11 +35,14 @@ import { hasSessionState } from './session-state.js';
 import { ReplyQueue, StatementTracker, type Expectation } from './tx-statements.js';
 import type { Frame } from '../protocol/frame-reader.js';
 import type { Lease } from '../limits/connections.js';
+import { LimitKeys, sourceKey, type LockoutRule, type SlotRequest } from '../limits/store.js';
+import type { ByteRate } from '../limits/bandwidth.js';
+import { hashCancelSecret } from '../cluster/bus.js';
 import { PrefixedStream } from '../net/prefixed-stream.js';
 import type { SessionContext } from './context.js';
 import type { Metrics, TrafficSource } from '../observability/metrics.js';
 
-export type Phase = 'negotiating' | 'tls_handshake' | 'authenticating' | 'connecting' | 'relaying' | 'closed';
+export type Phase = 'negotiating' | 'tls_handshake' | 'admitting' | 'authenticating' | 'connecting' | 'relaying' | 'closed';
 
 /** Why a session ended (audit `session.end.reason`, metric label). */
 export type CloseReason =
@@ -52,7 +55,12 @@ export type CloseReason =
   | 'admin'
   | 'internal'
   | 'pool_timeout'
-  | 'send_timeout';
+  | 'send_timeout'
+  | 'idle_timeout'
+  | 'idle_in_txn_timeout'
+  | 'transaction_timeout'
+  | 'tenant_suspended'
+  | 'limit';
 
 type AuthStage = 'negotiation' | 'startup' | 'sasl_first' | 'sasl_final' | 'backend_connect';
 
@@ -131,7 +139,28 @@ export class ClientSession implements TrafficSource {
   private lastUpstreamError: { code: string; fatal: boolean } | null = null;
   private started = false;
   private auditEi = 0;
-  private readonly maxMessageBytes: number = Limits.largeMessageBytes;
+  private maxMessageBytes: number = Limits.largeMessageBytes;
+  private tenantActiveAfter = 0;
+  /** The source address as limits key it (IPv6 by /64). */
+  private readonly source: string;
+
+  // Timeouts (checked by the proxy's sweeper, see checkTimers): performance.now() readings.
+  private lastClientAt = 0;
+  /** When the backend began owing replies (0: it owes nothing). */
+  private busySince = 0;
+  /** When the session last became idle (nothing owed). */
+  private idleSince = 0;
+  /** When the open transaction began (0: none). */
+  private txSince = 0;
+  private queryCancelSent = false;
+  /** Limits that fired during the session (audit `session.end`). */
+  private limitEvents: string[] = [];
+
+  // Bandwidth: the tenant's budgets, and whether this session waits on one.
+  private upRate: ByteRate | null = null;
+  private downRate: ByteRate | null = null;
+  private clientThrottled = false;
+  private backendThrottled = false;
 
   // Counters (folded into metrics at scrape time and at the end).
   bytesIn = 0;
@@ -153,6 +182,7 @@ export class ClientSession implements TrafficSource {
     this.preauthLease = preauthLease;
     this.remoteAddress = socket.remoteAddress ?? '';
     this.remotePort = socket.remotePort ?? 0;
+    this.source = sourceKey(this.remoteAddress);
     socket.setNoDelay(true);
     socket.on('data', this.onClientData);
     socket.on('error', this.onClientError);
@@ -260,11 +290,15 @@ export class ClientSession implements TrafficSource {
         this.sock.write(SSL_REFUSED); // 'N': no GSSAPI encryption
         if (this.reader.buffered > 0) throw Errors.dataAfterGssRequest();
         return;
-      case 'cancel':
-        this.ctx.cancels.lookup(msg.processId, msg.secretKey)?.cancel();
+      case 'cancel': {
+        const target = this.ctx.cancels.lookup(msg.processId, msg.secretKey);
+        // Not ours: the key may belong to another instance (or worker); the bus reaches its owner.
+        if (target !== undefined) target.cancel();
+        else this.ctx.bus.publishCancel({ processId: msg.processId, secretHash: hashCancelSecret(msg.secretKey) });
         // No reply whatever the outcome, as PostgreSQL (R5).
         this.closeQuietly();
         return;
+      }
       case 'unsupported_version':
         throw Errors.unsupportedProtocol(msg.major, msg.minor);
       case 'startup':
@@ -330,11 +364,54 @@ export class ClientSession implements TrafficSource {
     let failReason: string | null = null;
     if (tenant === undefined) failReason = 'unknown_tenant';
     else if (!tenant.enabled) failReason = 'tenant_disabled';
+    else if (this.ctx.isSuspended(tenant.id)) failReason = 'tenant_suspended';
     else if (!isAllowedSource(tenant, this.remoteAddress)) failReason = 'source_not_allowed';
     const user = tenant?.users.get(startup.user);
     if (failReason === null && user === undefined) failReason = 'unknown_user';
     this.tenant = tenant;
     this.user = failReason === null ? user : undefined;
+    // Admission (auth cool-down, connection rate) before any SCRAM work, and the same answer
+    // for every user name, so it reveals nothing about accounts. One limit-store round trip.
+    this.phase = 'admitting';
+    const rate =
+      failReason === null && tenant!.limits.newConnectionsPerSecond > 0
+        ? { key: LimitKeys.tenantRate(tenant!.id), ratePerSecond: tenant!.limits.newConnectionsPerSecond, burst: tenant!.limits.newConnectionsBurst }
+        : null;
+    this.ctx.limits.admit(rate, this.lockoutRules()).then(
+      (verdict) => {
+        if (this.phase !== 'admitting') return;
+        try {
+          if (verdict !== 'ok') {
+            const limit = verdict === 'rate_limited' ? 'new_connections_per_second' : 'auth_failures';
+            this.ctx.metrics.limitRejections.inc({ tenant: tenant?.id ?? 'unknown', limit });
+            throw Errors.tooManyAttempts(verdict === 'rate_limited' ? 'rate_limited' : 'auth_throttled');
+          }
+          this.beginSasl(failReason);
+        } catch (err) {
+          this.fail(err);
+        }
+      },
+      (err: unknown) => this.fail(err),
+    );
+  }
+
+  /** Authentication-failure cool-downs that apply to this attempt: per (tenant, source) and per source. */
+  private lockoutRules(): LockoutRule[] {
+    const rules: LockoutRule[] = [];
+    const t = this.tenant;
+    if (t !== undefined && t.limits.authFailureLimit > 0) {
+      rules.push({ key: LimitKeys.tenantSourceAuth(t.id, this.source), maxFailures: t.limits.authFailureLimit, windowMs: t.limits.authFailureWindowMs, cooldownMs: t.limits.authFailureCooldownMs });
+    }
+    const g = this.config.limits;
+    if (g.authFailuresPerSource > 0) {
+      rules.push({ key: LimitKeys.sourceAuth(this.source), maxFailures: g.authFailuresPerSource, windowMs: g.authFailureWindowMs, cooldownMs: g.authFailureCooldownMs });
+    }
+    return rules;
+  }
+
+  private beginSasl(failReason: string | null): void {
+    const startup = this.startup!;
+    const user = this.tenant?.users.get(startup.user);
     // Unknown tenant or user: a full exchange against a deterministic mock verifier (rule 3).
     const verifier = failReason === null ? user!.verifier : mockVerifier(this.ctx.mockSecret, startup.tenantId, startup.user);
     const binding = this.tlsNegotiation === 'none' ? null : (this.ctx.tls?.endpointBinding ?? null);
@@ -344,6 +421,7 @@ export class ClientSession implements TrafficSource {
     if (this.pendingNegotiate !== null) this.sock.write(this.pendingNegotiate);
     this.sock.write(encodeAuthenticationSASL(ScramServerExchange.mechanisms(binding !== null)));
     this.sock.uncork();
+    this.pump(); // a client may have pipelined its SASLInitialResponse
   }
 
   private onSaslMessage(body: Buffer): void {
@@ -378,12 +456,21 @@ export class ClientSession implements TrafficSource {
       // Checked after authentication, as PostgreSQL checks a database's existence.
       const database = startup.database ?? tenant.backendDatabase;
       if (tenant.databases !== undefined && !tenant.databases.has(database)) throw Errors.undefinedDatabase(database);
-      const lease = this.ctx.limiter.tryAcquireTenant(tenant.id, tenant.maxClientConnections);
-      if (lease === null) {
-        this.ctx.metrics.limitRejections.inc({ tenant: tenant.id, limit: 'max_client_connections' });
-        throw Errors.tooManyConnectionsForDatabase(database);
+      const slots: SlotRequest[] = [{ key: LimitKeys.tenantConnections(tenant.id), limit: tenant.maxClientConnections }];
+      const perUser = user.maxConnections > 0 ? user.maxConnections : tenant.limits.maxConnectionsPerUser;
+      if (perUser > 0) slots.push({ key: LimitKeys.userConnections(tenant.id, user.name), limit: perUser });
+      const got = await this.ctx.limits.acquire(slots);
+      if (!this.stillConnecting()) {
+        if (got.ok) got.lease.release();
+        return;
       }
-      this.tenantLease = lease;
+      if (!got.ok) {
+        const byUser = got.refused === 1;
+        this.ctx.metrics.limitRejections.inc({ tenant: tenant.id, limit: byUser ? 'max_connections_per_user' : 'max_client_connections' });
+        throw byUser ? Errors.tooManyConnectionsForRole(startup.user) : Errors.tooManyConnectionsForDatabase(database);
+      }
+      this.tenantLease = got.lease;
+      this.tenantActiveAfter = got.active[0] ?? 0;
       const password = user.backendPasswordEnv === undefined ? undefined : process.env[user.backendPasswordEnv];
       this.login = {
         user: user.backendUser,
@@ -401,7 +488,7 @@ export class ClientSession implements TrafficSource {
       let backend: PooledBackend | null = null;
       if (this.transactionMode) this.loginParameters = await this.pool.loginParameters(this.poolKeyStr, this.login, target);
       else backend = await this.pool.acquire(this.poolKeyStr, this.login, target);
-      if (this.phase !== 'connecting') {
+      if (!this.stillConnecting()) {
         if (backend !== null) this.pool.release(backend, true, false); // the client left while we waited; the backend is clean
         return;
       }
@@ -429,9 +516,19 @@ export class ClientSession implements TrafficSource {
     }
   }
 
+  /** After an await in connect(): false when the client left (or the session ended) meanwhile. */
+  private stillConnecting(): boolean {
+    return this.phase === 'connecting';
+  }
+
   private beginRelay(backend: PooledBackend | null, serverFinal: Buffer): void {
     const tenant = this.tenant!;
     this.loginBackendPid = backend?.processId ?? 0;
+    this.maxMessageBytes = tenant.limits.maxMessageBytes;
+    const bw = this.ctx.bandwidth.get(tenant.id, tenant.limits.maxBandwidthBytesPerSecond);
+    this.upRate = bw?.clientToServer ?? null;
+    this.downRate = bw?.serverToClient ?? null;
+    this.lastClientAt = this.idleSince = performance.now();
     this.cancelKey = this.ctx.cancels.issue({ tenantId: tenant.id, cancel: () => this.cancelRunning() });
     this.txStatus = backend?.conn.txStatus ?? TX_IDLE;
     const parameters = this.loginParameters ?? this.pool!.parametersFor(this.poolKeyStr) ?? backend?.conn.parameters ?? new Map<string, string>();
@@ -472,7 +569,7 @@ export class ClientSession implements TrafficSource {
     up.on('data', this.onUpstreamData);
     up.on('close', this.onUpstreamClose);
     up.on('drain', this.onUpstreamDrain);
-    up.resume();
+    if (!this.backendThrottled) up.resume();
   }
 
   /** Takes the backend off this session; it goes back to the pool (reset first when asked) or is closed. */
@@ -532,7 +629,7 @@ export class ClientSession implements TrafficSource {
         try {
           this.attach(b);
           this.flushClientFrames();
-          this.sock.resume();
+          if (!this.clientThrottled) this.sock.resume();
         } catch (err) {
           this.fail(err);
         }
@@ -603,7 +700,15 @@ export class ClientSession implements TrafficSource {
     if (type === Backend.ReadyForQuery) {
       this.txStatus = body![0] ?? this.txStatus;
       this.rfqReceived++;
-      if (this.txStatus === TX_IDLE) this.transactions++;
+      if (this.txStatus === TX_IDLE) {
+        this.transactions++;
+        this.txSince = 0;
+      } else if (this.txSince === 0) this.txSince = this.busySince === 0 ? performance.now() : this.busySince;
+      if (this.rfqReceived === this.rfqExpected) {
+        this.busySince = 0;
+        this.queryCancelSent = false;
+        this.idleSince = performance.now();
+      }
     } else if (type === Backend.ErrorResponse) {
       const severity = readErrorField(body!, 0x56 /* V */) ?? readErrorField(body!, 0x53 /* S */);
       this.lastUpstreamError = { code: readErrorField(body!, 0x43 /* C */) ?? '', fatal: severity === 'FATAL' || severity === 'PANIC' };
@@ -614,6 +719,13 @@ export class ClientSession implements TrafficSource {
 
   private relayClientChunk(chunk: Buffer, count = true): void {
     if (count) this.bytesIn += chunk.length;
+    const now = performance.now();
+    this.lastClientAt = now;
+    if (this.busySince === 0) this.busySince = now; // may be idle again at once: checkTimers looks at the counts
+    if (this.upRate !== null && !this.upRate.take(chunk.length, this.onUpBudget)) {
+      this.clientThrottled = true;
+      this.sock.pause();
+    }
     if (this.transactionMode) {
       this.relayClientFrames(chunk);
       if (this.terminateSeen) this.endOnTerminate();
@@ -623,10 +735,19 @@ export class ClientSession implements TrafficSource {
     if (bad >= 0) {
       if (bad > 0) this.forwardToBackend(chunk.subarray(0, bad));
       const e = this.clientScanner!.error!;
-      throw e instanceof FrameTypeError ? Errors.invalidFrontendType(e.type) : Errors.invalidLength();
+      throw e instanceof FrameTypeError ? Errors.invalidFrontendType(e.type) : this.lengthError(e);
     }
     this.forwardToBackend(chunk);
     if (this.terminateSeen) this.endOnTerminate();
+  }
+
+  /** Over the tenant's max_message_bytes (a limit, counted) or over what any message may be (a violation). */
+  private lengthError(e: Error | null): PgError {
+    if (e instanceof FrameLengthError && e.declared >= 4 && e.declared <= frontendMaxLength(e.type, Limits.largeMessageBytes)) {
+      this.noteLimit('max_message_bytes');
+      return Errors.messageTooLarge();
+    }
+    return Errors.invalidLength();
   }
 
   /** As PostgreSQL: Terminate ends the session and the server closes the connection. */
@@ -658,7 +779,7 @@ export class ClientSession implements TrafficSource {
       } catch (err) {
         this.flushClientFrames(); // what came before the bad frame still goes
         if (err instanceof FrameTypeError) throw Errors.invalidFrontendType(err.type);
-        if (err instanceof FrameLengthError) throw Errors.invalidLength();
+        if (err instanceof FrameLengthError) throw this.lengthError(err);
         throw err;
       }
       if (f === null) break;
@@ -710,6 +831,10 @@ export class ClientSession implements TrafficSource {
   private readonly onUpstreamData = (chunk: Buffer): void => {
     try {
       this.bytesOut += chunk.length;
+      if (this.downRate !== null && !this.downRate.take(chunk.length, this.onDownBudget)) {
+        this.backendThrottled = true;
+        this.backend?.socket.pause();
+      }
       if (this.transactionMode) {
         this.relayBackendFrames(chunk);
         return;
@@ -773,12 +898,65 @@ export class ClientSession implements TrafficSource {
   }
 
   private readonly onClientDrain = (): void => {
-    this.backend?.socket.resume();
+    if (!this.backendThrottled) this.backend?.socket.resume();
   };
 
   private readonly onUpstreamDrain = (): void => {
-    if (this.phase === 'relaying') this.sock.resume();
+    if (this.phase === 'relaying' && !this.clientThrottled) this.sock.resume();
   };
+
+  /** The tenant's client-to-server budget has room again: read the client, unless the backend is full. */
+  private readonly onUpBudget = (): void => {
+    this.clientThrottled = false;
+    if (this.phase === 'relaying' && !this.acquiring && this.backend?.socket.writableNeedDrain !== true) this.sock.resume();
+  };
+
+  /** The tenant's server-to-client budget has room again: read the backend, unless the client is full. */
+  private readonly onDownBudget = (): void => {
+    this.backendThrottled = false;
+    if (this.phase === 'relaying' && !this.sock.writableNeedDrain) this.backend?.socket.resume();
+  };
+
+  // ---------------------------------------------------------------- timeouts
+
+  /**
+   * Called by the proxy's sweeper a few times a second (one timer for all sessions, none per
+   * query): the tenant's query, idle, idle-in-transaction and transaction timeouts.
+   */
+  checkTimers(now: number): void {
+    if (this.phase !== 'relaying') return;
+    const l = this.tenant!.limits;
+    const busy = this.rfqReceived < this.rfqExpected || this.unsynced > 0 || this.acquiring;
+    if (busy) {
+      if (l.queryTimeoutMs > 0 && !this.queryCancelSent && this.busySince > 0 && now - this.busySince >= l.queryTimeoutMs && this.backend !== null) {
+        // The server answers the cancel with 57014 (canceling statement due to user request).
+        this.queryCancelSent = true;
+        this.noteLimit('query_timeout');
+        this.cancelRunning();
+      }
+    } else {
+      this.busySince = 0;
+      const idleFor = now - Math.max(this.idleSince, this.lastClientAt);
+      if (this.txStatus === TX_IDLE) {
+        if (l.idleTimeoutMs > 0 && idleFor >= l.idleTimeoutMs) return this.endForLimit(Errors.idleSessionTimeout(), 'idle_timeout');
+      } else if (l.idleInTransactionTimeoutMs > 0 && idleFor >= l.idleInTransactionTimeoutMs) {
+        return this.endForLimit(Errors.idleInTransactionTimeout(), 'idle_in_txn_timeout');
+      }
+    }
+    if (l.transactionTimeoutMs > 0 && this.txSince > 0 && now - this.txSince >= l.transactionTimeoutMs) {
+      this.endForLimit(Errors.transactionTimeout(), 'transaction_timeout');
+    }
+  }
+
+  private endForLimit(err: PgError, reason: 'idle_timeout' | 'idle_in_txn_timeout' | 'transaction_timeout'): void {
+    this.noteLimit(reason);
+    this.terminate(err, reason);
+  }
+
+  private noteLimit(limit: string): void {
+    this.ctx.metrics.limitRejections.inc({ tenant: this.tenant!.id, limit });
+    if (this.limitEvents.length < 16) this.limitEvents.push(limit);
+  }
 
   private onParameterStatus(body: Buffer): void {
     const p = decodeParameterStatus(body);
@@ -883,7 +1061,7 @@ export class ClientSession implements TrafficSource {
     if (this.phase === 'relaying') {
       this.sendFatal(pgErr);
       this.releaseBackend();
-      this.finish(pgErr.kind === 'client' ? 'protocol_violation' : pgErr.kind === 'limit' ? 'pool_timeout' : 'internal');
+      this.finish(pgErr.kind === 'client' ? 'protocol_violation' : pgErr.reason === 'pool_timeout' ? 'pool_timeout' : pgErr.kind === 'limit' ? 'limit' : 'internal');
       return;
     }
     if (this.startup !== null) {
@@ -911,6 +1089,8 @@ export class ClientSession implements TrafficSource {
     const tenant = this.tenant === undefined ? 'unknown' : this.tenant.id;
     this.ctx.metrics.authFailures.inc({ tenant, reason });
     this.ctx.metrics.sessions.inc({ tenant, outcome: 'auth_failed' });
+    // Counts toward the cool-downs; a store that cannot be reached just forgets (it is degraded).
+    this.ctx.limits.noteAuthFailure(this.lockoutRules()).catch((err: unknown) => this.ctx.log.warn({ err }, 'could not record an authentication failure'));
   }
 
   private abortPreauth(reason: string, stage: AuthStage): void {
@@ -974,6 +1154,8 @@ export class ClientSession implements TrafficSource {
     }
     this.tenantLease?.release();
     this.tenantLease = null;
+    this.upRate?.forget(this.onUpBudget);
+    this.downRate?.forget(this.onDownBudget);
     if (this.cancelKey !== null) {
       this.ctx.cancels.release(this.cancelKey.processId);
       this.cancelKey = null;
@@ -1071,7 +1253,7 @@ export class ClientSession implements TrafficSource {
       backend: { id: tenant.id, pid: backend?.processId ?? null, tls_version: backend?.conn.tlsVersion ?? null, pool_mode: tenant.pool.mode },
       auth: { method: this.scram?.usedChannelBinding === true ? 'scram-sha-256-plus' : 'scram-sha-256', channel_binding: this.scram?.usedChannelBinding === true },
       startup_params: Object.fromEntries([...s.forward].map(([k, v]) => [k, sanitizeName(v)])),
-      limits: { tenant_active_after: this.ctx.limiter.tenantActive(tenant.id), tenant_limit: tenant.maxClientConnections, mode: 'local' },
+      limits: { tenant_active_after: this.tenantActiveAfter, tenant_limit: tenant.maxClientConnections, mode: this.ctx.limits.mode },
       server_version: p.get('server_version') ?? null,
       client_encoding: p.get('client_encoding') ?? null,
       session_authorization: p.get('session_authorization') ?? null,
@@ -1096,6 +1278,7 @@ export class ClientSession implements TrafficSource {
       messages_out: this.messagesOut,
       queries: this.queries,
       last_tx_status: String.fromCharCode(this.txStatus),
+      limits_hit: this.limitEvents,
       outcome: { success: true },
     });
   }

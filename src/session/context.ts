@@ -5,7 +5,9 @@
 import type { Config, TenantConfig } from '../config/schema.js';
 import type { TlsMaterial } from '../net/tls.js';
 import type { CancelRegistry } from '../cancel/registry.js';
-import type { ConnectionLimiter } from '../limits/connections.js';
+import type { LimitStore } from '../limits/store.js';
+import type { BandwidthRegistry } from '../limits/bandwidth.js';
+import type { ClusterBus } from '../cluster/bus.js';
 import type { AuditLog } from '../audit/log.js';
 import type { RejectionAggregator } from '../audit/rejections.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -18,7 +20,9 @@ export interface SessionContext {
   readonly config: Config;
   readonly tls: TlsMaterial | null;
   readonly cancels: CancelRegistry;
-  readonly limiter: ConnectionLimiter;
+  readonly limits: LimitStore;
+  readonly bandwidth: BandwidthRegistry;
+  readonly bus: ClusterBus;
   readonly pools: PoolManager;
   readonly audit: AuditLog;
   readonly rejections: RejectionAggregator;
@@ -27,6 +31,8 @@ export interface SessionContext {
   /** Key for deterministic mock SCRAM salts (SECURITY.md rule 3). */
   readonly mockSecret: Buffer;
   isDraining(): boolean;
+  /** Suspended by an operator (cluster-wide): logins fail as for a disabled tenant. */
+  isSuspended(tenantId: string): boolean;
   upstreamTarget(tenant: TenantConfig): UpstreamTarget;
   onClosed(session: ClientSession): void;
 }

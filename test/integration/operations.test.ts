@@ -14,6 +14,7 @@ import { startCluster, readVerifier, type Cluster } from '../support/cluster.js'
 import { connectError, startProxy, connect, clientConfig, configToml, spawnProxy, testCerts, type RunningProxy, type ProxySpec } from '../support/proxy.js';
 import { makeDevCerts } from '../../src/tools/dev-certs.js';
 import { verifyAuditFile } from '../../src/audit/verify.js';
+import { LimitKeys } from '../../src/limits/store.js';
 import { waitFor } from '../support/wait.js';
 
 const CLI = path.resolve('dist/src/cli.js');
@@ -99,7 +100,7 @@ describe('operations', () => {
       await waitFor(() => rp.proxy.sessions.size === 0);
       assert.equal(rp.proxy.cancels.size, 0);
       assert.equal(rp.proxy.preauth.active, 0);
-      assert.equal(rp.proxy.limiter.tenantActive('acme'), 0);
+      assert.equal(rp.proxy.limits.active(LimitKeys.tenantConnections('acme')), 0);
       const m = await get(rp.metricsPort, '/metrics');
       assert.match(m.body, /^pgwarden_client_connections\{tenant="acme"\} 0$/m);
       assert.match(m.body, /^pgwarden_preauth_connections 0$/m);

@@ -40,6 +40,10 @@ export interface TenantSpec {
   databases?: string[];
   /** Tenant-level pool settings, written as given (e.g. { pool_mode: 'transaction', max_backend_connections: 2 }). */
   pool?: Record<string, string | number>;
+  /** Tenant-level limits, written as given (e.g. { query_timeout: '200ms' }). */
+  limits?: Record<string, string | number>;
+  /** Per-user session caps (users.<name>.max_connections). */
+  userMaxConnections?: Record<string, number>;
 }
 
 export interface ProxySpec {
@@ -48,6 +52,15 @@ export interface ProxySpec {
   auditFile?: string;
   metrics?: boolean;
   server?: Record<string, string | number | boolean>;
+  /**
+   * The [limits] section. Authentication-failure cool-downs are off unless a test sets them:
+   * many tests fail logins on purpose from 127.0.0.1 and would otherwise lock each other out.
+   */
+  limits?: Record<string, string | number>;
+  /** [redis] url (and other keys) for shared limits. */
+  redis?: Record<string, string | number>;
+  /** [metrics] admin_token_env: turns on the admin commands. */
+  adminTokenEnv?: string;
 }
 
 const q = (s: string): string => JSON.stringify(s);
@@ -62,7 +75,13 @@ export function configToml(spec: ProxySpec, certs: DevCerts, port = 0): string {
     `sni_suffix = "${SNI_SUFFIX}"`,
     ...Object.entries(spec.server ?? {}).map(([k, v]) => `${k} = ${typeof v === 'string' ? q(v) : String(v)}`),
   ];
-  if (spec.metrics !== false) lines.push('', '[metrics]', 'listen = "127.0.0.1:0"');
+  const kv = (rec: Record<string, string | number | boolean>): string[] => Object.entries(rec).map(([k, v]) => `${k} = ${typeof v === 'string' ? q(v) : String(v)}`);
+  if (spec.metrics !== false) {
+    lines.push('', '[metrics]', 'listen = "127.0.0.1:0"');
+    if (spec.adminTokenEnv !== undefined) lines.push(`admin_token_env = ${q(spec.adminTokenEnv)}`);
+  }
+  lines.push('', '[limits]', ...kv({ auth_failure_limit: 0, auth_failures_per_source: 0, ...spec.limits }));
+  if (spec.redis !== undefined) lines.push('', '[redis]', ...kv(spec.redis));
   if (spec.auditFile !== undefined) lines.push('', '[audit]', `file = ${q(spec.auditFile)}`);
   lines.push('', '[log]', 'level = "warn"');
   for (const t of spec.tenants) {
@@ -76,12 +95,15 @@ export function configToml(spec: ProxySpec, certs: DevCerts, port = 0): string {
       `allow_cidrs = ${JSON.stringify(t.allowCidrs ?? ['0.0.0.0/0', '::/0'])}`,
       `enabled = ${t.enabled ?? true}`,
       ...(t.databases === undefined ? [] : [`databases = ${JSON.stringify(t.databases)}`]),
-      ...Object.entries(t.pool ?? {}).map(([k, v]) => `${k} = ${typeof v === 'string' ? q(v) : String(v)}`),
+      ...kv(t.pool ?? {}),
+      ...kv(t.limits ?? {}),
     );
     for (const u of t.users) {
       lines.push('', `[tenants.${t.id}.users.${q(u.name)}]`, `scram = ${q(u.verifier)}`);
       if (u.backendPasswordEnv !== undefined) lines.push(`backend_password_env = ${q(u.backendPasswordEnv)}`);
       if (u.backendUser !== undefined) lines.push(`backend_user = ${q(u.backendUser)}`);
+      const cap = t.userMaxConnections?.[u.name];
+      if (cap !== undefined) lines.push(`max_connections = ${cap}`);
     }
   }
   return `${lines.join('\n')}\n`;

@@ -1,56 +1,160 @@
 /**
- * Connection quotas as leases (a double release must never free a slot someone else holds) and
+ * Connection quotas as leases, rates, cool-downs and bandwidth budgets (a double release must never free a slot someone else holds) and
  * proxy-issued cancel keys (found only with the right secret, unique, gone once released).
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { CancelRegistry, type CancelTarget } from '../../src/cancel/registry.js';
-import { LocalConnectionLimiter, PreauthLimiter, type Lease } from '../../src/limits/connections.js';
+import { PreauthLimiter, type Lease } from '../../src/limits/connections.js';
+import { LimitKeys, LocalLimitStore, sourceKey } from '../../src/limits/store.js';
+import { ByteRate } from '../../src/limits/bandwidth.js';
 
 function mustLease(lease: Lease | null, label: string): Lease {
   assert.ok(lease !== null, `${label}: expected a slot`);
   return lease;
 }
 
-describe('LocalConnectionLimiter', () => {
+const T = LimitKeys.tenantConnections;
+
+/** A LocalLimitStore acquire of one key, as the session does for a tenant. */
+function take(store: LocalLimitStore, tenant: string, limit: number): Lease | null {
+  const r = store.acquireSync([{ key: T(tenant), limit }]);
+  return r.ok ? r.lease : null;
+}
+
+describe('LocalLimitStore: connection slots', () => {
   it('caps a tenant at its limit, independently of other tenants', () => {
-    const limiter = new LocalConnectionLimiter();
-    const a = mustLease(limiter.tryAcquireTenant('acme', 2), 'a');
-    const b = mustLease(limiter.tryAcquireTenant('acme', 2), 'b');
-    assert.equal(limiter.tryAcquireTenant('acme', 2), null);
-    assert.equal(limiter.tenantActive('acme'), 2);
-    const g = mustLease(limiter.tryAcquireTenant('globex', 1), 'globex');
-    assert.equal(limiter.tryAcquireTenant('globex', 1), null);
-    assert.equal(limiter.tenantActive('globex'), 1);
+    const store = new LocalLimitStore();
+    const a = mustLease(take(store, 'acme', 2), 'a');
+    const b = mustLease(take(store, 'acme', 2), 'b');
+    assert.equal(take(store, 'acme', 2), null);
+    assert.equal(store.active(T('acme')), 2);
+    const g = mustLease(take(store, 'globex', 1), 'globex');
+    assert.equal(take(store, 'globex', 1), null);
+    assert.equal(store.active(T('globex')), 1);
     for (const l of [a, b, g]) l.release();
-    assert.equal(limiter.tenantActive('acme'), 0);
-    assert.equal(limiter.tenantActive('globex'), 0);
+    assert.equal(store.active(T('acme')), 0);
+    assert.equal(store.active(T('globex')), 0);
   });
 
   it('a limit of 0 admits nobody', () => {
-    const limiter = new LocalConnectionLimiter();
-    assert.equal(limiter.tryAcquireTenant('acme', 0), null);
-    assert.equal(limiter.tenantActive('acme'), 0);
+    const store = new LocalLimitStore();
+    assert.equal(take(store, 'acme', 0), null);
+    assert.equal(store.active(T('acme')), 0);
   });
 
-  it('a double release never frees another holder\'s slot', () => {
-    const limiter = new LocalConnectionLimiter();
-    const a = mustLease(limiter.tryAcquireTenant('acme', 2), 'a');
-    mustLease(limiter.tryAcquireTenant('acme', 2), 'b');
+  it("a double release never frees another holder's slot", () => {
+    const store = new LocalLimitStore();
+    const a = mustLease(take(store, 'acme', 2), 'a');
+    mustLease(take(store, 'acme', 2), 'b');
     a.release();
     a.release();
     a.release();
-    assert.equal(limiter.tenantActive('acme'), 1, 'b still holds its slot');
-    mustLease(limiter.tryAcquireTenant('acme', 2), 'c');
-    assert.equal(limiter.tryAcquireTenant('acme', 2), null, 'b and c hold both slots');
+    assert.equal(store.active(T('acme')), 1, 'b still holds its slot');
+    mustLease(take(store, 'acme', 2), 'c');
+    assert.equal(take(store, 'acme', 2), null, 'b and c hold both slots');
   });
 
   it('a lowered limit applies to new acquisitions', () => {
-    const limiter = new LocalConnectionLimiter();
-    mustLease(limiter.tryAcquireTenant('acme', 5), 'a');
-    mustLease(limiter.tryAcquireTenant('acme', 5), 'b');
-    assert.equal(limiter.tryAcquireTenant('acme', 2), null);
-    assert.equal(limiter.tryAcquireTenant('acme', 1), null);
+    const store = new LocalLimitStore();
+    mustLease(take(store, 'acme', 5), 'a');
+    mustLease(take(store, 'acme', 5), 'b');
+    assert.equal(take(store, 'acme', 2), null);
+    assert.equal(take(store, 'acme', 1), null);
+  });
+
+  it('several keys are taken all or nothing, and the refusal names the full key', () => {
+    const store = new LocalLimitStore();
+    const slots = [{ key: T('acme'), limit: 3 }, { key: LimitKeys.userConnections('acme', 'alice'), limit: 1 }];
+    const first = store.acquireSync(slots);
+    assert.ok(first.ok);
+    assert.deepEqual(first.active, [1, 1]);
+    const second = store.acquireSync(slots);
+    assert.deepEqual(second, { ok: false, refused: 1 });
+    assert.equal(store.active(T('acme')), 1, 'the tenant slot was not taken for a refused user');
+    first.lease.release();
+    assert.equal(store.active(LimitKeys.userConnections('acme', 'alice')), 0);
+  });
+});
+
+describe('LocalLimitStore: connection rate and authentication cool-down', () => {
+  it('a token bucket admits its burst, then the rate', () => {
+    let now = 0;
+    const store = new LocalLimitStore(() => now);
+    const rule = { key: LimitKeys.tenantRate('acme'), ratePerSecond: 2, burst: 3 };
+    const verdicts = Array.from({ length: 5 }, () => store.admitSync(rule, []));
+    assert.deepEqual(verdicts, ['ok', 'ok', 'ok', 'rate_limited', 'rate_limited']);
+    now += 500; // one token back
+    assert.equal(store.admitSync(rule, []), 'ok');
+    assert.equal(store.admitSync(rule, []), 'rate_limited');
+    now += 10_000; // refilled, but never above the burst
+    assert.deepEqual(Array.from({ length: 4 }, () => store.admitSync(rule, [])), ['ok', 'ok', 'ok', 'rate_limited']);
+    assert.equal(store.admitSync({ ...rule, key: LimitKeys.tenantRate('globex') }, []), 'ok', 'another tenant has its own bucket');
+  });
+
+  it('N failures within the window start a cool-down; it ends on time; failures outside the window do not add up', () => {
+    let now = 0;
+    const store = new LocalLimitStore(() => now);
+    const rule = { key: LimitKeys.tenantSourceAuth('acme', '10.0.0.1'), maxFailures: 3, windowMs: 60_000, cooldownMs: 5_000 };
+    store.noteAuthFailureSync([rule]);
+    store.noteAuthFailureSync([rule]);
+    assert.equal(store.admitSync(null, [rule]), 'ok');
+    store.noteAuthFailureSync([rule]);
+    assert.equal(store.admitSync(null, [rule]), 'locked_out');
+    assert.equal(store.admitSync(null, [{ ...rule, key: LimitKeys.tenantSourceAuth('acme', '10.0.0.2') }]), 'ok', 'another source is not affected');
+    now += 5_001;
+    assert.equal(store.admitSync(null, [rule]), 'ok', 'the cool-down ended');
+    // Two failures, then the window passes: the count starts again.
+    store.noteAuthFailureSync([rule]);
+    store.noteAuthFailureSync([rule]);
+    now += 120_000;
+    store.noteAuthFailureSync([rule]);
+    assert.equal(store.admitSync(null, [rule]), 'ok');
+  });
+
+  it('a locked-out source takes no rate token', () => {
+    const store = new LocalLimitStore(() => 0);
+    const lock = { key: LimitKeys.sourceAuth('10.0.0.9'), maxFailures: 1, windowMs: 60_000, cooldownMs: 60_000 };
+    const rate = { key: LimitKeys.tenantRate('acme'), ratePerSecond: 1, burst: 1 };
+    store.noteAuthFailureSync([lock]);
+    assert.equal(store.admitSync(rate, [lock]), 'locked_out');
+    assert.equal(store.admitSync(rate, []), 'ok', 'the token was still there');
+  });
+});
+
+describe('sourceKey', () => {
+  it('keeps IPv4, unwraps IPv4-mapped IPv6 and groups IPv6 by /64', () => {
+    assert.equal(sourceKey('192.0.2.7'), '192.0.2.7');
+    assert.equal(sourceKey('::ffff:192.0.2.7'), '192.0.2.7');
+    assert.equal(sourceKey('2001:db8:1:2:aaaa::1'), '2001:db8:1:2::/64');
+    assert.equal(sourceKey('2001:db8:1:2:bbbb:cccc:dddd:eeee'), '2001:db8:1:2::/64');
+    assert.equal(sourceKey('2001:db8::1'), '2001:db8:0:0::/64');
+    assert.equal(sourceKey('::1'), '0:0:0:0::/64');
+  });
+});
+
+describe('ByteRate', () => {
+  it('lets a reader through within its budget, pauses it when overdrawn and wakes waiters in arrival order', async () => {
+    const rate = new ByteRate(1_000_000); // burst 100 000 bytes
+    const woken: string[] = [];
+    assert.equal(rate.take(60_000, () => woken.push('a')), true);
+    assert.equal(rate.take(60_000, () => woken.push('a')), false, 'overdrawn: a waits');
+    assert.equal(rate.take(1, () => woken.push('b')), false, 'b queues behind a even for one byte');
+    assert.equal(rate.waiters, 2);
+    // 20 000 bytes of debt at 1 MB/s: about 20 ms.
+    await new Promise((r) => setTimeout(r, 80));
+    assert.deepEqual(woken, ['a', 'b']);
+    assert.equal(rate.waiters, 0);
+  });
+
+  it('a session that leaves while waiting is forgotten', async () => {
+    const rate = new ByteRate(100_000);
+    const woken: string[] = [];
+    const a = (): void => void woken.push('a');
+    rate.take(200_000, a);
+    rate.forget(a);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(woken, []);
   });
 });
 

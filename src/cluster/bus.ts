@@ -1,0 +1,72 @@
+/**
+ * What instances tell each other: cancel requests (a CancelRequest may land on any instance),
+ * tenant suspensions, and "reload your configuration". On one instance the bus is local and
+ * delivers to itself; with Redis it is pub/sub (redis-bus.ts). Messages carry no secrets:
+ * a cancel travels as the process id and a SHA-256 of the secret key, which the owner compares.
+ */
+import { createHash } from 'node:crypto';
+
+export interface CancelMessage {
+  readonly processId: number;
+  /** Hex SHA-256 of the 4-byte secret key the client sent. */
+  readonly secretHash: string;
+}
+
+export interface BusHandlers {
+  onCancel(msg: CancelMessage): void;
+  /** A tenant was suspended (true) or resumed (false) by an operator on some instance. */
+  onSuspension(tenantId: string, suspended: boolean): void;
+  onReload(): void;
+}
+
+export interface ClusterBus {
+  /** Starts delivering to `handlers`; resolves once subscribed (or at once for the local bus). */
+  start(handlers: BusHandlers): Promise<void>;
+  /** Sends a cancel to the instance that owns the key (fire and forget: cancels are best effort). */
+  publishCancel(msg: CancelMessage): void;
+  publishSuspension(tenantId: string, suspended: boolean): Promise<void>;
+  publishReload(): Promise<void>;
+  /** Tenants suspended cluster-wide, as last known (loaded at start). */
+  suspended(): ReadonlySet<string>;
+  close(): Promise<void>;
+}
+
+export function hashCancelSecret(secretKey: Buffer): string {
+  return createHash('sha256').update(secretKey).digest('hex');
+}
+
+/** One instance: everything is delivered to itself. Suspensions last until resumed or restart. */
+export class LocalBus implements ClusterBus {
+  private handlers: BusHandlers | null = null;
+  private readonly suspendedSet = new Set<string>();
+
+  start(handlers: BusHandlers): Promise<void> {
+    this.handlers = handlers;
+    return Promise.resolve();
+  }
+
+  publishCancel(msg: CancelMessage): void {
+    this.handlers?.onCancel(msg);
+  }
+
+  publishSuspension(tenantId: string, suspended: boolean): Promise<void> {
+    if (suspended) this.suspendedSet.add(tenantId);
+    else this.suspendedSet.delete(tenantId);
+    this.handlers?.onSuspension(tenantId, suspended);
+    return Promise.resolve();
+  }
+
+  publishReload(): Promise<void> {
+    this.handlers?.onReload();
+    return Promise.resolve();
+  }
+
+  suspended(): ReadonlySet<string> {
+    return this.suspendedSet;
+  }
+
+  close(): Promise<void> {
+    this.handlers = null;
+    return Promise.resolve();
+  }
+}
