@@ -6,11 +6,18 @@
 import { loadConfigFile } from './config/load.js';
 import { ConfigError } from './config/schema.js';
 import { createLogger } from './observability/logger.js';
-import { Proxy } from './server.js';
+import { Proxy, VERSION } from './server.js';
+import cluster from 'node:cluster';
+import type { Config } from './config/schema.js';
+import type { Logger } from './observability/logger.js';
+import { runPrimary } from './cluster/primary.js';
+import { IpcAuditSink, IpcBus, IpcLimitStore, PrimaryChannel } from './cluster/ipc.js';
 
 export async function serve(configPath: string): Promise<void> {
   const config = await loadConfigFile(configPath);
   const log = createLogger(config.log.level);
+  if (cluster.isWorker) return serveWorker(configPath, config, log);
+  if (config.server.workers > 1) return runPrimary(configPath, config, log, VERSION);
   const proxy = await Proxy.start(config, { logger: log });
   // Machine-readable line for scripts and tests that start the proxy on port 0.
   log.info({ event: 'listening', port: proxy.address.port, metrics_port: proxy.metricsAddress?.port ?? null }, 'listening');
@@ -53,4 +60,60 @@ export async function serve(configPath: string): Promise<void> {
   process.on('SIGHUP', reload);
   // POST /reload on any instance (with Redis: on every instance) re-reads this file too.
   proxy.reloadHook = reload;
+}
+
+/**
+ * One of N workers (see cluster/primary.ts): serves clients on the shared socket; the primary
+ * holds the audit log, the admin listener, the signals and (without Redis) the limits.
+ */
+async function serveWorker(configPath: string, config: Config, baseLog: Logger): Promise<void> {
+  const workerId = Number(process.env['PGWARDEN_WORKER_ID'] ?? '0');
+  const log = baseLog.child({ worker: workerId });
+  const channel = new PrimaryChannel();
+  const audit = new IpcAuditSink(channel, workerId);
+  // With Redis each worker is an instance there; without it the primary keeps limits exact.
+  const shared = config.redis === undefined ? { limits: new IpcLimitStore(channel), bus: new IpcBus(channel) } : undefined;
+  const proxy = await Proxy.start(config, { logger: log, audit, shared, admin: false });
+  const exit = (code: number): void => {
+    void proxy
+      .close()
+      .then(() => channel.flush())
+      .finally(() => process.exit(code));
+  };
+  channel.on((m) => {
+    switch (m.k) {
+      case 'reload':
+        loadConfigFile(configPath)
+          .then((next) => proxy.reload(next))
+          .catch((err: unknown) => log.error({ err: (err as Error).message }, 'reload rejected: keeping the running configuration'));
+        return;
+      case 'drain':
+        void proxy.drain().then(() => exit(0));
+        return;
+      case 'close':
+        exit(1);
+        return;
+      case 'rpc':
+        if (m.op === 'pools') channel.send({ k: 'rpcReply', id: m.id, result: proxy.pools.snapshot() });
+        else {
+          proxy.metrics.registry.getMetricsAsJSON().then(
+            (result) => channel.send({ k: 'rpcReply', id: m.id, result }),
+            (err: unknown) => log.error({ err }, 'metrics collection failed'),
+          );
+        }
+        return;
+      case 'init':
+      case 'cancel':
+      case 'suspension':
+      case 'rpcReply':
+        return; // the bus and the channel handle these
+    }
+  });
+  // The primary is gone (crashed or killed): nobody holds this worker's slots or audit; stop.
+  process.on('disconnect', () => exit(1));
+  // Terminal signals reach the whole process group; the primary decides what happens.
+  process.on('SIGINT', () => undefined);
+  process.on('SIGHUP', () => undefined);
+  process.on('SIGTERM', () => void proxy.drain().then(() => exit(0)));
+  channel.send({ k: 'listening', port: proxy.address.port });
 }

@@ -13,8 +13,8 @@ import { PreauthLimiter } from './limits/connections.js';
 import type { LimitMode, LimitStore } from './limits/store.js';
 import { BandwidthRegistry } from './limits/bandwidth.js';
 import type { ClusterBus } from './cluster/bus.js';
-import { openSharedState } from './cluster/shared-state.js';
-import { AuditLog } from './audit/log.js';
+import { openSharedState, type SharedState } from './cluster/shared-state.js';
+import { AuditLog, type AuditSink } from './audit/log.js';
 import { RejectionAggregator } from './audit/rejections.js';
 import { Metrics } from './observability/metrics.js';
 import { createLogger, type Logger } from './observability/logger.js';
@@ -33,6 +33,12 @@ const INSTANCE_ID = randomUUID();
 
 export interface ProxyOptions {
   logger?: Logger;
+  /** Worker processes: the primary's audit log, limits and bus, reached over IPC. */
+  audit?: AuditSink;
+  shared?: SharedState | undefined;
+  /** false: no admin listener (a worker; the primary serves it). Default true. */
+  admin?: boolean;
+  instanceId?: string;
 }
 
 export class Proxy {
@@ -46,7 +52,8 @@ export class Proxy {
   readonly sessions = new Set<ClientSession>();
   /** Every client socket until it closes, including ones lingering after their FATAL. */
   private readonly sockets = new Set<net.Socket>();
-  readonly instanceId = INSTANCE_ID;
+  instanceId: string = INSTANCE_ID;
+  private adminEnabled = true;
   private ctx: SessionContext;
   private listener: net.Server | null = null;
   private admin: http.Server | null = null;
@@ -59,7 +66,7 @@ export class Proxy {
     config: Config,
     tlsMaterial: TlsMaterial | null,
     readonly metrics: Metrics,
-    readonly audit: AuditLog,
+    readonly audit: AuditSink,
     readonly log: Logger,
   ) {
     this.rejections = new RejectionAggregator(() => this.audit, this.metrics);
@@ -73,9 +80,12 @@ export class Proxy {
     const log = opts.logger ?? createLogger(config.log.level);
     const tlsMaterial = loadTls(config);
     const metrics = new Metrics();
-    const audit = await AuditLog.open(config.audit.file, INSTANCE_ID, VERSION, metrics, log);
+    const instanceId = opts.instanceId ?? INSTANCE_ID;
+    const audit = opts.audit ?? (await AuditLog.open(config.audit.file, instanceId, VERSION, metrics, log));
     const proxy = new Proxy(config, tlsMaterial, metrics, audit, log);
-    const shared = await openSharedState(config, INSTANCE_ID, log, (mode, cause) => proxy.onLimitMode(mode, cause));
+    proxy.instanceId = instanceId;
+    proxy.adminEnabled = opts.admin ?? true;
+    const shared = opts.shared ?? (await openSharedState(config, instanceId, log, (mode, cause) => proxy.onLimitMode(mode, cause)));
     proxy.limits = shared.limits;
     proxy.bus = shared.bus;
     await proxy.bus.start({
@@ -149,7 +159,7 @@ export class Proxy {
       });
     });
     this.listener = server;
-    if (config.metrics !== undefined) {
+    if (config.metrics !== undefined && this.adminEnabled) {
       const admin = createAdminServer({
         metrics: this.metrics,
         isReady: () => !this.draining,

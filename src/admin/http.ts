@@ -12,7 +12,7 @@ import type { Logger } from '../observability/logger.js';
 import { TENANT_ID_RE } from '../config/schema.js';
 
 /** What GET /pools shows: one row per tenant pool, like PgBouncer's SHOW POOLS. */
-export type PoolsView = () => unknown;
+export type PoolsView = () => unknown;  // or a Promise of it (the primary asks its workers)
 
 export interface AdminCommands {
   suspend(tenantId: string, suspended: boolean): Promise<void>;
@@ -21,6 +21,8 @@ export interface AdminCommands {
 
 export interface AdminOptions {
   readonly metrics: Metrics;
+  /** Overrides the exposition text (the primary aggregates its workers' metrics). */
+  readonly metricsText?: () => Promise<string>;
   readonly isReady: () => boolean;
   readonly log: Logger;
   readonly pools?: PoolsView;
@@ -34,6 +36,7 @@ const JSON_TYPE = { 'content-type': 'application/json' };
 export function createAdminServer(opts: AdminOptions): http.Server {
   const { metrics, isReady, log } = opts;
   const pools = opts.pools ?? ((): unknown => []);
+  const metricsText = opts.metricsText ?? (() => metrics.registry.metrics());
   return http.createServer((req, res) => {
     const url = req.url ?? '/';
     if (req.method === 'POST') {
@@ -52,8 +55,7 @@ export function createAdminServer(opts: AdminOptions): http.Server {
       return;
     }
     if (url === '/metrics') {
-      metrics.registry
-        .metrics()
+      metricsText()
         .then((body) => res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(body))
         .catch((err: unknown) => {
           log.error({ err }, 'metrics collection failed');
@@ -62,7 +64,13 @@ export function createAdminServer(opts: AdminOptions): http.Server {
       return;
     }
     if (url === '/pools') {
-      res.writeHead(200, JSON_TYPE).end(`${JSON.stringify(pools())}\n`);
+      Promise.resolve(pools()).then(
+        (view) => res.writeHead(200, JSON_TYPE).end(`${JSON.stringify(view)}\n`),
+        (err: unknown) => {
+          log.error({ err }, 'pools view failed');
+          res.writeHead(500, JSON_TYPE).end('{"error":"pools unavailable"}\n');
+        },
+      );
       return;
     }
     if (url === '/healthz') {

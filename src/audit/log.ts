@@ -12,7 +12,15 @@ import { AUDIT_SCHEMA, type AuditEvent, type AuditRecord, recordHash, rfc3339Mic
 
 type Destination = ReturnType<typeof pino.destination>;
 
-export class AuditLog {
+/** Where sessions send audit events: the log itself, or (in a worker process) the primary that owns it. */
+export interface AuditSink {
+  append(event: AuditEvent): void;
+  /** Resolves once everything appended so far is written (or handed to the writer). */
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export class AuditLog implements AuditSink {
   private seq = 0;
   private head: string | null;
   private readonly instance: AuditRecord['instance'];

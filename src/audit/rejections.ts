@@ -4,7 +4,7 @@
  * so a flood cannot turn the audit log into the attack's amplifier.
  */
 import { isIPv4 } from 'node:net';
-import type { AuditLog } from './log.js';
+import type { AuditSink } from './log.js';
 import type { Metrics } from '../observability/metrics.js';
 
 /** /24 for IPv4, /64 for IPv6. */
@@ -21,7 +21,7 @@ export class RejectionAggregator {
   private readonly timer: NodeJS.Timeout;
 
   constructor(
-    private readonly audit: () => AuditLog,
+    private readonly audit: () => AuditSink,
     private readonly metrics: Metrics,
     windowMs = 10_000,
   ) {

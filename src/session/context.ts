@@ -8,7 +8,7 @@ import type { CancelRegistry } from '../cancel/registry.js';
 import type { LimitStore } from '../limits/store.js';
 import type { BandwidthRegistry } from '../limits/bandwidth.js';
 import type { ClusterBus } from '../cluster/bus.js';
-import type { AuditLog } from '../audit/log.js';
+import type { AuditSink } from '../audit/log.js';
 import type { RejectionAggregator } from '../audit/rejections.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Logger } from '../observability/logger.js';
@@ -24,7 +24,7 @@ export interface SessionContext {
   readonly bandwidth: BandwidthRegistry;
   readonly bus: ClusterBus;
   readonly pools: PoolManager;
-  readonly audit: AuditLog;
+  readonly audit: AuditSink;
   readonly rejections: RejectionAggregator;
   readonly metrics: Metrics;
   readonly log: Logger;

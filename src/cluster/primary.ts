@@ -1,0 +1,266 @@
+/**
+ * Multi-core serving (`[server] workers = N`, N > 1): the primary process forks N workers that
+ * share the listen socket (node:cluster) and each run a Proxy; it serves nothing itself.
+ *
+ * The primary owns what must be one per instance: the audit log (one hash chain), the admin
+ * listener (metrics aggregated over workers), the signals, and, without Redis, the limit store,
+ * so caps stay exact across workers. A worker that dies is replaced, and the slots it held are
+ * released at once. With Redis, each worker is an instance of its own there.
+ */
+import cluster, { type Worker } from 'node:cluster';
+import { AggregatorRegistry } from 'prom-client';
+import http from 'node:http';
+import net from 'node:net';
+import { randomUUID } from 'node:crypto';
+import { loadConfigFile } from '../config/load.js';
+import { ConfigError, type Config } from '../config/schema.js';
+import { AuditLog } from '../audit/log.js';
+import { Metrics } from '../observability/metrics.js';
+import type { Logger } from '../observability/logger.js';
+import { createAdminServer } from '../admin/http.js';
+import { LocalLimitStore, type Lease } from '../limits/store.js';
+import { openSharedState, type SharedState } from './shared-state.js';
+import { isMessage, type PrimaryMessage, type WorkerMessage } from './ipc.js';
+
+/** A worker that dies sooner than this after its start counts as a crash loop: wait before the next. */
+const RESPAWN_BACKOFF_MS = 1_000;
+
+export async function runPrimary(configPath: string, first: Config, log: Logger, version: string): Promise<void> {
+  let config = first;
+  const instanceId = randomUUID();
+  const metrics = new Metrics();
+  const audit = await AuditLog.open(config.audit.file, instanceId, version, metrics, log);
+  // With Redis the workers share limits there; the primary still needs the bus for admin commands.
+  const shared: SharedState | null = config.redis === undefined ? null : await openSharedState(config, instanceId, log, () => undefined);
+  const limits = new LocalLimitStore();
+  const suspended = new Set<string>();
+  /** Leases each worker holds in the primary's store: released when the worker dies. */
+  const leases = new Map<number, Map<number, Lease>>();
+  let nextLease = 1;
+  let stopping = false;
+  const started = new Map<number, number>();
+  const workerIds = new Map<Worker, number>();
+  let port = 0;
+  /** Workers that have reported their listener; the instance is "listening" once all first ones have. */
+  const listening = new Set<number>();
+
+  const broadcast = (m: PrimaryMessage, except?: Worker): void => {
+    for (const w of Object.values(cluster.workers ?? {})) if (w !== undefined && w !== except && w.isConnected()) w.send(m);
+  };
+
+  const onSuspension = (tenant: string, isSuspended: boolean): void => {
+    if (isSuspended) suspended.add(tenant);
+    else suspended.delete(tenant);
+    audit.append({ event: 'proxy.lifecycle', state: isSuspended ? 'tenant_suspended' : 'tenant_resumed', tenant });
+    broadcast({ k: 'suspension', tenant, suspended: isSuspended });
+  };
+  if (shared !== null) {
+    await shared.bus.start({ onCancel: () => undefined, onSuspension, onReload: () => reload() });
+    for (const t of shared.bus.suspended()) suspended.add(t);
+  }
+
+  const handle = (w: Worker, raw: unknown): void => {
+    if (!isMessage(raw)) return;
+    const m = raw as WorkerMessage;
+    const id = workerIds.get(w) ?? 0;
+    switch (m.k) {
+      case 'rpc': {
+        let result: unknown;
+        if (m.op === 'admit') result = limits.admitSync(m.rate, m.lockouts);
+        else {
+          const r = limits.acquireSync(m.slots);
+          if (r.ok) {
+            const n = nextLease++;
+            let mine = leases.get(id);
+            if (mine === undefined) leases.set(id, (mine = new Map<number, Lease>()));
+            mine.set(n, r.lease);
+            result = { ok: true, lease: n, active: r.active };
+          } else result = r;
+        }
+        w.send({ k: 'rpcReply', id: m.id, result } satisfies PrimaryMessage);
+        return;
+      }
+      case 'release': {
+        const mine = leases.get(id);
+        mine?.get(m.lease)?.release();
+        mine?.delete(m.lease);
+        return;
+      }
+      case 'authFailure':
+        limits.noteAuthFailureSync(m.lockouts);
+        return;
+      case 'audit':
+        audit.append(m.event);
+        return;
+      case 'cancel':
+        broadcast({ k: 'cancel', msg: m.msg }, w);
+        return;
+      case 'listening':
+        port = m.port;
+        listening.add(id);
+        return;
+      case 'hello':
+        w.send({ k: 'init', suspended: [...suspended] } satisfies PrimaryMessage);
+        return;
+      case 'noop':
+        return;
+      case 'rpcReply':
+        poolReplies.get(m.id)?.(m.result);
+        return;
+    }
+  };
+
+  let workerSeq = 0;
+  const fork = (): void => {
+    const id = ++workerSeq;
+    const w = cluster.fork({ PGWARDEN_WORKER_ID: String(id) });
+    workerIds.set(w, id);
+    started.set(id, Date.now());
+    w.on('message', (raw: unknown) => handle(w, raw));
+    w.on('exit', (code, signal) => {
+      // Its sessions are gone with it: every slot it held comes back now.
+      const mine = leases.get(id);
+      for (const l of mine?.values() ?? []) l.release();
+      leases.delete(id);
+      workerIds.delete(w);
+      listening.delete(id);
+      if (stopping) return;
+      audit.append({ event: 'proxy.lifecycle', state: 'worker_exited', worker: id, pid: w.process.pid ?? null, code, signal, slots_released: mine?.size ?? 0 });
+      log.warn({ worker: id, code, signal, slotsReleased: mine?.size ?? 0 }, 'worker exited: starting a replacement');
+      const quick = Date.now() - (started.get(id) ?? 0) < RESPAWN_BACKOFF_MS;
+      setTimeout(fork, quick ? RESPAWN_BACKOFF_MS : 0);
+    });
+  };
+
+  // /pools and /metrics: asked of every worker that listens (one still starting is skipped).
+  let rpcSeq = 1;
+  const poolReplies = new Map<number, (v: unknown) => void>();
+  const askWorkers = async (op: 'pools' | 'metrics'): Promise<{ worker: number; result: unknown }[]> => {
+    const views = await Promise.all(
+      Object.values(cluster.workers ?? {}).map(
+        (w) =>
+          new Promise<{ worker: number; result: unknown } | null>((resolve) => {
+            const worker = w === undefined ? undefined : workerIds.get(w);
+            if (w === undefined || worker === undefined || !listening.has(worker) || !w.isConnected()) return resolve(null);
+            const id = rpcSeq++;
+            const timer = setTimeout(() => {
+              poolReplies.delete(id);
+              resolve(null);
+            }, 2_000);
+            poolReplies.set(id, (result) => {
+              clearTimeout(timer);
+              poolReplies.delete(id);
+              resolve({ worker, result });
+            });
+            w.send({ k: 'rpc', id, op } satisfies PrimaryMessage);
+          }),
+      ),
+    );
+    return views.filter((v) => v !== null);
+  };
+  const poolsView = async (): Promise<unknown> => (await askWorkers('pools')).map((v) => ({ worker: v.worker, pools: v.result }));
+  const metricsText = async (): Promise<string> => {
+    // Counters add up; gauges too (each worker reports its own share), as prom-client's aggregator does.
+    const parts = (await askWorkers('metrics')).map((v) => v.result as Parameters<typeof AggregatorRegistry.aggregate>[0][number]);
+    return AggregatorRegistry.aggregate(parts).metrics();
+  };
+
+  let admin: http.Server | null = null;
+  if (config.metrics !== undefined) {
+    const server = createAdminServer({
+      metrics,
+      metricsText,
+      isReady: () => !stopping,
+      log,
+      pools: poolsView,
+      token: () => {
+        const env = config.metrics?.adminTokenEnv;
+        return env === undefined ? undefined : process.env[env];
+      },
+      commands: {
+        suspend: async (tenant, isSuspended) => {
+          if (shared !== null) await shared.bus.publishSuspension(tenant, isSuspended);
+          else onSuspension(tenant, isSuspended);
+        },
+        reload: async () => {
+          if (shared !== null) await shared.bus.publishReload();
+          else reload();
+        },
+      },
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(config.metrics!.listenPort, config.metrics!.listenHost, () => resolve());
+    });
+    admin = server;
+  }
+
+  function reload(): void {
+    loadConfigFile(configPath)
+      .then((next) => {
+        config = next;
+        broadcast({ k: 'reload' });
+        audit.append({ event: 'proxy.lifecycle', state: 'reloaded', tenants: [...next.tenants.keys()] });
+        log.info({ tenants: next.tenants.size }, 'configuration reloaded: workers told');
+      })
+      .catch((err: unknown) => {
+        const problems = err instanceof ConfigError ? err.problems : [String((err as { message?: unknown } | null | undefined)?.message ?? err)];
+        log.error({ problems }, 'reload rejected: keeping the running configuration');
+      });
+  }
+
+  for (let i = 0; i < config.server.workers; i++) fork();
+  await new Promise<void>((resolve) => {
+    const check = setInterval(() => {
+      if (listening.size >= config.server.workers) {
+        clearInterval(check);
+        resolve();
+      }
+    }, 20);
+  });
+  audit.append({ event: 'proxy.lifecycle', state: 'started', instance_id: instanceId, workers: config.server.workers, listen: { host: config.server.listenHost, port } });
+  const metricsPort = (admin?.address() as net.AddressInfo | null | undefined)?.port ?? null;
+  log.info({ event: 'listening', port, metrics_port: metricsPort, workers: config.server.workers }, 'listening');
+
+  const finish = async (code: number): Promise<never> => {
+    admin?.closeAllConnections();
+    admin?.close();
+    audit.append({ event: 'proxy.lifecycle', state: 'stopped' });
+    await audit.close();
+    if (shared !== null) {
+      await shared.bus.close();
+      await shared.limits.close();
+    }
+    log.info('pgwarden stopped');
+    log.flush();
+    process.exit(code);
+  };
+  const allExited = (): Promise<void> =>
+    new Promise((resolve) => {
+      const check = (): void => {
+        if (Object.keys(cluster.workers ?? {}).length === 0) resolve();
+        else setTimeout(check, 20);
+      };
+      check();
+    });
+
+  let forced = false;
+  const shutdown = (signal: string): void => {
+    if (stopping) {
+      if (forced) return;
+      forced = true;
+      log.warn({ signal }, 'second signal: exiting now');
+      broadcast({ k: 'close' });
+      void Promise.race([allExited(), new Promise((r) => setTimeout(r, 2_000))]).then(() => finish(1));
+      return;
+    }
+    stopping = true;
+    log.info({ signal }, 'shutting down: workers drain their sessions');
+    audit.append({ event: 'proxy.lifecycle', state: 'draining' });
+    broadcast({ k: 'drain' });
+    void allExited().then(() => (forced ? undefined : finish(0)));
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGHUP', reload);
+}
