@@ -3,6 +3,7 @@
  * or a list of problems, each naming the offending key and why. Reading files is load.ts's job.
  */
 import { BlockList, isIP } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { parseScramVerifier, type ScramVerifier } from '../auth/scram.js';
 import type { PoolSettings } from '../pool/backend-pool.js';
 
@@ -323,7 +324,8 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
     maxPreauthPerSource: r.int(s, 'max_preauth_per_source', 'server', 200, 1, 1_000_000),
     backendConnectTimeoutMs: r.duration(s, 'backend_connect_timeout', 'server', 10_000, 100, 600_000),
     mockSecretEnv: r.str(s, 'mock_secret_env', 'server'),
-    workers: r.int(s, 'workers', 'server', 1, 1, 64),
+    // One worker per core by default (each is a process; the primary only coordinates).
+    workers: r.int(s, 'workers', 'server', availableParallelism(), 1, 256),
   };
 
   const limTree = r.section(tree, 'limits', 'limits', [...LIMIT_KEYS, 'max_client_connections', 'auth_failures_per_source']);

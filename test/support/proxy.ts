@@ -73,7 +73,8 @@ export function configToml(spec: ProxySpec, certs: DevCerts, port = 0): string {
     `tls_key = ${q(certs.serverKeyPath)}`,
     `require_tls = ${spec.requireTls ?? true}`,
     `sni_suffix = "${SNI_SUFFIX}"`,
-    ...Object.entries(spec.server ?? {}).map(([k, v]) => `${k} = ${typeof v === 'string' ? q(v) : String(v)}`),
+    // One process unless a test asks for workers (workers.test.ts): the others test other things.
+    ...Object.entries({ workers: 1, ...spec.server }).map(([k, v]) => `${k} = ${typeof v === 'string' ? q(v) : String(v)}`),
   ];
   const kv = (rec: Record<string, string | number | boolean>): string[] => Object.entries(rec).map(([k, v]) => `${k} = ${typeof v === 'string' ? q(v) : String(v)}`);
   if (spec.metrics !== false) {
