@@ -43,8 +43,9 @@ export function createAdminServer(opts: AdminOptions): http.Server {
       command(opts, req, url).then(
         ([status, body]) => res.writeHead(status, JSON_TYPE).end(`${JSON.stringify(body)}\n`),
         (err: unknown) => {
-          log.error({ err }, 'admin command failed');
-          res.writeHead(500, JSON_TYPE).end('{"error":"command failed"}\n');
+          // Commands act on this instance first; what failed is telling the others (Redis down).
+          log.error({ err }, 'admin command not shared with other instances');
+          res.writeHead(503, JSON_TYPE).end('{"error":"applied on this instance only: shared state unavailable"}\n');
         },
       );
       req.resume();

@@ -20,10 +20,17 @@ export interface BusHandlers {
 }
 
 export interface ClusterBus {
-  /** Starts delivering to `handlers`; resolves once subscribed (or at once for the local bus). */
+  /**
+   * Starts delivering to `handlers`. Resolves once subscribed, or after a bounded wait when the
+   * shared bus is unreachable (it subscribes when it comes back); never hangs a start.
+   */
   start(handlers: BusHandlers): Promise<void>;
   /** Sends a cancel to the instance that owns the key (fire and forget: cancels are best effort). */
   publishCancel(msg: CancelMessage): void;
+  /**
+   * Applied on this instance at once, then shared; rejects when it could not be shared (Redis
+   * down), so an operator learns the change reached one instance only.
+   */
   publishSuspension(tenantId: string, suspended: boolean): Promise<void>;
   publishReload(): Promise<void>;
   /** Tenants suspended cluster-wide, as last known (loaded at start). */

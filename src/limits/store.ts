@@ -52,7 +52,11 @@ export interface LimitStore {
   noteAuthFailure(lockouts: readonly LockoutRule[]): Promise<void>;
   /** Takes one slot under every key, or none. */
   acquire(slots: readonly SlotRequest[]): Promise<AcquireResult>;
-  /** Slots held under `key` (cluster-wide when shared, as last seen). */
+  /**
+   * Slots held under `key` as last seen by this instance: exact for the in-process store; with
+   * Redis, the cluster-wide count from this instance's last acquire or heartbeat for that key
+   * (0 for keys only other instances hold). For audit and metrics, never for decisions.
+   */
   active(key: string): number;
   close(): Promise<void>;
 }
