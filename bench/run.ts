@@ -1,7 +1,8 @@
 /**
  * `npm run bench`: pgbench -S over TLS against direct PostgreSQL, PgBouncer and pgwarden (session and
  * transaction pooling), alternating targets cell by cell; then pgbench -C (connection rate) and the
- * proxies' memory with thousands of idle TLS clients.
+ * proxies' memory with thousands of idle TLS clients; on request, one tenant's pgbench while another
+ * floods pgwarden (isolation).
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -15,13 +16,14 @@ import { SNI_SUFFIX } from '../test/support/proxy.js';
 import { cleanup, cleanupOnSignals, onCleanup, tearingDown } from './lib/cleanup.js';
 import { describeEnvironment, openFilesLimit } from './lib/environment.js';
 import { measureIdle, type IdleResult } from './lib/idle.js';
+import { formatIsolation, isolationNotes, runIsolation, type IsolationResult } from './lib/isolation.js';
 import { counterDeltas, parseCounters } from './lib/metrics.js';
 import { parseOptions, USAGE, type BenchOptions, type Protocol } from './lib/options.js';
 import { initialise, killRunningPgbench, runSelectOnly, type Endpoint } from './lib/pgbench.js';
 import { findPgBouncer, startPgBouncer } from './lib/pgbouncer.js';
 import { startPgWarden } from './lib/pgwarden.js';
 import { busyPercent, cpuTimes, hostTicks, memory, type CpuTimes } from './lib/procstat.js';
-import { formatConnect, formatIdle, formatMatrix, formatRun, statusOf, summarise, writeResult, type CellSummary, type Phase, type RunRecord } from './lib/report.js';
+import { formatConnect, formatIdle, formatMatrix, formatRun, statusOf, summarise, writeResult, type CellSummary, type Phase, type ResultFile, type RunRecord } from './lib/report.js';
 import { parseTargetName, type PoolMode, type ProxyKind, type Target, type TargetName } from './lib/target.js';
 
 const USER = 'bench';
@@ -308,6 +310,19 @@ async function runIdle(setup: Setup, options: BenchOptions, plan: Plan, bouncer:
   return results;
 }
 
+/** steady alone, flooded and control per round, each in turn (isolation.ts); pgwarden only. */
+function runIsolationPhase(setup: Setup, options: BenchOptions): Promise<IsolationResult> {
+  log(`isolation: steady (${options.isolationClients} clients, pgbench -S -M simple) alone / with noisy flooding the same pgwarden / ` +
+    `with noisy flooding another pgwarden (control); floods: ${options.floods.join(', ')}; storm ${options.stormLanes} lanes, pause ${options.stormPauseMs} ms, ` +
+    (options.stormRatePerS === 0 ? 'no rate cap' : `at most ${options.stormRatePerS} attempts/s`));
+  return runIsolation({
+    cluster: setup.cluster, certs: setup.certs, workDir: setup.workDir,
+    steady: { user: USER, password: setup.password, database: DATABASE },
+    clients: options.isolationClients, jobs: options.jobs, durationS: options.durationS, rounds: options.rounds,
+    floods: options.floods, stormLanes: options.stormLanes, stormPauseMs: options.stormPauseMs, stormRatePerS: options.stormRatePerS, log,
+  });
+}
+
 /** Rough wall time: cells plus connection set-up, warm-ups, the connect phase and the idle phase. */
 function estimateSeconds(options: BenchOptions, plan: Plan): number {
   // pgbench's -T includes its connection set-up, so a cell takes its duration plus ~0.3 s (reading logs).
@@ -318,6 +333,8 @@ function estimateSeconds(options: BenchOptions, plan: Plan): number {
   s += options.rounds * plan.connectTargets.length * (options.connectDurationS + cellOverhead());
   // Logins run at roughly 150–300 per second on a small machine; each step settles 3 s before reading RSS.
   s += plan.idleProxies.length * (Math.max(...options.idle) / 200 + 3 * (options.idle.length + 1) + 5);
+  // Isolation: a warm-up, then per round three runs, each with ~3 s of flood start, stop and settling.
+  if (options.phases.includes('isolation')) s += 10 + Math.min(5, options.durationS) + options.rounds * 3 * (options.durationS + 3.5);
   return Math.round(s);
 }
 
@@ -371,7 +388,8 @@ async function main(): Promise<void> {
   const cells = options.protocols.length * options.clients.length * plan.matrixTargets.length * options.rounds;
   log(`plan: ${cells} matrix cells (${options.protocols.join('/')} × ${options.clients.join('/')} clients × ${plan.matrixTargets.length} targets × ` +
     `${options.rounds} rounds, ${options.durationS} s each), ${plan.connectTargets.length * options.rounds} connection-rate cells ` +
-    `(${options.connectClients} clients, ${options.connectDurationS} s), idle RSS for ${plan.idleProxies.join(', ') || 'none'} at ${options.idle.join('/')} clients`);
+    `(${options.connectClients} clients, ${options.connectDurationS} s), idle RSS for ${plan.idleProxies.join(', ') || 'none'} at ${options.idle.join('/')} clients` +
+    (options.phases.includes('isolation') ? `, isolation ${options.rounds} × 3 runs of ${options.durationS} s` : ''));
   log(`pools: session ${plan.sessionPoolSize}, transaction ${plan.transactionPoolSize} backends per proxy; open files ${environment.openFilesLimit}`);
   log(`estimated time: about ${minutes(estimatedS)}`);
   const setup = await setUp(options, plan);
@@ -379,6 +397,7 @@ async function main(): Promise<void> {
   const runs = await runRounds(setup, options, plan, targets);
   for (const t of targets) await t.stop();
   const idle = await runIdle(setup, options, plan, bouncer);
+  const isolation = options.phases.includes('isolation') ? await runIsolationPhase(setup, options) : null;
 
   const summaries = summarise(runs);
   const when = `${options.rounds} round${options.rounds === 1 ? '' : 's'}, median per cell`;
@@ -395,11 +414,17 @@ async function main(): Promise<void> {
     log('\nidle TLS clients (logged in, idle), proxies in transaction mode; kB/conn = (RSS − baseline) / open connections\n');
     log(formatIdle(idle));
   }
+  if (isolation !== null) {
+    log(`\nisolation: steady's pgbench -S (${options.isolationClients} clients, ${options.durationS} s), ${when}; ÷alone = over steady alone; ` +
+      'proxy CPU% and RSS are steady\'s pgwarden; storm/copy/stall are noisy\'s on the flooded proxy\n');
+    log(formatIsolation(isolation));
+    log(isolationNotes(isolation).join('\n'));
+  }
   const noteLines = notes(summaries, runs);
   if (noteLines.length > 0) log(`\nnotes:\n${noteLines.join('\n')}`);
   for (const s of skipped) log(`skipped ${s.target}: ${s.reason}`);
   const finished = Date.now();
-  const file = await writeResult(RESULTS_DIR, {
+  const result: ResultFile = {
     startedAt, finishedAt: new Date(finished).toISOString(), elapsedS: Math.round((finished - started) / 1000), estimatedS,
     options, environment,
     setup: {
@@ -408,7 +433,10 @@ async function main(): Promise<void> {
       idleProxyLimits: { maxClients: Math.max(...options.idle) + 1000, pgwardenMaxPreauth: Math.max(...options.idle) + 1000 },
     },
     skipped, summaries, idle, runs,
-  });
+  };
+  // The isolation figures ride along under their own key (the other phases' shapes stay as they are).
+  const withIsolation: ResultFile & { isolation?: IsolationResult } = isolation === null ? result : { ...result, isolation };
+  const file = await writeResult(RESULTS_DIR, withIsolation);
   log(`\nelapsed ${minutes((finished - started) / 1000)} (estimated ${minutes(estimatedS)}); raw figures: ${file}`);
 }
 

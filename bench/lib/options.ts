@@ -1,10 +1,11 @@
 /** Command-line options of `npm run bench`, validated into one typed object. */
 import os from 'node:os';
 import { parseArgs } from 'node:util';
+import type { FloodKind } from './isolation.js';
 import { ALL_TARGETS, type TargetName } from './target.js';
 
 export type Protocol = 'simple' | 'extended' | 'prepared';
-export type Phase = 'matrix' | 'connect' | 'idle';
+export type Phase = 'matrix' | 'connect' | 'idle' | 'isolation';
 
 export interface BenchOptions {
   phases: Phase[];
@@ -24,10 +25,17 @@ export interface BenchOptions {
   /** Idle client counts for the RSS phase, ascending. */
   idle: number[];
   loginBatch: number;
+  /** Isolation phase: steady's pgbench clients, noisy's floods, the storm's concurrency and per-attempt pause. */
+  isolationClients: number;
+  floods: FloodKind[];
+  stormLanes: number;
+  stormPauseMs: number;
+  /** Storm attempts started per second at most; 0 = as fast as the lanes go. */
+  stormRatePerS: number;
 }
 
 export const USAGE = `usage: npm run bench -- [options]
-  --phases LIST         matrix,connect,idle (default all three)
+  --phases LIST         matrix,connect,idle,isolation (default matrix,connect,idle)
   --targets LIST        subset of ${ALL_TARGETS.join(',')}
                         (default all; "pgbouncer" / "pgwarden" mean both of its modes)
   --protocols LIST      pgbench -M for the matrix: simple,extended,prepared (default all)
@@ -43,10 +51,18 @@ export const USAGE = `usage: npm run bench -- [options]
   --connect-duration S  seconds per connection-rate cell (default: --duration)
   --idle LIST           idle TLS client counts for the RSS phase (default 2000,10000)
   --login-batch N       concurrent logins while opening idle clients (default 200)
+  --isolation-clients N steady tenant's pgbench -S clients in the isolation phase (default 4)
+  --flood LIST          what the noisy tenant does: storm,copy,stall (default all three)
+  --storm-lanes N       concurrent login attempts of the storm (default 300)
+  --storm-pause MS      pause of each storm client between attempts (default 0: retry at once)
+  --storm-rate N        storm attempts started per second, all lanes together (default 200; 0 = no cap)
 `;
 
 const PROTOCOLS: readonly Protocol[] = ['simple', 'extended', 'prepared'];
-const PHASES: readonly Phase[] = ['matrix', 'connect', 'idle'];
+const PHASES: readonly Phase[] = ['matrix', 'connect', 'idle', 'isolation'];
+/** The isolation phase runs only when asked for (about 4 × --duration per round). */
+const DEFAULT_PHASES: readonly Phase[] = ['matrix', 'connect', 'idle'];
+const FLOODS: readonly FloodKind[] = ['storm', 'copy', 'stall'];
 
 function positiveInt(name: string, text: string | undefined, fallback: number, min = 1): number {
   if (text === undefined) return fallback;
@@ -83,13 +99,14 @@ export function parseOptions(argv: string[]): BenchOptions | null {
     options: {
       phases: s, targets: s, protocols: s, clients: s, duration: s, rounds: s, jobs: s, scale: s, warmup: s,
       'pool-size': s, 'connect-clients': s, 'connect-duration': s, idle: s, 'login-batch': s,
+      'isolation-clients': s, flood: s, 'storm-lanes': s, 'storm-pause': s, 'storm-rate': s,
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help === true) return null;
   const durationS = positiveInt('duration', values.duration, 10);
   return {
-    phases: subset('phases', values.phases, PHASES),
+    phases: values.phases === undefined ? [...DEFAULT_PHASES] : subset('phases', values.phases, PHASES),
     targets: subset('targets', values.targets, ALL_TARGETS, {
       pgbouncer: ['pgbouncer-session', 'pgbouncer-transaction'],
       pgwarden: ['pgwarden-session', 'pgwarden-transaction'],
@@ -106,5 +123,10 @@ export function parseOptions(argv: string[]): BenchOptions | null {
     connectDurationS: positiveInt('connect-duration', values['connect-duration'], durationS),
     idle: intList('idle', values.idle, [2000, 10_000]),
     loginBatch: positiveInt('login-batch', values['login-batch'], 200),
+    isolationClients: positiveInt('isolation-clients', values['isolation-clients'], 4),
+    floods: subset('flood', values.flood, FLOODS),
+    stormLanes: positiveInt('storm-lanes', values['storm-lanes'], 300),
+    stormPauseMs: positiveInt('storm-pause', values['storm-pause'], 0, 0),
+    stormRatePerS: positiveInt('storm-rate', values['storm-rate'], 200, 0),
   };
 }

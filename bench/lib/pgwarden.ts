@@ -27,6 +27,8 @@ export interface PgWardenSpec {
   maxBackendConnections: number;
   /** Extra [server] keys (e.g. max_preauth_connections for the idle phase). */
   server?: Record<string, number>;
+  /** Worker processes (`[server] workers`); default 1. CPU and memory are summed over them. */
+  workers?: number;
 }
 
 /** The config the tests use (require_tls, backend_tls = "disable", metrics on), at the default log level. */
@@ -42,7 +44,7 @@ function configText(spec: PgWardenSpec): string {
         maxClientConnections: spec.maxClientConnections,
         pool: { pool_mode: spec.mode, max_backend_connections: spec.maxBackendConnections },
       }],
-      ...(spec.server === undefined ? {} : { server: spec.server }),
+      server: { workers: spec.workers ?? 1, ...spec.server },
     },
     spec.certs,
   );

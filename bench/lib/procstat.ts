@@ -1,6 +1,6 @@
 /** Reads a process's CPU time and memory from Linux /proc; sampling and differences are the caller's. */
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 
 let cachedTicks: number | undefined;
 
@@ -22,12 +22,49 @@ export interface CpuTimes {
   systemS: number;
 }
 
-/** utime and stime of all threads of `pid`, in seconds. @see proc(5), fields 14 and 15 */
+/**
+ * `pid` and its descendants (pgwarden with `workers > 1` is a primary and its workers), from
+ * /proc/<pid>/task/<tid>/children.
+ */
+export function processTree(pid: number): number[] {
+  const out = [pid];
+  for (let i = 0; i < out.length; i++) {
+    const p = out[i]!;
+    let tasks: string[];
+    try {
+      tasks = readdirSync(`/proc/${p}/task`);
+    } catch {
+      continue;
+    }
+    for (const t of tasks) {
+      try {
+        for (const c of readFileSync(`/proc/${p}/task/${t}/children`, 'utf8').trim().split(/\s+/)) if (c !== '') out.push(Number(c));
+      } catch {
+        // the task ended meanwhile
+      }
+    }
+  }
+  return out;
+}
+
+/** utime and stime of all threads of `pid` and its descendants, in seconds. @see proc(5), fields 14 and 15 */
 export function cpuTimes(pid: number): CpuTimes {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  // Fields after "(comm)" start with field 3 (state); comm may contain spaces.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return { userS: Number(fields[14 - 3]) / clockTicks(), systemS: Number(fields[15 - 3]) / clockTicks() };
+  let user = 0;
+  let system = 0;
+  for (const p of processTree(pid)) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+    } catch {
+      if (p === pid) throw new Error(`no process ${pid}`);
+      continue;
+    }
+    // Fields after "(comm)" start with field 3 (state); comm may contain spaces.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    user += Number(fields[14 - 3]);
+    system += Number(fields[15 - 3]);
+  }
+  return { userS: user / clockTicks(), systemS: system / clockTicks() };
 }
 
 /** utime + stime of all threads of `pid`, in seconds. */
@@ -41,11 +78,22 @@ export interface MemorySample {
   peakRssMb: number;
 }
 
-/** VmRSS and VmHWM (peak RSS) of `pid`, in MiB. */
+/** VmRSS and VmHWM (peak RSS) of `pid` and its descendants (summed), in MiB. */
 export function memory(pid: number): MemorySample {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kb = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? Number.NaN);
-  return { rssMb: kb('VmRSS') / 1024, peakRssMb: kb('VmHWM') / 1024 };
+  let rss = 0;
+  let peak = 0;
+  for (const p of processTree(pid)) {
+    let status: string;
+    try {
+      status = readFileSync(`/proc/${p}/status`, 'utf8');
+    } catch {
+      continue;
+    }
+    const kb = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? Number.NaN);
+    rss += kb('VmRSS');
+    peak += kb('VmHWM');
+  }
+  return { rssMb: rss / 1024, peakRssMb: peak / 1024 };
 }
 
 export interface HostTicks {
