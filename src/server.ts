@@ -49,6 +49,8 @@ export class Proxy {
   limits!: LimitStore;
   bus!: ClusterBus;
   private sweeper: NodeJS.Timeout | null = null;
+  /** Tenants whose connection-rate bucket ran dry, until when (performance.now()). */
+  private readonly rateShield = new Map<string, number>();
   readonly sessions = new Set<ClientSession>();
   /** Every client socket until it closes, including ones lingering after their FATAL. */
   private readonly sockets = new Set<net.Socket>();
@@ -138,6 +140,18 @@ export class Proxy {
       mockSecret: mockSecretFor(config),
       isDraining: () => this.draining,
       isSuspended: (tenantId) => this.bus.suspended().has(tenantId),
+      noteRateLimited: (tenantId) => {
+        const rate = config.tenants.get(tenantId)?.limits.newConnectionsPerSecond ?? 0;
+        // The bucket just ran dry: no token before about 1/rate seconds (capped at one second).
+        if (rate > 0) this.rateShield.set(tenantId, performance.now() + Math.min(1000 / rate, 1000));
+      },
+      rateShielded: (tenantId) => {
+        const until = this.rateShield.get(tenantId);
+        if (until === undefined) return false;
+        if (until > performance.now()) return true;
+        this.rateShield.delete(tenantId);
+        return false;
+      },
       upstreamTarget: (tenant: TenantConfig): UpstreamTarget => ({
         host: tenant.backendHost,
         port: tenant.backendPort,

@@ -16,7 +16,7 @@ export function sourcePrefix(addr: string): string {
 }
 
 export class RejectionAggregator {
-  private counts = new Map<string, { reason: string; prefix: string; count: number }>();
+  private counts = new Map<string, { reason: string; prefix: string; tenant: string | undefined; count: number }>();
   private windowStart = new Date();
   private readonly timer: NodeJS.Timeout;
 
@@ -29,13 +29,14 @@ export class RejectionAggregator {
     this.timer.unref();
   }
 
-  record(reason: string, addr: string): void {
+  /** `tenant` only for configured tenants (a bounded set), e.g. connection-rate refusals. */
+  record(reason: string, addr: string, tenant?: string): void {
     this.metrics.rejections.inc({ reason });
     const prefix = sourcePrefix(addr);
-    const key = `${reason}\0${prefix}`;
+    const key = `${reason}\0${prefix}\0${tenant ?? ''}`;
     const e = this.counts.get(key);
     if (e !== undefined) e.count++;
-    else this.counts.set(key, { reason, prefix, count: 1 });
+    else this.counts.set(key, { reason, prefix, tenant, count: 1 });
   }
 
   flush(): void {
@@ -43,6 +44,7 @@ export class RejectionAggregator {
     for (const e of this.counts.values()) {
       this.audit().append({
         event: 'connection.rejected',
+        ...(e.tenant === undefined ? {} : { tenant: e.tenant }),
         reason: e.reason,
         source_prefix: e.prefix,
         count: e.count,

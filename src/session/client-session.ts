@@ -28,7 +28,7 @@ import { FrameLengthError, FrameReader, FrameScanner, FrameTypeError, type ScanH
 import { decodeFirstMessage, decodeSASLInitialResponse, ProtocolFormatError } from '../protocol/frontend.js';
 import { readErrorField, decodeParameterStatus } from '../protocol/backend.js';
 import { mockVerifier, ScramServerExchange } from '../auth/scram.js';
-import { resolveStartup, type ResolvedStartup } from '../routing/resolve.js';
+import { resolveStartup, tenantFromSni, type ResolvedStartup } from '../routing/resolve.js';
 import { sendUpstreamCancel, UpstreamRefused, type UpstreamLogin } from '../pool/upstream.js';
 import { poolKey, type Backend as PooledBackend, type TenantPool } from '../pool/backend-pool.js';
 import { hasSessionState } from './session-state.js';
@@ -326,6 +326,16 @@ export class ClientSession implements TrafficSource {
       ALPNProtocols: ['postgresql'],
       SNICallback: (servername, cb) => {
         this.sni = servername;
+        // A tenant whose connection-rate bucket is known to be empty: refuse before the costly
+        // part of the handshake (key exchange, signature). The client sees a TLS alert, not
+        // 53300: during a storm that is the price of not spending a handshake on every attempt.
+        const tenant = tenantFromSni(servername, this.config.server.sniSuffix);
+        if (tenant !== undefined && this.ctx.rateShielded(tenant)) {
+          this.ctx.metrics.limitRejections.inc({ tenant: this.config.tenants.has(tenant) ? tenant : 'unknown', limit: 'new_connections_per_second' });
+          this.ctx.rejections.record('rate_limited_handshake', this.remoteAddress, tenant);
+          cb(new Error('connection rate exceeded'));
+          return;
+        }
         cb(null, tlsCtx.secureContext);
       },
     });
@@ -381,11 +391,7 @@ export class ClientSession implements TrafficSource {
       (verdict) => {
         if (this.phase !== 'admitting') return;
         try {
-          if (verdict !== 'ok') {
-            const limit = verdict === 'rate_limited' ? 'new_connections_per_second' : 'auth_failures';
-            this.ctx.metrics.limitRejections.inc({ tenant: tenant?.id ?? 'unknown', limit });
-            throw Errors.tooManyAttempts(verdict === 'rate_limited' ? 'rate_limited' : 'auth_throttled');
-          }
+          if (verdict !== 'ok') return this.refuseAdmission(verdict === 'rate_limited' ? 'rate_limited' : 'auth_throttled');
           this.beginSasl(failReason);
         } catch (err) {
           this.fail(err);
@@ -393,6 +399,22 @@ export class ClientSession implements TrafficSource {
       },
       (err: unknown) => this.fail(err),
     );
+  }
+
+  /**
+   * A connection-rate or cool-down refusal. A storm is many of these, so they are aggregated
+   * (one connection.rejected record per reason, source prefix and tenant each window), as
+   * pre-auth noise is: the audit log must not become the attack's amplifier.
+   */
+  private refuseAdmission(reason: 'rate_limited' | 'auth_throttled'): void {
+    const tenant = this.tenant?.id;
+    this.ctx.metrics.limitRejections.inc({ tenant: tenant ?? 'unknown', limit: reason === 'rate_limited' ? 'new_connections_per_second' : 'auth_failures' });
+    this.ctx.metrics.errors.inc({ kind: 'limit' });
+    this.ctx.rejections.record(reason, this.remoteAddress, tenant);
+    if (reason === 'rate_limited' && tenant !== undefined) this.ctx.noteRateLimited(tenant);
+    this.sendFatal(Errors.tooManyAttempts(reason));
+    this.phase = 'closed';
+    this.cleanup();
   }
 
   /** Authentication-failure cool-downs that apply to this attempt: per (tenant, source) and per source. */

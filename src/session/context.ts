@@ -33,6 +33,10 @@ export interface SessionContext {
   isDraining(): boolean;
   /** Suspended by an operator (cluster-wide): logins fail as for a disabled tenant. */
   isSuspended(tenantId: string): boolean;
+  /** A tenant was just refused for its connection rate (its bucket is empty for a while). */
+  noteRateLimited(tenantId: string): void;
+  /** Whether new handshakes for the tenant are sure to be refused for its rate right now. */
+  rateShielded(tenantId: string): boolean;
   upstreamTarget(tenant: TenantConfig): UpstreamTarget;
   onClosed(session: ClientSession): void;
 }

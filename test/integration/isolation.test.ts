@@ -233,11 +233,14 @@ describe('isolation: a flooding tenant next to a steady one', () => {
     assert.ok(f.tps >= 0.1 * a.tps, `steady TPS ${f.tps} under flood vs ${a.tps} alone`);
     assert.ok(f.p99Ms < 250, `steady p99 ${f.p99Ms} ms under flood vs ${a.p99Ms} ms alone`);
 
-    // Noisy: a real storm, and every refusal is a clean 53300 (rate or cap), never a reset or a hang.
+    // Noisy: a real storm; every refusal is a clean 53300 (rate or cap) or a refused handshake, never a hang.
     const storm = report.storm!;
     assert.ok(storm.attempts >= 300 && storm.attempts >= 0.25 * STORM_RATE * report.durationS, `storm attempts ${storm.attempts} in ${report.durationS} s`);
     assert.ok(storm.loggedIn >= 1 && storm.loggedIn < storm.attempts / 5, `storm logins ${storm.loggedIn} of ${storm.attempts}`);
-    assert.deepEqual(storm.failures, {}, 'every storm attempt ended in a login or an ErrorResponse');
+    // While noisy's rate bucket is dry, pgwarden cuts attempts in the TLS handshake (before the key
+    // exchange) instead of spending a handshake on each: those end as resets in the TLS phase.
+    // Anything else (a timeout, a reset after the handshake) would be a failure.
+    for (const key of Object.keys(storm.failures)) assert.match(key, /^io ECONNRESET \(tls\)$|^closed \(tls\)$/, `storm failure ${key}`);
     for (const key of Object.keys(storm.refusals)) assert.match(key, /^53300 /, key);
     assert.equal(storm.lostAfterLogin, 0);
     // The copy ran the whole time, at most at noisy's bandwidth (plus its burst), and was not cut off.
