@@ -310,6 +310,51 @@ async function runIdle(setup: Setup, options: BenchOptions, plan: Plan, bouncer:
   return results;
 }
 
+interface WorkersRow {
+  workers: number;
+  tps: number[];
+  cpuSPer10kTx: number[];
+  rssMb: number[];
+}
+
+/**
+ * Scaling over worker processes: pgwarden-transaction with each `--workers` count in turn (a
+ * fresh proxy per run, rounds alternating), pgbench -S -M simple at the largest --clients.
+ * CPU and RSS are summed over the primary and its workers.
+ */
+async function runWorkersPhase(setup: Setup, options: BenchOptions, plan: Plan): Promise<WorkersRow[]> {
+  const clients = Math.max(...options.clients);
+  const rows = options.workers.map((workers) => ({ workers, tps: [] as number[], cpuSPer10kTx: [] as number[], rssMb: [] as number[] }));
+  log(`workers: pgwarden-transaction with ${options.workers.join(', ')} workers, pgbench -S -M simple, ${clients} clients, ${options.durationS} s, ${options.rounds} rounds`);
+  for (let round = 0; round < options.rounds; round++) {
+    for (const row of rotated(rows, round)) {
+      const target = await startProxy(setup, null, 'pgwarden', 'transaction', {
+        poolSize: plan.transactionPoolSize, maxClients: Math.max(plan.maxClientConnections, clients + 10), server: { workers: row.workers },
+      });
+      try {
+        const r = await measure(setup, options, target, { phase: 'workers', protocol: 'simple', clients, durationS: options.durationS }, round);
+        row.tps.push(r.tps);
+        row.cpuSPer10kTx.push(r.proxyCpuSPer10kTx);
+        row.rssMb.push(r.proxyRssMb);
+        log(`  round ${round + 1}: ${row.workers} worker(s): ${r.tps.toFixed(0)} tps, ${r.proxyCpuSPer10kTx.toFixed(2)} CPU s/10k tx`);
+      } finally {
+        await target.stop();
+      }
+    }
+  }
+  return rows;
+}
+
+function formatWorkers(rows: WorkersRow[]): string {
+  const base = median(rows[0]?.tps ?? []);
+  const lines = ['workers      tps   ÷first  CPU s/10k   RSS MB'];
+  for (const r of rows) {
+    const tps = median(r.tps);
+    lines.push(`${String(r.workers).padStart(7)} ${tps.toFixed(0).padStart(8)} ${(tps / base).toFixed(2).padStart(8)} ${median(r.cpuSPer10kTx).toFixed(2).padStart(10)} ${median(r.rssMb).toFixed(0).padStart(8)}`);
+  }
+  return lines.join('\n');
+}
+
 /** steady alone, flooded and control per round, each in turn (isolation.ts); pgwarden only. */
 function runIsolationPhase(setup: Setup, options: BenchOptions): Promise<IsolationResult> {
   log(`isolation: steady (${options.isolationClients} clients, pgbench -S -M simple) alone / with noisy flooding the same pgwarden / ` +
@@ -398,6 +443,7 @@ async function main(): Promise<void> {
   for (const t of targets) await t.stop();
   const idle = await runIdle(setup, options, plan, bouncer);
   const isolation = options.phases.includes('isolation') ? await runIsolationPhase(setup, options) : null;
+  const workers = options.phases.includes('workers') ? await runWorkersPhase(setup, options, plan) : null;
 
   const summaries = summarise(runs);
   const when = `${options.rounds} round${options.rounds === 1 ? '' : 's'}, median per cell`;
@@ -420,6 +466,10 @@ async function main(): Promise<void> {
     log(formatIsolation(isolation));
     log(isolationNotes(isolation).join('\n'));
   }
+  if (workers !== null) {
+    log(`\nworkers: pgwarden-transaction, pgbench -S -M simple at ${Math.max(...options.clients)} clients, ${when}; ÷first = TPS over the first worker count\n`);
+    log(formatWorkers(workers));
+  }
   const noteLines = notes(summaries, runs);
   if (noteLines.length > 0) log(`\nnotes:\n${noteLines.join('\n')}`);
   for (const s of skipped) log(`skipped ${s.target}: ${s.reason}`);
@@ -435,7 +485,9 @@ async function main(): Promise<void> {
     skipped, summaries, idle, runs,
   };
   // The isolation figures ride along under their own key (the other phases' shapes stay as they are).
-  const withIsolation: ResultFile & { isolation?: IsolationResult } = isolation === null ? result : { ...result, isolation };
+  const withIsolation: ResultFile & { isolation?: IsolationResult; workers?: WorkersRow[] } = {
+    ...result, ...(isolation === null ? {} : { isolation }), ...(workers === null ? {} : { workers }),
+  };
   const file = await writeResult(RESULTS_DIR, withIsolation);
   log(`\nelapsed ${minutes((finished - started) / 1000)} (estimated ${minutes(estimatedS)}); raw figures: ${file}`);
 }

@@ -5,7 +5,7 @@ import type { FloodKind } from './isolation.js';
 import { ALL_TARGETS, type TargetName } from './target.js';
 
 export type Protocol = 'simple' | 'extended' | 'prepared';
-export type Phase = 'matrix' | 'connect' | 'idle' | 'isolation';
+export type Phase = 'matrix' | 'connect' | 'idle' | 'isolation' | 'workers';
 
 export interface BenchOptions {
   phases: Phase[];
@@ -27,6 +27,8 @@ export interface BenchOptions {
   loginBatch: number;
   /** Isolation phase: steady's pgbench clients, noisy's floods, the storm's concurrency and per-attempt pause. */
   isolationClients: number;
+  /** Worker counts for the workers phase (pgwarden-transaction, -M simple at the largest --clients). */
+  workers: number[];
   floods: FloodKind[];
   stormLanes: number;
   stormPauseMs: number;
@@ -35,7 +37,7 @@ export interface BenchOptions {
 }
 
 export const USAGE = `usage: npm run bench -- [options]
-  --phases LIST         matrix,connect,idle,isolation (default matrix,connect,idle)
+  --phases LIST         matrix,connect,idle,isolation,workers (default matrix,connect,idle)
   --targets LIST        subset of ${ALL_TARGETS.join(',')}
                         (default all; "pgbouncer" / "pgwarden" mean both of its modes)
   --protocols LIST      pgbench -M for the matrix: simple,extended,prepared (default all)
@@ -51,6 +53,7 @@ export const USAGE = `usage: npm run bench -- [options]
   --connect-duration S  seconds per connection-rate cell (default: --duration)
   --idle LIST           idle TLS client counts for the RSS phase (default 2000,10000)
   --login-batch N       concurrent logins while opening idle clients (default 200)
+  --workers LIST        [server] workers counts for the workers phase (default 1,<cores>)
   --isolation-clients N steady tenant's pgbench -S clients in the isolation phase (default 4)
   --flood LIST          what the noisy tenant does: storm,copy,stall (default all three)
   --storm-lanes N       concurrent login attempts of the storm (default 300)
@@ -59,7 +62,7 @@ export const USAGE = `usage: npm run bench -- [options]
 `;
 
 const PROTOCOLS: readonly Protocol[] = ['simple', 'extended', 'prepared'];
-const PHASES: readonly Phase[] = ['matrix', 'connect', 'idle', 'isolation'];
+const PHASES: readonly Phase[] = ['matrix', 'connect', 'idle', 'isolation', 'workers'];
 /** The isolation phase runs only when asked for (about 4 × --duration per round). */
 const DEFAULT_PHASES: readonly Phase[] = ['matrix', 'connect', 'idle'];
 const FLOODS: readonly FloodKind[] = ['storm', 'copy', 'stall'];
@@ -99,7 +102,7 @@ export function parseOptions(argv: string[]): BenchOptions | null {
     options: {
       phases: s, targets: s, protocols: s, clients: s, duration: s, rounds: s, jobs: s, scale: s, warmup: s,
       'pool-size': s, 'connect-clients': s, 'connect-duration': s, idle: s, 'login-batch': s,
-      'isolation-clients': s, flood: s, 'storm-lanes': s, 'storm-pause': s, 'storm-rate': s,
+      'isolation-clients': s, workers: s, flood: s, 'storm-lanes': s, 'storm-pause': s, 'storm-rate': s,
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -124,6 +127,7 @@ export function parseOptions(argv: string[]): BenchOptions | null {
     idle: intList('idle', values.idle, [2000, 10_000]),
     loginBatch: positiveInt('login-batch', values['login-batch'], 200),
     isolationClients: positiveInt('isolation-clients', values['isolation-clients'], 4),
+    workers: intList('workers', values.workers, [...new Set([1, os.availableParallelism()])]),
     floods: subset('flood', values.flood, FLOODS),
     stormLanes: positiveInt('storm-lanes', values['storm-lanes'], 300),
     stormPauseMs: positiveInt('storm-pause', values['storm-pause'], 0, 0),
