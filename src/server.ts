@@ -222,7 +222,11 @@ export class Proxy {
   /** Timeouts of every session, a few times a second (one timer for all). */
   private sweep(): void {
     const now = performance.now();
-    for (const s of this.sessions) s.checkTimers(now);
+    const tenants = this.ctx.config.tenants;
+    for (const s of this.sessions) {
+      const id = s.tenantId;
+      s.checkTimers(now, id === undefined ? undefined : tenants.get(id)?.limits);
+    }
   }
 
   /** The shared limit store lost or regained Redis: metric, audit record, log. */

@@ -9,7 +9,7 @@
 import { randomUUID } from 'node:crypto';
 import { isIPv4, type Socket } from 'node:net';
 import tls from 'node:tls';
-import type { Config, TenantConfig, UserConfig } from '../config/schema.js';
+import type { Config, LimitSettings, TenantConfig, UserConfig } from '../config/schema.js';
 import { Errors, PgError, sanitizeName } from '../errors.js';
 import {
   AUTHENTICATION_OK,
@@ -942,12 +942,13 @@ export class ClientSession implements TrafficSource {
   // ---------------------------------------------------------------- timeouts
 
   /**
-   * Called by the proxy's sweeper a few times a second (one timer for all sessions, none per
+   * Called by the proxy's sweeper ten times a second (one timer for all sessions, none per
    * query): the tenant's query, idle, idle-in-transaction and transaction timeouts.
    */
-  checkTimers(now: number): void {
+  checkTimers(now: number, current?: LimitSettings): void {
     if (this.phase !== 'relaying') return;
-    const l = this.tenant!.limits;
+    // The tenant's limits as now configured (a reload changes running sessions' timeouts too).
+    const l = current ?? this.tenant!.limits;
     const busy = this.rfqReceived < this.rfqExpected || this.unsynced > 0 || this.acquiring;
     if (busy) {
       if (l.queryTimeoutMs > 0 && !this.queryCancelSent && this.busySince > 0 && now - this.busySince >= l.queryTimeoutMs && this.backend !== null) {

@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
-import { startProxy, connect, clientConfig, connectError, type RunningProxy, type TenantSpec } from '../support/proxy.js';
+import { startProxy, connect, clientConfig, connectError, type ProxySpec, type RunningProxy, type TenantSpec } from '../support/proxy.js';
 import { sleep, waitFor } from '../support/wait.js';
 
 function request(port: number, method: string, urlPath: string, token?: string): Promise<{ status: number; body: string }> {
@@ -47,6 +47,7 @@ describe('per-tenant limits', () => {
   let rp: RunningProxy;
   let dir: string;
   let auditFile: string;
+  let spec: ProxySpec;
 
   before(async () => {
     process.env[ADMIN_TOKEN_ENV] = ADMIN_TOKEN;
@@ -59,7 +60,7 @@ describe('per-tenant limits', () => {
     await cluster.query('grant all on t to app');
     const users = [{ name: 'app', verifier: app }, { name: 'other', verifier: other }];
     const tenant = (id: string, extra: Partial<TenantSpec>): TenantSpec => ({ id, cluster, users, ...extra });
-    rp = await startProxy({
+    spec = {
       auditFile,
       adminTokenEnv: ADMIN_TOKEN_ENV,
       tenants: [
@@ -73,8 +74,10 @@ describe('per-tenant limits', () => {
         tenant('small', { limits: { max_message_bytes: '64kB' } }),
         tenant('slow', { limits: { max_bandwidth_bytes_per_second: '1MB' } }),
         tenant('suspendme', {}),
+        tenant('reloaded', {}),
       ],
-    });
+    };
+    rp = await startProxy(spec);
   });
   after(async () => {
     await rp?.close();
@@ -242,6 +245,16 @@ describe('per-tenant limits', () => {
     assert.equal((await request(rp.metricsPort, 'POST', '/tenants/suspendme/resume', ADMIN_TOKEN)).status, 200);
     await (await login('suspendme')).end();
     await bystander.end();
+  });
+
+  it('a reload changes the timeouts of running sessions too', async () => {
+    const c = await login('reloaded');
+    const errP = nextError(c);
+    await sleep(400);
+    assert.equal((await c.query<{ x: number }>('select 5 as x')).rows[0]?.x, 5, 'no idle timeout yet');
+    rp.reload({ ...spec, tenants: spec.tenants.map((t) => (t.id === 'reloaded' ? { ...t, limits: { idle_timeout: '300ms' } } : t)) });
+    assert.equal((await errP).code, '57P05');
+    await c.end().catch(() => undefined);
   });
 
   it('every refusal is in the audit log with its reason (admission refusals aggregated), and no secret is', async () => {
