@@ -54,6 +54,8 @@ interface Plan {
   transactionPoolSize: number;
   maxClientConnections: number;
   maxConnections: number;
+  /** `[server] workers` of the pgwarden targets (matrix, connect). */
+  pgwardenWorkers: number;
 }
 
 function log(line: string): void {
@@ -102,7 +104,7 @@ function makePlan(options: BenchOptions, bouncer: string | null): { plan: Plan; 
   return {
     plan: {
       matrixTargets, connectTargets, idleProxies, running, maxClients, sessionPoolSize, transactionPoolSize: options.poolSize,
-      maxClientConnections: maxClients + 50, maxConnections: Math.max(300, needed),
+      maxClientConnections: maxClients + 50, maxConnections: Math.max(300, needed), pgwardenWorkers: options.pgwardenWorkers,
     },
     skipped,
   };
@@ -173,7 +175,8 @@ async function startTargets(setup: Setup, plan: Plan, bouncer: string | null): P
       continue;
     }
     const poolSize = kind.mode === 'session' ? plan.sessionPoolSize : plan.transactionPoolSize;
-    targets.push(await startProxy(setup, bouncer, kind.proxy, kind.mode, { poolSize, maxClients: plan.maxClientConnections }));
+    const server = kind.proxy === 'pgwarden' && plan.pgwardenWorkers > 1 ? { server: { workers: plan.pgwardenWorkers } } : {};
+    targets.push(await startProxy(setup, bouncer, kind.proxy, kind.mode, { poolSize, maxClients: plan.maxClientConnections, ...server }));
   }
   return targets;
 }

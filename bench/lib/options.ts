@@ -27,6 +27,8 @@ export interface BenchOptions {
   loginBatch: number;
   /** Isolation phase: steady's pgbench clients, noisy's floods, the storm's concurrency and per-attempt pause. */
   isolationClients: number;
+  /** `[server] workers` of the pgwarden targets in the matrix and connect phases. */
+  pgwardenWorkers: number;
   /** Worker counts for the workers phase (pgwarden-transaction, -M simple at the largest --clients). */
   workers: number[];
   floods: FloodKind[];
@@ -53,6 +55,7 @@ export const USAGE = `usage: npm run bench -- [options]
   --connect-duration S  seconds per connection-rate cell (default: --duration)
   --idle LIST           idle TLS client counts for the RSS phase (default 2000,10000)
   --login-batch N       concurrent logins while opening idle clients (default 200)
+  --pgwarden-workers N  [server] workers of the pgwarden targets in the matrix and connect phases (default 1)
   --workers LIST        [server] workers counts for the workers phase (default 1,<cores>)
   --isolation-clients N steady tenant's pgbench -S clients in the isolation phase (default 4)
   --flood LIST          what the noisy tenant does: storm,copy,stall (default all three)
@@ -102,7 +105,7 @@ export function parseOptions(argv: string[]): BenchOptions | null {
     options: {
       phases: s, targets: s, protocols: s, clients: s, duration: s, rounds: s, jobs: s, scale: s, warmup: s,
       'pool-size': s, 'connect-clients': s, 'connect-duration': s, idle: s, 'login-batch': s,
-      'isolation-clients': s, workers: s, flood: s, 'storm-lanes': s, 'storm-pause': s, 'storm-rate': s,
+      'isolation-clients': s, workers: s, 'pgwarden-workers': s, flood: s, 'storm-lanes': s, 'storm-pause': s, 'storm-rate': s,
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -127,6 +130,7 @@ export function parseOptions(argv: string[]): BenchOptions | null {
     idle: intList('idle', values.idle, [2000, 10_000]),
     loginBatch: positiveInt('login-batch', values['login-batch'], 200),
     isolationClients: positiveInt('isolation-clients', values['isolation-clients'], 4),
+    pgwardenWorkers: positiveInt('pgwarden-workers', values['pgwarden-workers'], 1),
     workers: intList('workers', values.workers, [...new Set([1, os.availableParallelism()])]),
     floods: subset('flood', values.flood, FLOODS),
     stormLanes: positiveInt('storm-lanes', values['storm-lanes'], 300),

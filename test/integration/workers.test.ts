@@ -91,8 +91,11 @@ describe('workers', () => {
 
   it('runs two workers that both serve sessions', async () => {
     assert.equal(workerPids(child.child.pid!).length, 2);
-    const clients = await Promise.all(Array.from({ length: 4 }, () => login('txn')));
-    await Promise.all(clients.map((c) => c.query('select 1')));
+    const clients = await Promise.all(Array.from({ length: 6 }, () => login('txn')));
+    await Promise.all(clients.map((c) => c.query('select pg_sleep(0.2)')));
+    // Pools live in the workers, each with its share: the tenant's 2 backends in total, not 2 each.
+    const onServer = (await cluster.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where usename = 'app'")).rows[0]?.n ?? -1;
+    assert.ok(onServer >= 1 && onServer <= 2, `${onServer} backends for max_backend_connections = 2`);
     await Promise.all(clients.map((c) => c.end()));
     await waitFor(async () => new Set((await records(auditFile)).filter((r) => r['event'] === 'session.start').map((r) => r['worker'])).size === 2);
   });
