@@ -15,6 +15,7 @@ import { readVerifier, type Cluster } from '../../test/support/cluster.js';
 import { configToml, SNI_SUFFIX, type TenantSpec } from '../../test/support/proxy.js';
 import { startDaemon, type Daemon } from './child.js';
 import { onCleanup } from './cleanup.js';
+import { problemLines } from './pgwarden.js';
 import { startFlood, type Flood, type FloodReport, type FloodSpec } from './flood.js';
 import { runSelectOnly, type Endpoint, type PgbenchFigures } from './pgbench.js';
 import { busyPercent, cpuTimes, hostTicks, memory } from './procstat.js';
@@ -25,7 +26,6 @@ export type FloodKind = 'storm' | 'copy' | 'stall';
 export type Condition = 'alone' | 'flooded' | 'control';
 
 const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/cli.js');
-const PINO_WARN = 40;
 const NOISY_USER = 'noisy';
 const NOISY_TABLE = 'noisy_bulk';
 /** noisy's limits: what the flood runs into. */
@@ -117,18 +117,6 @@ interface IsolationProxy {
   metrics(): Promise<string | null>;
   problems(): string[];
   stop(): Promise<void>;
-}
-
-function problemLines(output: string): string[] {
-  return output.split('\n').filter((line) => {
-    if (line.trim() === '') return false;
-    try {
-      const level = (JSON.parse(line) as { level?: unknown }).level;
-      return typeof level !== 'number' || level >= PINO_WARN;
-    } catch {
-      return true;
-    }
-  });
 }
 
 async function listeningPorts(daemon: Daemon, timeoutMs = 15_000): Promise<{ port: number; metrics_port: number }> {

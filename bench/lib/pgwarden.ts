@@ -68,7 +68,7 @@ function listeningPorts(daemon: Daemon, timeoutMs = 15_000): Promise<{ port: num
 }
 
 /** Log lines at warn or above, and anything that is not pino JSON (stack traces, Node warnings). */
-function problemLines(output: string): string[] {
+export function problemLines(output: string): string[] {
   return output.split('\n').filter((line) => {
     if (line.trim() === '') return false;
     try {

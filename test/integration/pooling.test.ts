@@ -14,19 +14,8 @@ import { LimitKeys } from '../../src/limits/store.js';
 import { makeScramVerifier } from '../../src/auth/scram.js';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
 import { startProxy, connect, clientConfig, connectError, libpqConninfo, type RunningProxy } from '../support/proxy.js';
-import { cancelRequest } from '../support/wire.js';
+import { sendCancel } from '../support/wire.js';
 import { sleep, waitFor } from '../support/wait.js';
-
-
-
-/** Sends a CancelRequest on a plain connection, as libpq does, and waits for the proxy to close it. */
-async function sendCancel(port: number, pid: number, key: number): Promise<void> {
-  const s = net.connect({ host: '127.0.0.1', port });
-  s.on('error', () => undefined);
-  await new Promise((r) => s.once('connect', r));
-  s.write(cancelRequest(pid, key));
-  await new Promise((r) => s.once('close', r));
-}
 
 describe('pooling', () => {
   let cluster: Cluster;

@@ -7,7 +7,6 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import net from 'node:net';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,7 +14,7 @@ import pg from 'pg';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
 import { spawnProxy, connect, testCerts, type ChildProxy, type ProxySpec } from '../support/proxy.js';
 import { startRedis, type RedisServer } from '../support/redis.js';
-import { cancelRequest } from '../support/wire.js';
+import { sendCancel } from '../support/wire.js';
 import { waitFor } from '../support/wait.js';
 
 function get(port: number, urlPath: string): Promise<string> {
@@ -30,13 +29,6 @@ function get(port: number, urlPath: string): Promise<string> {
   });
 }
 
-async function sendCancel(port: number, pid: number, key: number): Promise<void> {
-  const s = net.connect({ host: '127.0.0.1', port });
-  s.on('error', () => undefined);
-  await new Promise((r) => s.once('connect', r));
-  s.write(cancelRequest(pid, key));
-  await new Promise((r) => s.once('close', r));
-}
 
 describe('several instances sharing limits through Redis', () => {
   let cluster: Cluster;

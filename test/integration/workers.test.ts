@@ -9,7 +9,6 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
@@ -17,7 +16,7 @@ import { startCluster, readVerifier, type Cluster } from '../support/cluster.js'
 import { spawnProxy, connect, testCerts, type ChildProxy } from '../support/proxy.js';
 import { verifyAuditFile } from '../../src/audit/verify.js';
 import { waitFor } from '../support/wait.js';
-import { cancelRequest } from '../support/wire.js';
+import { sendCancel } from '../support/wire.js';
 
 function get(port: number, urlPath: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
@@ -43,14 +42,6 @@ function workerPids(primary: number): number[] {
   }
 }
 
-/** A CancelRequest on a plain connection, as libpq sends it; waits for the proxy to close it. */
-async function sendCancel(port: number, pid: number, key: number): Promise<void> {
-  const s = net.connect({ host: '127.0.0.1', port });
-  s.on('error', () => undefined);
-  await new Promise((r) => s.once('connect', r));
-  s.write(cancelRequest(pid, key));
-  await new Promise((r) => s.once('close', r));
-}
 
 async function records(file: string): Promise<Record<string, unknown>[]> {
   return (await readFile(file, 'utf8'))

@@ -173,3 +173,12 @@ export function cancelRequest(pid: number, key: number): Buffer {
   b.writeUInt32BE(key >>> 0, 12);
   return b;
 }
+
+/** Sends a CancelRequest on a plain connection, as libpq does, and waits for the proxy to close it. */
+export async function sendCancel(port: number, pid: number, key: number): Promise<void> {
+  const s = net.connect({ host: '127.0.0.1', port });
+  s.on('error', () => undefined);
+  await new Promise((r) => s.once('connect', r));
+  s.write(cancelRequest(pid, key));
+  await new Promise((r) => s.once('close', r));
+}
