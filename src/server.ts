@@ -91,7 +91,7 @@ export class Proxy {
     proxy.limits = shared.limits;
     proxy.bus = shared.bus;
     await proxy.bus.start({
-      onCancel: (m) => proxy.cancels.lookupByHash(m.processId, m.secretHash)?.cancel(),
+      onCancel: (m) => proxy.cancels.lookupByHash(m.processId, m.secretHash, proxy.ctx.mockSecret)?.cancel(),
       onSuspension: (tenantId, suspended) => proxy.onSuspension(tenantId, suspended),
       onReload: () => proxy.onClusterReload(),
     });

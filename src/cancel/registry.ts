@@ -3,7 +3,8 @@
  * upstream's key stays here. Lookup compares the secret in constant time, and an unknown key
  * is simply not found: the caller drops it silently, as PostgreSQL does.
  */
-import { createHash, randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
+import { randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
+import { hashCancelSecret } from '../cluster/bus.js';
 
 export interface CancelTarget {
   readonly tenantId: string;
@@ -39,11 +40,11 @@ export class CancelRegistry {
     return timingSafeEqual(e.secret, secretKey) ? e.target : undefined;
   }
 
-  /** A cancel relayed by another instance or worker: the secret arrives as its SHA-256 (hex). */
-  lookupByHash(processId: number, secretHash: string): CancelTarget | undefined {
+  /** A cancel relayed by another instance or worker: the secret arrives as hashCancelSecret() under `clusterKey`. */
+  lookupByHash(processId: number, secretHash: string, clusterKey: Buffer): CancelTarget | undefined {
     const e = this.entries.get(processId);
     if (e === undefined || !/^[0-9a-f]{64}$/.test(secretHash)) return undefined;
-    const mine = createHash('sha256').update(e.secret).digest();
+    const mine = Buffer.from(hashCancelSecret(e.secret, clusterKey), 'hex');
     return timingSafeEqual(mine, Buffer.from(secretHash, 'hex')) ? e.target : undefined;
   }
 

@@ -2,13 +2,13 @@
  * What instances tell each other: cancel requests (a CancelRequest may land on any instance),
  * tenant suspensions, and "reload your configuration". On one instance the bus is local and
  * delivers to itself; with Redis it is pub/sub (redis-bus.ts). Messages carry no secrets:
- * a cancel travels as the process id and a SHA-256 of the secret key, which the owner compares.
+ * a cancel travels as the process id and an HMAC of the secret key, which the owner compares.
  */
-import { createHash } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 
 export interface CancelMessage {
   readonly processId: number;
-  /** Hex SHA-256 of the 4-byte secret key the client sent. */
+  /** hashCancelSecret() of the 4-byte secret key the client sent (hex). */
   readonly secretHash: string;
 }
 
@@ -38,8 +38,15 @@ export interface ClusterBus {
   close(): Promise<void>;
 }
 
-export function hashCancelSecret(secretKey: Buffer): string {
-  return createHash('sha256').update(secretKey).digest('hex');
+/**
+ * What a cancel carries instead of the secret: HMAC-SHA256 under a key every instance shares
+ * (the mock-salt secret: server.mock_secret_env, or one derived from the shared TLS key), so a
+ * reader of the channel cannot brute-force the 4-byte secret from it. Without a key (tests of
+ * the bus alone), a plain SHA-256.
+ */
+export function hashCancelSecret(secretKey: Buffer, clusterKey?: Buffer): string {
+  if (clusterKey === undefined) return createHash('sha256').update(secretKey).digest('hex');
+  return createHmac('sha256', clusterKey).update('pgwarden-cancel\0').update(secretKey).digest('hex');
 }
 
 /** One instance: everything is delivered to itself. Suspensions last until resumed or restart. */

@@ -294,7 +294,7 @@ export class ClientSession implements TrafficSource {
         const target = this.ctx.cancels.lookup(msg.processId, msg.secretKey);
         // Not ours: the key may belong to another instance (or worker); the bus reaches its owner.
         if (target !== undefined) target.cancel();
-        else this.ctx.bus.publishCancel({ processId: msg.processId, secretHash: hashCancelSecret(msg.secretKey) });
+        else this.ctx.bus.publishCancel({ processId: msg.processId, secretHash: hashCancelSecret(msg.secretKey, this.ctx.mockSecret) });
         // No reply whatever the outcome, as PostgreSQL (R5).
         this.closeQuietly();
         return;

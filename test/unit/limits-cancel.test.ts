@@ -8,6 +8,7 @@ import { CancelRegistry, type CancelTarget } from '../../src/cancel/registry.js'
 import { PreauthLimiter, type Lease } from '../../src/limits/connections.js';
 import { LimitKeys, LocalLimitStore, sourceKey } from '../../src/limits/store.js';
 import { ByteRate } from '../../src/limits/bandwidth.js';
+import { hashCancelSecret } from '../../src/cluster/bus.js';
 
 function mustLease(lease: Lease | null, label: string): Lease {
   assert.ok(lease !== null, `${label}: expected a slot`);
@@ -215,6 +216,22 @@ describe('CancelRegistry', () => {
     assert.equal(reg.size, 0);
     assert.equal(reg.lookup(key.processId, key.secretKey), undefined);
     reg.release(key.processId); // releasing twice is harmless
+  });
+
+  it('a cancel relayed between instances matches only with the right secret under the same cluster key', () => {
+    const reg = new CancelRegistry();
+    const t = target('acme');
+    const key = reg.issue(t);
+    const clusterKey = Buffer.from('shared-cluster-key');
+    const hash = hashCancelSecret(key.secretKey, clusterKey);
+    assert.notEqual(hash, hashCancelSecret(key.secretKey), 'keyed, not a plain hash of 4 bytes');
+    assert.equal(reg.lookupByHash(key.processId, hash, clusterKey), t);
+    assert.equal(reg.lookupByHash(key.processId, hash, Buffer.from('another-key')), undefined);
+    const wrong = Buffer.from(key.secretKey);
+    wrong[0] = (wrong[0]! + 1) & 0xff;
+    assert.equal(reg.lookupByHash(key.processId, hashCancelSecret(wrong, clusterKey), clusterKey), undefined);
+    assert.equal(reg.lookupByHash(key.processId, 'not-hex', clusterKey), undefined);
+    assert.equal(reg.lookupByHash(key.processId + 1, hash, clusterKey), undefined);
   });
 
   it('a wrong, shorter, longer or empty secret finds nothing', () => {
