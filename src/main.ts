@@ -11,6 +11,7 @@ import cluster from 'node:cluster';
 import type { Config } from './config/schema.js';
 import type { Logger } from './observability/logger.js';
 import { runPrimary } from './cluster/primary.js';
+import { onShutdownSignals } from './signals.js';
 import { IpcAuditSink, IpcBus, IpcLimitStore, PrimaryChannel, workerShare } from './cluster/ipc.js';
 
 export async function serve(configPath: string): Promise<void> {
@@ -22,32 +23,13 @@ export async function serve(configPath: string): Promise<void> {
   // Machine-readable line for scripts and tests that start the proxy on port 0.
   log.info({ event: 'listening', port: proxy.address.port, metrics_port: proxy.metricsAddress?.port ?? null }, 'listening');
 
-  let stopping = false;
-  let forced = false;
-  const shutdown = (signal: string): void => {
-    if (stopping) {
-      if (forced) return;
-      forced = true;
-      log.warn({ signal }, 'second signal: exiting now');
-      void proxy.close().finally(() => process.exit(1));
-      return;
-    }
-    stopping = true;
-    log.info({ signal }, 'shutting down: draining sessions');
-    void proxy
-      .drain()
-      .then(async () => {
-        if (forced) return; // the second signal's exit wins
-        await proxy.close();
-        process.exit(0);
-      })
-      .catch((err: unknown) => {
-        log.error({ err }, 'shutdown failed');
-        process.exit(1);
-      });
-  };
-  process.on('SIGTERM', () => shutdown('SIGTERM'));
-  process.on('SIGINT', () => shutdown('SIGINT'));
+  onShutdownSignals(log, {
+    drain: async () => {
+      await proxy.drain();
+      await proxy.close();
+    },
+    closeNow: () => proxy.close(),
+  });
   const reload = (): void => {
     loadConfigFile(configPath)
       .then((next) => proxy.reload(next))

@@ -47,18 +47,25 @@ export function processTree(pid: number): number[] {
   return out;
 }
 
+/** The text of /proc/<p>/<file> for `pid` and each live descendant (the root must exist). */
+function treeFiles(pid: number, file: 'stat' | 'status'): string[] {
+  const out: string[] = [];
+  for (const p of processTree(pid)) {
+    try {
+      out.push(readFileSync(`/proc/${p}/${file}`, 'utf8'));
+    } catch {
+      if (p === pid) throw new Error(`no process ${pid}`);
+      // a descendant that ended meanwhile
+    }
+  }
+  return out;
+}
+
 /** utime and stime of all threads of `pid` and its descendants, in seconds. @see proc(5), fields 14 and 15 */
 export function cpuTimes(pid: number): CpuTimes {
   let user = 0;
   let system = 0;
-  for (const p of processTree(pid)) {
-    let stat: string;
-    try {
-      stat = readFileSync(`/proc/${p}/stat`, 'utf8');
-    } catch {
-      if (p === pid) throw new Error(`no process ${pid}`);
-      continue;
-    }
+  for (const stat of treeFiles(pid, 'stat')) {
     // Fields after "(comm)" start with field 3 (state); comm may contain spaces.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     user += Number(fields[14 - 3]);
@@ -82,13 +89,7 @@ export interface MemorySample {
 export function memory(pid: number): MemorySample {
   let rss = 0;
   let peak = 0;
-  for (const p of processTree(pid)) {
-    let status: string;
-    try {
-      status = readFileSync(`/proc/${p}/status`, 'utf8');
-    } catch {
-      continue;
-    }
+  for (const status of treeFiles(pid, 'status')) {
     const kb = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? Number.NaN);
     rss += kb('VmRSS');
     peak += kb('VmHWM');

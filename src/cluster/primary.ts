@@ -20,6 +20,7 @@ import type { Logger } from '../observability/logger.js';
 import { createAdminServer } from '../admin/http.js';
 import { LocalLimitStore, type Lease } from '../limits/store.js';
 import { openSharedState, type SharedState } from './shared-state.js';
+import { onShutdownSignals } from '../signals.js';
 import { isMessage, type PrimaryMessage, type WorkerMessage } from './ipc.js';
 
 /** A worker that dies sooner than this after its start counts as a crash loop: wait before the next. */
@@ -222,19 +223,21 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
   const metricsPort = (admin?.address() as net.AddressInfo | null | undefined)?.port ?? null;
   log.info({ event: 'listening', port, metrics_port: metricsPort, workers: config.server.workers }, 'listening');
 
-  const finish = async (code: number): Promise<never> => {
-    admin?.closeAllConnections();
-    admin?.close();
-    audit.append({ event: 'proxy.lifecycle', state: 'stopped' });
-    await audit.close();
-    if (shared !== null) {
-      await shared.bus.close();
-      await shared.limits.close();
-    }
-    log.info('pgwarden stopped');
-    log.flush();
-    process.exit(code);
-  };
+  let finishing: Promise<void> | null = null;
+  /** Closes what the primary owns, once (a second signal may arrive during a drain). */
+  const finish = (): Promise<void> =>
+    (finishing ??= (async () => {
+      admin?.closeAllConnections();
+      admin?.close();
+      audit.append({ event: 'proxy.lifecycle', state: 'stopped' });
+      await audit.close();
+      if (shared !== null) {
+        await shared.bus.close();
+        await shared.limits.close();
+      }
+      log.info('pgwarden stopped');
+      log.flush();
+    })());
   const allExited = (): Promise<void> =>
     new Promise((resolve) => {
       const check = (): void => {
@@ -244,23 +247,20 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
       check();
     });
 
-  let forced = false;
-  const shutdown = (signal: string): void => {
-    if (stopping) {
-      if (forced) return;
-      forced = true;
-      log.warn({ signal }, 'second signal: exiting now');
+  onShutdownSignals(log, {
+    drain: async () => {
+      stopping = true; // no respawns, /readyz 503
+      audit.append({ event: 'proxy.lifecycle', state: 'draining' });
+      broadcast({ k: 'drain' });
+      await allExited();
+      await finish();
+    },
+    closeNow: async () => {
+      stopping = true;
       broadcast({ k: 'close' });
-      void Promise.race([allExited(), new Promise((r) => setTimeout(r, 2_000))]).then(() => finish(1));
-      return;
-    }
-    stopping = true;
-    log.info({ signal }, 'shutting down: workers drain their sessions');
-    audit.append({ event: 'proxy.lifecycle', state: 'draining' });
-    broadcast({ k: 'drain' });
-    void allExited().then(() => (forced ? undefined : finish(0)));
-  };
-  process.on('SIGTERM', () => shutdown('SIGTERM'));
-  process.on('SIGINT', () => shutdown('SIGINT'));
+      await Promise.race([allExited(), new Promise((r) => setTimeout(r, 2_000))]);
+      await finish();
+    },
+  });
   process.on('SIGHUP', reload);
 }
