@@ -14,7 +14,16 @@ type Destination = ReturnType<typeof pino.destination>;
 
 /** Where sessions send audit events: the log itself, or (in a worker process) the primary that owns it. */
 export interface AuditSink {
+  /** Best effort: chained and queued for writing; a failed write marks the log unhealthy. */
   append(event: AuditEvent): void;
+  /**
+   * Fail-closed sessions (staff, audit_fail_closed tenants): resolves once the record is durable
+   * (written, and fdatasync'd when audit.fsync), rejects when it cannot be. The caller must not
+   * forward the statement before this resolves (SECURITY.md rule 8, S10).
+   */
+  appendDurable(event: AuditEvent): Promise<void>;
+  /** False while records cannot be written; fail-closed logins are refused meanwhile (57P03). */
+  readonly healthy: boolean;
   /** Resolves once everything appended so far is written (or handed to the writer). */
   flush(): Promise<void>;
   close(): Promise<void>;
@@ -85,6 +94,14 @@ export class AuditLog implements AuditSink {
     this.dest?.write(`${JSON.stringify(record)}\n`);
     this.metrics.auditRecords.inc({ event: name });
     return record;
+  }
+
+  /** TODO(issue 5): group commit with fdatasync; for now: write and flush. */
+  async appendDurable(event: AuditEvent): Promise<void> {
+    if (this.failed !== null) throw this.failed;
+    this.append(event);
+    await this.flush();
+    if (this.failed !== null) throw this.failed;
   }
 
   async flush(): Promise<void> {

@@ -59,6 +59,71 @@ export interface TenantConfig {
   readonly pool: PoolSettings;
   /** [limits] defaults with this tenant's overrides. */
   readonly limits: LimitSettings;
+  /** The most any staff token may grant on this tenant ('deny': staff cannot log in at all). */
+  readonly staffAccess: StaffAccess;
+  /** Role staff sessions use on the tenant's server, and the env var with its password. */
+  readonly staffBackendUser: string | undefined;
+  readonly staffBackendPasswordEnv: string | undefined;
+  /** Statement audit for this tenant's own users ('all': every statement; staff sessions are always audited). */
+  readonly auditStatements: 'none' | 'all';
+  /** Bind parameters in statement audit records of tenant users. */
+  readonly auditParameters: AuditParameters;
+  /** Statement audit must be durable before a statement runs (fail closed, SECURITY.md S10). */
+  readonly auditFailClosed: boolean;
+}
+
+export type StaffAccess = 'deny' | 'read' | 'write';
+export type AuditParameters = 'off' | 'redacted' | 'full';
+
+/** [staff]: staff log in with a short-lived JWT as the password (issue 5). */
+export interface StaffConfig {
+  /** The database user name that selects the staff login path. */
+  readonly loginUser: string;
+  /** A JWKS file (absolute path) or an https URL. */
+  readonly jwks: string;
+  readonly issuer: string;
+  readonly audience: string;
+  readonly algorithms: readonly string[];
+  readonly requireMfa: boolean;
+  readonly allowTokenReuse: boolean;
+  /** A token whose exp - iat (or exp - now when it has no iat) exceeds this is refused: short-lived only. */
+  readonly maxTokenLifetimeMs: number;
+  readonly clockToleranceMs: number;
+  readonly auditParameters: AuditParameters;
+}
+
+/** [audit]: the tamper-evident log, its rotation and checkpoints, and the optional PostgreSQL store. */
+export interface AuditConfig {
+  /** JSON-lines file (absolute path); undefined: records are only counted. */
+  readonly file: string | undefined;
+  /** Rotate when the file reaches this size (0: never). */
+  readonly rotateBytes: number;
+  /** Rotate after this long (0: never). */
+  readonly rotateIntervalMs: number;
+  /** Durable appends (fail-closed sessions) wait for fdatasync, not only write(2). */
+  readonly fsync: boolean;
+  /** Ed25519 private key (PEM, absolute path) for signed checkpoints; undefined: no checkpoints. */
+  readonly checkpointKeyPath: string | undefined;
+  readonly checkpointEveryRecords: number;
+  readonly checkpointIntervalMs: number;
+  /** The checkpoint origin line (C2SP tlog-checkpoint). */
+  readonly checkpointOrigin: string;
+  /** Statement text kept in a record (the rest is counted and hashed). */
+  readonly queryMaxBytes: number;
+  /** Each bind parameter value kept in a record (as pgaudit.log_parameter_max_size). */
+  readonly paramMaxBytes: number;
+  readonly postgres: AuditPostgresConfig | undefined;
+}
+
+export interface AuditPostgresConfig {
+  /** postgresql:// URL without a password; the password comes from passwordEnv. */
+  readonly url: string;
+  readonly passwordEnv: string | undefined;
+  readonly table: string;
+  /** Where events wait while the store is down (absolute path). */
+  readonly spoolDir: string;
+  readonly batchSize: number;
+  readonly flushIntervalMs: number;
 }
 
 export interface Config {
@@ -90,7 +155,11 @@ export interface Config {
   readonly redis: { readonly url: string; readonly keyPrefix: string; readonly commandTimeoutMs: number; readonly leaseTtlMs: number } | undefined;
   /** The admin listener; commands need the token named by adminTokenEnv. */
   readonly metrics: { readonly listenHost: string; readonly listenPort: number; readonly adminTokenEnv: string | undefined } | undefined;
-  readonly audit: { readonly file: string | undefined };
+  /** The operators' admin API on its own listener: bearer token checked against tokenSha256 (hex). */
+  readonly admin: { readonly listenHost: string; readonly listenPort: number; readonly tokenSha256: string } | undefined;
+  readonly audit: AuditConfig;
+  /** Staff access with JWTs; undefined: the staff login path is off (the user name is an ordinary one). */
+  readonly staff: StaffConfig | undefined;
   readonly pool: PoolSettings;
   readonly log: { readonly level: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent' };
   readonly tenants: ReadonlyMap<string, TenantConfig>;
@@ -294,7 +363,7 @@ function readPool(r: Reader, tree: Tree | undefined, path: string, dflt: PoolSet
 /** Validates a parsed TOML tree. `resolvePath` makes file paths absolute (relative to the config file). */
 export function validateConfig(tree: Tree, resolvePath: (p: string) => string): Config {
   const r = new Reader();
-  r.unknownKeys(tree, '', ['server', 'metrics', 'audit', 'log', 'pool', 'limits', 'redis', 'tenants']);
+  r.unknownKeys(tree, '', ['server', 'metrics', 'admin', 'audit', 'staff', 'log', 'pool', 'limits', 'redis', 'tenants']);
   const s = r.section(tree, 'server', 'server', [
     'listen', 'tls_cert', 'tls_key', 'tls_min_version', 'require_tls', 'sni_suffix', 'auth_timeout',
     'shutdown_timeout', 'max_preauth_connections', 'max_preauth_per_source', 'backend_connect_timeout', 'mock_secret_env', 'workers',
@@ -365,8 +434,17 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
   const m = r.section(tree, 'metrics', 'metrics', ['listen', 'admin_token_env']);
   const adminTokenEnv = r.str(m, 'admin_token_env', 'metrics');
   const metricsListen = m === undefined ? undefined : r.listen(m, 'listen', 'metrics', '127.0.0.1:9187');
-  const a = r.section(tree, 'audit', 'audit', ['file']);
-  const auditFile = r.str(a, 'file', 'audit');
+  const ad = r.section(tree, 'admin', 'admin', ['listen', 'token_sha256']);
+  let admin: Config['admin'];
+  if (ad !== undefined) {
+    const adminListen = r.listen(ad, 'listen', 'admin', '127.0.0.1:9188');
+    const tokenSha256 = (r.str(ad, 'token_sha256', 'admin') ?? '').toLowerCase();
+    // Never echo the value: it stands for a secret.
+    if (!/^[0-9a-f]{64}$/.test(tokenSha256)) r.problems.push('admin.token_sha256: must be the hex SHA-256 of the admin token (make one with "pgwarden hash-token")');
+    admin = { listenHost: adminListen.host, listenPort: adminListen.port, tokenSha256 };
+  }
+  const audit = readAudit(r, tree, resolvePath);
+  const staff = readStaff(r, tree, resolvePath);
   const l = r.section(tree, 'log', 'log', ['level']);
   const level = r.str(l, 'level', 'log', 'info') ?? 'info';
   const levels = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
@@ -399,7 +477,7 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
       continue;
     }
     const tt = raw as Tree;
-    r.unknownKeys(tt, path, ['backend', 'backend_tls', 'backend_ca', 'max_client_connections', 'allow_cidrs', 'enabled', 'databases', 'users', ...POOL_KEYS, ...LIMIT_KEYS]);
+    r.unknownKeys(tt, path, ['backend', 'backend_tls', 'backend_ca', 'max_client_connections', 'allow_cidrs', 'enabled', 'databases', 'users', ...POOL_KEYS, ...LIMIT_KEYS, ...TENANT_AUDIT_KEYS]);
     const backend = r.str(tt, 'backend', path);
     let backendHost = '';
     let backendPort = 5432;
@@ -481,18 +559,146 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
       users,
       pool: readPool(r, tt, path, pool),
       limits: readLimits(r, tt, path, limits),
+      ...readTenantAudit(r, tt, path),
     });
   }
 
+  // Fail-closed audit needs somewhere durable to write before a statement runs.
+  if (audit.file === undefined) {
+    if (staff !== undefined) r.problems.push('staff: needs audit.file (staff statements are audited before they run)');
+    for (const t of tenants.values()) if (t.auditFailClosed) r.problems.push(`tenants.${t.id}.audit_fail_closed: needs audit.file`);
+  }
   if (r.problems.length > 0) throw new ConfigError(r.problems);
   return {
     server,
     metrics: metricsListen === undefined ? undefined : { listenHost: metricsListen.host, listenPort: metricsListen.port, adminTokenEnv },
-    audit: { file: auditFile === undefined ? undefined : resolvePath(auditFile) },
+    admin,
+    audit,
+    staff,
     pool,
     limits: sourceLimits,
     redis,
     log: { level: level as Config['log']['level'] },
     tenants,
+  };
+}
+
+const TENANT_AUDIT_KEYS = ['staff_access', 'staff_backend_user', 'staff_backend_password_env', 'audit_statements', 'audit_parameters', 'audit_fail_closed'] as const;
+
+function oneOf<T extends string>(r: Reader, tree: Tree | undefined, key: string, path: string, allowed: readonly T[], dflt: T): T {
+  const v = r.str(tree, key, path, dflt) ?? dflt;
+  if ((allowed as readonly string[]).includes(v)) return v as T;
+  r.problems.push(`${path}.${key}: must be ${allowed.map((a) => `"${a}"`).join(', ')}`);
+  return dflt;
+}
+
+function readTenantAudit(
+  r: Reader,
+  tt: Tree,
+  path: string,
+): Pick<TenantConfig, 'staffAccess' | 'staffBackendUser' | 'staffBackendPasswordEnv' | 'auditStatements' | 'auditParameters' | 'auditFailClosed'> {
+  const staffAccess = oneOf<StaffAccess>(r, tt, 'staff_access', path, ['deny', 'read', 'write'], 'deny');
+  const staffBackendUser = r.str(tt, 'staff_backend_user', path);
+  const staffBackendPasswordEnv = r.str(tt, 'staff_backend_password_env', path);
+  if (staffAccess !== 'deny' && (staffBackendUser === undefined || staffBackendPasswordEnv === undefined)) {
+    r.problems.push(`${path}.staff_access: "${staffAccess}" needs staff_backend_user and staff_backend_password_env`);
+  }
+  if (staffBackendPasswordEnv !== undefined && process.env[staffBackendPasswordEnv] === undefined) {
+    r.problems.push(`${path}.staff_backend_password_env: environment variable ${staffBackendPasswordEnv} is not set`);
+  }
+  return {
+    staffAccess,
+    staffBackendUser,
+    staffBackendPasswordEnv,
+    auditStatements: oneOf(r, tt, 'audit_statements', path, ['none', 'all'], 'none'),
+    auditParameters: oneOf<AuditParameters>(r, tt, 'audit_parameters', path, ['off', 'redacted', 'full'], 'redacted'),
+    auditFailClosed: r.bool(tt, 'audit_fail_closed', path, false),
+  };
+}
+
+function readStaff(r: Reader, tree: Tree, resolvePath: (p: string) => string): StaffConfig | undefined {
+  const st = r.section(tree, 'staff', 'staff', [
+    'login_user', 'jwks', 'issuer', 'audience', 'algorithms', 'require_mfa', 'allow_token_reuse', 'max_token_lifetime', 'clock_tolerance', 'audit_parameters',
+  ]);
+  if (st === undefined) return undefined;
+  const jwks = r.str(st, 'jwks', 'staff');
+  if (jwks === undefined) r.problems.push('staff.jwks: missing (a JWKS file path or an https:// URL)');
+  const issuer = r.str(st, 'issuer', 'staff');
+  if (issuer === undefined) r.problems.push('staff.issuer: missing');
+  const audience = r.str(st, 'audience', 'staff');
+  if (audience === undefined) r.problems.push('staff.audience: missing');
+  const algorithms = r.strArray(st, 'algorithms', 'staff', ['ES256', 'RS256', 'EdDSA']);
+  const known = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'];
+  // Asymmetric only: a shared-secret (HS*) token could be minted by anyone holding the verifier's key.
+  for (const alg of algorithms) if (!known.includes(alg)) r.problems.push(`staff.algorithms: "${alg}" is not one of ${known.join(', ')}`);
+  if (algorithms.length === 0) r.problems.push('staff.algorithms: must not be empty');
+  const loginUser = r.str(st, 'login_user', 'staff', 'staff') ?? 'staff';
+  if (loginUser === '') r.problems.push('staff.login_user: must not be empty');
+  return {
+    loginUser,
+    jwks: jwks === undefined ? '' : /^https:\/\//.test(jwks) ? jwks : resolvePath(jwks),
+    issuer: issuer ?? '',
+    audience: audience ?? '',
+    algorithms,
+    requireMfa: r.bool(st, 'require_mfa', 'staff', true),
+    allowTokenReuse: r.bool(st, 'allow_token_reuse', 'staff', false),
+    maxTokenLifetimeMs: r.duration(st, 'max_token_lifetime', 'staff', 3_600_000, 1000, 86_400_000),
+    clockToleranceMs: r.duration(st, 'clock_tolerance', 'staff', 5_000, 0, 300_000),
+    auditParameters: oneOf<AuditParameters>(r, st, 'audit_parameters', 'staff', ['off', 'redacted', 'full'], 'full'),
+  };
+}
+
+function readAudit(r: Reader, tree: Tree, resolvePath: (p: string) => string): AuditConfig {
+  const a = r.section(tree, 'audit', 'audit', [
+    'file', 'rotate_bytes', 'rotate_interval', 'fsync', 'checkpoint_key', 'checkpoint_every_records', 'checkpoint_interval', 'checkpoint_origin',
+    'query_max_bytes', 'param_max_bytes', 'postgres',
+  ]);
+  const file = r.str(a, 'file', 'audit');
+  const key = r.str(a, 'checkpoint_key', 'audit');
+  const pgTree = a === undefined ? undefined : r.section(a, 'postgres', 'audit.postgres', ['url', 'password_env', 'table', 'spool_dir', 'batch_size', 'flush_interval']);
+  let postgres: AuditPostgresConfig | undefined;
+  if (pgTree !== undefined) {
+    const url = r.str(pgTree, 'url', 'audit.postgres');
+    let urlOk = false;
+    if (url !== undefined) {
+      try {
+        const u = new URL(url);
+        urlOk = u.protocol === 'postgresql:' || u.protocol === 'postgres:';
+        if (u.password !== '') r.problems.push('audit.postgres.url: must not contain a password (use audit.postgres.password_env)');
+      } catch {
+        urlOk = false;
+      }
+    }
+    if (!urlOk) r.problems.push('audit.postgres.url: must be a URL like "postgresql://audit@127.0.0.1:5432/audit"');
+    const passwordEnv = r.str(pgTree, 'password_env', 'audit.postgres');
+    if (passwordEnv !== undefined && process.env[passwordEnv] === undefined) r.problems.push(`audit.postgres.password_env: environment variable ${passwordEnv} is not set`);
+    const table = r.str(pgTree, 'table', 'audit.postgres', 'pgwarden_audit') ?? 'pgwarden_audit';
+    if (!/^[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62})?$/.test(table)) r.problems.push('audit.postgres.table: must be a lower-case identifier, optionally schema-qualified');
+    const spool = r.str(pgTree, 'spool_dir', 'audit.postgres');
+    const spoolDir = spool !== undefined ? resolvePath(spool) : file !== undefined ? `${resolvePath(file)}.spool` : undefined;
+    if (spoolDir === undefined) r.problems.push('audit.postgres.spool_dir: required when audit.file is not set');
+    postgres = {
+      url: url ?? '',
+      passwordEnv,
+      table,
+      spoolDir: spoolDir ?? '',
+      batchSize: r.int(pgTree, 'batch_size', 'audit.postgres', 500, 1, 100_000),
+      flushIntervalMs: r.duration(pgTree, 'flush_interval', 'audit.postgres', 200, 10, 60_000),
+    };
+  }
+  const origin = r.str(a, 'checkpoint_origin', 'audit', 'pgwarden') ?? 'pgwarden';
+  if (!/^[\x21-\x7e]+$/.test(origin)) r.problems.push('audit.checkpoint_origin: must be printable ASCII without spaces');
+  return {
+    file: file === undefined ? undefined : resolvePath(file),
+    rotateBytes: r.bytes(a, 'rotate_bytes', 'audit', 0, 0, 1024 ** 4),
+    rotateIntervalMs: r.duration(a, 'rotate_interval', 'audit', 0, 0, 366 * 86_400_000),
+    fsync: r.bool(a, 'fsync', 'audit', true),
+    checkpointKeyPath: key === undefined ? undefined : resolvePath(key),
+    checkpointEveryRecords: r.int(a, 'checkpoint_every_records', 'audit', 1000, 1, 10_000_000),
+    checkpointIntervalMs: r.duration(a, 'checkpoint_interval', 'audit', 60_000, 100, 86_400_000),
+    checkpointOrigin: origin,
+    queryMaxBytes: r.bytes(a, 'query_max_bytes', 'audit', 16 * 1024, 64, 1024 ** 2),
+    paramMaxBytes: r.bytes(a, 'param_max_bytes', 'audit', 1024, 0, 1024 ** 2),
+    postgres,
   };
 }

@@ -42,6 +42,33 @@ import { PrefixedStream } from '../net/prefixed-stream.js';
 import type { SessionContext } from './context.js';
 import type { Metrics, TrafficSource } from '../observability/metrics.js';
 
+/** A staff session's token, as verified (auth/jwt.ts); no token bytes are kept. */
+export interface StaffIdentity {
+  readonly sub: string;
+  readonly jti: string;
+  readonly ticket: string;
+  readonly access: 'read' | 'write';
+  /** exp, in ms since the epoch: the session ends then (S9). */
+  readonly expMs: number;
+}
+
+/** One row of the admin API's session list. */
+export interface SessionView {
+  readonly id: string;
+  readonly tenant: string | null;
+  readonly user: string | null;
+  readonly database: string | null;
+  readonly staff: { sub: string; ticket: string; access: string; jti: string; expires_at: string } | null;
+  readonly client: { addr: string; port: number };
+  readonly tls: string | null;
+  readonly started_at: string;
+  readonly phase: string;
+  readonly tx_status: string;
+  readonly bytes_in: number;
+  readonly bytes_out: number;
+  readonly queries: number;
+}
+
 export type Phase = 'negotiating' | 'tls_handshake' | 'admitting' | 'authenticating' | 'connecting' | 'relaying' | 'closed';
 
 /** Why a session ended (audit `session.end.reason`, metric label). */
@@ -99,6 +126,7 @@ export class ClientSession implements TrafficSource {
   private scram: ScramServerExchange | null = null;
   private saslStage: 'initial' | 'continue' = 'initial';
   private pendingNegotiate: Buffer | null = null;
+  private staffIdentity: StaffIdentity | null = null;
 
   // Relay.
   /** The backend serving this client now; null between transactions in transaction mode. */
@@ -202,6 +230,30 @@ export class ClientSession implements TrafficSource {
 
   get userName(): string | undefined {
     return this.startup?.user;
+  }
+
+  /** The staff token behind this session (null for a tenant user's session). */
+  get staff(): StaffIdentity | null {
+    return this.staffIdentity;
+  }
+
+  /** What the admin API lists: no secrets, user-supplied names sanitized. */
+  describe(): SessionView {
+    return {
+      id: this.id,
+      tenant: this.tenant?.id ?? null,
+      user: this.startup === null ? null : sanitizeName(this.startup.user),
+      database: this.startup === null ? null : sanitizeName(this.startup.database ?? this.tenant?.backendDatabase ?? ''),
+      staff: this.staffIdentity === null ? null : { sub: this.staffIdentity.sub, ticket: this.staffIdentity.ticket, access: this.staffIdentity.access, jti: this.staffIdentity.jti, expires_at: new Date(this.staffIdentity.expMs).toISOString() },
+      client: { addr: this.remoteAddress, port: this.remotePort },
+      tls: this.tlsVersion,
+      started_at: new Date(this.startedAt).toISOString(),
+      phase: this.phase,
+      tx_status: String.fromCharCode(this.txStatus),
+      bytes_in: this.bytesIn,
+      bytes_out: this.bytesOut,
+      queries: this.queries,
+    };
   }
 
   // ---------------------------------------------------------------- client input

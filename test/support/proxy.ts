@@ -44,7 +44,11 @@ export interface TenantSpec {
   limits?: Record<string, string | number>;
   /** Per-user session caps (users.<name>.max_connections). */
   userMaxConnections?: Record<string, number>;
+  /** Any other tenant keys, written as given (e.g. { staff_access: 'read', audit_statements: 'all' }). */
+  extra?: Record<string, TomlValue>;
 }
+
+export type TomlValue = string | number | boolean | string[];
 
 export interface ProxySpec {
   tenants: TenantSpec[];
@@ -61,6 +65,14 @@ export interface ProxySpec {
   redis?: Record<string, string | number>;
   /** [metrics] admin_token_env: turns on the admin commands. */
   adminTokenEnv?: string;
+  /** More [audit] keys (file comes from auditFile). */
+  audit?: Record<string, TomlValue>;
+  /** [audit.postgres], written as given. */
+  auditPostgres?: Record<string, TomlValue>;
+  /** [staff], written as given. */
+  staff?: Record<string, TomlValue>;
+  /** [admin], written as given (listen defaults to 127.0.0.1:0). */
+  admin?: Record<string, TomlValue>;
 }
 
 const q = (s: string): string => JSON.stringify(s);
@@ -76,14 +88,20 @@ export function configToml(spec: ProxySpec, certs: DevCerts, port = 0): string {
     // One process unless a test asks for workers (workers.test.ts): the others test other things.
     ...Object.entries({ workers: 1, ...spec.server }).map(([k, v]) => `${k} = ${typeof v === 'string' ? q(v) : String(v)}`),
   ];
-  const kv = (rec: Record<string, string | number | boolean>): string[] => Object.entries(rec).map(([k, v]) => `${k} = ${typeof v === 'string' ? q(v) : String(v)}`);
+  const kv = (rec: Record<string, TomlValue>): string[] =>
+    Object.entries(rec).map(([k, v]) => `${k} = ${typeof v === 'string' ? q(v) : Array.isArray(v) ? JSON.stringify(v) : String(v)}`);
   if (spec.metrics !== false) {
     lines.push('', '[metrics]', 'listen = "127.0.0.1:0"');
     if (spec.adminTokenEnv !== undefined) lines.push(`admin_token_env = ${q(spec.adminTokenEnv)}`);
   }
   lines.push('', '[limits]', ...kv({ auth_failure_limit: 0, auth_failures_per_source: 0, ...spec.limits }));
   if (spec.redis !== undefined) lines.push('', '[redis]', ...kv(spec.redis));
-  if (spec.auditFile !== undefined) lines.push('', '[audit]', `file = ${q(spec.auditFile)}`);
+  if (spec.auditFile !== undefined || spec.audit !== undefined || spec.auditPostgres !== undefined) {
+    lines.push('', '[audit]', ...(spec.auditFile === undefined ? [] : [`file = ${q(spec.auditFile)}`]), ...kv(spec.audit ?? {}));
+    if (spec.auditPostgres !== undefined) lines.push('', '[audit.postgres]', ...kv(spec.auditPostgres));
+  }
+  if (spec.staff !== undefined) lines.push('', '[staff]', ...kv(spec.staff));
+  if (spec.admin !== undefined) lines.push('', '[admin]', ...kv({ listen: '127.0.0.1:0', ...spec.admin }));
   lines.push('', '[log]', 'level = "warn"');
   for (const t of spec.tenants) {
     lines.push(
@@ -98,6 +116,7 @@ export function configToml(spec: ProxySpec, certs: DevCerts, port = 0): string {
       ...(t.databases === undefined ? [] : [`databases = ${JSON.stringify(t.databases)}`]),
       ...kv(t.pool ?? {}),
       ...kv(t.limits ?? {}),
+      ...kv(t.extra ?? {}),
     );
     for (const u of t.users) {
       lines.push('', `[tenants.${t.id}.users.${q(u.name)}]`, `scram = ${q(u.verifier)}`);
