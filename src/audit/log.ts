@@ -101,7 +101,7 @@ export class AuditLog implements AuditSink {
     if (this.failed !== null) throw this.failed;
     this.append(event);
     await this.flush();
-    if (this.failed !== null) throw this.failed;
+    if (!this.healthy) throw new Error('audit log write failed');
   }
 
   async flush(): Promise<void> {
