@@ -83,7 +83,7 @@ export class Proxy {
     const tlsMaterial = loadTls(config);
     const metrics = new Metrics();
     const instanceId = opts.instanceId ?? INSTANCE_ID;
-    const audit = opts.audit ?? (await AuditLog.open(config.audit.file, instanceId, VERSION, metrics, log));
+    const audit = opts.audit ?? (await AuditLog.open(config.audit, instanceId, VERSION, metrics, log));
     const proxy = new Proxy(config, tlsMaterial, metrics, audit, log);
     proxy.instanceId = instanceId;
     proxy.adminEnabled = opts.admin ?? true;
@@ -158,6 +158,8 @@ export class Proxy {
         tls: tenant.backendTls,
         ca: cas.get(tenant.id),
       }),
+      // TODO(issue 5, admin API): revocations from POST /staff/revoke, shared through the bus.
+      isStaffRevoked: () => false,
       onClosed: (s) => this.sessions.delete(s),
     };
   }

@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { pino } from 'pino';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
+import type { AuditConfig } from '../config/schema.js';
 import { AUDIT_SCHEMA, type AuditEvent, type AuditRecord, recordHash, rfc3339Micros, uuidv7 } from './record.js';
 
 type Destination = ReturnType<typeof pino.destination>;
@@ -29,7 +30,18 @@ export interface AuditSink {
   close(): Promise<void>;
 }
 
+/**
+ * A further store for the chained records (the PostgreSQL sink): told of every record in chain
+ * order, after the file writer has it. It must not throw and must not block the caller.
+ */
+export interface RecordSink {
+  deliver(record: AuditRecord, line: string): void;
+  /** Delivers or spools what it holds; called by AuditLog.close(). */
+  close(): Promise<void>;
+}
+
 export class AuditLog implements AuditSink {
+  private readonly sinks: RecordSink[] = [];
   private seq = 0;
   private head: string | null;
   private readonly instance: AuditRecord['instance'];
@@ -54,7 +66,8 @@ export class AuditLog implements AuditSink {
   }
 
   /** Opens (creating) the file and continues the chain from its last record. No file: records are only counted. */
-  static async open(file: string | undefined, instanceId: string, version: string, metrics: Metrics, log: Logger): Promise<AuditLog> {
+  static async open(cfg: AuditConfig, instanceId: string, version: string, metrics: Metrics, log: Logger): Promise<AuditLog> {
+    const file = cfg.file;
     if (file === undefined) return new AuditLog(null, null, instanceId, version, metrics, log);
     const prev = await readLastHash(file, log);
     const dest = pino.destination({ dest: file, append: true, mkdir: true, sync: false, minLength: 0 });
@@ -63,6 +76,11 @@ export class AuditLog implements AuditSink {
       dest.once('error', reject);
     });
     return new AuditLog(dest, prev, instanceId, version, metrics, log);
+  }
+
+  /** Adds a store that receives every record from now on, in chain order. */
+  addSink(sink: RecordSink): void {
+    this.sinks.push(sink);
   }
 
   get bootId(): string {
@@ -91,7 +109,9 @@ export class AuditLog implements AuditSink {
     } as AuditRecord;
     record.chain.hash = recordHash(record);
     this.head = record.chain.hash;
-    this.dest?.write(`${JSON.stringify(record)}\n`);
+    const line = `${JSON.stringify(record)}\n`;
+    this.dest?.write(line);
+    for (const sink of this.sinks) sink.deliver(record, line);
     this.metrics.auditRecords.inc({ event: name });
     return record;
   }
@@ -117,6 +137,7 @@ export class AuditLog implements AuditSink {
 
   async close(): Promise<void> {
     await this.flush();
+    await Promise.all(this.sinks.map((s) => s.close()));
     const dest = this.dest;
     if (dest === null) return;
     await new Promise<void>((resolve) => {

@@ -30,7 +30,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
   let config = first;
   const instanceId = randomUUID();
   const metrics = new Metrics();
-  const audit = await AuditLog.open(config.audit.file, instanceId, version, metrics, log);
+  const audit = await AuditLog.open(config.audit, instanceId, version, metrics, log);
   // With Redis the workers share limits there; the primary still needs the bus for admin commands.
   const shared: SharedState | null = config.redis === undefined ? null : await openSharedState(config, instanceId, log, () => undefined);
   const limits = new LocalLimitStore();

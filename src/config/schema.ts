@@ -648,6 +648,11 @@ function readStaff(r: Reader, tree: Tree, resolvePath: (p: string) => string): S
   };
 }
 
+/** [audit] with every default and the given file: for tools and tests that open a log directly. */
+export function defaultAuditConfig(file?: string): AuditConfig {
+  return { ...readAudit(new Reader(), {}, (p) => p), file };
+}
+
 function readAudit(r: Reader, tree: Tree, resolvePath: (p: string) => string): AuditConfig {
   const a = r.section(tree, 'audit', 'audit', [
     'file', 'rotate_bytes', 'rotate_interval', 'fsync', 'checkpoint_key', 'checkpoint_every_records', 'checkpoint_interval', 'checkpoint_origin',

@@ -38,5 +38,7 @@ export interface SessionContext {
   /** Whether new handshakes for the tenant are sure to be refused for its rate right now. */
   rateShielded(tenantId: string): boolean;
   upstreamTarget(tenant: TenantConfig): UpstreamTarget;
+  /** An operator revoked this staff token (by its jti) or every token of this person (by sub). */
+  isStaffRevoked(jti: string, sub: string): boolean;
   onClosed(session: ClientSession): void;
 }

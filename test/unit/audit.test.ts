@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
 import { AuditLog } from '../../src/audit/log.js';
+import { defaultAuditConfig } from '../../src/config/schema.js';
 import { AUDIT_SCHEMA, recordHash, rfc3339Micros, uuidv7, type AuditEvent, type AuditRecord } from '../../src/audit/record.js';
 import { verifyAuditFile } from '../../src/audit/verify.js';
 import { Metrics } from '../../src/observability/metrics.js';
@@ -25,7 +26,7 @@ const EVENTS: readonly AuditEvent[] = [
 ];
 
 async function writeLog(file: string, events: readonly AuditEvent[], metrics: Metrics): Promise<AuditRecord[]> {
-  const audit = await AuditLog.open(file, 'instance-1', '0.0.0-test', metrics, log);
+  const audit = await AuditLog.open(defaultAuditConfig(file), 'instance-1', '0.0.0-test', metrics, log);
   const records = events.map((e) => audit.append(e));
   await audit.close();
   return records;
@@ -172,7 +173,7 @@ describe('audit log hash chain', () => {
 
   it('event fields cannot overwrite the envelope (seq, id, instance, schema)', async () => {
     const f = path.join(dir, 'envelope.jsonl');
-    const audit = await AuditLog.open(f, 'instance-1', '0.0.0-test', metrics, log);
+    const audit = await AuditLog.open(defaultAuditConfig(f), 'instance-1', '0.0.0-test', metrics, log);
     audit.append({ event: 'proxy.lifecycle', state: 'started' });
     const rec = audit.append({ event: 'session.query', seq: 41, id: 'not-a-uuid', schema: 'other', instance: { id: 'x', version: 'y', boot_id: 'z' } });
     await audit.close();
@@ -185,7 +186,7 @@ describe('audit log hash chain', () => {
   });
 
   it('a log without a file only counts', async () => {
-    const audit = await AuditLog.open(undefined, 'instance-1', '0.0.0-test', metrics, log);
+    const audit = await AuditLog.open(defaultAuditConfig(), 'instance-1', '0.0.0-test', metrics, log);
     const a = audit.append({ event: 'proxy.lifecycle', state: 'started' });
     const b = audit.append({ event: 'proxy.lifecycle', state: 'stopped' });
     assert.equal(a.chain.prev, null);
