@@ -14,6 +14,7 @@ import type { BusHandlers, CancelMessage, ClusterBus } from './bus.js';
 export type WorkerMessage =
   | { readonly k: 'rpc'; readonly id: number; readonly op: 'admit'; readonly rate: RateRule | null; readonly lockouts: readonly LockoutRule[] }
   | { readonly k: 'rpc'; readonly id: number; readonly op: 'acquire'; readonly slots: readonly SlotRequest[] }
+  | { readonly k: 'rpc'; readonly id: number; readonly op: 'claimOnce'; readonly key: string; readonly ttlMs: number }
   | { readonly k: 'rpcReply'; readonly id: number; readonly result: unknown }
   | { readonly k: 'release'; readonly lease: number }
   | { readonly k: 'authFailure'; readonly lockouts: readonly LockoutRule[] }
@@ -71,7 +72,9 @@ export class PrimaryChannel {
     });
   }
 
-  call(msg: { op: 'admit'; rate: RateRule | null; lockouts: readonly LockoutRule[] } | { op: 'acquire'; slots: readonly SlotRequest[] }): Promise<unknown> {
+  call(
+    msg: { op: 'admit'; rate: RateRule | null; lockouts: readonly LockoutRule[] } | { op: 'acquire'; slots: readonly SlotRequest[] } | { op: 'claimOnce'; key: string; ttlMs: number },
+  ): Promise<unknown> {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -114,6 +117,10 @@ export class IpcLimitStore implements LimitStore {
   noteAuthFailure(lockouts: readonly LockoutRule[]): Promise<void> {
     this.channel.send({ k: 'authFailure', lockouts });
     return Promise.resolve();
+  }
+
+  async claimOnce(key: string, ttlMs: number): Promise<boolean> {
+    return (await this.channel.call({ op: 'claimOnce', key, ttlMs })) === true;
   }
 
   async acquire(slots: readonly SlotRequest[]): Promise<AcquireResult> {

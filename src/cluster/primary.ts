@@ -68,6 +68,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
       case 'rpc': {
         let result: unknown;
         if (m.op === 'admit') result = limits.admitSync(m.rate, m.lockouts);
+        else if (m.op === 'claimOnce') result = limits.claimOnceSync(m.key, m.ttlMs);
         else {
           const r = limits.acquireSync(m.slots);
           if (r.ok) {
