@@ -56,7 +56,7 @@ export async function loadPrivateKey(file: string): Promise<KeyObject> {
   try {
     key = createPrivateKey(await readFile(file));
   } catch (err) {
-    throw new Error(`audit.checkpoint_key ${file}: cannot read an Ed25519 private key (PEM, PKCS#8): ${(err as NodeJS.ErrnoException).code ?? 'invalid key'}`);
+    throw new Error(`audit.checkpoint_key ${file}: cannot read an Ed25519 private key (PEM, PKCS#8): ${(err as NodeJS.ErrnoException).code ?? 'invalid key'}`, { cause: err });
   }
   return requireEd25519(key, `audit.checkpoint_key ${file}`);
 }

@@ -121,7 +121,7 @@ export class AuditLog implements AuditSink {
         log,
       );
       // A line torn by a crash stays as it is (verify names it); new records start on a line of their own.
-      if (tail.torn) audit.writer.enqueue('\n', 0, false);
+      if (tail.torn) void audit.writer.enqueue('\n', 0, false);
       if (cfg.rotateIntervalMs > 0) audit.every(cfg.rotateIntervalMs, () => audit.writer?.requestRotate());
     }
     if (signer !== null) audit.every(cfg.checkpointIntervalMs, () => audit.checkpoint());
