@@ -56,6 +56,9 @@ export interface WriterHooks {
   onWritten(): void;
 }
 
+/** A rotation whose rename failed is tried again after this long. */
+const ROTATE_RETRY_MS = 60_000;
+
 /** One write(2) carries at most this much; larger queues go in several batches. */
 const MAX_BATCH_BYTES = 4 * 1024 * 1024;
 
@@ -77,6 +80,8 @@ export class AuditFileWriter {
   private isHealthy = true;
   private cause: WriteFailureCause | null = null;
   private rotateDue = false;
+  /** After a failed rename, size-triggered rotation waits until then (not on every batch). */
+  private rotateRetryAt = 0;
   private closed = false;
   private closing = false;
   private reopenOnRetry = false;
@@ -295,7 +300,7 @@ export class AuditFileWriter {
     }
     for (const e of batch.entries) e.waiter?.resolve();
     this.healthy_();
-    if (this.opts.rotateBytes > 0 && this.regular && this.fileBytes >= this.opts.rotateBytes) this.rotateDue = true;
+    if (this.opts.rotateBytes > 0 && this.regular && this.fileBytes >= this.opts.rotateBytes && Date.now() >= this.rotateRetryAt) this.rotateDue = true;
     this.hooks.onWritten();
     return true;
   }
@@ -366,6 +371,8 @@ export class AuditFileWriter {
    * on in the new file (log.ts keeps the head). A failed rename keeps writing to the same file.
    */
   private async rotate(fh: FileHandle): Promise<boolean> {
+    // The batch that ended this file set rotateDue again; this rotation answers both.
+    this.rotateDue = false;
     if (this.firstSeqInFile === null) return true;
     try {
       await fh.datasync();
@@ -378,6 +385,7 @@ export class AuditFileWriter {
       this.log.info({ file: this.file, rotated_to: target }, 'audit file rotated');
     } catch (err) {
       this.metrics.auditRotations.inc({ outcome: 'failed' });
+      this.rotateRetryAt = Date.now() + ROTATE_RETRY_MS;
       this.log.error({ err, file: this.file }, 'audit file rotation failed: writing on to the same file');
       return true;
     }

@@ -245,7 +245,11 @@ describe('audit writer', () => {
       await audit.close();
       const rotated = await rotatedSiblings(file);
       assert.ok(rotated.length >= 3, `rotated files: ${rotated.length}`);
-      for (const f of rotated) assert.match(path.basename(f), /^audit\.jsonl\.\d{8}T\d{6}Z\.\d+(-\d+)?$/);
+      for (const f of rotated) {
+        assert.match(path.basename(f), /^audit\.jsonl\.\d{8}T\d{6}Z\.\d+(-\d+)?$/);
+        // Cut only once past rotate_bytes (never a tiny file right after a rotation).
+        assert.ok((await stat(f)).size >= 2_000, `${f}: ${(await stat(f)).size} bytes`);
+      }
       assert.ok(await counter(metrics.auditRotations, { outcome: 'rotated' }) >= 3);
       const set = await auditFileSet(file);
       assert.equal(set.length, rotated.length + 1);
@@ -269,6 +273,24 @@ describe('audit writer', () => {
       const v2 = await verifyAuditFiles(await auditFileSet(file));
       assert.equal(v2.ok, true, JSON.stringify(v2.firstBad));
       assert.equal(v2.records, 61);
+    });
+
+    it('by size under a steady stream: every rotated file is past rotate_bytes, the chain is whole', async () => {
+      const sub = await mkdtemp(path.join(dir, 'rot-stream-'));
+      const file = path.join(sub, 'audit.jsonl');
+      const audit = await openLog({ ...defaultAuditConfig(file), rotateBytes: 3_000 });
+      for (let i = 0; i < 300; i++) {
+        audit.append({ event: 'session.query', n: i });
+        await new Promise((r) => setImmediate(r));
+      }
+      await audit.close();
+      const rotated = await rotatedSiblings(file);
+      assert.ok(rotated.length >= 2, `rotated files: ${rotated.length}`);
+      // Records that arrive during a rotation form the next batch (group commit), so files vary.
+      for (const f of rotated) assert.ok((await stat(f)).size >= 3_000, `${f}: ${(await stat(f)).size} bytes`);
+      const v = await verifyAuditFiles(await auditFileSet(file));
+      assert.equal(v.ok, true, JSON.stringify(v.firstBad));
+      assert.equal(v.records, 300);
     });
 
     it('by interval: the file is cut after rotate_interval, the chain goes on', async () => {
