@@ -88,6 +88,7 @@ export class AuditLog implements AuditSink {
   ) {
     this.head = prevHead;
     this.instance = { id: instanceId, version, boot_id: randomUUID() };
+    metrics.auditHealthy.set(1);
   }
 
   /**

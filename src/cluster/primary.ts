@@ -173,6 +173,8 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
   const metricsText = async (): Promise<string> => {
     // Counters add up; gauges too (each worker reports its own share), as prom-client's aggregator does.
     const parts = (await askWorkers('metrics')).map((v) => v.result as Parameters<typeof AggregatorRegistry.aggregate>[0][number]);
+    // The primary's own share: the audit writer's metrics live only here.
+    parts.push(await metrics.registry.getMetricsAsJSON());
     return AggregatorRegistry.aggregate(parts).metrics();
   };
 
