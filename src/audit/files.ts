@@ -1,11 +1,12 @@
 /**
- * Names of rotated audit files, `<file>.<YYYYMMDDTHHMMSSZ>.<first seq>[-n]`, and their order
+ * Names of rotated audit files, `<file>.<YYYYMMDDTHHMMSS.mmmZ>.<first seq>[-n]` (UTC rotation time,
+ * the seq of the first record written into it, a counter on a clash), and their order
  * (oldest first). The writer (writer.ts) makes them; the log and the verifier find them here.
  */
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 
-const ROTATED_SUFFIX = /^\.(\d{8}T\d{6}Z)\.(\d+)(?:-(\d+))?$/;
+const ROTATED_SUFFIX = /^\.(\d{8}T\d{6}\.\d{3}Z)\.(\d+)(?:-(\d+))?$/;
 
 interface Key {
   readonly stamp: string;
@@ -49,7 +50,7 @@ export async function rotatedSiblings(file: string): Promise<string[]> {
  */
 export function orderAuditFiles(files: readonly string[]): string[] {
   const keyed = files.map((f, i) => {
-    const m = /^(.*)\.(\d{8}T\d{6}Z)\.(\d+)(?:-(\d+))?$/.exec(f);
+    const m = /^(.*)\.(\d{8}T\d{6}\.\d{3}Z)\.(\d+)(?:-(\d+))?$/.exec(f);
     const key: Key | null = m === null ? null : { stamp: m[2]!, seq: Number(m[3]), n: m[4] === undefined ? 0 : Number(m[4]) };
     return { f, i, key };
   });

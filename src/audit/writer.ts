@@ -367,7 +367,7 @@ export class AuditFileWriter {
   }
 
   /**
-   * Renames the file to `<file>.<YYYYMMDDTHHMMSSZ>.<first seq>` and opens a new one. The chain goes
+   * Renames the file to `<file>.<YYYYMMDDTHHMMSS.mmmZ>.<first seq>` and opens a new one. The chain goes
    * on in the new file (log.ts keeps the head). A failed rename keeps writing to the same file.
    */
   private async rotate(fh: FileHandle): Promise<boolean> {
@@ -377,7 +377,8 @@ export class AuditFileWriter {
     try {
       await fh.datasync();
       this.metrics.auditFsyncs.inc();
-      const stamp = `${new Date().toISOString().slice(0, 19).replace(/[-:]/g, '')}Z`;
+      // ISO 8601 basic format with milliseconds: sorts by time even across restarts in one second.
+      const stamp = `${new Date().toISOString().slice(0, 23).replace(/[-:]/g, '')}Z`;
       const base = `${this.file}.${stamp}.${this.firstSeqInFile}`;
       let target = base;
       for (let i = 1; await exists(target); i++) target = `${base}-${i}`;

@@ -246,7 +246,7 @@ describe('audit writer', () => {
       const rotated = await rotatedSiblings(file);
       assert.ok(rotated.length >= 3, `rotated files: ${rotated.length}`);
       for (const f of rotated) {
-        assert.match(path.basename(f), /^audit\.jsonl\.\d{8}T\d{6}Z\.\d+(-\d+)?$/);
+        assert.match(path.basename(f), /^audit\.jsonl\.\d{8}T\d{6}\.\d{3}Z\.\d+(-\d+)?$/);
         // Cut only once past rotate_bytes (never a tiny file right after a rotation).
         assert.ok((await stat(f)).size >= 2_000, `${f}: ${(await stat(f)).size} bytes`);
       }
@@ -291,6 +291,27 @@ describe('audit writer', () => {
       const v = await verifyAuditFiles(await auditFileSet(file));
       assert.equal(v.ok, true, JSON.stringify(v.firstBad));
       assert.equal(v.records, 300);
+    });
+
+    it('quick restarts with rotation and checkpoints: the files sort in chain order and all verify', async () => {
+      const sub = await mkdtemp(path.join(dir, 'rot-boots-'));
+      const file = path.join(sub, 'audit.jsonl');
+      const cfg: AuditConfig = { ...defaultAuditConfig(file), checkpointKeyPath: keyFile, checkpointEveryRecords: 4, rotateBytes: 1_500 };
+      for (let boot = 0; boot < 3; boot++) {
+        const audit = await openLog(cfg);
+        for (let i = 0; i < 11; i++) {
+          audit.append({ event: 'session.query', boot, n: i });
+          if (i % 3 === 0) await audit.flush();
+        }
+        await audit.close();
+      }
+      const set = await auditFileSet(file);
+      assert.ok(set.length >= 4, `files: ${set.length}`);
+      const v = await verifyAuditFiles(set, { publicKey: await loadPublicKey(`${keyFile}.pub`) });
+      assert.equal(v.ok, true, JSON.stringify(v.firstBad));
+      assert.ok(v.checkpoints >= 9);
+      assert.equal(v.records, 33 + v.checkpoints);
+      assert.equal(v.uncovered, 0, 'each boot ends with a checkpoint');
     });
 
     it('by interval: the file is cut after rotate_interval, the chain goes on', async () => {
