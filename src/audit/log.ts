@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { AuditConfig } from '../config/schema.js';
-import { AUDIT_SCHEMA, type AuditEvent, type AuditRecord, recordHash, rfc3339Micros, uuidv7 } from './record.js';
+import { AUDIT_SCHEMA, type AuditEvent, type AuditRecord, rfc3339Micros, sealRecord, uuidv7 } from './record.js';
 import { AuditFileWriter, type WriteFailureCause } from './writer.js';
 import { CheckpointSigner, loadPrivateKey } from './checkpoint.js';
 import { rotatedSiblings } from './files.js';
@@ -195,9 +195,10 @@ export class AuditLog implements AuditSink {
       ...fields,
       chain: { prev: this.head, hash: '' },
     } as AuditRecord;
-    record.chain.hash = recordHash(record);
-    this.head = record.chain.hash;
-    return { record, line: `${JSON.stringify(record)}\n` };
+    const { hash, line } = sealRecord(record);
+    record.chain.hash = hash;
+    this.head = hash;
+    return { record, line };
   }
 
   /** Queues the line for the file (or drops it, counted, when memory is full) and tells the sinks. */

@@ -42,6 +42,33 @@ export function recordHash(record: { chain: { prev: string | null; hash?: string
 }
 
 /**
+ * Hashes a record whose chain.hash is not set yet and gives its JSON line, in one serialization:
+ * the line is the canonical form itself with chain.hash added, so the bytes that were hashed are
+ * the bytes written (and `verify`, re-canonicalizing, finds the same). Returns the hash; the
+ * caller sets chain.hash.
+ */
+export function sealRecord(record: { chain: { prev: string | null } } & Record<string, unknown>): { hash: string; line: string } {
+  const keys = Object.keys(record).sort();
+  const before: string[] = [];
+  const after: string[] = [];
+  let seenChain = false;
+  for (const k of keys) {
+    if (k === 'chain') {
+      seenChain = true;
+      continue;
+    }
+    const x = record[k];
+    if (x === undefined || typeof x === 'function' || typeof x === 'symbol') continue;
+    (seenChain ? after : before).push(`${JSON.stringify(k)}:${canonicalJson(x)}`);
+  }
+  const prev = canonicalJson(record.chain.prev);
+  const head = before.length === 0 ? '{' : `{${before.join(',')},`;
+  const tail = after.length === 0 ? '}' : `,${after.join(',')}}`;
+  const hash = createHash('sha256').update(`${head}"chain":{"prev":${prev}}${tail}`, 'utf8').digest('hex');
+  return { hash, line: `${head}"chain":{"hash":"${hash}","prev":${prev}}${tail}\n` };
+}
+
+/**
  * RFC 8785 (JCS) for the JSON values audit records hold: object keys sorted by UTF-16 code
  * units (Array.prototype.sort's order), strings and numbers as ECMAScript's JSON.stringify writes
  * them, undefined members left out. Byte for byte what the `canonicalize` package gives for such

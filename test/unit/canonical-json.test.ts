@@ -5,7 +5,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import canonicalize from 'canonicalize';
-import { canonicalJson, uuidv7 } from '../../src/audit/record.js';
+import { canonicalJson, recordHash, sealRecord, uuidv7 } from '../../src/audit/record.js';
 
 /** A deterministic generator of JSON values shaped like audit records (and odder). */
 function* values(seed: number, n: number): Generator {
@@ -42,6 +42,21 @@ describe('canonical JSON (RFC 8785)', () => {
 
   it('sorts keys by UTF-16 code units, as RFC 8785 says', () => {
     assert.equal(canonicalJson({ '\uffff': 1, '😀': 2, b: 3, a: { d: 1, c: 2 } }), '{"a":{"c":2,"d":1},"b":3,"😀":2,"\uffff":1}');
+  });
+
+  it('seals a record in one serialization: the line is the canonical form and carries the hash verify recomputes', () => {
+    for (const v of values(7, 500)) {
+      const rec = { zeta: v, alpha: [v], event: 'session.query', seq: 3, chain: { prev: 'ab'.repeat(32) } } as { chain: { prev: string | null } } & Record<string, unknown>;
+      const { hash, line } = sealRecord(rec);
+      assert.ok(line.endsWith('\n'));
+      const parsed = JSON.parse(line) as { chain: { prev: string; hash: string } } & Record<string, unknown>;
+      assert.equal(parsed.chain.hash, hash);
+      assert.equal(recordHash(parsed), hash);
+      assert.equal(hash, recordHash({ ...rec, chain: { prev: rec.chain.prev } }));
+      assert.equal(line, `${canonicalJson(parsed)}\n`);
+    }
+    const first = sealRecord({ chain: { prev: null } });
+    assert.equal(first.line, `{"chain":{"hash":"${first.hash}","prev":null}}\n`);
   });
 
   it('refuses what JSON cannot carry faithfully', () => {
