@@ -410,3 +410,58 @@ describe('fail-closed statement audit', () => {
     await sleep(10);
   });
 });
+
+describe('audit file on a full disk (/dev/full)', () => {
+  let cluster: Cluster;
+  let dir: string;
+  let rp: RunningProxy;
+  let key: CryptoKey;
+
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-devfull-'));
+    process.env[STAFF_RW_PW_ENV] = 'staff-rw-secret';
+    cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }, { name: 'staff_rw', password: 'staff-rw-secret' }] });
+    const pair = await generateKeyPair('ES256', { extractable: true });
+    key = pair.privateKey;
+    await writeFile(path.join(dir, 'jwks.json'), JSON.stringify({ keys: [{ ...(await exportJWK(pair.publicKey)), kid: 'k1' }] }));
+    const app = { name: 'app', verifier: await readVerifier(cluster, 'app') };
+    rp = await startProxy({
+      auditFile: '/dev/full',
+      staff: { jwks: path.join(dir, 'jwks.json'), issuer: ISSUER, audience: AUDIENCE, algorithms: ['ES256'], require_mfa: false },
+      tenants: [
+        { id: 'acme', cluster, users: [app], extra: { staff_access: 'write', staff_backend_user: 'staff_rw', staff_backend_password_env: STAFF_RW_PW_ENV } },
+        { id: 'strict', cluster, users: [app], extra: { audit_statements: 'all', audit_fail_closed: true } },
+        { id: 'lenient', cluster, users: [app], extra: { audit_statements: 'all' } },
+      ],
+    });
+  });
+
+  after(async () => {
+    await rp.close();
+    await cluster.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('refuses staff and fail-closed logins with 57P03 and keeps best-effort tenants serving', async () => {
+    // The proxy's first record (started) already failed with ENOSPC.
+    await waitFor(() => !rp.proxy.audit.healthy, 5_000, 'audit log unhealthy');
+    const now = Math.floor(Date.now() / 1000);
+    const token = await new SignJWT({ tenant: 'acme', access: 'write', ticket: 'INC-2', jti: randomUUID() })
+      .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+      .setSubject('carol')
+      .setIssuer(ISSUER)
+      .setAudience(AUDIENCE)
+      .setIssuedAt(now)
+      .setExpirationTime(now + 300)
+      .sign(key);
+    const staffErr = await connectError(clientConfig(rp, { tenant: 'acme', user: 'staff', password: token }));
+    assert.equal(staffErr.code, '57P03');
+    assert.equal(staffErr.message, 'audit log is unavailable, not accepting connections');
+    const strictErr = await connectError(clientConfig(rp, { tenant: 'strict', user: 'app', password: 'app-pass' }));
+    assert.equal(strictErr.code, '57P03');
+    const c = new pg.Client(clientConfig(rp, { tenant: 'lenient', user: 'app', password: 'app-pass' }));
+    await c.connect();
+    assert.equal((await c.query<{ n: number }>('SELECT 41 + 1 AS n')).rows[0]!.n, 42);
+    await c.end();
+  });
+});
