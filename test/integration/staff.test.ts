@@ -12,7 +12,7 @@ import pg from 'pg';
 import { pino } from 'pino';
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWTPayload } from 'jose';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
-import { clientConfig, configToml, connectError, libpqConninfo, psql, startProxy, testCerts, type ProxySpec, type RunningProxy } from '../support/proxy.js';
+import { clientConfig, configToml, connectError, libpqConninfo, psql, spawnProxy, startProxy, testCerts, type ProxySpec, type RunningProxy } from '../support/proxy.js';
 import { sleep, waitFor } from '../support/wait.js';
 import { parseConfigText } from '../../src/config/load.js';
 import { Proxy } from '../../src/server.js';
@@ -463,5 +463,56 @@ describe('audit file on a full disk (/dev/full)', () => {
     await c.connect();
     assert.equal((await c.query<{ n: number }>('SELECT 41 + 1 AS n')).rows[0]!.n, 42);
     await c.end();
+  });
+});
+
+describe('staff sessions across worker processes', () => {
+  it('claims a token once across workers and makes each statement durable through the primary', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-staff-workers-'));
+    const cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }, { name: 'staff_rw', password: 'staff-rw-secret' }] });
+    try {
+      const pair = await generateKeyPair('ES256', { extractable: true });
+      await writeFile(path.join(dir, 'jwks.json'), JSON.stringify({ keys: [{ ...(await exportJWK(pair.publicKey)), kid: 'k1' }] }));
+      const auditFile = path.join(dir, 'audit.jsonl');
+      const child = await spawnProxy(
+        {
+          auditFile,
+          server: { workers: 2 },
+          staff: { jwks: path.join(dir, 'jwks.json'), issuer: ISSUER, audience: AUDIENCE, algorithms: ['ES256'], require_mfa: false },
+          tenants: [{ id: 'acme', cluster, users: [{ name: 'app', verifier: await readVerifier(cluster, 'app') }], extra: { staff_access: 'write', staff_backend_user: 'staff_rw', staff_backend_password_env: STAFF_RW_PW_ENV } }],
+        },
+        { [STAFF_RW_PW_ENV]: 'staff-rw-secret' },
+      );
+      try {
+        const rpLike = { port: child.port, certs: await testCerts() };
+        const now = Math.floor(Date.now() / 1000);
+        const token = await new SignJWT({ tenant: 'acme', access: 'write', ticket: 'INC-W', jti: randomUUID() })
+          .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+          .setSubject('dave')
+          .setIssuer(ISSUER)
+          .setAudience(AUDIENCE)
+          .setIssuedAt(now)
+          .setExpirationTime(now + 300)
+          .sign(pair.privateKey);
+        const c = new pg.Client(clientConfig(rpLike, { tenant: 'acme', user: 'staff', password: token }));
+        await c.connect();
+        assert.equal((await c.query<{ n: number }>('SELECT 6 * 7 AS n')).rows[0]!.n, 42);
+        // Replays land on either worker (the kernel spreads accepts): the primary refuses them all.
+        for (let i = 0; i < 4; i++) assert.equal((await connectError(clientConfig(rpLike, { tenant: 'acme', user: 'staff', password: token }))).code, '28P01');
+        await c.end();
+      } finally {
+        child.child.kill('SIGTERM');
+        await child.exited;
+        await child.stop();
+      }
+      const recs = await readAudit(auditFile);
+      const q = recs.find((x) => x.event === 'session.query' && x['query'] === 'SELECT 6 * 7 AS n');
+      assert.ok(q, 'the worker\'s statement is in the primary\'s log');
+      assert.equal(typeof q['worker'], 'number');
+      assert.equal(recs.filter((x) => x.event === 'staff.access' && x['reason'] === 'jwt_invalid:replay').length, 4);
+    } finally {
+      await cluster.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
