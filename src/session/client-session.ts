@@ -1656,15 +1656,38 @@ const REFUSAL_SQL =
 function refusedStatement(f: Frame, sql = REFUSAL_SQL): Frame {
   let body: Buffer;
   if (f.type === Frontend.Query) body = Buffer.from(`${sql}\0`, 'utf8');
-  else {
-    const nameEnd = f.body.indexOf(0);
-    body = Buffer.concat([f.body.subarray(0, nameEnd + 1), Buffer.from(`${sql}\0`, 'utf8'), Buffer.alloc(2)]);
-  }
+  else body = refusedParseBody(f.body, sql);
   const raw = Buffer.allocUnsafe(5 + body.length);
   raw[0] = f.type;
   raw.writeUInt32BE(4 + body.length, 1);
   body.copy(raw, 5);
   return { type: f.type, body: raw.subarray(5), raw };
+}
+
+/** Oid of `text`: parameters the refused statement must still accept but never uses. */
+const TEXT_OID = 25;
+
+/**
+ * A Parse of `sql` under the client's statement name that still declares as many parameters as
+ * the client's statement had (its declared types, then text for each further $n in its text), so
+ * the client's Bind succeeds and Execute reaches the raising block: the client sees the refusal's
+ * SQLSTATE, not a bind error.
+ */
+function refusedParseBody(orig: Buffer, sql: string): Buffer {
+  const nameEnd = orig.indexOf(0);
+  const queryEnd = orig.indexOf(0, nameEnd + 1);
+  let declared: number[] = [];
+  if (queryEnd > 0 && queryEnd + 3 <= orig.length) {
+    const n = orig.readInt16BE(queryEnd + 1);
+    if (n > 0 && queryEnd + 3 + 4 * n <= orig.length) declared = Array.from({ length: n }, (_, i) => orig.readUInt32BE(queryEnd + 3 + 4 * i));
+  }
+  let used = 0;
+  for (const m of orig.toString('utf8', nameEnd + 1, queryEnd < 0 ? orig.length : queryEnd).matchAll(/\$(\d{1,5})/g)) used = Math.max(used, Number(m[1]));
+  const count = Math.min(Math.max(declared.length, used), 65_535);
+  const types = Buffer.alloc(2 + 4 * count);
+  types.writeUInt16BE(count, 0);
+  for (let i = 0; i < count; i++) types.writeUInt32BE(declared[i] ?? TEXT_OID, 2 + 4 * i);
+  return Buffer.concat([orig.subarray(0, nameEnd + 1), Buffer.from(`${sql}\0`, 'utf8'), types]);
 }
 
 /**

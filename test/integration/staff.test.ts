@@ -128,6 +128,9 @@ describe('staff access and statement audit', () => {
     // Turning read-only off is refused by the proxy's guard (the server raises it: 25006).
     await assert.rejects(c.query('SET default_transaction_read_only = off'), { code: '25006' });
     await assert.rejects(c.query('BEGIN READ /* sneaky */ WRITE'), { code: '25006' });
+    // Extended protocol with a parameter: the refusal still binds, and the client sees 25006.
+    await assert.rejects(c.query("SELECT set_config('default_transaction_read_only', $1, false)", ['off']), { code: '25006' });
+    assert.equal((await c.query<{ n: string }>('SELECT count(*) AS n FROM items WHERE id > $1', [0])).rows[0]!.n, '2');
     await c.end();
     await rp.proxy.audit.flush();
 
