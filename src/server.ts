@@ -318,6 +318,9 @@ export class Proxy {
     if (old.server.listenHost !== config.server.listenHost || old.server.listenPort !== config.server.listenPort) {
       this.log.warn('server.listen changed: takes effect after a restart');
     }
+    if (old.admin?.listenHost !== config.admin?.listenHost || old.admin?.listenPort !== config.admin?.listenPort) {
+      this.log.warn('admin.listen changed: takes effect after a restart (a new token_sha256 applies now)');
+    }
     this.ctx = this.makeContext(config, tlsMaterial);
     this.pools.retain(new Set(config.tenants.keys()));
     this.log.level = config.log.level;
