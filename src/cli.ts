@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 /**
- * The `pgwarden` command: serve, check-config, hash-password, audit verify, audit keygen.
+ * The `pgwarden` command: serve, check-config, hash-password, hash-token, audit verify, audit keygen.
  * Each subcommand is a thin shell around the module that does the work.
  */
 import { parseArgs } from 'node:util';
+import { createHash, randomBytes } from 'node:crypto';
 import { loadConfigFile } from './config/load.js';
 import { ConfigError } from './config/schema.js';
 import { DEFAULT_ITERATIONS, makeScramVerifier } from './auth/scram.js';
@@ -14,6 +15,8 @@ const USAGE = `usage:
   pgwarden serve --config FILE            run the proxy
   pgwarden check-config --config FILE     validate a config file
   pgwarden hash-password [--iterations N] read a password on stdin, print a SCRAM-SHA-256 verifier
+  pgwarden hash-token [--generate]        read an admin API token on stdin (or make one), print its
+                                          [admin] token_sha256
   pgwarden audit verify [--public-key PEM | --config FILE] [FILE...]
                                           check an audit log's hash chain across rotated files
                                           and its signed checkpoints (FILE: the live file finds
@@ -52,6 +55,17 @@ async function main(argv: string[]): Promise<number> {
       const password = (await readStdin()).replace(/\r?\n$/, '');
       if (password.length === 0) throw new UsageError('empty password on stdin');
       process.stdout.write(`${await makeScramVerifier(password, iterations)}\n`);
+      return 0;
+    }
+    case 'hash-token': {
+      const { values } = parseArgs({ args: rest, options: { generate: { type: 'boolean', short: 'g' } } });
+      // The config holds only the hash, so the token itself must resist guessing: 32 random bytes.
+      if (values.generate !== true && process.stdin.isTTY) process.stderr.write('token (then Enter, Ctrl-D): ');
+      const token = values.generate === true ? randomBytes(32).toString('base64url') : (await readStdin()).replace(/\r?\n$/, '');
+      if (token.length < 16) throw new UsageError('token too short: use at least 16 characters (or --generate)');
+      const hash = createHash('sha256').update(token, 'utf8').digest('hex');
+      if (values.generate === true) process.stdout.write(`token: ${token}\n`);
+      process.stdout.write(`token_sha256 = "${hash}"\n`);
       return 0;
     }
     case 'audit': {

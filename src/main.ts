@@ -21,7 +21,7 @@ export async function serve(configPath: string): Promise<void> {
   if (config.server.workers > 1) return runPrimary(configPath, config, log, VERSION);
   const proxy = await Proxy.start(config, { logger: log });
   // Machine-readable line for scripts and tests that start the proxy on port 0.
-  log.info({ event: 'listening', port: proxy.address.port, metrics_port: proxy.metricsAddress?.port ?? null }, 'listening');
+  log.info({ event: 'listening', port: proxy.address.port, metrics_port: proxy.metricsAddress?.port ?? null, admin_port: proxy.adminAddress?.port ?? null }, 'listening');
 
   onShutdownSignals(log, {
     drain: async () => {
@@ -46,7 +46,7 @@ export async function serve(configPath: string): Promise<void> {
 
 /**
  * One of N workers (see cluster/primary.ts): serves clients on the shared socket; the primary
- * holds the audit log, the admin listener, the signals and (without Redis) the limits.
+ * holds the audit log, the metrics and admin listeners, the signals and (without Redis) the limits.
  */
 async function serveWorker(configPath: string, config: Config, baseLog: Logger): Promise<void> {
   const workerId = Number(process.env['PGWARDEN_WORKER_ID'] ?? '0');
@@ -78,6 +78,8 @@ async function serveWorker(configPath: string, config: Config, baseLog: Logger):
         return;
       case 'rpc':
         if (m.op === 'pools') channel.send({ k: 'rpcReply', id: m.id, result: proxy.pools.snapshot() });
+        else if (m.op === 'sessions') channel.send({ k: 'rpcReply', id: m.id, result: proxy.listSessions(m.tenant) });
+        else if (m.op === 'terminate') channel.send({ k: 'rpcReply', id: m.id, result: proxy.terminateSession(m.session) });
         else {
           proxy.metrics.registry.getMetricsAsJSON().then(
             (result) => channel.send({ k: 'rpcReply', id: m.id, result }),
@@ -89,6 +91,7 @@ async function serveWorker(configPath: string, config: Config, baseLog: Logger):
       case 'cancel':
       case 'suspension':
       case 'auditHealth':
+      case 'revocation':
       case 'rpcReply':
         return; // the bus and the channel handle these
     }

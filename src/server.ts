@@ -19,7 +19,9 @@ import { RejectionAggregator } from './audit/rejections.js';
 import { Metrics } from './observability/metrics.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { createAdminServer } from './admin/http.js';
-import { ClientSession } from './session/client-session.js';
+import { createAdminApi, type AdminApi, type AdminBackend } from './admin/api.js';
+import { RevocationSet, revocationMatches, revocationTtlMs, type StaffRevocation } from './admin/revocations.js';
+import { ClientSession, type SessionView } from './session/client-session.js';
 import type { SessionContext } from './session/context.js';
 import type { UpstreamTarget } from './pool/upstream.js';
 import { PoolManager } from './pool/backend-pool.js';
@@ -53,6 +55,8 @@ export class Proxy {
   /** Tenants whose connection-rate bucket ran dry, until when (performance.now()). */
   private readonly rateShield = new Map<string, number>();
   readonly sessions = new Set<ClientSession>();
+  /** Staff tokens revoked through the admin API (on any instance), until they would have expired. */
+  readonly revocations = new RevocationSet();
   /** Every client socket until it closes, including ones lingering after their FATAL. */
   private readonly sockets = new Set<net.Socket>();
   instanceId: string = INSTANCE_ID;
@@ -60,6 +64,7 @@ export class Proxy {
   private ctx: SessionContext;
   private listener: net.Server | null = null;
   private admin: http.Server | null = null;
+  private adminApi: AdminApi | null = null;
   private draining = false;
   private drainTimer: NodeJS.Timeout | null = null;
   private readonly rejections: RejectionAggregator;
@@ -95,6 +100,7 @@ export class Proxy {
       onCancel: (m) => proxy.cancels.lookupByHash(m.processId, m.secretHash, proxy.ctx.mockSecret)?.cancel(),
       onSuspension: (tenantId, suspended) => proxy.onSuspension(tenantId, suspended),
       onReload: () => proxy.onClusterReload(),
+      onRevocation: (rev) => proxy.onRevocation(rev),
     });
     proxy.ctx = proxy.makeContext(config, tlsMaterial);
     proxy.sweeper = setInterval(() => proxy.sweep(), TIMER_SWEEP_MS);
@@ -120,6 +126,12 @@ export class Proxy {
 
   get metricsAddress(): { host: string; port: number } | null {
     const a = this.admin?.address() as net.AddressInfo | null | undefined;
+    return a ? { host: a.address, port: a.port } : null;
+  }
+
+  /** The admin API's listener, when `[admin]` is configured (and this is not a worker). */
+  get adminAddress(): { host: string; port: number } | null {
+    const a = this.adminApi?.server.address() as net.AddressInfo | null | undefined;
     return a ? { host: a.address, port: a.port } : null;
   }
 
@@ -160,8 +172,7 @@ export class Proxy {
         tls: tenant.backendTls,
         ca: cas.get(tenant.id),
       }),
-      // TODO(issue 5, admin API): revocations from POST /staff/revoke, shared through the bus.
-      isStaffRevoked: () => false,
+      isStaffRevoked: (jti, sub) => this.revocations.has(jti, sub),
       onClosed: (s) => this.sessions.delete(s),
     };
   }
@@ -183,14 +194,6 @@ export class Proxy {
         isReady: () => !this.draining,
         log: this.log,
         pools: () => this.pools.snapshot(),
-        token: () => {
-          const env = this.ctx.config.metrics?.adminTokenEnv;
-          return env === undefined ? undefined : process.env[env];
-        },
-        commands: {
-          suspend: (tenantId, suspended) => this.bus.publishSuspension(tenantId, suspended),
-          reload: () => this.bus.publishReload(),
-        },
       });
       await new Promise<void>((resolve, reject) => {
         admin.once('error', reject);
@@ -198,6 +201,45 @@ export class Proxy {
       });
       this.admin = admin;
     }
+    if (config.admin !== undefined && this.adminEnabled) {
+      const api = createAdminApi({ tokenSha256: () => this.ctx.config.admin?.tokenSha256, backend: this.adminBackend(), audit: () => this.audit, log: this.log });
+      await new Promise<void>((resolve, reject) => {
+        api.server.once('error', reject);
+        api.server.listen(config.admin!.listenPort, config.admin!.listenHost, () => resolve());
+      });
+      this.adminApi = api;
+    }
+  }
+
+  /** The admin API's commands on a single process: sessions here, suspensions, revocations and reloads through the bus. */
+  private adminBackend(): AdminBackend {
+    return {
+      listSessions: (tenant) => Promise.resolve(this.listSessions(tenant)),
+      terminateSession: (id) => Promise.resolve(this.terminateSession(id)),
+      hasTenant: (id) => this.ctx.config.tenants.has(id),
+      suspend: (tenantId, suspended) => this.bus.publishSuspension(tenantId, suspended),
+      revokeStaff: (rev) => this.bus.publishRevocation(rev),
+      reload: () => this.bus.publishReload(),
+      revocationTtlMs: () => revocationTtlMs(this.ctx.config.staff),
+    };
+  }
+
+  /** What GET /sessions shows of this process (describe(): no secrets). */
+  listSessions(tenant: string | null): SessionView[] {
+    const out: SessionView[] = [];
+    for (const s of this.sessions) if (s.phase !== 'closed' && (tenant === null || s.tenantId === tenant)) out.push(s.describe());
+    return out;
+  }
+
+  /** Ends one session with 57P01, as PostgreSQL's pg_terminate_backend does; false if it is not here. */
+  terminateSession(id: string): boolean {
+    for (const s of this.sessions) {
+      if (s.id !== id || s.phase === 'closed') continue;
+      this.log.info({ session: id, tenant: s.tenantId }, 'session terminated by an operator');
+      s.terminate(Errors.adminShutdown('admin'), 'admin');
+      return true;
+    }
+    return false;
   }
 
   private accept(socket: net.Socket): void {
@@ -251,6 +293,19 @@ export class Proxy {
     for (const s of [...this.sessions]) if (s.tenantId === tenantId) s.terminate(Errors.tenantSuspended(), 'tenant_suspended');
   }
 
+  /** A staff token (or a person's tokens) was revoked on some instance: remember it, end its sessions. */
+  private onRevocation(rev: StaffRevocation): void {
+    if (!this.revocations.add(rev)) return; // already lapsed
+    let ended = 0;
+    for (const s of [...this.sessions]) {
+      const staff = s.staff;
+      if (staff === null || s.phase === 'closed' || !revocationMatches(rev, staff)) continue;
+      s.terminate(Errors.adminShutdown('staff_revoked'), 'admin');
+      ended++;
+    }
+    this.log.info({ by: rev.by, id: rev.id, until: new Date(rev.untilMs).toISOString(), sessionsEnded: ended }, 'staff token revoked');
+  }
+
   /** Another instance asked every instance to re-read its configuration. */
   reloadHook: (() => void) | null = null;
   private onClusterReload(): void {
@@ -264,6 +319,9 @@ export class Proxy {
     const old = this.ctx.config;
     if (old.server.listenHost !== config.server.listenHost || old.server.listenPort !== config.server.listenPort) {
       this.log.warn('server.listen changed: takes effect after a restart');
+    }
+    if (old.admin?.listenHost !== config.admin?.listenHost || old.admin?.listenPort !== config.admin?.listenPort) {
+      this.log.warn('admin.listen changed: takes effect after a restart (a new token_sha256 applies now)');
     }
     this.ctx = this.makeContext(config, tlsMaterial);
     this.pools.retain(new Set(config.tenants.keys()));
@@ -322,6 +380,12 @@ export class Proxy {
         if (!this.admin) return r();
         this.admin.closeAllConnections();
         this.admin.close(() => r());
+      }),
+      new Promise<void>((r) => {
+        if (!this.adminApi) return r();
+        this.adminApi.stop();
+        this.adminApi.server.closeAllConnections();
+        this.adminApi.server.close(() => r());
       }),
     ]);
     this.rejections.stop();

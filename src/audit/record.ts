@@ -17,7 +17,8 @@ export type AuditEventName =
   | 'limits.degraded'
   | 'audit.gap'
   | 'audit.checkpoint'
-  | 'proxy.lifecycle';
+  | 'proxy.lifecycle'
+  | 'admin.command';
 
 /** What a caller supplies; the writer adds the envelope (id, time, seq, chain…). */
 export interface AuditEvent {

@@ -1,10 +1,11 @@
 /**
  * What instances tell each other: cancel requests (a CancelRequest may land on any instance),
- * tenant suspensions, and "reload your configuration". On one instance the bus is local and
+ * tenant suspensions, staff-token revocations, and "reload your configuration". On one instance the bus is local and
  * delivers to itself; with Redis it is pub/sub (redis-bus.ts). Messages carry no secrets:
  * a cancel travels as the process id and an HMAC of the secret key, which the owner compares.
  */
 import { createHash, createHmac } from 'node:crypto';
+import type { StaffRevocation } from '../admin/revocations.js';
 
 export interface CancelMessage {
   readonly processId: number;
@@ -17,6 +18,8 @@ export interface BusHandlers {
   /** A tenant was suspended (true) or resumed (false) by an operator on some instance. */
   onSuspension(tenantId: string, suspended: boolean): void;
   onReload(): void;
+  /** An operator revoked a staff token (or a person's tokens) on some instance. */
+  onRevocation(rev: StaffRevocation): void;
 }
 
 export interface ClusterBus {
@@ -33,6 +36,8 @@ export interface ClusterBus {
    */
   publishSuspension(tenantId: string, suspended: boolean): Promise<void>;
   publishReload(): Promise<void>;
+  /** Like a suspension: applied here at once, then shared; rejects when it could not be shared. */
+  publishRevocation(rev: StaffRevocation): Promise<void>;
   /** Tenants suspended cluster-wide, as last known (loaded at start). */
   suspended(): ReadonlySet<string>;
   close(): Promise<void>;
@@ -72,6 +77,11 @@ export class LocalBus implements ClusterBus {
 
   publishReload(): Promise<void> {
     this.handlers?.onReload();
+    return Promise.resolve();
+  }
+
+  publishRevocation(rev: StaffRevocation): Promise<void> {
+    this.handlers?.onRevocation(rev);
     return Promise.resolve();
   }
 

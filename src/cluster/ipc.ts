@@ -9,6 +9,7 @@ import type { Config, TenantConfig } from '../config/schema.js';
 import type { AuditSink } from '../audit/log.js';
 import type { AcquireResult, AdmitResult, Lease, LimitMode, LimitStore, LockoutRule, RateRule, SlotRequest } from '../limits/store.js';
 import type { BusHandlers, CancelMessage, ClusterBus } from './bus.js';
+import type { StaffRevocation } from '../admin/revocations.js';
 
 /** Worker → primary. */
 export type WorkerMessage =
@@ -32,11 +33,15 @@ export type WorkerMessage =
 export type PrimaryMessage =
   | { readonly k: 'rpcReply'; readonly id: number; readonly result: unknown }
   | { readonly k: 'rpc'; readonly id: number; readonly op: 'pools' | 'metrics' }
-  | { readonly k: 'init'; readonly suspended: readonly string[] }
+  /** The admin API on the primary: the worker's sessions (describe()), or end one by id (true if it was there). */
+  | { readonly k: 'rpc'; readonly id: number; readonly op: 'sessions'; readonly tenant: string | null }
+  | { readonly k: 'rpc'; readonly id: number; readonly op: 'terminate'; readonly session: string }
+  | { readonly k: 'init'; readonly suspended: readonly string[]; readonly revocations: readonly StaffRevocation[] }
   | { readonly k: 'cancel'; readonly msg: CancelMessage }
   | { readonly k: 'suspension'; readonly tenant: string; readonly suspended: boolean }
   /** The audit file stopped or started accepting writes (also sent after `init` while unhealthy). */
   | { readonly k: 'auditHealth'; readonly healthy: boolean }
+  | { readonly k: 'revocation'; readonly rev: StaffRevocation }
   | { readonly k: 'reload' }
   | { readonly k: 'drain' }
   | { readonly k: 'close' };
@@ -155,7 +160,7 @@ export class IpcLimitStore implements LimitStore {
   }
 }
 
-/** Cancels and suspensions relayed by the primary (which also serves the admin commands). */
+/** Cancels, suspensions and revocations relayed by the primary (which also serves the admin commands). */
 export class IpcBus implements ClusterBus {
   private readonly suspendedSet = new Set<string>();
   private handlers: BusHandlers | null = null;
@@ -169,6 +174,7 @@ export class IpcBus implements ClusterBus {
         switch (m.k) {
           case 'init':
             for (const t of m.suspended) this.suspendedSet.add(t);
+            for (const r of m.revocations) this.handlers?.onRevocation(r);
             resolve();
             return;
           case 'cancel':
@@ -178,6 +184,9 @@ export class IpcBus implements ClusterBus {
             if (m.suspended) this.suspendedSet.add(m.tenant);
             else this.suspendedSet.delete(m.tenant);
             this.handlers?.onSuspension(m.tenant, m.suspended);
+            return;
+          case 'revocation':
+            this.handlers?.onRevocation(m.rev);
             return;
           case 'rpc':
           case 'rpcReply':
@@ -203,6 +212,10 @@ export class IpcBus implements ClusterBus {
 
   publishReload(): Promise<void> {
     return Promise.reject(new Error('reloads are published by the primary'));
+  }
+
+  publishRevocation(): Promise<void> {
+    return Promise.reject(new Error('revocations are published by the primary'));
   }
 
   suspended(): ReadonlySet<string> {

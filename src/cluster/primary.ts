@@ -2,8 +2,8 @@
  * Multi-core serving (`[server] workers = N`, N > 1): the primary process forks N workers that
  * share the listen socket (node:cluster) and each run a Proxy; it serves nothing itself.
  *
- * The primary owns what must be one per instance: the audit log (one hash chain), the admin
- * listener (metrics aggregated over workers), the signals, and, without Redis, the limit store,
+ * The primary owns what must be one per instance: the audit log (one hash chain), the metrics
+ * listener (metrics aggregated over workers), the admin API (sessions asked of the workers), the signals, and, without Redis, the limit store,
  * so caps stay exact across workers. A worker that dies is replaced, and the slots it held are
  * released at once. With Redis, each worker is an instance of its own there.
  */
@@ -18,6 +18,8 @@ import { AuditLog } from '../audit/log.js';
 import { Metrics } from '../observability/metrics.js';
 import type { Logger } from '../observability/logger.js';
 import { createAdminServer } from '../admin/http.js';
+import { createAdminApi, type AdminApi } from '../admin/api.js';
+import { RevocationSet, revocationTtlMs, type StaffRevocation } from '../admin/revocations.js';
 import { LocalLimitStore, type Lease } from '../limits/store.js';
 import { openSharedState, type SharedState } from './shared-state.js';
 import { onShutdownSignals } from '../signals.js';
@@ -35,6 +37,8 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
   const shared: SharedState | null = config.redis === undefined ? null : await openSharedState(config, instanceId, log, () => undefined);
   const limits = new LocalLimitStore();
   const suspended = new Set<string>();
+  /** Revocations in force, for workers that start later (their `init`). */
+  const revocations = new RevocationSet();
   /** Leases each worker holds in the primary's store: released when the worker dies. */
   const leases = new Map<number, Map<number, Lease>>();
   let nextLease = 1;
@@ -56,8 +60,12 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
     audit.append({ event: 'proxy.lifecycle', state: isSuspended ? 'tenant_suspended' : 'tenant_resumed', tenant });
     broadcast({ k: 'suspension', tenant, suspended: isSuspended });
   };
+  const onRevocation = (rev: StaffRevocation): void => {
+    // With Redis the workers hear it from Redis themselves; the IPC copy is for those without.
+    if (revocations.add(rev)) broadcast({ k: 'revocation', rev });
+  };
   if (shared !== null) {
-    await shared.bus.start({ onCancel: () => undefined, onSuspension, onReload: () => reload() });
+    await shared.bus.start({ onCancel: () => undefined, onSuspension, onReload: () => reload(), onRevocation });
     for (const t of shared.bus.suspended()) suspended.add(t);
   }
 
@@ -111,7 +119,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
         listening.add(id);
         return;
       case 'hello':
-        w.send({ k: 'init', suspended: [...suspended] } satisfies PrimaryMessage);
+        w.send({ k: 'init', suspended: [...suspended], revocations: revocations.list() } satisfies PrimaryMessage);
         if (!audit.healthy) w.send({ k: 'auditHealth', healthy: false } satisfies PrimaryMessage);
         return;
       case 'noop':
@@ -144,10 +152,11 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
     });
   };
 
-  // /pools and /metrics: asked of every worker that listens (one still starting is skipped).
+  // /pools, /metrics and the admin API's sessions: asked of every worker that listens (one still starting is skipped).
   let rpcSeq = 1;
   const poolReplies = new Map<number, (v: unknown) => void>();
-  const askWorkers = async (op: 'pools' | 'metrics'): Promise<{ worker: number; result: unknown }[]> => {
+  type WorkerRpc = { op: 'pools' | 'metrics' } | { op: 'sessions'; tenant: string | null } | { op: 'terminate'; session: string };
+  const askWorkers = async (rpc: WorkerRpc): Promise<{ worker: number; result: unknown }[]> => {
     const views = await Promise.all(
       Object.values(cluster.workers ?? {}).map(
         (w) =>
@@ -164,16 +173,16 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
               poolReplies.delete(id);
               resolve({ worker, result });
             });
-            w.send({ k: 'rpc', id, op } satisfies PrimaryMessage);
+            w.send({ k: 'rpc', id, ...rpc } satisfies PrimaryMessage);
           }),
       ),
     );
     return views.filter((v) => v !== null);
   };
-  const poolsView = async (): Promise<unknown> => (await askWorkers('pools')).map((v) => ({ worker: v.worker, pools: v.result }));
+  const poolsView = async (): Promise<unknown> => (await askWorkers({ op: 'pools' })).map((v) => ({ worker: v.worker, pools: v.result }));
   const metricsText = async (): Promise<string> => {
     // Counters add up; gauges too (each worker reports its own share), as prom-client's aggregator does.
-    const parts = (await askWorkers('metrics')).map((v) => v.result as Parameters<typeof AggregatorRegistry.aggregate>[0][number]);
+    const parts = (await askWorkers({ op: 'metrics' })).map((v) => v.result as Parameters<typeof AggregatorRegistry.aggregate>[0][number]);
     // The primary's own share: the audit writer's metrics live only here.
     parts.push(await metrics.registry.getMetricsAsJSON());
     return AggregatorRegistry.aggregate(parts).metrics();
@@ -187,26 +196,47 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
       isReady: () => !stopping,
       log,
       pools: poolsView,
-      token: () => {
-        const env = config.metrics?.adminTokenEnv;
-        return env === undefined ? undefined : process.env[env];
-      },
-      commands: {
-        suspend: async (tenant, isSuspended) => {
-          if (shared !== null) await shared.bus.publishSuspension(tenant, isSuspended);
-          else onSuspension(tenant, isSuspended);
-        },
-        reload: async () => {
-          if (shared !== null) await shared.bus.publishReload();
-          else reload();
-        },
-      },
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(config.metrics!.listenPort, config.metrics!.listenHost, () => resolve());
     });
     admin = server;
+  }
+
+  // The admin API: sessions live in the workers (asked over IPC); the rest goes over the bus, or
+  // without Redis straight to the workers.
+  let adminApi: AdminApi | null = null;
+  if (config.admin !== undefined) {
+    const api = createAdminApi({
+      tokenSha256: () => config.admin?.tokenSha256,
+      audit: () => audit,
+      log,
+      backend: {
+        listSessions: async (tenant) =>
+          (await askWorkers({ op: 'sessions', tenant })).flatMap((v) => (v.result as object[]).map((s) => ({ ...s, worker: v.worker }))),
+        terminateSession: async (session) => (await askWorkers({ op: 'terminate', session })).some((v) => v.result === true),
+        hasTenant: (id) => config.tenants.has(id),
+        suspend: async (tenant, isSuspended) => {
+          if (shared !== null) await shared.bus.publishSuspension(tenant, isSuspended);
+          else onSuspension(tenant, isSuspended);
+        },
+        revokeStaff: async (rev) => {
+          if (shared !== null) await shared.bus.publishRevocation(rev);
+          else onRevocation(rev);
+        },
+        reload: async () => {
+          if (shared !== null) await shared.bus.publishReload();
+          else reload();
+        },
+        revocationTtlMs: () => revocationTtlMs(config.staff),
+      },
+    });
+    await new Promise<void>((resolve, reject) => {
+      api.server.once('error', reject);
+      api.server.listen(config.admin!.listenPort, config.admin!.listenHost, () => resolve());
+    });
+    adminApi = api;
   }
 
   function reload(): void {
@@ -234,7 +264,8 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
   });
   audit.append({ event: 'proxy.lifecycle', state: 'started', instance_id: instanceId, workers: config.server.workers, listen: { host: config.server.listenHost, port } });
   const metricsPort = (admin?.address() as net.AddressInfo | null | undefined)?.port ?? null;
-  log.info({ event: 'listening', port, metrics_port: metricsPort, workers: config.server.workers }, 'listening');
+  const adminPort = (adminApi?.server.address() as net.AddressInfo | null | undefined)?.port ?? null;
+  log.info({ event: 'listening', port, metrics_port: metricsPort, admin_port: adminPort, workers: config.server.workers }, 'listening');
 
   let finishing: Promise<void> | null = null;
   /** Closes what the primary owns, once (a second signal may arrive during a drain). */
@@ -242,6 +273,9 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
     (finishing ??= (async () => {
       admin?.closeAllConnections();
       admin?.close();
+      adminApi?.stop();
+      adminApi?.server.closeAllConnections();
+      adminApi?.server.close();
       audit.append({ event: 'proxy.lifecycle', state: 'stopped' });
       await audit.close();
       if (shared !== null) {

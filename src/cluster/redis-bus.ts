@@ -1,7 +1,8 @@
 /**
  * RedisBus: the ClusterBus over Redis pub/sub, one channel (`<prefix>bus`) on a dedicated subscriber
  * connection, with suspensions also kept in a Redis SET (`<prefix>suspended`) so a starting instance
- * learns them. What a message means (which session to cancel, what a suspension does) is left to the
+ * learns them, and staff-token revocations kept in a HASH (`<prefix>revoked`, field `jti:<id>` or
+ * `sub:<id>`, value: until when in ms) for the same reason. What a message means (which session to cancel, what a suspension does) is left to the
  * handlers.
  *
  * Delivery: this instance handles its own publishes locally and synchronously (so they work while Redis
@@ -19,6 +20,7 @@ import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { boundedRedisOptions, connectTimeoutMs, redisFailureCause, waitReady, type RedisLog } from '../limits/redis-store.js';
 import type { BusHandlers, CancelMessage, ClusterBus } from './bus.js';
+import { decodeRevocation, type StaffRevocation } from '../admin/revocations.js';
 
 export interface RedisBusOptions {
   readonly url: string;
@@ -34,7 +36,8 @@ export interface RedisBusOptions {
 export type BusMessage =
   | { readonly from: string; readonly kind: 'cancel'; readonly processId: number; readonly secretHash: string }
   | { readonly from: string; readonly kind: 'suspend'; readonly tenantId: string; readonly suspended: boolean }
-  | { readonly from: string; readonly kind: 'reload' };
+  | { readonly from: string; readonly kind: 'reload' }
+  | { readonly from: string; readonly kind: 'revoke'; readonly by: 'jti' | 'sub'; readonly id: string; readonly untilMs: number };
 
 const DEFAULT_PREFIX = 'pgwarden:';
 const DEFAULT_COMMAND_TIMEOUT_MS = 250;
@@ -90,6 +93,10 @@ export function decodeBusMessage(raw: string): BusMessage | null {
     }
     case 'reload':
       return { from, kind: 'reload' };
+    case 'revoke': {
+      const rev = decodeRevocation(m);
+      return rev === null ? null : { from, kind: 'revoke', ...rev };
+    }
     default:
       return null;
   }
@@ -104,6 +111,7 @@ export class RedisBus implements ClusterBus {
   private readonly suspendedKey: string;
   /** Holds a random id while Redis keeps its data; a new id means the suspended set was lost. */
   private readonly generationKey: string;
+  private readonly revokedKey: string;
   private readonly commandTimeoutMs: number;
   private readonly log: RedisLog | undefined;
   private readonly suspendedSet = new Set<string>();
@@ -132,6 +140,7 @@ export class RedisBus implements ClusterBus {
     this.channel = `${prefix}bus`;
     this.suspendedKey = `${prefix}suspended`;
     this.generationKey = `${prefix}suspended:generation`;
+    this.revokedKey = `${prefix}revoked`;
     this.commandTimeoutMs = opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
     this.log = opts.log;
     this.pub = new Redis(opts.url, boundedRedisOptions(this.commandTimeoutMs, 'pgwarden-bus'));
@@ -211,6 +220,20 @@ export class RedisBus implements ClusterBus {
     }
   }
 
+  /** Applied here, then stored in the hash and published in one transaction (as suspensions are). */
+  async publishRevocation(rev: StaffRevocation): Promise<void> {
+    this.handlers?.onRevocation(rev);
+    const message = JSON.stringify({ from: this.memberId, kind: 'revoke', ...rev } satisfies BusMessage);
+    let failure: unknown;
+    try {
+      const results = await this.pub.multi().hset(this.revokedKey, `${rev.by}:${rev.id}`, String(rev.untilMs)).publish(this.channel, message).exec();
+      failure = results === null ? new Error('transaction aborted') : (results.find(([err]) => err !== null)?.[0] ?? null);
+    } catch (err) {
+      failure = err;
+    }
+    if (failure !== null) throw new Error('revocation applied on this instance only: Redis did not take it', { cause: failure });
+  }
+
   suspended(): ReadonlySet<string> {
     return this.suspendedSet;
   }
@@ -263,6 +286,9 @@ export class RedisBus implements ClusterBus {
         case 'reload':
           this.handlers?.onReload();
           break;
+        case 'revoke':
+          this.handlers?.onRevocation({ by: msg.by, id: msg.id, untilMs: msg.untilMs });
+          break;
       }
     } catch (err) {
       this.log?.warn({ kind: msg.kind, err: err instanceof Error ? err.message : String(err) }, 'bus: handler threw');
@@ -291,6 +317,7 @@ export class RedisBus implements ClusterBus {
     }
     this.loading = true;
     void this.loadSuspended()
+      .then(() => this.loadRevocations())
       .then(
         () => {
           this.onFirstSync?.();
@@ -344,6 +371,25 @@ export class RedisBus implements ClusterBus {
       this.suspendedSet.add(t);
       if (report) this.handlers?.onSuspension(t, true);
     }
+  }
+
+  /**
+   * Reads the revocations in force (a starting instance, or one back from an outage, missed their
+   * messages) and hands them to the handler; re-applying one already known changes nothing.
+   * Lapsed ones are deleted from the hash here, so it stays small without a timer.
+   */
+  private async loadRevocations(): Promise<void> {
+    const all = await this.pub.hgetall(this.revokedKey);
+    if (this.closed) return;
+    const now = Date.now();
+    const lapsed: string[] = [];
+    for (const [field, value] of Object.entries(all)) {
+      const i = field.indexOf(':');
+      const rev = decodeRevocation({ by: field.slice(0, i), id: field.slice(i + 1), untilMs: Number(value) });
+      if (rev === null || rev.untilMs <= now) lapsed.push(field);
+      else this.handlers?.onRevocation(rev);
+    }
+    if (lapsed.length > 0) await this.pub.hdel(this.revokedKey, ...lapsed);
   }
 
   private shutdown(): Promise<void> {

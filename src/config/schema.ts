@@ -153,8 +153,8 @@ export interface Config {
   };
   /** Shared limits and the instance bus; undefined = one instance, in-process state. */
   readonly redis: { readonly url: string; readonly keyPrefix: string; readonly commandTimeoutMs: number; readonly leaseTtlMs: number } | undefined;
-  /** The admin listener; commands need the token named by adminTokenEnv. */
-  readonly metrics: { readonly listenHost: string; readonly listenPort: number; readonly adminTokenEnv: string | undefined } | undefined;
+  /** The read-only metrics listener (/metrics, /healthz, /readyz, /pools); commands are on `admin`. */
+  readonly metrics: { readonly listenHost: string; readonly listenPort: number } | undefined;
   /** The operators' admin API on its own listener: bearer token checked against tokenSha256 (hex). */
   readonly admin: { readonly listenHost: string; readonly listenPort: number; readonly tokenSha256: string } | undefined;
   readonly audit: AuditConfig;
@@ -431,8 +431,9 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
     };
   }
 
+  // admin_token_env is listed as known only so that the problem reported is the hint below.
   const m = r.section(tree, 'metrics', 'metrics', ['listen', 'admin_token_env']);
-  const adminTokenEnv = r.str(m, 'admin_token_env', 'metrics');
+  if (m?.['admin_token_env'] !== undefined) r.problems.push('metrics.admin_token_env: removed; commands are on the [admin] listener (listen, token_sha256)');
   const metricsListen = m === undefined ? undefined : r.listen(m, 'listen', 'metrics', '127.0.0.1:9187');
   const ad = r.section(tree, 'admin', 'admin', ['listen', 'token_sha256']);
   let admin: Config['admin'];
@@ -571,7 +572,7 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
   if (r.problems.length > 0) throw new ConfigError(r.problems);
   return {
     server,
-    metrics: metricsListen === undefined ? undefined : { listenHost: metricsListen.host, listenPort: metricsListen.port, adminTokenEnv },
+    metrics: metricsListen === undefined ? undefined : { listenHost: metricsListen.host, listenPort: metricsListen.port },
     admin,
     audit,
     staff,

@@ -6,6 +6,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -39,7 +40,6 @@ async function auditRecords(file: string): Promise<Record<string, unknown>[]> {
     .map((l) => JSON.parse(l) as Record<string, unknown>);
 }
 
-const ADMIN_TOKEN_ENV = 'PGWARDEN_TEST_ADMIN_TOKEN';
 const ADMIN_TOKEN = 'test-admin-token-7c1f';
 
 describe('per-tenant limits', () => {
@@ -50,7 +50,6 @@ describe('per-tenant limits', () => {
   let spec: ProxySpec;
 
   before(async () => {
-    process.env[ADMIN_TOKEN_ENV] = ADMIN_TOKEN;
     dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-limits-'));
     auditFile = path.join(dir, 'audit.jsonl');
     cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }, { name: 'other', password: 'other-pass' }] });
@@ -62,7 +61,7 @@ describe('per-tenant limits', () => {
     const tenant = (id: string, extra: Partial<TenantSpec>): TenantSpec => ({ id, cluster, users, ...extra });
     spec = {
       auditFile,
-      adminTokenEnv: ADMIN_TOKEN_ENV,
+      admin: { token_sha256: createHash('sha256').update(ADMIN_TOKEN).digest('hex') },
       tenants: [
         tenant('calm', {}),
         tenant('peruser', { userMaxConnections: { app: 1 }, limits: { max_connections_per_user: 2 } }),
@@ -82,7 +81,6 @@ describe('per-tenant limits', () => {
   after(async () => {
     await rp?.close();
     await cluster?.stop();
-    process.env[ADMIN_TOKEN_ENV] = '';
     if (dir !== undefined) await rm(dir, { recursive: true, force: true });
   });
 
@@ -231,18 +229,18 @@ describe('per-tenant limits', () => {
   });
 
   it('suspension through the admin API ends the tenant\'s sessions (57P01) and refuses logins like a disabled tenant, until resumed', async () => {
-    assert.equal((await request(rp.metricsPort, 'POST', '/tenants/suspendme/suspend')).status, 401, 'no token');
-    assert.equal((await request(rp.metricsPort, 'POST', '/tenants/suspendme/suspend', 'wrong')).status, 401, 'wrong token');
+    assert.equal((await request(rp.adminPort, 'POST', '/tenants/suspendme/suspend')).status, 401, 'no token');
+    assert.equal((await request(rp.adminPort, 'POST', '/tenants/suspendme/suspend', 'wrong')).status, 401, 'wrong token');
     const c = await login('suspendme');
     const bystander = await login('calm');
     const errP = nextError(c);
-    assert.equal((await request(rp.metricsPort, 'POST', '/tenants/suspendme/suspend', ADMIN_TOKEN)).status, 200);
+    assert.equal((await request(rp.adminPort, 'POST', '/tenants/suspendme/suspend', ADMIN_TOKEN)).status, 200);
     assert.equal((await errP).code, '57P01');
     await c.end().catch(() => undefined);
     const refused = await refusal('suspendme');
     assert.equal(refused.code, '28P01');
     assert.equal((await bystander.query<{ x: number }>('select 4 as x')).rows[0]?.x, 4);
-    assert.equal((await request(rp.metricsPort, 'POST', '/tenants/suspendme/resume', ADMIN_TOKEN)).status, 200);
+    assert.equal((await request(rp.adminPort, 'POST', '/tenants/suspendme/resume', ADMIN_TOKEN)).status, 200);
     await (await login('suspendme')).end();
     await bystander.end();
   });

@@ -11,6 +11,7 @@ import { Redis } from 'ioredis';
 import { RedisLimitStore } from '../../src/limits/redis-store.js';
 import { RedisBus } from '../../src/cluster/redis-bus.js';
 import { hashCancelSecret, type BusHandlers, type CancelMessage } from '../../src/cluster/bus.js';
+import type { StaffRevocation } from '../../src/admin/revocations.js';
 import { LimitKeys, type Lease, type LimitMode, type LockoutRule, type SlotRequest } from '../../src/limits/store.js';
 import { startRedis, type RedisServer } from '../support/redis.js';
 import { sleep, waitFor } from '../support/wait.js';
@@ -28,6 +29,7 @@ interface Opened {
 interface Received extends BusHandlers {
   readonly cancels: CancelMessage[];
   readonly suspensions: [string, boolean][];
+  readonly revocations: StaffRevocation[];
   reloads: number;
 }
 
@@ -35,12 +37,14 @@ function recorder(): Received {
   const r: Received = {
     cancels: [],
     suspensions: [],
+    revocations: [],
     reloads: 0,
     onCancel: (m) => r.cancels.push(m),
     onSuspension: (t, s) => r.suspensions.push([t, s]),
     onReload: () => {
       r.reloads++;
     },
+    onRevocation: (rev) => r.revocations.push(rev),
   };
   return r;
 }
@@ -282,8 +286,25 @@ describe('Redis-shared limits and bus', () => {
     await busC.close();
   });
 
+  it('shares staff-token revocations, including with an instance that starts later; lapsed ones are dropped', async () => {
+    const rev: StaffRevocation = { by: 'jti', id: 'tok-123', untilMs: Date.now() + 60_000 };
+    await busA.publishRevocation(rev);
+    await waitFor(() => gotB.revocations.length === 1, 2_000, 'revocation delivered');
+    assert.deepEqual(gotB.revocations, [rev]);
+    assert.deepEqual(gotA.revocations, [rev], 'applied locally once, its echo ignored');
+    assert.equal(await raw.hget(`${PREFIX}revoked`, 'jti:tok-123'), String(rev.untilMs));
+    await raw.hset(`${PREFIX}revoked`, 'sub:gone', String(Date.now() - 1_000));
+
+    const gotC = recorder();
+    const busC = await openBus('c', gotC);
+    assert.deepEqual(gotC.revocations, [rev], 'a starting instance learns the revocations in force');
+    await waitFor(async () => (await raw.hget(`${PREFIX}revoked`, 'sub:gone')) === null, 2_000, 'lapsed revocation deleted');
+    await busC.close();
+    await raw.hdel(`${PREFIX}revoked`, 'jti:tok-123');
+  });
+
   it('ignores malformed messages on the channel', async () => {
-    const before = { cancels: gotB.cancels.length, suspensions: gotB.suspensions.length, reloads: gotB.reloads };
+    const before = { cancels: gotB.cancels.length, suspensions: gotB.suspensions.length, revocations: gotB.revocations.length, reloads: gotB.reloads };
     const bad = [
       'not json',
       'null',
@@ -297,12 +318,16 @@ describe('Redis-shared limits and bus', () => {
       JSON.stringify({ from: 'x', kind: 'suspend', tenantId: 'acme', suspended: 'yes' }),
       JSON.stringify({ from: 'x', kind: 'suspend', tenantId: '', suspended: true }),
       JSON.stringify({ from: 'x', kind: 'reload', pad: 'p'.repeat(100_000) }),
+      JSON.stringify({ from: 'x', kind: 'revoke', by: 'email', id: 'a', untilMs: Date.now() + 1000 }),
+      JSON.stringify({ from: 'x', kind: 'revoke', by: 'jti', id: 'has space', untilMs: Date.now() + 1000 }),
+      JSON.stringify({ from: 'x', kind: 'revoke', by: 'sub', id: 'a', untilMs: 'soon' }),
     ];
     for (const m of bad) await raw.publish(`${PREFIX}bus`, m);
     await raw.publish(`${PREFIX}bus`, JSON.stringify({ from: 'someone-else', kind: 'reload' }));
     await waitFor(() => gotB.reloads === before.reloads + 1, 2_000, 'the valid message after them');
     assert.equal(gotB.cancels.length, before.cancels);
     assert.equal(gotB.suspensions.length, before.suspensions);
+    assert.equal(gotB.revocations.length, before.revocations);
     assert.equal(busB.suspended().has('acme'), false);
   });
 

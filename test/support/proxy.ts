@@ -63,8 +63,6 @@ export interface ProxySpec {
   limits?: Record<string, string | number>;
   /** [redis] url (and other keys) for shared limits. */
   redis?: Record<string, string | number>;
-  /** [metrics] admin_token_env: turns on the admin commands. */
-  adminTokenEnv?: string;
   /** More [audit] keys (file comes from auditFile). */
   audit?: Record<string, TomlValue>;
   /** [audit.postgres], written as given. */
@@ -90,10 +88,7 @@ export function configToml(spec: ProxySpec, certs: DevCerts, port = 0): string {
   ];
   const kv = (rec: Record<string, TomlValue>): string[] =>
     Object.entries(rec).map(([k, v]) => `${k} = ${typeof v === 'string' ? q(v) : Array.isArray(v) ? JSON.stringify(v) : String(v)}`);
-  if (spec.metrics !== false) {
-    lines.push('', '[metrics]', 'listen = "127.0.0.1:0"');
-    if (spec.adminTokenEnv !== undefined) lines.push(`admin_token_env = ${q(spec.adminTokenEnv)}`);
-  }
+  if (spec.metrics !== false) lines.push('', '[metrics]', 'listen = "127.0.0.1:0"');
   lines.push('', '[limits]', ...kv({ auth_failure_limit: 0, auth_failures_per_source: 0, ...spec.limits }));
   if (spec.redis !== undefined) lines.push('', '[redis]', ...kv(spec.redis));
   if (spec.auditFile !== undefined || spec.audit !== undefined || spec.auditPostgres !== undefined) {
@@ -133,6 +128,8 @@ export interface RunningProxy {
   proxy: Proxy;
   port: number;
   metricsPort: number;
+  /** The admin API's port (0 without `admin` in the spec). */
+  adminPort: number;
   certs: DevCerts;
   /** Reloads with a new spec, as SIGHUP would. */
   reload(spec: ProxySpec): void;
@@ -147,6 +144,7 @@ export async function startProxy(spec: ProxySpec): Promise<RunningProxy> {
     proxy,
     port: proxy.address.port,
     metricsPort: proxy.metricsAddress?.port ?? 0,
+    adminPort: proxy.adminAddress?.port ?? 0,
     certs,
     reload: (next) => proxy.reload(parseConfigText(configToml(next, certs, proxy.address.port), os.tmpdir())),
     close: () => proxy.close(),
@@ -215,6 +213,7 @@ export interface ChildProxy {
   child: ChildProcess;
   port: number;
   metricsPort: number | null;
+  adminPort: number | null;
   configPath: string;
   dir: string;
   logs(): string;
@@ -235,14 +234,14 @@ export async function spawnProxy(spec: ProxySpec, env: Record<string, string> = 
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const ports = await new Promise<{ port: number; metricsPort: number | null }>((resolve, reject) => {
+  const ports = await new Promise<{ port: number; metricsPort: number | null; adminPort: number | null }>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`proxy did not start:\n${out}`)), 15_000);
     const check = (): void => {
       for (const line of out.split('\n')) {
         if (!line.includes('"event":"listening"')) continue;
-        const rec = JSON.parse(line) as { port: number; metrics_port: number | null };
+        const rec = JSON.parse(line) as { port: number; metrics_port: number | null; admin_port?: number | null };
         clearTimeout(timer);
-        resolve({ port: rec.port, metricsPort: rec.metrics_port });
+        resolve({ port: rec.port, metricsPort: rec.metrics_port, adminPort: rec.admin_port ?? null });
         return;
       }
     };

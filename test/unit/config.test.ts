@@ -129,7 +129,7 @@ describe('config: a full valid file', () => {
   });
 
   it('metrics, audit and log', () => {
-    assert.deepEqual(config.metrics, { listenHost: '::1', listenPort: 9187, adminTokenEnv: undefined });
+    assert.deepEqual(config.metrics, { listenHost: '::1', listenPort: 9187 });
     assert.equal(config.audit.file, path.join(BASE_DIR, 'audit/pgwarden.jsonl'));
     assert.equal(config.log.level, 'warn');
   });
