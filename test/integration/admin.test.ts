@@ -220,9 +220,8 @@ describe('admin API', () => {
     assert.equal(ctx().isStaffRevoked('tok-1', 'anyone'), true);
     assert.equal(ctx().isStaffRevoked('tok-2', 'alice'), false);
 
-    // Staff login is not in this branch yet: give real sessions a verified staff identity as it
-    // would (the session's own field), then revoke by person.
-    // TODO(lead): replace with real staff logins once auth/jwt.ts lands.
+    // Matching by person across several sessions, on sessions given a verified staff identity
+    // directly (the session's own field); staff.test.ts revokes real JWT staff logins end to end.
     const asStaff = async (sub: string, jti: string): Promise<pg.Client> => {
       const c = await login('other');
       const s = [...rp.proxy.sessions].find((x) => x.describe().client.port === localPort(c))!;

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { pino } from 'pino';
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWTPayload } from 'jose';
@@ -24,6 +24,7 @@ const ISSUER = 'https://sso.pgwarden.test';
 const AUDIENCE = 'pgwarden';
 const STAFF_PW_ENV = 'PGWARDEN_TEST_STAFF_RO_PW';
 const STAFF_RW_PW_ENV = 'PGWARDEN_TEST_STAFF_RW_PW';
+const ADMIN_TOKEN = 'staff-test-admin-token-0123456789';
 
 type Rec = Record<string, unknown> & { event: string; seq: number; session?: { id: string; ei: number } };
 
@@ -93,6 +94,7 @@ describe('staff access and statement audit', () => {
     const app = { name: 'app', verifier: await readVerifier(cluster, 'app') };
     spec = {
       auditFile,
+      admin: { token_sha256: createHash('sha256').update(ADMIN_TOKEN).digest('hex') },
       staff: { jwks: path.join(dir, 'jwks.json'), issuer: ISSUER, audience: AUDIENCE, algorithms: ['ES256'], require_mfa: true },
       tenants: [
         { id: 'acme', cluster, users: [app], extra: { staff_access: 'read', staff_backend_user: 'staff_ro', staff_backend_password_env: STAFF_PW_ENV } },
@@ -263,6 +265,27 @@ describe('staff access and statement audit', () => {
     assert.equal(errors[0]!.code, '57P01');
     assert.equal(errors[0]!.message, 'terminating connection because staff access expired');
     await c.end().catch(() => undefined);
+  });
+
+  it('ends a live staff session when an operator revokes its token, and refuses the person afterwards', async () => {
+    const revoke = (body: object): Promise<Response> =>
+      fetch(`http://127.0.0.1:${rp.adminPort}/staff/revoke`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const jti = randomUUID();
+    const c = new pg.Client(staffClient(await mint({ sub: 'mallory@ops.example', jti, ticket: 'INC-revoke' })));
+    const errors: (Error & { code?: string })[] = [];
+    c.on('error', (e: Error & { code?: string }) => errors.push(e));
+    await c.connect();
+    await c.query('SELECT 1');
+    assert.equal((await revoke({ jti })).status, 200);
+    await waitFor(() => errors.length > 0, 3_000, 'revoked session ended');
+    assert.equal(errors[0]!.code, '57P01');
+    await c.end().catch(() => undefined);
+    // Revoking the person refuses their fresh tokens too, with the usual 28P01.
+    assert.equal((await revoke({ sub: 'mallory@ops.example' })).status, 200);
+    assert.equal((await connectError(staffClient(await mint({ sub: 'mallory@ops.example' })))).code, '28P01');
+    await rp.proxy.audit.flush();
+    const recs = await readAudit(auditFile);
+    assert.ok(recs.some((x) => x.event === 'staff.access' && x['reason'] === 'jwt_invalid:revoked'));
   });
 
   it('audits a customer tenant with audit_statements = "all" in transaction mode, parameters redacted', async () => {
