@@ -8,6 +8,7 @@ import { loadConfigFile } from './config/load.js';
 import { ConfigError } from './config/schema.js';
 import { DEFAULT_ITERATIONS, makeScramVerifier } from './auth/scram.js';
 import { verifyAuditFile } from './audit/verify.js';
+import { AUDIT_STORE_USAGE, runAuditStoreCommand } from './audit/query.js';
 import { serve } from './main.js';
 
 const USAGE = `usage:
@@ -15,7 +16,7 @@ const USAGE = `usage:
   pgwarden check-config --config FILE     validate a config file
   pgwarden hash-password [--iterations N] read a password on stdin, print a SCRAM-SHA-256 verifier
   pgwarden audit verify FILE              check an audit log's hash chain
-`;
+${AUDIT_STORE_USAGE}`;
 
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
@@ -50,6 +51,8 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'audit': {
+      const storeCode = await runAuditStoreCommand(rest, (m) => process.stdout.write(m), (m) => process.stderr.write(m)); // init | sessions | query
+      if (storeCode !== null) return storeCode;
       const [sub, ...args] = rest;
       if (sub !== 'verify' || args.length !== 1) throw new UsageError('audit verify FILE');
       const result = await verifyAuditFile(args[0]!);

@@ -9,6 +9,7 @@ import { pino } from 'pino';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { AuditConfig } from '../config/schema.js';
+import { PgSink } from './pg-sink.js';
 import { AUDIT_SCHEMA, type AuditEvent, type AuditRecord, recordHash, rfc3339Micros, uuidv7 } from './record.js';
 
 type Destination = ReturnType<typeof pino.destination>;
@@ -67,6 +68,8 @@ export class AuditLog implements AuditSink {
 
   /** Opens (creating) the file and continues the chain from its last record. No file: records are only counted. */
   static async open(cfg: AuditConfig, instanceId: string, version: string, metrics: Metrics, log: Logger): Promise<AuditLog> {
+    // [audit.postgres] (issue 5, pg-sink.ts): the file as below, plus the store fed every record.
+    if (cfg.postgres !== undefined) return withSink(await AuditLog.open({ ...cfg, postgres: undefined }, instanceId, version, metrics, log), await PgSink.start(cfg.postgres, metrics, log));
     const file = cfg.file;
     if (file === undefined) return new AuditLog(null, null, instanceId, version, metrics, log);
     const prev = await readLastHash(file, log);
@@ -172,4 +175,10 @@ async function readLastHash(file: string, log: Logger): Promise<string | null> {
   } finally {
     await fh.close();
   }
+}
+
+/** AuditLog.open with [audit.postgres]: the log, with the PostgreSQL sink attached. */
+function withSink(audit: AuditLog, sink: RecordSink): AuditLog {
+  audit.addSink(sink);
+  return audit;
 }
