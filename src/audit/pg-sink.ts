@@ -74,16 +74,24 @@ export async function initStore(client: pg.ClientBase, table: string): Promise<b
   return before.rows[0]?.t === null;
 }
 
-/** The connection settings for the store; the password is never part of the URL (config rule). */
-export function storeClientConfig(url: string, passwordEnv: string | undefined): pg.ClientConfig {
-  const password = passwordEnv === undefined ? undefined : process.env[passwordEnv];
-  return {
+/**
+ * A client for the store. The URL carries no password (config rule); it comes from the named
+ * environment variable, set on the client because pg lets a connection string's (empty) password
+ * override a `password` given beside it. Without one, pg falls back to PGPASSWORD and ~/.pgpass.
+ */
+export function newStoreClient(url: string, passwordEnv: string | undefined): pg.Client {
+  const client = new pg.Client({
     connectionString: url,
-    ...(password === undefined ? {} : { password }),
     application_name: 'pgwarden-audit',
+    // A record leaves the spool once its INSERT commits: the commit must survive a crash of the
+    // store even where the server's default is synchronous_commit = off.
+    options: '-c synchronous_commit=on',
     connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
     query_timeout: QUERY_TIMEOUT_MS,
-  };
+  });
+  const password = passwordEnv === undefined ? undefined : process.env[passwordEnv];
+  if (password !== undefined) client.password = password;
+  return client;
 }
 
 /** The searchable columns of a record; query.ts filters the file with this same function. */
@@ -404,7 +412,7 @@ ON CONFLICT (id) DO NOTHING`;
 
   private async connection(): Promise<pg.Client> {
     if (this.client !== null) return this.client;
-    const client = new pg.Client(storeClientConfig(this.cfg.url, this.cfg.passwordEnv));
+    const client = newStoreClient(this.cfg.url, this.cfg.passwordEnv);
     // An idle connection that dies is noticed on the next INSERT; this keeps it from crashing the process.
     client.on('error', () => undefined);
     try {

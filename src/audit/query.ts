@@ -12,7 +12,7 @@ import canonicalize from 'canonicalize';
 import pg from 'pg';
 import { loadConfigFile } from '../config/load.js';
 import { ConfigError } from '../config/schema.js';
-import { TABLE_NAME_RE, initStore, quoteTable, storeClientConfig, storeColumns } from './pg-sink.js';
+import { TABLE_NAME_RE, initStore, quoteTable, newStoreClient, storeColumns } from './pg-sink.js';
 
 export const AUDIT_STORE_USAGE = `  pgwarden audit init (--config FILE | --postgres URL [--table NAME] [--password-env VAR])
                                           create the audit store table and its indexes (idempotent)
@@ -172,7 +172,7 @@ export class PgSource implements AuditSource {
   private readonly table: string;
 
   constructor(url: string, table: string, passwordEnv: string | undefined) {
-    this.client = new pg.Client(storeClientConfig(url, passwordEnv));
+    this.client = newStoreClient(url, passwordEnv);
     this.table = quoteTable(table);
   }
 
@@ -485,7 +485,7 @@ async function init(args: readonly string[], out: (text: string) => void): Promi
   if (values.file !== undefined) throw new AuditUsageError('init creates the PostgreSQL table: give --config FILE or --postgres URL');
   const at = await locate({ ...values, source: 'postgres' });
   if (at.kind !== 'postgres') throw new AuditUsageError('init needs a PostgreSQL store');
-  const client = new pg.Client(storeClientConfig(at.url, at.passwordEnv));
+  const client = newStoreClient(at.url, at.passwordEnv);
   await client.connect();
   try {
     const created = await initStore(client, at.table);
