@@ -327,6 +327,7 @@ ON CONFLICT (id) DO NOTHING`;
           this.wake = null;
           resolve();
         }, waitMs);
+        t.unref(); // the pump alone never keeps the process alive
         // A full batch wakes an idle pump early; a failing one keeps its backoff unless closing.
         this.wake = () => {
           if (step === 'idle' || this.stopped) {
@@ -559,8 +560,8 @@ function sleep(ms: number): Promise<void> {
 }
 
 /**
- * jsonb refuses \u0000 and unpaired surrogates, which JSON (and so the file) allows; such a string
- * is stored with U+FFFD instead (the chain_hash column still names the original record).
+ * jsonb refuses \u0000 (and unpaired surrogates), which JSON (and so the file) allows; such a
+ * character is stored as U+FFFD instead (the chain_hash column still names the original record).
  */
 function jsonbText(line: string): string {
   if (!line.includes('\\u')) return line;

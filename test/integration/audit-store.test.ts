@@ -13,6 +13,12 @@ import { startCluster, readVerifier, type Cluster } from '../support/cluster.js'
 import { configToml, connect, startProxy, testCerts, type ProxySpec, type RunningProxy } from '../support/proxy.js';
 import { waitFor } from '../support/wait.js';
 import { recordHash, type AuditRecord } from '../../src/audit/record.js';
+import { AuditLog } from '../../src/audit/log.js';
+import { initStore, newStoreClient } from '../../src/audit/pg-sink.js';
+import { defaultAuditConfig } from '../../src/config/schema.js';
+import { Metrics } from '../../src/observability/metrics.js';
+import { pino } from 'pino';
+import { mkdir } from 'node:fs/promises';
 
 const CLI = path.resolve('dist/src/cli.js');
 const STORE_PW = 'store-writer-pw';
@@ -181,6 +187,43 @@ describe('audit store (PostgreSQL sink)', () => {
     await second.close();
     open.pop();
     await assertSameAsFile(s.auditFile!, 'audit_restart');
+    assert.deepEqual(await readdir(spoolDir), []);
+  });
+
+  it('re-sent records are not stored twice; a NUL (which jsonb refuses) is stored as U+FFFD under its original hash', async () => {
+    const client = newStoreClient(storeUrl, PW_ENV);
+    await client.connect();
+    await initStore(client, 'audit_lib');
+    await client.end();
+    const file = path.join(dir, 'lib', 'audit.jsonl');
+    const spoolDir = path.join(dir, 'lib', 'spool');
+    const cfg = { ...defaultAuditConfig(file), postgres: { url: storeUrl, passwordEnv: PW_ENV, table: 'audit_lib', spoolDir, batchSize: 2, flushIntervalMs: 20 } };
+    const metrics = new Metrics();
+    const audit = await AuditLog.open(cfg, 'i-lib', '0.0.0-test', metrics, pino({ level: 'silent' }));
+    try {
+      for (let i = 0; i < 4; i++) audit.append({ event: 'session.query', session: { id: 'lib', ei: i }, tenant: 'acme', query: i === 2 ? 'SELECT \'a\u0000b\'' : `SELECT ${i}` });
+    } finally {
+      await audit.close();
+    }
+    const rows = await tableRows('audit_lib');
+    const want = await fileRecords(file);
+    assert.deepEqual(rows.map((r) => r.id), want.map((r) => r.id));
+    assert.equal(rows[2]!.record['query'], "SELECT 'a\ufffdb'");
+    assert.equal(rows[2]!.chain_hash, want[2]!.chain.hash);
+    assert.equal(metrics.auditStoreBacklog, null, 'close() detaches the backlog gauge');
+
+    // As if pgwarden crashed before removing a delivered spool file: it is sent again, harmlessly.
+    await mkdir(spoolDir, { recursive: true });
+    await writeFile(path.join(spoolDir, 'spool-0000000000000001.jsonl'), await readFile(file, 'utf8'));
+    const again = await AuditLog.open(cfg, 'i-lib', '0.0.0-test', new Metrics(), pino({ level: 'silent' }));
+    try {
+      again.append({ event: 'proxy.lifecycle', state: 'started' });
+    } finally {
+      await again.close();
+    }
+    const after = await tableRows('audit_lib');
+    assert.equal(after.length, want.length + 1);
+    assert.deepEqual(after.map((r) => r.id), (await fileRecords(file)).map((r) => r.id));
     assert.deepEqual(await readdir(spoolDir), []);
   });
 
