@@ -6,13 +6,13 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { makeDevCerts, type DevCerts } from '../src/tools/dev-certs.js';
 import { readVerifier, startCluster, type Cluster } from '../test/support/cluster.js';
-import { SNI_SUFFIX } from '../test/support/proxy.js';
+import { SNI_SUFFIX, type TomlValue } from '../test/support/proxy.js';
 import { cleanup, cleanupOnSignals, onCleanup, tearingDown } from './lib/cleanup.js';
 import { describeEnvironment, openFilesLimit } from './lib/environment.js';
 import { measureIdle, type IdleResult } from './lib/idle.js';
@@ -154,7 +154,14 @@ interface ProxyLimits {
   server?: Record<string, number>;
 }
 
-async function startProxy(setup: Setup, bouncer: string | null, proxy: ProxyKind, mode: PoolMode, limits: ProxyLimits): Promise<Target> {
+async function startProxy(
+  setup: Setup,
+  bouncer: string | null,
+  proxy: ProxyKind,
+  mode: PoolMode,
+  limits: ProxyLimits,
+  audit?: { file: string; tenant: Record<string, TomlValue> },
+): Promise<Target> {
   const verifier = await readVerifier(setup.cluster, USER);
   const common = { database: DATABASE, user: USER, verifier, certs: setup.certs, mode };
   if (proxy === 'pgbouncer') {
@@ -163,6 +170,7 @@ async function startProxy(setup: Setup, bouncer: string | null, proxy: ProxyKind
   return startPgWarden({
     ...common, cluster: setup.cluster, maxBackendConnections: limits.poolSize, maxClientConnections: limits.maxClients,
     ...(limits.server === undefined ? {} : { server: limits.server }),
+    ...(audit === undefined ? {} : { auditFile: audit.file, tenantExtra: audit.tenant }),
   });
 }
 
@@ -358,6 +366,69 @@ function formatWorkers(rows: WorkersRow[]): string {
   return lines.join('\n');
 }
 
+interface AuditRow {
+  variant: string;
+  tps: number[];
+  cpuSPer10kTx: number[];
+  auditBytesPerTx: number[];
+}
+
+/** The statement-audit settings the audit phase compares, cheapest first. */
+const AUDIT_VARIANTS: { variant: string; tenant: Record<string, TomlValue> }[] = [
+  { variant: 'off', tenant: {} },
+  { variant: 'best-effort', tenant: { audit_statements: 'all', audit_parameters: 'full' } },
+  { variant: 'fail-closed', tenant: { audit_statements: 'all', audit_parameters: 'full', audit_fail_closed: true } },
+];
+
+/**
+ * Statement audit's cost: pgwarden-session with audit off, best effort, and fail closed (each
+ * statement's record written and fdatasync'd before it is forwarded), pgbench -S at each
+ * --protocols value and the largest --clients, a fresh proxy and audit file per run.
+ */
+async function runAuditPhase(setup: Setup, options: BenchOptions, plan: Plan): Promise<AuditRow[]> {
+  const clients = Math.max(...options.clients);
+  const rows = options.protocols.flatMap((protocol) => AUDIT_VARIANTS.map((v) => ({ ...v, variant: `${v.variant} -M ${protocol}`, protocol, tps: [] as number[], cpuSPer10kTx: [] as number[], auditBytesPerTx: [] as number[] })));
+  log(`audit: pgwarden-session with statement audit off / best-effort / fail-closed, pgbench -S at ${clients} clients, ${options.durationS} s, ${options.rounds} rounds`);
+  for (let round = 0; round < options.rounds; round++) {
+    for (const row of rotated(rows, round)) {
+      const file = path.join(setup.workDir, `audit-${round}-${row.variant.replace(/\W+/g, '_')}.jsonl`);
+      const target = await startProxy(setup, null, 'pgwarden', 'session', { poolSize: plan.sessionPoolSize, maxClients: Math.max(plan.maxClientConnections, clients + 10) }, { file, tenant: row.tenant });
+      try {
+        const before = await fileSize(file);
+        const r = await measure(setup, options, target, { phase: 'audit', protocol: row.protocol, clients, durationS: options.durationS }, round);
+        const bytes = (await fileSize(file)) - before;
+        row.tps.push(r.tps);
+        row.cpuSPer10kTx.push(r.proxyCpuSPer10kTx);
+        row.auditBytesPerTx.push(r.transactions > 0 ? bytes / r.transactions : 0);
+        log(`  round ${round + 1}: ${row.variant}: ${r.tps.toFixed(0)} tps, ${r.proxyCpuSPer10kTx.toFixed(2)} CPU s/10k tx, ${(bytes / Math.max(1, r.transactions)).toFixed(0)} audit B/tx`);
+      } finally {
+        await target.stop();
+        await rm(file, { force: true });
+      }
+    }
+  }
+  return rows.map(({ variant, tps, cpuSPer10kTx, auditBytesPerTx }) => ({ variant, tps, cpuSPer10kTx, auditBytesPerTx }));
+}
+
+async function fileSize(file: string): Promise<number> {
+  try {
+    return (await stat(file)).size;
+  } catch {
+    return 0;
+  }
+}
+
+function formatAudit(rows: AuditRow[]): string {
+  const lines = ['variant                     tps    ÷off  CPU s/10k  audit B/tx'];
+  let base = 0;
+  for (const r of rows) {
+    const tps = median(r.tps);
+    if (r.variant.startsWith('off')) base = tps;
+    lines.push(`${r.variant.padEnd(22)} ${tps.toFixed(0).padStart(8)} ${(tps / base).toFixed(2).padStart(7)} ${median(r.cpuSPer10kTx).toFixed(2).padStart(10)} ${median(r.auditBytesPerTx).toFixed(0).padStart(11)}`);
+  }
+  return lines.join('\n');
+}
+
 /** steady alone, flooded and control per round, each in turn (isolation.ts); pgwarden only. */
 function runIsolationPhase(setup: Setup, options: BenchOptions): Promise<IsolationResult> {
   log(`isolation: steady (${options.isolationClients} clients, pgbench -S -M simple) alone / with noisy flooding the same pgwarden / ` +
@@ -447,6 +518,7 @@ async function main(): Promise<void> {
   const idle = await runIdle(setup, options, plan, bouncer);
   const isolation = options.phases.includes('isolation') ? await runIsolationPhase(setup, options) : null;
   const workers = options.phases.includes('workers') ? await runWorkersPhase(setup, options, plan) : null;
+  const audit = options.phases.includes('audit') ? await runAuditPhase(setup, options, plan) : null;
 
   const summaries = summarise(runs);
   const when = `${options.rounds} round${options.rounds === 1 ? '' : 's'}, median per cell`;
@@ -473,6 +545,10 @@ async function main(): Promise<void> {
     log(`\nworkers: pgwarden-transaction, pgbench -S -M simple at ${Math.max(...options.clients)} clients, ${when}; ÷first = TPS over the first worker count\n`);
     log(formatWorkers(workers));
   }
+  if (audit !== null) {
+    log(`\naudit: pgwarden-session, pgbench -S at ${Math.max(...options.clients)} clients, ${when}; ÷off = TPS over statement audit off; audit B/tx = audit file growth per transaction\n`);
+    log(formatAudit(audit));
+  }
   const noteLines = notes(summaries, runs);
   if (noteLines.length > 0) log(`\nnotes:\n${noteLines.join('\n')}`);
   for (const s of skipped) log(`skipped ${s.target}: ${s.reason}`);
@@ -488,8 +564,8 @@ async function main(): Promise<void> {
     skipped, summaries, idle, runs,
   };
   // The isolation figures ride along under their own key (the other phases' shapes stay as they are).
-  const withIsolation: ResultFile & { isolation?: IsolationResult; workers?: WorkersRow[] } = {
-    ...result, ...(isolation === null ? {} : { isolation }), ...(workers === null ? {} : { workers }),
+  const withIsolation: ResultFile & { isolation?: IsolationResult; workers?: WorkersRow[]; audit?: AuditRow[] } = {
+    ...result, ...(isolation === null ? {} : { isolation }), ...(workers === null ? {} : { workers }), ...(audit === null ? {} : { audit }),
   };
   const file = await writeResult(RESULTS_DIR, withIsolation);
   log(`\nelapsed ${minutes((finished - started) / 1000)} (estimated ${minutes(estimatedS)}); raw figures: ${file}`);

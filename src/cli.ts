@@ -1,13 +1,13 @@
 #!/usr/bin/env node
 /**
- * The `pgwarden` command: serve, check-config, hash-password, audit verify.
+ * The `pgwarden` command: serve, check-config, hash-password, audit verify, audit keygen.
  * Each subcommand is a thin shell around the module that does the work.
  */
 import { parseArgs } from 'node:util';
 import { loadConfigFile } from './config/load.js';
 import { ConfigError } from './config/schema.js';
 import { DEFAULT_ITERATIONS, makeScramVerifier } from './auth/scram.js';
-import { verifyAuditFile } from './audit/verify.js';
+import { runAuditCommand } from './audit/cli.js';
 import { AUDIT_STORE_USAGE, runAuditStoreCommand } from './audit/query.js';
 import { serve } from './main.js';
 
@@ -15,7 +15,12 @@ const USAGE = `usage:
   pgwarden serve --config FILE            run the proxy
   pgwarden check-config --config FILE     validate a config file
   pgwarden hash-password [--iterations N] read a password on stdin, print a SCRAM-SHA-256 verifier
-  pgwarden audit verify FILE              check an audit log's hash chain
+  pgwarden audit verify [--public-key PEM | --config FILE] [FILE...]
+                                          check an audit log's hash chain across rotated files
+                                          and its signed checkpoints (FILE: the live file finds
+                                          its rotated siblings; default: the config's audit.file)
+  pgwarden audit keygen --out FILE [--origin NAME]
+                                          new Ed25519 checkpoint key: FILE (0600), FILE.pub
 ${AUDIT_STORE_USAGE}`;
 
 async function readStdin(): Promise<string> {
@@ -53,16 +58,9 @@ async function main(argv: string[]): Promise<number> {
     case 'audit': {
       const storeCode = await runAuditStoreCommand(rest, (m) => process.stdout.write(m), (m) => process.stderr.write(m)); // init | sessions | query
       if (storeCode !== null) return storeCode;
-      const [sub, ...args] = rest;
-      if (sub !== 'verify' || args.length !== 1) throw new UsageError('audit verify FILE');
-      const result = await verifyAuditFile(args[0]!);
-      if (result.ok) {
-        process.stdout.write(`${args[0]}: OK, ${result.records} records, head ${result.head ?? '(empty)'}\n`);
-        return 0;
-      }
-      const bad = result.firstBad!;
-      process.stdout.write(`${args[0]}: FAILED at line ${bad.line}${bad.id === undefined ? '' : ` (id ${bad.id})`}: ${bad.problem}\n`);
-      return 1;
+      const code = await runAuditCommand(rest, (m) => process.stdout.write(m));
+      if (code === null) throw new UsageError('audit verify [--public-key PEM | --config FILE] [FILE...] | audit keygen --out FILE');
+      return code;
     }
     case undefined:
     case '-h':

@@ -206,6 +206,12 @@ export const Errors = {
   /** S10 */
   auditUnavailable: () =>
     new PgError(SQLSTATE.CANNOT_CONNECT_NOW, 'audit log is unavailable, not accepting connections', 'internal', 'audit_unavailable'),
+  /** S10: a fail-closed session whose statement could not be audited (the statement did not run). */
+  auditUnavailableSession: () =>
+    new PgError(SQLSTATE.ADMIN_SHUTDOWN, 'terminating connection because the audit log is unavailable', 'internal', 'audit_unavailable'),
+  /** S9 */
+  staffAccessExpired: () =>
+    new PgError(SQLSTATE.ADMIN_SHUTDOWN, 'terminating connection because staff access expired', 'auth', 'auth_expired'),
   /** S11 */
   internal: () => new PgError(SQLSTATE.INTERNAL_ERROR, 'internal error', 'internal', 'internal'),
   /** R2, R3 */

@@ -88,6 +88,7 @@ async function serveWorker(configPath: string, config: Config, baseLog: Logger):
       case 'init':
       case 'cancel':
       case 'suspension':
+      case 'auditHealth':
       case 'rpcReply':
         return; // the bus and the channel handle these
     }

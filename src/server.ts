@@ -24,6 +24,7 @@ import type { SessionContext } from './session/context.js';
 import type { UpstreamTarget } from './pool/upstream.js';
 import { PoolManager } from './pool/backend-pool.js';
 import { Errors } from './errors.js';
+import { StaffTokenVerifier } from './auth/jwt.js';
 
 export const VERSION = '0.1.0';
 /** How often session timeouts are checked: the resolution of every timeout. */
@@ -138,6 +139,7 @@ export class Proxy {
       metrics: this.metrics,
       log: this.log,
       mockSecret: mockSecretFor(config),
+      staffVerifier: config.staff === undefined ? null : new StaffTokenVerifier(config.staff),
       isDraining: () => this.draining,
       isSuspended: (tenantId) => this.bus.suspended().has(tenantId),
       noteRateLimited: (tenantId) => {

@@ -5,7 +5,7 @@ import type { FloodKind } from './isolation.js';
 import { ALL_TARGETS, type TargetName } from './target.js';
 
 export type Protocol = 'simple' | 'extended' | 'prepared';
-export type Phase = 'matrix' | 'connect' | 'idle' | 'isolation' | 'workers';
+export type Phase = 'matrix' | 'connect' | 'idle' | 'isolation' | 'workers' | 'audit';
 
 export interface BenchOptions {
   phases: Phase[];
@@ -39,7 +39,7 @@ export interface BenchOptions {
 }
 
 export const USAGE = `usage: npm run bench -- [options]
-  --phases LIST         matrix,connect,idle,isolation,workers (default matrix,connect,idle)
+  --phases LIST         matrix,connect,idle,isolation,workers,audit (default matrix,connect,idle)
   --targets LIST        subset of ${ALL_TARGETS.join(',')}
                         (default all; "pgbouncer" / "pgwarden" mean both of its modes)
   --protocols LIST      pgbench -M for the matrix: simple,extended,prepared (default all)
@@ -65,7 +65,7 @@ export const USAGE = `usage: npm run bench -- [options]
 `;
 
 const PROTOCOLS: readonly Protocol[] = ['simple', 'extended', 'prepared'];
-const PHASES: readonly Phase[] = ['matrix', 'connect', 'idle', 'isolation', 'workers'];
+const PHASES: readonly Phase[] = ['matrix', 'connect', 'idle', 'isolation', 'workers', 'audit'];
 /** The isolation phase runs only when asked for (about 4 × --duration per round). */
 const DEFAULT_PHASES: readonly Phase[] = ['matrix', 'connect', 'idle'];
 const FLOODS: readonly FloodKind[] = ['storm', 'copy', 'stall'];

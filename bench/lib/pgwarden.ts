@@ -5,7 +5,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { DevCerts } from '../../src/tools/dev-certs.js';
 import type { Cluster } from '../../test/support/cluster.js';
-import { configToml, SNI_SUFFIX } from '../../test/support/proxy.js';
+import { configToml, SNI_SUFFIX, type TomlValue } from '../../test/support/proxy.js';
 import { startDaemon, type Daemon } from './child.js';
 import { onCleanup } from './cleanup.js';
 import type { PoolMode, Target } from './target.js';
@@ -29,6 +29,9 @@ export interface PgWardenSpec {
   server?: Record<string, number>;
   /** Worker processes (`[server] workers`); default 1. CPU and memory are summed over them. */
   workers?: number;
+  /** Extra tenant keys (e.g. audit_statements) and an audit file (the audit phase). */
+  tenantExtra?: Record<string, TomlValue>;
+  auditFile?: string;
 }
 
 /** The config the tests use (require_tls, backend_tls = "disable", metrics on), at the default log level. */
@@ -43,8 +46,10 @@ function configText(spec: PgWardenSpec): string {
         users: [{ name: spec.user, verifier: spec.verifier }],
         maxClientConnections: spec.maxClientConnections,
         pool: { pool_mode: spec.mode, max_backend_connections: spec.maxBackendConnections },
+        ...(spec.tenantExtra === undefined ? {} : { extra: spec.tenantExtra }),
       }],
       server: { workers: spec.workers ?? 1, ...spec.server },
+      ...(spec.auditFile === undefined ? {} : { auditFile: spec.auditFile }),
     },
     spec.certs,
   );

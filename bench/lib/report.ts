@@ -8,7 +8,7 @@ import type { PgbenchFigures } from './pgbench.js';
 import { fmt, median } from './stats.js';
 import { parseTargetName, type TargetName } from './target.js';
 
-export type Phase = 'matrix' | 'connect' | 'workers';
+export type Phase = 'matrix' | 'connect' | 'workers' | 'audit';
 /**
  * ok; starved: some clients completed at most one transaction (they waited for a backend all run);
  * unsupported: PgBouncer in transaction mode with -M prepared (statements are per server connection);

@@ -1,18 +1,20 @@
 /**
- * The audit log writer: fills the envelope, chains each record to the previous one and appends
- * JSON lines through pino's destination (sonic-boom). Building a record is synchronous, so the
- * chain order is the call order. What to record is decided by the session; checking is verify.ts.
+ * The audit log: fills the envelope, chains each record to the previous one, hands the line to the
+ * file writer (writer.ts: group commit, fdatasync, rotation, retries) and to further stores, and
+ * adds the integrity records of SECURITY.md §2.7: signed audit.checkpoint and audit.gap. Building a
+ * record is synchronous, so the chain order is the call order. What to record is decided by the
+ * session; checking is verify.ts.
  */
-import { open, stat } from 'node:fs/promises';
+import { open as openFile, stat } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
-import { pino } from 'pino';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { AuditConfig } from '../config/schema.js';
+import { AUDIT_SCHEMA, type AuditEvent, type AuditRecord, rfc3339Micros, sealRecord, uuidv7 } from './record.js';
+import { AuditFileWriter, type WriteFailureCause } from './writer.js';
+import { CheckpointSigner, loadPrivateKey } from './checkpoint.js';
+import { rotatedSiblings } from './files.js';
 import { PgSink } from './pg-sink.js';
-import { AUDIT_SCHEMA, type AuditEvent, type AuditRecord, recordHash, rfc3339Micros, uuidv7 } from './record.js';
-
-type Destination = ReturnType<typeof pino.destination>;
 
 /** Where sessions send audit events: the log itself, or (in a worker process) the primary that owns it. */
 export interface AuditSink {
@@ -21,7 +23,8 @@ export interface AuditSink {
   /**
    * Fail-closed sessions (staff, audit_fail_closed tenants): resolves once the record is durable
    * (written, and fdatasync'd when audit.fsync), rejects when it cannot be. The caller must not
-   * forward the statement before this resolves (SECURITY.md rule 8, S10).
+   * forward the statement before this resolves (SECURITY.md rule 8, S10). A rejected record may
+   * still reach the file later (it is chained already); the caller treats it as not durable.
    */
   appendDurable(event: AuditEvent): Promise<void>;
   /** False while records cannot be written; fail-closed logins are refused meanwhile (57P03). */
@@ -41,17 +44,43 @@ export interface RecordSink {
   close(): Promise<void>;
 }
 
+/** Knobs for tests; production uses the defaults. */
+export interface AuditLogOptions {
+  /** How often a failed writer retries (default 1 s). */
+  readonly retryMs?: number;
+  /** Records kept in memory while the file cannot be written (default 10 000). */
+  readonly maxQueueRecords?: number;
+  /** Bytes kept in memory while the file cannot be written (default 64 MiB). */
+  readonly maxQueueBytes?: number;
+}
+
+/** A run of records dropped from the file (the queue was full): closed by one audit.gap record. */
+interface DropRun {
+  readonly from: number;
+  to: number;
+  count: number;
+  readonly cause: WriteFailureCause | 'queue_overflow';
+}
+
 export class AuditLog implements AuditSink {
   private readonly sinks: RecordSink[] = [];
+  private readonly healthListeners: ((healthy: boolean) => void)[] = [];
   private seq = 0;
   private head: string | null;
   private readonly instance: AuditRecord['instance'];
   private readonly monoBase = process.hrtime.bigint();
   private readonly wallBaseNs = BigInt(Date.now()) * 1_000_000n;
-  private failed: Error | null = null;
+  private writer: AuditFileWriter | null = null;
+  private dropRun: DropRun | null = null;
+  /** First seq the next checkpoint covers, and how many records it would cover. */
+  private checkpointFrom = 0;
+  private sinceCheckpoint = 0;
+  private readonly timers: NodeJS.Timeout[] = [];
+  private closed = false;
 
   private constructor(
-    private readonly dest: Destination | null,
+    private readonly cfg: AuditConfig,
+    private readonly signer: CheckpointSigner | null,
     prevHead: string | null,
     instanceId: string,
     version: string,
@@ -60,25 +89,53 @@ export class AuditLog implements AuditSink {
   ) {
     this.head = prevHead;
     this.instance = { id: instanceId, version, boot_id: randomUUID() };
-    dest?.on('error', (err: Error) => {
-      this.failed = err;
-      this.log.error({ err }, 'audit log write failed');
-    });
+    metrics.auditHealthy.set(1);
   }
 
-  /** Opens (creating) the file and continues the chain from its last record. No file: records are only counted. */
-  static async open(cfg: AuditConfig, instanceId: string, version: string, metrics: Metrics, log: Logger): Promise<AuditLog> {
-    // [audit.postgres] (issue 5, pg-sink.ts): the file as below, plus the store fed every record.
-    if (cfg.postgres !== undefined) return withSink(await AuditLog.open({ ...cfg, postgres: undefined }, instanceId, version, metrics, log), await PgSink.start(cfg.postgres, metrics, log));
+  /**
+   * Opens (creating) the file and continues the chain from the last record of the file, or of its
+   * newest rotated sibling when the file is new. No file: records are only counted (and given to
+   * the sinks). A checkpoint key that cannot be read is a startup error.
+   */
+  static async open(cfg: AuditConfig, instanceId: string, version: string, metrics: Metrics, log: Logger, opts: AuditLogOptions = {}): Promise<AuditLog> {
+    const signer = cfg.checkpointKeyPath === undefined ? null : new CheckpointSigner(await loadPrivateKey(cfg.checkpointKeyPath), cfg.checkpointOrigin);
     const file = cfg.file;
-    if (file === undefined) return new AuditLog(null, null, instanceId, version, metrics, log);
-    const prev = await readLastHash(file, log);
-    const dest = pino.destination({ dest: file, append: true, mkdir: true, sync: false, minLength: 0 });
-    await new Promise<void>((resolve, reject) => {
-      dest.once('ready', () => resolve());
-      dest.once('error', reject);
-    });
-    return new AuditLog(dest, prev, instanceId, version, metrics, log);
+    const tail = file === undefined ? { hash: null, torn: false } : await readTail(file, log);
+    const audit = new AuditLog(cfg, signer, tail.hash, instanceId, version, metrics, log);
+    if (file !== undefined) {
+      audit.writer = await AuditFileWriter.open(
+        file,
+        {
+          rotateBytes: cfg.rotateBytes,
+          fsync: cfg.fsync,
+          retryMs: opts.retryMs ?? 1_000,
+          maxQueueRecords: opts.maxQueueRecords ?? 10_000,
+          maxQueueBytes: opts.maxQueueBytes ?? 64 * 1024 * 1024,
+        },
+        {
+          onHealth: (healthy) => {
+            for (const l of audit.healthListeners) l(healthy);
+          },
+          beforeRotate: () => audit.checkpoint(),
+          onWritten: () => audit.endDropRun(),
+        },
+        metrics,
+        log,
+      );
+      // A line torn by a crash stays as it is (verify names it); new records start on a line of their own.
+      if (tail.torn) void audit.writer.enqueue('\n', 0, false);
+      if (cfg.rotateIntervalMs > 0) audit.every(cfg.rotateIntervalMs, () => audit.writer?.requestRotate());
+    }
+    if (signer !== null) audit.every(cfg.checkpointIntervalMs, () => audit.checkpoint());
+    // [audit.postgres]: the store auditors query, fed every record in chain order (pg-sink.ts).
+    if (cfg.postgres !== undefined) audit.addSink(await PgSink.start(cfg.postgres, metrics, log));
+    return audit;
+  }
+
+  private every(ms: number, fn: () => void): void {
+    const t = setInterval(fn, ms);
+    t.unref();
+    this.timers.push(t);
   }
 
   /** Adds a store that receives every record from now on, in chain order. */
@@ -86,16 +143,47 @@ export class AuditLog implements AuditSink {
     this.sinks.push(sink);
   }
 
+  /** Told when the file stops or starts accepting writes (the primary tells its workers). */
+  onHealthChange(listener: (healthy: boolean) => void): void {
+    this.healthListeners.push(listener);
+  }
+
   get bootId(): string {
     return this.instance.boot_id;
   }
 
-  /** True once a write has failed; fail-closed callers check this (issue 5 makes it durable). */
+  /** False after a failed write (ENOSPC, EIO…) until a later write succeeds. */
   get healthy(): boolean {
-    return this.failed === null;
+    return this.writer?.healthy ?? true;
   }
 
   append(event: AuditEvent): AuditRecord {
+    return this.add(event, false).record;
+  }
+
+  async appendDurable(event: AuditEvent): Promise<void> {
+    const unhealthy = !this.healthy;
+    const { done } = this.add(event, true);
+    if (unhealthy) {
+      // Fail closed at once rather than wait for the next retry; the record stays queued.
+      done?.catch(() => undefined);
+      throw new Error(`audit log is unavailable (${this.writer?.failure ?? 'EIO'})`);
+    }
+    await done;
+  }
+
+  private add(event: AuditEvent, durable: boolean): { record: AuditRecord; done: Promise<void> | null } {
+    if (this.dropRun !== null) this.endDropRun();
+    const { record, line } = this.build(event);
+    const done = this.store(record, line, durable);
+    if (record.event !== 'audit.checkpoint') {
+      this.sinceCheckpoint++;
+      if (this.signer !== null && this.sinceCheckpoint >= this.cfg.checkpointEveryRecords) this.checkpoint();
+    }
+    return { record, done };
+  }
+
+  private build(event: AuditEvent): { record: AuditRecord; line: string } {
     const elapsed = process.hrtime.bigint() - this.monoBase;
     // The envelope is the writer's alone: a caller's field can never replace seq, id or chain.
     const { event: name, schema: _s, id: _i, time: _t, mono_ns: _m, instance: _n, seq: _q, chain: _c, ...fields } = event;
@@ -110,75 +198,111 @@ export class AuditLog implements AuditSink {
       ...fields,
       chain: { prev: this.head, hash: '' },
     } as AuditRecord;
-    record.chain.hash = recordHash(record);
-    this.head = record.chain.hash;
-    const line = `${JSON.stringify(record)}\n`;
-    this.dest?.write(line);
-    for (const sink of this.sinks) sink.deliver(record, line);
-    this.metrics.auditRecords.inc({ event: name });
-    return record;
+    const { hash, line } = sealRecord(record);
+    record.chain.hash = hash;
+    this.head = hash;
+    return { record, line };
   }
 
-  /** TODO(issue 5): group commit with fdatasync; for now: write and flush. */
-  async appendDurable(event: AuditEvent): Promise<void> {
-    if (this.failed !== null) throw this.failed;
-    this.append(event);
-    await this.flush();
-    if (!this.healthy) throw new Error('audit log write failed');
+  /** Queues the line for the file (or drops it, counted, when memory is full) and tells the sinks. */
+  private store(record: AuditRecord, line: string, durable: boolean): Promise<void> | null {
+    let done: Promise<void> | null = null;
+    const writer = this.writer;
+    if (writer === null) {
+      if (durable) done = Promise.resolve();
+    } else if (this.closed) {
+      this.log.warn({ event: record.event, seq: record.seq }, 'audit record after close: not written');
+      if (durable) done = Promise.reject(new Error('audit log is closed'));
+    } else if (this.dropRun === null && writer.canAccept(line.length)) {
+      done = writer.enqueue(line, record.seq, durable);
+    } else {
+      if (this.dropRun === null) this.dropRun = { from: record.seq, to: record.seq, count: 0, cause: writer.healthy ? 'queue_overflow' : (writer.failure ?? 'EIO') };
+      this.dropRun.to = record.seq;
+      this.dropRun.count++;
+      this.metrics.auditDropped.inc();
+      if (this.dropRun.count === 1) this.log.error({ from_seq: record.seq, cause: this.dropRun.cause }, 'audit queue full: dropping records from the file until it drains');
+      if (durable) done = Promise.reject(new Error('audit log is unavailable (queue full)'));
+    }
+    for (const sink of this.sinks) sink.deliver(record, line);
+    this.metrics.auditRecords.inc({ event: record.event });
+    return done;
+  }
+
+  /** Ends a drop run with its audit.gap record once the file can take records again. */
+  private endDropRun(): void {
+    const run = this.dropRun;
+    if (run === null || this.writer === null || !this.writer.healthy || !this.writer.canAccept(512)) return;
+    this.dropRun = null;
+    this.log.warn({ from_seq: run.from, to_seq: run.to, dropped: run.count, cause: run.cause }, 'audit records were dropped: writing audit.gap');
+    this.add({ event: 'audit.gap', from_seq: run.from, to_seq: run.to, cause: run.cause, dropped_estimate: run.count }, false);
+  }
+
+  /** Appends a signed audit.checkpoint covering the records since the last one (if any). */
+  private checkpoint(): void {
+    if (this.signer === null || this.sinceCheckpoint === 0 || this.head === null) return;
+    const lastSeq = this.seq - 1;
+    const fields = this.signer.fields(this.checkpointFrom, lastSeq, this.head);
+    this.sinceCheckpoint = 0;
+    this.checkpointFrom = this.seq + 1; // the record after this checkpoint
+    this.add({ event: 'audit.checkpoint', ...fields }, false);
+    this.metrics.auditCheckpoints.inc();
   }
 
   async flush(): Promise<void> {
-    const dest = this.dest;
-    if (dest === null) return;
-    await new Promise<void>((resolve) => {
-      dest.flush((err) => {
-        if (err) this.log.error({ err }, 'audit flush failed');
-        resolve();
-      });
-    });
+    await this.writer?.flush();
   }
 
+  /** A last checkpoint, then everything written and synced; then the sinks. */
   async close(): Promise<void> {
-    await this.flush();
+    for (const t of this.timers) clearInterval(t);
+    this.checkpoint();
+    if (this.dropRun !== null) this.endDropRun();
+    this.closed = true;
+    await this.writer?.close();
     await Promise.all(this.sinks.map((s) => s.close()));
-    const dest = this.dest;
-    if (dest === null) return;
-    await new Promise<void>((resolve) => {
-      dest.once('close', () => resolve());
-      dest.end();
-    });
   }
 }
 
-/** The chain hash of the file's last complete record, or null for a new or empty file. */
-async function readLastHash(file: string, log: Logger): Promise<string | null> {
+/** The chain hash of the last complete record (of the file, else of its newest rotated sibling). */
+async function readTail(file: string, log: Logger): Promise<{ hash: string | null; torn: boolean }> {
+  const own = await lastRecordHash(file, log);
+  if (own.found) return { hash: own.hash, torn: own.torn };
+  const siblings = await rotatedSiblings(file);
+  const newest = siblings[siblings.length - 1];
+  if (newest === undefined) return { hash: null, torn: own.torn };
+  return { hash: (await lastRecordHash(newest, log)).hash, torn: own.torn };
+}
+
+async function lastRecordHash(file: string, log: Logger): Promise<{ found: boolean; hash: string | null; torn: boolean }> {
   let size: number;
   try {
-    size = (await stat(file)).size;
+    const st = await stat(file);
+    if (!st.isFile()) return { found: false, hash: null, torn: false };
+    size = st.size;
   } catch {
-    return null;
+    return { found: false, hash: null, torn: false };
   }
-  if (size === 0) return null;
-  const fh = await open(file, 'r');
+  if (size === 0) return { found: false, hash: null, torn: false };
+  const fh = await openFile(file, 'r');
   try {
     const len = Math.min(size, 1 << 20);
     const buf = Buffer.alloc(len);
     await fh.read(buf, 0, len, size - len);
-    const lines = buf.toString('utf8').split('\n').filter((l) => l.length > 0);
-    const last = lines[lines.length - 1];
-    if (last === undefined) return null;
-    const rec = JSON.parse(last) as { chain?: { hash?: unknown } };
-    return typeof rec.chain?.hash === 'string' ? rec.chain.hash : null;
-  } catch (err) {
-    log.warn({ err, file }, 'audit file has no readable last record; starting a new chain');
-    return null;
+    const text = buf.toString('utf8');
+    const torn = !text.endsWith('\n');
+    const lines = text.split('\n').filter((l) => l.length > 0);
+    // A torn last line (crash mid-write) is skipped: the chain continues from the last whole record.
+    for (let i = lines.length - 1; i >= 0; i--) {
+      try {
+        const rec = JSON.parse(lines[i]!) as { chain?: { hash?: unknown } };
+        if (typeof rec.chain?.hash === 'string') return { found: true, hash: rec.chain.hash, torn };
+      } catch {
+        // not a whole record
+      }
+    }
+    log.warn({ file }, 'audit file has no readable last record; starting a new chain');
+    return { found: true, hash: null, torn };
   } finally {
     await fh.close();
   }
-}
-
-/** AuditLog.open with [audit.postgres]: the log, with the PostgreSQL sink attached. */
-function withSink(audit: AuditLog, sink: RecordSink): AuditLog {
-  audit.addSink(sink);
-  return audit;
 }

@@ -4,7 +4,7 @@
  * the searchable columns are pg-sink.ts's; checking the chain is verify.ts's.
  */
 import { createReadStream } from 'node:fs';
-import { readdir, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
@@ -12,6 +12,7 @@ import canonicalize from 'canonicalize';
 import pg from 'pg';
 import { loadConfigFile } from '../config/load.js';
 import { ConfigError } from '../config/schema.js';
+import { rotatedSiblings } from './files.js';
 import { TABLE_NAME_RE, initStore, quoteTable, newStoreClient, storeColumns } from './pg-sink.js';
 
 export const AUDIT_STORE_USAGE = `  pgwarden audit init (--config FILE | --postgres URL [--table NAME] [--password-env VAR])
@@ -106,27 +107,12 @@ export interface AuditSource {
   close(): Promise<void>;
 }
 
-const ROTATED_SUFFIX_RE = /^\.(\d{8}T\d{6}Z)\.(\d+)(?:-(\d+))?$/;
-
 /**
- * The live file's rotated siblings `<file>.<YYYYMMDDTHHMMSSZ>.<first seq>[-n]`, oldest first,
- * then the live file itself. Other names beside it (the default spool dir `<file>.spool`) are not audit files.
+ * The live file's rotated siblings (files.ts names them), oldest first, then the live file itself.
+ * Other names beside it (the default spool dir `<file>.spool`) are not audit files.
  */
 export async function auditFiles(file: string): Promise<string[]> {
-  const dir = path.dirname(file);
-  const base = path.basename(file);
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch {
-    names = [];
-  }
-  const rotated = names
-    .filter((n) => n.startsWith(base))
-    .map((n) => ({ n, m: ROTATED_SUFFIX_RE.exec(n.slice(base.length)) }))
-    .filter((x): x is { n: string; m: RegExpExecArray } => x.m !== null)
-    .sort((a, b) => (a.m[1]! < b.m[1]! ? -1 : a.m[1]! > b.m[1]! ? 1 : Number(a.m[2]) - Number(b.m[2]) || Number(a.m[3] ?? 0) - Number(b.m[3] ?? 0)))
-    .map((x) => path.join(dir, x.n));
+  const rotated = await rotatedSiblings(file);
   const live = await stat(file).then((s) => s.isFile(), () => false);
   const files = live ? [...rotated, file] : rotated;
   if (files.length === 0) throw new AuditUsageError(`no audit file at ${file}`);

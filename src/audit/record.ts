@@ -2,8 +2,7 @@
  * The audit record envelope (SECURITY.md §2.1), its canonical form and hash. Shared by the
  * writer and by `pgwarden audit verify`, so both agree byte for byte on what is hashed.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import canonicalize from 'canonicalize';
+import { createHash, randomFillSync } from 'node:crypto';
 
 export const AUDIT_SCHEMA = 'pgwarden.audit/v1';
 
@@ -39,14 +38,88 @@ export interface AuditRecord extends AuditEvent {
 /** SHA-256 over the RFC 8785 canonical form of the record without chain.hash. */
 export function recordHash(record: { chain: { prev: string | null; hash?: string } } & Record<string, unknown>): string {
   const { chain, ...rest } = record;
-  const canonical = canonicalize({ ...rest, chain: { prev: chain.prev } });
-  if (canonical === undefined) throw new Error('record cannot be canonicalized');
-  return createHash('sha256').update(canonical, 'utf8').digest('hex');
+  return createHash('sha256').update(canonicalJson({ ...rest, chain: { prev: chain.prev } }), 'utf8').digest('hex');
 }
+
+/**
+ * Hashes a record whose chain.hash is not set yet and gives its JSON line, in one serialization:
+ * the line is the canonical form itself with chain.hash added, so the bytes that were hashed are
+ * the bytes written (and `verify`, re-canonicalizing, finds the same). Returns the hash; the
+ * caller sets chain.hash.
+ */
+export function sealRecord(record: { chain: { prev: string | null } } & Record<string, unknown>): { hash: string; line: string } {
+  const keys = Object.keys(record).sort();
+  const before: string[] = [];
+  const after: string[] = [];
+  let seenChain = false;
+  for (const k of keys) {
+    if (k === 'chain') {
+      seenChain = true;
+      continue;
+    }
+    const x = record[k];
+    if (x === undefined || typeof x === 'function' || typeof x === 'symbol') continue;
+    (seenChain ? after : before).push(`${JSON.stringify(k)}:${canonicalJson(x)}`);
+  }
+  const prev = canonicalJson(record.chain.prev);
+  const head = before.length === 0 ? '{' : `{${before.join(',')},`;
+  const tail = after.length === 0 ? '}' : `,${after.join(',')}}`;
+  const hash = createHash('sha256').update(`${head}"chain":{"prev":${prev}}${tail}`, 'utf8').digest('hex');
+  return { hash, line: `${head}"chain":{"hash":"${hash}","prev":${prev}}${tail}\n` };
+}
+
+/**
+ * RFC 8785 (JCS) for the JSON values audit records hold: object keys sorted by UTF-16 code
+ * units (Array.prototype.sort's order), strings and numbers as ECMAScript's JSON.stringify writes
+ * them, undefined members left out. Byte for byte what the `canonicalize` package gives for such
+ * values (a unit test compares them), at about a fifth of its cost: it was 19 % of the audit
+ * writer's CPU with statement audit on.
+ */
+export function canonicalJson(v: unknown): string {
+  if (v === null || typeof v !== 'object') {
+    if (typeof v === 'number' && !Number.isFinite(v)) throw new Error('non-finite number in an audit record');
+    if (typeof v === 'string' && hasLoneSurrogate(v)) throw new Error('lone surrogate in an audit record');
+    return JSON.stringify(v);
+  }
+  if (Array.isArray(v)) {
+    let out = '[';
+    for (let i = 0; i < v.length; i++) {
+      const x: unknown = v[i];
+      out += (i === 0 ? '' : ',') + canonicalJson(x === undefined ? null : x);
+    }
+    return `${out}]`;
+  }
+  const o = v as Record<string, unknown>;
+  const keys = Object.keys(o).sort();
+  let out = '{';
+  let first = true;
+  for (const k of keys) {
+    const x = o[k];
+    if (x === undefined || typeof x === 'function' || typeof x === 'symbol') continue;
+    out += `${first ? '' : ','}${JSON.stringify(k)}:${canonicalJson(x)}`;
+    first = false;
+  }
+  return `${out}}`;
+}
+
+function hasLoneSurrogate(s: string): boolean {
+  // Fast path: most strings have no surrogates at all.
+  if (!/[\ud800-\udfff]/.test(s)) return false;
+  return /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/.test(s);
+}
+
+/** Random bytes for ids, taken from a pool refilled 4 KiB at a time (one getrandom call per 256 ids, not per id). */
+const RANDOM_POOL = Buffer.alloc(4096);
+let randomOffset = RANDOM_POOL.length;
 
 /** UUIDv7 (RFC 9562): 48-bit Unix ms, version, random. Time-ordered ids for the audit log. */
 export function uuidv7(nowMs = Date.now()): string {
-  const b = randomBytes(16);
+  if (randomOffset + 16 > RANDOM_POOL.length) {
+    randomFillSync(RANDOM_POOL);
+    randomOffset = 0;
+  }
+  const b = Buffer.from(RANDOM_POOL.subarray(randomOffset, randomOffset + 16));
+  randomOffset += 16;
   b.writeUIntBE(nowMs, 0, 6);
   b[6] = (b[6]! & 0x0f) | 0x70;
   b[8] = (b[8]! & 0x3f) | 0x80;

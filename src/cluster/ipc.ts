@@ -14,6 +14,9 @@ import type { BusHandlers, CancelMessage, ClusterBus } from './bus.js';
 export type WorkerMessage =
   | { readonly k: 'rpc'; readonly id: number; readonly op: 'admit'; readonly rate: RateRule | null; readonly lockouts: readonly LockoutRule[] }
   | { readonly k: 'rpc'; readonly id: number; readonly op: 'acquire'; readonly slots: readonly SlotRequest[] }
+  | { readonly k: 'rpc'; readonly id: number; readonly op: 'claimOnce'; readonly key: string; readonly ttlMs: number }
+  /** A durable audit append: the primary answers { ok, healthy } once the record is on disk (or not). */
+  | { readonly k: 'rpc'; readonly id: number; readonly op: 'audit'; readonly event: AuditEvent }
   | { readonly k: 'rpcReply'; readonly id: number; readonly result: unknown }
   | { readonly k: 'release'; readonly lease: number }
   | { readonly k: 'authFailure'; readonly lockouts: readonly LockoutRule[] }
@@ -32,6 +35,8 @@ export type PrimaryMessage =
   | { readonly k: 'init'; readonly suspended: readonly string[] }
   | { readonly k: 'cancel'; readonly msg: CancelMessage }
   | { readonly k: 'suspension'; readonly tenant: string; readonly suspended: boolean }
+  /** The audit file stopped or started accepting writes (also sent after `init` while unhealthy). */
+  | { readonly k: 'auditHealth'; readonly healthy: boolean }
   | { readonly k: 'reload' }
   | { readonly k: 'drain' }
   | { readonly k: 'close' };
@@ -71,7 +76,13 @@ export class PrimaryChannel {
     });
   }
 
-  call(msg: { op: 'admit'; rate: RateRule | null; lockouts: readonly LockoutRule[] } | { op: 'acquire'; slots: readonly SlotRequest[] }): Promise<unknown> {
+  call(
+    msg:
+      | { op: 'admit'; rate: RateRule | null; lockouts: readonly LockoutRule[] }
+      | { op: 'acquire'; slots: readonly SlotRequest[] }
+      | { op: 'claimOnce'; key: string; ttlMs: number }
+      | { op: 'audit'; event: AuditEvent },
+  ): Promise<unknown> {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -114,6 +125,10 @@ export class IpcLimitStore implements LimitStore {
   noteAuthFailure(lockouts: readonly LockoutRule[]): Promise<void> {
     this.channel.send({ k: 'authFailure', lockouts });
     return Promise.resolve();
+  }
+
+  async claimOnce(key: string, ttlMs: number): Promise<boolean> {
+    return (await this.channel.call({ op: 'claimOnce', key, ttlMs })) === true;
   }
 
   async acquire(slots: readonly SlotRequest[]): Promise<AcquireResult> {
@@ -166,6 +181,7 @@ export class IpcBus implements ClusterBus {
             return;
           case 'rpc':
           case 'rpcReply':
+          case 'auditHealth':
           case 'reload':
           case 'drain':
           case 'close':
@@ -199,25 +215,36 @@ export class IpcBus implements ClusterBus {
   }
 }
 
-/** Audit events go to the primary, which chains and writes them; each carries its worker's id. */
+/**
+ * Audit events go to the primary, which chains and writes them; each carries its worker's id.
+ * Durable appends are a round trip: the primary answers once the record is written and synced.
+ */
 export class IpcAuditSink implements AuditSink {
+  /** The primary's audit health: pushed on change, and refreshed by every durable answer. */
+  private primaryHealthy = true;
+
   constructor(
     private readonly channel: PrimaryChannel,
     private readonly workerId: number,
-  ) {}
+  ) {
+    channel.on((m) => {
+      if (m.k === 'auditHealth') this.primaryHealthy = m.healthy;
+    });
+  }
 
   append(event: AuditEvent): void {
     this.channel.send({ k: 'audit', event: { ...event, worker: this.workerId } });
   }
 
-  /** TODO(issue 5): ask the primary and wait for its answer. */
-  appendDurable(event: AuditEvent): Promise<void> {
-    this.append(event);
-    return this.channel.flush();
+  /** Rejects when the primary could not make the record durable, or does not answer (fail closed). */
+  async appendDurable(event: AuditEvent): Promise<void> {
+    const r = (await this.channel.call({ op: 'audit', event: { ...event, worker: this.workerId } })) as { ok: boolean; healthy: boolean };
+    this.primaryHealthy = r.healthy;
+    if (!r.ok) throw new Error('audit log is unavailable');
   }
 
   get healthy(): boolean {
-    return true;
+    return this.primaryHealthy;
   }
 
   flush(): Promise<void> {

@@ -48,6 +48,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
   const broadcast = (m: PrimaryMessage, except?: Worker): void => {
     for (const w of Object.values(cluster.workers ?? {})) if (w !== undefined && w !== except && w.isConnected()) w.send(m);
   };
+  audit.onHealthChange((healthy) => broadcast({ k: 'auditHealth', healthy }));
 
   const onSuspension = (tenant: string, isSuspended: boolean): void => {
     if (isSuspended) suspended.add(tenant);
@@ -66,8 +67,17 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
     const id = workerIds.get(w) ?? 0;
     switch (m.k) {
       case 'rpc': {
+        if (m.op === 'audit') {
+          // A worker's fail-closed session waits for this answer before it forwards the statement.
+          audit.appendDurable(m.event).then(
+            () => w.isConnected() && w.send({ k: 'rpcReply', id: m.id, result: { ok: true, healthy: audit.healthy } } satisfies PrimaryMessage),
+            () => w.isConnected() && w.send({ k: 'rpcReply', id: m.id, result: { ok: false, healthy: audit.healthy } } satisfies PrimaryMessage),
+          );
+          return;
+        }
         let result: unknown;
         if (m.op === 'admit') result = limits.admitSync(m.rate, m.lockouts);
+        else if (m.op === 'claimOnce') result = limits.claimOnceSync(m.key, m.ttlMs);
         else {
           const r = limits.acquireSync(m.slots);
           if (r.ok) {
@@ -102,6 +112,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
         return;
       case 'hello':
         w.send({ k: 'init', suspended: [...suspended] } satisfies PrimaryMessage);
+        if (!audit.healthy) w.send({ k: 'auditHealth', healthy: false } satisfies PrimaryMessage);
         return;
       case 'noop':
         return;
@@ -163,6 +174,8 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
   const metricsText = async (): Promise<string> => {
     // Counters add up; gauges too (each worker reports its own share), as prom-client's aggregator does.
     const parts = (await askWorkers('metrics')).map((v) => v.result as Parameters<typeof AggregatorRegistry.aggregate>[0][number]);
+    // The primary's own share: the audit writer's metrics live only here.
+    parts.push(await metrics.registry.getMetricsAsJSON());
     return AggregatorRegistry.aggregate(parts).metrics();
   };
 

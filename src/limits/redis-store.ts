@@ -380,6 +380,20 @@ export class RedisLimitStore implements LimitStore {
     }
   }
 
+  async claimOnce(key: string, ttlMs: number): Promise<boolean> {
+    const ttl = Math.max(1, Math.ceil(ttlMs));
+    if (!this.usesRedis()) return this.local.claimOnceSync(key, ttl);
+    try {
+      const reply = await this.client.set(this.prefix + key, '1', 'PX', ttl, 'NX');
+      // Also remembered here, so a later switch to degraded_local still refuses a replay on this instance.
+      this.local.claimOnceSync(key, ttl);
+      return reply === 'OK';
+    } catch (err) {
+      this.fail(err);
+      return this.local.claimOnceSync(key, ttl);
+    }
+  }
+
   async acquire(slots: readonly SlotRequest[]): Promise<AcquireResult> {
     if (slots.length === 0 || !this.usesRedis()) return this.acquireLocally(slots);
     const keys = slots.map((s) => s.key);

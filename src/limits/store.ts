@@ -58,6 +58,11 @@ export interface LimitStore {
    * (0 for keys only other instances hold). For audit and metrics, never for decisions.
    */
   active(key: string): number;
+  /**
+   * Single use: true the first time `key` is claimed within `ttlMs`, false after (a staff
+   * token's jti until its expiry). With Redis it holds cluster-wide; degraded, per instance.
+   */
+  claimOnce(key: string, ttlMs: number): Promise<boolean>;
   close(): Promise<void>;
 }
 
@@ -66,6 +71,8 @@ export const LimitKeys = {
   tenantConnections: (tenant: string) => `conn:t:${tenant}`,
   userConnections: (tenant: string, user: string) => `conn:u:${tenant}:${user}`,
   tenantRate: (tenant: string) => `rate:t:${tenant}`,
+  /** A staff token's id (verified, but its characters are the issuer's: hashed by the caller). */
+  staffToken: (jtiHash: string) => `once:jti:${jtiHash}`,
   tenantSourceAuth: (tenant: string, source: string) => `auth:ts:${tenant}:${source}`,
   sourceAuth: (source: string) => `auth:s:${source}`,
 };
@@ -107,6 +114,8 @@ export class LocalLimitStore implements LimitStore {
   private readonly counts = new Map<string, number>();
   private readonly buckets = new LRUCache<string, Bucket>({ max: 100_000 });
   private readonly failures = new LRUCache<string, Failures>({ max: 100_000 });
+  /** Claimed single-use keys until their TTL (wall clock: a token's exp is wall-clock time). */
+  private readonly claimed = new LRUCache<string, true>({ max: 100_000, ttlAutopurge: false });
 
   constructor(private readonly now: () => number = () => performance.now()) {}
 
@@ -127,6 +136,16 @@ export class LocalLimitStore implements LimitStore {
   noteAuthFailure(lockouts: readonly LockoutRule[]): Promise<void> {
     this.noteAuthFailureSync(lockouts);
     return Promise.resolve();
+  }
+
+  claimOnce(key: string, ttlMs: number): Promise<boolean> {
+    return Promise.resolve(this.claimOnceSync(key, ttlMs));
+  }
+
+  claimOnceSync(key: string, ttlMs: number): boolean {
+    if (this.claimed.has(key)) return false;
+    this.claimed.set(key, true, { ttl: Math.max(1, Math.ceil(ttlMs)) });
+    return true;
   }
 
   noteAuthFailureSync(lockouts: readonly LockoutRule[]): void {

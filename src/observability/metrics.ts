@@ -183,6 +183,54 @@ export class Metrics {
     help: '1 while the proxy drains for shutdown',
     registers: [this.registry],
   });
+  // The audit file writer (src/audit/writer.ts): group commit, failures, queue, rotation, checkpoints.
+  readonly auditWrites = new client.Counter({
+    name: 'pgwarden_audit_writes_total',
+    help: 'write(2) batches that reached the audit file (one batch carries many records)',
+    registers: [this.registry],
+  });
+  readonly auditFsyncs = new client.Counter({
+    name: 'pgwarden_audit_fsyncs_total',
+    help: 'fdatasync calls on the audit file (durable appends share them)',
+    registers: [this.registry],
+  });
+  readonly auditWriteFailures = new client.Counter({
+    name: 'pgwarden_audit_write_failures_total',
+    help: 'Failed audit file writes or fdatasyncs, by cause',
+    labelNames: ['cause'] as const,
+    registers: [this.registry],
+  });
+  readonly auditHealthy = new client.Gauge({
+    name: 'pgwarden_audit_healthy',
+    help: '1 while the audit file accepts writes, 0 after a failure until a write succeeds again',
+    registers: [this.registry],
+  });
+  readonly auditQueueRecords = new client.Gauge({
+    name: 'pgwarden_audit_queue_records',
+    help: 'Audit records held in memory, not yet written',
+    registers: [this.registry],
+  });
+  readonly auditQueueBytes = new client.Gauge({
+    name: 'pgwarden_audit_queue_bytes',
+    help: 'Bytes of audit records held in memory, not yet written',
+    registers: [this.registry],
+  });
+  readonly auditDropped = new client.Counter({
+    name: 'pgwarden_audit_dropped_records_total',
+    help: 'Audit records dropped from the file because the in-memory queue was full (each run ends in an audit.gap record)',
+    registers: [this.registry],
+  });
+  readonly auditRotations = new client.Counter({
+    name: 'pgwarden_audit_rotations_total',
+    help: 'Audit file rotations by outcome',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly auditCheckpoints = new client.Counter({
+    name: 'pgwarden_audit_checkpoints_total',
+    help: 'Signed audit.checkpoint records appended',
+    registers: [this.registry],
+  });
 
   // The PostgreSQL audit store (src/audit/pg-sink.ts). The sink reports its backlog through
   // auditStoreBacklog; the gauges read it at scrape time, so the lag is current when scraped.

@@ -12,6 +12,7 @@ import tls from 'node:tls';
 import type { Config, LimitSettings, TenantConfig, UserConfig } from '../config/schema.js';
 import { Errors, PgError, sanitizeName } from '../errors.js';
 import {
+  AUTHENTICATION_CLEARTEXT_PASSWORD,
   AUTHENTICATION_OK,
   encodeAuthenticationSASL,
   encodeAuthenticationSASLContinue,
@@ -41,6 +42,9 @@ import { hashCancelSecret } from '../cluster/bus.js';
 import { PrefixedStream } from '../net/prefixed-stream.js';
 import type { SessionContext } from './context.js';
 import type { Metrics, TrafficSource } from '../observability/metrics.js';
+import type { AuditEvent } from '../audit/record.js';
+import { jtiKey, type StaffClaims } from '../auth/jwt.js';
+import { StatementAudit } from './statement-audit.js';
 
 /** A staff session's token, as verified (auth/jwt.ts); no token bytes are kept. */
 export interface StaffIdentity {
@@ -87,9 +91,12 @@ export type CloseReason =
   | 'idle_in_txn_timeout'
   | 'transaction_timeout'
   | 'tenant_suspended'
+  | 'auth_expired'
+  | 'staff_revoked'
+  | 'audit_unavailable'
   | 'limit';
 
-type AuthStage = 'negotiation' | 'startup' | 'sasl_first' | 'sasl_final' | 'backend_connect';
+type AuthStage = 'negotiation' | 'startup' | 'sasl_first' | 'sasl_final' | 'password' | 'backend_connect';
 
 /** After a FATAL is written, how long the peer gets to read it before the socket is destroyed. */
 const CLOSE_GRACE_MS = 5_000;
@@ -126,7 +133,19 @@ export class ClientSession implements TrafficSource {
   private scram: ScramServerExchange | null = null;
   private saslStage: 'initial' | 'continue' = 'initial';
   private pendingNegotiate: Buffer | null = null;
+  /** The user name is [staff] login_user: a JWT in a cleartext password exchange instead of SCRAM. */
+  private staffLogin = false;
   private staffIdentity: StaffIdentity | null = null;
+  private staffClaims: StaffClaims | null = null;
+
+  // Statement audit (staff sessions, tenants with audit_statements = "all").
+  private auditor: StatementAudit | null = null;
+  /** Each statement's record is durable before the statement is forwarded (staff, audit_fail_closed). */
+  private auditFailClosed = false;
+  private auditReader: FrameReader | null = null;
+  /** A durable write is in flight: client bytes wait behind it, in order. */
+  private auditWaiting = false;
+  private auditQueue: Buffer[] = [];
 
   // Relay.
   /** The backend serving this client now; null between transactions in transaction mode. */
@@ -294,18 +313,20 @@ export class ClientSession implements TrafficSource {
         this.onFirstMessage(frame.body);
       } else if (this.phase === 'authenticating') {
         let frame;
+        const passwordBytes = this.staffLogin ? Limits.passwordBytes : Limits.saslBytes;
         try {
           frame = this.reader.nextTyped((type) =>
-            type === Frontend.Password ? Limits.saslBytes : type === Frontend.Terminate ? Limits.smallMessageBytes : -1,
+            type === Frontend.Password ? passwordBytes : type === Frontend.Terminate ? Limits.smallMessageBytes : -1,
           );
         } catch (err) {
-          if (err instanceof FrameTypeError) throw Errors.expectedSaslResponse(err.type);
+          if (err instanceof FrameTypeError) throw this.staffLogin ? Errors.expectedPasswordResponse(err.type) : Errors.expectedSaslResponse(err.type);
           if (err instanceof FrameLengthError) throw Errors.invalidLength('protocol_violation:auth_length');
           throw err;
         }
         if (frame === null) return;
-        if (frame.type === Frontend.Terminate) return this.abortPreauth('client_aborted', this.saslStage === 'initial' ? 'sasl_first' : 'sasl_final');
-        this.onSaslMessage(frame.body);
+        if (frame.type === Frontend.Terminate) return this.abortPreauth('client_aborted', this.authStage());
+        if (this.staffLogin) this.onStaffPassword(frame.body);
+        else this.onSaslMessage(frame.body);
       } else {
         // tls_handshake, connecting: bytes wait in the reader until the phase changes.
         return;
@@ -423,13 +444,16 @@ export class ClientSession implements TrafficSource {
     // T1: before any authentication request (cancel requests were handled above).
     if (this.config.server.requireTls && this.tlsNegotiation === 'none') throw Errors.tlsRequired();
     const tenant = this.config.tenants.get(startup.tenantId);
+    // Staff: a JWT as the password, which only TLS may carry (before any authentication request).
+    this.staffLogin = this.config.staff !== undefined && startup.user === this.config.staff.loginUser;
+    if (this.staffLogin && this.tlsNegotiation === 'none') throw Errors.tlsRequired();
     let failReason: string | null = null;
     if (tenant === undefined) failReason = 'unknown_tenant';
     else if (!tenant.enabled) failReason = 'tenant_disabled';
     else if (this.ctx.isSuspended(tenant.id)) failReason = 'tenant_suspended';
     else if (!isAllowedSource(tenant, this.remoteAddress)) failReason = 'source_not_allowed';
-    const user = tenant?.users.get(startup.user);
-    if (failReason === null && user === undefined) failReason = 'unknown_user';
+    const user = this.staffLogin ? undefined : tenant?.users.get(startup.user);
+    if (failReason === null && user === undefined && !this.staffLogin) failReason = 'unknown_user';
     this.tenant = tenant;
     this.user = failReason === null ? user : undefined;
     // Admission (auth cool-down, connection rate) before any SCRAM work, and the same answer
@@ -444,7 +468,8 @@ export class ClientSession implements TrafficSource {
         if (this.phase !== 'admitting') return;
         try {
           if (verdict !== 'ok') return this.refuseAdmission(verdict === 'rate_limited' ? 'rate_limited' : 'auth_throttled');
-          this.beginSasl(failReason);
+          if (this.staffLogin) this.beginStaffPassword(failReason);
+          else this.beginSasl(failReason);
         } catch (err) {
           this.fail(err);
         }
@@ -520,19 +545,121 @@ export class ClientSession implements TrafficSource {
     void this.connect(result.serverFinal, result.clientKey);
   }
 
+  // ---------------------------------------------------------------- staff login (JWT)
+
+  private staffFailReason: string | null = null;
+
+  /** Asks for the token (AuthenticationCleartextPassword); the exchange is the same for every tenant and user. */
+  private beginStaffPassword(failReason: string | null): void {
+    // Without a working audit log no staff session may start (S10): nothing would record it.
+    if (!this.ctx.audit.healthy) throw Errors.auditUnavailable();
+    this.staffFailReason = failReason;
+    this.phase = 'authenticating';
+    this.sock.cork();
+    if (this.pendingNegotiate !== null) this.sock.write(this.pendingNegotiate);
+    this.sock.write(AUTHENTICATION_CLEARTEXT_PASSWORD);
+    this.sock.uncork();
+    this.pump();
+  }
+
+  /** PasswordMessage: one NUL-terminated string, the JWT. */
+  private onStaffPassword(body: Buffer): void {
+    if (body.length === 0 || body.indexOf(0) !== body.length - 1) throw Errors.invalidFormat();
+    const token = body.toString('utf8', 0, body.length - 1);
+    this.phase = 'connecting';
+    this.sock.pause();
+    void this.decideStaff(token);
+  }
+
+  /**
+   * Verifies the token, checks revocation and single use, and makes the decision durable as
+   * `staff.access` before any backend connection (SECURITY.md §2.5). A refusal is the same 28P01
+   * as any failed login; the reason goes to the audit only.
+   */
+  private async decideStaff(token: string): Promise<void> {
+    const startup = this.startup!;
+    const staffCfg = this.config.staff!;
+    try {
+      const decision = await this.ctx.staffVerifier!.decide(token, startup.tenantId, this.tenant?.staffAccess ?? 'deny');
+      if (!this.stillConnecting()) return;
+      let reason = this.staffFailReason ?? (decision.ok ? null : decision.reason);
+      if (reason === null && decision.ok) {
+        const c = decision.claims;
+        if (this.ctx.isStaffRevoked(c.jti, c.sub)) reason = 'jwt_invalid:revoked';
+        else if (!staffCfg.allowTokenReuse) {
+          const ttlMs = c.exp * 1000 - Date.now() + staffCfg.clockToleranceMs;
+          const first = await this.ctx.limits.claimOnce(LimitKeys.staffToken(jtiKey(c.iss, c.jti)), Math.max(1000, ttlMs));
+          if (!this.stillConnecting()) return;
+          if (!first) reason = 'jwt_invalid:replay';
+        }
+      }
+      const tenant = this.tenant;
+      const granted = decision.ok && reason === null ? decision.access : null;
+      const event: AuditEvent = {
+        event: 'staff.access',
+        session: { id: this.id, ei: this.auditEi++ },
+        ...(tenant === undefined ? {} : { tenant: tenant.id }),
+        client: this.clientBlock(),
+        staff: decision.ok ? decision.claims : { unverified: true, ...decision.claimed },
+        target: {
+          tenant: sanitizeName(startup.tenantId),
+          db_user: tenant?.staffBackendUser ?? null,
+          database: sanitizeName(startup.database ?? tenant?.backendDatabase ?? ''),
+          access_level: granted ?? (decision.ok ? decision.claims.requested_access : null),
+          tenant_cap: tenant?.staffAccess ?? null,
+        },
+        decision: granted === null ? 'deny' : 'allow',
+        ...(reason === null ? {} : { reason }),
+        outcome: { success: granted !== null, ...(reason === null ? {} : { reason }) },
+      };
+      try {
+        await this.ctx.audit.appendDurable(event);
+      } catch (err) {
+        if (!this.stillConnecting()) return;
+        this.ctx.log.error({ session: this.id, err }, 'staff access decision could not be audited');
+        this.ctx.metrics.errors.inc({ kind: 'internal' });
+        this.sendFatal(Errors.auditUnavailable());
+        this.phase = 'closed';
+        this.cleanup();
+        return;
+      }
+      if (!this.stillConnecting()) return;
+      if (granted === null || !decision.ok) {
+        this.authFailed(Errors.authFailed(startup.user, reason ?? 'jwt_invalid:scope'), 'password');
+        return;
+      }
+      const c = decision.claims;
+      this.staffClaims = c;
+      this.staffIdentity = { sub: c.sub, jti: c.jti, ticket: c.reason_or_ticket, access: granted, expMs: c.exp * 1000 };
+      await this.connect(null, null);
+    } catch (err) {
+      if (this.phase === 'connecting') this.fail(err);
+    }
+  }
+
+  private authStage(): AuthStage {
+    if (this.phase === 'connecting') return 'backend_connect';
+    if (this.staffLogin) return 'password';
+    return this.saslStage === 'initial' ? 'sasl_first' : 'sasl_final';
+  }
+
   // ---------------------------------------------------------------- upstream login
 
-  private async connect(serverFinal: Buffer, clientKey: Buffer): Promise<void> {
+  /** Staff logins pass null, null: no SCRAM to finish, and the tenant's staff role logs in upstream. */
+  private async connect(serverFinal: Buffer | null, clientKey: Buffer | null): Promise<void> {
     const tenant = this.tenant!;
-    const user = this.user!;
+    const user = this.user;
     const startup = this.startup!;
+    const staff = this.staffIdentity;
     try {
       // Checked after authentication, as PostgreSQL checks a database's existence.
       const database = startup.database ?? tenant.backendDatabase;
       if (tenant.databases !== undefined && !tenant.databases.has(database)) throw Errors.undefinedDatabase(database);
+      // A fail-closed tenant's sessions are audited statement by statement: no audit, no session (S10).
+      if (tenant.auditFailClosed && !this.ctx.audit.healthy) throw Errors.auditUnavailable();
       const slots: SlotRequest[] = [{ key: LimitKeys.tenantConnections(tenant.id), limit: tenant.maxClientConnections }];
-      const perUser = user.maxConnections > 0 ? user.maxConnections : tenant.limits.maxConnectionsPerUser;
-      if (perUser > 0) slots.push({ key: LimitKeys.userConnections(tenant.id, user.name), limit: perUser });
+      const perUser = user === undefined ? 0 : user.maxConnections > 0 ? user.maxConnections : tenant.limits.maxConnectionsPerUser;
+      if (perUser > 0) slots.push({ key: LimitKeys.userConnections(tenant.id, user!.name), limit: perUser });
       const got = await this.ctx.limits.acquire(slots);
       if (!this.stillConnecting()) {
         if (got.ok) got.lease.release();
@@ -545,16 +672,25 @@ export class ClientSession implements TrafficSource {
       }
       this.tenantLease = got.lease;
       this.tenantActiveAfter = got.active[0] ?? 0;
-      const password = user.backendPasswordEnv === undefined ? undefined : process.env[user.backendPasswordEnv];
-      this.login = {
-        user: user.backendUser,
-        database,
-        params: startup.forward,
-        credential: password !== undefined ? { kind: 'password', password } : { kind: 'client_key', clientKey, verifier: user.verifier },
-      };
+      if (staff !== null) {
+        // The tenant's staff role; read access also makes every transaction read-only (25006 on
+        // a write). A startup parameter is applied after `options`, so a client cannot undo it there.
+        const params = new Map(startup.forward);
+        if (staff.access === 'read') params.set('default_transaction_read_only', 'on');
+        this.login = { user: tenant.staffBackendUser!, database, params, credential: { kind: 'password', password: process.env[tenant.staffBackendPasswordEnv!] ?? '' } };
+      } else {
+        const password = user!.backendPasswordEnv === undefined ? undefined : process.env[user!.backendPasswordEnv];
+        this.login = {
+          user: user!.backendUser,
+          database,
+          params: startup.forward,
+          credential: password !== undefined ? { kind: 'password', password } : { kind: 'client_key', clientKey: clientKey!, verifier: user!.verifier },
+        };
+      }
       this.poolKeyStr = poolKey(this.login);
       this.pool = this.ctx.pools.get(tenant.id, tenant.pool);
-      this.transactionMode = tenant.pool.mode === 'transaction';
+      // Staff sessions keep one backend (session semantics): their audit and read-only guard see one server session.
+      this.transactionMode = staff === null && tenant.pool.mode === 'transaction';
       // The first login of a pool key takes a backend: it proves the credentials work upstream and
       // gives the parameters clients are shown. After that, a transaction-mode client needs none
       // until its first transaction (a session-mode client keeps one for the whole session).
@@ -595,7 +731,7 @@ export class ClientSession implements TrafficSource {
     return this.phase === 'connecting';
   }
 
-  private beginRelay(backend: PooledBackend | null, serverFinal: Buffer): void {
+  private beginRelay(backend: PooledBackend | null, serverFinal: Buffer | null): void {
     const tenant = this.tenant!;
     this.loginBackendPid = backend?.processId ?? 0;
     this.maxMessageBytes = tenant.limits.maxMessageBytes;
@@ -609,7 +745,7 @@ export class ClientSession implements TrafficSource {
 
     // Everything the client needs to start, in one write.
     this.sock.cork();
-    this.sock.write(encodeAuthenticationSASLFinal(serverFinal));
+    if (serverFinal !== null) this.sock.write(encodeAuthenticationSASLFinal(serverFinal));
     this.sock.write(AUTHENTICATION_OK);
     for (const [name, value] of parameters) this.sock.write(encodeParameterStatus(name, value));
     this.sock.write(encodeBackendKeyData(this.cancelKey.processId, this.cancelKey.secretKey));
@@ -625,6 +761,15 @@ export class ClientSession implements TrafficSource {
     this.ctx.metrics.liveSessions.add(this);
     this.started = true;
     this.phase = 'relaying';
+    if (this.staffIdentity !== null || tenant.auditStatements === 'all') {
+      const staff = this.staffIdentity !== null;
+      this.auditor = new StatementAudit(
+        { params: staff ? this.config.staff!.auditParameters : tenant.auditParameters, queryMaxBytes: this.config.audit.queryMaxBytes, paramMaxBytes: this.config.audit.paramMaxBytes },
+        () => this.auditEi++,
+      );
+      this.auditFailClosed = staff || tenant.auditFailClosed;
+      this.auditReader = new FrameReader();
+    }
     this.auditSessionStart(backend);
     this.ctx.log.info({ session: this.id, tenant: tenant.id, user: sanitizeName(this.startup!.user), client: this.remoteAddress, tls: this.tlsVersion }, 'session started');
 
@@ -764,8 +909,13 @@ export class ClientSession implements TrafficSource {
 
   private readonly upstreamHandler: ScanHandler = {
     maxFrameLength: (type) => (BACKEND_TYPES.has(type) ? Limits.largeMessageBytes : -1),
-    wantsBody: (type) => type === Backend.ReadyForQuery || type === Backend.ErrorResponse || type === Backend.ParameterStatus,
-    onFrame: (type, _length, body) => this.noteBackendFrame(type, body),
+    wantsBody: (type) =>
+      type === Backend.ReadyForQuery || type === Backend.ErrorResponse || type === Backend.ParameterStatus || (type === Backend.CommandComplete && this.auditor !== null),
+    onFrame: (type, length, body) => {
+      this.noteBackendFrame(type, body);
+      // Session mode: the client receives exactly the backend's frames.
+      if (this.auditor !== null) this.auditServerFrame(type, body, length - 4);
+    },
   };
 
   /** Bookkeeping for one backend message: transaction status, errors, identity parameters. */
@@ -793,6 +943,15 @@ export class ClientSession implements TrafficSource {
 
   private relayClientChunk(chunk: Buffer, count = true): void {
     if (count) this.bytesIn += chunk.length;
+    if (this.auditor !== null) {
+      this.auditClientChunk(chunk);
+      return;
+    }
+    this.relayChunk(chunk);
+  }
+
+  /** Client bytes on their way to the backend (after statement audit, when it is on). */
+  private relayChunk(chunk: Buffer): void {
     const now = performance.now();
     this.lastClientAt = now;
     if (this.busySince === 0) this.busySince = now; // may be idle again at once: checkTimers looks at the counts
@@ -813,6 +972,102 @@ export class ClientSession implements TrafficSource {
     }
     this.forwardToBackend(chunk);
     if (this.terminateSeen) this.endOnTerminate();
+  }
+
+  // ---------------------------------------------------------------- statement audit
+
+  /**
+   * Audited sessions: whole client frames are recorded (session.query) before they go on. For
+   * fail-closed sessions the records must be durable first: the client is paused, bytes that
+   * still arrive wait in order behind the write, and a failed write ends the session without
+   * forwarding the statement (S10). A frame the relay will refuse (bad type or length) ends the
+   * batch: what came before it is forwarded, and the relay raises the error on it.
+   */
+  private auditClientChunk(chunk: Buffer): void {
+    if (this.auditWaiting) {
+      this.auditQueue.push(chunk);
+      return;
+    }
+    const reader = this.auditReader!;
+    reader.push(chunk);
+    const frames: Buffer[] = [];
+    const events: AuditEvent[] = [];
+    let broken = false;
+    for (;;) {
+      let f: Frame | null;
+      try {
+        f = reader.nextTyped((type) => frontendMaxLength(type, this.maxMessageBytes));
+      } catch {
+        broken = true;
+        break;
+      }
+      if (f === null) break;
+      const ev = this.auditor!.onClientMessage(f.type, f.body, this.txStatus);
+      if (ev !== null) events.push(this.auditEnvelope(ev));
+      const guarded = this.staffIdentity?.access === 'read' ? readOnlyGuard(f) : null;
+      frames.push(guarded ?? f.raw);
+    }
+    const tail = broken ? reader.drain() : null;
+    const pass = (): void => {
+      if (frames.length > 0) this.relayChunk(frames.length === 1 ? frames[0]! : Buffer.concat(frames));
+      if (tail !== null && this.phase === 'relaying') this.relayChunk(tail);
+    };
+    if (!this.auditFailClosed || events.length === 0) {
+      for (const e of events) this.ctx.audit.append(e);
+      pass();
+      return;
+    }
+    this.auditWaiting = true;
+    this.sock.pause();
+    Promise.all(events.map((e) => this.ctx.audit.appendDurable(e))).then(
+      () => {
+        this.auditWaiting = false;
+        if (this.phase !== 'relaying') return;
+        try {
+          pass();
+          const queued = this.auditQueue;
+          this.auditQueue = [];
+          // pass() and each chunk may end the session or start another durable write.
+          for (const c of queued) if (this.stillRelaying()) this.auditClientChunk(c);
+          if (!this.auditWaitingNow()) this.resumeClient();
+        } catch (err) {
+          this.fail(err);
+        }
+      },
+      (err: unknown) => {
+        this.auditWaiting = false;
+        if (this.phase !== 'relaying') return;
+        this.ctx.log.error({ session: this.id, tenant: this.tenantId, err }, 'statement could not be audited: ending the session');
+        this.ctx.metrics.errors.inc({ kind: 'internal' });
+        this.terminate(Errors.auditUnavailableSession(), 'audit_unavailable');
+      },
+    );
+  }
+
+  /** Replies the client receives, matched to the audited statements (session.query_result). */
+  private auditServerFrame(type: number, body: Buffer | null, bodyLength: number): void {
+    const out: AuditEvent[] = [];
+    this.auditor!.onServerMessage(type, body, bodyLength, out);
+    for (const e of out) this.ctx.audit.append(this.auditEnvelope(e));
+  }
+
+  /** Wraps a statement record in the session's envelope fields. */
+  private auditEnvelope(e: AuditEvent): AuditEvent {
+    const { ei, ...fields } = e;
+    return { ...fields, event: e.event, session: { id: this.id, ei }, tenant: this.tenant!.id, principal: this.principal() };
+  }
+
+  private stillRelaying(): boolean {
+    return this.phase === 'relaying';
+  }
+
+  private auditWaitingNow(): boolean {
+    return this.auditWaiting;
+  }
+
+  /** Reads the client again unless something else holds it (bandwidth budget, backend backpressure, pool wait). */
+  private resumeClient(): void {
+    if (this.phase === 'relaying' && !this.clientThrottled && !this.acquiring && !this.auditWaiting && this.backend?.socket.writableNeedDrain !== true) this.sock.resume();
   }
 
   /** Over the tenant's max_message_bytes (a limit, counted) or over what any message may be (a violation). */
@@ -892,7 +1147,10 @@ export class ClientSession implements TrafficSource {
     // Our own replies that nothing the backend owes precedes (e.g. ParseComplete of a statement it has).
     const mine: Buffer[] = [];
     this.replies.flushSynth(mine);
-    for (const m of mine) this.sock.write(m);
+    for (const m of mine) {
+      if (this.auditor !== null) this.auditServerFrame(m[0]!, m.subarray(5), m.length - 5);
+      this.sock.write(m);
+    }
   }
 
   /** Transaction mode: from now on this client keeps its backend (SET, LISTEN, temp tables…). */
@@ -954,6 +1212,8 @@ export class ClientSession implements TrafficSource {
       this.noteBackendFrame(f.type, f.type === Backend.ReadyForQuery || f.type === Backend.ErrorResponse || f.type === Backend.ParameterStatus ? f.body : null);
       this.replies.onReply(f.type, f.raw, out);
     }
+    // Transaction mode: audit what the client receives (replies to injected messages are not its).
+    if (this.auditor !== null) for (const raw of out) this.auditServerFrame(raw[0]!, raw.subarray(5), raw.length - 5);
     this.writeToClient(out);
     const b = this.backend;
     if (b !== null && !this.pinned && this.pending.length === 0 && this.replies.empty && this.backendIsClean()) {
@@ -976,13 +1236,13 @@ export class ClientSession implements TrafficSource {
   };
 
   private readonly onUpstreamDrain = (): void => {
-    if (this.phase === 'relaying' && !this.clientThrottled) this.sock.resume();
+    if (this.phase === 'relaying' && !this.clientThrottled && !this.auditWaiting) this.sock.resume();
   };
 
   /** The tenant's client-to-server budget has room again: read the client, unless the backend is full. */
   private readonly onUpBudget = (): void => {
     this.clientThrottled = false;
-    if (this.phase === 'relaying' && !this.acquiring && this.backend?.socket.writableNeedDrain !== true) this.sock.resume();
+    this.resumeClient();
   };
 
   /** The tenant's server-to-client budget has room again: read the backend, unless the client is full. */
@@ -999,6 +1259,11 @@ export class ClientSession implements TrafficSource {
    */
   checkTimers(now: number, current?: LimitSettings): void {
     if (this.phase !== 'relaying') return;
+    const staff = this.staffIdentity;
+    if (staff !== null) {
+      if (Date.now() >= staff.expMs) return this.terminate(Errors.staffAccessExpired(), 'auth_expired');
+      if (this.ctx.isStaffRevoked(staff.jti, staff.sub)) return this.terminate(Errors.adminShutdown('staff_revoked'), 'staff_revoked');
+    }
     // The tenant's limits as now configured (a reload changes running sessions' timeouts too).
     const l = current ?? this.tenant!.limits;
     const busy = this.rfqReceived < this.rfqExpected || this.unsynced > 0 || this.acquiring;
@@ -1213,6 +1478,11 @@ export class ClientSession implements TrafficSource {
       this.ctx.metrics.liveSessions.delete(this);
       this.ctx.metrics.clientConnections.dec({ tenant });
       this.ctx.metrics.sessionEnds.inc({ tenant, reason });
+      if (this.auditor !== null) {
+        const out: AuditEvent[] = [];
+        this.auditor.abandon(out);
+        for (const e of out) this.ctx.audit.append(this.auditEnvelope(e));
+      }
       this.auditSessionEnd(detail ?? reason);
       this.ctx.log.info({ session: this.id, tenant, reason: detail ?? reason, durationMs: Date.now() - this.startedAt, bytesIn: this.bytesIn, bytesOut: this.bytesOut }, 'session ended');
     }
@@ -1294,7 +1564,10 @@ export class ClientSession implements TrafficSource {
 
   private principal(): Record<string, unknown> {
     const s = this.startup!;
-    return { kind: 'tenant_user', db_user: s.user, database: s.database ?? this.tenant?.backendDatabase ?? null };
+    const database = s.database ?? this.tenant?.backendDatabase ?? null;
+    const c = this.staffClaims;
+    if (c === null) return { kind: 'tenant_user', db_user: s.user, database };
+    return { kind: 'staff', db_user: this.tenant?.staffBackendUser ?? null, database, staff: { ...c, access: this.staffIdentity?.access ?? null } };
   }
 
   private auditAuthFailure(stage: AuthStage, reason: string, sqlstate: string | undefined, message: string | undefined): void {
@@ -1326,7 +1599,11 @@ export class ClientSession implements TrafficSource {
       principal: this.principal(),
       client: this.clientBlock(),
       backend: { id: tenant.id, pid: backend?.processId ?? null, tls_version: backend?.conn.tlsVersion ?? null, pool_mode: tenant.pool.mode },
-      auth: { method: this.scram?.usedChannelBinding === true ? 'scram-sha-256-plus' : 'scram-sha-256', channel_binding: this.scram?.usedChannelBinding === true },
+      auth:
+        this.staffIdentity !== null
+          ? { method: 'jwt', channel_binding: false }
+          : { method: this.scram?.usedChannelBinding === true ? 'scram-sha-256-plus' : 'scram-sha-256', channel_binding: this.scram?.usedChannelBinding === true },
+      statement_audit: this.auditor === null ? 'none' : this.auditFailClosed ? 'fail_closed' : 'best_effort',
       startup_params: Object.fromEntries([...s.forward].map(([k, v]) => [k, sanitizeName(v)])),
       limits: { tenant_active_after: this.tenantActiveAfter, tenant_limit: tenant.maxClientConnections, mode: this.ctx.limits.mode },
       server_version: p.get('server_version') ?? null,
@@ -1352,6 +1629,7 @@ export class ClientSession implements TrafficSource {
       messages_in: this.messagesIn,
       messages_out: this.messagesOut,
       queries: this.queries,
+      statements_audited: this.auditor?.statementsAudited ?? 0,
       last_tx_status: String.fromCharCode(this.txStatus),
       limits_hit: this.limitEvents,
       outcome: { success: true },
@@ -1375,18 +1653,57 @@ const EMPTY = Buffer.alloc(0);
 const REFUSAL_SQL =
   "DO $pgwarden$BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = 'statements that change session state are not supported in transaction pooling mode', HINT = 'Use SET LOCAL, or a session-mode pool.'; END$pgwarden$";
 
-function refusedStatement(f: Frame): Frame {
+function refusedStatement(f: Frame, sql = REFUSAL_SQL): Frame {
   let body: Buffer;
-  if (f.type === Frontend.Query) body = Buffer.from(`${REFUSAL_SQL}\0`, 'utf8');
-  else {
-    const nameEnd = f.body.indexOf(0);
-    body = Buffer.concat([f.body.subarray(0, nameEnd + 1), Buffer.from(`${REFUSAL_SQL}\0`, 'utf8'), Buffer.alloc(2)]);
-  }
+  if (f.type === Frontend.Query) body = Buffer.from(`${sql}\0`, 'utf8');
+  else body = refusedParseBody(f.body, sql);
   const raw = Buffer.allocUnsafe(5 + body.length);
   raw[0] = f.type;
   raw.writeUInt32BE(4 + body.length, 1);
   body.copy(raw, 5);
   return { type: f.type, body: raw.subarray(5), raw };
+}
+
+/** Oid of `text`: parameters the refused statement must still accept but never uses. */
+const TEXT_OID = 25;
+
+/**
+ * A Parse of `sql` under the client's statement name that still declares as many parameters as
+ * the client's statement had (its declared types, then text for each further $n in its text), so
+ * the client's Bind succeeds and Execute reaches the raising block: the client sees the refusal's
+ * SQLSTATE, not a bind error.
+ */
+function refusedParseBody(orig: Buffer, sql: string): Buffer {
+  const nameEnd = orig.indexOf(0);
+  const queryEnd = orig.indexOf(0, nameEnd + 1);
+  let declared: number[] = [];
+  if (queryEnd > 0 && queryEnd + 3 <= orig.length) {
+    const n = orig.readInt16BE(queryEnd + 1);
+    if (n > 0 && queryEnd + 3 + 4 * n <= orig.length) declared = Array.from({ length: n }, (_, i) => orig.readUInt32BE(queryEnd + 3 + 4 * i));
+  }
+  let used = 0;
+  for (const m of orig.toString('utf8', nameEnd + 1, queryEnd < 0 ? orig.length : queryEnd).matchAll(/\$(\d{1,5})/g)) used = Math.max(used, Number(m[1]));
+  const count = Math.min(Math.max(declared.length, used), 65_535);
+  const types = Buffer.alloc(2 + 4 * count);
+  types.writeUInt16BE(count, 0);
+  for (let i = 0; i < count; i++) types.writeUInt32BE(declared[i] ?? TEXT_OID, 2 + 4 * i);
+  return Buffer.concat([orig.subarray(0, nameEnd + 1), Buffer.from(`${sql}\0`, 'utf8'), types]);
+}
+
+/**
+ * Staff read access: statements that would turn the read-only default off are refused by the
+ * server itself with 25006. Defence in depth only (text can be disguised); the real guard is a
+ * staff_backend_user with read grants only.
+ */
+const READ_WRITE_RE = /\bread(?:\s|\/\*[\s\S]*?\*\/|--[^\n]*\n)+write\b|transaction_read_only/i;
+const READ_ONLY_REFUSAL_SQL =
+  "DO $pgwarden$BEGIN RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction', MESSAGE = 'staff read access cannot leave read-only mode'; END$pgwarden$";
+
+function readOnlyGuard(f: Frame): Buffer | null {
+  if (f.type !== Frontend.Query && f.type !== Frontend.Parse) return null;
+  const text = f.type === Frontend.Query ? f.body.toString('utf8') : f.body.toString('utf8', f.body.indexOf(0) + 1);
+  if (!READ_WRITE_RE.test(text)) return null;
+  return refusedStatement(f, READ_ONLY_REFUSAL_SQL).raw;
 }
 
 /** Joins frames that sit back to back in the same received buffer, so they go out as one write. */

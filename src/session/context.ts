@@ -15,6 +15,7 @@ import type { Logger } from '../observability/logger.js';
 import type { UpstreamTarget } from '../pool/upstream.js';
 import type { PoolManager } from '../pool/backend-pool.js';
 import type { ClientSession } from './client-session.js';
+import type { StaffTokenVerifier } from '../auth/jwt.js';
 
 export interface SessionContext {
   readonly config: Config;
@@ -28,6 +29,8 @@ export interface SessionContext {
   readonly rejections: RejectionAggregator;
   readonly metrics: Metrics;
   readonly log: Logger;
+  /** Staff JWT verification ([staff]); null when staff access is off. */
+  readonly staffVerifier: StaffTokenVerifier | null;
   /** Key for deterministic mock SCRAM salts (SECURITY.md rule 3). */
   readonly mockSecret: Buffer;
   isDraining(): boolean;

@@ -218,6 +218,8 @@ describe('pooling', () => {
         assert.rejects(c.query(sql), { code: '0A000', message: 'statements that change session state are not supported in transaction pooling mode' });
       await refused("set search_path = 'elsewhere'");
       await refused('listen somewhere');
+      // Extended protocol with a Bind parameter: the refusal still binds, so the client sees 0A000.
+      await assert.rejects(c.query("select set_config('search_path', $1, false)", ['elsewhere']), { code: '0A000' });
       assert.equal((await c.query<{ v: number }>('select 1 as v')).rows[0]?.v, 1);
       // Inside a transaction the refusal aborts it, as any server-side error would.
       await c.query('begin');

@@ -217,6 +217,17 @@ describe('Redis-shared limits and bus', () => {
     assert.deepEqual(results, ['ok', 'ok', 'ok', 'rate_limited', 'rate_limited', 'rate_limited']);
   });
 
+  it('claims a staff token id once across instances, for its TTL only', async () => {
+    const key = LimitKeys.staffToken('jti-shared');
+    assert.equal(await a.store.claimOnce(key, 1_000), true);
+    assert.equal(await b.store.claimOnce(key, 1_000), false, 'a replay on the other instance is refused');
+    assert.equal(await a.store.claimOnce(key, 1_000), false);
+    const ttl = await raw.pttl(PREFIX + key);
+    assert.ok(ttl > 0 && ttl <= 1_000, `ttl ${ttl}`);
+    await waitFor(async () => (await raw.exists(PREFIX + key)) === 0, 3_000, 'claim expired');
+    assert.equal(await b.store.claimOnce(key, 1_000), true, 'after its expiry the key is free again');
+  });
+
   it('shares lockouts, without taking a token from a locked-out source', async () => {
     const lockout: LockoutRule = { key: LimitKeys.sourceAuth('203.0.113.9'), maxFailures: 3, windowMs: 10_000, cooldownMs: 1_500 };
     const rate = { key: LimitKeys.tenantRate('lockout'), ratePerSecond: 0.01, burst: 10 };

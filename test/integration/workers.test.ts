@@ -143,6 +143,9 @@ describe('workers', () => {
     const m = await get(child.metricsPort!, '/metrics');
     assert.equal(m.status, 200);
     assert.match(m.body, /^pgwarden_sessions_total\{tenant="acme",outcome="started"\} \d+$/m);
+    // The audit writer runs in the primary; its metrics are part of the sum.
+    assert.match(m.body, /^pgwarden_audit_healthy 1$/m);
+    assert.match(m.body, /^pgwarden_audit_writes_total [1-9]\d*$/m);
     const pools = JSON.parse((await get(child.metricsPort!, '/pools')).body) as { worker: number; pools: unknown[] }[];
     assert.equal(pools.length, 2);
     child.child.kill('SIGTERM');

@@ -78,8 +78,8 @@ describe('audit query: files', () => {
     written = EVENTS.map((e) => audit.append(e));
     await audit.close();
     const line = (r: AuditRecord): string => `${JSON.stringify(r)}\n`;
-    await writeFile(`${file}.20250102T000000Z.4`, written.slice(4, 7).map(line).join(''));
-    await writeFile(`${file}.20250101T000000Z.0`, written.slice(0, 4).map(line).join(''));
+    await writeFile(`${file}.20250102T000000.000Z.4`, written.slice(4, 7).map(line).join(''));
+    await writeFile(`${file}.20250101T000000.000Z.0`, written.slice(0, 4).map(line).join(''));
     await writeFile(file, written.slice(7).map(line).join('') + '{"torn":');
     await mkdir(`${file}.spool`); // the sink's default spool dir is no audit file
     await writeFile(`${file}.notes`, 'not audit\n');
@@ -89,7 +89,7 @@ describe('audit query: files', () => {
   });
 
   it('finds the rotated files oldest first, then the live file', async () => {
-    assert.deepEqual(await auditFiles(file), [`${file}.20250101T000000Z.0`, `${file}.20250102T000000Z.4`, file]);
+    assert.deepEqual(await auditFiles(file), [`${file}.20250101T000000.000Z.0`, `${file}.20250102T000000.000Z.4`, file]);
     await assert.rejects(auditFiles(path.join(dir, 'missing.jsonl')), /no audit file/);
   });
 

@@ -4,7 +4,7 @@
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { appendFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
@@ -169,6 +169,22 @@ describe('audit log hash chain', () => {
     assert.equal(broken.ok, false);
     assert.equal(broken.firstBad?.line, EVENTS.length);
     assert.match(broken.firstBad?.problem ?? '', /chain broken/);
+  });
+
+  it('after a crash mid-write (a torn last line), a restart links to the last whole record and starts a new line', async () => {
+    const f = path.join(dir, 'torn.jsonl');
+    const first = await writeLog(f, EVENTS.slice(0, 3), metrics);
+    await appendFile(f, '{"schema":"pgwarden.audit/v1","event":"sess');
+    const more = await writeLog(f, [{ event: 'proxy.lifecycle', state: 'started' }], metrics);
+    assert.equal(more[0]!.chain.prev, first[2]!.chain.hash);
+    const all = await lines(f);
+    assert.equal(all.length, 5);
+    assert.deepEqual(JSON.parse(all[4]!), more[0]);
+    // The torn line is evidence of the crash: verify names it rather than skipping it.
+    const result = await verifyAuditFile(f);
+    assert.equal(result.ok, false);
+    assert.deepEqual([result.firstBad?.file, result.firstBad?.line], [f, 4]);
+    assert.match(result.firstBad?.problem ?? '', /not valid JSON/);
   });
 
   it('event fields cannot overwrite the envelope (seq, id, instance, schema)', async () => {

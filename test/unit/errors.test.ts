@@ -62,6 +62,8 @@ const SAMPLES: SampleArgs = {
   invalidFormat: [],
   adminShutdown: ['drain_deadline'],
   auditUnavailable: [],
+  auditUnavailableSession: [],
+  staffAccessExpired: [],
   internal: [],
   upstreamConnect: ['backend_connect_failed', new Error('connect ECONNREFUSED 10.0.0.5:5432')],
   upstreamLost: [],
