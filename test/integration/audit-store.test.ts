@@ -19,10 +19,15 @@ import { defaultAuditConfig } from '../../src/config/schema.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import { pino } from 'pino';
 import { mkdir } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { clientConfig } from '../support/proxy.js';
 
 const CLI = path.resolve('dist/src/cli.js');
 const STORE_PW = 'store-writer-pw';
 const PW_ENV = 'PGWARDEN_TEST_AUDIT_STORE_PW';
+const STAFF_PW_ENV = 'PGWARDEN_TEST_AUDIT_STORE_STAFF_PW';
 
 function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
@@ -96,7 +101,8 @@ describe('audit store (PostgreSQL sink)', () => {
     await store.query('GRANT CREATE ON SCHEMA public TO auditw', [], 'audit');
     storeUrl = `postgresql://auditw@127.0.0.1:${store.port}/audit`;
     process.env[PW_ENV] = STORE_PW;
-    tenantPg = await startCluster({ users: [{ name: 'app', password: 'secret-app' }] });
+    process.env[STAFF_PW_ENV] = 'staff-ro-secret';
+    tenantPg = await startCluster({ users: [{ name: 'app', password: 'secret-app' }, { name: 'staff_ro', password: 'staff-ro-secret' }] });
     verifier = await readVerifier(tenantPg, 'app');
     dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-astore-'));
   });
@@ -280,5 +286,54 @@ describe('audit store (PostgreSQL sink)', () => {
     assert.equal(viaConfigPg.code, 0, viaConfigPg.stderr);
     assert.equal(viaConfig.stdout, table);
     assert.equal(viaConfigPg.stdout, table);
+  });
+
+  it('shows a staff session with the person and the ticket, the same from the file and the store', async () => {
+    const client = newStoreClient(storeUrl, PW_ENV);
+    await client.connect();
+    await initStore(client, 'audit_staff');
+    await client.end();
+    const pair = await generateKeyPair('ES256', { extractable: true });
+    await mkdir(path.join(dir, 'staff'), { recursive: true });
+    const jwks = path.join(dir, 'staff', 'jwks.json');
+    await writeFile(jwks, JSON.stringify({ keys: [{ ...(await exportJWK(pair.publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' }] }));
+    const s = spec('staff', 'audit_staff');
+    s.staff = { jwks, issuer: 'https://sso.test', audience: 'pgwarden', algorithms: ['ES256'], require_mfa: true };
+    s.tenants[0]!.extra = { staff_access: 'read', staff_backend_user: 'staff_ro', staff_backend_password_env: STAFF_PW_ENV };
+    const rp = await startProxy(s);
+    open.push(rp);
+    const token = await new SignJWT({ tenant: 'acme', access: 'read', ticket: 'INC-4711', amr: ['pwd', 'mfa'], jti: randomUUID() })
+      .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+      .setSubject('jane@ops.example')
+      .setIssuer('https://sso.test')
+      .setAudience('pgwarden')
+      .setIssuedAt()
+      .setExpirationTime('5m')
+      .sign(pair.privateKey);
+    const c = new pg.Client(clientConfig(rp, { tenant: 'acme', user: 'staff', password: token }));
+    await c.connect();
+    await c.query('SELECT 1');
+    await c.query('SELECT 2');
+    await c.end();
+    await sessions(rp, 1);
+    await rp.close();
+    open.pop();
+    await assertSameAsFile(s.auditFile!, 'audit_staff');
+    const stored = await store.query<{ n: string }>("SELECT count(*) AS n FROM audit_staff WHERE staff_sub = 'jane@ops.example' AND ticket = 'INC-4711' AND event = 'session.query'", [], 'audit');
+    assert.equal(stored.rows[0]!.n, '2', 'the staff columns are filled');
+
+    const pgArgs = ['--postgres', storeUrl, '--table', 'audit_staff', '--password-env', PW_ENV];
+    const fromFile = await cli(['sessions', '--file', s.auditFile!, '--json']);
+    const fromPg = await cli(['sessions', ...pgArgs, '--json']);
+    assert.equal(fromPg.stdout, fromFile.stdout);
+    const rows = fromFile.stdout.trimEnd().split('\n').map((l) => JSON.parse(l) as { user: string; staff: string | null; ticket: string | null; statements: number; end: string });
+    assert.deepEqual(rows.map((r) => [r.user, r.staff, r.ticket, r.statements, r.end]), [
+      ['staff_ro', 'jane@ops.example', 'INC-4711', 2, 'client_terminate'],
+      ['app', null, null, 1, 'client_terminate'],
+    ]);
+    const staffFile = await cli(['query', '--file', s.auditFile!, '--staff', 'jane@ops.example', '--event', 'session.query']);
+    const staffPg = await cli(['query', ...pgArgs, '--staff', 'jane@ops.example', '--event', 'session.query']);
+    assert.equal(staffPg.stdout, staffFile.stdout);
+    assert.match(staffFile.stdout, /session\.query +acme +\S+ +staff_ro +jane@ops\.example +simple SELECT 2\n$/);
   });
 });

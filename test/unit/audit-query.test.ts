@@ -27,7 +27,7 @@ import {
 } from '../../src/audit/query.js';
 
 const log = pino({ level: 'silent' });
-const STAFF = { kind: 'staff', db_user: 'support_ro', database: 'app', staff: { sub: 'jane@ops', ticket: 'OPS-42', jti: 'j1', access: 'read' } };
+const STAFF = { kind: 'staff', db_user: 'support_ro', database: 'app', staff: { sub: 'jane@ops', reason_or_ticket: 'OPS-42', jti: 'j1', access: 'read' } };
 const ALICE = { kind: 'tenant_user', db_user: 'alice', database: 'app' };
 const tls = { version: 'TLSv1.3' };
 
@@ -36,7 +36,7 @@ const EVENTS: AuditEvent[] = [
   { event: 'proxy.lifecycle', state: 'started' },
   { event: 'session.start', session: { id: 's1', ei: 0 }, tenant: 'acme', principal: ALICE, client: { addr: '10.0.0.1', tls } },
   { event: 'session.query', session: { id: 's1', ei: 1 }, tenant: 'acme', principal: ALICE, kind: 'simple', query: 'SELECT 1' },
-  { event: 'staff.access', tenant: 'globex', staff: { sub: 'jane@ops', ticket: 'OPS-42' }, target: { tenant: 'globex', db_user: 'support_ro', access_level: 'read' }, decision: 'allow' },
+  { event: 'staff.access', tenant: 'globex', staff: { sub: 'jane@ops', reason_or_ticket: 'OPS-42' }, target: { tenant: 'globex', db_user: 'support_ro', access_level: 'read' }, decision: 'allow' },
   { event: 'session.start', session: { id: 's2', ei: 0 }, tenant: 'globex', principal: STAFF, client: { addr: '10.0.0.9', tls } },
   { event: 'session.query', session: { id: 's2', ei: 1 }, tenant: 'globex', principal: STAFF, kind: 'simple', query: 'SELECT * FROM t\u001b[2J' },
   { event: 'session.end', session: { id: 's1', ei: 2 }, tenant: 'acme', principal: ALICE, reason: 'client_terminate', duration_ms: 1500, bytes_in: 100, bytes_out: 2000, queries: 1 },
