@@ -9,6 +9,7 @@ import { loadConfigFile } from './config/load.js';
 import { ConfigError } from './config/schema.js';
 import { DEFAULT_ITERATIONS, makeScramVerifier } from './auth/scram.js';
 import { runAuditCommand } from './audit/cli.js';
+import { AUDIT_STORE_USAGE, runAuditStoreCommand } from './audit/query.js';
 import { serve } from './main.js';
 
 const USAGE = `usage:
@@ -23,7 +24,7 @@ const USAGE = `usage:
                                           its rotated siblings; default: the config's audit.file)
   pgwarden audit keygen --out FILE [--origin NAME]
                                           new Ed25519 checkpoint key: FILE (0600), FILE.pub
-`;
+${AUDIT_STORE_USAGE}`;
 
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
@@ -69,6 +70,8 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'audit': {
+      const storeCode = await runAuditStoreCommand(rest, (m) => process.stdout.write(m), (m) => process.stderr.write(m)); // init | sessions | query
+      if (storeCode !== null) return storeCode;
       const code = await runAuditCommand(rest, (m) => process.stdout.write(m));
       if (code === null) throw new UsageError('audit verify [--public-key PEM | --config FILE] [FILE...] | audit keygen --out FILE');
       return code;

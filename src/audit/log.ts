@@ -14,6 +14,7 @@ import { AUDIT_SCHEMA, type AuditEvent, type AuditRecord, rfc3339Micros, sealRec
 import { AuditFileWriter, type WriteFailureCause } from './writer.js';
 import { CheckpointSigner, loadPrivateKey } from './checkpoint.js';
 import { rotatedSiblings } from './files.js';
+import { PgSink } from './pg-sink.js';
 
 /** Where sessions send audit events: the log itself, or (in a worker process) the primary that owns it. */
 export interface AuditSink {
@@ -126,6 +127,8 @@ export class AuditLog implements AuditSink {
       if (cfg.rotateIntervalMs > 0) audit.every(cfg.rotateIntervalMs, () => audit.writer?.requestRotate());
     }
     if (signer !== null) audit.every(cfg.checkpointIntervalMs, () => audit.checkpoint());
+    // [audit.postgres]: the store auditors query, fed every record in chain order (pg-sink.ts).
+    if (cfg.postgres !== undefined) audit.addSink(await PgSink.start(cfg.postgres, metrics, log));
     return audit;
   }
 

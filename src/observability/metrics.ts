@@ -232,6 +232,51 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  // The PostgreSQL audit store (src/audit/pg-sink.ts). The sink reports its backlog through
+  // auditStoreBacklog; the gauges read it at scrape time, so the lag is current when scraped.
+  auditStoreBacklog: (() => { records: number; spooled: number; oldestMs: number | null }) | null = null;
+  readonly auditStorePending = new client.Gauge({
+    name: 'pgwarden_audit_store_pending_records',
+    help: 'Audit records not yet in the PostgreSQL store (in memory and in the spool)',
+    registers: [this.registry],
+    collect: () => {
+      this.auditStorePending.set(this.auditStoreBacklog?.().records ?? 0);
+    },
+  });
+  readonly auditStoreSpoolRecords = new client.Gauge({
+    name: 'pgwarden_audit_store_spool_records',
+    help: 'Audit records waiting in the spool files on disk',
+    registers: [this.registry],
+    collect: () => {
+      this.auditStoreSpoolRecords.set(this.auditStoreBacklog?.().spooled ?? 0);
+    },
+  });
+  readonly auditStoreLag = new client.Gauge({
+    name: 'pgwarden_audit_store_lag_seconds',
+    help: 'Age of the oldest audit record not yet in the PostgreSQL store (0 when none is waiting)',
+    registers: [this.registry],
+    collect: () => {
+      const oldest = this.auditStoreBacklog?.().oldestMs ?? null;
+      this.auditStoreLag.set(oldest === null ? 0 : Math.max(0, (Date.now() - oldest) / 1000));
+    },
+  });
+  readonly auditStoreDelivered = new client.Counter({
+    name: 'pgwarden_audit_store_delivered_total',
+    help: 'Audit records written to the PostgreSQL store (a re-sent duplicate counts again)',
+    registers: [this.registry],
+  });
+  readonly auditStoreSpooled = new client.Counter({
+    name: 'pgwarden_audit_store_spooled_total',
+    help: 'Audit records written to the spool because the store was down, slow or closing',
+    registers: [this.registry],
+  });
+  readonly auditStoreFailures = new client.Counter({
+    name: 'pgwarden_audit_store_failures_total',
+    help: 'Audit store failures: insert (store down or slow), spool (disk), rejected (a record the store refused)',
+    labelNames: ['op'] as const,
+    registers: [this.registry],
+  });
+
   constructor() {
     client.collectDefaultMetrics({ register: this.registry, prefix: 'pgwarden_' });
   }
