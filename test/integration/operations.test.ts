@@ -266,7 +266,7 @@ describe('operations', () => {
       await writeFile(auditFile, `${lines.join('\n')}\n`);
       const bad = await run(process.execPath, [CLI, 'audit', 'verify', auditFile]);
       assert.equal(bad.code, 1);
-      assert.match(bad.stdout, /FAILED at line 4 .*hash mismatch/);
+      assert.match(bad.stdout, /FAILED: .*cli-audit\.jsonl:4 .*hash mismatch/);
     });
   });
 });
