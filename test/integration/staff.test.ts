@@ -28,6 +28,19 @@ const ADMIN_TOKEN = 'staff-test-admin-token-0123456789';
 
 type Rec = Record<string, unknown> & { event: string; seq: number; session?: { id: string; ei: number } };
 
+/** A write token for tenant acme, valid five minutes, signed with `key` (kid k1). */
+async function writeToken(key: CryptoKey, sub: string, ticket: string): Promise<string> {
+  const now = Math.floor(Date.now() / 1000);
+  return new SignJWT({ tenant: 'acme', access: 'write', ticket, jti: randomUUID() })
+    .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+    .setSubject(sub)
+    .setIssuer(ISSUER)
+    .setAudience(AUDIENCE)
+    .setIssuedAt(now)
+    .setExpirationTime(now + 300)
+    .sign(key);
+}
+
 async function readAudit(file: string): Promise<Rec[]> {
   const text = await readFile(file, 'utf8');
   return text
@@ -380,17 +393,7 @@ describe('fail-closed statement audit', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  const token = (): Promise<string> => {
-    const now = Math.floor(Date.now() / 1000);
-    return new SignJWT({ tenant: 'acme', access: 'write', ticket: 'INC-1', jti: randomUUID() })
-      .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
-      .setSubject('bob')
-      .setIssuer(ISSUER)
-      .setAudience(AUDIENCE)
-      .setIssuedAt(now)
-      .setExpirationTime(now + 300)
-      .sign(key);
-  };
+  const token = (): Promise<string> => writeToken(key, 'bob', 'INC-1');
 
   it('refuses a staff statement whose record cannot be written, ends the session, and runs nothing', async () => {
     const certs = await testCerts();
@@ -471,15 +474,7 @@ describe('audit file on a full disk (/dev/full)', () => {
   it('refuses staff and fail-closed logins with 57P03 and keeps best-effort tenants serving', async () => {
     // The proxy's first record (started) already failed with ENOSPC.
     await waitFor(() => !rp.proxy.audit.healthy, 5_000, 'audit log unhealthy');
-    const now = Math.floor(Date.now() / 1000);
-    const token = await new SignJWT({ tenant: 'acme', access: 'write', ticket: 'INC-2', jti: randomUUID() })
-      .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
-      .setSubject('carol')
-      .setIssuer(ISSUER)
-      .setAudience(AUDIENCE)
-      .setIssuedAt(now)
-      .setExpirationTime(now + 300)
-      .sign(key);
+    const token = await writeToken(key, 'carol', 'INC-2');
     const staffErr = await connectError(clientConfig(rp, { tenant: 'acme', user: 'staff', password: token }));
     assert.equal(staffErr.code, '57P03');
     assert.equal(staffErr.message, 'audit log is unavailable, not accepting connections');
@@ -511,15 +506,7 @@ describe('staff sessions across worker processes', () => {
       );
       try {
         const rpLike = { port: child.port, certs: await testCerts() };
-        const now = Math.floor(Date.now() / 1000);
-        const token = await new SignJWT({ tenant: 'acme', access: 'write', ticket: 'INC-W', jti: randomUUID() })
-          .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
-          .setSubject('dave')
-          .setIssuer(ISSUER)
-          .setAudience(AUDIENCE)
-          .setIssuedAt(now)
-          .setExpirationTime(now + 300)
-          .sign(pair.privateKey);
+        const token = await writeToken(pair.privateKey, 'dave', 'INC-W');
         const c = new pg.Client(clientConfig(rpLike, { tenant: 'acme', user: 'staff', password: token }));
         await c.connect();
         assert.equal((await c.query<{ n: number }>('SELECT 6 * 7 AS n')).rows[0]!.n, 42);
