@@ -9,6 +9,7 @@ import { loadConfigFile } from './config/load.js';
 import { ConfigError } from './config/schema.js';
 import { DEFAULT_ITERATIONS, makeScramVerifier } from './auth/scram.js';
 import { runAuditCommand } from './audit/cli.js';
+import { StaffTokenVerifier } from './auth/jwt.js';
 import { AUDIT_STORE_USAGE, runAuditStoreCommand } from './audit/query.js';
 import { serve } from './main.js';
 
@@ -45,6 +46,8 @@ async function main(argv: string[]): Promise<number> {
       const { values } = parseArgs({ args: rest, options: { config: { type: 'string', short: 'c' } } });
       if (values.config === undefined) throw new UsageError('check-config needs --config FILE');
       const config = await loadConfigFile(values.config);
+      // Files the config names are read at start-up: check the ones a typo would break.
+      if (config.staff !== undefined && !/^https:/.test(config.staff.jwks)) new StaffTokenVerifier(config.staff);
       process.stdout.write(`${values.config}: OK (${config.tenants.size} tenant${config.tenants.size === 1 ? '' : 's'})\n`);
       return 0;
     }

@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { createLocalJWKSet, createRemoteJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JWTPayload } from 'jose';
-import type { StaffAccess, StaffConfig } from '../config/schema.js';
+import { ConfigError, type StaffAccess, type StaffConfig } from '../config/schema.js';
 
 /** The verified facts of a token, as the audit log records them (never the token itself). */
 export interface StaffClaims {
@@ -48,7 +48,12 @@ export class StaffTokenVerifier {
       // Fetched on demand, cached, refetched at most every 30 s for an unknown kid.
       this.keys = createRemoteJWKSet(new URL(cfg.jwks), { timeoutDuration: 5_000, cooldownDuration: 30_000, cacheMaxAge: 600_000 });
     } else {
-      this.keys = createLocalJWKSet(JSON.parse(readFileSync(cfg.jwks, 'utf8')) as Parameters<typeof createLocalJWKSet>[0]);
+      try {
+        this.keys = createLocalJWKSet(JSON.parse(readFileSync(cfg.jwks, 'utf8')) as Parameters<typeof createLocalJWKSet>[0]);
+      } catch (err) {
+        // At start-up, reload and check-config alike: name the key, as every config problem does.
+        throw new ConfigError([`staff.jwks: ${cfg.jwks} is not a readable JWKS (${(err as Error).message})`]);
+      }
     }
   }
 
