@@ -454,6 +454,8 @@ function estimateSeconds(options: BenchOptions, plan: Plan): number {
   s += plan.idleProxies.length * (Math.max(...options.idle) / 200 + 3 * (options.idle.length + 1) + 5);
   // Isolation: a warm-up, then per round three runs, each with ~3 s of flood start, stop and settling.
   if (options.phases.includes('isolation')) s += 10 + Math.min(5, options.durationS) + options.rounds * 3 * (options.durationS + 3.5);
+  // A fresh proxy per audit run: its start and stop add about 3 s.
+  if (options.phases.includes('audit')) s += options.rounds * options.protocols.length * AUDIT_VARIANTS.length * (options.durationS + 3);
   return Math.round(s);
 }
 
