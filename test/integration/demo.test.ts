@@ -105,6 +105,22 @@ describe('npm run demo', { skip: livePid === undefined ? false : `a demo is runn
     assert.match(r.stdout, /acme_app@acme:3/);
   });
 
+  it('prints a staff line that reads but cannot write, and audits it with the ticket', { skip: onPath('psql') ? false : 'psql is not installed' }, async () => {
+    const line = /^ {2}(PGPASSWORD='eyJ[^']+' psql "host=acme\.pg\.test [^"]* user=staff dbname=acme [^"]*")$/m.exec(out)?.[1];
+    assert.ok(line, `no staff command in:\n${out}`);
+    assert.ok(!line.includes('channel_binding'), 'a token exchange has no SCRAM to bind');
+    const r = await sh(line, "SELECT 'who:' || current_user FROM products LIMIT 1;\nDELETE FROM products;\n");
+    assert.match(r.stdout, /who:acme_staff_ro/);
+    assert.match(r.stderr, /cannot execute DELETE in a read-only transaction/);
+    const grep = /^ {2}(grep '"reason_or_ticket":"DEMO-1"' .*)$/m.exec(out)?.[1];
+    assert.ok(grep, 'no audit grep line');
+    await new Promise((res) => setTimeout(res, 300)); // the audit file is written asynchronously
+    const g = await sh(grep, '');
+    assert.equal(g.code, 0, g.stderr);
+    assert.match(g.stdout, /DELETE FROM products/);
+    assert.match(g.stdout, /"sqlstate":"25006"/);
+  });
+
   it('SIGINT stops everything, exits 0 and removes .demo/', async () => {
     assert.ok(existsSync(WORK));
     demo.kill('SIGINT');
