@@ -1,0 +1,99 @@
+/**
+ * `npm run fuzz -- [--minutes N] [--seed S] [--parallel P]`: the long fuzz run (issue 6). Starts a
+ * throwaway PostgreSQL and pgwarden as a child process (so a crash is an exit, not a thrown test),
+ * runs the structure-aware fuzzer (test/support/fuzz.ts) in rounds until the time is up, samples
+ * the proxy's RSS and open file descriptors, and prints the counts. Exit 1 on any violation, a
+ * proxy exit, or a bystander query that fails.
+ */
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { exportJWK, generateKeyPair } from 'jose';
+import pg from 'pg';
+import { readVerifier, startCluster } from '../test/support/cluster.js';
+import { clientConfig, spawnProxy, testCerts } from '../test/support/proxy.js';
+import { FUZZ_PHASES, runCases, type FuzzSummary } from '../test/support/fuzz.js';
+
+const AUTH_TIMEOUT_MS = 1000;
+const ROUND = 50; // cases per phase per round
+
+async function procFigures(pid: number): Promise<{ rssMb: number; fds: number }> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+  return { rssMb: rssKb / 1024, fds: (await readdir(`/proc/${pid}/fd`)).length };
+}
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({ options: { minutes: { type: 'string' }, seed: { type: 'string' }, parallel: { type: 'string' } } });
+  const minutes = Number(values.minutes ?? 5);
+  const seed = Number(values.seed ?? Date.now() % 2 ** 31);
+  const parallel = Number(values.parallel ?? 16);
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-fuzz-run-'));
+  const cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
+  await cluster.query('CREATE TABLE fuzz_copy (x text)');
+  await cluster.query('GRANT INSERT ON fuzz_copy TO app');
+  const { publicKey } = await generateKeyPair('ES256');
+  await writeFile(path.join(dir, 'jwks.json'), JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'k' }] }));
+  const app = { name: 'app', verifier: await readVerifier(cluster, 'app') };
+  const child = await spawnProxy({
+    auditFile: path.join(dir, 'audit.jsonl'),
+    server: { auth_timeout: `${AUTH_TIMEOUT_MS}ms` },
+    staff: { jwks: path.join(dir, 'jwks.json'), issuer: 'i', audience: 'a' },
+    tenants: [
+      { id: 'acme', cluster, users: [app] },
+      { id: 'other', cluster, users: [app] },
+    ],
+  });
+  const pid = child.child.pid!;
+  const certs = await testCerts();
+  const target = { port: child.port, ca: certs.caCertPem, tenant: 'acme', user: 'app', password: 'app-pass', authTimeoutMs: AUTH_TIMEOUT_MS };
+  const bystander = new pg.Client(clientConfig({ port: child.port, certs }, { tenant: 'other', user: 'app', password: 'app-pass' }));
+  await bystander.connect();
+  const summary: FuzzSummary = { cases: 0, byOutcome: {}, violations: [] };
+  const started = Date.now();
+  const first = await procFigures(pid);
+  let peak = first;
+  let bystanderOk = 0;
+  let failure: string | null = null;
+  const proxy = { exited: false };
+  void child.exited.then((code) => {
+    proxy.exited = true;
+    failure ??= `pgwarden exited (code ${code})`;
+  });
+  process.stdout.write(`fuzz: seed ${seed}, ${minutes} min, ${parallel} at a time; proxy pid ${pid}: RSS ${first.rssMb.toFixed(1)} MB, ${first.fds} fds\n`);
+  for (let round = 0; Date.now() - started < minutes * 60_000 && failure === null; round++) {
+    await runCases(target, seed, FUZZ_PHASES, round * ROUND, ROUND, parallel, summary);
+    try {
+      await bystander.query('SELECT 1');
+      bystanderOk++;
+    } catch (err) {
+      failure = `bystander query failed: ${(err as Error).message}`;
+    }
+    if (proxy.exited) break;
+    const now = await procFigures(pid);
+    peak = { rssMb: Math.max(peak.rssMb, now.rssMb), fds: Math.max(peak.fds, now.fds) };
+    if (round % 10 === 0) process.stdout.write(`  ${((Date.now() - started) / 1000).toFixed(0)} s: ${summary.cases} cases, ${summary.violations.length} violations, RSS ${now.rssMb.toFixed(1)} MB, ${now.fds} fds\n`);
+  }
+  const last = proxy.exited ? null : await procFigures(pid);
+  await bystander.end().catch(() => undefined);
+  await child.stop();
+  await cluster.stop();
+  await rm(dir, { recursive: true, force: true });
+  const elapsedMin = (Date.now() - started) / 60_000;
+  process.stdout.write(`\nfuzz: ${summary.cases} cases in ${elapsedMin.toFixed(1)} min (seed ${seed}); bystander queries ok: ${bystanderOk}\n`);
+  process.stdout.write(`proxy RSS ${first.rssMb.toFixed(1)} -> peak ${peak.rssMb.toFixed(1)} -> end ${last?.rssMb.toFixed(1) ?? '(exited)'} MB; fds ${first.fds} -> peak ${peak.fds} -> end ${last?.fds ?? '(exited)'}\n`);
+  const rows = Object.entries(summary.byOutcome).sort(([a], [b]) => a.localeCompare(b));
+  for (const [k, n] of rows) process.stdout.write(`  ${k.padEnd(22)} ${n}\n`);
+  for (const v of summary.violations.slice(0, 20)) process.stdout.write(`VIOLATION seed ${seed} ${v.phase}#${v.index}: ${v.violation}\n`);
+  if (failure !== null) process.stdout.write(`FAILED: ${failure}\n`);
+  return failure === null && summary.violations.length === 0 ? 0 : 1;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stderr.write(`fuzz failed: ${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,88 @@
+/**
+ * A short run of the protocol fuzzer (test/support/fuzz.ts) against a real pgwarden and a real
+ * PostgreSQL: every mutated input, in every phase, ends in a PostgreSQL error with a proper
+ * SQLSTATE, a clean close, or ordinary operation; never XX000, never past the pre-auth deadline.
+ * Meanwhile a bystander on another tenant keeps working, and nothing is left behind afterwards.
+ * The long run is `npm run fuzz -- --minutes N`.
+ */
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { exportJWK, generateKeyPair } from 'jose';
+import pg from 'pg';
+import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
+import { clientConfig, startProxy, type RunningProxy } from '../support/proxy.js';
+import { FUZZ_PHASES, runCases, type FuzzSummary } from '../support/fuzz.js';
+import { waitFor } from '../support/wait.js';
+
+/** Cases per phase; with five phases and 16 at a time this takes about half a minute on 2 cores. */
+const CASES_PER_PHASE = Number(process.env['PGWARDEN_FUZZ_CASES'] ?? 120);
+const SEED = Number(process.env['PGWARDEN_FUZZ_SEED'] ?? 20261205);
+const AUTH_TIMEOUT_MS = 1000;
+
+describe('protocol fuzzer (short run)', () => {
+  let cluster: Cluster;
+  let rp: RunningProxy;
+  let dir: string;
+
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-fuzz-'));
+    cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
+    await cluster.query('CREATE TABLE fuzz_copy (x text)');
+    await cluster.query('GRANT INSERT ON fuzz_copy TO app');
+    const { publicKey } = await generateKeyPair('ES256');
+    await writeFile(path.join(dir, 'jwks.json'), JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'k' }] }));
+    const app = { name: 'app', verifier: await readVerifier(cluster, 'app') };
+    rp = await startProxy({
+      auditFile: path.join(dir, 'audit.jsonl'),
+      server: { auth_timeout: `${AUTH_TIMEOUT_MS}ms` },
+      staff: { jwks: path.join(dir, 'jwks.json'), issuer: 'i', audience: 'a' },
+      tenants: [
+        { id: 'acme', cluster, users: [app] },
+        { id: 'other', cluster, users: [app] },
+      ],
+    });
+  });
+
+  after(async () => {
+    await rp.close();
+    await cluster.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it(`answers ${CASES_PER_PHASE} mutated inputs per phase (${FUZZ_PHASES.join(', ')}) correctly, and disturbs no one`, async () => {
+    const bystander = new pg.Client(clientConfig(rp, { tenant: 'other', user: 'app', password: 'app-pass' }));
+    await bystander.connect();
+    let bystanderQueries = 0;
+    let fuzzing = true;
+    const steady = (async () => {
+      while (fuzzing) {
+        assert.equal((await bystander.query<{ n: number }>('SELECT 1 AS n')).rows[0]!.n, 1);
+        bystanderQueries++;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })();
+    const summary: FuzzSummary = { cases: 0, byOutcome: {}, violations: [] };
+    try {
+      await runCases({ port: rp.port, ca: rp.certs.caCertPem, tenant: 'acme', user: 'app', password: 'app-pass', authTimeoutMs: AUTH_TIMEOUT_MS }, SEED, FUZZ_PHASES, 0, CASES_PER_PHASE, 16, summary);
+    } finally {
+      fuzzing = false;
+      await steady;
+    }
+    await bystander.end();
+    const shown = summary.violations.slice(0, 10).map((v) => `seed ${SEED} ${v.phase}#${v.index}: ${v.violation} (${JSON.stringify(v.outcome)})`);
+    assert.deepEqual(shown, [], 'every case keeps the invariants');
+    assert.equal(summary.cases, CASES_PER_PHASE * FUZZ_PHASES.length);
+    // The mutations reach each kind of answer: protocol errors, auth failures, closes, live sessions.
+    const kinds = Object.keys(summary.byOutcome);
+    for (const k of ['startup:close', 'sasl:08P01', 'query:open']) assert.ok(kinds.includes(k), `${k} among ${kinds.join(' ')}`);
+    assert.ok(kinds.some((k) => k.startsWith('password:')), 'password phase reached');
+    assert.ok(bystanderQueries > 10, `the bystander ran ${bystanderQueries} queries meanwhile`);
+    // Nothing left behind: no session, pre-auth slot or busy backend.
+    await waitFor(() => rp.proxy.sessions.size === 0, 10_000, 'all sessions gone');
+    assert.equal(rp.proxy.preauth.active, 0);
+    process.stdout.write(`# fuzz: ${summary.cases} cases, seed ${SEED}: ${JSON.stringify(summary.byOutcome)}\n`);
+  });
+});
