@@ -56,10 +56,10 @@ async function main(): Promise<number> {
   let peak = first;
   let bystanderOk = 0;
   let failure: string | null = null;
-  const proxy = { exited: false };
+  const proxy = { exited: false, stopping: false };
   void child.exited.then((code) => {
     proxy.exited = true;
-    failure ??= `pgwarden exited (code ${code})`;
+    if (!proxy.stopping) failure ??= `pgwarden exited (code ${code})`;
   });
   process.stdout.write(`fuzz: seed ${seed}, ${minutes} min, ${parallel} at a time; proxy pid ${pid}: RSS ${first.rssMb.toFixed(1)} MB, ${first.fds} fds\n`);
   for (let round = 0; Date.now() - started < minutes * 60_000 && failure === null; round++) {
@@ -77,6 +77,7 @@ async function main(): Promise<number> {
   }
   const last = proxy.exited ? null : await procFigures(pid);
   await bystander.end().catch(() => undefined);
+  proxy.stopping = true;
   await child.stop();
   await cluster.stop();
   await rm(dir, { recursive: true, force: true });

@@ -14,7 +14,7 @@ import { exportJWK, generateKeyPair } from 'jose';
 import pg from 'pg';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
 import { clientConfig, startProxy, type RunningProxy } from '../support/proxy.js';
-import { FUZZ_PHASES, runCases, type FuzzSummary } from '../support/fuzz.js';
+import { FUZZ_PHASES, runCase, runCases, type FuzzSummary } from '../support/fuzz.js';
 import { waitFor } from '../support/wait.js';
 
 /** Cases per phase; with five phases and 16 at a time this takes about half a minute on 2 cores. */
@@ -83,6 +83,11 @@ describe('protocol fuzzer (short run)', () => {
     // Nothing left behind: no session, pre-auth slot or busy backend.
     await waitFor(() => rp.proxy.sessions.size === 0, 10_000, 'all sessions gone');
     assert.equal(rp.proxy.preauth.active, 0);
+    // Found by the long run (seed 777, query#239): a Parse naming a type oid that does not exist.
+    // The server answers XX000 "cache lookup failed for type …", which pgwarden passes through
+    // byte for byte; only pgwarden's own "internal error" would be a bug.
+    const replay = await runCase({ port: rp.port, ca: rp.certs.caCertPem, tenant: 'acme', user: 'app', password: 'app-pass', authTimeoutMs: AUTH_TIMEOUT_MS }, 777, 'query', 239);
+    assert.deepEqual([replay.outcome, replay.violation], [{ kind: 'error', code: 'XX000' }, null]);
     process.stdout.write(`# fuzz: ${summary.cases} cases, seed ${SEED}: ${JSON.stringify(summary.byOutcome)}\n`);
   });
 });

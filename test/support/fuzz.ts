@@ -254,9 +254,11 @@ export async function runCase(t: FuzzTarget, seed: number, phase: FuzzPhase, ind
       break;
     }
     if (f.type === 'E') {
-      const code = decodeCode(f.body);
+      const { code, message } = decodeError(f.body);
       if (outcome.kind !== 'error') outcome = { kind: 'error', code };
-      if (code === 'XX000') violation = 'internal error (XX000): the error boundary caught a bug';
+      // pgwarden's own XX000 says exactly "internal error" (S11); the server's XX000 (e.g. "cache
+      // lookup failed for type", for a Parse naming an unknown type oid) is passed through.
+      if (code === 'XX000' && message === 'internal error') violation = 'internal error (XX000) from pgwarden: the error boundary caught a bug';
       else if (preauth && !PROXY_SQLSTATES.has(code)) violation = `unexpected SQLSTATE ${code} before authentication`;
       else if (!/^[0-9A-Z]{5}$/.test(code)) violation = `malformed SQLSTATE "${code}"`;
     }
@@ -266,15 +268,17 @@ export async function runCase(t: FuzzTarget, seed: number, phase: FuzzPhase, ind
   return { phase, index, outcome, violation };
 }
 
-function decodeCode(body: Buffer): string {
+function decodeError(body: Buffer): { code: string; message: string } {
+  const out = { code: '', message: '' };
   let pos = 0;
   while (pos < body.length && body[pos] !== 0) {
     const end = body.indexOf(0, pos + 1);
-    if (end < 0) return '';
-    if (body[pos] === 0x43 /* C */) return body.toString('latin1', pos + 1, end);
+    if (end < 0) break;
+    if (body[pos] === 0x43 /* C */) out.code = body.toString('latin1', pos + 1, end);
+    else if (body[pos] === 0x4d /* M */) out.message = body.toString('utf8', pos + 1, end);
     pos = end + 1;
   }
-  return '';
+  return out;
 }
 
 export interface FuzzSummary {
