@@ -102,7 +102,7 @@ export class StaffTokenVerifier {
       iat,
       exp,
       email: typeof payload['email'] === 'string' ? clip(payload['email']) : null,
-      amr: amr.slice(0, 8).map(clip),
+      amr: amr.slice(0, 8).map((a) => clip(a)),
       reason_or_ticket: clip(ticket, 256),
       requested_access: access,
       break_glass: payload['break_glass'] === true,

@@ -119,6 +119,10 @@ describe('npm run demo', { skip: livePid === undefined ? false : `a demo is runn
     assert.equal(g.code, 0, g.stderr);
     assert.match(g.stdout, /DELETE FROM products/);
     assert.match(g.stdout, /"sqlstate":"25006"/);
+    const records = readFileSync(path.join(WORK, 'audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { event: string; decision?: string; staff?: { reason_or_ticket?: string; amr?: string[] } });
+    const allow = records.find((r) => r.event === 'staff.access' && r.decision === 'allow' && r.staff?.reason_or_ticket === 'DEMO-1');
+    assert.ok(allow, 'a staff.access allow record with the ticket');
+    assert.deepEqual(allow.staff?.amr, ['pwd', 'mfa']);
   });
 
   it('SIGINT stops everything, exits 0 and removes .demo/', async () => {

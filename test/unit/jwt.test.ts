@@ -42,6 +42,9 @@ describe('staff token verifier', () => {
     assert.ok(write.ok);
     assert.equal(write.access, 'write');
     assert.equal(write.claims.reason_or_ticket, 'T');
+    const mfa = await v.decide(await token({ amr: ['pwd', 'mfa', 'hwk'] }), 'acme', 'write');
+    assert.ok(mfa.ok);
+    assert.deepEqual(mfa.claims.amr, ['pwd', 'mfa', 'hwk'], 'the audit records the methods as the token states them');
     const capped = await v.decide(await token({}), 'acme', 'read');
     assert.ok(capped.ok);
     assert.equal(capped.access, 'read', 'a write token on a read tenant gets read');
