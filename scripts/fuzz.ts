@@ -5,15 +5,12 @@
  * the proxy's RSS and open file descriptors, and prints the counts. Exit 1 on any violation, a
  * proxy exit, or a bystander query that fails.
  */
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import { exportJWK, generateKeyPair } from 'jose';
 import pg from 'pg';
-import { readVerifier, startCluster } from '../test/support/cluster.js';
+import { startCluster } from '../test/support/cluster.js';
 import { clientConfig, spawnProxy, testCerts } from '../test/support/proxy.js';
-import { FUZZ_PHASES, runCases, type FuzzSummary } from '../test/support/fuzz.js';
+import { FUZZ_PHASES, fuzzProxySpec, runCases, type FuzzSummary } from '../test/support/fuzz.js';
 
 const AUTH_TIMEOUT_MS = 1000;
 const ROUND = 50; // cases per phase per round
@@ -29,22 +26,9 @@ async function main(): Promise<number> {
   const minutes = Number(values.minutes ?? 5);
   const seed = Number(values.seed ?? Date.now() % 2 ** 31);
   const parallel = Number(values.parallel ?? 16);
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-fuzz-run-'));
   const cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
-  await cluster.query('CREATE TABLE fuzz_copy (x text)');
-  await cluster.query('GRANT INSERT ON fuzz_copy TO app');
-  const { publicKey } = await generateKeyPair('ES256');
-  await writeFile(path.join(dir, 'jwks.json'), JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'k' }] }));
-  const app = { name: 'app', verifier: await readVerifier(cluster, 'app') };
-  const child = await spawnProxy({
-    auditFile: path.join(dir, 'audit.jsonl'),
-    server: { auth_timeout: `${AUTH_TIMEOUT_MS}ms` },
-    staff: { jwks: path.join(dir, 'jwks.json'), issuer: 'i', audience: 'a' },
-    tenants: [
-      { id: 'acme', cluster, users: [app] },
-      { id: 'other', cluster, users: [app] },
-    ],
-  });
+  const { spec, dir } = await fuzzProxySpec(cluster, AUTH_TIMEOUT_MS);
+  const child = await spawnProxy(spec);
   const pid = child.child.pid!;
   const certs = await testCerts();
   const target = { port: child.port, ca: certs.caCertPem, tenant: 'acme', user: 'app', password: 'app-pass', authTimeoutMs: AUTH_TIMEOUT_MS };

@@ -7,7 +7,6 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { createHash } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,6 +14,7 @@ import pg from 'pg';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
 import { startProxy, spawnProxy, connect, clientConfig, connectError, configToml, testCerts, type ChildProxy, type ProxySpec, type RunningProxy } from '../support/proxy.js';
 import { waitFor } from '../support/wait.js';
+import { workerPids } from '../support/proxy.js';
 import type { SessionContext } from '../../src/session/context.js';
 import type { StaffIdentity } from '../../src/session/client-session.js';
 
@@ -317,17 +317,6 @@ describe('admin API', () => {
   });
 });
 
-/** Child pids of the primary: its workers. */
-function workerPids(primary: number): number[] {
-  try {
-    return execFileSync('pgrep', ['-P', String(primary)], { encoding: 'utf8' })
-      .split('\n')
-      .filter((l) => l !== '')
-      .map(Number);
-  } catch {
-    return [];
-  }
-}
 
 describe('admin API with two workers', () => {
   let cluster: Cluster;

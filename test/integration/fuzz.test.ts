@@ -7,14 +7,11 @@
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
-import { exportJWK, generateKeyPair } from 'jose';
+import { rm } from 'node:fs/promises';
 import pg from 'pg';
-import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
+import { startCluster, type Cluster } from '../support/cluster.js';
 import { clientConfig, startProxy, type RunningProxy } from '../support/proxy.js';
-import { FUZZ_PHASES, runCase, runCases, type FuzzSummary } from '../support/fuzz.js';
+import { FUZZ_PHASES, fuzzProxySpec, runCase, runCases, type FuzzSummary } from '../support/fuzz.js';
 import { waitFor } from '../support/wait.js';
 
 /** Cases per phase; with five phases and 16 at a time this takes about half a minute on 2 cores. */
@@ -28,22 +25,10 @@ describe('protocol fuzzer (short run)', () => {
   let dir: string;
 
   before(async () => {
-    dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-fuzz-'));
     cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
-    await cluster.query('CREATE TABLE fuzz_copy (x text)');
-    await cluster.query('GRANT INSERT ON fuzz_copy TO app');
-    const { publicKey } = await generateKeyPair('ES256');
-    await writeFile(path.join(dir, 'jwks.json'), JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'k' }] }));
-    const app = { name: 'app', verifier: await readVerifier(cluster, 'app') };
-    rp = await startProxy({
-      auditFile: path.join(dir, 'audit.jsonl'),
-      server: { auth_timeout: `${AUTH_TIMEOUT_MS}ms` },
-      staff: { jwks: path.join(dir, 'jwks.json'), issuer: 'i', audience: 'a' },
-      tenants: [
-        { id: 'acme', cluster, users: [app] },
-        { id: 'other', cluster, users: [app] },
-      ],
-    });
+    const setup = await fuzzProxySpec(cluster, AUTH_TIMEOUT_MS);
+    dir = setup.dir;
+    rp = await startProxy(setup.spec);
   });
 
   after(async () => {

@@ -6,7 +6,6 @@
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
@@ -16,6 +15,7 @@ import { startCluster, readVerifier, type Cluster } from '../support/cluster.js'
 import { spawnProxy, connect, testCerts, type ChildProxy } from '../support/proxy.js';
 import { verifyAuditFile } from '../../src/audit/verify.js';
 import { waitFor } from '../support/wait.js';
+import { workerPids } from '../support/proxy.js';
 import { sendCancel } from '../support/wire.js';
 
 function get(port: number, urlPath: string): Promise<{ status: number; body: string }> {
@@ -30,17 +30,6 @@ function get(port: number, urlPath: string): Promise<{ status: number; body: str
   });
 }
 
-/** Child pids of the primary: its workers. */
-function workerPids(primary: number): number[] {
-  try {
-    return execFileSync('pgrep', ['-P', String(primary)], { encoding: 'utf8' })
-      .split('\n')
-      .filter((l) => l !== '')
-      .map(Number);
-  } catch {
-    return [];
-  }
-}
 
 
 async function records(file: string): Promise<Record<string, unknown>[]> {

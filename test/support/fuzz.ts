@@ -7,7 +7,39 @@
  */
 import { serialize } from 'pg-protocol';
 import { rawLogin } from './login.js';
-import { startupMessage, Wire } from './wire.js';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { exportJWK, generateKeyPair } from 'jose';
+import { readVerifier, type Cluster } from './cluster.js';
+import type { ProxySpec } from './proxy.js';
+import { startupMessage, typed, Wire } from './wire.js';
+
+/**
+ * What the fuzzer aims at: tenant acme (the cases) and tenant other (a bystander) on `cluster`,
+ * a table for COPY, [staff] configured (the password phase), and the given pre-auth deadline.
+ * Returns the spec and the temp dir it wrote the JWKS and audit file to (the caller removes it).
+ */
+export async function fuzzProxySpec(cluster: Cluster, authTimeoutMs: number): Promise<{ spec: ProxySpec; dir: string }> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-fuzz-'));
+  await cluster.query('CREATE TABLE IF NOT EXISTS fuzz_copy (x text)');
+  await cluster.query('GRANT INSERT ON fuzz_copy TO app');
+  const { publicKey } = await generateKeyPair('ES256');
+  await writeFile(path.join(dir, 'jwks.json'), JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'k' }] }));
+  const app = { name: 'app', verifier: await readVerifier(cluster, 'app') };
+  return {
+    dir,
+    spec: {
+      auditFile: path.join(dir, 'audit.jsonl'),
+      server: { auth_timeout: `${authTimeoutMs}ms` },
+      staff: { jwks: path.join(dir, 'jwks.json'), issuer: 'i', audience: 'a' },
+      tenants: [
+        { id: 'acme', cluster, users: [app] },
+        { id: 'other', cluster, users: [app] },
+      ],
+    },
+  };
+}
 
 export type FuzzPhase = 'startup' | 'sasl' | 'password' | 'query' | 'copy';
 export const FUZZ_PHASES: readonly FuzzPhase[] = ['startup', 'sasl', 'password', 'query', 'copy'];
@@ -40,14 +72,6 @@ export class Rng {
 /** One case: a seed for its own generator, so it replays without the ones before it. */
 export function caseRng(seed: number, phase: FuzzPhase, index: number): Rng {
   return new Rng((seed * 2654435761) ^ (FUZZ_PHASES.indexOf(phase) * 40503) ^ (index * 2246822519));
-}
-
-function typed(type: string, body: Buffer): Buffer {
-  const b = Buffer.alloc(5 + body.length);
-  b.write(type, 0, 'latin1');
-  b.writeUInt32BE(4 + body.length, 1);
-  body.copy(b, 5);
-  return b;
 }
 
 const cstr = (s: string): Buffer => Buffer.from(`${s}\0`, 'utf8');

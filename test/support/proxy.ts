@@ -3,7 +3,7 @@
  * real CLI (for signals), with a config written as TOML so the real loader is exercised.
  * Also builds clients (`pg`, `psql`) that reach a tenant the way users do: SNI and verify-full.
  */
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { spawn, execFile, execFileSync, type ChildProcess } from 'node:child_process';
 import { mkdtemp, writeFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -276,4 +276,16 @@ export async function connectError(cfg: pg.ClientConfig): Promise<{ code?: strin
     await c.end().catch(() => undefined);
   }
   throw new Error('connect unexpectedly succeeded');
+}
+
+/** Child pids of a primary (`spawnProxy` with workers): its workers. */
+export function workerPids(primary: number): number[] {
+  try {
+    return execFileSync('pgrep', ['-P', String(primary)], { encoding: 'utf8' })
+      .split('\n')
+      .filter((l) => l !== '')
+      .map(Number);
+  } catch {
+    return [];
+  }
 }
