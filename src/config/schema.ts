@@ -37,6 +37,8 @@ export interface LimitSettings {
   readonly idleTimeoutMs: number;
   readonly idleInTransactionTimeoutMs: number;
   readonly transactionTimeoutMs: number;
+  /** How long output may wait for a client that reads nothing before the session is closed. */
+  readonly sendTimeoutMs: number;
   readonly maxBandwidthBytesPerSecond: number;
   readonly maxMessageBytes: number;
 }
@@ -311,7 +313,7 @@ export function parseBytes(v: unknown): number | undefined {
 const LIMIT_KEYS = [
   'max_connections_per_user', 'new_connections_per_second', 'new_connections_burst', 'auth_failure_limit',
   'auth_failure_window', 'auth_failure_cooldown', 'query_timeout', 'idle_timeout', 'idle_in_transaction_timeout',
-  'transaction_timeout', 'max_bandwidth_bytes_per_second', 'max_message_bytes',
+  'transaction_timeout', 'send_timeout', 'max_bandwidth_bytes_per_second', 'max_message_bytes',
 ] as const;
 
 /** The largest client message pgwarden accepts at all (PostgreSQL's own cap is 1 GB). */
@@ -331,6 +333,7 @@ function readLimits(r: Reader, tree: Tree | undefined, path: string, dflt: Limit
     idleTimeoutMs: r.duration(tree, 'idle_timeout', path, dflt.idleTimeoutMs, 0, 7 * 86_400_000),
     idleInTransactionTimeoutMs: r.duration(tree, 'idle_in_transaction_timeout', path, dflt.idleInTransactionTimeoutMs, 0, 7 * 86_400_000),
     transactionTimeoutMs: r.duration(tree, 'transaction_timeout', path, dflt.transactionTimeoutMs, 0, 7 * 86_400_000),
+    sendTimeoutMs: r.duration(tree, 'send_timeout', path, dflt.sendTimeoutMs, 0, 86_400_000),
     maxBandwidthBytesPerSecond: r.bytes(tree, 'max_bandwidth_bytes_per_second', path, dflt.maxBandwidthBytesPerSecond, 0, 100 * 1024 ** 3),
     maxMessageBytes: r.bytes(tree, 'max_message_bytes', path, dflt.maxMessageBytes, 1024, MAX_MESSAGE_BYTES),
   };
@@ -409,6 +412,8 @@ export function validateConfig(tree: Tree, resolvePath: (p: string) => string): 
     idleTimeoutMs: 0,
     idleInTransactionTimeoutMs: 0,
     transactionTimeoutMs: 0,
+    // A client that reads nothing for two minutes while its result waits is gone (or hostile).
+    sendTimeoutMs: 120_000,
     maxBandwidthBytesPerSecond: 0,
     maxMessageBytes: MAX_MESSAGE_BYTES,
   });

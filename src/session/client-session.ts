@@ -195,6 +195,9 @@ export class ClientSession implements TrafficSource {
   private lastClientAt = 0;
   /** When the backend began owing replies (0: it owes nothing). */
   private busySince = 0;
+  /** Since when output has waited for a client that takes none of it (0: it is reading). */
+  private sendStalledSince = 0;
+  private lastPendingOut = 0;
   /** When the session last became idle (nothing owed). */
   private idleSince = 0;
   /** When the open transaction began (0: none). */
@@ -1266,6 +1269,7 @@ export class ClientSession implements TrafficSource {
     }
     // The tenant's limits as now configured (a reload changes running sessions' timeouts too).
     const l = current ?? this.tenant!.limits;
+    if (this.sendStalled(now, l.sendTimeoutMs)) return;
     const busy = this.rfqReceived < this.rfqExpected || this.unsynced > 0 || this.acquiring;
     if (busy) {
       if (l.queryTimeoutMs > 0 && !this.queryCancelSent && this.busySince > 0 && now - this.busySince >= l.queryTimeoutMs && this.backend !== null) {
@@ -1286,6 +1290,29 @@ export class ClientSession implements TrafficSource {
     if (l.transactionTimeoutMs > 0 && this.txSince > 0 && now - this.txSince >= l.transactionTimeoutMs) {
       this.endForLimit(Errors.transactionTimeout(), 'transaction_timeout');
     }
+  }
+
+  /**
+   * The send timeout: output is queued past the socket's high-water mark (so the backend is paused)
+   * and the client has taken none of it for `send_timeout`. Any progress restarts the clock, so a
+   * slow reader is fine and only one that stopped reading is closed. Nothing can be said to a
+   * client that does not read, so the socket is destroyed; the backend goes with it (mid-result).
+   */
+  private sendStalled(now: number, timeoutMs: number): boolean {
+    const pending = this.sock.writableLength;
+    if (!this.sock.writableNeedDrain || pending === 0) {
+      this.sendStalledSince = 0;
+    } else if (this.sendStalledSince === 0 || pending < this.lastPendingOut) {
+      this.sendStalledSince = now;
+    }
+    this.lastPendingOut = pending;
+    if (timeoutMs <= 0 || this.sendStalledSince === 0 || now - this.sendStalledSince < timeoutMs) return false;
+    this.noteLimit('send_timeout');
+    this.ctx.log.info({ session: this.id, tenant: this.tenantId, pendingBytes: pending }, 'client stopped reading; send timeout');
+    this.sock.destroy();
+    this.releaseBackend();
+    this.finish('send_timeout');
+    return true;
   }
 
   private endForLimit(err: PgError, reason: 'idle_timeout' | 'idle_in_txn_timeout' | 'transaction_timeout'): void {
