@@ -103,6 +103,10 @@ interface KeyPool {
   target: UpstreamTarget;
   /** ParameterStatus values from the first login, shown to clients that get a pooled backend. */
   parameters: Map<string, string> | null;
+  /** Last acquire: a key nobody used for backend_idle_timeout, with no backend, is forgotten. */
+  lastUsedAt: number;
+  /** Backends of this key being opened (not yet in `all`). */
+  opening: number;
 }
 
 interface Waiter {
@@ -184,11 +188,12 @@ export class TenantPool {
     if (this.closed) throw Errors.adminShutdown('pool_closed');
     let pool = this.pools.get(key);
     if (pool === undefined) {
-      pool = { key, idle: [], login, target, parameters: null };
+      pool = { key, idle: [], login, target, parameters: null, lastUsedAt: Date.now(), opening: 0 };
       this.pools.set(key, pool);
     } else {
       pool.login = login;
       pool.target = target;
+      pool.lastUsedAt = Date.now();
     }
     const ready = this.takeIdle(pool);
     if (ready !== null) return ready;
@@ -247,6 +252,7 @@ export class TenantPool {
 
   /** Closes idle backends past their idle timeout or lifetime (keeping min_idle per key), and tops up min_idle. */
   reap(now = Date.now()): void {
+    this.forgetUnusedKeys(now);
     for (const pool of this.pools.values()) {
       for (const b of [...pool.idle]) {
         const tooOld = now - b.createdAt >= this.settings.backendLifetimeMs;
@@ -260,6 +266,29 @@ export class TenantPool {
         );
       }
     }
+  }
+
+  /**
+   * Forgets keys (user, database, parameters) that have no backend, no waiter and no login in
+   * flight and were not used for backend_idle_timeout. Without this, a client cycling through
+   * database names would grow the map without bound, and each entry would keep the last
+   * client's upstream credential in memory long after anyone needed it.
+   */
+  private forgetUnusedKeys(now: number): void {
+    if (this.pools.size === 0) return;
+    const inUse = new Set<string>();
+    for (const b of this.all) inUse.add(b.key);
+    for (const w of this.waiters) inUse.add(w.key);
+    for (const [key, pool] of this.pools) {
+      if (pool.idle.length === 0 && pool.opening === 0 && !inUse.has(key) && !this.firstLogins.has(key) && now - pool.lastUsedAt >= this.settings.backendIdleTimeoutMs) {
+        this.pools.delete(key);
+      }
+    }
+  }
+
+  /** Keys known to the pool (for tests and /pools). */
+  get keyCount(): number {
+    return this.pools.size;
   }
 
   /** Closes every idle backend and refuses waiters; active ones close with their sessions. */
@@ -302,9 +331,11 @@ export class TenantPool {
     this.total++;
     const began = process.hrtime.bigint();
     let conn: UpstreamConnection;
+    pool.opening++;
     try {
       conn = await connectUpstream(pool.target, pool.login, this.settings.connectTimeoutMs);
     } catch (err) {
+      pool.opening--;
       this.total--;
       this.metrics.backendConnects.inc({ tenant: this.tenantId, outcome: 'error' });
       this.metrics.backendConnectSeconds.observe({ tenant: this.tenantId, outcome: 'error' }, Number(process.hrtime.bigint() - began) / 1e9);
@@ -313,6 +344,7 @@ export class TenantPool {
       this.serviceWaiters();
       throw err;
     }
+    pool.opening--;
     this.metrics.backendConnects.inc({ tenant: this.tenantId, outcome: 'ok' });
     this.metrics.backendConnectSeconds.observe({ tenant: this.tenantId, outcome: 'ok' }, Number(process.hrtime.bigint() - began) / 1e9);
     pool.parameters ??= new Map(conn.parameters);
@@ -463,8 +495,8 @@ export class PoolManager {
     }
   }
 
-  snapshot(): { tenant: string; mode: PoolMode; total: number; idle: number; active: number; waiting: number; max: number }[] {
-    return [...this.tenants.values()].map((t) => ({ tenant: t.tenantId, mode: t.settings.mode, max: t.settings.maxBackendConnections, ...t.size }));
+  snapshot(): { tenant: string; mode: PoolMode; total: number; idle: number; active: number; waiting: number; max: number; keys: number }[] {
+    return [...this.tenants.values()].map((t) => ({ tenant: t.tenantId, mode: t.settings.mode, max: t.settings.maxBackendConnections, keys: t.keyCount, ...t.size }));
   }
 
   close(): void {

@@ -43,6 +43,7 @@ describe('pooling', () => {
         { id: 'txfast', cluster, users: [{ name: 'fast', verifier: fastVerifier }], pool: { pool_mode: 'transaction', max_backend_connections: 3 } },
         { id: 'txone', cluster, users: [{ name: 'app', verifier }], pool: { pool_mode: 'transaction', max_backend_connections: 1 } },
         { id: 'cold', cluster, users: [{ name: 'app', verifier }], pool: { pool_mode: 'transaction', max_backend_connections: 5 } },
+        { id: 'dbs', cluster, users: [{ name: 'app', verifier }], pool: { pool_mode: 'session', max_backend_connections: 2, backend_idle_timeout: '1s' } },
         { id: 'strict', cluster, users: [{ name: 'app', verifier }], pool: { pool_mode: 'transaction', max_backend_connections: 2, session_state: 'refuse' } },
       ],
     });
@@ -88,6 +89,21 @@ describe('pooling', () => {
       const pidB = (await b.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid;
       assert.notEqual(pidB, pidA);
       await b.end();
+    });
+
+    it('forgets pool keys nobody uses (a client cycling database names cannot grow the pool map)', async () => {
+      const live = await connect(rp, { tenant: 'dbs', user: 'app', password: 'app-pass' });
+      const keys = (): number => rp.proxy.pools.snapshot().find((x) => x.tenant === 'dbs')?.keys ?? -1;
+      for (let i = 0; i < 40; i++) {
+        const e = await connectError(clientConfig(rp, { tenant: 'dbs', user: 'app', password: 'app-pass', database: `nodb_${i}` }));
+        assert.equal(e.code, '3D000', e.message);
+      }
+      assert.ok(keys() >= 41, `a key per database tried (${keys()})`);
+      // backend_idle_timeout is 1 s and the reaper runs every second.
+      await waitFor(() => keys() === 1, 6000, 'unused keys forgotten');
+      // The live session's key stays, and its backend still works.
+      assert.equal((await live.query<{ v: number }>('select 7 as v')).rows[0]?.v, 7);
+      await live.end();
     });
 
     it('answers 53300 when no backend frees up within pool_timeout', async () => {
