@@ -21,17 +21,40 @@ async function procFigures(pid: number): Promise<{ rssMb: number; fds: number }>
   return { rssMb: rssKb / 1024, fds: (await readdir(`/proc/${pid}/fd`)).length };
 }
 
+/** What is still held 10 s after the last case ('' if nothing): the metrics and /pools of the child. */
+async function leftovers(metricsPort: number): Promise<string> {
+  let last = '';
+  for (const until = Date.now() + 10_000; Date.now() < until; await new Promise((r) => setTimeout(r, 500))) {
+    const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    const sessions = [...metrics.matchAll(/^pgwarden_client_connections\{[^}]*\} (\d+)/gm)].reduce((n, m) => n + Number(m[1]), 0) - 1; // the bystander
+    const preauth = Number(/^pgwarden_preauth_connections (\d+)/m.exec(metrics)?.[1] ?? 0);
+    const pools = (await (await fetch(`http://127.0.0.1:${metricsPort}/pools`)).json()) as { tenant: string; total: number; keys: number }[];
+    const hostile = pools.filter((p) => p.tenant.startsWith('hostile') && (p.total > 0 || p.keys > 0));
+    last = [sessions > 0 ? `${sessions} sessions` : '', preauth > 0 ? `${preauth} pre-auth` : '', ...hostile.map((p) => `${p.tenant}: ${p.total} backends, ${p.keys} keys`)].filter((x) => x !== '').join(', ');
+    if (last === '') return '';
+  }
+  return last;
+}
+
 async function main(): Promise<number> {
   const { values } = parseArgs({ options: { minutes: { type: 'string' }, seed: { type: 'string' }, parallel: { type: 'string' } } });
   const minutes = Number(values.minutes ?? 5);
   const seed = Number(values.seed ?? Date.now() % 2 ** 31);
   const parallel = Number(values.parallel ?? 16);
   const cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
-  const { spec, dir } = await fuzzProxySpec(cluster, AUTH_TIMEOUT_MS);
+  const { spec, dir, fake } = await fuzzProxySpec(cluster, AUTH_TIMEOUT_MS);
   const child = await spawnProxy(spec);
   const pid = child.child.pid!;
   const certs = await testCerts();
-  const target = { port: child.port, ca: certs.caCertPem, tenant: 'acme', user: 'app', password: 'app-pass', authTimeoutMs: AUTH_TIMEOUT_MS };
+  const target = {
+    port: child.port,
+    ca: certs.caCertPem,
+    tenant: 'acme',
+    user: 'app',
+    password: 'app-pass',
+    authTimeoutMs: AUTH_TIMEOUT_MS,
+    backend: { session: 'hostile', transaction: 'hostiletx' },
+  };
   const bystander = new pg.Client(clientConfig({ port: child.port, certs }, { tenant: 'other', user: 'app', password: 'app-pass' }));
   await bystander.connect();
   const summary: FuzzSummary = { cases: 0, byOutcome: {}, violations: [] };
@@ -59,14 +82,18 @@ async function main(): Promise<number> {
     peak = { rssMb: Math.max(peak.rssMb, now.rssMb), fds: Math.max(peak.fds, now.fds) };
     if (round % 10 === 0) process.stdout.write(`  ${((Date.now() - started) / 1000).toFixed(0)} s: ${summary.cases} cases, ${summary.violations.length} violations, RSS ${now.rssMb.toFixed(1)} MB, ${now.fds} fds\n`);
   }
+  // Nothing may be left once the cases are done: sessions, pre-auth slots, backends or pool keys.
+  const leftover = proxy.exited || child.metricsPort === null ? null : await leftovers(child.metricsPort);
+  if (leftover !== null && leftover !== '') failure ??= `left behind after the run: ${leftover}`;
   const last = proxy.exited ? null : await procFigures(pid);
   await bystander.end().catch(() => undefined);
   proxy.stopping = true;
   await child.stop();
+  await fake.close();
   await cluster.stop();
   await rm(dir, { recursive: true, force: true });
   const elapsedMin = (Date.now() - started) / 60_000;
-  process.stdout.write(`\nfuzz: ${summary.cases} cases in ${elapsedMin.toFixed(1)} min (seed ${seed}); bystander queries ok: ${bystanderOk}\n`);
+  process.stdout.write(`\nfuzz: ${summary.cases} cases in ${elapsedMin.toFixed(1)} min (seed ${seed}); bystander queries ok: ${bystanderOk}; fake tenant server connections: ${fake.connections()}\n`);
   process.stdout.write(`proxy RSS ${first.rssMb.toFixed(1)} -> peak ${peak.rssMb.toFixed(1)} -> end ${last?.rssMb.toFixed(1) ?? '(exited)'} MB; fds ${first.fds} -> peak ${peak.fds} -> end ${last?.fds ?? '(exited)'}\n`);
   const rows = Object.entries(summary.byOutcome).sort(([a], [b]) => a.localeCompare(b));
   for (const [k, n] of rows) process.stdout.write(`  ${k.padEnd(22)} ${n}\n`);

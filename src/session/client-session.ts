@@ -780,8 +780,18 @@ export class ClientSession implements TrafficSource {
     this.upstreamScanner = new FrameScanner(this.upstreamHandler);
     if (backend !== null) this.attach(backend);
     // Bytes the client pipelined behind its SASL response go first.
+    // A bad frame among them ends the session here: the caller's catch is for the connect phase
+    // and would drop the error, leaving the session open with its socket paused (found by the
+    // fuzzer: a valid client-final-message with junk behind it).
     const early = this.reader.drain();
-    if (early.length > 0) this.relayClientChunk(early, false);
+    if (early.length > 0) {
+      try {
+        this.relayClientChunk(early, false);
+      } catch (err) {
+        this.fail(err);
+        return;
+      }
+    }
     this.sock.resume();
   }
 

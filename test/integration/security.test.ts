@@ -12,6 +12,9 @@ import { startCluster, readVerifier, type Cluster } from '../support/cluster.js'
 import { connectError, startProxy, connect, clientConfig, libpqConninfo, psql, type RunningProxy, type ProxySpec } from '../support/proxy.js';
 import { Wire, startupMessage, sslRequest, gssencRequest, typed } from '../support/wire.js';
 import { rawLogin } from '../support/login.js';
+import { waitFor } from '../support/wait.js';
+import { serialize } from 'pg-protocol';
+import { ScramClientExchange } from '../../src/auth/scram.js';
 import { verifyAuditFile } from '../../src/audit/verify.js';
 
 
@@ -304,6 +307,27 @@ describe('security at the edge', () => {
 
     assert.equal((await bystander.query<{ n: number }>('select 7 as n')).rows[0]?.n, 7);
     await bystander.end();
+  });
+
+  it('ends a session whose first pipelined message (behind the SASL response) is bad, instead of leaving it open', async () => {
+    // Found by the fuzzer (sasl_final): a valid client-final-message with junk behind it used to
+    // leave the session relaying with its socket paused, after the client had gone.
+    const relaying = (): number => [...rp.proxy.sessions].filter((x) => x.phase === 'relaying').length;
+    const before = relaying();
+    const w = await Wire.connect(rp.port);
+    await w.startTls(rp.certs.caCertPem, 'acme.pg.test');
+    w.write(startupMessage({ user: 'app', database: 'postgres' }));
+    await w.frame();
+    const scram = new ScramClientExchange({ kind: 'password', password: 'acme-pass' });
+    w.write(serialize.sendSASLInitialResponseMessage('SCRAM-SHA-256', scram.clientFirst()));
+    const first = await w.frame();
+    const final = await scram.serverFirst(first!.body.toString('utf8', 4));
+    w.write(Buffer.concat([serialize.sendSCRAMClientFinalMessage(final), Buffer.from([0x09, 0x66, 0xe1, 0x5f, 0x40, 1, 2, 3])]));
+    const e = await w.error();
+    assert.equal(e?.code, '08P01');
+    assert.equal(e?.message, 'invalid frontend message type 9');
+    assert.ok(await w.waitClosed());
+    await waitFor(() => relaying() === before, 5000, 'the session ended');
   });
 
   it('writes a verifiable audit log with the real reasons and no secrets', async () => {

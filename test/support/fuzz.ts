@@ -13,36 +13,58 @@ import path from 'node:path';
 import { exportJWK, generateKeyPair } from 'jose';
 import { readVerifier, type Cluster } from './cluster.js';
 import type { ProxySpec } from './proxy.js';
-import { startupMessage, typed, Wire } from './wire.js';
+import { cancelRequest, gssencRequest, sslRequest, startupMessage, typed, Wire } from './wire.js';
+import { ScramClientExchange } from '../../src/auth/scram.js';
+import { startFakeBackend, type FakeBackend } from './backend-fuzz.js';
 
 /**
- * What the fuzzer aims at: tenant acme (the cases) and tenant other (a bystander) on `cluster`,
- * a table for COPY, [staff] configured (the password phase), and the given pre-auth deadline.
- * Returns the spec and the temp dir it wrote the JWKS and audit file to (the caller removes it).
+ * What the fuzzer aims at: tenant acme (the client-side cases) and tenant other (a bystander) on
+ * `cluster`, a table for COPY, [staff] configured (the password phase), the given pre-auth
+ * deadline, and tenants hostile (session mode) and hostiletx (transaction mode) served by the
+ * fake server of backend-fuzz.ts (the backend_* phases). Returns the spec, the fake server and
+ * the temp dir it wrote the JWKS and audit file to (the caller closes and removes them).
  */
-export async function fuzzProxySpec(cluster: Cluster, authTimeoutMs: number): Promise<{ spec: ProxySpec; dir: string }> {
+export async function fuzzProxySpec(cluster: Cluster, authTimeoutMs: number): Promise<{ spec: ProxySpec; dir: string; fake: FakeBackend }> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-fuzz-'));
   await cluster.query('CREATE TABLE IF NOT EXISTS fuzz_copy (x text)');
   await cluster.query('GRANT INSERT ON fuzz_copy TO app');
   const { publicKey } = await generateKeyPair('ES256');
   await writeFile(path.join(dir, 'jwks.json'), JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'k' }] }));
   const app = { name: 'app', verifier: await readVerifier(cluster, 'app') };
+  const fake = await startFakeBackend(app.verifier);
+  const backendUrl = `postgresql://127.0.0.1:${fake.port}/postgres`;
   return {
     dir,
+    fake,
     spec: {
       auditFile: path.join(dir, 'audit.jsonl'),
-      server: { auth_timeout: `${authTimeoutMs}ms` },
+      server: { auth_timeout: `${authTimeoutMs}ms`, backend_connect_timeout: `${authTimeoutMs}ms` },
       staff: { jwks: path.join(dir, 'jwks.json'), issuer: 'i', audience: 'a' },
       tenants: [
         { id: 'acme', cluster, users: [app] },
         { id: 'other', cluster, users: [app] },
+        // Every backend case logs in with its own database name, so its own pool key: keys and
+        // idle backends must be forgotten (backend_idle_timeout) or a long run would pile them up.
+        { id: 'hostile', cluster, backendUrl, users: [app], pool: { pool_mode: 'session', max_backend_connections: 20, backend_idle_timeout: '1s' } },
+        { id: 'hostiletx', cluster, backendUrl, users: [app], pool: { pool_mode: 'transaction', max_backend_connections: 20, backend_idle_timeout: '1s' } },
       ],
     },
   };
 }
 
-export type FuzzPhase = 'startup' | 'sasl' | 'password' | 'query' | 'copy';
-export const FUZZ_PHASES: readonly FuzzPhase[] = ['startup', 'sasl', 'password', 'query', 'copy'];
+export type FuzzPhase = 'startup' | 'sasl' | 'password' | 'query' | 'copy' | 'negotiation' | 'sasl_final' | 'backend_login' | 'backend_query';
+/**
+ * Every phase. The order is part of a case's identity (caseRng), so new phases go at the end and
+ * recorded cases (seed, phase, index) still replay. `backend_*` phases fuzz the server side: the
+ * client is well-behaved and the fake tenant server (backend-fuzz.ts) sends the mutated bytes.
+ */
+export const FUZZ_PHASES: readonly FuzzPhase[] = ['startup', 'sasl', 'password', 'query', 'copy', 'negotiation', 'sasl_final', 'backend_login', 'backend_query'];
+const PREAUTH: ReadonlySet<FuzzPhase> = new Set(['startup', 'sasl', 'password', 'negotiation', 'sasl_final', 'backend_login']);
+
+/** The database name that carries a backend_* case to the fake server (backend-fuzz.ts). */
+export function caseDatabase(seed: number, phase: FuzzPhase, index: number): string {
+  return `fz_${seed}_${phase}_${index}`;
+}
 
 /** mulberry32: small, fast, deterministic. */
 export class Rng {
@@ -127,16 +149,61 @@ function validFrames(rng: Rng, phase: FuzzPhase): Buffer[] {
       }
     case 'copy':
       return [serialize.copyData(Buffer.from('1\n2\n')), rng.next() < 0.5 ? serialize.copyDone() : serialize.copyFail('fuzz')];
+    case 'negotiation': {
+      // Plaintext, before any TLS: the requests a client may open with, alone or with bytes after.
+      const startup = startupMessage({ user: 'app', database: 'postgres' });
+      return rng.pick([
+        [sslRequest()],
+        [sslRequest(), startup],
+        [sslRequest(), sslRequest()],
+        [gssencRequest()],
+        [gssencRequest(), sslRequest()],
+        [gssencRequest(), startup],
+        [cancelRequest(rng.int(2 ** 31), rng.int(2 ** 31))],
+        [cancelRequest(rng.int(2 ** 31), rng.int(2 ** 31)), startup],
+        [startup],
+      ]);
+    }
+    case 'sasl_final':
+    case 'backend_login':
+    case 'backend_query':
+      return []; // built during the case (sasl_final needs the server's nonce); backend_* mutate the server
+  }
+}
+
+/** Mutations of a SCRAM client-final-message: the attributes PostgreSQL's parser checks one by one. */
+function mutateClientFinal(rng: Rng, text: string): string {
+  switch (rng.int(10)) {
+    case 0:
+      return text.replace(/^c=[^,]*/, `c=${rng.pick(['', 'eSws', 'cD10bHMtc2VydmVyLWVuZC1wb2ludCws', '!!', 'biws'.repeat(300)])}`);
+    case 1:
+      return text.replace(/r=[^,]*/, (m) => rng.pick([`${m}x`, 'r=', `r=${'A'.repeat(3000)}`, `${m}\u0001`]));
+    case 2:
+      return text.replace(/p=[^,]*/, `p=${rng.pick(['', 'AAAA', '!!!!', Buffer.alloc(33).toString('base64'), Buffer.alloc(31).toString('base64')])}`);
+    case 3:
+      return text.replace(/,p=/, ',x=1,p=');
+    case 4:
+      return `${text},junk`;
+    case 5:
+      return text.split(',').filter((_, i) => i !== rng.int(3)).join(',');
+    case 6:
+      return text.replace(/^c=/, 'c=c=');
+    case 7:
+      return text.replace(/p=([^,]*)/, (_m, p: string) => `p=${Buffer.from(p, 'base64').reverse().toString('base64')}`);
+    case 8:
+      return text.replace(/,/g, rng.pick([',,', ';', '\0']));
+    default:
+      return text.slice(0, rng.int(text.length));
   }
 }
 
 /** The mutations: each takes the frames and changes one thing about them. */
-const MUTATORS: ((rng: Rng, buf: Buffer, starts: number[]) => Buffer)[] = [
+const MUTATORS: ((rng: Rng, buf: Buffer, starts: number[], untyped: boolean) => Buffer)[] = [
   // A length field off: 0, 3, one byte off either way, far too big, 2^31-1, 2^32-1.
-  (rng, buf, starts) => {
+  (rng, buf, starts, untyped) => {
     const at = rng.pick(starts);
     if (at + 5 > buf.length) return buf; // an earlier mutation cut this frame off
-    const lenAt = at === 0 && buf.readUInt32BE(0) === buf.length ? 0 : at + 1;
+    const lenAt = untyped || (at === 0 && buf.readUInt32BE(0) === buf.length) ? at : at + 1;
     if (lenAt + 4 > buf.length) return buf;
     const cur = buf.readUInt32BE(lenAt);
     const b = Buffer.from(buf);
@@ -183,7 +250,14 @@ const MUTATORS: ((rng: Rng, buf: Buffer, starts: number[]) => Buffer)[] = [
 
 /** The bytes one case sends: valid frames with one to three mutations (or none, now and then). */
 export function generateCase(rng: Rng, phase: FuzzPhase): Buffer {
-  const frames = validFrames(rng, phase);
+  return mutateFrames(rng, validFrames(rng, phase));
+}
+
+/**
+ * Valid frames with one to three mutations (5 % of the time none). Also used by the fake server.
+ * `untyped`: the frames are startup-style (length first, no type byte), as in negotiation.
+ */
+export function mutateFrames(rng: Rng, frames: Buffer[], untyped = false): Buffer {
   const starts: number[] = [];
   let pos = 0;
   for (const f of frames) {
@@ -192,7 +266,7 @@ export function generateCase(rng: Rng, phase: FuzzPhase): Buffer {
   }
   let buf: Buffer = Buffer.concat(frames);
   if (rng.next() < 0.05) return buf;
-  for (let n = 1 + rng.int(3); n > 0; n--) buf = rng.pick(MUTATORS)(rng, buf, starts);
+  for (let n = 1 + rng.int(3); n > 0; n--) buf = rng.pick(MUTATORS)(rng, buf, starts, untyped);
   return buf;
 }
 
@@ -201,6 +275,8 @@ export const PROXY_SQLSTATES: ReadonlySet<string> = new Set(['08P01', '08006', '
 
 export interface FuzzTarget {
   port: number;
+  /** Tenants served by the fake server of backend-fuzz.ts (session and transaction mode), for the backend_* phases. */
+  backend?: { session: string; transaction: string };
   ca: string;
   tenant: string;
   user: string;
@@ -239,34 +315,100 @@ async function awaitAuth(w: Wire, code: number): Promise<boolean> {
 /** Runs one case against the proxy and checks the invariants that hold whatever the input. */
 export async function runCase(t: FuzzTarget, seed: number, phase: FuzzPhase, index: number): Promise<CaseResult> {
   const rng = caseRng(seed, phase, index);
-  const bytes = generateCase(rng, phase);
-  const preauth = phase === 'startup' || phase === 'sasl' || phase === 'password';
+  const preauth = PREAUTH.has(phase);
+  const result = (outcome: Outcome, violation: string | null): CaseResult => ({ phase, index, outcome, violation });
   let w: Wire;
+  let bytes: Buffer;
   try {
-    if (preauth) {
-      w = await Wire.connect(t.port);
-      await w.startTls(t.ca, `${t.tenant}.pg.test`);
-      if (phase !== 'startup') {
-        w.write(startupMessage({ user: phase === 'password' ? 'staff' : t.user, database: 'postgres' }));
-        if (!(await awaitAuth(w, phase === 'password' ? 3 : 10))) return { phase, index, outcome: { kind: 'close' }, violation: 'no authentication request for a valid startup' };
-      }
-    } else {
-      w = await rawLogin(t.port, t.ca, { tenant: t.tenant, user: t.user, password: t.password });
-      if (phase === 'copy') {
-        w.write(serialize.query('COPY fuzz_copy FROM STDIN'));
+    switch (phase) {
+      case 'negotiation':
+        bytes = mutateFrames(rng, validFrames(rng, phase), true);
+        w = await Wire.connect(t.port);
+        break;
+      case 'startup':
+      case 'sasl':
+      case 'password':
+        bytes = generateCase(rng, phase);
+        w = await Wire.connect(t.port);
+        await w.startTls(t.ca, `${t.tenant}.pg.test`);
+        if (phase !== 'startup') {
+          w.write(startupMessage({ user: phase === 'password' ? 'staff' : t.user, database: 'postgres' }));
+          if (!(await awaitAuth(w, phase === 'password' ? 3 : 10))) return result({ kind: 'close' }, 'no authentication request for a valid startup');
+        }
+        break;
+      case 'sasl_final': {
+        // A real SCRAM exchange up to the client-final-message, which is then mutated.
+        w = await Wire.connect(t.port);
+        await w.startTls(t.ca, `${t.tenant}.pg.test`);
+        w.write(startupMessage({ user: t.user, database: 'postgres' }));
+        if (!(await awaitAuth(w, 10))) return result({ kind: 'close' }, 'no SASL request for a valid startup');
+        const scram = new ScramClientExchange({ kind: 'password', password: t.password });
+        w.write(serialize.sendSASLInitialResponseMessage('SCRAM-SHA-256', scram.clientFirst()));
         const f = await w.frame(5000);
-        if (f?.type !== 'G') return { phase, index, outcome: { kind: 'close' }, violation: `COPY not started (${f?.type ?? 'closed'})` };
+        if (f?.type !== 'R' || f.body.readUInt32BE(0) !== 11) return result({ kind: 'close' }, 'no SASL continue for a valid client-first');
+        let final = await scram.serverFirst(f.body.toString('utf8', 4));
+        if (rng.next() < 0.7) final = mutateClientFinal(rng, final);
+        const framed = serialize.sendSCRAMClientFinalMessage(final);
+        bytes = rng.next() < 0.4 ? mutateFrames(rng, [framed]) : framed;
+        break;
+      }
+      case 'backend_login':
+        // The client is correct; the fake tenant server mutates its side of the backend login.
+        bytes = Buffer.alloc(0);
+        w = await Wire.connect(t.port);
+        await w.startTls(t.ca, `${t.backend!.session}.pg.test`);
+        w.write(startupMessage({ user: t.user, database: caseDatabase(seed, phase, index) }));
+        break;
+      case 'backend_query': {
+        const tenant = rng.next() < 0.5 ? t.backend!.session : t.backend!.transaction;
+        try {
+          w = await rawLogin(t.port, t.ca, { tenant, user: t.user, password: t.password, database: caseDatabase(seed, phase, index) });
+        } catch (err) {
+          return result({ kind: 'close' }, `login through a well-behaved fake server failed: ${(err as Error).message}`);
+        }
+        bytes = serialize.query('SELECT fuzz');
+        break;
+      }
+      case 'query':
+      case 'copy': {
+        bytes = generateCase(rng, phase);
+        w = await rawLogin(t.port, t.ca, { tenant: t.tenant, user: t.user, password: t.password });
+        if (phase === 'copy') {
+          w.write(serialize.query('COPY fuzz_copy FROM STDIN'));
+          const f = await w.frame(5000);
+          if (f?.type !== 'G') return result({ kind: 'close' }, `COPY not started (${f?.type ?? 'closed'})`);
+        }
       }
     }
   } catch (err) {
-    return { phase, index, outcome: { kind: 'close' }, violation: `set-up failed: ${(err as Error).message}` };
+    return result({ kind: 'close' }, `set-up failed: ${(err as Error).message}`);
   }
   await dribble(w, rng, bytes);
   // Watch the answer: frames until close, or until the deadline.
   const deadline = Date.now() + (preauth ? t.authTimeoutMs + 2000 : 1500);
   let outcome: Outcome = { kind: 'open' };
   let violation: string | null = null;
-  while (Date.now() < deadline) {
+  let loggedIn = false;
+  const scram = phase === 'backend_login' ? new ScramClientExchange({ kind: 'password', password: t.password }) : null;
+  let tlsAlert = false;
+  if (phase === 'negotiation') {
+    // The one-byte answers to SSLRequest and GSSENCRequest are not frames.
+    const answer = await w.read(1, deadline - Date.now()).catch(() => Buffer.alloc(0));
+    const first = answer.length === 1 ? String.fromCharCode(answer[0]!) : '';
+    if (bytes.length >= 8 && bytes.subarray(0, 8).equals(sslRequest()) && first !== 'S' && first !== '') violation = `SSLRequest answered "${first}", not S (never an ErrorResponse: CVE-2024-10977)`;
+    if (bytes.length >= 8 && bytes.subarray(0, 8).equals(gssencRequest()) && first !== 'N' && first !== '') violation = `GSSENCRequest answered "${first}", not N`;
+    if (first === 'E') w.unread(answer);
+    else if (first === 'S' || first === 'N') {
+      // After S the server expects a TLS handshake: any TLS record back (an alert) ends the case.
+      const next = await w.peek(deadline - Date.now()).catch(() => -1);
+      if (next === 0x15 || next === 0x16) {
+        await w.waitClosed(Math.max(1, deadline - Date.now()));
+        outcome = { kind: 'close' };
+        tlsAlert = true;
+      }
+    }
+  }
+  while (Date.now() < deadline && !tlsAlert) {
     let f: { type: string; body: Buffer } | null;
     try {
       f = await w.frame(Math.max(1, deadline - Date.now()));
@@ -277,19 +419,32 @@ export async function runCase(t: FuzzTarget, seed: number, phase: FuzzPhase, ind
       if (outcome.kind === 'open') outcome = { kind: 'close' };
       break;
     }
+    if (f.type === 'R' && scram !== null) {
+      // backend_login: the client side of the login goes on as a driver's would.
+      const code = f.body.readUInt32BE(0);
+      if (code === 10) w.write(serialize.sendSASLInitialResponseMessage('SCRAM-SHA-256', scram.clientFirst()));
+      else if (code === 11) w.write(serialize.sendSCRAMClientFinalMessage(await scram.serverFirst(f.body.toString('utf8', 4))));
+    }
+    if (f.type === 'Z' && preauth) {
+      loggedIn = true; // a mutation that still made a valid login (or a valid backend login)
+      break;
+    }
     if (f.type === 'E') {
       const { code, message } = decodeError(f.body);
       if (outcome.kind !== 'error') outcome = { kind: 'error', code };
       // pgwarden's own XX000 says exactly "internal error" (S11); the server's XX000 (e.g. "cache
       // lookup failed for type", for a Parse naming an unknown type oid) is passed through.
       if (code === 'XX000' && message === 'internal error') violation = 'internal error (XX000) from pgwarden: the error boundary caught a bug';
-      else if (preauth && !PROXY_SQLSTATES.has(code)) violation = `unexpected SQLSTATE ${code} before authentication`;
-      else if (!/^[0-9A-Z]{5}$/.test(code)) violation = `malformed SQLSTATE "${code}"`;
+      // Before authentication only §3's codes; a tenant server's own login error is passed on whole.
+      else if (preauth && phase !== 'backend_login' && !PROXY_SQLSTATES.has(code)) violation = `unexpected SQLSTATE ${code} before authentication`;
+      // A server's ErrorResponse after login is passed through byte for byte, whatever it holds;
+      // everything pgwarden sends or passes before that must carry a proper SQLSTATE.
+      else if (phase !== 'backend_query' && !/^[0-9A-Z]{5}$/.test(code)) violation = `malformed SQLSTATE "${code}"`;
     }
   }
-  if (preauth && !w.closed && violation === null) violation = `still open ${t.authTimeoutMs + 2000} ms after the input (past the pre-auth deadline)`;
+  if (preauth && !loggedIn && !w.closed && violation === null) violation = `still open ${t.authTimeoutMs + 2000} ms after the input (past the pre-auth deadline)`;
   w.end();
-  return { phase, index, outcome, violation };
+  return result(loggedIn ? { kind: 'open' } : outcome, violation);
 }
 
 function decodeError(body: Buffer): { code: string; message: string } {

@@ -70,6 +70,19 @@ export class Wire {
     return out;
   }
 
+  /** Puts bytes back in front of what is buffered (after a one-byte peek that was a frame). */
+  unread(b: Buffer): void {
+    this.buf = Buffer.concat([b, this.buf]);
+  }
+
+  /** The next byte without taking it (-1 on close). */
+  async peek(timeoutMs = 5000): Promise<number> {
+    const b = await this.read(1, timeoutMs);
+    if (b.length === 0) return -1;
+    this.unread(b);
+    return b[0]!;
+  }
+
   /** Reads one typed frame; null if the connection closed first. */
   async frame(timeoutMs = 5000): Promise<{ type: string; body: Buffer } | null> {
     const head = await this.read(5, timeoutMs);
