@@ -5,7 +5,8 @@
  * the proxy's RSS and open file descriptors, and prints the counts. Exit 1 on any violation, a
  * proxy exit, or a bystander query that fails.
  */
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
+import { memory, openFds } from '../bench/lib/procstat.js';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { startCluster } from '../test/support/cluster.js';
@@ -15,10 +16,8 @@ import { FUZZ_PHASES, fuzzProxySpec, runCases, type FuzzSummary } from '../test/
 const AUTH_TIMEOUT_MS = 1000;
 const ROUND = 50; // cases per phase per round
 
-async function procFigures(pid: number): Promise<{ rssMb: number; fds: number }> {
-  const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
-  return { rssMb: rssKb / 1024, fds: (await readdir(`/proc/${pid}/fd`)).length };
+function procFigures(pid: number): { rssMb: number; fds: number } {
+  return { rssMb: memory(pid).rssMb, fds: openFds(pid) };
 }
 
 /** What is still held 10 s after the last case ('' if nothing): the metrics and /pools of the child. */
@@ -59,7 +58,7 @@ async function main(): Promise<number> {
   await bystander.connect();
   const summary: FuzzSummary = { cases: 0, byOutcome: {}, violations: [] };
   const started = Date.now();
-  const first = await procFigures(pid);
+  const first = procFigures(pid);
   let peak = first;
   let bystanderOk = 0;
   let failure: string | null = null;
@@ -78,14 +77,14 @@ async function main(): Promise<number> {
       failure = `bystander query failed: ${(err as Error).message}`;
     }
     if (proxy.exited) break;
-    const now = await procFigures(pid);
+    const now = procFigures(pid);
     peak = { rssMb: Math.max(peak.rssMb, now.rssMb), fds: Math.max(peak.fds, now.fds) };
     if (round % 10 === 0) process.stdout.write(`  ${((Date.now() - started) / 1000).toFixed(0)} s: ${summary.cases} cases, ${summary.violations.length} violations, RSS ${now.rssMb.toFixed(1)} MB, ${now.fds} fds\n`);
   }
   // Nothing may be left once the cases are done: sessions, pre-auth slots, backends or pool keys.
   const leftover = proxy.exited || child.metricsPort === null ? null : await leftovers(child.metricsPort);
   if (leftover !== null && leftover !== '') failure ??= `left behind after the run: ${leftover}`;
-  const last = proxy.exited ? null : await procFigures(pid);
+  const last = proxy.exited ? null : procFigures(pid);
   await bystander.end().catch(() => undefined);
   proxy.stopping = true;
   await child.stop();

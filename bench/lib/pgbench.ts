@@ -20,6 +20,8 @@ export interface LoadSpec {
   protocol: 'simple' | 'extended' | 'prepared';
   /** pgbench -C: a new connection (TLS + SCRAM) for every transaction. */
   connectEachTx?: boolean;
+  /** pgbench -R: a steady rate in transactions per second (the soak); unset: as fast as possible. */
+  rate?: number;
 }
 
 export interface PgbenchFigures {
@@ -146,7 +148,7 @@ export async function runSelectOnly(e: Endpoint, load: LoadSpec, workDir: string
   try {
     const args = [
       '-S', '-n', '-c', String(load.clients), '-j', String(load.jobs), '-T', String(load.durationS),
-      '-M', load.protocol, ...(load.connectEachTx === true ? ['-C'] : []), '-l', `--log-prefix=${path.join(logDir, 'tx')}`, conninfo(e),
+      '-M', load.protocol, ...(load.connectEachTx === true ? ['-C'] : []), ...(load.rate === undefined ? [] : ['-R', String(load.rate)]), '-l', `--log-prefix=${path.join(logDir, 'tx')}`, conninfo(e),
     ];
     const run = await pgbench(args, e.password, (load.durationS + 120) * 1000);
     const { sorted, perClient } = await readLogs(logDir);

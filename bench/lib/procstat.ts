@@ -97,6 +97,11 @@ export function memory(pid: number): MemorySample {
   return { rssMb: rss / 1024, peakRssMb: peak / 1024 };
 }
 
+/** Open file descriptors of `pid` (the process itself, not its descendants). */
+export function openFds(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).length;
+}
+
 export interface HostTicks {
   busy: number;
   total: number;
