@@ -37,3 +37,18 @@ describe('soak verdict', () => {
     assert.throws(() => judge([sample(0, 1, 1)]), /too few samples/);
   });
 });
+
+describe('Mann-Whitney U (enum-timing)', () => {
+  it('finds no difference between samples from one distribution, and a clear one between shifted ones', async () => {
+    const { mannWhitneyP } = await import('../../bench/lib/stats.js');
+    const a = Array.from({ length: 200 }, (_, i) => 1000 + ((i * 7919) % 101));
+    const b = Array.from({ length: 200 }, (_, i) => 1000 + ((i * 104729) % 101));
+    assert.ok(mannWhitneyP(a, b) > 0.5, String(mannWhitneyP(a, b)));
+    const shifted = b.map((v) => v + 20);
+    assert.ok(mannWhitneyP(a, shifted) < 1e-6, String(mannWhitneyP(a, shifted)));
+    // By hand: U = 1 for n1 = n2 = 5 (exact two-sided p = 4/252 = 0.016); with the continuity
+    // correction, z = (12.5 - 1 - 0.5) / sqrt(25 * 11 / 12) = 2.298, so p = 0.0216.
+    const p = mannWhitneyP([1, 2, 3, 4, 6], [5, 7, 8, 9, 10]);
+    assert.ok(Math.abs(p - 0.0216) < 0.0005, String(p));
+  });
+});
