@@ -28,6 +28,9 @@ import { PoolManager } from './pool/backend-pool.js';
 import { Errors } from './errors.js';
 import { StaffTokenVerifier } from './auth/jwt.js';
 
+/** The pre-auth cap's answer, built once: it is sent to every connection over the cap. */
+const TOO_MANY_CLIENTS = Errors.tooManyClients().toFrame();
+
 export const VERSION = '0.1.0';
 /** How often session timeouts are checked: the resolution of every timeout. */
 const TIMER_SWEEP_MS = 100;
@@ -250,9 +253,11 @@ export class Proxy {
     const source = socket.remoteAddress ?? 'unknown';
     const lease = this.preauth.tryAcquire(source, cfg.maxPreauthConnections, cfg.maxPreauthPerSource);
     if (lease === null) {
-      // Over the pre-auth cap: close at once; reading or a TLS handshake is what the cap protects.
+      // Over the pre-auth cap: PostgreSQL's answer (N11), in plaintext before anything is read, as
+      // the postmaster does; then close. No read and no TLS handshake: that is what the cap saves.
       this.rejections.record('preauth_cap', source);
-      socket.destroy();
+      socket.end(TOO_MANY_CLIENTS);
+      setTimeout(() => socket.destroy(), 1000).unref();
       return;
     }
     try {

@@ -9,11 +9,11 @@ import { decodeError, startupMessage, Wire } from './wire.js';
 export async function rawLogin(
   port: number,
   ca: string,
-  o: { tenant: string; user: string; password: string; database?: string },
+  o: { tenant: string; user: string; password: string; database?: string; params?: Record<string, string>; localAddress?: string },
 ): Promise<Wire> {
-  const w = await Wire.connect(port);
+  const w = await Wire.connect(port, o.localAddress);
   await w.startTls(ca, `${o.tenant}.pg.test`);
-  w.write(startupMessage({ user: o.user, database: o.database ?? 'postgres' }));
+  w.write(startupMessage({ user: o.user, database: o.database ?? 'postgres', ...o.params }));
   const scram = new ScramClientExchange({ kind: 'password', password: o.password });
   for (;;) {
     const f = await w.frame();

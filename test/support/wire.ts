@@ -40,9 +40,10 @@ export class Wire {
     for (const f of w) f();
   }
 
-  static connect(port: number): Promise<Wire> {
+  /** Connects to 127.0.0.1:port, from `localAddress` if given (e.g. 127.0.0.2: another source). */
+  static connect(port: number, localAddress?: string): Promise<Wire> {
     return new Promise((resolve, reject) => {
-      const s = net.connect({ host: '127.0.0.1', port }, () => resolve(new Wire(s)));
+      const s = net.connect({ host: '127.0.0.1', port, ...(localAddress === undefined ? {} : { localAddress }) }, () => resolve(new Wire(s)));
       s.once('error', reject);
     });
   }

@@ -1,0 +1,287 @@
+/**
+ * SECURITY.md line by line (issue 6): the rows no other test reached through a real client and a
+ * real server. Channel-binding downgrade and mismatch with a hand-made SCRAM client, a startup
+ * dribbled byte by byte past the absolute deadline, 1 500 connections that never finish the
+ * handshake (a child pgwarden, so its descriptors can be counted), smuggled startup parameters,
+ * lengths that are too big or too small in each phase, and the messages PostgreSQL itself sends
+ * when a frame's fields do not add up or COPY gets a stray message.
+ */
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import { readdirSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import tls from 'node:tls';
+import { serialize } from 'pg-protocol';
+import { exportJWK, generateKeyPair } from 'jose';
+import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
+import { connect, spawnProxy, startProxy, testCerts, type RunningProxy } from '../support/proxy.js';
+import { rawLogin } from '../support/login.js';
+import { Wire, decodeError, startupMessage, typed, type WireError } from '../support/wire.js';
+import { waitFor } from '../support/wait.js';
+
+/** A SCRAM client with the gs2 header and channel-binding data under the test's control. */
+async function scramAttempt(w: Wire, password: string, mech: string, gs2: string, cbData: Buffer): Promise<{ ok: boolean; error: WireError | null }> {
+  const nonce = crypto.randomBytes(18).toString('base64');
+  const bare = `n=,r=${nonce}`;
+  w.write(serialize.sendSASLInitialResponseMessage(mech, `${gs2}${bare}`));
+  for (;;) {
+    const f = await w.frame();
+    if (f === null) return { ok: false, error: null };
+    if (f.type === 'E') return { ok: false, error: decodeError(f.body) };
+    if (f.type !== 'R') continue;
+    const code = f.body.readUInt32BE(0);
+    if (code === 0) return { ok: true, error: null };
+    if (code !== 11) continue;
+    const serverFirst = f.body.toString('utf8', 4);
+    const attrs = new Map(serverFirst.split(',').map((kv) => [kv[0]!, kv.slice(2)]));
+    const salted = crypto.pbkdf2Sync(password, Buffer.from(attrs.get('s')!, 'base64'), Number(attrs.get('i')), 32, 'sha256');
+    const clientKey = crypto.createHmac('sha256', salted).update('Client Key').digest();
+    const storedKey = crypto.createHash('sha256').update(clientKey).digest();
+    const withoutProof = `c=${Buffer.concat([Buffer.from(gs2), cbData]).toString('base64')},r=${attrs.get('r')}`;
+    const sig = crypto.createHmac('sha256', storedKey).update(`${bare},${serverFirst},${withoutProof}`).digest();
+    const proof = Buffer.from(clientKey.map((b, i) => b ^ sig[i]!));
+    w.write(serialize.sendSCRAMClientFinalMessage(`${withoutProof},p=${proof.toString('base64')}`));
+  }
+}
+
+/** TLS, startup as `user`, up to the server's authentication request (returned). */
+async function toAuth(port: number, ca: string, user = 'app', tenant = 'acme'): Promise<{ w: Wire; code: number }> {
+  const w = await Wire.connect(port);
+  await w.startTls(ca, `${tenant}.pg.test`);
+  w.write(startupMessage({ user, database: 'postgres' }));
+  const f = await w.frame();
+  assert.equal(f?.type, 'R');
+  return { w, code: f.body.readUInt32BE(0) };
+}
+
+/** A frame with a declared length that does not match its body (the length is written as given). */
+function withLength(type: string, length: number, body: Buffer = Buffer.alloc(0)): Buffer {
+  const b = Buffer.alloc(5 + body.length);
+  b.write(type, 0, 'latin1');
+  b.writeUInt32BE(length >>> 0, 1);
+  body.copy(b, 5);
+  return b;
+}
+
+describe('SECURITY.md line by line', () => {
+  let cluster: Cluster;
+  let rp: RunningProxy;
+  let dir: string;
+
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-secrules-'));
+    cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
+    await cluster.query('CREATE TABLE copy_target (x text)');
+    await cluster.query('GRANT ALL ON copy_target TO app');
+    const { publicKey } = await generateKeyPair('ES256');
+    await writeFile(path.join(dir, 'jwks.json'), JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'k' }] }));
+    rp = await startProxy({
+      auditFile: path.join(dir, 'audit.jsonl'),
+      server: { auth_timeout: '1s' },
+      staff: { jwks: path.join(dir, 'jwks.json'), issuer: 'i', audience: 'a' },
+      tenants: [{ id: 'acme', cluster, users: [{ name: 'app', verifier: await readVerifier(cluster, 'app') }] }],
+    });
+  });
+
+  after(async () => {
+    await rp?.close();
+    await cluster?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('rule 4, A8: a client that says "y" (it thinks the server cannot bind) over TLS is a downgrade: 28000', async () => {
+    const { w, code } = await toAuth(rp.port, rp.certs.caCertPem);
+    assert.equal(code, 10);
+    const r = await scramAttempt(w, 'app-pass', 'SCRAM-SHA-256', 'y,,', Buffer.alloc(0));
+    assert.equal(r.ok, false);
+    assert.equal(r.error?.code, '28000');
+    assert.equal(r.error?.message, 'SCRAM channel binding negotiation error');
+    assert.equal(r.error?.detail, 'The client supports SCRAM channel binding but thinks the server does not.  However, this server does support channel binding.');
+    w.end();
+  });
+
+  it('rule 4, A9: binding to another certificate (a man in the middle) fails with 28000; binding to ours succeeds', async () => {
+    const ours = await toAuth(rp.port, rp.certs.caCertPem);
+    assert.ok(ours.w.socket instanceof tls.TLSSocket);
+    // tls-server-end-point: the certificate's hash by its signature algorithm (ECDSA with SHA-256 here).
+    const endPoint = crypto.createHash('sha256').update(ours.w.socket.getPeerCertificate().raw).digest();
+    const good = await scramAttempt(ours.w, 'app-pass', 'SCRAM-SHA-256-PLUS', 'p=tls-server-end-point,,', endPoint);
+    assert.deepEqual(good, { ok: true, error: null }, 'the control: a correct binding logs in');
+    ours.w.end();
+
+    const mitm = await toAuth(rp.port, rp.certs.caCertPem);
+    const otherCert = crypto.createHash('sha256').update('a certificate the client saw from someone else').digest();
+    const bad = await scramAttempt(mitm.w, 'app-pass', 'SCRAM-SHA-256-PLUS', 'p=tls-server-end-point,,', otherCert);
+    assert.equal(bad.ok, false);
+    assert.equal(bad.error?.code, '28000');
+    assert.equal(bad.error?.message, 'SCRAM channel binding check failed');
+    mitm.w.end();
+  });
+
+  it('rule 1, A11: the pre-auth deadline is absolute: a startup packet dribbled a byte every 150 ms is closed at auth_timeout, silently', async () => {
+    const w = await Wire.connect(rp.port);
+    const packet = startupMessage({ user: 'app', database: 'postgres', application_name: 'slowloris' });
+    const t0 = Date.now();
+    let sent = 0;
+    while (!w.closed && sent < packet.length && Date.now() - t0 < 5000) {
+      w.write(packet.subarray(sent, sent + 1));
+      sent++;
+      await new Promise((r) => setTimeout(r, 150));
+    }
+    const took = Date.now() - t0;
+    assert.ok(w.closed, 'closed');
+    assert.ok(sent < packet.length, `closed before the packet was complete (${sent} of ${packet.length} bytes)`);
+    assert.ok(took >= 900 && took < 2500, `closed ${took} ms after connect (auth_timeout 1 s), though bytes kept coming`);
+    assert.equal((await w.read(1, 100).catch(() => Buffer.alloc(0))).length, 0, 'no message: PostgreSQL closes silently inside the startup packet');
+  });
+
+  it('rule 1, A10 and S3: lengths too big or too small in the SASL, password and post-login phases get 08P01 "invalid message length"', async () => {
+    const cases: [string, () => Promise<Wire>, Buffer][] = [
+      ['SASL, 3', async () => (await toAuth(rp.port, rp.certs.caCertPem)).w, withLength('p', 3)],
+      ['SASL, over 1 024', async () => (await toAuth(rp.port, rp.certs.caCertPem)).w, withLength('p', 1029)],
+      ['staff password, 0', async () => (await toAuth(rp.port, rp.certs.caCertPem, 'staff')).w, withLength('p', 0)],
+      ['staff password, over 65 535', async () => (await toAuth(rp.port, rp.certs.caCertPem, 'staff')).w, withLength('p', 65_541)],
+      ['after login, 3', () => rawLogin(rp.port, rp.certs.caCertPem, { tenant: 'acme', user: 'app', password: 'app-pass' }), withLength('Q', 3)],
+      ['after login, 2^32-1', () => rawLogin(rp.port, rp.certs.caCertPem, { tenant: 'acme', user: 'app', password: 'app-pass' }), withLength('Q', 0xffffffff)],
+    ];
+    for (const [name, open, bytes] of cases) {
+      const w = await open();
+      w.write(bytes);
+      const e = await w.error();
+      assert.deepEqual([name, e?.code, e?.message], [name, '08P01', 'invalid message length']);
+      assert.ok(await w.waitClosed(), `${name}: closed`);
+    }
+  });
+
+  it('A2 and S4: a wrong message during the password exchange, and fields that do not add up, get 08P01', async () => {
+    const staff = (await toAuth(rp.port, rp.certs.caCertPem, 'staff')).w;
+    staff.write(typed('Q', Buffer.from('select 1\0')));
+    const a2 = await staff.error();
+    assert.deepEqual([a2?.code, a2?.message], ['08P01', 'expected password response, got message type 81']);
+
+    const unterminated = (await toAuth(rp.port, rp.certs.caCertPem, 'staff')).w;
+    unterminated.write(typed('p', Buffer.from('a token without its NUL')));
+    const s4a = await unterminated.error();
+    assert.deepEqual([s4a?.code, s4a?.message], ['08P01', 'invalid message format']);
+
+    // SASLInitialResponse whose inner length says 500 bytes while 10 follow.
+    const sasl = (await toAuth(rp.port, rp.certs.caCertPem)).w;
+    const body = Buffer.concat([Buffer.from('SCRAM-SHA-256\0'), Buffer.from([0, 0, 1, 0xf4]), Buffer.from('n,,n=,r=ab')]);
+    sasl.write(typed('p', body));
+    const s4b = await sasl.error();
+    assert.deepEqual([s4b?.code, s4b?.message], ['08P01', 'invalid message format']);
+  });
+
+  it('S5: a stray message during COPY FROM STDIN gets PostgreSQL\'s 08P01, passed through, and the session goes on', async () => {
+    const w = await rawLogin(rp.port, rp.certs.caCertPem, { tenant: 'acme', user: 'app', password: 'app-pass' });
+    w.write(serialize.query('COPY copy_target FROM STDIN'));
+    assert.equal((await w.frame())?.type, 'G');
+    w.write(serialize.copyData(Buffer.from('one\n')));
+    w.write(serialize.query('select 1'));
+    const e = await w.error();
+    assert.deepEqual([e?.code, e?.message], ['08P01', 'unexpected message type 0x51 during COPY from stdin']);
+    w.end();
+    assert.equal((await cluster.query<{ n: number }>('select count(*)::int as n from copy_target')).rows[0]?.n, 0, 'the COPY did not land');
+  });
+
+  it('rule 7: startup parameters cannot change who the session is: via options refused with 0A000, as plain parameters not forwarded', async () => {
+    for (const name of ['session_authorization', 'role', 'is_superuser']) {
+      const params = { options: `-c application_name=x -c ${name}=postgres` };
+      const err = await rawLogin(rp.port, rp.certs.caCertPem, { tenant: 'acme', user: 'app', password: 'app-pass', params }).then(
+        (w) => {
+          w.end();
+          return 'logged in';
+        },
+        (e: unknown) => (e as Error).message,
+      );
+      assert.equal(`${name}: ${err}`, `${name}: login failed: ${JSON.stringify({ severity: 'FATAL', code: '0A000', message: `parameter "${name}" cannot be set at connection time through pgwarden` })}`);
+    }
+    // As plain startup parameters they are not on the allow-list, so never forwarded; a value with
+    // a line break reaches the server sanitized. The session is who logged in, nothing more.
+    const w = await rawLogin(rp.port, rp.certs.caCertPem, {
+      tenant: 'acme',
+      user: 'app',
+      password: 'app-pass',
+      params: { session_authorization: 'postgres', role: 'postgres', is_superuser: 'on', application_name: 'x\n-c role=postgres' },
+    });
+    w.write(serialize.query("select current_user || ',' || session_user || ',' || current_setting('is_superuser') || ',' || current_setting('application_name') as who"));
+    let who = '';
+    for (;;) {
+      const f: { type: string; body: Buffer } | null = await w.frame();
+      assert.ok(f !== null);
+      if (f.type === 'E') assert.fail(JSON.stringify(decodeError(f.body)));
+      if (f.type === 'D') who = f.body.toString('utf8', 6);
+      if (f.type === 'Z') break;
+    }
+    assert.equal(who, 'app,app,off,x?-c role=postgres');
+    w.end();
+  });
+});
+
+describe('SECURITY.md line by line: rules 1 and 9, connections that never finish the handshake', () => {
+  let cluster: Cluster;
+  before(async () => {
+    cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
+  });
+  after(async () => {
+    await cluster?.stop();
+  });
+
+  it('N11: 1 500 silent connections from one source hit the per-source cap (53300); another source, a logged-in client and the descriptors are fine', async () => {
+    const child = await spawnProxy({
+      server: { max_preauth_per_source: 100, max_preauth_connections: 400, auth_timeout: '20s' },
+      tenants: [{ id: 'acme', cluster, users: [{ name: 'app', verifier: await readVerifier(cluster, 'app') }] }],
+    });
+    const certs = await testCerts();
+    const pid = child.child.pid!;
+    const fds = (): number => readdirSync(`/proc/${pid}/fd`).length;
+    const sockets: net.Socket[] = [];
+    try {
+      const bystander = await connect({ port: child.port, certs }, { tenant: 'acme', user: 'app', password: 'app-pass' });
+      const baseline = fds();
+      let refused = 0;
+      let wrongAnswer = '';
+      await Promise.all(
+        Array.from({ length: 1500 }, async () => {
+          const s = net.connect({ host: '127.0.0.1', port: child.port });
+          sockets.push(s);
+          s.on('error', () => undefined);
+          let got = Buffer.alloc(0);
+          s.on('data', (d: Buffer) => {
+            got = Buffer.concat([got, d]);
+            if (got.length >= 5 && got.length >= 1 + got.readUInt32BE(1)) {
+              const e = decodeError(got.subarray(5, 1 + got.readUInt32BE(1)));
+              if (got[0] === 0x45 && e.code === '53300' && e.message === 'sorry, too many clients already') refused++;
+              else wrongAnswer = JSON.stringify(e);
+            }
+          });
+          await new Promise<void>((r) => s.once('connect', () => r()));
+        }),
+      );
+      await waitFor(() => refused >= 1400, 15_000, `refusals (${refused})`);
+      assert.equal(wrongAnswer, '');
+      assert.ok(refused <= 1400, `at most 100 held (${1500 - refused} held)`);
+      // A client from another source address logs in; the logged-in one keeps working.
+      const other = await rawLogin(child.port, certs.caCertPem, { tenant: 'acme', user: 'app', password: 'app-pass', localAddress: '127.0.0.2' });
+      other.write(serialize.query('select 1'));
+      let row = false;
+      for (let f = await other.frame(); f !== null && f.type !== 'Z'; f = await other.frame()) row ||= f.type === 'D';
+      assert.ok(row, 'another source is served during the flood');
+      other.end();
+      assert.equal((await bystander.query<{ v: number }>('select 2 as v')).rows[0]?.v, 2);
+      // The flood leaves: the held slots and descriptors go with it.
+      for (const s of sockets) s.destroy();
+      const metrics = async (): Promise<string> => (await fetch(`http://127.0.0.1:${child.metricsPort!}/metrics`)).text();
+      await waitFor(async () => /^pgwarden_preauth_connections 0$/m.test(await metrics()), 10_000, 'no pre-auth connection held');
+      await waitFor(() => fds() <= baseline + 2, 10_000, `descriptors back to the baseline ${baseline} (now ${fds()})`);
+      await bystander.end();
+    } finally {
+      for (const s of sockets) s.destroy();
+      await child.stop();
+    }
+  });
+});
