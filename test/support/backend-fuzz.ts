@@ -8,37 +8,16 @@
 import crypto from 'node:crypto';
 import net from 'node:net';
 import { caseRng, mutateFrames, type FuzzPhase, type Rng } from './fuzz.js';
+import { frame, int32, listenFake, type FakeServer } from './hostile-backend.js';
 
 export { caseDatabase } from './fuzz.js';
 
-export interface FakeBackend {
-  port: number;
-  /** Connections accepted so far. */
-  connections(): number;
-  /** Connections open now. */
-  open(): number;
-  close(): Promise<void>;
-}
+export type FakeBackend = FakeServer;
 
 function parseCaseDatabase(db: string): { seed: number; phase: FuzzPhase; index: number } | null {
   const m = /^fz_(\d+)_(backend_login|backend_query)_(\d+)$/.exec(db);
   return m === null ? null : { seed: Number(m[1]), phase: m[2] as FuzzPhase, index: Number(m[3]) };
 }
-
-function frame(type: string, body: Buffer | string): Buffer {
-  const b = typeof body === 'string' ? Buffer.from(body, 'utf8') : body;
-  const out = Buffer.alloc(5 + b.length);
-  out.write(type, 0, 'latin1');
-  out.writeUInt32BE(4 + b.length, 1);
-  b.copy(out, 5);
-  return out;
-}
-
-const int32 = (n: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeInt32BE(n | 0);
-  return b;
-};
 
 const auth = (code: number, rest: Buffer | string = Buffer.alloc(0)): Buffer =>
   frame('R', Buffer.concat([int32(code), typeof rest === 'string' ? Buffer.from(rest, 'latin1') : rest]));
@@ -168,27 +147,9 @@ function startupParams(body: Buffer): Map<string, string> {
  * Starts the fake server. `verifier` is the SCRAM verifier of the user pgwarden logs in as
  * (pass-through), so the fake can answer a SCRAM exchange correctly before mutating it.
  */
-export async function startFakeBackend(verifier: string): Promise<FakeBackend> {
+export function startFakeBackend(verifier: string): Promise<FakeBackend> {
   const v = parseVerifier(verifier);
-  let accepted = 0;
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((s) => {
-    accepted++;
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-    s.on('error', () => undefined);
-    serve(s, v);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    connections: () => accepted,
-    open: () => sockets.size,
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise((r) => server.close(r));
-    },
-  };
+  return listenFake((s) => serve(s, v));
 }
 
 type Step = 'await_startup' | 'await_sasl_initial' | 'await_sasl_final' | 'await_password' | 'ready' | 'answered';

@@ -16,15 +16,17 @@ export type HostileScript =
   /** Answers SSLRequest with 'S' followed by plaintext bytes (CVE-2021-23222). */
   | 'bytes_after_ssl_answer';
 
-function frame(type: string, body: Buffer): Buffer {
-  const b = Buffer.alloc(5 + body.length);
-  b.write(type, 0, 'latin1');
-  b.writeUInt32BE(4 + body.length, 1);
-  body.copy(b, 5);
-  return b;
+/** A backend frame: type byte, Int32 length, body (a string is written as UTF-8). Shared with backend-fuzz.ts. */
+export function frame(type: string, body: Buffer | string): Buffer {
+  const b = typeof body === 'string' ? Buffer.from(body, 'utf8') : body;
+  const out = Buffer.alloc(5 + b.length);
+  out.write(type, 0, 'latin1');
+  out.writeUInt32BE(4 + b.length, 1);
+  b.copy(out, 5);
+  return out;
 }
 
-const int32 = (n: number): Buffer => {
+export const int32 = (n: number): Buffer => {
   const b = Buffer.alloc(4);
   b.writeUInt32BE(n >>> 0);
   return b;
@@ -39,14 +41,20 @@ function loggedIn(): Buffer {
   ]);
 }
 
-export interface HostileBackend {
+/** A fake tenant server: its port, and what it accepted. Shared with backend-fuzz.ts. */
+export interface FakeServer {
   port: number;
   /** Connections accepted so far. */
   connections(): number;
+  /** Connections open now. */
+  open(): number;
   close(): Promise<void>;
 }
 
-export async function startHostileBackend(script: HostileScript): Promise<HostileBackend> {
+export type HostileBackend = FakeServer;
+
+/** Listens on 127.0.0.1 (port 0) and hands each connection to `serve`. */
+export async function listenFake(serve: (s: net.Socket) => void): Promise<FakeServer> {
   let accepted = 0;
   const sockets = new Set<net.Socket>();
   const server = net.createServer((s) => {
@@ -54,6 +62,22 @@ export async function startHostileBackend(script: HostileScript): Promise<Hostil
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
     s.on('error', () => undefined);
+    serve(s);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    connections: () => accepted,
+    open: () => sockets.size,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
+export function startHostileBackend(script: HostileScript): Promise<HostileBackend> {
+  return listenFake((s) => {
     let startupSeen = false;
     s.on('data', (d: Buffer) => {
       if (d.length >= 8 && d.readUInt32BE(4) === 80877103) {
@@ -81,13 +105,4 @@ export async function startHostileBackend(script: HostileScript): Promise<Hostil
       }
     });
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    connections: () => accepted,
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise((r) => server.close(r));
-    },
-  };
 }
