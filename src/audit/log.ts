@@ -100,7 +100,7 @@ export class AuditLog implements AuditSink {
   static async open(cfg: AuditConfig, instanceId: string, version: string, metrics: Metrics, log: Logger, opts: AuditLogOptions = {}): Promise<AuditLog> {
     const signer = cfg.checkpointKeyPath === undefined ? null : new CheckpointSigner(await loadPrivateKey(cfg.checkpointKeyPath), cfg.checkpointOrigin);
     const file = cfg.file;
-    const tail = file === undefined ? { hash: null, torn: false } : await readTail(file, log);
+    const tail = file === undefined ? NO_TAIL : await readTail(file, log);
     const audit = new AuditLog(cfg, signer, tail.hash, instanceId, version, metrics, log);
     if (file !== undefined) {
       audit.writer = await AuditFileWriter.open(
@@ -125,6 +125,15 @@ export class AuditLog implements AuditSink {
       // A line torn by a crash stays as it is (verify names it); new records start on a line of their own.
       if (tail.torn) void audit.writer.enqueue('\n', 0, false);
       if (cfg.rotateIntervalMs > 0) audit.every(cfg.rotateIntervalMs, () => audit.writer?.requestRotate());
+      // The previous boot did not stop cleanly (a crash, SIGKILL, power loss): whatever it had
+      // queued and not written is gone. Say so first (SECURITY.md §2.7, cause "restart").
+      if (tail.found && !tail.clean) {
+        log.warn({ previous_boot: tail.bootId, last_seq: tail.lastSeq, torn: tail.torn }, 'the previous run did not stop cleanly: writing audit.gap (restart)');
+        audit.add(
+          { event: 'audit.gap', cause: 'restart', previous_boot: tail.bootId, from_seq: tail.lastSeq === null ? null : tail.lastSeq + 1, to_seq: null, dropped_estimate: null, torn_line: tail.torn },
+          false,
+        );
+      }
     }
     if (signer !== null) audit.every(cfg.checkpointIntervalMs, () => audit.checkpoint());
     // [audit.postgres]: the store auditors query, fed every record in chain order (pg-sink.ts).
@@ -263,26 +272,39 @@ export class AuditLog implements AuditSink {
   }
 }
 
-/** The chain hash of the last complete record (of the file, else of its newest rotated sibling). */
-async function readTail(file: string, log: Logger): Promise<{ hash: string | null; torn: boolean }> {
-  const own = await lastRecordHash(file, log);
-  if (own.found) return { hash: own.hash, torn: own.torn };
-  const siblings = await rotatedSiblings(file);
-  const newest = siblings[siblings.length - 1];
-  if (newest === undefined) return { hash: null, torn: own.torn };
-  return { hash: (await lastRecordHash(newest, log)).hash, torn: own.torn };
+/** How the previous boot's log ends: its last record, and whether it stopped cleanly. */
+interface Tail {
+  found: boolean;
+  hash: string | null;
+  torn: boolean;
+  /** The last record is the previous boot's `proxy.lifecycle` "stopped" (checkpoints after it aside). */
+  clean: boolean;
+  lastSeq: number | null;
+  bootId: string | null;
 }
 
-async function lastRecordHash(file: string, log: Logger): Promise<{ found: boolean; hash: string | null; torn: boolean }> {
+const NO_TAIL: Tail = { found: false, hash: null, torn: false, clean: true, lastSeq: null, bootId: null };
+
+/** The last complete record (of the file, else of its newest rotated sibling). */
+async function readTail(file: string, log: Logger): Promise<Tail> {
+  const own = await lastRecord(file, log);
+  if (own.found) return own;
+  const siblings = await rotatedSiblings(file);
+  const newest = siblings[siblings.length - 1];
+  if (newest === undefined) return { ...NO_TAIL, torn: own.torn };
+  return { ...(await lastRecord(newest, log)), torn: own.torn };
+}
+
+async function lastRecord(file: string, log: Logger): Promise<Tail> {
   let size: number;
   try {
     const st = await stat(file);
-    if (!st.isFile()) return { found: false, hash: null, torn: false };
+    if (!st.isFile()) return NO_TAIL;
     size = st.size;
   } catch {
-    return { found: false, hash: null, torn: false };
+    return NO_TAIL;
   }
-  if (size === 0) return { found: false, hash: null, torn: false };
+  if (size === 0) return NO_TAIL;
   const fh = await openFile(file, 'r');
   try {
     const len = Math.min(size, 1 << 20);
@@ -291,17 +313,34 @@ async function lastRecordHash(file: string, log: Logger): Promise<{ found: boole
     const text = buf.toString('utf8');
     const torn = !text.endsWith('\n');
     const lines = text.split('\n').filter((l) => l.length > 0);
+    type Rec = { event?: unknown; state?: unknown; seq?: unknown; instance?: { boot_id?: unknown }; chain?: { hash?: unknown } };
+    const parse = (line: string): Rec | null => {
+      try {
+        return JSON.parse(line) as Rec;
+      } catch {
+        return null;
+      }
+    };
     // A torn last line (crash mid-write) is skipped: the chain continues from the last whole record.
     for (let i = lines.length - 1; i >= 0; i--) {
-      try {
-        const rec = JSON.parse(lines[i]!) as { chain?: { hash?: unknown } };
-        if (typeof rec.chain?.hash === 'string') return { found: true, hash: rec.chain.hash, torn };
-      } catch {
-        // not a whole record
-      }
+      const rec = parse(lines[i]!);
+      if (rec === null || typeof rec.chain?.hash !== 'string') continue;
+      // Clean: the boot's last word was "stopped" (its final checkpoint may follow it).
+      let j = i;
+      let last: Rec | null = rec;
+      while (last !== null && last.event === 'audit.checkpoint' && j > 0) last = parse(lines[--j]!);
+      const clean = !torn && last !== null && last.event === 'proxy.lifecycle' && last.state === 'stopped';
+      return {
+        found: true,
+        hash: rec.chain.hash,
+        torn,
+        clean,
+        lastSeq: typeof rec.seq === 'number' ? rec.seq : null,
+        bootId: typeof rec.instance?.boot_id === 'string' ? rec.instance.boot_id : null,
+      };
     }
     log.warn({ file }, 'audit file has no readable last record; starting a new chain');
-    return { found: true, hash: null, torn };
+    return { ...NO_TAIL, found: true, torn, clean: false };
   } finally {
     await fh.close();
   }

@@ -23,6 +23,7 @@ import { makeDevCerts } from '../../src/tools/dev-certs.js';
 import { verifyAuditFile } from '../../src/audit/verify.js';
 
 interface AuditRecord {
+  [key: string]: unknown;
   event: string;
   reason?: string;
   session?: { id: string };
@@ -385,6 +386,44 @@ describe('faults: signals under load (child process)', () => {
     } finally {
       await child.stop();
     }
+  });
+
+  it('a restart after SIGKILL opens the audit with audit.gap (restart) naming the lost boot; after SIGTERM it does not', async () => {
+    const auditFile = path.join(dir, 'restart-audit.jsonl');
+    const spec: ProxySpec = { auditFile, tenants: [{ id: 'acme', cluster, users: [{ name: 'app', verifier }] }] };
+    const certs = await testCerts();
+    const boots = async (): Promise<(AuditRecord & { cause?: string; previous_boot?: string; from_seq?: number; instance: { boot_id: string }; seq: number })[]> =>
+      (await auditRecords(auditFile)) as (AuditRecord & { cause?: string; previous_boot?: string; from_seq?: number; instance: { boot_id: string }; seq: number })[];
+    const first = await spawnProxy(spec);
+    const c = await connect({ port: first.port, certs }, { tenant: 'acme', user: 'app', password: 'app-pass' });
+    c.on('error', () => undefined);
+    await c.query('select 1');
+    await waitFor(async () => (await boots()).some((r) => r.event === 'session.start'), 5000, 'session.start written');
+    first.child.kill('SIGKILL');
+    await first.exited;
+    await first.stop();
+    const killed = (await boots()).at(-1)!;
+    const second = await spawnProxy(spec);
+    try {
+      await waitFor(async () => (await boots()).some((r) => r.instance.boot_id !== killed.instance.boot_id), 5000, 'the second boot wrote');
+      const opening = (await boots()).find((r) => r.instance.boot_id !== killed.instance.boot_id)!;
+      assert.deepEqual([opening.event, opening.cause, opening.previous_boot, opening.from_seq, opening.seq], ['audit.gap', 'restart', killed.instance.boot_id, killed.seq + 1, 0]);
+      second.child.kill('SIGTERM');
+      assert.equal(await second.exited, 0);
+    } finally {
+      await second.stop();
+    }
+    const bootIds = new Set((await boots()).map((r) => r.instance.boot_id));
+    const third = await spawnProxy(spec);
+    try {
+      await waitFor(async () => (await boots()).some((r) => !bootIds.has(r.instance.boot_id)), 5000, 'the third boot wrote');
+      const opening = (await boots()).find((r) => !bootIds.has(r.instance.boot_id))!;
+      assert.deepEqual([opening.event, opening['state']], ['proxy.lifecycle', 'started'], 'a clean stop before it: no gap');
+    } finally {
+      await third.stop();
+    }
+    const v = await verifyAuditFile(auditFile);
+    assert.equal(v.ok, true, JSON.stringify(v.firstBad));
   });
 
   it('SIGTERM under load: 57P03 for new sessions, 57P01 at the deadline, exit 0, every committed row in the audit, every session ended', async () => {

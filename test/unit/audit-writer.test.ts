@@ -266,13 +266,14 @@ describe('audit writer', () => {
       assert.equal(v.records, 60);
       assert.equal(v.files, set.length);
 
-      // A restart on the same path continues the same chain after the rotated files.
+      // A restart on the same path continues the same chain after the rotated files. The first
+      // boot never wrote "stopped", so the second opens with an audit.gap (restart) saying so.
       const again = await openLog({ ...defaultAuditConfig(file), rotateBytes: 2_000 });
       again.append({ event: 'proxy.lifecycle', state: 'started' });
       await again.close();
       const v2 = await verifyAuditFiles(await auditFileSet(file));
       assert.equal(v2.ok, true, JSON.stringify(v2.firstBad));
-      assert.equal(v2.records, 61);
+      assert.equal(v2.records, 62);
     });
 
     it('by size under a steady stream: every rotated file is past rotate_bytes, the chain is whole', async () => {
@@ -303,6 +304,7 @@ describe('audit writer', () => {
           audit.append({ event: 'session.query', boot, n: i });
           if (i % 3 === 0) await audit.flush();
         }
+        audit.append({ event: 'proxy.lifecycle', state: 'stopped' }); // a clean stop: no restart gap
         await audit.close();
       }
       const set = await auditFileSet(file);
@@ -310,7 +312,7 @@ describe('audit writer', () => {
       const v = await verifyAuditFiles(set, { publicKey: await loadPublicKey(`${keyFile}.pub`) });
       assert.equal(v.ok, true, JSON.stringify(v.firstBad));
       assert.ok(v.checkpoints >= 9);
-      assert.equal(v.records, 33 + v.checkpoints);
+      assert.equal(v.records, 36 + v.checkpoints);
       assert.equal(v.uncovered, 0, 'each boot ends with a checkpoint');
     });
 

@@ -147,20 +147,30 @@ describe('audit log hash chain', () => {
   });
 
   it('reopened on the same file (a new boot), the chain continues and still verifies', async () => {
+    // The first boot ends without "stopped" (as after a crash), so the new one first says so.
     await rewrite(file(), original);
     const more = await writeLog(file(), [{ event: 'proxy.lifecycle', state: 'started' }, { event: 'proxy.lifecycle', state: 'stopped' }], metrics);
+    const all = await lines(file());
+    assert.equal(all.length, EVENTS.length + 3);
+    const gap = JSON.parse(all[EVENTS.length]!) as AuditRecord & { cause?: string; previous_boot?: string; from_seq?: number; to_seq?: null; torn_line?: boolean };
+    assert.deepEqual([gap.event, gap.cause, gap.previous_boot, gap.from_seq, gap.to_seq, gap.torn_line], ['audit.gap', 'restart', written[0]!.instance.boot_id, EVENTS.length, null, false]);
+    assert.notEqual(gap.instance.boot_id, written[0]!.instance.boot_id, 'new boot id');
+    assert.equal(gap.seq, 0, 'seq restarts per boot');
+    assert.equal(gap.chain.prev, written[written.length - 1]!.chain.hash, 'links to the last head');
     const first = more[0]!;
-    assert.notEqual(first.instance.boot_id, written[0]!.instance.boot_id, 'new boot id');
-    assert.equal(first.seq, 0, 'seq restarts per boot');
-    assert.equal(first.chain.prev, written[written.length - 1]!.chain.hash, 'links to the last head');
+    assert.equal(first.chain.prev, gap.chain.hash);
     assert.equal(more[1]!.chain.prev, first.chain.hash);
 
-    const all = await lines(file());
-    assert.equal(all.length, EVENTS.length + 2);
     const result = await verifyAuditFile(file());
     assert.equal(result.ok, true, JSON.stringify(result.firstBad));
-    assert.equal(result.records, EVENTS.length + 2);
+    assert.equal(result.records, EVENTS.length + 3);
     assert.equal(result.head, more[1]!.chain.hash);
+
+    // The second boot ended with "stopped": a third boot opens without a gap.
+    const third = await writeLog(file(), [{ event: 'proxy.lifecycle', state: 'started' }], metrics);
+    assert.equal(third[0]!.seq, 0);
+    assert.equal(third[0]!.chain.prev, more[1]!.chain.hash);
+    assert.equal((await lines(file())).length, EVENTS.length + 4);
 
     // Removing the last record of the first boot is caught at the first record of the second.
     const tampered = all.filter((_, i) => i !== EVENTS.length - 1);
@@ -171,15 +181,17 @@ describe('audit log hash chain', () => {
     assert.match(broken.firstBad?.problem ?? '', /chain broken/);
   });
 
-  it('after a crash mid-write (a torn last line), a restart links to the last whole record and starts a new line', async () => {
+  it('after a crash mid-write (a torn last line), a restart declares the gap, links to the last whole record and starts a new line', async () => {
     const f = path.join(dir, 'torn.jsonl');
     const first = await writeLog(f, EVENTS.slice(0, 3), metrics);
     await appendFile(f, '{"schema":"pgwarden.audit/v1","event":"sess');
     const more = await writeLog(f, [{ event: 'proxy.lifecycle', state: 'started' }], metrics);
-    assert.equal(more[0]!.chain.prev, first[2]!.chain.hash);
     const all = await lines(f);
-    assert.equal(all.length, 5);
-    assert.deepEqual(JSON.parse(all[4]!), more[0]);
+    assert.equal(all.length, 6);
+    const gap = JSON.parse(all[4]!) as AuditRecord & { cause?: string; from_seq?: number; torn_line?: boolean };
+    assert.deepEqual([gap.event, gap.cause, gap.from_seq, gap.torn_line], ['audit.gap', 'restart', 3, true]);
+    assert.equal(gap.chain.prev, first[2]!.chain.hash);
+    assert.deepEqual(JSON.parse(all[5]!), more[0]);
     // The torn line is evidence of the crash: verify names it rather than skipping it.
     const result = await verifyAuditFile(f);
     assert.equal(result.ok, false);
