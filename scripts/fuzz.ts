@@ -54,10 +54,15 @@ async function main(): Promise<number> {
     authTimeoutMs: AUTH_TIMEOUT_MS,
     backend: { session: 'hostile', transaction: 'hostiletx' },
   };
+  const started = Date.now();
   const bystander = new pg.Client(clientConfig({ port: child.port, certs }, { tenant: 'other', user: 'app', password: 'app-pass' }));
   await bystander.connect();
-  const summary: FuzzSummary = { cases: 0, byOutcome: {}, violations: [] };
-  const started = Date.now();
+  const summary: FuzzSummary = {
+    cases: 0,
+    byOutcome: {},
+    violations: [],
+    onViolation: (v) => process.stdout.write(`  VIOLATION seed ${seed} ${v.phase}#${v.index} at ${((Date.now() - started) / 1000).toFixed(0)} s: ${v.violation}\n`),
+  };
   const first = procFigures(pid);
   let peak = first;
   let bystanderOk = 0;
@@ -84,6 +89,8 @@ async function main(): Promise<number> {
   // Nothing may be left once the cases are done: sessions, pre-auth slots, backends or pool keys.
   const leftover = proxy.exited || child.metricsPort === null ? null : await leftovers(child.metricsPort);
   if (leftover !== null && leftover !== '') failure ??= `left behind after the run: ${leftover}`;
+  // A flood of set-up timeouts would hide everything else: more than 2 % fails the run.
+  if ((summary.setupTimeouts ?? 0) > summary.cases * 0.02) failure ??= `${summary.setupTimeouts} set-up timeouts in ${summary.cases} cases (over 2 %)`;
   const last = proxy.exited ? null : procFigures(pid);
   await bystander.end().catch(() => undefined);
   proxy.stopping = true;
@@ -93,6 +100,7 @@ async function main(): Promise<number> {
   await rm(dir, { recursive: true, force: true });
   const elapsedMin = (Date.now() - started) / 60_000;
   process.stdout.write(`\nfuzz: ${summary.cases} cases in ${elapsedMin.toFixed(1)} min (seed ${seed}); bystander queries ok: ${bystanderOk}; fake tenant server connections: ${fake.connections()}\n`);
+  process.stdout.write(`well-formed set-ups ended by the ${AUTH_TIMEOUT_MS} ms pre-auth deadline (machine starved, not counted as violations): ${summary.setupTimeouts ?? 0}\n`);
   process.stdout.write(`proxy RSS ${first.rssMb.toFixed(1)} -> peak ${peak.rssMb.toFixed(1)} -> end ${last?.rssMb.toFixed(1) ?? '(exited)'} MB; fds ${first.fds} -> peak ${peak.fds} -> end ${last?.fds ?? '(exited)'}\n`);
   const rows = Object.entries(summary.byOutcome).sort(([a], [b]) => a.localeCompare(b));
   for (const [k, n] of rows) process.stdout.write(`  ${k.padEnd(22)} ${n}\n`);

@@ -285,7 +285,7 @@ export interface FuzzTarget {
   authTimeoutMs: number;
 }
 
-export type Outcome = { kind: 'error'; code: string } | { kind: 'close' } | { kind: 'open' };
+export type Outcome = { kind: 'error'; code: string } | { kind: 'close' } | { kind: 'open' } | { kind: 'setup_timeout' };
 
 export interface CaseResult {
   phase: FuzzPhase;
@@ -317,6 +317,17 @@ export async function runCase(t: FuzzTarget, seed: number, phase: FuzzPhase, ind
   const rng = caseRng(seed, phase, index);
   const preauth = PREAUTH.has(phase);
   const result = (outcome: Outcome, violation: string | null): CaseResult => ({ phase, index, outcome, violation });
+  const began = Date.now();
+  /**
+   * A well-formed set-up (TLS, a valid startup, a correct login) that did not finish. If the
+   * pre-auth deadline ended it (08006 "authentication timed out", or a close once auth_timeout
+   * had passed), pgwarden did what A11 says: on a starved machine a valid login can outlast a
+   * short deadline. That is counted apart, as `setup_timeout`. Anything else is a violation.
+   */
+  const setupFailed = (why: string): CaseResult =>
+    why.includes('"code":"08006","message":"authentication timed out"') || Date.now() - began >= t.authTimeoutMs
+      ? result({ kind: 'setup_timeout' }, null)
+      : result({ kind: 'close' }, why);
   let w: Wire;
   let bytes: Buffer;
   try {
@@ -333,7 +344,7 @@ export async function runCase(t: FuzzTarget, seed: number, phase: FuzzPhase, ind
         await w.startTls(t.ca, `${t.tenant}.pg.test`);
         if (phase !== 'startup') {
           w.write(startupMessage({ user: phase === 'password' ? 'staff' : t.user, database: 'postgres' }));
-          if (!(await awaitAuth(w, phase === 'password' ? 3 : 10))) return result({ kind: 'close' }, 'no authentication request for a valid startup');
+          if (!(await awaitAuth(w, phase === 'password' ? 3 : 10))) return setupFailed('no authentication request for a valid startup');
         }
         break;
       case 'sasl_final': {
@@ -341,11 +352,11 @@ export async function runCase(t: FuzzTarget, seed: number, phase: FuzzPhase, ind
         w = await Wire.connect(t.port);
         await w.startTls(t.ca, `${t.tenant}.pg.test`);
         w.write(startupMessage({ user: t.user, database: 'postgres' }));
-        if (!(await awaitAuth(w, 10))) return result({ kind: 'close' }, 'no SASL request for a valid startup');
+        if (!(await awaitAuth(w, 10))) return setupFailed('no SASL request for a valid startup');
         const scram = new ScramClientExchange({ kind: 'password', password: t.password });
         w.write(serialize.sendSASLInitialResponseMessage('SCRAM-SHA-256', scram.clientFirst()));
         const f = await w.frame(5000);
-        if (f?.type !== 'R' || f.body.readUInt32BE(0) !== 11) return result({ kind: 'close' }, 'no SASL continue for a valid client-first');
+        if (f?.type !== 'R' || f.body.readUInt32BE(0) !== 11) return setupFailed('no SASL continue for a valid client-first');
         let final = await scram.serverFirst(f.body.toString('utf8', 4));
         if (rng.next() < 0.7) final = mutateClientFinal(rng, final);
         const framed = serialize.sendSCRAMClientFinalMessage(final);
@@ -364,7 +375,7 @@ export async function runCase(t: FuzzTarget, seed: number, phase: FuzzPhase, ind
         try {
           w = await rawLogin(t.port, t.ca, { tenant, user: t.user, password: t.password, database: caseDatabase(seed, phase, index) });
         } catch (err) {
-          return result({ kind: 'close' }, `login through a well-behaved fake server failed: ${(err as Error).message}`);
+          return setupFailed(`login through a well-behaved fake server failed: ${(err as Error).message}`);
         }
         bytes = serialize.query('SELECT fuzz');
         break;
@@ -381,7 +392,7 @@ export async function runCase(t: FuzzTarget, seed: number, phase: FuzzPhase, ind
       }
     }
   } catch (err) {
-    return result({ kind: 'close' }, `set-up failed: ${(err as Error).message}`);
+    return setupFailed(`set-up failed: ${(err as Error).message}`);
   }
   await dribble(w, rng, bytes);
   // Watch the answer: frames until close, or until the deadline.
@@ -464,6 +475,10 @@ export interface FuzzSummary {
   cases: number;
   byOutcome: Record<string, number>;
   violations: CaseResult[];
+  /** Well-formed set-ups ended by the pre-auth deadline (a starved machine), counted apart. */
+  setupTimeouts?: number;
+  /** Called at once for each violation (the long run prints them as they come). */
+  onViolation?: (r: CaseResult) => void;
 }
 
 /** Runs `count` cases per phase, `parallel` at a time, in index order per phase. */
@@ -476,7 +491,11 @@ export async function runCases(t: FuzzTarget, seed: number, phases: readonly Fuz
       into.cases++;
       const key = `${r.phase}:${r.outcome.kind === 'error' ? r.outcome.code : r.outcome.kind}`;
       into.byOutcome[key] = (into.byOutcome[key] ?? 0) + 1;
-      if (r.violation !== null) into.violations.push(r);
+      if (r.violation !== null) {
+        into.violations.push(r);
+        into.onViolation?.(r);
+      }
+      if (r.outcome.kind === 'setup_timeout') into.setupTimeouts = (into.setupTimeouts ?? 0) + 1;
     }
   };
   await Promise.all(Array.from({ length: parallel }, worker));
