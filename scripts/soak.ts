@@ -124,7 +124,7 @@ function report(o: {
     '',
     '## Samples',
     '',
-    `Every ${every === 1 ? '' : `${every}th `}sample of ${o.samples.length} (one per ${o.interval} s).`,
+    `${every === 1 ? 'Every sample' : `One sample in ${every}`} of ${o.samples.length} (taken every ${o.interval} s).`,
     '',
     '| t (s) | RSS (MB) | fds | loop p99 (ms) | audit queue | sessions | TPS |',
     '|---|---|---|---|---|---|---|',

@@ -28,7 +28,7 @@ import { Backend, Frontend, Limits, frontendMaxLength, type TxStatusByte } from 
 import { FrameLengthError, FrameReader, FrameScanner, FrameTypeError, type ScanHandler } from '../protocol/frame-reader.js';
 import { decodeFirstMessage, decodeSASLInitialResponse, ProtocolFormatError } from '../protocol/frontend.js';
 import { readErrorField, decodeParameterStatus } from '../protocol/backend.js';
-import { mockVerifier, ScramServerExchange } from '../auth/scram.js';
+import { mockVerifier, ScramServerExchange, typicalIterations } from '../auth/scram.js';
 import { resolveStartup, tenantFromSni, type ResolvedStartup } from '../routing/resolve.js';
 import { sendUpstreamCancel, UpstreamRefused, type UpstreamLogin } from '../pool/upstream.js';
 import { poolKey, type Backend as PooledBackend, type TenantPool } from '../pool/backend-pool.js';
@@ -511,11 +511,18 @@ export class ClientSession implements TrafficSource {
     return rules;
   }
 
+  private mockIterations(): number {
+    const tenants = this.tenant === undefined ? [...this.config.tenants.values()] : [this.tenant];
+    return typicalIterations(tenants.flatMap((t) => [...t.users.values()].map((u) => u.verifier)));
+  }
+
   private beginSasl(failReason: string | null): void {
     const startup = this.startup!;
     const user = this.tenant?.users.get(startup.user);
-    // Unknown tenant or user: a full exchange against a deterministic mock verifier (rule 3).
-    const verifier = failReason === null ? user!.verifier : mockVerifier(this.ctx.mockSecret, startup.tenantId, startup.user);
+    // Unknown tenant or user: a full exchange against a deterministic mock verifier (rule 3), with
+    // the iteration count real users of that tenant show (of all tenants, for an unknown one), so
+    // `i=` in the server-first-message gives nothing away either.
+    const verifier = failReason === null ? user!.verifier : mockVerifier(this.ctx.mockSecret, startup.tenantId, startup.user, this.mockIterations());
     const binding = this.tlsNegotiation === 'none' ? null : (this.ctx.tls?.endpointBinding ?? null);
     this.scram = new ScramServerExchange(verifier, failReason, startup.user, binding);
     this.phase = 'authenticating';
