@@ -125,19 +125,20 @@ export class AuditLog implements AuditSink {
       // A line torn by a crash stays as it is (verify names it); new records start on a line of their own.
       if (tail.torn) void audit.writer.enqueue('\n', 0, false);
       if (cfg.rotateIntervalMs > 0) audit.every(cfg.rotateIntervalMs, () => audit.writer?.requestRotate());
-      // The previous boot did not stop cleanly (a crash, SIGKILL, power loss): whatever it had
-      // queued and not written is gone. Say so first (SECURITY.md §2.7, cause "restart").
-      if (tail.found && !tail.clean) {
-        log.warn({ previous_boot: tail.bootId, last_seq: tail.lastSeq, torn: tail.torn }, 'the previous run did not stop cleanly: writing audit.gap (restart)');
-        audit.add(
-          { event: 'audit.gap', cause: 'restart', previous_boot: tail.bootId, from_seq: tail.lastSeq === null ? null : tail.lastSeq + 1, to_seq: null, dropped_estimate: null, torn_line: tail.torn },
-          false,
-        );
-      }
     }
     if (signer !== null) audit.every(cfg.checkpointIntervalMs, () => audit.checkpoint());
     // [audit.postgres]: the store auditors query, fed every record in chain order (pg-sink.ts).
     if (cfg.postgres !== undefined) audit.addSink(await PgSink.start(cfg.postgres, metrics, log));
+    // The previous boot did not stop cleanly (a crash, SIGKILL, power loss): whatever it had
+    // queued and not written is gone. Say so first (SECURITY.md §2.7, cause "restart"), once the
+    // sinks are attached, so the store gets the record too.
+    if (tail.found && !tail.clean) {
+      log.warn({ previous_boot: tail.bootId, last_seq: tail.lastSeq, torn: tail.torn }, 'the previous run did not stop cleanly: writing audit.gap (restart)');
+      audit.add(
+        { event: 'audit.gap', cause: 'restart', previous_boot: tail.bootId, from_seq: tail.lastSeq === null ? null : tail.lastSeq + 1, to_seq: null, dropped_estimate: null, torn_line: tail.torn },
+        false,
+      );
+    }
     return audit;
   }
 
