@@ -73,6 +73,12 @@ export interface SessionView {
   readonly queries: number;
 }
 
+/**
+ * Mock verifiers' iteration counts by tenant (or, for unknown tenants, by config). Configs are
+ * replaced whole on reload, so a weak map keyed by them never serves a stale count.
+ */
+const MOCK_ITERATIONS = new WeakMap<Config | TenantConfig, number>();
+
 export type Phase = 'negotiating' | 'tls_handshake' | 'admitting' | 'authenticating' | 'connecting' | 'relaying' | 'closed';
 
 /** Why a session ended (audit `session.end.reason`, metric label). */
@@ -511,9 +517,16 @@ export class ClientSession implements TrafficSource {
     return rules;
   }
 
+  /** The iteration count a mock verifier shows: computed once per tenant (or config) and kept, never per login. */
   private mockIterations(): number {
-    const tenants = this.tenant === undefined ? [...this.config.tenants.values()] : [this.tenant];
-    return typicalIterations(tenants.flatMap((t) => [...t.users.values()].map((u) => u.verifier)));
+    const key: Config | TenantConfig = this.tenant ?? this.config;
+    let n = MOCK_ITERATIONS.get(key);
+    if (n === undefined) {
+      const tenants = this.tenant === undefined ? [...this.config.tenants.values()] : [this.tenant];
+      n = typicalIterations(tenants.flatMap((t) => [...t.users.values()].map((u) => u.verifier)));
+      MOCK_ITERATIONS.set(key, n);
+    }
+    return n;
   }
 
   private beginSasl(failReason: string | null): void {
