@@ -888,6 +888,20 @@ export class ClientSession implements TrafficSource {
       },
       (err: unknown) => {
         this.acquiring = false;
+        // No backend could be opened (the server restarting or down). The client is at a message
+        // boundary: it hears the server's refusal as sent (R1, e.g. 57P03) or 08006 (R3), not XX000.
+        if (this.phase === 'relaying' && (err instanceof UpstreamRefused || (err instanceof PgError && err.kind === 'upstream'))) {
+          this.ctx.metrics.errors.inc({ kind: 'upstream' });
+          this.releaseBackend();
+          if (err instanceof UpstreamRefused) {
+            this.endWith(err.frame);
+            this.finish('backend_terminated', `backend_terminated:${err.sqlstate}`);
+          } else {
+            this.sendFatal(err);
+            this.finish('backend_lost');
+          }
+          return;
+        }
         this.fail(err);
       },
     );

@@ -309,6 +309,41 @@ describe('faults: a server restarted while clients wait for a backend', () => {
       await c.end();
     }
   });
+
+  it('transaction mode, a clean restart (fast shutdown, then start) while clients wait: each hears 57P01, 57P03 or 08006, never XX000', async (t) => {
+    // Unlike a SIGKILL, a fast shutdown keeps the postmaster answering for a moment with 57P03
+    // ("shutting down", then "starting up"): the refusal reaches a waiter's backend login.
+    const pool = (): { active: number; waiting: number } => rp.proxy.pools.snapshot().find((x) => x.tenant === 'rtxn') ?? { active: 0, waiting: 0 };
+    const ends = async (): Promise<string> => (await (await fetch(`http://127.0.0.1:${rp.metricsPort}/metrics`)).text()).split('\n').filter((l) => l.startsWith('pgwarden_session_ends_total{tenant="rtxn"')).join(' ');
+    const holder = await connect(rp, { tenant: 'rtxn', user: 'app', password: 'app-pass' });
+    const holderEnd = holder.query('select pg_sleep(30)').then(() => 'ok', (e: unknown) => `error:${(e as { code?: string }).code ?? (e as Error).message}`);
+    holder.on('error', () => undefined);
+    await waitFor(async () => (await cluster.query("select 1 from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'")).rowCount === 1, 5000, 'holder running');
+    const waiters = (await Promise.all(Array.from({ length: 4 }, () => connect(rp, { tenant: 'rtxn', user: 'app', password: 'app-pass' })))).map(async (c) => {
+      c.on('error', () => undefined);
+      try {
+        return `ok:${(await c.query<{ v: number }>('select 1 as v')).rows[0]?.v}`;
+      } catch (e) {
+        return `error:${(e as { code?: string }).code ?? (e as Error).message}`;
+      } finally {
+        await c.end().catch(() => undefined);
+      }
+    });
+    await waitFor(() => pool().waiting === 4, 10_000, 'four clients waiting for the backend');
+    await cluster.restart();
+    const outcomes = await Promise.race([Promise.all([holderEnd, ...waiters]), new Promise<string[]>((r) => setTimeout(() => r(['hung']), 25_000))]);
+    assert.equal(outcomes.length, 5, `no client hung: ${outcomes.join(' ')}`);
+    t.diagnostic(`holder and waiters: ${outcomes.join(' ')}`);
+    assert.equal(outcomes[0], 'error:57P01', 'the holder heard the server shut down');
+    for (const o of outcomes) assert.match(o, /^(ok:1|error:(08006|57P01|57P03|53300))$/, `a clean end: ${outcomes.join(' ')}`);
+    await holder.end().catch(() => undefined);
+    await waitFor(() => pool().active === 0 && rp.proxy.sessions.size === 0, 10_000, 'everything released');
+    // The audit reason is the backend's, not 'internal' (which would say pgwarden failed).
+    assert.doesNotMatch(await ends(), /reason="internal"/);
+    const c = await connect(rp, { tenant: 'rtxn', user: 'app', password: 'app-pass' });
+    assert.equal((await c.query<{ v: number }>('select 9 as v')).rows[0]?.v, 9);
+    await c.end();
+  });
 });
 
 describe('faults: signals under load (child process)', () => {
