@@ -17,7 +17,7 @@ import { serialize } from 'pg-protocol';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
 import { clientConfig, configToml, connect, connectError, spawnProxy, startProxy, testCerts, type ProxySpec, type RunningProxy } from '../support/proxy.js';
 import { rawLogin } from '../support/login.js';
-import { Wire } from '../support/wire.js';
+import { decodeError, Wire } from '../support/wire.js';
 import { waitFor } from '../support/wait.js';
 import { makeDevCerts } from '../../src/tools/dev-certs.js';
 import { verifyAuditFile } from '../../src/audit/verify.js';
@@ -218,6 +218,36 @@ describe('faults', () => {
     });
   }
 
+  for (const tenant of ['sess', 'txn'] as const) {
+    it(`backend killed mid-COPY TO STDOUT (${tenant === 'sess' ? 'session' : 'transaction'} mode): the rows sent so far, then the server's 57P01, then a close`, async () => {
+      const w = await rawLogin(rp.port, rp.certs.caCertPem, { tenant, user: 'app', password: 'app-pass' });
+      const marker = `kill-${tenant}-copyout`;
+      const id = sessionOf(tenant);
+      // Wide rows produced slowly: the server flushes CopyData every few rows, for minutes.
+      w.write(serialize.query(`COPY (select repeat('x', 2000) || g, pg_sleep(0.005) from generate_series(1, 100000) g) TO STDOUT /* ${marker} */`));
+      assert.equal((await w.frame())?.type, 'H');
+      assert.equal((await w.frame())?.type, 'd', 'CopyData is flowing');
+      await terminate(marker, 'active');
+      const before = new Set<string>();
+      let err: ReturnType<typeof decodeError> | null = null;
+      for (let f = await w.frame(); f !== null; f = await w.frame()) {
+        if (f.type === 'E') {
+          err = decodeError(f.body);
+          break;
+        }
+        before.add(f.type);
+      }
+      assert.deepEqual([...before].filter((t) => t !== 'd'), [], 'only CopyData before the error');
+      assert.deepEqual(err, { severity: 'FATAL', code: '57P01', message: 'terminating connection due to administrator command' });
+      assert.ok(await w.waitClosed());
+      await waitFor(() => pool(tenant).active === 0 && ![...rp.proxy.sessions].some((s) => s.id === id), 5000, 'session and backend released');
+      await rp.proxy.audit.flush();
+      const end = (await auditRecords(auditFile())).find((r) => r.event === 'session.end' && r.session?.id === id);
+      assert.equal(end?.reason, 'backend_terminated:57P01');
+      assert.deepEqual(bystanderErrors, []);
+    });
+  }
+
   for (const tenant of ['silent', 'silenttx']) {
     it(`a server that accepts and never answers (${tenant === 'silent' ? 'session' : 'transaction'} mode): 08006 within backend_connect_timeout, its sockets closed`, async () => {
       const t0 = Date.now();
@@ -343,6 +373,52 @@ describe('faults: a server restarted while clients wait for a backend', () => {
     const c = await connect(rp, { tenant: 'rtxn', user: 'app', password: 'app-pass' });
     assert.equal((await c.query<{ v: number }>('select 9 as v')).rows[0]?.v, 9);
     await c.end();
+  });
+
+  it('a backend process SIGKILLed mid-transaction (each mode; the server then restarts itself): 08006 "connection to the tenant database was lost", then a close; the row is gone; served again after recovery', async () => {
+    await cluster.query('CREATE TABLE IF NOT EXISTS hard_rows (v text)');
+    await cluster.query('GRANT ALL ON hard_rows TO app');
+    // The test cluster runs with synchronous_commit off: without a checkpoint the crash could take the DDL with it.
+    await cluster.query('CHECKPOINT');
+    const lostEnds = async (tenant: string): Promise<number> =>
+      Number(new RegExp(`^pgwarden_session_ends_total\\{tenant="${tenant}",reason="backend_lost"\\} (\\d+)$`, 'm').exec(await (await fetch(`http://127.0.0.1:${rp.metricsPort}/metrics`)).text())?.[1] ?? 0);
+    const ready = async (w: Wire): Promise<string> => {
+      for (;;) {
+        const f = await w.frame();
+        assert.ok(f !== null && f.type !== 'E', 'a reply, not an error or a close');
+        if (f.type === 'Z') return f.body.toString('latin1');
+      }
+    };
+    // One mode at a time: a crash makes the postmaster end every other backend (57P02), which would race with a second kill.
+    for (const tenant of ['rsess', 'rtxn']) {
+      const lostBefore = await lostEnds(tenant);
+      const w = await rawLogin(rp.port, rp.certs.caCertPem, { tenant, user: 'app', password: 'app-pass' });
+      w.write(serialize.query('BEGIN'));
+      assert.equal(await ready(w), 'T');
+      w.write(serialize.query(`INSERT INTO hard_rows (v) VALUES ('${tenant}')`));
+      assert.equal(await ready(w), 'T');
+      // SIGKILL the backend itself (as the OOM killer would), found from a direct connection. Not
+      // killHard(): with the postmaster killed first, a backend may still say FATAL 57P01 "unexpected
+      // postmaster exit" before its own SIGKILL lands; a killed backend says nothing.
+      const pids = (await cluster.query<{ pid: number }>("select pid from pg_stat_activity where state = 'idle in transaction' and query like 'INSERT INTO hard_rows%'")).rows.map((r) => r.pid);
+      assert.equal(pids.length, 1);
+      process.kill(pids[0]!, 'SIGKILL');
+      // No backend is left to say why: pgwarden does, at a message boundary (R4).
+      assert.deepEqual(await w.error(), { severity: 'FATAL', code: '08006', message: 'connection to the tenant database was lost' });
+      assert.ok(await w.waitClosed());
+      // The postmaster resets every backend and recovers by itself (restart_after_crash).
+      await waitFor(() => cluster.query('select 1').then(() => true, () => false), 30_000, 'the server recovered');
+      assert.equal((await cluster.query<{ n: number }>('select count(*)::int as n from hard_rows where v = $1', [tenant])).rows[0]?.n, 0, 'the uncommitted row is gone');
+      await waitFor(() => rp.proxy.sessions.size === 0 && (rp.proxy.pools.snapshot().find((x) => x.tenant === tenant)?.active ?? 0) === 0, 5000, 'everything released');
+      assert.equal((await lostEnds(tenant)) - lostBefore, 1, 'the session ended backend_lost');
+      // The pool reconnects: its dead backends were dropped (the recovery ended the idle ones too).
+      const c = await connect(rp, { tenant, user: 'app', password: 'app-pass' });
+      await c.query('BEGIN');
+      await c.query(`INSERT INTO hard_rows (v) VALUES ('${tenant}-after')`);
+      await c.query('COMMIT');
+      await c.end();
+      assert.equal((await cluster.query<{ n: number }>('select count(*)::int as n from hard_rows where v = $1', [`${tenant}-after`])).rows[0]?.n, 1);
+    }
   });
 });
 
