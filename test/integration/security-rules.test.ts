@@ -16,9 +16,10 @@ import tls from 'node:tls';
 import { serialize } from 'pg-protocol';
 import { exportJWK, generateKeyPair } from 'jose';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
-import { startProxy, type RunningProxy } from '../support/proxy.js';
+import { libpqConninfo, psql, startProxy, type RunningProxy } from '../support/proxy.js';
 import { rawLogin } from '../support/login.js';
-import { Wire, decodeError, startupMessage, typed, type WireError } from '../support/wire.js';
+import { Wire, decodeError, gssencRequest, sslRequest, startupMessage, typed, type WireError } from '../support/wire.js';
+import { waitFor } from '../support/wait.js';
 
 /** A SCRAM client with the gs2 header and channel-binding data under the test's control. */
 async function scramAttempt(w: Wire, password: string, mech: string, gs2: string, cbData: Buffer): Promise<{ ok: boolean; error: WireError | null }> {
@@ -216,5 +217,53 @@ describe('SECURITY.md line by line', () => {
     }
     assert.equal(who, 'app,app,off,x?-c role=postgres');
     w.end();
+  });
+
+  it('rule 2 and N11: over the pre-auth cap an SSLRequest or GSSENCRequest is answered N, never with an ErrorResponse; the 53300 follows in plaintext', async () => {
+    const cp = await startProxy({
+      metrics: false,
+      server: { auth_timeout: '5s', max_preauth_per_source: 1 },
+      tenants: [{ id: 'acme', cluster, users: [{ name: 'app', verifier: await readVerifier(cluster, 'app') }] }],
+    });
+    const held = await Wire.connect(cp.port);
+    try {
+      await waitFor(() => cp.proxy.preauth.active === 1, 3000, 'the one slot of 127.0.0.1 taken');
+      for (const [name, request] of [['SSLRequest', sslRequest()], ['GSSENCRequest', gssencRequest()]] as const) {
+        const w = await Wire.connect(cp.port);
+        w.write(request);
+        const t0 = Date.now();
+        assert.equal((await w.read(1, 3000)).toString('latin1'), 'N', `${name}: the answer is one byte N (CVE-2024-10977: never an ErrorResponse)`);
+        w.write(startupMessage({ user: 'app', database: 'postgres' }));
+        const e = await w.error(3000);
+        assert.deepEqual([name, e?.code, e?.message], [name, '53300', 'sorry, too many clients already']);
+        assert.ok(await w.waitClosed(2000), `${name}: closed after the 53300`);
+        assert.ok(Date.now() - t0 < 2000, `${name}: refused at once, not at the deadline`);
+      }
+      // A plaintext startup gets the 53300 as its first bytes, as before.
+      const plain = await Wire.connect(cp.port);
+      plain.write(startupMessage({ user: 'app', database: 'postgres' }));
+      const e = await plain.error(3000);
+      assert.deepEqual([e?.code, e?.message], ['53300', 'sorry, too many clients already']);
+      // A CancelRequest gets no answer (R5), over the cap as anywhere.
+      const cancel = await Wire.connect(cp.port);
+      const cr = Buffer.alloc(16);
+      cr.writeUInt32BE(16, 0);
+      cr.writeUInt32BE(80877102, 4);
+      cancel.write(cr);
+      assert.ok(await cancel.waitClosed(2000), 'the CancelRequest is closed');
+      assert.equal((await cancel.read(1, 100)).length, 0, 'and gets no bytes');
+      // psql: with sslmode=prefer it goes on in plaintext and shows PostgreSQL's message; with
+      // verify-full it stops at the N and sends nothing. Neither logs in.
+      const prefer = await psql(libpqConninfo(cp, { tenant: 'acme', user: 'app' }).replace('sslmode=verify-full', 'sslmode=prefer'), 'app-pass', ['-c', 'select 1']);
+      assert.notEqual(prefer.code, 0);
+      assert.match(prefer.stderr, /sorry, too many clients already/);
+      const strict = await psql(libpqConninfo(cp, { tenant: 'acme', user: 'app' }), 'app-pass', ['-c', 'select 1']);
+      assert.notEqual(strict.code, 0);
+      assert.match(strict.stderr, /server does not support SSL, but SSL was required/);
+      assert.equal(cp.proxy.preauth.active, 1, 'the refused ones never held a slot');
+    } finally {
+      held.end();
+      await cp.close();
+    }
   });
 });
