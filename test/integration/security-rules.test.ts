@@ -16,7 +16,12 @@ import tls from 'node:tls';
 import { serialize } from 'pg-protocol';
 import { exportJWK, generateKeyPair } from 'jose';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
-import { libpqConninfo, psql, startProxy, type RunningProxy } from '../support/proxy.js';
+import { pino } from 'pino';
+import { configToml, libpqConninfo, psql, startProxy, type RunningProxy } from '../support/proxy.js';
+import { parseConfigText } from '../../src/config/load.js';
+import { Proxy } from '../../src/server.js';
+import { endpointHashAlgorithm } from '../../src/net/tls.js';
+import { x509 } from '../../src/net/x509.js';
 import { rawLogin } from '../support/login.js';
 import { Wire, decodeError, gssencRequest, sslRequest, startupMessage, typed, type WireError } from '../support/wire.js';
 import { waitFor } from '../support/wait.js';
@@ -63,6 +68,25 @@ function withLength(type: string, length: number, body: Buffer = Buffer.alloc(0)
   b.writeUInt32BE(length >>> 0, 1);
   body.copy(b, 5);
   return b;
+}
+
+/** A self-signed certificate for acme.pg.test with the given key and signature algorithms, written to `dir`. */
+async function selfSigned(dir: string, name: string, keyAlg: Parameters<typeof crypto.webcrypto.subtle.generateKey>[0], signingAlgorithm: { name: string; hash?: string }): Promise<{ certPath: string; keyPath: string; pem: string; der: Buffer }> {
+  const keys = (await crypto.webcrypto.subtle.generateKey(keyAlg as crypto.webcrypto.EcKeyGenParams, true, ['sign', 'verify']));
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    name: 'CN=acme.pg.test',
+    keys,
+    signingAlgorithm,
+    notBefore: new Date(Date.now() - 300_000),
+    notAfter: new Date(Date.now() + 86_400_000),
+    extensions: [new x509.SubjectAlternativeNameExtension([{ type: 'dns', value: 'acme.pg.test' }])],
+  });
+  const pem = cert.toString('pem');
+  const certPath = path.join(dir, `${name}.crt`);
+  const keyPath = path.join(dir, `${name}.key`);
+  await writeFile(certPath, pem);
+  await writeFile(keyPath, crypto.KeyObject.from(keys.privateKey).export({ type: 'pkcs8', format: 'pem' }).toString(), { mode: 0o600 });
+  return { certPath, keyPath, pem, der: Buffer.from(cert.rawData) };
 }
 
 describe('SECURITY.md line by line', () => {
@@ -265,5 +289,36 @@ describe('SECURITY.md line by line', () => {
       held.end();
       await cp.close();
     }
+  });
+
+  it('rule 4: tls-server-end-point hashes with the certificate\'s own signature hash (SHA-384 end to end; SHA-512, and SHA-1 as SHA-256), and an Ed25519 certificate is refused at start', async () => {
+    const rsa = (hash: string): crypto.webcrypto.RsaHashedKeyGenParams => ({ name: 'RSASSA-PKCS1-v1_5', modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]), hash });
+    assert.equal(endpointHashAlgorithm((await selfSigned(dir, 'rsa512', rsa('SHA-512'), { name: 'RSASSA-PKCS1-v1_5' })).pem), 'sha512');
+    assert.equal(endpointHashAlgorithm((await selfSigned(dir, 'rsa1', rsa('SHA-1'), { name: 'RSASSA-PKCS1-v1_5' })).pem), 'sha256', 'RFC 5929: MD5 and SHA-1 become SHA-256');
+
+    const p384 = await selfSigned(dir, 'p384', { name: 'ECDSA', namedCurve: 'P-384' }, { name: 'ECDSA', hash: 'SHA-384' });
+    const spec = { tenants: [{ id: 'acme', cluster, users: [{ name: 'app', verifier: await readVerifier(cluster, 'app') }] }], metrics: false };
+    const certs = { ...rp.certs, serverCertPath: p384.certPath, serverKeyPath: p384.keyPath };
+    const proxy = await Proxy.start(parseConfigText(configToml(spec, certs), os.tmpdir()), { logger: pino({ level: 'silent' }) });
+    try {
+      const port = proxy.address.port;
+      const good = await toAuth(port, p384.pem);
+      assert.equal(good.code, 10);
+      const ok = await scramAttempt(good.w, 'app-pass', 'SCRAM-SHA-256-PLUS', 'p=tls-server-end-point,,', crypto.createHash('sha384').update(p384.der).digest());
+      assert.deepEqual(ok, { ok: true, error: null }, 'SHA-384 of the certificate binds');
+      good.w.end();
+      const wrongHash = await toAuth(port, p384.pem);
+      const bad = await scramAttempt(wrongHash.w, 'app-pass', 'SCRAM-SHA-256-PLUS', 'p=tls-server-end-point,,', crypto.createHash('sha256').update(p384.der).digest());
+      assert.deepEqual([bad.ok, bad.error?.code, bad.error?.message], [false, '28000', 'SCRAM channel binding check failed'], 'SHA-256 of a SHA-384 certificate does not');
+      wrongHash.w.end();
+    } finally {
+      await proxy.close();
+    }
+
+    const ed = await selfSigned(dir, 'ed25519', { name: 'Ed25519' }, { name: 'Ed25519' });
+    await assert.rejects(
+      Proxy.start(parseConfigText(configToml(spec, { ...rp.certs, serverCertPath: ed.certPath, serverKeyPath: ed.keyPath }), os.tmpdir()), { logger: pino({ level: 'silent' }) }),
+      /Ed25519 has no hash; use an RSA or ECDSA certificate/,
+    );
   });
 });
