@@ -71,8 +71,8 @@ function withLength(type: string, length: number, body: Buffer = Buffer.alloc(0)
 }
 
 /** A self-signed certificate for acme.pg.test with the given key and signature algorithms, written to `dir`. */
-async function selfSigned(dir: string, name: string, keyAlg: Parameters<typeof crypto.webcrypto.subtle.generateKey>[0], signingAlgorithm: { name: string; hash?: string }): Promise<{ certPath: string; keyPath: string; pem: string; der: Buffer }> {
-  const keys = (await crypto.webcrypto.subtle.generateKey(keyAlg as crypto.webcrypto.EcKeyGenParams, true, ['sign', 'verify']));
+async function selfSigned(dir: string, name: string, keyAlg: crypto.webcrypto.RsaHashedKeyGenParams | crypto.webcrypto.EcKeyGenParams | crypto.webcrypto.Algorithm, signingAlgorithm: { name: string; hash?: string }): Promise<{ certPath: string; keyPath: string; pem: string; der: Buffer }> {
+  const keys = await crypto.webcrypto.subtle.generateKey(keyAlg as crypto.webcrypto.EcKeyGenParams, true, ['sign', 'verify']);
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
     name: 'CN=acme.pg.test',
     keys,
