@@ -17,7 +17,10 @@ import { serialize } from 'pg-protocol';
 import { exportJWK, generateKeyPair } from 'jose';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
 import { pino } from 'pino';
-import { configToml, libpqConninfo, psql, startProxy, type RunningProxy } from '../support/proxy.js';
+import { configToml, connect, libpqConninfo, psql, spawnProxy, startProxy, type RunningProxy } from '../support/proxy.js';
+import { generateCheckpointKey, loadPublicKey } from '../../src/audit/checkpoint.js';
+import { verifyAuditFile } from '../../src/audit/verify.js';
+import { readFile } from 'node:fs/promises';
 import { parseConfigText } from '../../src/config/load.js';
 import { Proxy } from '../../src/server.js';
 import { endpointHashAlgorithm } from '../../src/net/tls.js';
@@ -320,5 +323,34 @@ describe('SECURITY.md line by line', () => {
       Proxy.start(parseConfigText(configToml(spec, { ...rp.certs, serverCertPath: ed.certPath, serverKeyPath: ed.keyPath }), os.tmpdir()), { logger: pino({ level: 'silent' }) }),
       /Ed25519 has no hash; use an RSA or ECDSA certificate/,
     );
+  });
+
+  it('rule 10: on SIGTERM the audit log ends with "stopped" and a final signed checkpoint that covers every record', async () => {
+    const key = generateCheckpointKey();
+    const keyPath = path.join(dir, 'checkpoint.key');
+    await writeFile(keyPath, key.privatePem, { mode: 0o600 });
+    await writeFile(`${keyPath}.pub`, key.publicPem);
+    const auditFile = path.join(dir, 'rule10-audit.jsonl');
+    // No checkpoint by count or time during the run: only the one written at exit can cover it.
+    const child = await spawnProxy({
+      auditFile,
+      audit: { checkpoint_key: keyPath, checkpoint_every_records: 1_000_000, checkpoint_interval: '24h' },
+      tenants: [{ id: 'acme', cluster, users: [{ name: 'app', verifier: await readVerifier(cluster, 'app') }] }],
+    });
+    try {
+      const c = await connect({ port: child.port, certs: rp.certs }, { tenant: 'acme', user: 'app', password: 'app-pass' });
+      assert.equal((await c.query<{ v: number }>('select 10 as v')).rows[0]?.v, 10);
+      await c.end();
+      child.child.kill('SIGTERM');
+      assert.equal(await child.exited, 0);
+      const records = (await readFile(auditFile, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { event: string; state?: string; seq: number });
+      assert.deepEqual(records.slice(-2).map((r) => r.state ?? r.event), ['stopped', 'audit.checkpoint']);
+      assert.equal(records.filter((r) => r.event === 'audit.checkpoint').length, 1, 'the exit checkpoint is the only one');
+      const v = await verifyAuditFile(auditFile, { publicKey: await loadPublicKey(`${keyPath}.pub`) });
+      assert.equal(v.ok, true, JSON.stringify(v.firstBad));
+      assert.deepEqual([v.signaturesChecked, v.checkpoints, v.uncovered], [true, 1, 0], 'every record signed over by the final checkpoint');
+    } finally {
+      await child.stop();
+    }
   });
 });
