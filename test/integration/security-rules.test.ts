@@ -353,4 +353,27 @@ describe('SECURITY.md line by line', () => {
       await child.stop();
     }
   });
+
+  it('T2/T3 and cross-tenant: a tenant written into the user name (app@acme, acme.app) is only a user name, never an identifier', async () => {
+    // With SNI for acme: an unknown user there, so the same 28P01 as any failed login.
+    for (const user of ['app@globex', 'app@acme', 'globex.app']) {
+      const err = await rawLogin(rp.port, rp.certs.caCertPem, { tenant: 'acme', user, password: 'app-pass' }).then(
+        (w) => {
+          w.end();
+          return 'logged in';
+        },
+        (e: unknown) => (e as Error).message,
+      );
+      assert.equal(err, `login failed: ${JSON.stringify({ severity: 'FATAL', code: '28P01', message: `password authentication failed for user "${user}"` })}`);
+    }
+    // Without SNI or options it names no tenant at all (T2), before any authentication request.
+    const w = await Wire.connect(rp.port);
+    await w.startTls(rp.certs.caCertPem, undefined);
+    w.write(startupMessage({ user: 'app@acme', database: 'postgres' }));
+    const f = await w.frame();
+    assert.equal(f?.type, 'E', 'no authentication request first');
+    const e = decodeError(f.body);
+    assert.deepEqual([e.code, e.message], ['28000', 'no tenant specified in connection request']);
+    w.end();
+  });
 });
