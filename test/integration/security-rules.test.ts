@@ -376,4 +376,26 @@ describe('SECURITY.md line by line', () => {
     assert.deepEqual([e.code, e.message], ['28000', 'no tenant specified in connection request']);
     w.end();
   });
+
+  it('A11: a client stalled inside the TLS handshake, or after it with no startup packet, is closed silently at auth_timeout', async () => {
+    // S answered, then only the 5-byte header of a TLS record that never comes.
+    const stalled = await Wire.connect(rp.port);
+    const t0 = Date.now();
+    stalled.write(sslRequest());
+    assert.equal((await stalled.read(1)).toString('latin1'), 'S');
+    stalled.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00]));
+    assert.ok(await stalled.waitClosed(4000), 'closed by the proxy');
+    const inHandshake = Date.now() - t0;
+    assert.equal((await stalled.read(1, 100)).length, 0, 'nothing was sent after the S');
+    // A finished handshake, then silence: still inside the startup packet, so no message either.
+    const quiet = await Wire.connect(rp.port);
+    const t1 = Date.now();
+    await quiet.startTls(rp.certs.caCertPem, 'acme.pg.test');
+    assert.ok(await quiet.waitClosed(4000), 'closed by the proxy');
+    const afterHandshake = Date.now() - t1;
+    assert.equal((await quiet.read(1, 100)).length, 0, 'no ErrorResponse over TLS');
+    for (const [what, ms] of [['in the handshake', inHandshake], ['after it', afterHandshake]] as const) {
+      assert.ok(ms >= 900 && ms < 2500, `${what}: closed after ${ms} ms, auth_timeout is 1 s`);
+    }
+  });
 });
