@@ -360,7 +360,10 @@ export class Proxy {
     else this.reloadHook();
   }
 
-  /** Applies a new configuration to new sessions; running sessions keep theirs. Certificates reload too. */
+  /**
+   * Applies a new configuration to new sessions; running sessions keep theirs, unless their tenant
+   * is now disabled or gone. Certificates reload too.
+   */
   reload(config: Config): void {
     const tlsMaterial = loadTls(config);
     const old = this.ctx.config;
@@ -372,6 +375,14 @@ export class Proxy {
     }
     this.ctx = this.makeContext(config, tlsMaterial);
     this.pools.retain(new Set(config.tenants.keys()));
+    // S8: the logged-in sessions of a tenant the new config disables or removes end now (57P01), as
+    // with an operator's suspension; every other session keeps the config it started with.
+    for (const s of [...this.sessions]) {
+      const id = s.tenantId;
+      if (id === undefined || (s.phase !== 'connecting' && s.phase !== 'relaying') || config.tenants.get(id)?.enabled === true) continue;
+      this.log.info({ session: s.id, tenant: id }, 'session ended: its tenant is disabled or gone after the reload');
+      s.terminate(Errors.tenantSuspended(), 'tenant_suspended');
+    }
     this.log.level = config.log.level;
     this.metrics.configReloads.inc({ outcome: 'ok' });
     this.audit.append({ event: 'proxy.lifecycle', state: 'reloaded', tenants: [...config.tenants.keys()] });

@@ -17,7 +17,7 @@ import { serialize } from 'pg-protocol';
 import { exportJWK, generateKeyPair } from 'jose';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
 import { pino } from 'pino';
-import { configToml, connect, libpqConninfo, psql, spawnProxy, startProxy, type RunningProxy } from '../support/proxy.js';
+import { clientConfig, configToml, connect, connectError, libpqConninfo, psql, spawnProxy, startProxy, type RunningProxy } from '../support/proxy.js';
 import { generateCheckpointKey, loadPublicKey } from '../../src/audit/checkpoint.js';
 import { verifyAuditFile } from '../../src/audit/verify.js';
 import { readFile } from 'node:fs/promises';
@@ -27,7 +27,7 @@ import { endpointHashAlgorithm } from '../../src/net/tls.js';
 import { x509 } from '../../src/net/x509.js';
 import { rawLogin } from '../support/login.js';
 import { Wire, decodeError, gssencRequest, sslRequest, startupMessage, typed, type WireError } from '../support/wire.js';
-import { waitFor } from '../support/wait.js';
+import { sleep, waitFor } from '../support/wait.js';
 
 /** A SCRAM client with the gs2 header and channel-binding data under the test's control. */
 async function scramAttempt(w: Wire, password: string, mech: string, gs2: string, cbData: Buffer): Promise<{ ok: boolean; error: WireError | null }> {
@@ -396,6 +396,38 @@ describe('SECURITY.md line by line', () => {
     assert.equal((await quiet.read(1, 100)).length, 0, 'no ErrorResponse over TLS');
     for (const [what, ms] of [['in the handshake', inHandshake], ['after it', afterHandshake]] as const) {
       assert.ok(ms >= 900 && ms < 2500, `${what}: closed after ${ms} ms, auth_timeout is 1 s`);
+    }
+  });
+
+  it('S8: a reload that disables or removes a tenant ends its sessions with 57P01 (session and transaction mode); other tenants keep theirs', async () => {
+    const verifier = await readVerifier(cluster, 'app');
+    for (const pool of [{ pool_mode: 'session' }, { pool_mode: 'transaction' }]) {
+      const spec = (acme: 'on' | 'off' | 'gone'): Parameters<typeof startProxy>[0] => ({
+        metrics: false,
+        tenants: [
+          ...(acme === 'gone' ? [] : [{ id: 'acme', cluster, enabled: acme === 'on', pool, users: [{ name: 'app', verifier }] }]),
+          { id: 'other', cluster, pool, users: [{ name: 'app', verifier }] },
+        ],
+      });
+      for (const change of ['off', 'gone'] as const) {
+        const cp = await startProxy(spec('on'));
+        try {
+          const victim = await connect(cp, { tenant: 'acme', user: 'app', password: 'app-pass' });
+          const ended = new Promise<{ code?: string; message: string }>((resolve) => victim.on('error', (e) => resolve(e as { code?: string; message: string })));
+          const bystander = await connect(cp, { tenant: 'other', user: 'app', password: 'app-pass' });
+          assert.equal((await victim.query<{ v: number }>('select 1 as v')).rows[0]?.v, 1);
+          cp.reload(spec(change));
+          const e = await Promise.race([ended, sleep(5000).then(() => ({ code: 'none', message: 'no error within 5 s' }))]);
+          assert.deepEqual([pool.pool_mode, change, e.code, e.message], [pool.pool_mode, change, '57P01', 'terminating connection due to administrator command']);
+          assert.equal((await bystander.query<{ v: number }>('select 2 as v')).rows[0]?.v, 2, 'the other tenant is untouched');
+          await bystander.end();
+          const again = await connectError(clientConfig(cp, { tenant: 'acme', user: 'app', password: 'app-pass' }));
+          assert.equal(again.code, '28P01', 'and a new login fails as for a disabled or unknown tenant');
+          await waitFor(() => cp.proxy.sessions.size === 0, 3000, 'no session left');
+        } finally {
+          await cp.close();
+        }
+      }
     }
   });
 });
