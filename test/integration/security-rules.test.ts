@@ -3,8 +3,10 @@
  * real server. Channel-binding downgrade and mismatch with a hand-made SCRAM client, a startup
  * dribbled byte by byte past the absolute deadline, smuggled startup parameters, lengths that are
  * too big or too small in each phase, and the messages PostgreSQL itself sends when a frame's
- * fields do not add up or COPY gets a stray message. (The handshake flood against the pre-auth
- * caps is in security-lines.test.ts.)
+ * fields do not add up or COPY gets a stray message; an SSLRequest over the pre-auth cap, the
+ * end-point hash of other certificate kinds, the final signed checkpoint, a stalled TLS handshake,
+ * a tenant in the user name, and a reload that disables a tenant. (The handshake flood against
+ * the pre-auth caps is in security-lines.test.ts.)
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
