@@ -26,10 +26,55 @@ import type { SessionContext } from './session/context.js';
 import type { UpstreamTarget } from './pool/upstream.js';
 import { PoolManager } from './pool/backend-pool.js';
 import { Errors } from './errors.js';
+import { RequestCode } from './protocol/codes.js';
 import { StaffTokenVerifier } from './auth/jwt.js';
 
 /** The pre-auth cap's answer, built once: it is sent to every connection over the cap. */
 const TOO_MANY_CLIENTS = Errors.tooManyClients().toFrame();
+/** How long an over-cap connection has to show whether it opens with SSLRequest or GSSENCRequest. */
+const OVER_CAP_GRACE_MS = 500;
+
+/**
+ * Over the pre-auth cap: PostgreSQL's 53300 (N11), then close, with no TLS handshake (that is
+ * what the cap saves). Never as the answer to an SSLRequest or GSSENCRequest, though (rule 2,
+ * CVE-2024-10977: libpq discards such an error and reports only "server sent an error response
+ * during SSL exchange"). Those get N, as from a server without TLS; a client that goes on in
+ * plaintext (sslmode=prefer) then gets the 53300, one that requires TLS stops at the N. Only the
+ * first 8 bytes are looked at, and nothing waits longer than OVER_CAP_GRACE_MS from accept.
+ */
+function refuseOverCap(socket: net.Socket): void {
+  let head = Buffer.alloc(0);
+  let answeredN = false;
+  const refuse = (): void => {
+    clearTimeout(timer);
+    socket.removeListener('data', onData);
+    socket.end(TOO_MANY_CLIENTS);
+    setTimeout(() => socket.destroy(), 1000).unref();
+  };
+  const onData = (d: Buffer): void => {
+    if (answeredN) return refuse(); // the plaintext startup after the N
+    head = Buffer.concat([head, d]);
+    if (head.length < 8) return;
+    const code = head.readUInt32BE(4);
+    if (head.readUInt32BE(0) === 8 && (code === RequestCode.SSLRequest || code === RequestCode.GSSENCRequest)) {
+      answeredN = true;
+      socket.write('N');
+      if (head.length > 8) refuse();
+      return;
+    }
+    // A CancelRequest never gets an answer (R5); over the cap it is not acted on either.
+    if (head.readUInt32BE(0) === 16 && code === RequestCode.CancelRequest) {
+      clearTimeout(timer);
+      socket.removeListener('data', onData);
+      socket.destroy();
+      return;
+    }
+    refuse();
+  };
+  const timer = setTimeout(refuse, OVER_CAP_GRACE_MS);
+  socket.on('data', onData);
+  socket.once('close', () => clearTimeout(timer));
+}
 
 export const VERSION = '0.1.0';
 /** How often session timeouts are checked: the resolution of every timeout. */
@@ -253,11 +298,8 @@ export class Proxy {
     const source = socket.remoteAddress ?? 'unknown';
     const lease = this.preauth.tryAcquire(source, cfg.maxPreauthConnections, cfg.maxPreauthPerSource);
     if (lease === null) {
-      // Over the pre-auth cap: PostgreSQL's answer (N11), in plaintext before anything is read, as
-      // the postmaster does; then close. No read and no TLS handshake: that is what the cap saves.
       this.rejections.record('preauth_cap', source);
-      socket.end(TOO_MANY_CLIENTS);
-      setTimeout(() => socket.destroy(), 1000).unref();
+      refuseOverCap(socket);
       return;
     }
     try {
@@ -318,7 +360,10 @@ export class Proxy {
     else this.reloadHook();
   }
 
-  /** Applies a new configuration to new sessions; running sessions keep theirs. Certificates reload too. */
+  /**
+   * Applies a new configuration to new sessions; running sessions keep theirs, unless their tenant
+   * is now disabled or gone. Certificates reload too.
+   */
   reload(config: Config): void {
     const tlsMaterial = loadTls(config);
     const old = this.ctx.config;
@@ -330,6 +375,14 @@ export class Proxy {
     }
     this.ctx = this.makeContext(config, tlsMaterial);
     this.pools.retain(new Set(config.tenants.keys()));
+    // S8: the logged-in sessions of a tenant the new config disables or removes end now (57P01), as
+    // with an operator's suspension; every other session keeps the config it started with.
+    for (const s of [...this.sessions]) {
+      const id = s.tenantId;
+      if (id === undefined || (s.phase !== 'connecting' && s.phase !== 'relaying') || config.tenants.get(id)?.enabled === true) continue;
+      this.log.info({ session: s.id, tenant: id }, 'session ended: its tenant is disabled or gone after the reload');
+      s.terminate(Errors.tenantSuspended(), 'tenant_suspended');
+    }
     this.log.level = config.log.level;
     this.metrics.configReloads.inc({ outcome: 'ok' });
     this.audit.append({ event: 'proxy.lifecycle', state: 'reloaded', tenants: [...config.tenants.keys()] });

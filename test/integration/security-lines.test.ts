@@ -624,7 +624,8 @@ describe('SECURITY.md line by line', () => {
         assert.equal(closedNow(), 2000 - PER_SOURCE, `closed ${closedNow()}, held ${fp.proxy.preauth.active}, sessions ${fp.proxy.sessions.size}`);
         assert.ok(Date.now() - t0 < deadlineMs, 'refused at once, not at the deadline');
         assert.equal(fp.proxy.preauth.active, PER_SOURCE);
-        // N11: PostgreSQL's 53300, in plaintext before anything is read (as the postmaster does), then the close.
+        // N11: PostgreSQL's 53300 in plaintext (to a silent client after the short grace in which an
+        // SSLRequest would be answered N instead: security-rules.test.ts), then the close.
         const refusal = Errors.tooManyClients().toFrame();
         assert.ok(flood.filter((f) => f.closedAt !== 0).every((f) => Buffer.concat(f.data).equals(refusal)), 'N11: every refused connection got exactly the 53300 ErrorResponse');
         assert.ok(flood.filter((f) => f.closedAt === 0).every((f) => f.bytes === 0), 'the held ones were told nothing');

@@ -3,8 +3,10 @@
  * real server. Channel-binding downgrade and mismatch with a hand-made SCRAM client, a startup
  * dribbled byte by byte past the absolute deadline, smuggled startup parameters, lengths that are
  * too big or too small in each phase, and the messages PostgreSQL itself sends when a frame's
- * fields do not add up or COPY gets a stray message. (The handshake flood against the pre-auth
- * caps is in security-lines.test.ts.)
+ * fields do not add up or COPY gets a stray message; an SSLRequest over the pre-auth cap, the
+ * end-point hash of other certificate kinds, the final signed checkpoint, a stalled TLS handshake,
+ * a tenant in the user name, and a reload that disables a tenant. (The handshake flood against
+ * the pre-auth caps is in security-lines.test.ts.)
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,9 +18,18 @@ import tls from 'node:tls';
 import { serialize } from 'pg-protocol';
 import { exportJWK, generateKeyPair } from 'jose';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
-import { startProxy, type RunningProxy } from '../support/proxy.js';
+import { pino } from 'pino';
+import { clientConfig, configToml, connect, connectError, libpqConninfo, psql, spawnProxy, startProxy, type RunningProxy } from '../support/proxy.js';
+import { generateCheckpointKey, loadPublicKey } from '../../src/audit/checkpoint.js';
+import { verifyAuditFile } from '../../src/audit/verify.js';
+import { readFile } from 'node:fs/promises';
+import { parseConfigText } from '../../src/config/load.js';
+import { Proxy } from '../../src/server.js';
+import { endpointHashAlgorithm } from '../../src/net/tls.js';
+import { x509 } from '../../src/net/x509.js';
 import { rawLogin } from '../support/login.js';
-import { Wire, decodeError, startupMessage, typed, type WireError } from '../support/wire.js';
+import { Wire, decodeError, gssencRequest, sslRequest, startupMessage, typed, type WireError } from '../support/wire.js';
+import { sleep, waitFor } from '../support/wait.js';
 
 /** A SCRAM client with the gs2 header and channel-binding data under the test's control. */
 async function scramAttempt(w: Wire, password: string, mech: string, gs2: string, cbData: Buffer): Promise<{ ok: boolean; error: WireError | null }> {
@@ -62,6 +73,25 @@ function withLength(type: string, length: number, body: Buffer = Buffer.alloc(0)
   b.writeUInt32BE(length >>> 0, 1);
   body.copy(b, 5);
   return b;
+}
+
+/** A self-signed certificate for acme.pg.test with the given key and signature algorithms, written to `dir`. */
+async function selfSigned(dir: string, name: string, keyAlg: crypto.webcrypto.RsaHashedKeyGenParams | crypto.webcrypto.EcKeyGenParams | crypto.webcrypto.Algorithm, signingAlgorithm: { name: string; hash?: string }): Promise<{ certPath: string; keyPath: string; pem: string; der: Buffer }> {
+  const keys = await crypto.webcrypto.subtle.generateKey(keyAlg as crypto.webcrypto.EcKeyGenParams, true, ['sign', 'verify']);
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    name: 'CN=acme.pg.test',
+    keys,
+    signingAlgorithm,
+    notBefore: new Date(Date.now() - 300_000),
+    notAfter: new Date(Date.now() + 86_400_000),
+    extensions: [new x509.SubjectAlternativeNameExtension([{ type: 'dns', value: 'acme.pg.test' }])],
+  });
+  const pem = cert.toString('pem');
+  const certPath = path.join(dir, `${name}.crt`);
+  const keyPath = path.join(dir, `${name}.key`);
+  await writeFile(certPath, pem);
+  await writeFile(keyPath, crypto.KeyObject.from(keys.privateKey).export({ type: 'pkcs8', format: 'pem' }).toString(), { mode: 0o600 });
+  return { certPath, keyPath, pem, der: Buffer.from(cert.rawData) };
 }
 
 describe('SECURITY.md line by line', () => {
@@ -216,5 +246,190 @@ describe('SECURITY.md line by line', () => {
     }
     assert.equal(who, 'app,app,off,x?-c role=postgres');
     w.end();
+  });
+
+  it('rule 2 and N11: over the pre-auth cap an SSLRequest or GSSENCRequest is answered N, never with an ErrorResponse; the 53300 follows in plaintext', async () => {
+    const cp = await startProxy({
+      metrics: false,
+      server: { auth_timeout: '5s', max_preauth_per_source: 1 },
+      tenants: [{ id: 'acme', cluster, users: [{ name: 'app', verifier: await readVerifier(cluster, 'app') }] }],
+    });
+    const held = await Wire.connect(cp.port);
+    try {
+      await waitFor(() => cp.proxy.preauth.active === 1, 3000, 'the one slot of 127.0.0.1 taken');
+      for (const [name, request] of [['SSLRequest', sslRequest()], ['GSSENCRequest', gssencRequest()]] as const) {
+        const w = await Wire.connect(cp.port);
+        w.write(request);
+        const t0 = Date.now();
+        assert.equal((await w.read(1, 3000)).toString('latin1'), 'N', `${name}: the answer is one byte N (CVE-2024-10977: never an ErrorResponse)`);
+        w.write(startupMessage({ user: 'app', database: 'postgres' }));
+        const e = await w.error(3000);
+        assert.deepEqual([name, e?.code, e?.message], [name, '53300', 'sorry, too many clients already']);
+        assert.ok(await w.waitClosed(2000), `${name}: closed after the 53300`);
+        assert.ok(Date.now() - t0 < 2000, `${name}: refused at once, not at the deadline`);
+      }
+      // A plaintext startup gets the 53300 as its first bytes, as before.
+      const plain = await Wire.connect(cp.port);
+      plain.write(startupMessage({ user: 'app', database: 'postgres' }));
+      const e = await plain.error(3000);
+      assert.deepEqual([e?.code, e?.message], ['53300', 'sorry, too many clients already']);
+      // A CancelRequest gets no answer (R5), over the cap as anywhere.
+      const cancel = await Wire.connect(cp.port);
+      const cr = Buffer.alloc(16);
+      cr.writeUInt32BE(16, 0);
+      cr.writeUInt32BE(80877102, 4);
+      cancel.write(cr);
+      assert.ok(await cancel.waitClosed(2000), 'the CancelRequest is closed');
+      assert.equal((await cancel.read(1, 100)).length, 0, 'and gets no bytes');
+      // psql: with sslmode=prefer it goes on in plaintext and shows PostgreSQL's message; with
+      // verify-full it stops at the N and sends nothing. Neither logs in.
+      const prefer = await psql(libpqConninfo(cp, { tenant: 'acme', user: 'app' }).replace('sslmode=verify-full', 'sslmode=prefer'), 'app-pass', ['-c', 'select 1']);
+      assert.notEqual(prefer.code, 0);
+      assert.match(prefer.stderr, /sorry, too many clients already/);
+      const strict = await psql(libpqConninfo(cp, { tenant: 'acme', user: 'app' }), 'app-pass', ['-c', 'select 1']);
+      assert.notEqual(strict.code, 0);
+      assert.match(strict.stderr, /server does not support SSL, but SSL was required/);
+      assert.equal(cp.proxy.preauth.active, 1, 'the refused ones never held a slot');
+    } finally {
+      held.end();
+      await cp.close();
+    }
+  });
+
+  it('rule 4: tls-server-end-point hashes with the certificate\'s own signature hash (SHA-384 end to end; SHA-512, and SHA-1 as SHA-256), and an Ed25519 certificate is refused at start', async () => {
+    const rsa = (hash: string): crypto.webcrypto.RsaHashedKeyGenParams => ({ name: 'RSASSA-PKCS1-v1_5', modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]), hash });
+    assert.equal(endpointHashAlgorithm((await selfSigned(dir, 'rsa512', rsa('SHA-512'), { name: 'RSASSA-PKCS1-v1_5' })).pem), 'sha512');
+    assert.equal(endpointHashAlgorithm((await selfSigned(dir, 'rsa1', rsa('SHA-1'), { name: 'RSASSA-PKCS1-v1_5' })).pem), 'sha256', 'RFC 5929: MD5 and SHA-1 become SHA-256');
+
+    const p384 = await selfSigned(dir, 'p384', { name: 'ECDSA', namedCurve: 'P-384' }, { name: 'ECDSA', hash: 'SHA-384' });
+    const spec = { tenants: [{ id: 'acme', cluster, users: [{ name: 'app', verifier: await readVerifier(cluster, 'app') }] }], metrics: false };
+    const certs = { ...rp.certs, serverCertPath: p384.certPath, serverKeyPath: p384.keyPath };
+    const proxy = await Proxy.start(parseConfigText(configToml(spec, certs), os.tmpdir()), { logger: pino({ level: 'silent' }) });
+    try {
+      const port = proxy.address.port;
+      const good = await toAuth(port, p384.pem);
+      assert.equal(good.code, 10);
+      const ok = await scramAttempt(good.w, 'app-pass', 'SCRAM-SHA-256-PLUS', 'p=tls-server-end-point,,', crypto.createHash('sha384').update(p384.der).digest());
+      assert.deepEqual(ok, { ok: true, error: null }, 'SHA-384 of the certificate binds');
+      good.w.end();
+      const wrongHash = await toAuth(port, p384.pem);
+      const bad = await scramAttempt(wrongHash.w, 'app-pass', 'SCRAM-SHA-256-PLUS', 'p=tls-server-end-point,,', crypto.createHash('sha256').update(p384.der).digest());
+      assert.deepEqual([bad.ok, bad.error?.code, bad.error?.message], [false, '28000', 'SCRAM channel binding check failed'], 'SHA-256 of a SHA-384 certificate does not');
+      wrongHash.w.end();
+    } finally {
+      await proxy.close();
+    }
+
+    const ed = await selfSigned(dir, 'ed25519', { name: 'Ed25519' }, { name: 'Ed25519' });
+    await assert.rejects(
+      Proxy.start(parseConfigText(configToml(spec, { ...rp.certs, serverCertPath: ed.certPath, serverKeyPath: ed.keyPath }), os.tmpdir()), { logger: pino({ level: 'silent' }) }),
+      /Ed25519 has no hash; use an RSA or ECDSA certificate/,
+    );
+  });
+
+  it('rule 10: on SIGTERM the audit log ends with "stopped" and a final signed checkpoint that covers every record', async () => {
+    const key = generateCheckpointKey();
+    const keyPath = path.join(dir, 'checkpoint.key');
+    await writeFile(keyPath, key.privatePem, { mode: 0o600 });
+    await writeFile(`${keyPath}.pub`, key.publicPem);
+    const auditFile = path.join(dir, 'rule10-audit.jsonl');
+    // No checkpoint by count or time during the run: only the one written at exit can cover it.
+    const child = await spawnProxy({
+      auditFile,
+      audit: { checkpoint_key: keyPath, checkpoint_every_records: 1_000_000, checkpoint_interval: '24h' },
+      tenants: [{ id: 'acme', cluster, users: [{ name: 'app', verifier: await readVerifier(cluster, 'app') }] }],
+    });
+    try {
+      const c = await connect({ port: child.port, certs: rp.certs }, { tenant: 'acme', user: 'app', password: 'app-pass' });
+      assert.equal((await c.query<{ v: number }>('select 10 as v')).rows[0]?.v, 10);
+      await c.end();
+      child.child.kill('SIGTERM');
+      assert.equal(await child.exited, 0);
+      const records = (await readFile(auditFile, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { event: string; state?: string; seq: number });
+      assert.deepEqual(records.slice(-2).map((r) => r.state ?? r.event), ['stopped', 'audit.checkpoint']);
+      assert.equal(records.filter((r) => r.event === 'audit.checkpoint').length, 1, 'the exit checkpoint is the only one');
+      const v = await verifyAuditFile(auditFile, { publicKey: await loadPublicKey(`${keyPath}.pub`) });
+      assert.equal(v.ok, true, JSON.stringify(v.firstBad));
+      assert.deepEqual([v.signaturesChecked, v.checkpoints, v.uncovered], [true, 1, 0], 'every record signed over by the final checkpoint');
+    } finally {
+      await child.stop();
+    }
+  });
+
+  it('T2/T3 and cross-tenant: a tenant written into the user name (app@acme, acme.app) is only a user name, never an identifier', async () => {
+    // With SNI for acme: an unknown user there, so the same 28P01 as any failed login.
+    for (const user of ['app@globex', 'app@acme', 'globex.app']) {
+      const err = await rawLogin(rp.port, rp.certs.caCertPem, { tenant: 'acme', user, password: 'app-pass' }).then(
+        (w) => {
+          w.end();
+          return 'logged in';
+        },
+        (e: unknown) => (e as Error).message,
+      );
+      assert.equal(err, `login failed: ${JSON.stringify({ severity: 'FATAL', code: '28P01', message: `password authentication failed for user "${user}"` })}`);
+    }
+    // Without SNI or options it names no tenant at all (T2), before any authentication request.
+    const w = await Wire.connect(rp.port);
+    await w.startTls(rp.certs.caCertPem, undefined);
+    w.write(startupMessage({ user: 'app@acme', database: 'postgres' }));
+    const f = await w.frame();
+    assert.equal(f?.type, 'E', 'no authentication request first');
+    const e = decodeError(f.body);
+    assert.deepEqual([e.code, e.message], ['28000', 'no tenant specified in connection request']);
+    w.end();
+  });
+
+  it('A11: a client stalled inside the TLS handshake, or after it with no startup packet, is closed silently at auth_timeout', async () => {
+    // S answered, then only the 5-byte header of a TLS record that never comes.
+    const stalled = await Wire.connect(rp.port);
+    const t0 = Date.now();
+    stalled.write(sslRequest());
+    assert.equal((await stalled.read(1)).toString('latin1'), 'S');
+    stalled.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00]));
+    assert.ok(await stalled.waitClosed(4000), 'closed by the proxy');
+    const inHandshake = Date.now() - t0;
+    assert.equal((await stalled.read(1, 100)).length, 0, 'nothing was sent after the S');
+    // A finished handshake, then silence: still inside the startup packet, so no message either.
+    const quiet = await Wire.connect(rp.port);
+    const t1 = Date.now();
+    await quiet.startTls(rp.certs.caCertPem, 'acme.pg.test');
+    assert.ok(await quiet.waitClosed(4000), 'closed by the proxy');
+    const afterHandshake = Date.now() - t1;
+    assert.equal((await quiet.read(1, 100)).length, 0, 'no ErrorResponse over TLS');
+    for (const [what, ms] of [['in the handshake', inHandshake], ['after it', afterHandshake]] as const) {
+      assert.ok(ms >= 900 && ms < 2500, `${what}: closed after ${ms} ms, auth_timeout is 1 s`);
+    }
+  });
+
+  it('S8: a reload that disables or removes a tenant ends its sessions with 57P01 (session and transaction mode); other tenants keep theirs', async () => {
+    const verifier = await readVerifier(cluster, 'app');
+    for (const pool of [{ pool_mode: 'session' }, { pool_mode: 'transaction' }]) {
+      const spec = (acme: 'on' | 'off' | 'gone'): Parameters<typeof startProxy>[0] => ({
+        metrics: false,
+        tenants: [
+          ...(acme === 'gone' ? [] : [{ id: 'acme', cluster, enabled: acme === 'on', pool, users: [{ name: 'app', verifier }] }]),
+          { id: 'other', cluster, pool, users: [{ name: 'app', verifier }] },
+        ],
+      });
+      for (const change of ['off', 'gone'] as const) {
+        const cp = await startProxy(spec('on'));
+        try {
+          const victim = await connect(cp, { tenant: 'acme', user: 'app', password: 'app-pass' });
+          const ended = new Promise<{ code?: string; message: string }>((resolve) => victim.on('error', (e) => resolve(e as { code?: string; message: string })));
+          const bystander = await connect(cp, { tenant: 'other', user: 'app', password: 'app-pass' });
+          assert.equal((await victim.query<{ v: number }>('select 1 as v')).rows[0]?.v, 1);
+          cp.reload(spec(change));
+          const e = await Promise.race([ended, sleep(5000).then(() => ({ code: 'none', message: 'no error within 5 s' }))]);
+          assert.deepEqual([pool.pool_mode, change, e.code, e.message], [pool.pool_mode, change, '57P01', 'terminating connection due to administrator command']);
+          assert.equal((await bystander.query<{ v: number }>('select 2 as v')).rows[0]?.v, 2, 'the other tenant is untouched');
+          await bystander.end();
+          const again = await connectError(clientConfig(cp, { tenant: 'acme', user: 'app', password: 'app-pass' }));
+          assert.equal(again.code, '28P01', 'and a new login fails as for a disabled or unknown tenant');
+          await waitFor(() => cp.proxy.sessions.size === 0, 3000, 'no session left');
+        } finally {
+          await cp.close();
+        }
+      }
+    }
   });
 });
