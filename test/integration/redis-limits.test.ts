@@ -134,6 +134,9 @@ describe('Redis-shared limits and bus', () => {
     await waitFor(() => a.store.active(key) === 5 && b.store.active(key) === 5, 3 * LEASE_TTL_MS, 'both see 5');
 
     onB.pop()?.release();
+    // A release is fire-and-forget on B's own connection: A's next command may reach Redis first, so wait
+    // for Redis to hold B's decrement (what a client of A would meet a round trip later anyway).
+    await waitFor(async () => (await fieldsOf(key))[b.store.memberId] === '1', 2_000, "B's release in Redis");
     const again = await a.store.acquire(slot);
     assert.ok(again.ok);
     assert.deepEqual(again.active, [5]);
