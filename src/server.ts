@@ -318,8 +318,20 @@ export class Proxy {
     const tenants = this.ctx.config.tenants;
     for (const s of this.sessions) {
       const id = s.tenantId;
-      s.checkTimers(now, id === undefined ? undefined : tenants.get(id)?.limits);
+      if (id === undefined) continue;
+      // A session that was still logging in when a reload disabled or removed its tenant (S8).
+      if (s.phase === 'relaying' && tenants.get(id)?.enabled !== true) {
+        this.endForTenantGone(s, id);
+        continue;
+      }
+      s.checkTimers(now, tenants.get(id)?.limits);
     }
+  }
+
+  /** S8: a session whose tenant the running config disables or no longer has ends (57P01). */
+  private endForTenantGone(s: ClientSession, tenant: string): void {
+    this.log.info({ session: s.id, tenant }, 'session ended: its tenant is disabled or gone after the reload');
+    s.terminate(Errors.tenantSuspended(), 'tenant_suspended');
   }
 
   /** The shared limit store lost or regained Redis: metric, audit record, log. */
@@ -380,8 +392,7 @@ export class Proxy {
     for (const s of [...this.sessions]) {
       const id = s.tenantId;
       if (id === undefined || (s.phase !== 'connecting' && s.phase !== 'relaying') || config.tenants.get(id)?.enabled === true) continue;
-      this.log.info({ session: s.id, tenant: id }, 'session ended: its tenant is disabled or gone after the reload');
-      s.terminate(Errors.tenantSuspended(), 'tenant_suspended');
+      this.endForTenantGone(s, id);
     }
     this.log.level = config.log.level;
     this.metrics.configReloads.inc({ outcome: 'ok' });

@@ -432,4 +432,27 @@ describe('SECURITY.md line by line', () => {
       }
     }
   });
+
+  it('S8: a login half-way through SCRAM when the reload disables its tenant ends with 57P01 once it is in, not later', async () => {
+    const verifier = await readVerifier(cluster, 'app');
+    const spec = (enabled: boolean): Parameters<typeof startProxy>[0] => ({
+      metrics: false,
+      tenants: [{ id: 'acme', cluster, enabled, users: [{ name: 'app', verifier }] }],
+    });
+    const cp = await startProxy(spec(true));
+    try {
+      const { w, code } = await toAuth(cp.port, cp.certs.caCertPem);
+      assert.equal(code, 10, 'AuthenticationSASL');
+      cp.reload(spec(false));
+      // The exchange began under the old config, so it completes; the session must not outlive the login.
+      const login = await scramAttempt(w, 'app-pass', 'SCRAM-SHA-256', 'n,,', Buffer.alloc(0));
+      assert.ok(login.ok, 'AuthenticationOk under the config the login began with');
+      const error = await w.error(3000);
+      assert.equal(error?.code, '57P01');
+      assert.ok(await w.waitClosed(2000), 'then closed');
+      await waitFor(() => cp.proxy.sessions.size === 0, 3000, 'no session left');
+    } finally {
+      await cp.close();
+    }
+  });
 });
