@@ -420,7 +420,10 @@ describe('Redis-shared limits and bus', () => {
     // The subscribers came back, the late one included.
     await waitFor(async () => (await raw.pubsub('NUMSUB', `${PREFIX}bus`))[1] === 3, 5_000, 'every bus subscribed');
     const before = gotB.reloads;
-    await busA.publishReload();
+    // The subscribers being back says nothing of A's publishing connection, which reconnects on its own
+    // backoff: until it does, publishReload rejects (applied here only), as an operator would see. Retry
+    // as an operator would; a rejected publish reaches nobody, so B still hears exactly one.
+    await waitFor(() => busA.publishReload().then(() => true, () => false), 5_000, 'A publishes again');
     await waitFor(() => gotB.reloads === before + 1 && gotLate.reloads === 1, 5_000, 'reload delivered after the restart');
 
     // Redis lost the suspended set; the instances wrote it back instead of lifting the suspension.
