@@ -108,8 +108,10 @@ describe('operations', () => {
       await waitFor(() => rp.proxy.pools.snapshot().every((p) => p.active === 0 && p.waiting === 0));
       const pool = rp.proxy.pools.snapshot().find((p) => p.tenant === 'acme');
       assert.ok(pool !== undefined && pool.total <= pool.max && pool.idle === pool.total, JSON.stringify(pool));
-      const onServer = (await cluster.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where usename = 'app'")).rows[0]?.n;
-      assert.equal(onServer, pool.total);
+      const onServer = async (): Promise<number | undefined> =>
+        (await cluster.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where usename = 'app'")).rows[0]?.n;
+      await waitFor(async () => (await onServer()) === pool.total, 3_000, 'server count matches the pool').catch(() => undefined);
+      assert.equal(await onServer(), pool.total);
     });
 
     it('reloads under load without disturbing running sessions', async () => {

@@ -295,9 +295,12 @@ describe('pooling', () => {
       await waitFor(() => pool('txn').active === 0 && rp.proxy.sessions.size === 0);
       assert.ok(pool('txn').total <= 3);
       assert.equal(rp.proxy.cancels.size, 0);
-      const onServer = (await cluster.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where usename = 'app'")).rows[0]?.n ?? -1;
-      const pooled = rp.proxy.pools.snapshot().reduce((n, p) => n + p.total, 0);
-      assert.equal(onServer, pooled, 'every server connection is a pooled one');
+      // A backend the pool just closed can still be exiting on the server: wait, then assert.
+      const pooled = (): number => rp.proxy.pools.snapshot().reduce((n, p) => n + p.total, 0);
+      const onServer = async (): Promise<number> =>
+        (await cluster.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where usename = 'app'")).rows[0]?.n ?? -1;
+      await waitFor(async () => (await onServer()) === pooled(), 3_000, 'every server connection a pooled one').catch(() => undefined);
+      assert.equal(await onServer(), pooled(), 'every server connection is a pooled one');
       const view = (await (await fetch(`http://127.0.0.1:${rp.metricsPort}/pools`)).json()) as { tenant: string; mode: string; total: number; max: number }[];
       const txn = view.find((p) => p.tenant === 'txn');
       assert.equal(txn?.mode, 'transaction');
@@ -334,8 +337,10 @@ describe('pooling', () => {
       assert.equal(rp.proxy.cancels.size, 0);
       assert.equal(rp.proxy.limits.active(LimitKeys.tenantConnections('txfast')), 0);
       assert.equal(rp.proxy.preauth.active, 0);
-      const onServer = (await cluster.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where usename = 'fast'")).rows[0]?.n ?? -1;
-      assert.equal(onServer, pool('txfast').total, 'every server connection is a pooled one');
+      const onServer = async (): Promise<number> =>
+        (await cluster.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where usename = 'fast'")).rows[0]?.n ?? -1;
+      await waitFor(async () => (await onServer()) === pool('txfast').total, 3_000, 'every server connection a pooled one').catch(() => undefined);
+      assert.equal(await onServer(), pool('txfast').total, 'every server connection is a pooled one');
     });
 
     it('runs pgbench simple, extended and prepared with 8 clients on 3 backends', async () => {
