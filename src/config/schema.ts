@@ -92,6 +92,12 @@ export interface StaffConfig {
   readonly maxTokenLifetimeMs: number;
   readonly clockToleranceMs: number;
   readonly auditParameters: AuditParameters;
+  /**
+   * Per tenant, staff sessions allowed on top of the tenant's own caps (0: staff count against them).
+   * They are counted apart from max_client_connections, cluster-wide, and each may open a backend
+   * beyond max_backend_connections: an operator can get in while the tenant is at its caps.
+   */
+  readonly reservedConnections: number;
 }
 
 /** [audit]: the tamper-evident log, its rotation and checkpoints, and the optional PostgreSQL store. */
@@ -625,6 +631,7 @@ function readTenantAudit(
 function readStaff(r: Reader, tree: Tree, resolvePath: (p: string) => string): StaffConfig | undefined {
   const st = r.section(tree, 'staff', 'staff', [
     'login_user', 'jwks', 'issuer', 'audience', 'algorithms', 'require_mfa', 'allow_token_reuse', 'max_token_lifetime', 'clock_tolerance', 'audit_parameters',
+    'reserved_connections',
   ]);
   if (st === undefined) return undefined;
   const jwks = r.str(st, 'jwks', 'staff');
@@ -651,6 +658,7 @@ function readStaff(r: Reader, tree: Tree, resolvePath: (p: string) => string): S
     maxTokenLifetimeMs: r.duration(st, 'max_token_lifetime', 'staff', 3_600_000, 1000, 86_400_000),
     clockToleranceMs: r.duration(st, 'clock_tolerance', 'staff', 5_000, 0, 300_000),
     auditParameters: oneOf<AuditParameters>(r, st, 'audit_parameters', 'staff', ['off', 'redacted', 'full'], 'full'),
+    reservedConnections: r.int(st, 'reserved_connections', 'staff', 3, 0, 1000),
   };
 }
 

@@ -70,6 +70,8 @@ export interface LimitStore {
 export const LimitKeys = {
   tenantConnections: (tenant: string) => `conn:t:${tenant}`,
   userConnections: (tenant: string, user: string) => `conn:u:${tenant}:${user}`,
+  /** Staff sessions on a tenant: counted apart from its users, under [staff] reserved_connections. */
+  staffConnections: (tenant: string) => `conn:s:${tenant}`,
   tenantRate: (tenant: string) => `rate:t:${tenant}`,
   /** A staff token's id (verified, but its characters are the issuer's: hashed by the caller). */
   staffToken: (jtiHash: string) => `once:jti:${jtiHash}`,

@@ -111,6 +111,8 @@ interface KeyPool {
 
 interface Waiter {
   readonly key: string;
+  /** Backends this waiter may open beyond max_backend_connections (a staff session's reserve). */
+  readonly extra: number;
   readonly since: number;
   readonly resolve: (b: Backend) => void;
   readonly reject: (e: Error) => void;
@@ -182,9 +184,11 @@ export class TenantPool {
   /**
    * A backend for `key`: an idle one, a new one if the tenant has room (evicting another key's
    * idle backend if that makes room), or the next one freed, within pool_timeout.
+   * `extra` lets this caller open that many beyond max_backend_connections (a staff session's
+   * reserve: the caller caps how many such sessions there are), ahead of the queue.
    * Throws PgError (08006 when the server cannot be reached, 53300 on pool timeout) or UpstreamRefused.
    */
-  async acquire(key: string, login: UpstreamLogin, target: UpstreamTarget): Promise<Backend> {
+  async acquire(key: string, login: UpstreamLogin, target: UpstreamTarget, extra = 0): Promise<Backend> {
     if (this.closed) throw Errors.adminShutdown('pool_closed');
     let pool = this.pools.get(key);
     if (pool === undefined) {
@@ -197,10 +201,10 @@ export class TenantPool {
     }
     const ready = this.takeIdle(pool);
     if (ready !== null) return ready;
-    if (this.total < this.settings.maxBackendConnections || this.evictIdleOtherThan(key)) return this.open(pool);
+    if (this.hasRoom(extra) || this.evictIdleOtherThan(key, extra)) return this.open(pool);
     const since = Date.now();
     const backend = await new Promise<Backend>((resolve, reject) => {
-      const w: Waiter = { key, since, resolve, reject, timer: null };
+      const w: Waiter = { key, extra, since, resolve, reject, timer: null };
       w.timer = setTimeout(() => {
         const i = this.waiters.indexOf(w);
         if (i >= 0) this.waiters.splice(i, 1);
@@ -421,15 +425,26 @@ export class TenantPool {
     s.write(DISCARD_ALL);
   }
 
-  private evictIdleOtherThan(key: string): boolean {
-    let victim: Backend | undefined;
-    for (const pool of this.pools.values()) {
-      if (pool.key === key) continue;
-      for (const b of pool.idle) if (victim === undefined || b.lastUsedAt < victim.lastUsedAt) victim = b;
+  /** Whether a caller allowed `extra` backends beyond the cap may open one now. */
+  private hasRoom(extra: number): boolean {
+    return this.total < this.settings.maxBackendConnections + extra;
+  }
+
+  /**
+   * Closes other keys' idle backends, least recently used first, until there is room (more than one
+   * when staff reserves left the tenant above its cap). False if there is still none.
+   */
+  private evictIdleOtherThan(key: string, extra: number): boolean {
+    while (!this.hasRoom(extra)) {
+      let victim: Backend | undefined;
+      for (const pool of this.pools.values()) {
+        if (pool.key === key) continue;
+        for (const b of pool.idle) if (victim === undefined || b.lastUsedAt < victim.lastUsedAt) victim = b;
+      }
+      if (victim === undefined) return false;
+      this.destroy(victim);
     }
-    if (victim === undefined) return false;
-    this.destroy(victim);
-    return this.total < this.settings.maxBackendConnections;
+    return true;
   }
 
   private serviceWaiters(): void {
@@ -438,7 +453,7 @@ export class TenantPool {
       const pool = this.pools.get(w.key);
       if (pool === undefined) break;
       const idle = this.takeIdle(pool);
-      if (idle === null && !(this.total < this.settings.maxBackendConnections || this.evictIdleOtherThan(w.key))) break;
+      if (idle === null && !(this.hasRoom(w.extra) || this.evictIdleOtherThan(w.key, w.extra))) break;
       this.waiters.shift();
       if (w.timer !== null) clearTimeout(w.timer);
       if (idle !== null) w.resolve(idle);

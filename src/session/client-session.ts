@@ -680,15 +680,16 @@ export class ClientSession implements TrafficSource {
       if (tenant.databases !== undefined && !tenant.databases.has(database)) throw Errors.undefinedDatabase(database);
       // A fail-closed tenant's sessions are audited statement by statement: no audit, no session (S10).
       if (tenant.auditFailClosed && !this.ctx.audit.healthy) throw Errors.auditUnavailable();
-      const slots: SlotRequest[] = [{ key: LimitKeys.tenantConnections(tenant.id), limit: tenant.maxClientConnections }];
-      const perUser = user === undefined ? 0 : user.maxConnections > 0 ? user.maxConnections : tenant.limits.maxConnectionsPerUser;
-      if (perUser > 0) slots.push({ key: LimitKeys.userConnections(tenant.id, user!.name), limit: perUser });
-      const got = await this.ctx.limits.acquire(slots);
+      const got = await this.ctx.limits.acquire(this.connectionSlots());
       if (!this.stillConnecting()) {
         if (got.ok) got.lease.release();
         return;
       }
       if (!got.ok) {
+        if (this.staffReserve() > 0) {
+          this.ctx.metrics.limitRejections.inc({ tenant: tenant.id, limit: 'staff_reserved_connections' });
+          throw Errors.tooManyConnectionsForRole(startup.user);
+        }
         const byUser = got.refused === 1;
         this.ctx.metrics.limitRejections.inc({ tenant: tenant.id, limit: byUser ? 'max_connections_per_user' : 'max_client_connections' });
         throw byUser ? Errors.tooManyConnectionsForRole(startup.user) : Errors.tooManyConnectionsForDatabase(database);
@@ -720,7 +721,7 @@ export class ClientSession implements TrafficSource {
       const target = this.ctx.upstreamTarget(tenant);
       let backend: PooledBackend | null = null;
       if (this.transactionMode) this.loginParameters = await this.pool.loginParameters(this.poolKeyStr, this.login, target);
-      else backend = await this.pool.acquire(this.poolKeyStr, this.login, target);
+      else backend = await this.pool.acquire(this.poolKeyStr, this.login, target, this.staffReserve());
       if (!this.stillConnecting()) {
         if (backend !== null) this.pool.release(backend, true, false); // the client left while we waited; the backend is clean
         return;
@@ -747,6 +748,26 @@ export class ClientSession implements TrafficSource {
       }
       this.fail(err);
     }
+  }
+
+  /** Backends and sessions a staff session may use beyond the tenant's caps; 0 for everyone else. */
+  private staffReserve(): number {
+    return this.staffIdentity === null ? 0 : (this.config.staff?.reservedConnections ?? 0);
+  }
+
+  /**
+   * The connection slots this session holds: the tenant's and its user's, or for staff (with a
+   * reserve) the tenant's staff slots only, so staff can get in while the tenant is at its cap.
+   */
+  private connectionSlots(): SlotRequest[] {
+    const tenant = this.tenant!;
+    const reserve = this.staffReserve();
+    if (reserve > 0) return [{ key: LimitKeys.staffConnections(tenant.id), limit: reserve }];
+    const slots: SlotRequest[] = [{ key: LimitKeys.tenantConnections(tenant.id), limit: tenant.maxClientConnections }];
+    const user = this.user;
+    const perUser = user === undefined ? 0 : user.maxConnections > 0 ? user.maxConnections : tenant.limits.maxConnectionsPerUser;
+    if (perUser > 0) slots.push({ key: LimitKeys.userConnections(tenant.id, user!.name), limit: perUser });
+    return slots;
   }
 
   /** After an await in connect(): false when the client left (or the session ended) meanwhile. */
@@ -1676,7 +1697,13 @@ export class ClientSession implements TrafficSource {
           : { method: this.scram?.usedChannelBinding === true ? 'scram-sha-256-plus' : 'scram-sha-256', channel_binding: this.scram?.usedChannelBinding === true },
       statement_audit: this.auditor === null ? 'none' : this.auditFailClosed ? 'fail_closed' : 'best_effort',
       startup_params: Object.fromEntries([...s.forward].map(([k, v]) => [k, sanitizeName(v)])),
-      limits: { tenant_active_after: this.tenantActiveAfter, tenant_limit: tenant.maxClientConnections, mode: this.ctx.limits.mode },
+      // A staff session with a reserve is counted apart: the figures are its staff slots', and `counted_in` says so.
+      limits: {
+        tenant_active_after: this.tenantActiveAfter,
+        tenant_limit: this.staffReserve() > 0 ? this.staffReserve() : tenant.maxClientConnections,
+        mode: this.ctx.limits.mode,
+        counted_in: this.staffReserve() > 0 ? 'staff_reserved' : 'tenant',
+      },
       server_version: p.get('server_version') ?? null,
       client_encoding: p.get('client_encoding') ?? null,
       session_authorization: p.get('session_authorization') ?? null,

@@ -108,11 +108,19 @@ describe('staff access and statement audit', () => {
     spec = {
       auditFile,
       admin: { token_sha256: createHash('sha256').update(ADMIN_TOKEN).digest('hex') },
-      staff: { jwks: path.join(dir, 'jwks.json'), issuer: ISSUER, audience: AUDIENCE, algorithms: ['ES256'], require_mfa: true },
+      staff: { jwks: path.join(dir, 'jwks.json'), issuer: ISSUER, audience: AUDIENCE, algorithms: ['ES256'], require_mfa: true, reserved_connections: 2 },
       tenants: [
         { id: 'acme', cluster, users: [app], extra: { staff_access: 'read', staff_backend_user: 'staff_ro', staff_backend_password_env: STAFF_PW_ENV } },
         { id: 'acmew', cluster, users: [app], extra: { staff_access: 'write', staff_backend_user: 'staff_rw', staff_backend_password_env: STAFF_RW_PW_ENV } },
         { id: 'globex', cluster, users: [app] },
+        {
+          id: 'busy',
+          cluster,
+          users: [app],
+          maxClientConnections: 2,
+          pool: { max_backend_connections: 2, pool_timeout: '300ms' },
+          extra: { staff_access: 'read', staff_backend_user: 'staff_ro', staff_backend_password_env: STAFF_PW_ENV },
+        },
         {
           id: 'audited',
           cluster,
@@ -299,6 +307,81 @@ describe('staff access and statement audit', () => {
     await rp.proxy.audit.flush();
     const recs = await readAudit(auditFile);
     assert.ok(recs.some((x) => x.event === 'staff.access' && x['reason'] === 'jwt_invalid:revoked'));
+  });
+
+  /** Clients of one test, each ended by the test's `finally` even when an assertion failed first. */
+  function clientsOf(): { open: (cfg: pg.ClientConfig) => Promise<pg.Client>; endAll: () => Promise<void> } {
+    const all: pg.Client[] = [];
+    return {
+      open: async (cfg) => {
+        const c = new pg.Client(cfg);
+        c.on('error', () => undefined);
+        all.push(c);
+        await c.connect();
+        return c;
+      },
+      endAll: async () => {
+        await Promise.all(all.map((c) => c.end().catch(() => undefined)));
+      },
+    };
+  }
+
+  it('lets staff in while the tenant is at both its caps, up to reserved_connections, and never takes a customer slot', async () => {
+    const app = (): pg.ClientConfig => clientConfig(rp, { tenant: 'busy', user: 'app', password: 'app-pass' });
+    const busyPool = (): { total: number; idle: number } => rp.proxy.pools.snapshot().find((p) => p.tenant === 'busy')!;
+    const clients = clientsOf();
+    try {
+      const held = [await clients.open(app()), await clients.open(app())];
+      assert.equal(busyPool().total, 2, 'the tenant holds all of its max_backend_connections');
+      assert.equal((await connectError(app())).code, '53300', 'the tenant is at max_client_connections');
+
+      const staff = [await clients.open(staffClient(await mint({ tenant: 'busy', ticket: 'INC-full' }), 'busy')), await clients.open(staffClient(await mint({ tenant: 'busy', ticket: 'INC-full' }), 'busy'))];
+      for (const c of staff) assert.equal((await c.query<{ u: string }>('SELECT current_user AS u')).rows[0]!.u, 'staff_ro');
+      assert.equal(busyPool().total, 4, 'each staff session opened a backend beyond the cap');
+      const third = await connectError(staffClient(await mint({ tenant: 'busy' }), 'busy'));
+      assert.equal(third.code, '53300', 'the reserve is a cap too');
+      assert.equal(third.message, 'too many connections for role "staff"');
+      assert.equal((await connectError(app())).code, '53300', 'staff took no customer slot and gave none');
+
+      // Staff leave: their backends go idle under their own key, 4 backends against a cap of 2. A
+      // customer who needs a backend of a new key (other startup parameters) evicts idle ones until
+      // there is room, rather than waiting out pool_timeout behind them.
+      for (const c of staff) await c.end();
+      await held[0]!.end();
+      await waitFor(() => busyPool().total === 4 && busyPool().idle === 3, 3_000, 'staff and app backends idle');
+      const back = await clients.open({ ...app(), application_name: 'another-key' });
+      assert.equal((await back.query<{ n: number }>('SELECT 7 AS n')).rows[0]!.n, 7);
+      assert.ok(busyPool().total <= 2, `back under the cap once staff are gone (${busyPool().total})`);
+    } finally {
+      await clients.endAll();
+    }
+
+    await rp.proxy.audit.flush();
+    const starts = (await readAudit(auditFile)).filter((x) => x.event === 'session.start' && x['tenant'] === 'busy');
+    const staffStarts = starts.filter((x) => (x['principal'] as { kind?: string }).kind === 'staff');
+    assert.equal(staffStarts.length, 2);
+    type Limits = { tenant_active_after: number; tenant_limit: number; counted_in: string };
+    const limits = (x: Rec): Limits => x['limits'] as Limits;
+    assert.deepEqual(staffStarts.map((s) => [limits(s).counted_in, limits(s).tenant_limit, limits(s).tenant_active_after]).sort(), [['staff_reserved', 2, 1], ['staff_reserved', 2, 2]]);
+    const customers = starts.filter((x) => (x['principal'] as { kind?: string }).kind !== 'staff');
+    assert.ok(customers.length >= 3 && customers.every((s) => limits(s).counted_in === 'tenant' && limits(s).tenant_limit === 2));
+  });
+
+  it('with reserved_connections = 0, staff count against the tenant caps as its users do', async () => {
+    rp.reload({ ...spec, staff: { ...spec.staff, reserved_connections: 0 } });
+    const clients = clientsOf();
+    try {
+      const held = [await clients.open(clientConfig(rp, { tenant: 'busy', user: 'app', password: 'app-pass' })), await clients.open(clientConfig(rp, { tenant: 'busy', user: 'app', password: 'app-pass' }))];
+      const refused = await connectError(staffClient(await mint({ tenant: 'busy' }), 'busy'));
+      assert.equal(refused.code, '53300');
+      assert.equal(refused.message, 'too many connections for database "postgres"');
+      await held[0]!.end();
+      const s = await clients.open(staffClient(await mint({ tenant: 'busy' }), 'busy'));
+      assert.equal((await s.query<{ u: string }>('SELECT current_user AS u')).rows[0]!.u, 'staff_ro');
+    } finally {
+      await clients.endAll();
+      rp.reload(spec);
+    }
   });
 
   it('audits a customer tenant with audit_statements = "all" in transaction mode, parameters redacted', async () => {

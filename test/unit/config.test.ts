@@ -277,6 +277,20 @@ describe('config: each problem names its key', () => {
     });
   }
 
+  describe('staff.reserved_connections', () => {
+    const withStaff = (line: string): string =>
+      `[audit]\nfile = "audit.jsonl"\n\n[staff]\njwks = "jwks.json"\nissuer = "https://sso.example"\naudience = "pgwarden"\n${line}\n${MINIMAL}`;
+    it('defaults to 3 and takes 0 (staff count against the tenant caps)', () => {
+      assert.equal(parseConfigText(withStaff(''), BASE_DIR).staff?.reservedConnections, 3);
+      assert.equal(parseConfigText(withStaff('reserved_connections = 0'), BASE_DIR).staff?.reservedConnections, 0);
+    });
+    for (const value of ['-1', '1001', '1.5', '"3"']) {
+      it(`staff.reserved_connections = ${value} is refused`, () => {
+        assertProblemAt(withStaff(`reserved_connections = ${value}`), 'staff.reserved_connections');
+      });
+    }
+  });
+
   it('reports every problem at once', () => {
     const text = MINIMAL.replace('"127.0.0.1:6432"', '"nope"').replace('backend_tls = "disable"', 'backend_tls = "bogus"');
     const problems = problemsOf(text);

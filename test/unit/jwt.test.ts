@@ -31,7 +31,7 @@ describe('staff token verifier', () => {
     await writeFile(path.join(dir, 'jwks.json'), JSON.stringify({ keys: [{ ...(await exportJWK(pair.publicKey)), kid: 'k1' }] }));
     cfg = {
       loginUser: 'staff', jwks: path.join(dir, 'jwks.json'), issuer: 'iss', audience: 'aud', algorithms: ['ES256'], requireMfa: true,
-      allowTokenReuse: false, maxTokenLifetimeMs: 3_600_000, clockToleranceMs: 0, auditParameters: 'full',
+      allowTokenReuse: false, maxTokenLifetimeMs: 3_600_000, clockToleranceMs: 0, auditParameters: 'full', reservedConnections: 3,
     };
   });
   after(() => rm(dir, { recursive: true, force: true }));
