@@ -194,6 +194,8 @@ export class ClientSession implements TrafficSource {
   private auditEi = 0;
   private maxMessageBytes: number = Limits.largeMessageBytes;
   private tenantActiveAfter = 0;
+  /** The staff reserve this session is counted under (read once, at connect); 0: the tenant's own slots. */
+  private staffSlots = 0;
   /** The source address as limits key it (IPv6 by /64). */
   private readonly source: string;
 
@@ -680,13 +682,14 @@ export class ClientSession implements TrafficSource {
       if (tenant.databases !== undefined && !tenant.databases.has(database)) throw Errors.undefinedDatabase(database);
       // A fail-closed tenant's sessions are audited statement by statement: no audit, no session (S10).
       if (tenant.auditFailClosed && !this.ctx.audit.healthy) throw Errors.auditUnavailable();
+      this.staffSlots = staff === null ? 0 : (this.config.staff?.reservedConnections ?? 0);
       const got = await this.ctx.limits.acquire(this.connectionSlots());
       if (!this.stillConnecting()) {
         if (got.ok) got.lease.release();
         return;
       }
       if (!got.ok) {
-        if (this.staffReserve() > 0) {
+        if (this.staffSlots > 0) {
           this.ctx.metrics.limitRejections.inc({ tenant: tenant.id, limit: 'staff_reserved_connections' });
           throw Errors.tooManyConnectionsForRole(startup.user);
         }
@@ -721,7 +724,7 @@ export class ClientSession implements TrafficSource {
       const target = this.ctx.upstreamTarget(tenant);
       let backend: PooledBackend | null = null;
       if (this.transactionMode) this.loginParameters = await this.pool.loginParameters(this.poolKeyStr, this.login, target);
-      else backend = await this.pool.acquire(this.poolKeyStr, this.login, target, this.staffReserve());
+      else backend = await this.pool.acquire(this.poolKeyStr, this.login, target, this.staffSlots);
       if (!this.stillConnecting()) {
         if (backend !== null) this.pool.release(backend, true, false); // the client left while we waited; the backend is clean
         return;
@@ -750,19 +753,13 @@ export class ClientSession implements TrafficSource {
     }
   }
 
-  /** Backends and sessions a staff session may use beyond the tenant's caps; 0 for everyone else. */
-  private staffReserve(): number {
-    return this.staffIdentity === null ? 0 : (this.config.staff?.reservedConnections ?? 0);
-  }
-
   /**
    * The connection slots this session holds: the tenant's and its user's, or for staff (with a
    * reserve) the tenant's staff slots only, so staff can get in while the tenant is at its cap.
    */
   private connectionSlots(): SlotRequest[] {
     const tenant = this.tenant!;
-    const reserve = this.staffReserve();
-    if (reserve > 0) return [{ key: LimitKeys.staffConnections(tenant.id), limit: reserve }];
+    if (this.staffSlots > 0) return [{ key: LimitKeys.staffConnections(tenant.id), limit: this.staffSlots }];
     const slots: SlotRequest[] = [{ key: LimitKeys.tenantConnections(tenant.id), limit: tenant.maxClientConnections }];
     const user = this.user;
     const perUser = user === undefined ? 0 : user.maxConnections > 0 ? user.maxConnections : tenant.limits.maxConnectionsPerUser;
@@ -1700,9 +1697,9 @@ export class ClientSession implements TrafficSource {
       // A staff session with a reserve is counted apart: the figures are its staff slots', and `counted_in` says so.
       limits: {
         tenant_active_after: this.tenantActiveAfter,
-        tenant_limit: this.staffReserve() > 0 ? this.staffReserve() : tenant.maxClientConnections,
+        tenant_limit: this.staffSlots > 0 ? this.staffSlots : tenant.maxClientConnections,
         mode: this.ctx.limits.mode,
-        counted_in: this.staffReserve() > 0 ? 'staff_reserved' : 'tenant',
+        counted_in: this.staffSlots > 0 ? 'staff_reserved' : 'tenant',
       },
       server_version: p.get('server_version') ?? null,
       client_encoding: p.get('client_encoding') ?? null,
