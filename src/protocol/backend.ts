@@ -4,13 +4,7 @@
  * @see https://www.postgresql.org/docs/current/protocol-message-formats.html
  */
 import { AuthCode, Backend, PROTOCOL_MINOR_SUPPORTED, TxStatus, type TxStatusByte } from './codes.js';
-
-function frame(type: number, bodyLength: number): Buffer {
-  const out = Buffer.allocUnsafe(5 + bodyLength);
-  out[0] = type;
-  out.writeUInt32BE(4 + bodyLength, 1);
-  return out;
-}
+import { allocFrame as frame } from './frame.js';
 
 function authFrame(code: number, extra: Buffer | null): Buffer {
   const extraLen = extra === null ? 0 : extra.length;

@@ -3,7 +3,8 @@
  * throws ProtocolFormatError on a malformed body and never trusts a declared count or length.
  * Policy (which parameters are allowed, what a mechanism means) is left to the callers.
  */
-import { RequestCode } from './codes.js';
+import { Frontend, RequestCode } from './codes.js';
+import { cstring, encodeFrame } from './frame.js';
 
 /** The body does not have the layout its type requires. `detail` is PostgreSQL-like text. */
 export class ProtocolFormatError extends Error {
@@ -129,3 +130,14 @@ export const SSL_REQUEST: Buffer = (() => {
   b.writeUInt32BE(RequestCode.SSLRequest, 4);
   return b;
 })();
+
+/** Terminate: the client's (or pgwarden's, to a backend) last message. */
+export const TERMINATE: Buffer = encodeFrame(Frontend.Terminate);
+
+/** A simple Query message. */
+export function encodeQuery(sql: string): Buffer {
+  return encodeFrame(Frontend.Query, cstring(sql));
+}
+
+/** What a pooled backend runs before another client may have it. */
+export const DISCARD_ALL: Buffer = encodeQuery('DISCARD ALL');
