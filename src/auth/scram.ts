@@ -167,11 +167,16 @@ export class ScramServerExchange {
     return channelBindingAvailable ? [SCRAM_SHA_256_PLUS, SCRAM_SHA_256] : [SCRAM_SHA_256];
   }
 
+  /** Whether the client may select this mechanism here (PLUS only when channel binding is possible). */
+  acceptsMechanism(mechanism: string): boolean {
+    return mechanism === SCRAM_SHA_256 || (mechanism === SCRAM_SHA_256_PLUS && this.channelBinding !== null);
+  }
+
   /** Handles SASLInitialResponse; returns server-first-message. Throws PgError. */
   clientFirst(mechanism: string, data: Buffer | null): Buffer {
     if (this.phase !== 'first') throw Errors.malformedScram('Unexpected message.');
     const plus = mechanism === SCRAM_SHA_256_PLUS;
-    if (!(mechanism === SCRAM_SHA_256 || (plus && this.channelBinding !== null))) throw Errors.invalidMechanism();
+    if (!this.acceptsMechanism(mechanism)) throw Errors.invalidMechanism();
     if (data === null || data.length === 0) throw Errors.malformedScram('The message is empty.');
     const msg = data.toString('utf8');
     if (Buffer.byteLength(msg) !== data.length || msg.includes('\0')) {
