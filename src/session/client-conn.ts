@@ -9,6 +9,10 @@ import type { Socket } from 'node:net';
 import tls from 'node:tls';
 import { FrameReader, type Frame } from '../protocol/frame-reader.js';
 import { PrefixedStream } from '../net/prefixed-stream.js';
+import type { Notice } from './types.js';
+
+/** After a FATAL is written, how long the peer gets to read it before the socket is destroyed. */
+const CLOSE_GRACE_MS = 5_000;
 
 /** The session's signal fired while a step waited; the session has already ended (or is ending) the connection. */
 export class Aborted extends Error {
@@ -138,6 +142,29 @@ export class ClientConn {
     return this.reader.drain();
   }
 
+  /** Ends the connection as `notice` says: a FATAL (then a grace to read it), a plain end, a reset, or nothing. */
+  endWith(notice: Notice): void {
+    const sock = this.sock;
+    if (notice === 'none') return;
+    if (notice === 'destroy') {
+      sock.destroy();
+      return;
+    }
+    if (notice === 'end_soon') {
+      sock.end();
+      sock.destroySoon();
+      return;
+    }
+    if (sock.destroyed) return;
+    if (notice === 'end') {
+      sock.end();
+      return;
+    }
+    sock.end(notice);
+    // Keep reading (and discarding) so the peer's FIN is seen; a paused socket would linger.
+    sock.resume();
+    setTimeout(() => sock.destroy(), CLOSE_GRACE_MS).unref();
+  }
   private async more(): Promise<void> {
     checkAborted(this.signal);
     await new Promise<void>((resolve) => (this.wake = resolve));

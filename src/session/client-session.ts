@@ -15,18 +15,17 @@ import { encodeGreeting } from '../protocol/backend.js';
 import { TxStatus, type TxStatusByte } from '../protocol/codes.js';
 import { UpstreamRefused } from '../pool/upstream.js';
 import { sourceKey } from '../limits/store.js';
-import { tenantFromSni } from '../routing/resolve.js';
 import type { Lease } from '../limits/connections.js';
 import { hashCancelSecret } from '../cluster/bus.js';
 import type { AuditEvent } from '../audit/record.js';
 import type { Metrics, TrafficSource } from '../observability/metrics.js';
 import type { SessionContext } from './context.js';
-import type { AuthStage, CloseReason, Notice, Phase, PreauthEnd, SessionView, StaffIdentity } from './types.js';
+import type { CloseReason, Notice, Phase, PreauthEnd, SessionView, StaffIdentity } from './types.js';
 import { Aborted, ClientConn } from './client-conn.js';
 import { SessionResources } from './resources.js';
 import { SessionRecords, type AuditSubject } from './audit-records.js';
-import { handshake, type TlsFacts } from './login/handshake.js';
-import { admit, lockoutRules, type LoginPlan } from './login/admission.js';
+import { handshake, rateShieldedHandshake, type TlsFacts } from './login/handshake.js';
+import { admit, type LoginPlan } from './login/admission.js';
 import { AuthFailure, Unaudited, type Authenticated, type Authenticator, type LoginProgress } from './login/authenticator.js';
 import { ScramLogin } from './login/scram-login.js';
 import { StaffLogin } from './login/staff-login.js';
@@ -35,12 +34,12 @@ import { upstreamLogin, type UpstreamSession } from './login/upstream-login.js';
 import type { Relay, RelayHost } from './relay/relay.js';
 import { SessionRelay } from './relay/session-relay.js';
 import { TransactionRelay } from './relay/transaction-relay.js';
-import { StatementAudit } from './relay/statement-audit.js';
+import { statementAuditFor } from './relay/audit-gate.js';
+import { TrafficFold } from './relay/traffic.js';
+import { describeSession } from './view.js';
+import { LoginFailures } from './login/failures.js';
 
 export type { CloseReason, Phase, SessionView, StaffIdentity } from './types.js';
-
-/** After a FATAL is written, how long the peer gets to read it before the socket is destroyed. */
-const CLOSE_GRACE_MS = 5_000;
 
 export class ClientSession implements TrafficSource, RelayHost {
   readonly id = randomUUID();
@@ -61,7 +60,8 @@ export class ClientSession implements TrafficSource, RelayHost {
   private loginBackendPid = 0;
   /** Limits that fired during the session (audit `session.end`). */
   private readonly limitEvents: string[] = [];
-  private readonly folded = { bytesIn: 0, bytesOut: 0, messagesIn: 0, messagesOut: 0, queries: 0, transactions: 0 };
+  private readonly traffic = new TrafficFold();
+  private readonly failures: LoginFailures;
 
   constructor(socket: Socket, ctx: SessionContext, preauthLease: Lease) {
     this.ctx = ctx;
@@ -84,6 +84,7 @@ export class ClientSession implements TrafficSource, RelayHost {
       staffIdentity: null,
     };
     this.records = new SessionRecords(this.subject);
+    this.failures = new LoginFailures(ctx, this.conn, this.subject, this.records, this.source, () => this.plan);
     this.progress = { stage: 'startup', clientDone: this.onClientDone };
     void this.run();
   }
@@ -93,9 +94,15 @@ export class ClientSession implements TrafficSource, RelayHost {
   private async run(): Promise<void> {
     const ctx = this.ctx;
     try {
-      const hs = await handshake(this.conn, { tls: ctx.tls, onTlsPhase: this.onTlsPhase, onSni: this.onSni, onTlsDone: this.onTlsDone }, this.subject.tls);
+      const hs = await handshake(
+        this.conn,
+        { tls: ctx.tls, onTlsPhase: this.onTlsPhase, onSni: (name) => rateShieldedHandshake(ctx, name, this.conn.remoteAddress), onTlsDone: this.onTlsDone },
+        this.subject.tls,
+      );
       if (hs.kind === 'refused') {
-        this.refuse(hs.reason);
+        // Pre-startup noise: aggregated audit, then close without a message (N4).
+        this.failures.rejected(hs.reason);
+        this.close('refused', 'destroy');
         return;
       }
       if (hs.kind === 'cancel') {
@@ -125,7 +132,9 @@ export class ClientSession implements TrafficSource, RelayHost {
       const verdict = await ctx.limits.admit(plan.rate, plan.lockouts);
       if (this.closed) return;
       if (verdict !== 'ok') {
-        this.refuseAdmission(verdict === 'rate_limited' ? 'rate_limited' : 'auth_throttled');
+        const reason = verdict === 'rate_limited' ? 'rate_limited' : 'auth_throttled';
+        this.failures.admissionRefused(reason);
+        this.close('admission_refused', Errors.tooManyAttempts(reason).toFrame());
         return;
       }
 
@@ -177,19 +186,7 @@ export class ClientSession implements TrafficSource, RelayHost {
     ctx.metrics.clientConnections.inc({ tenant: tenant.id });
     ctx.metrics.sessions.inc({ tenant: tenant.id, outcome: 'started' });
     ctx.metrics.liveSessions.add(this);
-    const staff = who.kind === 'staff';
-    const audited = staff || tenant.auditStatements === 'all';
-    const failClosed = staff || tenant.auditFailClosed;
-    const auditor = audited
-      ? new StatementAudit(
-          {
-            params: staff ? ctx.config.staff!.auditParameters : tenant.auditParameters,
-            queryMaxBytes: ctx.config.audit.queryMaxBytes,
-            paramMaxBytes: ctx.config.audit.paramMaxBytes,
-          },
-          () => this.records.nextEi(),
-        )
-      : null;
+    const audit = statementAuditFor(ctx, tenant, who.kind === 'staff' ? who.identity : null, () => this.records.nextEi());
     const bw = ctx.bandwidth.get(tenant.id, tenant.limits.maxBandwidthBytesPerSecond);
     const setup = {
       ctx,
@@ -199,7 +196,7 @@ export class ClientSession implements TrafficSource, RelayHost {
       login: up.login,
       txStatus,
       rates: bw ?? null,
-      audit: auditor === null ? null : { auditor, failClosed, readOnly: staff && who.identity.access === 'read' },
+      audit,
       bytesBefore: this.conn.bytesIn,
     };
     const relay = up.transactionMode ? new TransactionRelay(this, this.conn.sock, setup) : new SessionRelay(this, this.conn.sock, setup);
@@ -211,7 +208,7 @@ export class ClientSession implements TrafficSource, RelayHost {
         backendPid: backend?.processId ?? null,
         backendTls: backend?.conn.tlsVersion ?? null,
         channelBinding: who.kind === 'scram' && who.channelBinding,
-        statementAudit: auditor === null ? 'none' : failClosed ? 'fail_closed' : 'best_effort',
+        statementAudit: audit === null ? 'none' : audit.failClosed ? 'fail_closed' : 'best_effort',
         tenantActiveAfter: up.tenantActiveAfter,
         staffSlots: this.staffSlots,
         limitMode: ctx.limits.mode,
@@ -254,34 +251,11 @@ export class ClientSession implements TrafficSource, RelayHost {
     this.currentPhase = 'closed';
     this.abort.abort();
     this.relay?.stop();
-    this.tell(notice);
+    this.conn.endWith(notice);
     if (started) this.accountEnd(reason as CloseReason, detail ?? reason);
     else this.ctx.log.debug({ session: this.id, reason }, 'connection closed before login');
     this.res.releaseAll();
     this.ctx.onClosed(this);
-  }
-
-  private tell(notice: Notice): void {
-    const sock = this.conn.sock;
-    if (notice === 'none') return;
-    if (notice === 'destroy') {
-      sock.destroy();
-      return;
-    }
-    if (notice === 'end_soon') {
-      sock.end();
-      sock.destroySoon();
-      return;
-    }
-    if (sock.destroyed) return;
-    if (notice === 'end') {
-      sock.end();
-      return;
-    }
-    sock.end(notice);
-    // Keep reading (and discarding) so the peer's FIN is seen; a paused socket would linger.
-    sock.resume();
-    setTimeout(() => sock.destroy(), CLOSE_GRACE_MS).unref();
   }
 
   /** A started session ends: metrics, the statement audit's open records, session.end, the log. */
@@ -293,25 +267,13 @@ export class ClientSession implements TrafficSource, RelayHost {
     ctx.metrics.liveSessions.delete(this);
     ctx.metrics.clientConnections.dec({ tenant });
     ctx.metrics.sessionEnds.inc({ tenant, reason });
-    if (relay.gate !== null) {
-      const out: AuditEvent[] = [];
-      relay.gate.auditor.abandon(out);
-      for (const e of out) this.audit(e);
-    }
-    const s = relay.state;
+    for (const e of relay.abandonStatements()) this.audit(e);
     ctx.audit.append(
       this.records.sessionEnd({
+        ...relay.endFacts(),
         reason: detail,
         backendPid: this.loginBackendPid,
-        pinned: relay.pinned,
         durationMs: Date.now() - this.startedAt,
-        bytesIn: relay.bytesIn,
-        bytesOut: relay.bytesOut,
-        messagesIn: s.messagesIn,
-        messagesOut: s.messagesOut,
-        queries: s.queries,
-        statementsAudited: relay.gate?.auditor.statementsAudited ?? 0,
-        txStatus: s.txStatus,
         limitsHit: this.limitEvents,
       }),
     );
@@ -327,7 +289,8 @@ export class ClientSession implements TrafficSource, RelayHost {
   fail(err: unknown): void {
     if (this.closed || err instanceof Aborted) return;
     if (err instanceof AuthFailure) {
-      this.authFailed(err.error, err.stage);
+      this.failures.authFailed(err.error, err.stage);
+      this.close('auth_failed', err.error.toFrame());
       return;
     }
     if (err instanceof Unaudited) {
@@ -340,67 +303,25 @@ export class ClientSession implements TrafficSource, RelayHost {
     if (this.currentPhase === 'relaying') {
       const reason =
         pgErr.kind === 'client' ? 'protocol_violation' : pgErr.reason === 'pool_timeout' ? 'pool_timeout' : pgErr.kind === 'limit' ? 'limit' : 'internal';
-      return this.close(reason, pgErr.toFrame());
+      this.close(reason, pgErr.toFrame());
+      return;
     }
-    if (this.subject.startup !== null) {
-      this.auditAuthFailure(this.progress.stage, pgErr.reason, pgErr.sqlstate, pgErr.message);
-      if (pgErr.kind === 'auth') this.countAuthFailure(pgErr.reason);
-    } else {
-      this.ctx.rejections.record(pgErr.reason, this.conn.remoteAddress);
-    }
+    this.failures.preauthError(pgErr, this.progress.stage);
     this.close('error', pgErr.toFrame());
-  }
-
-  private authFailed(err: PgError, stage: AuthStage): void {
-    this.countAuthFailure(err.reason);
-    this.ctx.metrics.errors.inc({ kind: err.kind });
-    this.auditAuthFailure(stage, err.reason, err.sqlstate, err.message);
-    this.ctx.log.info(
-      { session: this.id, tenant: this.subject.tenant?.id ?? null, client: this.conn.remoteAddress, reason: err.reason },
-      'authentication failed',
-    );
-    this.close('auth_failed', err.toFrame());
   }
 
   /** The upstream login failed: the server's own refusal as sent (R1), or ours. */
   private upstreamFailed(err: unknown): void {
     if (this.closed || err instanceof Aborted) return;
-    const tenant = this.subject.tenant!.id;
     if (err instanceof UpstreamRefused) {
-      this.auditAuthFailure('backend_connect', `backend_refused:${err.sqlstate}`, err.sqlstate, '(backend error)');
-      this.ctx.metrics.sessions.inc({ tenant, outcome: 'upstream_failed' });
-      return this.close('upstream_failed', err.frame);
-    }
-    if (!(err instanceof PgError)) {
+      this.failures.upstreamFailed(`backend_refused:${err.sqlstate}`, err.sqlstate, '(backend error)', true);
+      this.close('upstream_failed', err.frame);
+    } else if (err instanceof PgError) {
+      this.failures.upstreamFailed(err.reason, err.sqlstate, err.message, err.kind === 'upstream', err.cause);
+      this.close('upstream_failed', err.toFrame());
+    } else {
       this.fail(err);
-      return;
     }
-    if (err.kind === 'upstream') {
-      this.ctx.log.warn({ session: this.id, tenant, reason: err.reason, err: err.cause }, 'backend connect failed');
-      this.ctx.metrics.sessions.inc({ tenant, outcome: 'upstream_failed' });
-    }
-    this.auditAuthFailure('backend_connect', err.reason, err.sqlstate, err.message);
-    this.close('upstream_failed', err.toFrame());
-  }
-
-  /**
-   * A connection-rate or cool-down refusal. A storm is many of these, so they are aggregated
-   * (one connection.rejected record per reason, source prefix and tenant each window), as
-   * pre-auth noise is: the audit log must not become the attack's amplifier.
-   */
-  private refuseAdmission(reason: 'rate_limited' | 'auth_throttled'): void {
-    const tenant = this.subject.tenant?.id;
-    this.ctx.metrics.limitRejections.inc({ tenant: tenant ?? 'unknown', limit: reason === 'rate_limited' ? 'new_connections_per_second' : 'auth_failures' });
-    this.ctx.metrics.errors.inc({ kind: 'limit' });
-    this.ctx.rejections.record(reason, this.conn.remoteAddress, tenant);
-    if (reason === 'rate_limited' && tenant !== undefined) this.ctx.noteRateLimited(tenant);
-    this.close('admission_refused', Errors.tooManyAttempts(reason).toFrame());
-  }
-
-  /** Pre-startup noise: aggregated audit, then close without a message (N4). */
-  private refuse(reason: string): void {
-    this.ctx.rejections.record(reason, this.conn.remoteAddress);
-    this.close('refused', 'destroy');
   }
 
   /** A CancelRequest: to our own session, or over the bus to whichever instance (or worker) owns the key. No reply whatever the outcome (R5). */
@@ -409,19 +330,6 @@ export class ClientSession implements TrafficSource, RelayHost {
     if (target !== undefined) target.cancel();
     else this.ctx.bus.publishCancel({ processId, secretHash: hashCancelSecret(secretKey, this.ctx.mockSecret) });
     this.close('cancel', 'end_soon');
-  }
-
-  private countAuthFailure(reason: string): void {
-    const tenant = this.subject.tenant === undefined ? 'unknown' : this.subject.tenant.id;
-    this.ctx.metrics.authFailures.inc({ tenant, reason });
-    this.ctx.metrics.sessions.inc({ tenant, outcome: 'auth_failed' });
-    // Counts toward the cool-downs; a store that cannot be reached just forgets (it is degraded).
-    const rules = this.plan?.lockouts ?? lockoutRules(undefined, this.ctx.config, this.source);
-    this.ctx.limits.noteAuthFailure(rules).catch((err: unknown) => this.ctx.log.warn({ err }, 'could not record an authentication failure'));
-  }
-
-  private auditAuthFailure(stage: AuthStage, reason: string, sqlstate: string | undefined, message: string | undefined): void {
-    this.ctx.audit.append(this.records.authFailure(this.conn.sock, stage, reason, sqlstate, message));
   }
 
   // ---------------------------------------------------------------- events from the client and the clock
@@ -435,7 +343,7 @@ export class ClientSession implements TrafficSource, RelayHost {
   private readonly onClientError = (err: Error): void => {
     if (this.currentPhase === 'tls_handshake') {
       this.ctx.metrics.tlsHandshakes.inc({ outcome: 'failed', version: 'none' });
-      this.ctx.rejections.record('tls_handshake_failed', this.conn.remoteAddress);
+      this.failures.rejected('tls_handshake_failed');
       this.close('tls_failed', 'destroy');
       return;
     }
@@ -450,10 +358,10 @@ export class ClientSession implements TrafficSource, RelayHost {
       return;
     }
     if (phase === 'authenticating' || phase === 'connecting') {
-      this.auditAuthFailure(this.progress.stage, 'client_aborted', undefined, undefined);
+      this.failures.auditAuthFailure(this.progress.stage, 'client_aborted', undefined, undefined);
       return this.close('client_aborted', 'destroy');
     }
-    this.ctx.rejections.record(this.subject.startup === null ? 'client_aborted' : 'client_aborted_startup', this.conn.remoteAddress);
+    this.failures.rejected(this.subject.startup === null ? 'client_aborted' : 'client_aborted_startup');
     this.close('client_aborted', 'none');
   };
 
@@ -461,11 +369,11 @@ export class ClientSession implements TrafficSource, RelayHost {
     const phase = this.currentPhase;
     if (phase === 'closed' || phase === 'relaying') return;
     if (phase === 'authenticating' || phase === 'connecting') {
-      this.auditAuthFailure(this.progress.stage, 'auth_timeout', '08006', 'authentication timed out');
+      this.failures.auditAuthFailure(this.progress.stage, 'auth_timeout', '08006', 'authentication timed out');
       return this.close('auth_timeout', Errors.authTimeout().toFrame());
     }
     // Still in the startup packet or TLS handshake: close silently, as PostgreSQL does.
-    this.ctx.rejections.record('auth_timeout', this.conn.remoteAddress);
+    this.failures.rejected('auth_timeout');
     this.close('auth_timeout', 'destroy');
   };
 
@@ -480,19 +388,6 @@ export class ClientSession implements TrafficSource, RelayHost {
 
   private readonly onTlsDone = (version: string | null): void => {
     this.ctx.metrics.tlsHandshakes.inc({ outcome: 'ok', version: version ?? 'unknown' });
-  };
-
-  /**
-   * A tenant whose connection-rate bucket is known to be empty: refuse before the costly part of
-   * the handshake (key exchange, signature). The client sees a TLS alert, not 53300: during a
-   * storm that is the price of not spending a handshake on every attempt.
-   */
-  private readonly onSni = (servername: string): Error | null => {
-    const tenant = tenantFromSni(servername, this.ctx.config.server.sniSuffix);
-    if (tenant === undefined || !this.ctx.rateShielded(tenant)) return null;
-    this.ctx.metrics.limitRejections.inc({ tenant: this.ctx.config.tenants.has(tenant) ? tenant : 'unknown', limit: 'new_connections_per_second' });
-    this.ctx.rejections.record('rate_limited_handshake', this.conn.remoteAddress, tenant);
-    return new Error('connection rate exceeded');
   };
 
   // ---------------------------------------------------------------- what the proxy asks of a session
@@ -566,45 +461,11 @@ export class ClientSession implements TrafficSource, RelayHost {
 
   /** What the admin API lists: no secrets, user-supplied names sanitized. */
   describe(): SessionView {
-    const st = this.subject.startup;
-    const staff = this.subject.staffIdentity;
-    const relay = this.relay;
-    return {
-      id: this.id,
-      tenant: this.subject.tenant?.id ?? null,
-      user: st === null ? null : sanitizeName(st.user),
-      database: st === null ? null : sanitizeName(st.database ?? this.subject.tenant?.backendDatabase ?? ''),
-      staff:
-        staff === null ? null : { sub: staff.sub, ticket: staff.ticket, access: staff.access, jti: staff.jti, expires_at: new Date(staff.expMs).toISOString() },
-      client: { addr: this.conn.remoteAddress, port: this.conn.remotePort },
-      tls: this.subject.tls.version,
-      started_at: new Date(this.startedAt).toISOString(),
-      phase: this.currentPhase,
-      tx_status: String.fromCharCode(relay?.state.txStatus ?? TxStatus.Idle),
-      bytes_in: relay?.bytesIn ?? this.conn.bytesIn,
-      bytes_out: relay?.bytesOut ?? 0,
-      queries: relay?.state.queries ?? 0,
-    };
+    return describeSession(this.subject, this.currentPhase, this.startedAt, this.relay, this.conn.bytesIn);
   }
 
   /** Adds what moved since the last fold to the traffic counters (at scrape time and at the end). */
   foldTraffic(m: Metrics): void {
-    const r = this.relay;
-    if (r === null) return;
-    const tenant = this.subject.tenant?.id ?? 'unknown';
-    const f = this.folded;
-    const s = r.state;
-    if (r.bytesIn !== f.bytesIn) m.bytes.inc({ tenant, direction: 'client_to_upstream' }, r.bytesIn - f.bytesIn);
-    if (r.bytesOut !== f.bytesOut) m.bytes.inc({ tenant, direction: 'upstream_to_client' }, r.bytesOut - f.bytesOut);
-    if (s.messagesIn !== f.messagesIn) m.messages.inc({ tenant, direction: 'client_to_upstream' }, s.messagesIn - f.messagesIn);
-    if (s.messagesOut !== f.messagesOut) m.messages.inc({ tenant, direction: 'upstream_to_client' }, s.messagesOut - f.messagesOut);
-    if (s.queries !== f.queries) m.queries.inc({ tenant }, s.queries - f.queries);
-    if (s.transactions !== f.transactions) m.transactions.inc({ tenant }, s.transactions - f.transactions);
-    f.bytesIn = r.bytesIn;
-    f.bytesOut = r.bytesOut;
-    f.messagesIn = s.messagesIn;
-    f.messagesOut = s.messagesOut;
-    f.queries = s.queries;
-    f.transactions = s.transactions;
+    if (this.relay !== null) this.traffic.fold(m, this.subject.tenant!.id, this.relay);
   }
 }

@@ -12,6 +12,8 @@ import { FrameLengthError } from '../../protocol/frame-reader.js';
 import { decodeFirstMessage, ProtocolFormatError } from '../../protocol/frontend.js';
 import type { TlsMaterial } from '../../net/tls.js';
 import type { ClientConn } from '../client-conn.js';
+import type { SessionContext } from '../context.js';
+import { tenantFromSni } from '../../routing/resolve.js';
 
 /** First byte of a TLS record carrying a handshake (ClientHello). */
 const TLS_HANDSHAKE = 0x16;
@@ -124,4 +126,17 @@ async function secure(conn: ClientConn, deps: HandshakeDeps, material: TlsMateri
   // but a client that offers protocols must include it (N10).
   if (alpn !== 'postgresql' && (direct || alpn !== false)) return { kind: 'refused', reason: 'protocol_violation:alpn' };
   return null;
+}
+
+/**
+ * A tenant whose connection-rate bucket is known to be empty: refuse before the costly part of
+ * the handshake (key exchange, signature). The client sees a TLS alert, not 53300: during a
+ * storm that is the price of not spending a handshake on every attempt.
+ */
+export function rateShieldedHandshake(ctx: SessionContext, servername: string, remoteAddress: string): Error | null {
+  const tenant = tenantFromSni(servername, ctx.config.server.sniSuffix);
+  if (tenant === undefined || !ctx.rateShielded(tenant)) return null;
+  ctx.metrics.limitRejections.inc({ tenant: ctx.config.tenants.has(tenant) ? tenant : 'unknown', limit: 'new_connections_per_second' });
+  ctx.rejections.record('rate_limited_handshake', remoteAddress, tenant);
+  return new Error('connection rate exceeded');
 }

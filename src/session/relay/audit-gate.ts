@@ -10,7 +10,10 @@
 import type { AuditEvent } from '../../audit/record.js';
 import { Frontend, frontendMaxLength } from '../../protocol/codes.js';
 import { FrameReader, type Frame } from '../../protocol/frame-reader.js';
-import type { StatementAudit } from './statement-audit.js';
+import { StatementAudit } from './statement-audit.js';
+import type { TenantConfig } from '../../config/schema.js';
+import type { SessionContext } from '../context.js';
+import type { StaffIdentity } from '../types.js';
 import { refusedStatement } from './refusals.js';
 
 export interface AuditGateHost {
@@ -128,4 +131,20 @@ function readOnlyGuard(f: Frame): Buffer | null {
   const text = f.type === Frontend.Query ? f.body.toString('utf8') : f.body.toString('utf8', f.body.indexOf(0) + 1);
   if (!READ_WRITE_RE.test(text)) return null;
   return refusedStatement(f, READ_ONLY_REFUSAL_SQL).raw;
+}
+
+/** Statement audit for a new session: staff sessions and tenants with audit_statements = "all"; null when off. */
+export function statementAuditFor(
+  ctx: SessionContext,
+  tenant: TenantConfig,
+  staff: StaffIdentity | null,
+  nextEi: () => number,
+): { readonly auditor: StatementAudit; readonly failClosed: boolean; readonly readOnly: boolean } | null {
+  if (staff === null && tenant.auditStatements !== 'all') return null;
+  const c = ctx.config;
+  const auditor = new StatementAudit(
+    { params: staff !== null ? c.staff!.auditParameters : tenant.auditParameters, queryMaxBytes: c.audit.queryMaxBytes, paramMaxBytes: c.audit.paramMaxBytes },
+    nextEi,
+  );
+  return { auditor, failClosed: staff !== null || tenant.auditFailClosed, readOnly: staff?.access === 'read' };
 }

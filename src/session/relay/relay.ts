@@ -17,6 +17,7 @@ import type { ByteRate } from '../../limits/bandwidth.js';
 import type { AuditEvent } from '../../audit/record.js';
 import type { SessionContext } from '../context.js';
 import type { CloseReason, Notice } from '../types.js';
+import type { SessionEndFacts } from '../audit-records.js';
 import { ProtocolState } from './protocol-state.js';
 import { BackendHold, ClientHold, Flow } from './flow.js';
 import { SendStall, timeoutVerdict } from './timeouts.js';
@@ -227,6 +228,28 @@ export abstract class Relay implements AuditGateHost {
     this.upRate?.forget(this.onUpBudget);
     this.downRate?.forget(this.onDownBudget);
     this.releaseBackend();
+  }
+
+  /** Statement records still open as the session ends (written as abandoned). */
+  abandonStatements(): AuditEvent[] {
+    const out: AuditEvent[] = [];
+    this.gate?.auditor.abandon(out);
+    return out;
+  }
+
+  /** What session.end says of the relay. */
+  endFacts(): Omit<SessionEndFacts, 'reason' | 'backendPid' | 'durationMs' | 'limitsHit'> {
+    const s = this.state;
+    return {
+      pinned: this.pinned,
+      bytesIn: this.bytesIn,
+      bytesOut: this.bytesOut,
+      messagesIn: s.messagesIn,
+      messagesOut: s.messagesOut,
+      queries: s.queries,
+      statementsAudited: this.gate?.auditor.statementsAudited ?? 0,
+      txStatus: s.txStatus,
+    };
   }
 
   // ---------------------------------------------------------------- cancel and timeouts
