@@ -3,16 +3,14 @@
  * 08P01 "expected SASL response, got message type N" (or "password response"), Terminate
  * included; a length beyond the exchange's cap is an invalid length.
  */
-import { Errors } from '../../errors.js';
-import { FrameLengthError, FrameTypeError, type Frame } from '../../protocol/frame-reader.js';
+import { frameError } from '../../errors.js';
+import type { Frame } from '../../protocol/frame-reader.js';
 import type { ClientConn } from '../client-conn.js';
 
 export async function readAuthMessage(conn: ClientConn, maxLength: (type: number) => number, exchange: 'sasl' | 'password'): Promise<Frame> {
   try {
     return await conn.nextTyped(maxLength);
   } catch (err) {
-    if (err instanceof FrameTypeError) throw exchange === 'sasl' ? Errors.expectedSaslResponse(err.type) : Errors.expectedPasswordResponse(err.type);
-    if (err instanceof FrameLengthError) throw Errors.invalidLength('protocol_violation:auth_length');
-    throw err;
+    throw frameError(err, exchange);
   }
 }

@@ -8,9 +8,7 @@
  */
 import type { Socket } from 'node:net';
 import type { LimitSettings, TenantConfig } from '../../config/schema.js';
-import { Errors, type PgError } from '../../errors.js';
-import { frontendMaxLength, Limits } from '../../protocol/codes.js';
-import { FrameLengthError } from '../../protocol/frame-reader.js';
+import { Errors, frameError, PgError } from '../../errors.js';
 import type { Backend as PooledBackend, TenantPool } from '../../pool/backend-pool.js';
 import { sendUpstreamCancel, type UpstreamLogin } from '../../pool/upstream.js';
 import type { ByteRate } from '../../limits/bandwidth.js';
@@ -305,13 +303,11 @@ export abstract class Relay implements AuditGateHost {
     this.host.end(v.reason, this.noticeFor(v.error));
   }
 
-  /** Over the tenant's max_message_bytes (a limit, counted) or over what any message may be (a violation). */
-  protected lengthError(e: Error | null): PgError {
-    if (e instanceof FrameLengthError && e.declared >= 4 && e.declared <= frontendMaxLength(e.type, Limits.largeMessageBytes)) {
-      this.host.noteLimit('max_message_bytes');
-      return Errors.messageTooLarge();
-    }
-    return Errors.invalidLength();
+  /** A client frame the reader refused, as the client hears it; over max_message_bytes is a limit, counted. */
+  protected clientFrameError(err: unknown): unknown {
+    const e = err instanceof Error ? frameError(err, 'relay') : Errors.invalidLength();
+    if (e instanceof PgError && e.reason === 'max_message_bytes') this.host.noteLimit('max_message_bytes');
+    return e;
   }
 
   // ---------------------------------------------------------------- audit gate host

@@ -3,9 +3,8 @@
  * came, scanned (not parsed) for frame boundaries and the few facts the relay needs. Terminate
  * stays here: the backend is pooled, so it never sees it.
  */
-import { Errors } from '../../errors.js';
 import { Backend, Frontend, frontendMaxLength, Limits } from '../../protocol/codes.js';
-import { FrameScanner, FrameTypeError, type ScanHandler } from '../../protocol/frame-reader.js';
+import { FrameScanner, type ScanHandler } from '../../protocol/frame-reader.js';
 import { Relay, type RelayHost, type RelaySetup } from './relay.js';
 import type { Socket } from 'node:net';
 
@@ -50,8 +49,7 @@ export class SessionRelay extends Relay {
     const bad = this.clientScanner.scan(chunk);
     if (bad >= 0) {
       if (bad > 0) this.forwardToBackend(chunk.subarray(0, bad));
-      const e = this.clientScanner.error!;
-      throw e instanceof FrameTypeError ? Errors.invalidFrontendType(e.type) : this.lengthError(e);
+      throw this.clientFrameError(this.clientScanner.error);
     }
     this.forwardToBackend(chunk);
   }

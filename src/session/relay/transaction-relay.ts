@@ -6,9 +6,9 @@
  * (or are refused, with session_state = "refuse").
  */
 import type { Socket } from 'node:net';
-import { Errors, PgError } from '../../errors.js';
+import { PgError } from '../../errors.js';
 import { Backend, Frontend, frontendMaxLength, Limits } from '../../protocol/codes.js';
-import { FrameLengthError, FrameReader, FrameTypeError, type Frame } from '../../protocol/frame-reader.js';
+import { FrameReader, type Frame } from '../../protocol/frame-reader.js';
 import { UpstreamRefused } from '../../pool/upstream.js';
 import { ReplyQueue, StatementTracker, type Expectation } from './tx-statements.js';
 import { ClientHold } from './flow.js';
@@ -45,9 +45,7 @@ export class TransactionRelay extends Relay {
         f = this.clientReader.nextTyped(this.clientMaxLength);
       } catch (err) {
         this.flushClientFrames(); // what came before the bad frame still goes
-        if (err instanceof FrameTypeError) throw Errors.invalidFrontendType(err.type);
-        if (err instanceof FrameLengthError) throw this.lengthError(err);
-        throw err;
+        throw this.clientFrameError(err);
       }
       if (f === null) break;
       this.state.noteClientFrame(f.type, f.type === Frontend.Query || f.type === Frontend.Parse ? f.body : null);
