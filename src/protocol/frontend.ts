@@ -141,3 +141,18 @@ export function encodeQuery(sql: string): Buffer {
 
 /** What a pooled backend runs before another client may have it. */
 export const DISCARD_ALL: Buffer = encodeQuery('DISCARD ALL');
+
+/**
+ * What the first 8 bytes of a connection say it is, without waiting for the rest: an 8-byte
+ * SSLRequest or GSSENCRequest, a 16-byte CancelRequest, or anything else. null until 8 bytes
+ * are here. For refusing a connection cheaply (the pre-auth cap), not for serving it.
+ */
+export function peekFirstMessage(head: Buffer): 'ssl_request' | 'gssenc_request' | 'cancel' | 'other' | null {
+  if (head.length < 8) return null;
+  const length = head.readUInt32BE(0);
+  const code = head.readUInt32BE(4);
+  if (length === 8 && code === RequestCode.SSLRequest) return 'ssl_request';
+  if (length === 8 && code === RequestCode.GSSENCRequest) return 'gssenc_request';
+  if (length === 16 && code === RequestCode.CancelRequest) return 'cancel';
+  return 'other';
+}
