@@ -13,7 +13,7 @@ import pg from 'pg';
 import { loadConfigFile } from '../config/load.js';
 import { ConfigError } from '../config/schema.js';
 import { rotatedSiblings } from './files.js';
-import { TABLE_NAME_RE, initStore, quoteTable, newStoreClient, storeColumns } from './pg-sink.js';
+import { TABLE_NAME_RE, initStore, quoteTable, newStoreClient, storeColumns } from './store-table.js';
 
 export const AUDIT_STORE_USAGE = `  pgwarden audit init (--config FILE | --postgres URL [--table NAME] [--password-env VAR])
                                           create the audit store table and its indexes (idempotent)

@@ -12,7 +12,7 @@ import { AuditLog } from '../../src/audit/log.js';
 import { defaultAuditConfig } from '../../src/config/schema.js';
 import type { AuditEvent, AuditRecord } from '../../src/audit/record.js';
 import { Metrics } from '../../src/observability/metrics.js';
-import { storeColumns } from '../../src/audit/pg-sink.js';
+import { storeColumns } from '../../src/audit/store-table.js';
 import {
   FileSource,
   auditFiles,
