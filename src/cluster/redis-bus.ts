@@ -18,28 +18,12 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Redis, type ChainableCommander } from 'ioredis';
-import {
-  DEFAULT_COMMAND_TIMEOUT_MS,
-  DEFAULT_KEY_PREFIX,
-  boundedRedisOptions,
-  connectTimeoutMs,
-  redisFailureCause,
-  waitReady,
-  type RedisLog,
-} from './redis-connection.js';
+import { boundedRedisOptions, redisClientSettings, redisFailureCause, waitReady, type RedisClientOptions, type RedisLog } from './redis-connection.js';
 import type { BusHandlers, CancelMessage, ClusterBus } from './bus.js';
 import { decodeBusMessage, isId, type BusMessage } from './bus-message.js';
 import { decodeRevocation, type StaffRevocation } from '../admin/revocations.js';
 
-export interface RedisBusOptions {
-  readonly url: string;
-  readonly instanceId: string;
-  /** Default "pgwarden:". */
-  readonly keyPrefix?: string;
-  /** Default 250. */
-  readonly commandTimeoutMs?: number;
-  readonly log?: RedisLog;
-}
+export type RedisBusOptions = RedisClientOptions;
 
 const LOAD_RETRY_MS = 1_000;
 /** KEYS: generation, suspended set. ARGV: a fresh generation id, stored if none is. Returns {generation, members}. */
@@ -62,7 +46,7 @@ export class RedisBus implements ClusterBus {
   /** Holds a random id while Redis keeps its data; a new id means the suspended set was lost. */
   private readonly generationKey: string;
   private readonly revokedKey: string;
-  private readonly commandTimeoutMs: number;
+  private readonly connectTimeoutMs: number;
   private readonly log: RedisLog | undefined;
   private readonly suspendedSet = new Set<string>();
   /** Tenants whose state changed (by message or locally) while a read of the set was in flight: that change is newer. */
@@ -85,17 +69,17 @@ export class RedisBus implements ClusterBus {
   private closing: Promise<void> | null = null;
 
   constructor(opts: RedisBusOptions) {
-    this.memberId = `${opts.instanceId}:${randomBytes(6).toString('hex')}`;
-    const prefix = opts.keyPrefix ?? DEFAULT_KEY_PREFIX;
+    const { memberId, prefix, commandTimeoutMs, connectTimeoutMs } = redisClientSettings(opts);
+    this.memberId = memberId;
     this.channel = `${prefix}bus`;
     this.suspendedKey = `${prefix}suspended`;
     this.generationKey = `${prefix}suspended:generation`;
     this.revokedKey = `${prefix}revoked`;
-    this.commandTimeoutMs = opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
+    this.connectTimeoutMs = connectTimeoutMs;
     this.log = opts.log;
-    this.pub = new Redis(opts.url, boundedRedisOptions(this.commandTimeoutMs, 'pgwarden-bus'));
+    this.pub = new Redis(opts.url, boundedRedisOptions(commandTimeoutMs, 'pgwarden-bus'));
     // We resubscribe ourselves on every 'ready', which also covers a first subscribe that failed.
-    this.sub = new Redis(opts.url, { ...boundedRedisOptions(this.commandTimeoutMs, 'pgwarden-bus-sub'), autoResubscribe: false });
+    this.sub = new Redis(opts.url, { ...boundedRedisOptions(commandTimeoutMs, 'pgwarden-bus-sub'), autoResubscribe: false });
   }
 
   async start(handlers: BusHandlers): Promise<void> {
@@ -138,7 +122,7 @@ export class RedisBus implements ClusterBus {
     });
     this.sub.connect().catch(() => undefined);
     this.pub.connect().catch(() => undefined);
-    const limitMs = connectTimeoutMs(this.commandTimeoutMs);
+    const limitMs = this.connectTimeoutMs;
     const [subReady, pubReady] = await Promise.all([waitReady(this.sub, limitMs), waitReady(this.pub, limitMs)]);
     const ok = subReady && pubReady && (await Promise.race([synced, sleep(limitMs * 2).then(() => false)]));
     if (!ok) this.log?.warn({}, 'bus: Redis unavailable at start; messages from other instances arrive once it is back');

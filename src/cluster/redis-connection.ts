@@ -3,6 +3,7 @@
  * them: options that bound every call, waiting for the first ready without hanging on a Redis that
  * is down, and bounded failure labels. What each client sends over its connection is its own.
  */
+import { randomBytes } from 'node:crypto';
 import { Redis, type RedisOptions } from 'ioredis';
 
 /** The subset of a pino logger the Redis clients use. */
@@ -11,17 +12,45 @@ export interface RedisLog {
   info(obj: object, msg: string): void;
 }
 
-/** Where our keys and channel live unless [redis] key_prefix says otherwise. */
-export const DEFAULT_KEY_PREFIX = 'pgwarden:';
-/** Upper bound for any one Redis call unless [redis] command_timeout_ms says otherwise. */
-export const DEFAULT_COMMAND_TIMEOUT_MS = 250;
+/** What each Redis client (the limit store, the bus) is given: [redis], and who this instance is. */
+export interface RedisClientOptions {
+  readonly url: string;
+  readonly instanceId: string;
+  /** Default "pgwarden:". */
+  readonly keyPrefix?: string;
+  /** Upper bound for any one Redis call. Default 250. */
+  readonly commandTimeoutMs?: number;
+  readonly log?: RedisLog;
+}
+
+/** A client's options with their defaults, and the member id this process goes by in Redis. */
+export interface RedisClientSettings {
+  /**
+   * `<instanceId>:<boot id>`: a restarted process never inherits (or renews) what its previous
+   * incarnation left behind, and two processes never mistake each other for self.
+   */
+  readonly memberId: string;
+  readonly prefix: string;
+  readonly commandTimeoutMs: number;
+  /** How long to wait for the TCP connect and the first ready: a few command timeouts, at least 1 s. */
+  readonly connectTimeoutMs: number;
+}
+
+export function redisClientSettings(opts: RedisClientOptions): RedisClientSettings {
+  const commandTimeoutMs = opts.commandTimeoutMs ?? 250;
+  return {
+    memberId: `${opts.instanceId}:${randomBytes(6).toString('hex')}`,
+    prefix: opts.keyPrefix ?? 'pgwarden:',
+    commandTimeoutMs,
+    connectTimeoutMs: connectTimeoutMs(commandTimeoutMs),
+  };
+}
 
 const RETRY_BASE_MS = 50;
 const RETRY_MAX_MS = 1_000;
 const RETRY_JITTER_MS = 100;
 
-/** How long to wait for the TCP connect and the first ready: a few command timeouts, at least 1 s. */
-export function connectTimeoutMs(commandTimeoutMs: number): number {
+function connectTimeoutMs(commandTimeoutMs: number): number {
   return Math.max(1_000, 4 * commandTimeoutMs);
 }
 
@@ -40,8 +69,7 @@ export function boundedRedisOptions(commandTimeoutMs: number, connectionName: st
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
     autoResendUnfulfilledCommands: false,
-    retryStrategy: (times: number) =>
-      Math.min(RETRY_BASE_MS * 2 ** Math.min(times - 1, 16), RETRY_MAX_MS) + Math.floor(Math.random() * RETRY_JITTER_MS),
+    retryStrategy: (times: number) => Math.min(RETRY_BASE_MS * 2 ** Math.min(times - 1, 16), RETRY_MAX_MS) + Math.floor(Math.random() * RETRY_JITTER_MS),
   } satisfies RedisOptions;
 }
 

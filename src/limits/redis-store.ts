@@ -8,17 +8,8 @@
  * (store.ts); the connection itself is cluster/redis-connection.ts's.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
-import {
-  DEFAULT_COMMAND_TIMEOUT_MS,
-  DEFAULT_KEY_PREFIX,
-  boundedRedisOptions,
-  connectTimeoutMs,
-  redisFailureCause,
-  waitReady,
-  type RedisLog,
-} from '../cluster/redis-connection.js';
+import { boundedRedisOptions, redisClientSettings, redisFailureCause, waitReady, type RedisClientOptions, type RedisLog } from '../cluster/redis-connection.js';
 import { lockoutShare, rateShare, slotsShare } from './local-share.js';
 import { ACQUIRE, ADMIT, ALL_SCRIPTS, FORGET, HEARTBEAT, NOTE_FAILURE, RELEASE, intArray, runScript, type Script } from './redis-scripts.js';
 import {
@@ -33,18 +24,11 @@ import {
   type SlotRequest,
 } from './store.js';
 
-export interface RedisLimitStoreOptions {
-  readonly url: string;
-  readonly instanceId: string;
-  /** Default "pgwarden:". */
-  readonly keyPrefix?: string;
-  /** Upper bound for any one Redis call. Default 250. */
-  readonly commandTimeoutMs?: number;
+export interface RedisLimitStoreOptions extends RedisClientOptions {
   /** An instance that stops renewing stops counting after this long. Default 10 000. */
   readonly leaseTtlMs?: number;
   /** Called once per transition between 'redis' and 'degraded_local' (not for the first, healthy start). */
   readonly onModeChange?: (mode: LimitMode, cause: string) => void;
-  readonly log?: RedisLog;
 }
 
 const DEFAULT_LEASE_TTL_MS = 10_000;
@@ -65,7 +49,7 @@ export class RedisLimitStore implements LimitStore {
   private readonly local = new LocalLimitStore();
   private readonly prefix: string;
   private readonly instancesKey: string;
-  private readonly commandTimeoutMs: number;
+  private readonly connectTimeoutMs: number;
   private readonly leaseTtlMs: number;
   private readonly onModeChange: ((mode: LimitMode, cause: string) => void) | undefined;
   private readonly log: RedisLog | undefined;
@@ -90,14 +74,15 @@ export class RedisLimitStore implements LimitStore {
   private closing: Promise<void> | null = null;
 
   private constructor(opts: RedisLimitStoreOptions) {
-    this.memberId = `${opts.instanceId}:${randomBytes(6).toString('hex')}`;
-    this.prefix = opts.keyPrefix ?? DEFAULT_KEY_PREFIX;
+    const settings = redisClientSettings(opts);
+    this.memberId = settings.memberId;
+    this.prefix = settings.prefix;
     this.instancesKey = `${this.prefix}instances`;
-    this.commandTimeoutMs = opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
+    this.connectTimeoutMs = settings.connectTimeoutMs;
     this.leaseTtlMs = Math.max(1, Math.ceil(opts.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS));
     this.onModeChange = opts.onModeChange;
     this.log = opts.log;
-    this.client = new Redis(opts.url, boundedRedisOptions(this.commandTimeoutMs, 'pgwarden-limits'));
+    this.client = new Redis(opts.url, boundedRedisOptions(settings.commandTimeoutMs, 'pgwarden-limits'));
   }
 
   /** Connects and writes the first heartbeat; with Redis down it resolves in degraded_local and keeps trying. */
@@ -224,7 +209,7 @@ export class RedisLimitStore implements LimitStore {
     });
     // Failures arrive through 'error' and ioredis keeps reconnecting per retryStrategy.
     this.client.connect().catch(() => undefined);
-    await waitReady(this.client, connectTimeoutMs(this.commandTimeoutMs));
+    await waitReady(this.client, this.connectTimeoutMs);
     await this.heartbeat();
     this.timer = setInterval(() => void this.heartbeat(), Math.max(50, Math.floor(this.leaseTtlMs / 3)));
     this.timer.unref();
@@ -246,7 +231,10 @@ export class RedisLimitStore implements LimitStore {
 
   private admitLocally(rate: RateRule | null, lockouts: readonly LockoutRule[]): AdmitResult {
     const n = this.liveCount;
-    return this.local.admitSync(rate === null ? null : rateShare(rate, n), lockouts.map((l) => lockoutShare(l, n)));
+    return this.local.admitSync(
+      rate === null ? null : rateShare(rate, n),
+      lockouts.map((l) => lockoutShare(l, n)),
+    );
   }
 
   private wrapLease(local: Lease, keys: readonly string[]): Lease {
@@ -266,7 +254,11 @@ export class RedisLimitStore implements LimitStore {
           return;
         }
         // Fire and forget, bounded by commandTimeout; a lost decrement is repaired by the heartbeat.
-        this.run(RELEASE, keys.map((k) => this.prefix + k), [this.memberId]).catch((err: unknown) => this.fail(err));
+        this.run(
+          RELEASE,
+          keys.map((k) => this.prefix + k),
+          [this.memberId],
+        ).catch((err: unknown) => this.fail(err));
       },
     };
   }
@@ -368,7 +360,7 @@ export class RedisLimitStore implements LimitStore {
     if (mode === this.currentMode) return;
     this.currentMode = mode;
     if (mode === 'degraded_local') {
-      this.log?.warn({ cause, liveInstances: this.liveCount }, 'limits: Redis unavailable, enforcing this instance\'s share locally');
+      this.log?.warn({ cause, liveInstances: this.liveCount }, "limits: Redis unavailable, enforcing this instance's share locally");
     } else {
       this.log?.info({ cause }, 'limits: Redis available again, counts reconciled');
     }
