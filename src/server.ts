@@ -138,7 +138,8 @@ export class Proxy {
     const tlsMaterial = loadTls(config);
     const metrics = new Metrics();
     const instanceId = opts.instanceId ?? INSTANCE_ID;
-    const audit = opts.audit ?? (await AuditLog.open(config.audit, instanceId, VERSION, metrics, log, { sinks: await openAuditStores(config.audit, metrics, log) }));
+    const audit =
+      opts.audit ?? (await AuditLog.open(config.audit, instanceId, VERSION, metrics, log, { sinks: await openAuditStores(config.audit, metrics, log) }));
     const proxy = new Proxy(config, tlsMaterial, metrics, audit, log);
     proxy.instanceId = instanceId;
     proxy.adminEnabled = opts.admin ?? true;
