@@ -1,7 +1,8 @@
 /**
  * Connections to Redis, as the limit store (limits/redis-store.ts) and the bus (redis-bus.ts) make
- * them: options that bound every call, waiting for the first ready without hanging on a Redis that
- * is down, and bounded failure labels. What each client sends over its connection is its own.
+ * them: the options both take and their defaults, the member id this process goes by, ioredis
+ * options that bound every call, waiting for the first ready without hanging on a Redis that is
+ * down, and bounded failure labels. What each client sends over its connection is its own.
  */
 import { randomBytes } from 'node:crypto';
 import { Redis, type RedisOptions } from 'ioredis';
