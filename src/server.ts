@@ -15,6 +15,7 @@ import { BandwidthRegistry } from './limits/bandwidth.js';
 import type { ClusterBus } from './cluster/bus.js';
 import { openSharedState, type SharedState } from './cluster/shared-state.js';
 import { AuditLog, type AuditSink } from './audit/log.js';
+import { openAuditStores } from './audit/pg-sink.js';
 import { RejectionAggregator } from './audit/rejections.js';
 import { Metrics } from './observability/metrics.js';
 import { createLogger, type Logger } from './observability/logger.js';
@@ -137,7 +138,8 @@ export class Proxy {
     const tlsMaterial = loadTls(config);
     const metrics = new Metrics();
     const instanceId = opts.instanceId ?? INSTANCE_ID;
-    const audit = opts.audit ?? (await AuditLog.open(config.audit, instanceId, VERSION, metrics, log));
+    const audit =
+      opts.audit ?? (await AuditLog.open(config.audit, instanceId, VERSION, metrics, log, { sinks: await openAuditStores(config.audit, metrics, log) }));
     const proxy = new Proxy(config, tlsMaterial, metrics, audit, log);
     proxy.instanceId = instanceId;
     proxy.adminEnabled = opts.admin ?? true;

@@ -15,6 +15,7 @@ import { randomUUID } from 'node:crypto';
 import { loadConfigFile } from '../config/load.js';
 import { ConfigError, type Config } from '../config/schema.js';
 import { AuditLog } from '../audit/log.js';
+import { openAuditStores } from '../audit/pg-sink.js';
 import { Metrics } from '../observability/metrics.js';
 import type { Logger } from '../observability/logger.js';
 import { createAdminServer } from '../admin/http.js';
@@ -32,7 +33,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
   let config = first;
   const instanceId = randomUUID();
   const metrics = new Metrics();
-  const audit = await AuditLog.open(config.audit, instanceId, version, metrics, log);
+  const audit = await AuditLog.open(config.audit, instanceId, version, metrics, log, { sinks: await openAuditStores(config.audit, metrics, log) });
   // With Redis the workers share limits there; the primary still needs the bus for admin commands.
   const shared: SharedState | null = config.redis === undefined ? null : await openSharedState(config, instanceId, log, () => undefined);
   const limits = new LocalLimitStore();
