@@ -10,7 +10,7 @@ import { StatementAudit } from '../../src/session/relay/statement-audit.js';
 import { refusedStatement } from '../../src/session/relay/refusals.js';
 import { FrameReader, type Frame } from '../../src/protocol/frame-reader.js';
 import { encodeFrame, cstring } from '../../src/protocol/frame.js';
-import { encodeQuery, TERMINATE } from '../../src/protocol/frontend.js';
+import { encodeQuery } from '../../src/protocol/frontend.js';
 import { Frontend, TxStatus } from '../../src/protocol/codes.js';
 import type { AuditEvent } from '../../src/audit/record.js';
 
@@ -443,7 +443,7 @@ describe('refusedStatement', () => {
   });
 
   it('keeps the declared types, then text for further $n', () => {
-    const p = parseParts(frameOf(refusedStatement(frameOf(parse('s', 'LISTEN x; SELECT $1, $2, $4', [23, 0])).raw)));
+    const p = parseParts(frameOf(refusedStatement(frameOf(parse('s', 'LISTEN x; SELECT $1, $2, $4', [23, 0]))).raw));
     assert.deepEqual(p.types, [23, 0, 25, 25]);
   });
 
@@ -462,10 +462,5 @@ describe('refusedStatement', () => {
     const raw = refusedStatement(frameOf(parse('s', 'SELECT $2', [23]))).raw;
     assert.equal(raw.readUInt32BE(1), raw.length - 1);
     assert.equal(frames(raw).length, 1);
-  });
-
-  it('leaves other frame types to the caller (Terminate is not a statement)', () => {
-    // refusedStatement is only called for Query and Parse; anything else would be encoded as a Parse.
-    assert.equal(frameOf(TERMINATE).type, Frontend.Terminate);
   });
 });
