@@ -455,10 +455,6 @@ export class ClientSession implements TrafficSource, RelayHost {
     return this.relay?.bytesOut ?? 0;
   }
 
-  get transactions(): number {
-    return this.relay?.state.transactions ?? 0;
-  }
-
   /** What the admin API lists: no secrets, user-supplied names sanitized. */
   describe(): SessionView {
     return describeSession(this.subject, this.currentPhase, this.startedAt, this.relay, this.conn.bytesIn);
