@@ -15,7 +15,7 @@ import { waitFor } from '../support/wait.js';
 import { recordHash, type AuditRecord } from '../../src/audit/record.js';
 import { AuditLog } from '../../src/audit/log.js';
 import { initStore, newStoreClient } from '../../src/audit/pg-sink.js';
-import { defaultAuditConfig } from '../../src/config/schema.js';
+import { defaultAuditConfig } from '../../src/config/validate-audit.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import { pino } from 'pino';
 import { mkdir } from 'node:fs/promises';
