@@ -38,7 +38,7 @@ import type { Frame } from '../protocol/frame-reader.js';
 import type { Lease } from '../limits/connections.js';
 import { LimitKeys, sourceKey, type LockoutRule, type SlotRequest } from '../limits/store.js';
 import type { ByteRate } from '../limits/bandwidth.js';
-import { hashCancelSecret } from '../cluster/bus.js';
+import { hashCancelSecret } from '../cancel/registry.js';
 import { PrefixedStream } from '../net/prefixed-stream.js';
 import type { SessionContext } from './context.js';
 import type { Metrics, TrafficSource } from '../observability/metrics.js';
