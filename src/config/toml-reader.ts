@@ -45,80 +45,54 @@ export class Reader {
     }
   }
 
-  str(tree: Tree | undefined, key: string, path: string, dflt?: string): string | undefined {
+  /**
+   * The shape of every typed read: an absent key gives the default; a present one goes through
+   * `accept`, and a value it refuses (undefined) is a problem naming the key, `must` saying why.
+   */
+  private value<T>(tree: Tree | undefined, key: string, path: string, dflt: T, accept: (v: unknown) => T | undefined, must: string): T {
     const v = tree?.[key];
     if (v === undefined) return dflt;
-    if (typeof v !== 'string') {
-      this.problems.push(`${path}.${key}: must be a string`);
+    const accepted = accept(v);
+    if (accepted === undefined) {
+      this.problems.push(`${path}.${key}: ${must}`);
       return dflt;
     }
-    return v;
+    return accepted;
+  }
+
+  str(tree: Tree | undefined, key: string, path: string, dflt?: string): string | undefined {
+    return this.value(tree, key, path, dflt, (v) => (typeof v === 'string' ? v : undefined), 'must be a string');
   }
 
   bool(tree: Tree | undefined, key: string, path: string, dflt: boolean): boolean {
-    const v = tree?.[key];
-    if (v === undefined) return dflt;
-    if (typeof v !== 'boolean') {
-      this.problems.push(`${path}.${key}: must be true or false`);
-      return dflt;
-    }
-    return v;
+    return this.value(tree, key, path, dflt, (v) => (typeof v === 'boolean' ? v : undefined), 'must be true or false');
   }
 
   num(tree: Tree | undefined, key: string, path: string, dflt: number, min: number, max: number): number {
-    const v = tree?.[key];
-    if (v === undefined) return dflt;
-    const n = typeof v === 'bigint' ? Number(v) : v;
-    if (typeof n !== 'number' || !Number.isFinite(n) || n < min || n > max) {
-      this.problems.push(`${path}.${key}: must be a number from ${min} to ${max}`);
-      return dflt;
-    }
-    return n;
+    const accept = (v: unknown): number | undefined => inRange(toNumber(v), min, max, Number.isFinite);
+    return this.value(tree, key, path, dflt, accept, `must be a number from ${min} to ${max}`);
+  }
+
+  int(tree: Tree | undefined, key: string, path: string, dflt: number, min: number, max: number): number {
+    const accept = (v: unknown): number | undefined => inRange(toNumber(v), min, max, Number.isInteger);
+    return this.value(tree, key, path, dflt, accept, `must be an integer from ${min} to ${max}`);
   }
 
   /** Sizes: an integer of bytes, or "64kB", "16MB", "1GB" (powers of 1024, as PostgreSQL's units). */
   bytes(tree: Tree | undefined, key: string, path: string, dflt: number, min: number, max: number): number {
-    const v = tree?.[key];
-    if (v === undefined) return dflt;
-    const n = parseBytes(v);
-    if (n === undefined || n < min || n > max) {
-      this.problems.push(`${path}.${key}: must be a size like "16MB" from ${min} to ${max} bytes`);
-      return dflt;
-    }
-    return n;
-  }
-
-  int(tree: Tree | undefined, key: string, path: string, dflt: number, min: number, max: number): number {
-    const v = tree?.[key];
-    if (v === undefined) return dflt;
-    const n = typeof v === 'bigint' ? Number(v) : v;
-    if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
-      this.problems.push(`${path}.${key}: must be an integer from ${min} to ${max}`);
-      return dflt;
-    }
-    return n;
+    const accept = (v: unknown): number | undefined => inRange(parseBytes(v), min, max);
+    return this.value(tree, key, path, dflt, accept, `must be a size like "16MB" from ${min} to ${max} bytes`);
   }
 
   /** Durations: "250ms", "30s", "5m", "1h", or an integer of milliseconds. */
   duration(tree: Tree | undefined, key: string, path: string, dfltMs: number, minMs: number, maxMs: number): number {
-    const v = tree?.[key];
-    if (v === undefined) return dfltMs;
-    const ms = parseDurationMs(v);
-    if (ms === undefined || ms < minMs || ms > maxMs) {
-      this.problems.push(`${path}.${key}: must be a duration like "30s" from ${minMs} ms to ${maxMs} ms`);
-      return dfltMs;
-    }
-    return ms;
+    const accept = (v: unknown): number | undefined => inRange(parseDurationMs(v), minMs, maxMs);
+    return this.value(tree, key, path, dfltMs, accept, `must be a duration like "30s" from ${minMs} ms to ${maxMs} ms`);
   }
 
   strArray(tree: Tree | undefined, key: string, path: string, dflt: readonly string[]): readonly string[] {
-    const v = tree?.[key];
-    if (v === undefined) return dflt;
-    if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) {
-      this.problems.push(`${path}.${key}: must be an array of strings`);
-      return dflt;
-    }
-    return v;
+    const accept = (v: unknown): readonly string[] | undefined => (Array.isArray(v) && v.every((x) => typeof x === 'string') ? v : undefined);
+    return this.value(tree, key, path, dflt, accept, 'must be an array of strings');
   }
 
   /** A string that must be one of `allowed`. */
@@ -139,6 +113,16 @@ export class Reader {
     }
     return { host: (m[1] ?? m[2])!, port };
   }
+}
+
+/** TOML integers may arrive as bigint (smol-toml, beyond 2^53); anything else that is not a number stays undefined. */
+function toNumber(v: unknown): number | undefined {
+  if (typeof v === 'bigint') return Number(v);
+  return typeof v === 'number' ? v : undefined;
+}
+
+function inRange(n: number | undefined, min: number, max: number, ok: (n: number) => boolean = () => true): number | undefined {
+  return n !== undefined && ok(n) && n >= min && n <= max ? n : undefined;
 }
 
 export function isTable(v: unknown): v is Tree {
