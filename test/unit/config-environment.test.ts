@@ -10,31 +10,23 @@ import { ConfigError } from '../../src/config/schema.js';
 import { formatScramVerifier, mockVerifier } from '../../src/auth/scram.js';
 
 const VERIFIER = formatScramVerifier(mockVerifier(Buffer.from('env-test'), 'acme', 'alice'));
-const TEXT = `
-[server]
-require_tls = false
-[tenants.acme]
-backend = "postgresql://127.0.0.1:5432/app"
-backend_tls = "disable"
-[tenants.acme.users.alice]
-scram = "${VERIFIER}"
-backend_password_env = "ALICE_PASSWORD"
-`;
-
-function problemsOf(text: string, env: NodeJS.ProcessEnv): readonly string[] {
-  try {
-    parseConfigText(text, '/tmp', 'config', env);
-  } catch (err) {
-    if (err instanceof ConfigError) return err.problems;
-    throw err;
-  }
-  return [];
-}
+/** One user whose backend password comes from ALICE_PASSWORD. */
+const TEXT = [
+  '[server]',
+  'require_tls = false',
+  '[tenants.acme]',
+  'backend = "postgresql://127.0.0.1:5432/app"',
+  'backend_tls = "disable"',
+  `users.alice = { scram = "${VERIFIER}", backend_password_env = "ALICE_PASSWORD" }`,
+].join('\n');
 
 describe('config: the environment pass', () => {
   it('checks the variables the file names against the environment it is given', () => {
-    assert.deepEqual(problemsOf(TEXT, { ALICE_PASSWORD: 'x' }), []);
-    assert.deepEqual(problemsOf(TEXT, {}), ['tenants.acme.users.alice.backend_password_env: environment variable ALICE_PASSWORD is not set']);
+    assert.equal(parseConfigText(TEXT, '/tmp', 'config', { ALICE_PASSWORD: 'x' }).tenants.get('acme')?.users.get('alice')?.backendPasswordEnv, 'ALICE_PASSWORD');
+    assert.throws(() => parseConfigText(TEXT, '/tmp', 'config', {}), {
+      constructor: ConfigError,
+      problems: ['tenants.acme.users.alice.backend_password_env: environment variable ALICE_PASSWORD is not set'],
+    });
   });
 
   it('puts each variable problem where the file names it, between the file problems', () => {
