@@ -1,13 +1,17 @@
 /**
  * SCRAM-SHA-256 (RFC 5802, RFC 7677) with channel binding `tls-server-end-point` (RFC 5929):
- * the server side for clients, the client side for logging in to tenant servers, and
- * verifiers in PostgreSQL's format. Messages follow PostgreSQL's auth-scram.c, including its
+ * the server side for clients, the client side for logging in to tenant servers, and making
+ * verifiers (their text format is config/scram-verifier.ts's). Messages follow PostgreSQL's auth-scram.c, including its
  * error texts. Sockets and policy (which verifier, mock or real) are the session's business.
  */
 import { createHash, createHmac, pbkdf2, randomBytes, timingSafeEqual } from 'node:crypto';
 import { promisify } from 'node:util';
 import { LRUCache } from 'lru-cache';
 import { Errors, PgError } from '../errors.js';
+import { decodeBase64Strict, formatScramVerifier, SCRAM_KEY_BYTES, type ScramVerifier } from '../config/scram-verifier.js';
+
+// The verifier's text format belongs to the config that holds it; SCRAM's users find it here too.
+export { formatScramVerifier, parseScramVerifier, type ScramVerifier } from '../config/scram-verifier.js';
 
 const pbkdf2Async = promisify(pbkdf2);
 
@@ -19,14 +23,6 @@ export const DEFAULT_ITERATIONS = 4096;
 /** Upper bound on iterations we agree to compute for an upstream (a hostile server could ask for 2^31). */
 export const MAX_UPSTREAM_ITERATIONS = 1_000_000;
 const NONCE_BYTES = 18;
-const KEY_BYTES = 32;
-
-export interface ScramVerifier {
-  readonly iterations: number;
-  readonly salt: Buffer;
-  readonly storedKey: Buffer;
-  readonly serverKey: Buffer;
-}
 
 const sha256 = (b: Buffer): Buffer => createHash('sha256').update(b).digest();
 const hmac = (key: Buffer, data: Buffer | string): Buffer => createHmac('sha256', key).update(data).digest();
@@ -35,28 +31,6 @@ function xor(a: Buffer, b: Buffer): Buffer {
   const out = Buffer.allocUnsafe(a.length);
   for (let i = 0; i < a.length; i++) out[i] = a[i]! ^ b[i]!;
   return out;
-}
-
-const B64_RE = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
-function decodeBase64Strict(s: string): Buffer | undefined {
-  return B64_RE.test(s) ? Buffer.from(s, 'base64') : undefined;
-}
-
-/** `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, as in pg_authid.rolpassword. */
-export function parseScramVerifier(s: string): ScramVerifier | undefined {
-  const m = /^SCRAM-SHA-256\$(\d{1,10}):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)$/.exec(s);
-  if (!m) return undefined;
-  const iterations = Number(m[1]);
-  const salt = decodeBase64Strict(m[2]!);
-  const storedKey = decodeBase64Strict(m[3]!);
-  const serverKey = decodeBase64Strict(m[4]!);
-  if (!salt || !storedKey || !serverKey || iterations < 1 || iterations > 0x7fffffff) return undefined;
-  if (storedKey.length !== KEY_BYTES || serverKey.length !== KEY_BYTES || salt.length === 0) return undefined;
-  return { iterations, salt, storedKey, serverKey };
-}
-
-export function formatScramVerifier(v: ScramVerifier): string {
-  return `SCRAM-SHA-256$${v.iterations}:${v.salt.toString('base64')}$${v.storedKey.toString('base64')}:${v.serverKey.toString('base64')}`;
 }
 
 /**
@@ -85,7 +59,7 @@ export async function saltedPassword(password: string, salt: Buffer, iterations:
   const key = createHash('sha256').update(password).update('\0').update(salt).update(String(iterations)).digest('hex');
   const hit = saltedPasswordCache.get(key);
   if (hit !== undefined) return hit;
-  const derived = await pbkdf2Async(saslprep(password), salt, iterations, KEY_BYTES, 'sha256');
+  const derived = await pbkdf2Async(saslprep(password), salt, iterations, SCRAM_KEY_BYTES, 'sha256');
   saltedPasswordCache.set(key, derived);
   return derived;
 }
@@ -252,7 +226,7 @@ export class ScramServerExchange {
     if (idx >= parts.length) throw Errors.malformedScram('Could not find proof in client-final-message.');
     if (idx !== parts.length - 1) throw Errors.malformedScram('Garbage found at the end of client-final-message.');
     const proof = decodeBase64Strict(parts[idx]!.slice(2));
-    if (proof === undefined || proof.length !== KEY_BYTES) throw Errors.malformedScram('Malformed proof in client-final-message.');
+    if (proof === undefined || proof.length !== SCRAM_KEY_BYTES) throw Errors.malformedScram('Malformed proof in client-final-message.');
     const withoutProof = msg.slice(0, msg.length - parts[idx]!.length - 1);
     const authMessage = `${this.clientFirstBare},${this.serverFirst},${withoutProof}`;
     // Always compute and compare, even when the answer is already known (mock user).

@@ -16,7 +16,7 @@ import { TxStatus, type TxStatusByte } from '../protocol/codes.js';
 import { UpstreamRefused } from '../pool/upstream.js';
 import { sourceKey } from '../limits/store.js';
 import type { Lease } from '../limits/connections.js';
-import { hashCancelSecret } from '../cluster/bus.js';
+import { hashCancelSecret } from '../cancel/registry.js';
 import type { AuditEvent } from '../audit/record.js';
 import type { Metrics, TrafficSource } from '../observability/metrics.js';
 import type { SessionContext } from './context.js';

@@ -16,7 +16,7 @@ import { recordHash, type AuditRecord } from '../../src/audit/record.js';
 import { AuditLog } from '../../src/audit/log.js';
 import { openAuditStores } from '../../src/audit/pg-sink.js';
 import { initStore, newStoreClient } from '../../src/audit/store-table.js';
-import { defaultAuditConfig } from '../../src/config/schema.js';
+import { defaultAuditConfig } from '../../src/config/validate-audit.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import { pino } from 'pino';
 import { mkdir } from 'node:fs/promises';

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
 import { AuditLog } from '../../src/audit/log.js';
-import { defaultAuditConfig } from '../../src/config/schema.js';
+import { defaultAuditConfig } from '../../src/config/validate-audit.js';
 import type { AuditEvent, AuditRecord } from '../../src/audit/record.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import { storeColumns } from '../../src/audit/store-table.js';

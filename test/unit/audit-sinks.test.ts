@@ -15,7 +15,7 @@ import type { RecordSink } from '../../src/audit/record-sink.js';
 import type { AuditRecord } from '../../src/audit/record.js';
 import { Spool } from '../../src/audit/spool.js';
 import type { StoredRecord } from '../../src/audit/store-table.js';
-import { defaultAuditConfig } from '../../src/config/schema.js';
+import { defaultAuditConfig } from '../../src/config/validate-audit.js';
 import { Metrics } from '../../src/observability/metrics.js';
 
 const log = pino({ level: 'silent' });
