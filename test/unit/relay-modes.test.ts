@@ -247,7 +247,10 @@ describe('SessionRelay', () => {
     relay.onClientData(TERMINATE);
     assert.equal(backend.socket.bytes.length, before);
     assert.deepEqual(host.ends, [{ reason: 'client_terminate', notice: 'end', detail: undefined }]);
-    assert.deepEqual(pool.releases.map((r) => [r.reusable, r.reset]), [[true, true]]);
+    assert.deepEqual(
+      pool.releases.map((r) => [r.reusable, r.reset]),
+      [[true, true]],
+    );
   });
 
   it('gives the backend back unusable when the session ends inside a transaction', async () => {
@@ -256,7 +259,10 @@ describe('SessionRelay', () => {
     backend.socket.push(Buffer.concat([commandComplete('BEGIN'), rfqT()]));
     await settle();
     relay.onClientData(TERMINATE);
-    assert.deepEqual(pool.releases.map((r) => r.reusable), [false]);
+    assert.deepEqual(
+      pool.releases.map((r) => r.reusable),
+      [false],
+    );
   });
 
   it('a bad client frame type: the frames before it go, then fail() with 08P01 invalid frontend message type', () => {
@@ -266,7 +272,11 @@ describe('SessionRelay', () => {
     assert.deepEqual(backend.socket.bytes, good);
     assert.equal(host.fails.length, 1);
     assertProtocolViolation(host.fails[0], 'invalid frontend message type 122');
-    assert.deepEqual(pool.releases.map((r) => r.reusable), [false], 'the client stream is broken');
+    assert.deepEqual(
+      pool.releases.map((r) => r.reusable),
+      [false],
+      'the client stream is broken',
+    );
   });
 
   it('a bad client frame length fails with 08P01 invalid message length', () => {
@@ -285,7 +295,10 @@ describe('SessionRelay', () => {
     const notice = host.ends[0]!.notice;
     assert.ok(Buffer.isBuffer(notice));
     assert.equal(decodeError(notice.subarray(5)).code, '08006');
-    assert.deepEqual(pool.releases.map((r) => r.reusable), [false]);
+    assert.deepEqual(
+      pool.releases.map((r) => r.reusable),
+      [false],
+    );
   });
 
   it('a backend that closes after its own FATAL: backend_terminated, the client already has the error', async () => {
@@ -307,7 +320,10 @@ describe('SessionRelay', () => {
     assert.deepEqual(client.bytes, good);
     assert.equal(host.ends[0]!.reason, 'backend_lost');
     assert.ok(Buffer.isBuffer(host.ends[0]!.notice), 'at a boundary: the client hears 08006');
-    assert.deepEqual(pool.releases.map((r) => r.reusable), [false]);
+    assert.deepEqual(
+      pool.releases.map((r) => r.reusable),
+      [false],
+    );
   });
 });
 
@@ -342,7 +358,10 @@ describe('TransactionRelay', () => {
     b.socket.push(reply);
     await settle();
     assert.deepEqual(client.bytes, reply);
-    assert.deepEqual(pool.releases.map((r) => [r.b, r.reusable, r.reset]), [[b, true, false]]);
+    assert.deepEqual(
+      pool.releases.map((r) => [r.b, r.reusable, r.reset]),
+      [[b, true, false]],
+    );
     assert.equal(relay.backend, null);
     assert.equal(b.socket.isPaused(), false, 'the pool reads it from now on');
   });
@@ -374,7 +393,10 @@ describe('TransactionRelay', () => {
     assert.deepEqual(b.socket.bytes, Buffer.concat([query('BEGIN'), query('COMMIT')]));
     b.socket.push(Buffer.concat([commandComplete('COMMIT'), rfqI()]));
     await settle();
-    assert.deepEqual(pool.releases.map((r) => r.reusable), [true]);
+    assert.deepEqual(
+      pool.releases.map((r) => r.reusable),
+      [true],
+    );
     relay.onClientData(query('SELECT 1'));
     assert.equal(pool.acquires, 2, 'the next transaction takes a backend again');
   });
@@ -390,7 +412,10 @@ describe('TransactionRelay', () => {
     relay.onClientData(sync());
     b.socket.push(rfqI());
     await settle();
-    assert.deepEqual(pool.releases.map((r) => r.reusable), [true]);
+    assert.deepEqual(
+      pool.releases.map((r) => r.reusable),
+      [true],
+    );
   });
 
   it('pins the backend on a statement that leaves session state (session_state = pin)', async () => {
@@ -434,7 +459,11 @@ describe('TransactionRelay', () => {
     relay.onClientData(TERMINATE);
     assert.deepEqual(b.socket.bytes, query('BEGIN'));
     assert.equal(host.ends[0]!.reason, 'client_terminate');
-    assert.deepEqual(pool.releases.map((r) => r.reusable), [false], 'inside a transaction: not reusable');
+    assert.deepEqual(
+      pool.releases.map((r) => r.reusable),
+      [false],
+      'inside a transaction: not reusable',
+    );
   });
 
   it('a bad client frame type fails with 08P01 invalid frontend message type', async () => {
@@ -459,7 +488,10 @@ describe('TransactionRelay', () => {
     open();
     await settle();
     assert.equal(pool.backends.length, 1);
-    assert.deepEqual(pool.releases.map((r) => [r.b, r.reusable]), [[pool.backends[0], true]]);
+    assert.deepEqual(
+      pool.releases.map((r) => [r.b, r.reusable]),
+      [[pool.backends[0], true]],
+    );
     assert.equal(pool.backends[0]!.socket.bytes.length, 0, 'nothing was sent on it');
   });
 });
@@ -489,10 +521,16 @@ describe('SessionRelay with statement audit', () => {
     const { relay, host, backend } = audited(false);
     relay.onClientData(query('UPDATE t SET x = 1'));
     assert.deepEqual(backend.socket.bytes, query('UPDATE t SET x = 1'));
-    assert.deepEqual(host.audited.map((e) => e['event']), ['session.query']);
+    assert.deepEqual(
+      host.audited.map((e) => e['event']),
+      ['session.query'],
+    );
     backend.socket.push(Buffer.concat([commandComplete('UPDATE 3'), rfqI()]));
     await settle();
-    assert.deepEqual(host.audited.map((e) => e['event']), ['session.query', 'session.query_result']);
+    assert.deepEqual(
+      host.audited.map((e) => e['event']),
+      ['session.query', 'session.query_result'],
+    );
     assert.equal(host.audited[1]!['command_tag'], 'UPDATE 3');
     assert.equal(host.audited[1]!['ref'], host.audited[0]!['ei']);
   });
