@@ -158,7 +158,8 @@ export class TenantPool {
         const idleTooLong = now - b.lastUsedAt >= this.settings.backendIdleTimeoutMs && pool.idle.length > this.settings.minIdleBackendConnections;
         if (tooOld || idleTooLong) this.destroy(b);
       }
-      while (pool.idle.length < this.settings.minIdleBackendConnections && this.total < this.settings.maxBackendConnections && !this.closed) {
+      // Backends being opened count: `open` is asynchronous, so without them this loop would open up to the cap.
+      while (pool.idle.length + pool.opening < this.settings.minIdleBackendConnections && this.total < this.settings.maxBackendConnections && !this.closed) {
         this.open(pool).then(
           (b) => this.release(b, true, false),
           (err: unknown) => this.log.warn({ tenant: this.tenantId, err: (err as Error).message }, 'could not open an idle backend'),
