@@ -36,20 +36,31 @@ const IN_BLOCK = new RegExp(
   'i',
 );
 
-/** End of the block comment opening at `start` ("/*"), nested as PostgreSQL nests them; the text's length if unterminated. */
+/**
+ * End of the block comment opening at `start` ("/*"), nested as PostgreSQL nests them; the text's
+ * length if unterminated. Each marker is searched for once (linear in the text, whatever a
+ * client nests: this runs on the relay path).
+ */
 function blockCommentEnd(s: string, start: number): number {
-  let depth = 0;
-  for (let i = start; i < s.length - 1; i++) {
-    if (s[i] === '/' && s[i + 1] === '*') {
+  let depth = 1;
+  let i = start + 2;
+  let open = s.indexOf('/*', i);
+  let close = s.indexOf('*/', i);
+  for (;;) {
+    if (close < 0) return s.length;
+    if (open >= 0 && open < close) {
       depth++;
-      i++;
-    } else if (s[i] === '*' && s[i + 1] === '/') {
+      i = open + 2;
+      open = s.indexOf('/*', i);
+      if (close < i) close = s.indexOf('*/', i); // "/*/": the '*' opened, it does not close
+    } else {
       depth--;
-      i++;
-      if (depth === 0) return i + 1;
+      i = close + 2;
+      if (depth === 0) return i;
+      close = s.indexOf('*/', i);
+      if (open >= 0 && open < i) open = s.indexOf('/*', i); // "*/*": the '*' closed, it does not open
     }
   }
-  return s.length;
 }
 
 /** Strips leading white space and comments from a statement. */
@@ -66,35 +77,41 @@ function leading(stmt: string): string {
   }
 }
 
-/** End of the literal or quoted identifier opening at `start` with `quote`; `backslash` for E'…'. */
+/** End of the literal or quoted identifier opening at `start` with `quote`; `backslash` for E'…', where \' does not close it. */
 function quotedEnd(s: string, start: number, quote: string, backslash: boolean): number {
-  for (let i = start + 1; i < s.length; i++) {
-    if (backslash && s[i] === '\\') i++;
-    else if (s[i] === quote) {
-      if (s[i + 1] !== quote) return i + 1;
-      i++; // a doubled quote stands for itself
-    }
+  let i = start + 1;
+  for (;;) {
+    const q = s.indexOf(quote, i);
+    if (q < 0) return s.length;
+    let slashes = 0;
+    if (backslash) while (q - slashes - 1 > start && s[q - slashes - 1] === '\\') slashes++;
+    if (slashes % 2 === 1) i = q + 1; // escaped
+    else if (s[q + 1] === quote) i = q + 2; // a doubled quote stands for itself
+    else return q + 1;
   }
-  return s.length;
 }
 
 const DOLLAR_TAG = /\$(?:[A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/y;
+/** Where a comment, a literal, a quoted identifier or a dollar quote may open. */
+const OPENER = /--|\/\*|['"$]/g;
 
-/** The text with every comment replaced by a space; literals, quoted identifiers and dollar-quoted bodies kept as they are. */
+/**
+ * The text with every comment replaced by a space; literals, quoted identifiers and dollar-quoted
+ * bodies kept as they are. The same string if there is no comment outside them.
+ */
 function withoutComments(sql: string): string {
   let out = '';
   let from = 0;
   let i = 0;
-  while (i < sql.length) {
-    const c = sql[i]!;
-    const next = sql[i + 1];
-    if (c === '-' && next === '-') {
-      const nl = sql.indexOf('\n', i);
-      const end = nl < 0 ? sql.length : nl;
-      out += `${sql.slice(from, i)} `;
-      i = from = end;
-    } else if (c === '/' && next === '*') {
-      const end = blockCommentEnd(sql, i);
+  for (;;) {
+    OPENER.lastIndex = i;
+    const m = OPENER.exec(sql);
+    if (m === null) break;
+    i = m.index;
+    const c = m[0];
+    if (c === '--' || c === '/*') {
+      const nl = c === '--' ? sql.indexOf('\n', i) : -1;
+      const end = c === '/*' ? blockCommentEnd(sql, i) : nl < 0 ? sql.length : nl;
       out += `${sql.slice(from, i)} `;
       i = from = end;
     } else if (c === "'") {
@@ -102,7 +119,9 @@ function withoutComments(sql: string): string {
       i = quotedEnd(sql, i, "'", prev === 'E' || prev === 'e');
     } else if (c === '"') {
       i = quotedEnd(sql, i, '"', false);
-    } else if (c === '$' && !/[A-Za-z0-9_$]/.test(sql[i - 1] ?? ' ')) {
+    } else if (/[A-Za-z0-9_$]/.test(sql[i - 1] ?? ' ')) {
+      i++; // part of an identifier or a parameter ($1), not a dollar quote
+    } else {
       DOLLAR_TAG.lastIndex = i;
       const tag = DOLLAR_TAG.exec(sql);
       if (tag === null) i++;
@@ -110,9 +129,9 @@ function withoutComments(sql: string): string {
         const close = sql.indexOf(tag[0], i + tag[0].length);
         i = close < 0 ? sql.length : close + tag[0].length;
       }
-    } else i++;
+    }
   }
-  return out + sql.slice(from);
+  return from === 0 ? sql : out + sql.slice(from);
 }
 
 /** One reading of the text: any statement (split at every ';') that starts like a pinning one, or a DO block that may. */
@@ -132,7 +151,7 @@ export function sqlHasSessionState(sql: string): boolean {
   // Only a comment can hide a statement from the first reading (fast path: no comment, no second reading).
   if (!sql.includes('/*') && !sql.includes('--')) return false;
   const bare = withoutComments(sql);
-  return ANYWHERE.test(bare) || anyStatementPins(bare);
+  return bare !== sql && (ANYWHERE.test(bare) || anyStatementPins(bare));
 }
 
 /** For a Query body (text\0) or a Parse body (name\0text\0…; named statements are tracked, not pinned). */

@@ -150,6 +150,14 @@ describe('session state: disguises', () => {
     pins('/* /* /* */ */ */ RESET ALL');
   });
 
+  it('deep or unterminated nesting is read in linear time (this runs on the relay path)', () => {
+    const began = Date.now();
+    pins(`/*${'/*'.repeat(200_000)}${'*/'.repeat(200_001)} SET search_path = evil`);
+    passes(`${'/*'.repeat(200_000)} SET search_path = evil`); // never closed: PostgreSQL runs nothing
+    pins(`${'/**/ '.repeat(100_000)}LISTEN jobs`);
+    assert.ok(Date.now() - began < 5_000, `took ${Date.now() - began} ms`);
+  });
+
   it('a semicolon inside a comment does not hide the statement after the comment', () => {
     pins('/* ; */ SET search_path = evil');
     pins('SELECT 1; /* ; */ LISTEN jobs');
