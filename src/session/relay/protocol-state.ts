@@ -4,7 +4,7 @@
  * batches, the last server error, statement counters and the clocks the timeouts read.
  * Bytes in, facts out; no sockets.
  */
-import { Backend, Frontend, TxStatus } from '../../protocol/codes.js';
+import { Backend, ErrorField, Frontend, TxStatus } from '../../protocol/codes.js';
 import { decodeParameterStatus, readErrorField } from '../../protocol/backend.js';
 import { hasSessionState } from './session-state.js';
 
@@ -111,8 +111,8 @@ export class ProtocolState {
         this.idleSince = performance.now();
       }
     } else if (type === Backend.ErrorResponse) {
-      const severity = readErrorField(body!, 0x56 /* V */) ?? readErrorField(body!, 0x53 /* S */);
-      this.lastUpstreamError = { code: readErrorField(body!, 0x43 /* C */) ?? '', fatal: severity === 'FATAL' || severity === 'PANIC' };
+      const severity = readErrorField(body!, ErrorField.SeverityNonLocalized) ?? readErrorField(body!, ErrorField.Severity);
+      this.lastUpstreamError = { code: readErrorField(body!, ErrorField.Code) ?? '', fatal: severity === 'FATAL' || severity === 'PANIC' };
     } else if (type === Backend.ParameterStatus) {
       const p = decodeParameterStatus(body!);
       if (p !== null && (p.name === 'session_authorization' || p.name === 'is_superuser')) this.onIdentityParameter(p.name, p.value);

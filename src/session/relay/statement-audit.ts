@@ -11,7 +11,8 @@ import { createHash } from 'node:crypto';
 import { isUtf8 } from 'node:buffer';
 import type { AuditParameters } from '../../config/schema.js';
 import type { AuditEvent } from '../../audit/record.js';
-import { Backend as B, Frontend as F } from '../../protocol/codes.js';
+import { Backend as B, ErrorField, Frontend as F } from '../../protocol/codes.js';
+import { readErrorField } from '../../protocol/backend.js';
 
 export type QueryKind = 'simple' | 'parse' | 'bind' | 'execute' | 'describe' | 'close' | 'function_call';
 
@@ -357,14 +358,7 @@ function rowsOf(tag: string): number | null {
   return m === null ? null : Number(m[1]);
 }
 
+/** The SQLSTATE of an ErrorResponse (protocol/'s one decoder of its fields). */
 function errorCode(body: Buffer): string | null {
-  let pos = 0;
-  while (pos < body.length && body[pos] !== 0) {
-    const field = body[pos]!;
-    const end = body.indexOf(0, pos + 1);
-    if (end < 0) return null;
-    if (field === 0x43 /* C */) return body.toString('latin1', pos + 1, end);
-    pos = end + 1;
-  }
-  return null;
+  return readErrorField(body, ErrorField.Code) ?? null;
 }
