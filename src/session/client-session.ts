@@ -26,7 +26,7 @@ import {
 } from '../protocol/backend.js';
 import { Backend, Frontend, Limits, frontendMaxLength, type TxStatusByte } from '../protocol/codes.js';
 import { FrameLengthError, FrameReader, FrameScanner, FrameTypeError, type ScanHandler } from '../protocol/frame-reader.js';
-import { decodeFirstMessage, decodeSASLInitialResponse, ProtocolFormatError } from '../protocol/frontend.js';
+import { decodeFirstMessage, ProtocolFormatError } from '../protocol/frontend.js';
 import { readErrorField, decodeParameterStatus } from '../protocol/backend.js';
 import { mockVerifier, ScramServerExchange, typicalIterations } from '../auth/scram.js';
 import { resolveStartup, tenantFromSni, type ResolvedStartup } from '../routing/resolve.js';
@@ -326,16 +326,14 @@ export class ClientSession implements TrafficSource {
         let frame;
         const passwordBytes = this.staffLogin ? Limits.passwordBytes : Limits.saslBytes;
         try {
-          frame = this.reader.nextTyped((type) =>
-            type === Frontend.Password ? passwordBytes : type === Frontend.Terminate ? Limits.smallMessageBytes : -1,
-          );
+          // Only 'p': any other type, Terminate included, is "expected SASL/password response" (A1, A2), as in PostgreSQL.
+          frame = this.reader.nextTyped((type) => (type === Frontend.Password ? passwordBytes : -1));
         } catch (err) {
           if (err instanceof FrameTypeError) throw this.staffLogin ? Errors.expectedPasswordResponse(err.type) : Errors.expectedSaslResponse(err.type);
           if (err instanceof FrameLengthError) throw Errors.invalidLength('protocol_violation:auth_length');
           throw err;
         }
         if (frame === null) return;
-        if (frame.type === Frontend.Terminate) return this.abortPreauth('client_aborted', this.authStage());
         if (this.staffLogin) this.onStaffPassword(frame.body);
         else this.onSaslMessage(frame.body);
       } else {
@@ -551,15 +549,9 @@ export class ClientSession implements TrafficSource {
   private onSaslMessage(body: Buffer): void {
     const scram = this.scram!;
     if (this.saslStage === 'initial') {
-      let initial;
-      try {
-        initial = decodeSASLInitialResponse(body);
-      } catch (err) {
-        if (err instanceof ProtocolFormatError) throw Errors.invalidFormat();
-        throw err;
-      }
-      const serverFirst = scram.clientFirst(initial.mechanism, initial.data);
-      this.saslStage = 'continue';
+      const serverFirst = scram.initialMessage(body);
+      // Length -1 (no initial response) gets an empty SASLContinue; the next SASLResponse carries the client-first-message.
+      if (!scram.awaitingClientFirst) this.saslStage = 'continue';
       this.sock.write(encodeAuthenticationSASLContinue(serverFirst));
       return;
     }
@@ -660,12 +652,6 @@ export class ClientSession implements TrafficSource {
     } catch (err) {
       if (this.phase === 'connecting') this.fail(err);
     }
-  }
-
-  private authStage(): AuthStage {
-    if (this.phase === 'connecting') return 'backend_connect';
-    if (this.staffLogin) return 'password';
-    return this.saslStage === 'initial' ? 'sasl_first' : 'sasl_final';
   }
 
   // ---------------------------------------------------------------- upstream login
