@@ -16,7 +16,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, createHmac } from 'node:crypto';
 import os from 'node:os';
-import type { TLSSocket } from 'node:tls';
+import { TLSSocket } from 'node:tls';
 import { pino } from 'pino';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
 import { configToml, testCerts, type ProxySpec } from '../support/proxy.js';
@@ -129,6 +129,15 @@ class Exchange {
     this.w.write(Buffer.concat(parts));
   }
 
+  /** Writes one byte at a time, each in its own segment. */
+  async dribble(bytes: Buffer): Promise<void> {
+    this.w.socket.setNoDelay(true);
+    for (let i = 0; i < bytes.length; i++) {
+      this.w.write(bytes.subarray(i, i + 1));
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  }
+
   /** Half-closes: the client sends nothing more (EOF). */
   eof(): void {
     this.w.socket.end();
@@ -151,7 +160,9 @@ class Exchange {
 
   /** tls-server-end-point data of the certificate this connection's TLS presents (signed with SHA-256). */
   endpointHash(): Buffer {
-    return createHash('sha256').update((this.w.socket as TLSSocket).getPeerX509Certificate()!.raw).digest();
+    const socket = this.w.socket;
+    assert.ok(socket instanceof TLSSocket, 'after tls()');
+    return createHash('sha256').update(socket.getPeerX509Certificate()!.raw).digest();
   }
 
   /** Reads every byte until the close as one line (`raw "<latin1>"`): for replies that are not protocol-3 frames. */
@@ -256,7 +267,7 @@ interface Case {
   /** Bytes written at once on a fresh connection… */
   send?: Buffer;
   /** …or a scripted exchange (the same script runs against both targets). */
-  script?: (x: Exchange) => Promise<void>;
+  script?: (x: Exchange) => Promise<void> | void;
   /** PostgreSQL 15's answer, one line per reply, ending in `closed` or `open`. */
   expect: readonly string[];
   /** Where pgwarden deliberately differs, the lines that must still match (a comment says why); by default all. */
@@ -307,7 +318,7 @@ const CASES: Case[] = [
   { name: 'startup length 10,005 with its whole body is refused', send: startupOfLength(10_005), expect: ['closed'] },
   {
     name: 'startup packet cut short by EOF',
-    script: async (x) => {
+    script: (x) => {
       x.send(STARTUP.subarray(0, 12));
       x.eof();
     },
@@ -316,9 +327,7 @@ const CASES: Case[] = [
   { name: 'startup packet declaring more than it sends', send: untyped(STARTUP.subarray(4), STARTUP.length + 10), expect: ['open'] },
   {
     name: 'startup packet split at every byte',
-    script: async (x) => {
-      for (let i = 0; i < STARTUP.length; i++) x.send(STARTUP.subarray(i, i + 1));
-    },
+    script: (x) => x.dribble(STARTUP),
     expect: [SASL_PLAIN, 'open'],
   },
 
