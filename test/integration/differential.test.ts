@@ -433,6 +433,14 @@ const CASES: Case[] = [
     expect: ['byte N', fatal('08P01', 'received unencrypted data after SSL request'), 'closed'],
   },
   {
+    name: 'SSLRequest without TLS, two in one write',
+    script: async (x) => {
+      x.send(sslRequest(), sslRequest());
+      await x.byte();
+    },
+    expect: ['byte N', fatal('08P01', 'received unencrypted data after SSL request'), 'closed'],
+  },
+  {
     name: 'SSLRequest without TLS, twice',
     script: async (x) => {
       x.send(sslRequest());
@@ -668,6 +676,8 @@ const CASES: Case[] = [
     },
     expect: [SASL_PLAIN, 'R SASLContinue', fatal('28P01', 'password authentication failed for user "ghost"'), 'closed'],
   },
+
+  // The staff login's cleartext password exchange (A2) is pgwarden's own (PostgreSQL asks for SCRAM here): left out.
 
   // -------------------------------------------------------------- over TLS: channel binding (A6, A8, A9)
   {
