@@ -11,7 +11,8 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { startCluster } from '../test/support/cluster.js';
 import { clientConfig, spawnProxy, testCerts } from '../test/support/proxy.js';
-import { FUZZ_PHASES, fuzzProxySpec, runCases, type FuzzSummary } from '../test/support/fuzz.js';
+import { FUZZ_PHASES, runCases, type FuzzSummary } from '../test/support/fuzz.js';
+import { fuzzProxySpec } from '../test/support/fuzz-target.js';
 
 const AUTH_TIMEOUT_MS = 1000;
 const ROUND = 50; // cases per phase per round

@@ -4,6 +4,8 @@
  * docs/errors.md mirrors this catalogue; test/unit/errors.test.ts keeps the two in step.
  */
 import { encodeErrorResponse, encodeErrorResponseV2 } from './protocol/backend.js';
+import { frontendMaxLength, Limits } from './protocol/codes.js';
+import { FrameLengthError, FrameTypeError } from './protocol/frame-reader.js';
 
 export const SQLSTATE = {
   PROTOCOL_VIOLATION: '08P01',
@@ -73,17 +75,24 @@ export function sanitizeName(name: string): string {
   return name.replace(/[^\x20-\x7e]/g, '?').slice(0, 63);
 }
 
-const MITM_DETAIL =
-  'This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.';
+const MITM_DETAIL = 'This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.';
 
 /** The catalogue. Each factory's name says the situation; row ids refer to SECURITY.md §3. */
 export const Errors = {
   /** N3 */
   dataAfterSslRequest: () =>
-    new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'received unencrypted data after SSL request', 'client', 'protocol_violation:data_after_sslrequest', { detail: MITM_DETAIL }),
+    new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'received unencrypted data after SSL request', 'client', 'protocol_violation:data_after_sslrequest', {
+      detail: MITM_DETAIL,
+    }),
   /** N3, GSS variant */
   dataAfterGssRequest: () =>
-    new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'received unencrypted data after GSSAPI encryption request', 'client', 'protocol_violation:data_after_gssencrequest', { detail: MITM_DETAIL }),
+    new PgError(
+      SQLSTATE.PROTOCOL_VIOLATION,
+      'received unencrypted data after GSSAPI encryption request',
+      'client',
+      'protocol_violation:data_after_gssencrequest',
+      { detail: MITM_DETAIL },
+    ),
   /** N5 */
   startupLayout: () =>
     new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'invalid startup packet layout: expected terminator as last byte', 'client', 'protocol_violation:startup_layout'),
@@ -92,15 +101,23 @@ export const Errors = {
    * version below 3.0 but 0.0, which PostgreSQL takes as "not known yet").
    */
   unsupportedProtocol: (major: number, minor: number) =>
-    new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, `unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.0`, 'client', 'protocol_violation:unsupported_version', {
-      protocol2: major < 3 && (major !== 0 || minor !== 0),
-    }),
+    new PgError(
+      SQLSTATE.FEATURE_NOT_SUPPORTED,
+      `unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.0`,
+      'client',
+      'protocol_violation:unsupported_version',
+      { protocol2: major < 3 && (major !== 0 || minor !== 0) },
+    ),
   /** N8 */
-  noUser: () =>
-    new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'no PostgreSQL user name specified in startup packet', 'client', 'protocol_violation:no_user'),
+  noUser: () => new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'no PostgreSQL user name specified in startup packet', 'client', 'protocol_violation:no_user'),
   /** N9 (value) */
   badReplicationValue: (value: string) =>
-    new PgError(SQLSTATE.INVALID_PARAMETER_VALUE, `invalid value for parameter "replication": "${sanitizeName(value)}"`, 'client', 'protocol_violation:replication_value'),
+    new PgError(
+      SQLSTATE.INVALID_PARAMETER_VALUE,
+      `invalid value for parameter "replication": "${sanitizeName(value)}"`,
+      'client',
+      'protocol_violation:replication_value',
+    ),
   /** N9 (replication) */
   replicationNotSupported: () =>
     new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, 'replication connections are not supported', 'client', 'protocol_violation:replication'),
@@ -109,16 +126,19 @@ export const Errors = {
     new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, 'only "-c name=value" settings are supported in the options parameter', 'client', 'protocol_violation:options'),
   /** N9c: a startup setting outside the allowlist (SECURITY.md rule 7). */
   settingNotAllowed: (name: string) =>
-    new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, `parameter "${sanitizeName(name)}" cannot be set at connection time through pgwarden`, 'client', 'protocol_violation:setting_not_allowed'),
+    new PgError(
+      SQLSTATE.FEATURE_NOT_SUPPORTED,
+      `parameter "${sanitizeName(name)}" cannot be set at connection time through pgwarden`,
+      'client',
+      'protocol_violation:setting_not_allowed',
+    ),
   /** N9d */
   unknownPgwardenOption: (name: string) =>
     new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, `unrecognized pgwarden option "${sanitizeName(name)}"`, 'client', 'protocol_violation:options'),
   /** N11 */
-  tooManyClients: () =>
-    new PgError(SQLSTATE.TOO_MANY_CONNECTIONS, 'sorry, too many clients already', 'limit', 'too_many_connections'),
+  tooManyClients: () => new PgError(SQLSTATE.TOO_MANY_CONNECTIONS, 'sorry, too many clients already', 'limit', 'too_many_connections'),
   /** N12 */
-  shuttingDown: () =>
-    new PgError(SQLSTATE.CANNOT_CONNECT_NOW, 'the database system is shutting down', 'shutdown', 'draining'),
+  shuttingDown: () => new PgError(SQLSTATE.CANNOT_CONNECT_NOW, 'the database system is shutting down', 'shutdown', 'draining'),
   /** T1 */
   tlsRequired: () =>
     new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'TLS connection is required', 'client', 'tls_required', { hint: 'Connect with sslmode=require or stronger.' }),
@@ -131,8 +151,7 @@ export const Errors = {
   inconsistentTenant: () =>
     new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'inconsistent tenant identifiers in connection request', 'client', 'protocol_violation:tenant_mismatch'),
   /** T4 */
-  invalidTenant: () =>
-    new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'invalid tenant identifier', 'client', 'protocol_violation:tenant_syntax'),
+  invalidTenant: () => new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'invalid tenant identifier', 'client', 'protocol_violation:tenant_syntax'),
   /** A1 */
   expectedSaslResponse: (type: number) =>
     new PgError(SQLSTATE.PROTOCOL_VIOLATION, `expected SASL response, got message type ${type}`, 'client', 'protocol_violation:expected_sasl'),
@@ -159,7 +178,12 @@ export const Errors = {
   scramCbType: (type: string) =>
     new PgError(SQLSTATE.PROTOCOL_VIOLATION, `unsupported SCRAM channel-binding type "${sanitizeName(type)}"`, 'client', 'protocol_violation:scram_cb_type'),
   scramUnexpectedCb: () =>
-    new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'unexpected SCRAM channel-binding attribute in client-final-message', 'client', 'protocol_violation:scram_cb_attr'),
+    new PgError(
+      SQLSTATE.PROTOCOL_VIOLATION,
+      'unexpected SCRAM channel-binding attribute in client-final-message',
+      'client',
+      'protocol_violation:scram_cb_attr',
+    ),
   /** A7: the one answer to every credential failure. */
   authFailed: (user: string, reason: string) =>
     new PgError(SQLSTATE.INVALID_PASSWORD, `password authentication failed for user "${sanitizeName(user)}"`, 'auth', reason),
@@ -169,11 +193,9 @@ export const Errors = {
       detail: 'The client supports SCRAM channel binding but thinks the server does not.  However, this server does support channel binding.',
     }),
   /** A9 */
-  channelBindingFailed: () =>
-    new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'SCRAM channel binding check failed', 'auth', 'channel_binding_mismatch'),
+  channelBindingFailed: () => new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'SCRAM channel binding check failed', 'auth', 'channel_binding_mismatch'),
   /** A10, S3 */
-  invalidLength: (reason = 'protocol_violation:length') =>
-    new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'invalid message length', 'client', reason),
+  invalidLength: (reason = 'protocol_violation:length') => new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'invalid message length', 'client', reason),
   /** A11 */
   authTimeout: () => new PgError(SQLSTATE.CONNECTION_FAILURE, 'authentication timed out', 'client', 'auth_timeout'),
   /** A12: authentication throttled, or the tenant's connection rate exceeded; the same for any user. */
@@ -183,20 +205,16 @@ export const Errors = {
   tooManyConnectionsForRole: (role: string) =>
     new PgError(SQLSTATE.TOO_MANY_CONNECTIONS, `too many connections for role "${sanitizeName(role)}"`, 'limit', 'too_many_connections'),
   /** S3b: a client message over the tenant's max_message_bytes. */
-  messageTooLarge: () =>
-    new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'invalid message length', 'limit', 'max_message_bytes'),
+  messageTooLarge: () => new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'invalid message length', 'limit', 'max_message_bytes'),
   /** S6 */
-  idleSessionTimeout: () =>
-    new PgError(SQLSTATE.IDLE_SESSION_TIMEOUT, 'terminating connection due to idle-session timeout', 'limit', 'idle_timeout'),
+  idleSessionTimeout: () => new PgError(SQLSTATE.IDLE_SESSION_TIMEOUT, 'terminating connection due to idle-session timeout', 'limit', 'idle_timeout'),
   /** S7 */
   idleInTransactionTimeout: () =>
     new PgError(SQLSTATE.IDLE_IN_TRANSACTION_TIMEOUT, 'terminating connection due to idle-in-transaction timeout', 'limit', 'idle_in_txn_timeout'),
   /** S7 (transaction) */
-  transactionTimeout: () =>
-    new PgError(SQLSTATE.TRANSACTION_TIMEOUT, 'terminating connection due to transaction timeout', 'limit', 'transaction_timeout'),
+  transactionTimeout: () => new PgError(SQLSTATE.TRANSACTION_TIMEOUT, 'terminating connection due to transaction timeout', 'limit', 'transaction_timeout'),
   /** S8b: an operator suspended the tenant; its sessions end (new ones fail as a disabled tenant, T5). */
-  tenantSuspended: () =>
-    new PgError(SQLSTATE.ADMIN_SHUTDOWN, 'terminating connection due to administrator command', 'shutdown', 'tenant_suspended'),
+  tenantSuspended: () => new PgError(SQLSTATE.ADMIN_SHUTDOWN, 'terminating connection due to administrator command', 'shutdown', 'tenant_suspended'),
   /** S1b: a database outside the tenant's `databases` list, in PostgreSQL's words. */
   undefinedDatabase: (database: string) =>
     new PgError(SQLSTATE.UNDEFINED_DATABASE, `database "${sanitizeName(database)}" does not exist`, 'client', 'database_not_allowed'),
@@ -204,8 +222,7 @@ export const Errors = {
   tooManyConnectionsForDatabase: (database: string) =>
     new PgError(SQLSTATE.TOO_MANY_CONNECTIONS, `too many connections for database "${sanitizeName(database)}"`, 'limit', 'too_many_connections'),
   /** P1: no backend became free within pool_timeout. */
-  poolTimeout: () =>
-    new PgError(SQLSTATE.TOO_MANY_CONNECTIONS, 'no backend connection available within pool_timeout', 'limit', 'pool_timeout'),
+  poolTimeout: () => new PgError(SQLSTATE.TOO_MANY_CONNECTIONS, 'no backend connection available within pool_timeout', 'limit', 'pool_timeout'),
   /** S2 */
   invalidFrontendType: (type: number) =>
     new PgError(SQLSTATE.PROTOCOL_VIOLATION, `invalid frontend message type ${type}`, 'client', 'protocol_violation:message_type'),
@@ -214,26 +231,45 @@ export const Errors = {
    * up, a length past the end ("insufficient data left in message"), a string without its NUL
    * ("invalid string in message").
    */
-  invalidFormat: (message = 'invalid message format') =>
-    new PgError(SQLSTATE.PROTOCOL_VIOLATION, message, 'client', 'protocol_violation:message_format'),
+  invalidFormat: (message = 'invalid message format') => new PgError(SQLSTATE.PROTOCOL_VIOLATION, message, 'client', 'protocol_violation:message_format'),
   /** S8 */
-  adminShutdown: (reason: string) =>
-    new PgError(SQLSTATE.ADMIN_SHUTDOWN, 'terminating connection due to administrator command', 'shutdown', reason),
+  adminShutdown: (reason: string) => new PgError(SQLSTATE.ADMIN_SHUTDOWN, 'terminating connection due to administrator command', 'shutdown', reason),
   /** S10 */
-  auditUnavailable: () =>
-    new PgError(SQLSTATE.CANNOT_CONNECT_NOW, 'audit log is unavailable, not accepting connections', 'internal', 'audit_unavailable'),
+  auditUnavailable: () => new PgError(SQLSTATE.CANNOT_CONNECT_NOW, 'audit log is unavailable, not accepting connections', 'internal', 'audit_unavailable'),
   /** S10: a fail-closed session whose statement could not be audited (the statement did not run). */
   auditUnavailableSession: () =>
     new PgError(SQLSTATE.ADMIN_SHUTDOWN, 'terminating connection because the audit log is unavailable', 'internal', 'audit_unavailable'),
   /** S9 */
-  staffAccessExpired: () =>
-    new PgError(SQLSTATE.ADMIN_SHUTDOWN, 'terminating connection because staff access expired', 'auth', 'auth_expired'),
+  staffAccessExpired: () => new PgError(SQLSTATE.ADMIN_SHUTDOWN, 'terminating connection because staff access expired', 'auth', 'auth_expired'),
   /** S11 */
   internal: () => new PgError(SQLSTATE.INTERNAL_ERROR, 'internal error', 'internal', 'internal'),
   /** R2, R3 */
   upstreamConnect: (reason: string, cause?: unknown) =>
     new PgError(SQLSTATE.CONNECTION_FAILURE, 'could not connect to the tenant database', 'upstream', reason, { cause }),
   /** R4 */
-  upstreamLost: () =>
-    new PgError(SQLSTATE.CONNECTION_FAILURE, 'connection to the tenant database was lost', 'upstream', 'backend_lost'),
+  upstreamLost: () => new PgError(SQLSTATE.CONNECTION_FAILURE, 'connection to the tenant database was lost', 'upstream', 'backend_lost'),
 } as const;
+
+/** Where a client frame was refused by the frame reader: the SASL or password exchange, or the relay. */
+export type FrameContext = 'sasl' | 'password' | 'relay';
+
+/**
+ * The one mapping from a frame the reader refused (bad type, bad length) to what the client
+ * hears, as PostgreSQL words it in each place: "expected SASL response, got message type N" in
+ * the SASL exchange, "invalid frontend message type N" after login; a length over the tenant's
+ * max_message_bytes but within what any message may be is the limit (reason max_message_bytes).
+ * Anything that is not a frame error is returned unchanged for the caller to rethrow.
+ */
+export function frameError(err: unknown, context: FrameContext): unknown {
+  if (err instanceof FrameTypeError) {
+    if (context === 'sasl') return Errors.expectedSaslResponse(err.type);
+    if (context === 'password') return Errors.expectedPasswordResponse(err.type);
+    return Errors.invalidFrontendType(err.type);
+  }
+  if (err instanceof FrameLengthError) {
+    if (context !== 'relay') return Errors.invalidLength('protocol_violation:auth_length');
+    if (err.declared >= 4 && err.declared <= frontendMaxLength(err.type, Limits.largeMessageBytes)) return Errors.messageTooLarge();
+    return Errors.invalidLength();
+  }
+  return err;
+}

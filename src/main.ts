@@ -78,8 +78,8 @@ async function serveWorker(configPath: string, config: Config, baseLog: Logger):
         return;
       case 'rpc':
         if (m.op === 'pools') channel.send({ k: 'rpcReply', id: m.id, result: proxy.pools.snapshot() });
-        else if (m.op === 'sessions') channel.send({ k: 'rpcReply', id: m.id, result: proxy.listSessions(m.tenant) });
-        else if (m.op === 'terminate') channel.send({ k: 'rpcReply', id: m.id, result: proxy.terminateSession(m.session) });
+        else if (m.op === 'sessions') channel.send({ k: 'rpcReply', id: m.id, result: proxy.sessions.list(m.tenant) });
+        else if (m.op === 'terminate') channel.send({ k: 'rpcReply', id: m.id, result: proxy.sessions.terminate(m.session) });
         else {
           proxy.metrics.registry.getMetricsAsJSON().then(
             (result) => channel.send({ k: 'rpcReply', id: m.id, result }),

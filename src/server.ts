@@ -1,10 +1,10 @@
 /**
- * The running proxy: the client listener, the admin listener, the shared registries and the
- * lifecycle (start, reload, drain, close). It composes; sessions do the protocol work.
+ * The running proxy: the client listener, the operator listeners (admin/listeners.ts), the shared
+ * registries (live sessions: session/registry.ts) and the lifecycle (start, reload, drain, close).
+ * It composes; sessions do the protocol work.
  */
 import net from 'node:net';
-import http from 'node:http';
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Config, TenantConfig } from './config/schema.js';
 import { loadTlsMaterial, type TlsMaterial } from './net/tls.js';
@@ -15,70 +15,23 @@ import { BandwidthRegistry } from './limits/bandwidth.js';
 import type { ClusterBus } from './cluster/bus.js';
 import { openSharedState, type SharedState } from './cluster/shared-state.js';
 import { AuditLog, type AuditSink } from './audit/log.js';
+import { openAuditStores } from './audit/pg-sink.js';
 import { RejectionAggregator } from './audit/rejections.js';
 import { Metrics } from './observability/metrics.js';
 import { createLogger, type Logger } from './observability/logger.js';
-import { createAdminServer } from './admin/http.js';
-import { createAdminApi, type AdminApi, type AdminBackend } from './admin/api.js';
-import { RevocationSet, revocationMatches, revocationTtlMs, type StaffRevocation } from './admin/revocations.js';
-import { ClientSession, type SessionView } from './session/client-session.js';
+import { OperatorListeners } from './admin/listeners.js';
+import type { AdminBackend } from './admin/api.js';
+import { RevocationSet, revocationTtlMs, type StaffRevocation } from './admin/revocations.js';
+import { ClientSession } from './session/client-session.js';
 import type { SessionContext } from './session/context.js';
+import { SessionRegistry } from './session/registry.js';
 import type { UpstreamTarget } from './pool/upstream.js';
 import { PoolManager } from './pool/backend-pool.js';
-import { Errors } from './errors.js';
-import { RequestCode } from './protocol/codes.js';
 import { StaffTokenVerifier } from './auth/jwt.js';
-
-/** The pre-auth cap's answer, built once: it is sent to every connection over the cap. */
-const TOO_MANY_CLIENTS = Errors.tooManyClients().toFrame();
-/** How long an over-cap connection has to show whether it opens with SSLRequest or GSSENCRequest. */
-const OVER_CAP_GRACE_MS = 500;
-
-/**
- * Over the pre-auth cap: PostgreSQL's 53300 (N11), then close, with no TLS handshake (that is
- * what the cap saves). Never as the answer to an SSLRequest or GSSENCRequest, though (rule 2,
- * CVE-2024-10977: libpq discards such an error and reports only "server sent an error response
- * during SSL exchange"). Those get N, as from a server without TLS; a client that goes on in
- * plaintext (sslmode=prefer) then gets the 53300, one that requires TLS stops at the N. Only the
- * first 8 bytes are looked at, and nothing waits longer than OVER_CAP_GRACE_MS from accept.
- */
-function refuseOverCap(socket: net.Socket): void {
-  let head = Buffer.alloc(0);
-  let answeredN = false;
-  const refuse = (): void => {
-    clearTimeout(timer);
-    socket.removeListener('data', onData);
-    socket.end(TOO_MANY_CLIENTS);
-    setTimeout(() => socket.destroy(), 1000).unref();
-  };
-  const onData = (d: Buffer): void => {
-    if (answeredN) return refuse(); // the plaintext startup after the N
-    head = Buffer.concat([head, d]);
-    if (head.length < 8) return;
-    const code = head.readUInt32BE(4);
-    if (head.readUInt32BE(0) === 8 && (code === RequestCode.SSLRequest || code === RequestCode.GSSENCRequest)) {
-      answeredN = true;
-      socket.write('N');
-      if (head.length > 8) refuse();
-      return;
-    }
-    // A CancelRequest never gets an answer (R5); over the cap it is not acted on either.
-    if (head.readUInt32BE(0) === 16 && code === RequestCode.CancelRequest) {
-      clearTimeout(timer);
-      socket.removeListener('data', onData);
-      socket.destroy();
-      return;
-    }
-    refuse();
-  };
-  const timer = setTimeout(refuse, OVER_CAP_GRACE_MS);
-  socket.on('data', onData);
-  socket.once('close', () => clearTimeout(timer));
-}
+import { mockSecretFor } from './auth/mock-secret.js';
+import { refuseOverCap } from './net/over-cap.js';
 
 export const VERSION = '0.1.0';
-/** How often session timeouts are checked: the resolution of every timeout. */
-const TIMER_SWEEP_MS = 100;
 /** One id per process, in every audit record's `instance`. */
 const INSTANCE_ID = randomUUID();
 
@@ -99,10 +52,9 @@ export class Proxy {
   /** Set in start() (the shared store may need a connection first). */
   limits!: LimitStore;
   bus!: ClusterBus;
-  private sweeper: NodeJS.Timeout | null = null;
   /** Tenants whose connection-rate bucket ran dry, until when (performance.now()). */
   private readonly rateShield = new Map<string, number>();
-  readonly sessions = new Set<ClientSession>();
+  readonly sessions: SessionRegistry<ClientSession>;
   /** Staff tokens revoked through the admin API (on any instance), until they would have expired. */
   readonly revocations = new RevocationSet();
   /** Every client socket until it closes, including ones lingering after their FATAL. */
@@ -111,8 +63,8 @@ export class Proxy {
   private adminEnabled = true;
   private ctx: SessionContext;
   private listener: net.Server | null = null;
-  private admin: http.Server | null = null;
-  private adminApi: AdminApi | null = null;
+  /** The metrics listener and the admin API (not in a worker: the primary serves them). */
+  private operator: OperatorListeners | null = null;
   private draining = false;
   private drainTimer: NodeJS.Timeout | null = null;
   private readonly rejections: RejectionAggregator;
@@ -125,6 +77,7 @@ export class Proxy {
     readonly audit: AuditSink,
     readonly log: Logger,
   ) {
+    this.sessions = new SessionRegistry(this.log);
     this.rejections = new RejectionAggregator(() => this.audit, this.metrics);
     this.pools = new PoolManager(this.metrics, this.log);
     this.metrics.poolSizes = () => this.pools.snapshot();
@@ -137,7 +90,8 @@ export class Proxy {
     const tlsMaterial = loadTls(config);
     const metrics = new Metrics();
     const instanceId = opts.instanceId ?? INSTANCE_ID;
-    const audit = opts.audit ?? (await AuditLog.open(config.audit, instanceId, VERSION, metrics, log));
+    const audit =
+      opts.audit ?? (await AuditLog.open(config.audit, instanceId, VERSION, metrics, log, { sinks: await openAuditStores(config.audit, metrics, log) }));
     const proxy = new Proxy(config, tlsMaterial, metrics, audit, log);
     proxy.instanceId = instanceId;
     proxy.adminEnabled = opts.admin ?? true;
@@ -151,8 +105,7 @@ export class Proxy {
       onRevocation: (rev) => proxy.onRevocation(rev),
     });
     proxy.ctx = proxy.makeContext(config, tlsMaterial);
-    proxy.sweeper = setInterval(() => proxy.sweep(), TIMER_SWEEP_MS);
-    proxy.sweeper.unref();
+    proxy.sessions.startSweeper(() => proxy.ctx.config.tenants);
     await proxy.listen(config);
     proxy.audit.append({ event: 'proxy.lifecycle', state: 'started', instance_id: proxy.instanceId, listen: proxy.address });
     log.info({ listen: proxy.address, metrics: proxy.metricsAddress, tenants: config.tenants.size }, 'pgwarden started');
@@ -173,14 +126,12 @@ export class Proxy {
   }
 
   get metricsAddress(): { host: string; port: number } | null {
-    const a = this.admin?.address() as net.AddressInfo | null | undefined;
-    return a ? { host: a.address, port: a.port } : null;
+    return this.operator?.metricsAddress ?? null;
   }
 
   /** The admin API's listener, when `[admin]` is configured (and this is not a worker). */
   get adminAddress(): { host: string; port: number } | null {
-    const a = this.adminApi?.server.address() as net.AddressInfo | null | undefined;
-    return a ? { host: a.address, port: a.port } : null;
+    return this.operator?.adminAddress ?? null;
   }
 
   private makeContext(config: Config, tlsMaterial: TlsMaterial | null): SessionContext {
@@ -221,7 +172,7 @@ export class Proxy {
         ca: cas.get(tenant.id),
       }),
       isStaffRevoked: (jti, sub) => this.revocations.has(jti, sub),
-      onClosed: (s) => this.sessions.delete(s),
+      onClosed: (s) => this.sessions.remove(s),
     };
   }
 
@@ -236,58 +187,24 @@ export class Proxy {
       });
     });
     this.listener = server;
-    if (config.metrics !== undefined && this.adminEnabled) {
-      const admin = createAdminServer({
-        metrics: this.metrics,
-        isReady: () => !this.draining,
-        log: this.log,
-        pools: () => this.pools.snapshot(),
-      });
-      await new Promise<void>((resolve, reject) => {
-        admin.once('error', reject);
-        admin.listen(config.metrics!.listenPort, config.metrics!.listenHost, () => resolve());
-      });
-      this.admin = admin;
-    }
-    if (config.admin !== undefined && this.adminEnabled) {
-      const api = createAdminApi({ tokenSha256: () => this.ctx.config.admin?.tokenSha256, backend: this.adminBackend(), audit: () => this.audit, log: this.log });
-      await new Promise<void>((resolve, reject) => {
-        api.server.once('error', reject);
-        api.server.listen(config.admin!.listenPort, config.admin!.listenHost, () => resolve());
-      });
-      this.adminApi = api;
-    }
+    if (!this.adminEnabled) return;
+    this.operator = await OperatorListeners.start(config, {
+      metrics: { metrics: this.metrics, isReady: () => !this.draining, log: this.log, pools: () => this.pools.snapshot() },
+      api: { tokenSha256: () => this.ctx.config.admin?.tokenSha256, backend: this.adminBackend(), audit: () => this.audit, log: this.log },
+    });
   }
 
   /** The admin API's commands on a single process: sessions here, suspensions, revocations and reloads through the bus. */
   private adminBackend(): AdminBackend {
     return {
-      listSessions: (tenant) => Promise.resolve(this.listSessions(tenant)),
-      terminateSession: (id) => Promise.resolve(this.terminateSession(id)),
+      listSessions: (tenant) => Promise.resolve(this.sessions.list(tenant)),
+      terminateSession: (id) => Promise.resolve(this.sessions.terminate(id)),
       hasTenant: (id) => this.ctx.config.tenants.has(id),
       suspend: (tenantId, suspended) => this.bus.publishSuspension(tenantId, suspended),
       revokeStaff: (rev) => this.bus.publishRevocation(rev),
       reload: () => this.bus.publishReload(),
       revocationTtlMs: () => revocationTtlMs(this.ctx.config.staff),
     };
-  }
-
-  /** What GET /sessions shows of this process (describe(): no secrets). */
-  listSessions(tenant: string | null): SessionView[] {
-    const out: SessionView[] = [];
-    for (const s of this.sessions) if (s.phase !== 'closed' && (tenant === null || s.tenantId === tenant)) out.push(s.describe());
-    return out;
-  }
-
-  /** Ends one session with 57P01, as PostgreSQL's pg_terminate_backend does; false if it is not here. */
-  terminateSession(id: string): boolean {
-    for (const s of this.sessions) {
-      if (s.id !== id || s.phase === 'closed') continue;
-      this.log.info({ session: id, tenant: s.tenantId }, 'session terminated by an operator');
-      s.terminate(Errors.adminShutdown('admin'), 'admin');
-      return true;
-    }
-    return false;
   }
 
   private accept(socket: net.Socket): void {
@@ -312,28 +229,6 @@ export class Proxy {
     }
   }
 
-  /** Timeouts of every session, a few times a second (one timer for all). */
-  private sweep(): void {
-    const now = performance.now();
-    const tenants = this.ctx.config.tenants;
-    for (const s of this.sessions) {
-      const id = s.tenantId;
-      if (id === undefined) continue;
-      // A session that was still logging in when a reload disabled or removed its tenant (S8).
-      if (s.phase === 'relaying' && tenants.get(id)?.enabled !== true) {
-        this.endForTenantGone(s, id);
-        continue;
-      }
-      s.checkTimers(now, tenants.get(id)?.limits);
-    }
-  }
-
-  /** S8: a session whose tenant the running config disables or no longer has ends (57P01). */
-  private endForTenantGone(s: ClientSession, tenant: string): void {
-    this.log.info({ session: s.id, tenant }, 'session ended: its tenant is disabled or gone after the reload');
-    s.terminate(Errors.tenantSuspended(), 'tenant_suspended');
-  }
-
   /** The shared limit store lost or regained Redis: metric, audit record, log. */
   onLimitMode(mode: LimitMode, cause: string): void {
     const degraded = mode === 'degraded_local';
@@ -348,20 +243,13 @@ export class Proxy {
   private onSuspension(tenantId: string, suspended: boolean): void {
     this.audit.append({ event: 'proxy.lifecycle', state: suspended ? 'tenant_suspended' : 'tenant_resumed', tenant: tenantId });
     this.log.info({ tenant: tenantId, suspended }, suspended ? 'tenant suspended' : 'tenant resumed');
-    if (!suspended) return;
-    for (const s of [...this.sessions]) if (s.tenantId === tenantId) s.terminate(Errors.tenantSuspended(), 'tenant_suspended');
+    if (suspended) this.sessions.terminateTenant(tenantId);
   }
 
   /** A staff token (or a person's tokens) was revoked on some instance: remember it, end its sessions. */
   private onRevocation(rev: StaffRevocation): void {
     if (!this.revocations.add(rev)) return; // already lapsed
-    let ended = 0;
-    for (const s of [...this.sessions]) {
-      const staff = s.staff;
-      if (staff === null || s.phase === 'closed' || !revocationMatches(rev, staff)) continue;
-      s.terminate(Errors.adminShutdown('staff_revoked'), 'admin');
-      ended++;
-    }
+    const ended = this.sessions.terminateStaff(rev);
     this.log.info({ by: rev.by, id: rev.id, until: new Date(rev.untilMs).toISOString(), sessionsEnded: ended }, 'staff token revoked');
   }
 
@@ -387,13 +275,7 @@ export class Proxy {
     }
     this.ctx = this.makeContext(config, tlsMaterial);
     this.pools.retain(new Set(config.tenants.keys()));
-    // S8: the logged-in sessions of a tenant the new config disables or removes end now (57P01), as
-    // with an operator's suspension; every other session keeps the config it started with.
-    for (const s of [...this.sessions]) {
-      const id = s.tenantId;
-      if (id === undefined || (s.phase !== 'connecting' && s.phase !== 'relaying') || config.tenants.get(id)?.enabled === true) continue;
-      this.endForTenantGone(s, id);
-    }
+    this.sessions.endSessionsOfGoneTenants(config.tenants);
     this.log.level = config.log.level;
     this.metrics.configReloads.inc({ outcome: 'ok' });
     this.audit.append({ event: 'proxy.lifecycle', state: 'reloaded', tenants: [...config.tenants.keys()] });
@@ -410,20 +292,9 @@ export class Proxy {
       this.metrics.draining.set(1);
       this.audit.append({ event: 'proxy.lifecycle', state: 'draining', sessions: this.sessions.size });
       this.log.info({ sessions: this.sessions.size, deadlineMs }, 'draining');
-      this.drainTimer = setTimeout(() => this.terminateAll('drain_deadline'), deadlineMs);
+      this.drainTimer = setTimeout(() => this.sessions.terminateAll('drain_deadline'), deadlineMs);
     }
-    while (this.activeSessions() > 0) await new Promise((r) => setTimeout(r, 50));
-  }
-
-  /** Sessions past authentication (pre-auth ones are refused or time out on their own). */
-  activeSessions(): number {
-    let n = 0;
-    for (const s of this.sessions) if (s.phase === 'relaying' || s.phase === 'connecting') n++;
-    return n;
-  }
-
-  terminateAll(reason: 'drain_deadline' | 'admin'): void {
-    for (const s of [...this.sessions]) s.terminate(Errors.adminShutdown(reason), reason);
+    while (this.sessions.loggedIn() > 0) await new Promise((r) => setTimeout(r, 50));
   }
 
   private closing: Promise<void> | null = null;
@@ -436,8 +307,8 @@ export class Proxy {
 
   private async closeOnce(): Promise<void> {
     if (this.drainTimer !== null) clearTimeout(this.drainTimer);
-    if (this.sweeper !== null) clearInterval(this.sweeper);
-    this.terminateAll('admin');
+    this.sessions.stopSweeper();
+    this.sessions.terminateAll('admin');
     // Give the FATALs a moment to leave, then close what is left: shutdown must not wait on
     // clients that do not read (the listener's close waits for every socket).
     if (this.sockets.size > 0) await new Promise((r) => setTimeout(r, 200));
@@ -445,17 +316,7 @@ export class Proxy {
     this.pools.close();
     await Promise.all([
       new Promise<void>((r) => (this.listener ? this.listener.close(() => r()) : r())),
-      new Promise<void>((r) => {
-        if (!this.admin) return r();
-        this.admin.closeAllConnections();
-        this.admin.close(() => r());
-      }),
-      new Promise<void>((r) => {
-        if (!this.adminApi) return r();
-        this.adminApi.stop();
-        this.adminApi.server.closeAllConnections();
-        this.adminApi.server.close(() => r());
-      }),
+      this.operator?.close(),
     ]);
     this.rejections.stop();
     await this.bus.close();
@@ -472,17 +333,3 @@ function loadTls(config: Config): TlsMaterial | null {
   if (s.tlsCertPath === undefined || s.tlsKeyPath === undefined) return null;
   return loadTlsMaterial(s.tlsCertPath, s.tlsKeyPath, s.tlsMinVersion);
 }
-
-/**
- * The mock-salt key: from the named env var, else derived from the TLS key (stable across
- * restarts and secret), else random per process (documented: salts then change on restart).
- */
-function mockSecretFor(config: Config): Buffer {
-  const env = config.server.mockSecretEnv;
-  if (env !== undefined && process.env[env] !== undefined) return createHash('sha256').update(process.env[env]).digest();
-  if (config.server.tlsKeyPath !== undefined) {
-    return createHash('sha256').update('pgwarden-mock-v1\0').update(readFileSync(config.server.tlsKeyPath)).digest();
-  }
-  return PROCESS_MOCK_SECRET;
-}
-const PROCESS_MOCK_SECRET = randomBytes(32);

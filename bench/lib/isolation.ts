@@ -19,10 +19,10 @@ import { problemLines } from './pgwarden.js';
 import { startFlood, type Flood, type FloodReport, type FloodSpec } from './flood.js';
 import { runSelectOnly, type Endpoint, type PgbenchFigures } from './pgbench.js';
 import { busyPercent, cpuTimes, hostTicks, memory } from './procstat.js';
+import type { FloodKind } from './options.js';
 import { formatColumns } from './report.js';
 import { fmt, median } from './stats.js';
 
-export type FloodKind = 'storm' | 'copy' | 'stall';
 export type Condition = 'alone' | 'flooded' | 'control';
 
 const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/cli.js');

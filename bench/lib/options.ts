@@ -1,11 +1,12 @@
 /** Command-line options of `npm run bench`, validated into one typed object. */
 import os from 'node:os';
 import { parseArgs } from 'node:util';
-import type { FloodKind } from './isolation.js';
 import { ALL_TARGETS, type TargetName } from './target.js';
 
 export type Protocol = 'simple' | 'extended' | 'prepared';
 export type Phase = 'matrix' | 'connect' | 'idle' | 'isolation' | 'workers' | 'audit';
+/** The noisy neighbour's floods of the isolation phase (isolation.ts runs them). */
+export type FloodKind = 'storm' | 'copy' | 'stall';
 
 export interface BenchOptions {
   phases: Phase[];

@@ -1,9 +1,10 @@
 /**
  * Names of rotated audit files, `<file>.<YYYYMMDDTHHMMSS.mmmZ>.<first seq>[-n]` (UTC rotation time,
  * the seq of the first record written into it, a counter on a clash), and their order
- * (oldest first). The writer (writer.ts) makes them; the log and the verifier find them here.
+ * (oldest first). The writer (writer.ts) rotates into the name rotatedName picks; the log and the
+ * verifier find them here.
  */
-import { readdir } from 'node:fs/promises';
+import { open, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 
 const ROTATED_SUFFIX = /^\.(\d{8}T\d{6}\.\d{3}Z)\.(\d+)(?:-(\d+))?$/;
@@ -25,6 +26,39 @@ function rotatedKey(base: string, file: string): Key | null {
 function compareKeys(a: Key, b: Key): number {
   if (a.stamp !== b.stamp) return a.stamp < b.stamp ? -1 : 1;
   return a.seq - b.seq || a.n - b.n;
+}
+
+/** A free rotated name for `file` cut now, whose first record has `firstSeq`. */
+export async function rotatedName(file: string, firstSeq: number): Promise<string> {
+  // ISO 8601 basic format with milliseconds: sorts by time even across restarts in one second.
+  const stamp = `${new Date().toISOString().slice(0, 23).replace(/[-:]/g, '')}Z`;
+  const base = `${file}.${stamp}.${firstSeq}`;
+  let target = base;
+  for (let i = 1; await exists(target); i++) target = `${base}-${i}`;
+  return target;
+}
+
+/** Makes a rename durable (the directory entry), as PostgreSQL does after durable_rename(). */
+export async function syncDir(dir: string): Promise<void> {
+  try {
+    const d = await open(dir, 'r');
+    try {
+      await d.sync();
+    } finally {
+      await d.close();
+    }
+  } catch {
+    // Some filesystems refuse fsync on directories; the rename still happened.
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** The rotated files of `file`, oldest first (by rotation time, then first seq). */

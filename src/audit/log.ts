@@ -1,9 +1,9 @@
 /**
  * The audit log: fills the envelope, chains each record to the previous one, hands the line to the
- * file writer (writer.ts: group commit, fdatasync, rotation, retries) and to further stores, and
- * adds the integrity records of SECURITY.md §2.7: signed audit.checkpoint and audit.gap. Building a
- * record is synchronous, so the chain order is the call order. What to record is decided by the
- * session; checking is verify.ts.
+ * file writer (writer.ts: group commit, fdatasync, rotation, retries) and to the further stores it
+ * is handed (record-sink.ts; it builds none itself), and adds the integrity records of SECURITY.md
+ * §2.7: signed audit.checkpoint and audit.gap. Building a record is synchronous, so the chain order
+ * is the call order. What to record is decided by the session; checking is verify.ts.
  */
 import { open as openFile, stat } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
@@ -14,7 +14,7 @@ import { AUDIT_SCHEMA, type AuditEvent, type AuditRecord, rfc3339Micros, sealRec
 import { AuditFileWriter, type WriteFailureCause } from './writer.js';
 import { CheckpointSigner, loadPrivateKey } from './checkpoint.js';
 import { rotatedSiblings } from './files.js';
-import { PgSink } from './pg-sink.js';
+import type { RecordSink } from './record-sink.js';
 
 /** Where sessions send audit events: the log itself, or (in a worker process) the primary that owns it. */
 export interface AuditSink {
@@ -34,18 +34,14 @@ export interface AuditSink {
   close(): Promise<void>;
 }
 
-/**
- * A further store for the chained records (the PostgreSQL sink): told of every record in chain
- * order, after the file writer has it. It must not throw and must not block the caller.
- */
-export interface RecordSink {
-  deliver(record: AuditRecord, line: string): void;
-  /** Delivers or spools what it holds; called by AuditLog.close(). */
-  close(): Promise<void>;
-}
-
-/** Knobs for tests; production uses the defaults. */
 export interface AuditLogOptions {
+  /**
+   * Further stores fed every record from the first on, in chain order. Built by whoever composes
+   * the process (pg-sink.ts's openAuditStores for [audit.postgres]); from open() on the log owns
+   * them: close() closes them, and so does an open() that fails.
+   */
+  readonly sinks?: readonly RecordSink[];
+  // Knobs for tests; production uses the defaults.
   /** How often a failed writer retries (default 1 s). */
   readonly retryMs?: number;
   /** Records kept in memory while the file cannot be written (default 10 000). */
@@ -98,10 +94,20 @@ export class AuditLog implements AuditSink {
    * the sinks). A checkpoint key that cannot be read is a startup error.
    */
   static async open(cfg: AuditConfig, instanceId: string, version: string, metrics: Metrics, log: Logger, opts: AuditLogOptions = {}): Promise<AuditLog> {
+    try {
+      return await AuditLog.start(cfg, instanceId, version, metrics, log, opts);
+    } catch (err) {
+      await Promise.all((opts.sinks ?? []).map((s) => s.close().catch(() => undefined)));
+      throw err;
+    }
+  }
+
+  private static async start(cfg: AuditConfig, instanceId: string, version: string, metrics: Metrics, log: Logger, opts: AuditLogOptions): Promise<AuditLog> {
     const signer = cfg.checkpointKeyPath === undefined ? null : new CheckpointSigner(await loadPrivateKey(cfg.checkpointKeyPath), cfg.checkpointOrigin);
     const file = cfg.file;
     const tail = file === undefined ? NO_TAIL : await readTail(file, log);
     const audit = new AuditLog(cfg, signer, tail.hash, instanceId, version, metrics, log);
+    for (const sink of opts.sinks ?? []) audit.addSink(sink);
     if (file !== undefined) {
       audit.writer = await AuditFileWriter.open(
         file,
@@ -127,11 +133,9 @@ export class AuditLog implements AuditSink {
       if (cfg.rotateIntervalMs > 0) audit.every(cfg.rotateIntervalMs, () => audit.writer?.requestRotate());
     }
     if (signer !== null) audit.every(cfg.checkpointIntervalMs, () => audit.checkpoint());
-    // [audit.postgres]: the store auditors query, fed every record in chain order (pg-sink.ts).
-    if (cfg.postgres !== undefined) audit.addSink(await PgSink.start(cfg.postgres, metrics, log));
     // The previous boot did not stop cleanly (a crash, SIGKILL, power loss): whatever it had
-    // queued and not written is gone. Say so first (SECURITY.md §2.7, cause "restart"), once the
-    // sinks are attached, so the store gets the record too.
+    // queued and not written is gone. Say so first (SECURITY.md §2.7, cause "restart"); the
+    // sinks are attached already, so the store gets the record too.
     if (tail.found && !tail.clean) {
       log.warn({ previous_boot: tail.bootId, last_seq: tail.lastSeq, torn: tail.torn }, 'the previous run did not stop cleanly: writing audit.gap (restart)');
       audit.add(

@@ -1,11 +1,13 @@
 /**
  * The audit file on disk: an O_APPEND descriptor written in batches (group commit: one write in
- * flight while the next batch accumulates), fdatasync for durable appends, rotation by renaming,
- * and the retry loop while the disk refuses writes. What a record says, its chain and the
- * audit.gap / audit.checkpoint records are log.ts's business.
+ * flight while the next batch accumulates in write-queue.ts), fdatasync for durable appends,
+ * rotation by renaming, and the retry loop while the disk refuses writes. What a record says, its
+ * chain and the audit.gap / audit.checkpoint records are log.ts's business.
  */
-import { mkdir, open, rename, stat, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, rename, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
+import { rotatedName, syncDir } from './files.js';
+import { WriteQueue, type Batch } from './write-queue.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 
@@ -15,26 +17,6 @@ export type WriteFailureCause = 'ENOSPC' | 'EIO';
 export function failureCause(err: unknown): WriteFailureCause {
   const code = (err as NodeJS.ErrnoException | null)?.code;
   return code === 'ENOSPC' || code === 'EDQUOT' || code === 'EFBIG' ? 'ENOSPC' : 'EIO';
-}
-
-interface Waiter {
-  resolve: () => void;
-  reject: (err: Error) => void;
-}
-
-interface Entry {
-  readonly line: string;
-  readonly bytes: number;
-  readonly seq: number;
-  waiter: Waiter | null;
-}
-
-interface Batch {
-  readonly entries: Entry[];
-  readonly buf: Buffer;
-  /** Bytes already written: a retry continues here (the same file) or from 0 (a new file). */
-  off: number;
-  readonly sync: boolean;
 }
 
 export interface WriterOptions {
@@ -59,9 +41,6 @@ export interface WriterHooks {
 /** A rotation whose rename failed is tried again after this long. */
 const ROTATE_RETRY_MS = 60_000;
 
-/** One write(2) carries at most this much; larger queues go in several batches. */
-const MAX_BATCH_BYTES = 4 * 1024 * 1024;
-
 export class AuditFileWriter {
   private fh: FileHandle | null;
   private identity: string;
@@ -69,9 +48,7 @@ export class AuditFileWriter {
   private fileBytes: number;
   /** seq of the first record this process wrote into the current file (for the rotated name). */
   private firstSeqInFile: number | null = null;
-  private queue: Entry[] = [];
-  private pendingRecords = 0;
-  private pendingBytes = 0;
+  private readonly queue: WriteQueue;
   /** A batch whose write failed: retried before anything newer, so the file keeps chain order. */
   private stalled: Batch | null = null;
   /** The last fdatasync failed after its write succeeded: sync again before trusting the file. */
@@ -101,6 +78,7 @@ export class AuditFileWriter {
     this.identity = `${st.dev}:${st.ino}`;
     this.regular = st.regular;
     this.fileBytes = st.size;
+    this.queue = new WriteQueue(opts, metrics);
     if (!st.regular && opts.rotateBytes > 0) log.warn({ file }, 'audit file is not a regular file: rotation is off');
     metrics.auditHealthy.set(1);
   }
@@ -123,19 +101,12 @@ export class AuditFileWriter {
 
   /** Whether one more record of this size fits in memory. */
   canAccept(bytes: number): boolean {
-    return !this.closed && this.pendingRecords < this.opts.maxQueueRecords && this.pendingBytes + bytes <= this.opts.maxQueueBytes;
+    return !this.closed && this.queue.canAccept(bytes);
   }
 
   /** Queues a line; with `durable`, the promise settles once its batch is written (and synced). */
   enqueue(line: string, seq: number, durable: boolean): Promise<void> | null {
-    const bytes = Buffer.byteLength(line, 'utf8');
-    const entry: Entry = { line, bytes, seq, waiter: null };
-    let done: Promise<void> | null = null;
-    if (durable) done = new Promise<void>((resolve, reject) => (entry.waiter = { resolve, reject }));
-    this.queue.push(entry);
-    this.pendingRecords++;
-    this.pendingBytes += bytes;
-    this.gauge();
+    const done = this.queue.push(line, seq, durable);
     // Appends in the same tick share the batch; the write starts once the caller's turn is over.
     if (!this.running && this.isHealthy && this.queue.length === 1) process.nextTick(() => this.kick());
     return done;
@@ -175,19 +146,13 @@ export class AuditFileWriter {
       }
       await fh.close().catch(() => undefined);
     }
-    const lost = [...(this.stalled?.entries ?? []), ...this.queue];
+    const lost = [...(this.stalled?.entries ?? []), ...this.queue.drain()];
     if (lost.length > 0) {
       this.log.error({ records: lost.length, first_seq: lost[0]!.seq, cause: this.cause }, 'audit records could not be written before close');
       const err = new Error('audit log closed before the record was written');
       for (const e of lost) e.waiter?.reject(err);
     }
     this.stalled = null;
-    this.queue = [];
-  }
-
-  private gauge(): void {
-    this.metrics.auditQueueRecords.set(this.pendingRecords);
-    this.metrics.auditQueueBytes.set(this.pendingBytes);
   }
 
   private kick(force = false): void {
@@ -213,22 +178,6 @@ export class AuditFileWriter {
     if (this.isHealthy && (this.queue.length > 0 || this.rotateDue)) this.kick();
   }
 
-  private takeBatch(all: boolean): Batch | null {
-    if (this.queue.length === 0) return null;
-    let n = 0;
-    let bytes = 0;
-    while (n < this.queue.length && (all || n === 0 || bytes + this.queue[n]!.bytes <= MAX_BATCH_BYTES)) bytes += this.queue[n++]!.bytes;
-    const entries = n === this.queue.length ? this.queue : this.queue.slice(0, n);
-    this.queue = n === this.queue.length ? [] : this.queue.slice(n);
-    let text = '';
-    let sync = false;
-    for (const e of entries) {
-      text += e.line;
-      if (e.waiter !== null && this.opts.fsync) sync = true;
-    }
-    return { entries, buf: Buffer.from(text, 'utf8'), off: 0, sync };
-  }
-
   private async run(): Promise<void> {
     for (;;) {
       let fh = this.fh;
@@ -250,12 +199,12 @@ export class AuditFileWriter {
       if (batch === null && this.rotateDue) {
         this.rotateDue = false;
         this.hooks.beforeRotate(); // may queue a checkpoint: it ends this file
-        batch = this.takeBatch(true);
+        batch = this.queue.take(true);
         if (batch !== null && !(await this.writeBatch(fh, batch))) return;
         if (!(await this.rotate(fh))) return;
         continue;
       }
-      batch ??= this.takeBatch(false);
+      batch ??= this.queue.take(false);
       if (batch === null) return;
       if (!(await this.writeBatch(fh, batch))) return;
     }
@@ -287,11 +236,7 @@ export class AuditFileWriter {
         syncErr = err;
       }
     }
-    let bytes = 0;
-    for (const e of batch.entries) bytes += e.bytes;
-    this.pendingRecords -= batch.entries.length;
-    this.pendingBytes -= bytes;
-    this.gauge();
+    this.queue.written(batch);
     if (syncErr !== null) {
       // The bytes are in the file but maybe not on disk: never write them twice, sync again later.
       this.syncOwed = true;
@@ -330,7 +275,7 @@ export class AuditFileWriter {
     this.reopenOnRetry = true;
     if (was) {
       this.metrics.auditHealthy.set(0);
-      this.log.error({ err, file: this.file, queued: this.pendingRecords }, 'audit log write failed: retrying');
+      this.log.error({ err, file: this.file, queued: this.queue.records }, 'audit log write failed: retrying');
       this.hooks.onHealth(false, cause);
     }
     if (this.retryTimer === null && !this.closing) {
@@ -377,11 +322,7 @@ export class AuditFileWriter {
     try {
       await fh.datasync();
       this.metrics.auditFsyncs.inc();
-      // ISO 8601 basic format with milliseconds: sorts by time even across restarts in one second.
-      const stamp = `${new Date().toISOString().slice(0, 23).replace(/[-:]/g, '')}Z`;
-      const base = `${this.file}.${stamp}.${this.firstSeqInFile}`;
-      let target = base;
-      for (let i = 1; await exists(target); i++) target = `${base}-${i}`;
+      const target = await rotatedName(this.file, this.firstSeqInFile);
       await rename(this.file, target);
       this.log.info({ file: this.file, rotated_to: target }, 'audit file rotated');
     } catch (err) {
@@ -402,28 +343,5 @@ export class AuditFileWriter {
       this.fail(err, null);
       return false;
     }
-  }
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Makes a rename durable (the directory entry), as PostgreSQL does after durable_rename(). */
-async function syncDir(dir: string): Promise<void> {
-  try {
-    const d = await open(dir, 'r');
-    try {
-      await d.sync();
-    } finally {
-      await d.close();
-    }
-  } catch {
-    // Some filesystems refuse fsync on directories; the rename still happened.
   }
 }

@@ -1,14 +1,17 @@
 /**
  * SCRAM-SHA-256 (RFC 5802, RFC 7677) with channel binding `tls-server-end-point` (RFC 5929):
- * the server side for clients, the client side for logging in to tenant servers, and
- * verifiers in PostgreSQL's format. Messages follow PostgreSQL's auth-scram.c, including its
+ * the server side for clients, the client side for logging in to tenant servers, and making
+ * verifiers (their text format is config/scram-verifier.ts's). Messages follow PostgreSQL's auth-scram.c, including its
  * error texts. Sockets and policy (which verifier, mock or real) are the session's business.
  */
 import { createHash, createHmac, pbkdf2, randomBytes, timingSafeEqual } from 'node:crypto';
 import { promisify } from 'node:util';
 import { LRUCache } from 'lru-cache';
 import { Errors, PgError } from '../errors.js';
-import { decodeSASLInitialResponse, ProtocolFormatError } from '../protocol/frontend.js';
+import { decodeBase64Strict, formatScramVerifier, SCRAM_KEY_BYTES, type ScramVerifier } from '../config/scram-verifier.js';
+
+// The verifier's text format belongs to the config that holds it; SCRAM's users find it here too.
+export { formatScramVerifier, parseScramVerifier, type ScramVerifier } from '../config/scram-verifier.js';
 
 const pbkdf2Async = promisify(pbkdf2);
 
@@ -20,14 +23,6 @@ export const DEFAULT_ITERATIONS = 4096;
 /** Upper bound on iterations we agree to compute for an upstream (a hostile server could ask for 2^31). */
 export const MAX_UPSTREAM_ITERATIONS = 1_000_000;
 const NONCE_BYTES = 18;
-const KEY_BYTES = 32;
-
-export interface ScramVerifier {
-  readonly iterations: number;
-  readonly salt: Buffer;
-  readonly storedKey: Buffer;
-  readonly serverKey: Buffer;
-}
 
 const sha256 = (b: Buffer): Buffer => createHash('sha256').update(b).digest();
 const hmac = (key: Buffer, data: Buffer | string): Buffer => createHmac('sha256', key).update(data).digest();
@@ -36,28 +31,6 @@ function xor(a: Buffer, b: Buffer): Buffer {
   const out = Buffer.allocUnsafe(a.length);
   for (let i = 0; i < a.length; i++) out[i] = a[i]! ^ b[i]!;
   return out;
-}
-
-const B64_RE = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
-function decodeBase64Strict(s: string): Buffer | undefined {
-  return B64_RE.test(s) ? Buffer.from(s, 'base64') : undefined;
-}
-
-/** `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, as in pg_authid.rolpassword. */
-export function parseScramVerifier(s: string): ScramVerifier | undefined {
-  const m = /^SCRAM-SHA-256\$(\d{1,10}):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)$/.exec(s);
-  if (!m) return undefined;
-  const iterations = Number(m[1]);
-  const salt = decodeBase64Strict(m[2]!);
-  const storedKey = decodeBase64Strict(m[3]!);
-  const serverKey = decodeBase64Strict(m[4]!);
-  if (!salt || !storedKey || !serverKey || iterations < 1 || iterations > 0x7fffffff) return undefined;
-  if (storedKey.length !== KEY_BYTES || serverKey.length !== KEY_BYTES || salt.length === 0) return undefined;
-  return { iterations, salt, storedKey, serverKey };
-}
-
-export function formatScramVerifier(v: ScramVerifier): string {
-  return `SCRAM-SHA-256$${v.iterations}:${v.salt.toString('base64')}$${v.storedKey.toString('base64')}:${v.serverKey.toString('base64')}`;
 }
 
 /**
@@ -86,7 +59,7 @@ export async function saltedPassword(password: string, salt: Buffer, iterations:
   const key = createHash('sha256').update(password).update('\0').update(salt).update(String(iterations)).digest('hex');
   const hit = saltedPasswordCache.get(key);
   if (hit !== undefined) return hit;
-  const derived = await pbkdf2Async(saslprep(password), salt, iterations, KEY_BYTES, 'sha256');
+  const derived = await pbkdf2Async(saslprep(password), salt, iterations, SCRAM_KEY_BYTES, 'sha256');
   saltedPasswordCache.set(key, derived);
   return derived;
 }
@@ -154,8 +127,6 @@ export class ScramServerExchange {
   private gs2Header = '';
   private cbFlag: 'n' | 'y' | 'p' = 'n';
   private phase: 'first' | 'final' | 'done' = 'first';
-  /** The mechanism of a SASLInitialResponse that carried no data (length -1), until the client-first-message comes. */
-  private pendingMechanism: string | null = null;
 
   constructor(
     private readonly verifier: ScramVerifier,
@@ -173,57 +144,21 @@ export class ScramServerExchange {
     return channelBindingAvailable ? [SCRAM_SHA_256_PLUS, SCRAM_SHA_256] : [SCRAM_SHA_256];
   }
 
-  /**
-   * The first one or two client messages, as PostgreSQL's CheckSASLAuth reads them; returns the
-   * data of the AuthenticationSASLContinue to send. Throws PgError.
-   * - A SASLInitialResponse body: the mechanism is checked as soon as it is read (mech->init),
-   *   before the length and data, whose faults get PostgreSQL's texts (libpq/pqformat.c).
-   * - With length -1 (no initial response) the answer is an empty challenge, and
-   *   `awaitingClientFirst` is set: the next SASLResponse body is the client-first-message,
-   *   and goes here too.
-   */
-  initialMessage(body: Buffer): Buffer {
-    if (this.pendingMechanism !== null) {
-      const mechanism = this.pendingMechanism;
-      this.pendingMechanism = null;
-      return this.clientFirst(mechanism, body);
-    }
-    const nul = body.indexOf(0);
-    if (nul >= 0) this.checkMechanism(body.toString('utf8', 0, nul));
-    let initial;
-    try {
-      initial = decodeSASLInitialResponse(body);
-    } catch (err) {
-      if (err instanceof ProtocolFormatError) throw Errors.invalidFormat(err.message);
-      throw err;
-    }
-    if (initial.data === null) {
-      if (this.phase !== 'first') throw Errors.malformedScram('Unexpected message.');
-      this.pendingMechanism = initial.mechanism;
-      return Buffer.alloc(0);
-    }
-    return this.clientFirst(initial.mechanism, initial.data);
-  }
-
-  /** After a SASLInitialResponse without data: the next SASLResponse carries the client-first-message (to initialMessage). */
-  get awaitingClientFirst(): boolean {
-    return this.pendingMechanism !== null;
-  }
-
-  /** The mechanism must be one we offered (SCRAM-SHA-256-PLUS only with channel binding). */
-  private checkMechanism(mechanism: string): void {
-    if (!(mechanism === SCRAM_SHA_256 || (mechanism === SCRAM_SHA_256_PLUS && this.channelBinding !== null))) throw Errors.invalidMechanism();
+  /** Whether the client may select this mechanism here (PLUS only when channel binding is possible). */
+  acceptsMechanism(mechanism: string): boolean {
+    return mechanism === SCRAM_SHA_256 || (mechanism === SCRAM_SHA_256_PLUS && this.channelBinding !== null);
   }
 
   /**
-   * Handles the client-first-message; returns server-first-message. Throws PgError. The message is
-   * read as bytes (latin1, one char per byte), as PostgreSQL reads it: a byte that is not UTF-8
-   * is judged where it stands (a nonce is then "non-printable"), not as a length mismatch.
+   * Handles the client-first-message (in SASLInitialResponse, or after one without data in the next
+   * SASLResponse); returns server-first-message. Throws PgError. The message is read as bytes
+   * (latin1, one char per byte), as PostgreSQL reads it: a byte that is not UTF-8 is judged where
+   * it stands (a nonce is then "non-printable"), not as a length mismatch.
    */
   clientFirst(mechanism: string, data: Buffer | null): Buffer {
     if (this.phase !== 'first') throw Errors.malformedScram('Unexpected message.');
     const plus = mechanism === SCRAM_SHA_256_PLUS;
-    this.checkMechanism(mechanism);
+    if (!this.acceptsMechanism(mechanism)) throw Errors.invalidMechanism();
     if (data === null || data.length === 0) throw Errors.malformedScram('The message is empty.');
     const msg = data.toString('latin1');
     if (msg.includes('\0')) throw Errors.malformedScram('Message length does not match input length.');
@@ -303,7 +238,7 @@ export class ScramServerExchange {
     }
     if (idx >= parts.length) throw Errors.malformedScram('Attribute expected, but found end of string.');
     const proof = decodeBase64Strict(parts[idx]!.slice(2));
-    if (proof === undefined || proof.length !== KEY_BYTES) throw Errors.malformedScram('Malformed proof in client-final-message.');
+    if (proof === undefined || proof.length !== SCRAM_KEY_BYTES) throw Errors.malformedScram('Malformed proof in client-final-message.');
     if (idx !== parts.length - 1) throw Errors.malformedScram('Garbage found at the end of client-final-message.');
     if (nonce !== this.clientNonce + this.serverNonce) throw Errors.invalidScramResponse('Nonce does not match.');
     const withoutProof = msg.slice(0, msg.length - parts[idx]!.length - 1);

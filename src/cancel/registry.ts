@@ -1,10 +1,21 @@
 /**
  * Proxy-issued cancel keys and what they point at. A client only ever sees our key; the
  * upstream's key stays here. Lookup compares the secret in constant time, and an unknown key
- * is simply not found: the caller drops it silently, as PostgreSQL does.
+ * is simply not found: the caller drops it silently, as PostgreSQL does. A cancel that must reach
+ * another instance or worker travels as the key's hash (hashCancelSecret), never the key.
  */
-import { randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
-import { hashCancelSecret } from '../cluster/bus.js';
+import { createHash, createHmac, randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
+
+/**
+ * What a cancel carries instead of the secret: HMAC-SHA256 under a key every instance shares
+ * (the mock-salt secret: server.mock_secret_env, or one derived from the shared TLS key), so a
+ * reader of the channel cannot brute-force the 4-byte secret from it. Without a key (tests of
+ * the bus alone), a plain SHA-256.
+ */
+export function hashCancelSecret(secretKey: Buffer, clusterKey?: Buffer): string {
+  if (clusterKey === undefined) return createHash('sha256').update(secretKey).digest('hex');
+  return createHmac('sha256', clusterKey).update('pgwarden-cancel\0').update(secretKey).digest('hex');
+}
 
 export interface CancelTarget {
   readonly tenantId: string;

@@ -4,12 +4,11 @@
  * delivers to itself; with Redis it is pub/sub (redis-bus.ts). Messages carry no secrets:
  * a cancel travels as the process id and an HMAC of the secret key, which the owner compares.
  */
-import { createHash, createHmac } from 'node:crypto';
 import type { StaffRevocation } from '../admin/revocations.js';
 
 export interface CancelMessage {
   readonly processId: number;
-  /** hashCancelSecret() of the 4-byte secret key the client sent (hex). */
+  /** hashCancelSecret() (cancel/registry.ts) of the 4-byte secret key the client sent (hex). */
   readonly secretHash: string;
 }
 
@@ -41,17 +40,6 @@ export interface ClusterBus {
   /** Tenants suspended cluster-wide, as last known (loaded at start). */
   suspended(): ReadonlySet<string>;
   close(): Promise<void>;
-}
-
-/**
- * What a cancel carries instead of the secret: HMAC-SHA256 under a key every instance shares
- * (the mock-salt secret: server.mock_secret_env, or one derived from the shared TLS key), so a
- * reader of the channel cannot brute-force the 4-byte secret from it. Without a key (tests of
- * the bus alone), a plain SHA-256.
- */
-export function hashCancelSecret(secretKey: Buffer, clusterKey?: Buffer): string {
-  if (clusterKey === undefined) return createHash('sha256').update(secretKey).digest('hex');
-  return createHmac('sha256', clusterKey).update('pgwarden-cancel\0').update(secretKey).digest('hex');
 }
 
 /** One instance: everything is delivered to itself. Suspensions last until resumed or restart. */

@@ -9,16 +9,14 @@
  */
 import cluster, { type Worker } from 'node:cluster';
 import { AggregatorRegistry } from 'prom-client';
-import http from 'node:http';
-import net from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { loadConfigFile } from '../config/load.js';
 import { ConfigError, type Config } from '../config/schema.js';
 import { AuditLog } from '../audit/log.js';
+import { openAuditStores } from '../audit/pg-sink.js';
 import { Metrics } from '../observability/metrics.js';
 import type { Logger } from '../observability/logger.js';
-import { createAdminServer } from '../admin/http.js';
-import { createAdminApi, type AdminApi } from '../admin/api.js';
+import { OperatorListeners } from '../admin/listeners.js';
 import { RevocationSet, revocationTtlMs, type StaffRevocation } from '../admin/revocations.js';
 import { LocalLimitStore, type Lease } from '../limits/store.js';
 import { openSharedState, type SharedState } from './shared-state.js';
@@ -32,7 +30,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
   let config = first;
   const instanceId = randomUUID();
   const metrics = new Metrics();
-  const audit = await AuditLog.open(config.audit, instanceId, version, metrics, log);
+  const audit = await AuditLog.open(config.audit, instanceId, version, metrics, log, { sinks: await openAuditStores(config.audit, metrics, log) });
   // With Redis the workers share limits there; the primary still needs the bus for admin commands.
   const shared: SharedState | null = config.redis === undefined ? null : await openSharedState(config, instanceId, log, () => undefined);
   const limits = new LocalLimitStore();
@@ -188,27 +186,11 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
     return AggregatorRegistry.aggregate(parts).metrics();
   };
 
-  let admin: http.Server | null = null;
-  if (config.metrics !== undefined) {
-    const server = createAdminServer({
-      metrics,
-      metricsText,
-      isReady: () => !stopping,
-      log,
-      pools: poolsView,
-    });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(config.metrics!.listenPort, config.metrics!.listenHost, () => resolve());
-    });
-    admin = server;
-  }
-
-  // The admin API: sessions live in the workers (asked over IPC); the rest goes over the bus, or
-  // without Redis straight to the workers.
-  let adminApi: AdminApi | null = null;
-  if (config.admin !== undefined) {
-    const api = createAdminApi({
+  // The metrics listener (/metrics and /pools gathered from the workers) and the admin API: sessions
+  // live in the workers (asked over IPC); the rest goes over the bus, or without Redis straight to the workers.
+  const operator = await OperatorListeners.start(config, {
+    metrics: { metrics, metricsText, isReady: () => !stopping, log, pools: poolsView },
+    api: {
       tokenSha256: () => config.admin?.tokenSha256,
       audit: () => audit,
       log,
@@ -231,13 +213,8 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
         },
         revocationTtlMs: () => revocationTtlMs(config.staff),
       },
-    });
-    await new Promise<void>((resolve, reject) => {
-      api.server.once('error', reject);
-      api.server.listen(config.admin!.listenPort, config.admin!.listenHost, () => resolve());
-    });
-    adminApi = api;
-  }
+    },
+  });
 
   function reload(): void {
     loadConfigFile(configPath)
@@ -263,19 +240,15 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
     }, 20);
   });
   audit.append({ event: 'proxy.lifecycle', state: 'started', instance_id: instanceId, workers: config.server.workers, listen: { host: config.server.listenHost, port } });
-  const metricsPort = (admin?.address() as net.AddressInfo | null | undefined)?.port ?? null;
-  const adminPort = (adminApi?.server.address() as net.AddressInfo | null | undefined)?.port ?? null;
+  const metricsPort = operator.metricsAddress?.port ?? null;
+  const adminPort = operator.adminAddress?.port ?? null;
   log.info({ event: 'listening', port, metrics_port: metricsPort, admin_port: adminPort, workers: config.server.workers }, 'listening');
 
   let finishing: Promise<void> | null = null;
   /** Closes what the primary owns, once (a second signal may arrive during a drain). */
   const finish = (): Promise<void> =>
     (finishing ??= (async () => {
-      admin?.closeAllConnections();
-      admin?.close();
-      adminApi?.stop();
-      adminApi?.server.closeAllConnections();
-      adminApi?.server.close();
+      await operator.close();
       audit.append({ event: 'proxy.lifecycle', state: 'stopped' });
       await audit.close();
       if (shared !== null) {

@@ -17,34 +17,14 @@
  * losing Redis's data never lifts a suspension).
  */
 import { randomBytes } from 'node:crypto';
-import { Redis } from 'ioredis';
-import { boundedRedisOptions, connectTimeoutMs, redisFailureCause, waitReady, type RedisLog } from '../limits/redis-store.js';
+import { Redis, type ChainableCommander } from 'ioredis';
+import { boundedRedisOptions, redisClientSettings, redisFailureCause, waitReady, type RedisClientOptions, type RedisLog } from './redis-connection.js';
 import type { BusHandlers, CancelMessage, ClusterBus } from './bus.js';
+import { decodeBusMessage, isId, type BusMessage } from './bus-message.js';
 import { decodeRevocation, type StaffRevocation } from '../admin/revocations.js';
 
-export interface RedisBusOptions {
-  readonly url: string;
-  readonly instanceId: string;
-  /** Default "pgwarden:". */
-  readonly keyPrefix?: string;
-  /** Default 250. */
-  readonly commandTimeoutMs?: number;
-  readonly log?: RedisLog;
-}
+export type RedisBusOptions = RedisClientOptions;
 
-/** What travels on the channel. Never a secret: a cancel carries the SHA-256 of the secret key. */
-export type BusMessage =
-  | { readonly from: string; readonly kind: 'cancel'; readonly processId: number; readonly secretHash: string }
-  | { readonly from: string; readonly kind: 'suspend'; readonly tenantId: string; readonly suspended: boolean }
-  | { readonly from: string; readonly kind: 'reload' }
-  | { readonly from: string; readonly kind: 'revoke'; readonly by: 'jti' | 'sub'; readonly id: string; readonly untilMs: number };
-
-const DEFAULT_PREFIX = 'pgwarden:';
-const DEFAULT_COMMAND_TIMEOUT_MS = 250;
-/** Bigger than any valid message; longer input is dropped before JSON.parse. */
-const MAX_MESSAGE_CHARS = 2_048;
-const MAX_ID_CHARS = 256;
-const SHA256_HEX = /^[0-9a-f]{64}$/;
 const LOAD_RETRY_MS = 1_000;
 /** KEYS: generation, suspended set. ARGV: a fresh generation id, stored if none is. Returns {generation, members}. */
 const LOAD_SUSPENDED = `
@@ -56,52 +36,6 @@ end
 return {generation, redis.call('SMEMBERS', KEYS[2])}
 `;
 
-function isId(v: unknown): v is string {
-  return typeof v === 'string' && v.length > 0 && v.length <= MAX_ID_CHARS;
-}
-
-/**
- * Decodes one channel message, or null if it is anything but a well-formed message of a known kind.
- * Anyone who can reach Redis can publish, so this is input like any other.
- */
-export function decodeBusMessage(raw: string): BusMessage | null {
-  if (raw.length > MAX_MESSAGE_CHARS) return null;
-  let v: unknown;
-  try {
-    v = JSON.parse(raw);
-  } catch {
-    return null;
-  }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) return null;
-  const m = v as Record<string, unknown>;
-  const from = m['from'];
-  if (!isId(from)) return null;
-  switch (m['kind']) {
-    case 'cancel': {
-      const processId = m['processId'];
-      const secretHash = m['secretHash'];
-      // BackendKeyData's process id is an Int32; we accept its unsigned reading too.
-      if (typeof processId !== 'number' || !Number.isInteger(processId) || processId < -0x80000000 || processId > 0xffffffff) return null;
-      if (typeof secretHash !== 'string' || !SHA256_HEX.test(secretHash)) return null;
-      return { from, kind: 'cancel', processId, secretHash };
-    }
-    case 'suspend': {
-      const tenantId = m['tenantId'];
-      const suspended = m['suspended'];
-      if (!isId(tenantId) || typeof suspended !== 'boolean') return null;
-      return { from, kind: 'suspend', tenantId, suspended };
-    }
-    case 'reload':
-      return { from, kind: 'reload' };
-    case 'revoke': {
-      const rev = decodeRevocation(m);
-      return rev === null ? null : { from, kind: 'revoke', ...rev };
-    }
-    default:
-      return null;
-  }
-}
-
 export class RedisBus implements ClusterBus {
   /** `from` of our messages: `<instanceId>:<boot id>`, so two processes never mistake each other for self. */
   readonly memberId: string;
@@ -112,7 +46,7 @@ export class RedisBus implements ClusterBus {
   /** Holds a random id while Redis keeps its data; a new id means the suspended set was lost. */
   private readonly generationKey: string;
   private readonly revokedKey: string;
-  private readonly commandTimeoutMs: number;
+  private readonly connectTimeoutMs: number;
   private readonly log: RedisLog | undefined;
   private readonly suspendedSet = new Set<string>();
   /** Tenants whose state changed (by message or locally) while a read of the set was in flight: that change is newer. */
@@ -135,17 +69,17 @@ export class RedisBus implements ClusterBus {
   private closing: Promise<void> | null = null;
 
   constructor(opts: RedisBusOptions) {
-    this.memberId = `${opts.instanceId}:${randomBytes(6).toString('hex')}`;
-    const prefix = opts.keyPrefix ?? DEFAULT_PREFIX;
+    const { memberId, prefix, commandTimeoutMs, connectTimeoutMs } = redisClientSettings(opts);
+    this.memberId = memberId;
     this.channel = `${prefix}bus`;
     this.suspendedKey = `${prefix}suspended`;
     this.generationKey = `${prefix}suspended:generation`;
     this.revokedKey = `${prefix}revoked`;
-    this.commandTimeoutMs = opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
+    this.connectTimeoutMs = connectTimeoutMs;
     this.log = opts.log;
-    this.pub = new Redis(opts.url, boundedRedisOptions(this.commandTimeoutMs, 'pgwarden-bus'));
+    this.pub = new Redis(opts.url, boundedRedisOptions(commandTimeoutMs, 'pgwarden-bus'));
     // We resubscribe ourselves on every 'ready', which also covers a first subscribe that failed.
-    this.sub = new Redis(opts.url, { ...boundedRedisOptions(this.commandTimeoutMs, 'pgwarden-bus-sub'), autoResubscribe: false });
+    this.sub = new Redis(opts.url, { ...boundedRedisOptions(commandTimeoutMs, 'pgwarden-bus-sub'), autoResubscribe: false });
   }
 
   async start(handlers: BusHandlers): Promise<void> {
@@ -188,7 +122,7 @@ export class RedisBus implements ClusterBus {
     });
     this.sub.connect().catch(() => undefined);
     this.pub.connect().catch(() => undefined);
-    const limitMs = connectTimeoutMs(this.commandTimeoutMs);
+    const limitMs = this.connectTimeoutMs;
     const [subReady, pubReady] = await Promise.all([waitReady(this.sub, limitMs), waitReady(this.pub, limitMs)]);
     const ok = subReady && pubReady && (await Promise.race([synced, sleep(limitMs * 2).then(() => false)]));
     if (!ok) this.log?.warn({}, 'bus: Redis unavailable at start; messages from other instances arrive once it is back');
@@ -224,13 +158,7 @@ export class RedisBus implements ClusterBus {
   async publishRevocation(rev: StaffRevocation): Promise<void> {
     this.handlers?.onRevocation(rev);
     const message = JSON.stringify({ from: this.memberId, kind: 'revoke', ...rev } satisfies BusMessage);
-    let failure: unknown;
-    try {
-      const results = await this.pub.multi().hset(this.revokedKey, `${rev.by}:${rev.id}`, String(rev.untilMs)).publish(this.channel, message).exec();
-      failure = results === null ? new Error('transaction aborted') : (results.find(([err]) => err !== null)?.[0] ?? null);
-    } catch (err) {
-      failure = err;
-    }
+    const failure = await execFailure(() => this.pub.multi().hset(this.revokedKey, `${rev.by}:${rev.id}`, String(rev.untilMs)).publish(this.channel, message));
     if (failure !== null) throw new Error('revocation applied on this instance only: Redis did not take it', { cause: failure });
   }
 
@@ -251,13 +179,7 @@ export class RedisBus implements ClusterBus {
     const tx = this.pub.multi();
     if (suspended) tx.sadd(this.suspendedKey, tenantId);
     else tx.srem(this.suspendedKey, tenantId);
-    let failure: unknown;
-    try {
-      const results = await tx.publish(this.channel, message).exec();
-      failure = results === null ? new Error('transaction aborted') : (results.find(([err]) => err !== null)?.[0] ?? null);
-    } catch (err) {
-      failure = err;
-    }
+    const failure = await execFailure(() => tx.publish(this.channel, message));
     if (failure !== null) throw new Error('suspension applied on this instance only: Redis did not take it', { cause: failure });
   }
 
@@ -398,6 +320,16 @@ export class RedisBus implements ClusterBus {
     this.sub.disconnect();
     this.pub.disconnect();
     return Promise.resolve();
+  }
+}
+
+/** Builds and runs a MULTI transaction: null when Redis took every command, else what went wrong. Never rejects. */
+async function execFailure(build: () => ChainableCommander): Promise<unknown> {
+  try {
+    const results = await build().exec();
+    return results === null ? new Error('transaction aborted') : (results.find(([err]) => err !== null)?.[0] ?? null);
+  } catch (err) {
+    return err;
   }
 }
 

@@ -1,11 +1,15 @@
 /**
- * Reads a TOML config file into a validated Config. Paths inside the file are relative to it.
- * A TOML syntax error is reported with its line and column, like a validation problem.
+ * Reads a TOML config file into a validated Config, in passes: read the file, parse the TOML,
+ * check pgwarden's keys (validate.ts), then the environment variables the file names
+ * (environment.ts). Paths inside the file are relative to it. A TOML syntax error is reported
+ * with its line and column, like a validation problem.
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parse, TomlError } from 'smol-toml';
-import { ConfigError, validateConfig, type Config } from './schema.js';
+import { problemsWithEnvironment } from './environment.js';
+import { ConfigError, type Config } from './schema.js';
+import { validateConfigTree } from './validate.js';
 
 export async function loadConfigFile(file: string): Promise<Config> {
   let text: string;
@@ -17,7 +21,7 @@ export async function loadConfigFile(file: string): Promise<Config> {
   return parseConfigText(text, path.dirname(path.resolve(file)), file);
 }
 
-export function parseConfigText(text: string, baseDir: string, name = 'config'): Config {
+export function parseConfigText(text: string, baseDir: string, name = 'config', env: NodeJS.ProcessEnv = process.env): Config {
   let tree: Record<string, unknown>;
   try {
     tree = parse(text);
@@ -25,5 +29,8 @@ export function parseConfigText(text: string, baseDir: string, name = 'config'):
     if (err instanceof TomlError) throw new ConfigError([`${name}:${err.line}:${err.column}: TOML syntax error: ${err.message.split('\n')[0] ?? ''}`]);
     throw err;
   }
-  return validateConfig(tree, (p) => path.resolve(baseDir, p));
+  const file = validateConfigTree(tree, (p) => path.resolve(baseDir, p));
+  const problems = problemsWithEnvironment(file, env);
+  if (problems.length > 0) throw new ConfigError(problems);
+  return file.config;
 }

@@ -1,23 +1,17 @@
 /**
  * RedisLimitStore: the LimitStore shared by every instance through Redis (SECURITY.md rule 9).
  * Connection slots are leases (a count per instance, counted only while the instance renews its
- * liveness), rate tokens and auth cool-downs are Lua scripts of one round trip each, and every call
- * is bounded by `commandTimeoutMs`. When Redis fails or is slow the store enforces this instance's
- * share of each limit locally (`degraded_local`) until the heartbeat finds Redis again. Which keys
- * and limits apply is the caller's business (store.ts).
- *
- * Redis layout (P = keyPrefix):
- *   P instances           ZSET  member → expiry (ms, Redis TIME), renewed by every heartbeat
- *   P conn:…              HASH  member → that instance's slots under the key
- *   P rate:…              HASH  tokens, at (ms): a token bucket
- *   P auth:…:failures     STRING failures within the window (PEXPIRE windowMs)
- *   P auth:…:cooldown     STRING present while the key is locked out (PX cooldownMs)
- * The member is `<instanceId>:<boot id>`, so a restarted process never inherits (and never renews)
- * the counts its previous incarnation left behind.
+ * liveness), rate tokens and auth cool-downs are Lua scripts of one round trip each (their keys and
+ * replies are redis-scripts.ts's), and every call is bounded by `commandTimeoutMs`. When Redis fails
+ * or is slow the store enforces this instance's share of each limit locally (`degraded_local`)
+ * until the heartbeat finds Redis again. Which keys and limits apply is the caller's business
+ * (store.ts); the connection itself is cluster/redis-connection.ts's.
  */
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
-import { Redis, type RedisOptions } from 'ioredis';
+import { Redis } from 'ioredis';
+import { boundedRedisOptions, redisClientSettings, redisFailureCause, waitReady, type RedisClientOptions, type RedisLog } from '../cluster/redis-connection.js';
+import { lockoutShare, rateShare, slotsShare } from './local-share.js';
+import { ACQUIRE, ADMIT, ALL_SCRIPTS, FORGET, HEARTBEAT, NOTE_FAILURE, RELEASE, intArray, runScript, type Script } from './redis-scripts.js';
 import {
   LocalLimitStore,
   type AcquireResult,
@@ -30,258 +24,18 @@ import {
   type SlotRequest,
 } from './store.js';
 
-/** The subset of a pino logger the Redis clients use. */
-export interface RedisLog {
-  warn(obj: object, msg: string): void;
-  info(obj: object, msg: string): void;
-}
-
-export interface RedisLimitStoreOptions {
-  readonly url: string;
-  readonly instanceId: string;
-  /** Default "pgwarden:". */
-  readonly keyPrefix?: string;
-  /** Upper bound for any one Redis call. Default 250. */
-  readonly commandTimeoutMs?: number;
+export interface RedisLimitStoreOptions extends RedisClientOptions {
   /** An instance that stops renewing stops counting after this long. Default 10 000. */
   readonly leaseTtlMs?: number;
   /** Called once per transition between 'redis' and 'degraded_local' (not for the first, healthy start). */
   readonly onModeChange?: (mode: LimitMode, cause: string) => void;
-  readonly log?: RedisLog;
 }
 
-const DEFAULT_PREFIX = 'pgwarden:';
-const DEFAULT_COMMAND_TIMEOUT_MS = 250;
 const DEFAULT_LEASE_TTL_MS = 10_000;
-const RETRY_BASE_MS = 50;
-const RETRY_MAX_MS = 1_000;
-const RETRY_JITTER_MS = 100;
 /** Keys written per heartbeat script, so one script never blocks Redis for long. */
 const HEARTBEAT_CHUNK_KEYS = 100;
 /** Heartbeats a recovery may take before local changes stop racing it (then the next tick retries). */
 const RECOVERY_ATTEMPTS = 3;
-
-/** How long to wait for the TCP connect and the first ready: a few command timeouts, at least 1 s. */
-export function connectTimeoutMs(commandTimeoutMs: number): number {
-  return Math.max(1_000, 4 * commandTimeoutMs);
-}
-
-/**
- * ioredis options that bound every call: nothing queues while disconnected, in-flight commands fail on
- * disconnect and are never replayed (the caller has already answered from local state), and reconnects
- * back off to at most ~1 s. The caller must attach an 'error' listener and call connect().
- */
-export function boundedRedisOptions(commandTimeoutMs: number, connectionName: string) {
-  return {
-    lazyConnect: true,
-    connectionName,
-    disableClientInfo: true,
-    commandTimeout: commandTimeoutMs,
-    connectTimeout: connectTimeoutMs(commandTimeoutMs),
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 0,
-    autoResendUnfulfilledCommands: false,
-    retryStrategy: (times: number) =>
-      Math.min(RETRY_BASE_MS * 2 ** Math.min(times - 1, 16), RETRY_MAX_MS) + Math.floor(Math.random() * RETRY_JITTER_MS),
-  } satisfies RedisOptions;
-}
-
-/**
- * Resolves true once `client` is ready; false after `timeoutMs`, or as soon as a connection attempt
- * fails (Redis down: no point waiting, ioredis keeps retrying in the background). Never rejects.
- */
-export function waitReady(client: Redis, timeoutMs: number): Promise<boolean> {
-  if (client.status === 'ready') return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const settle = (ready: boolean): void => {
-      clearTimeout(timer);
-      client.removeListener('ready', onReady);
-      client.removeListener('reconnecting', onFailed);
-      client.removeListener('end', onFailed);
-      resolve(ready);
-    };
-    const onReady = (): void => settle(true);
-    const onFailed = (): void => settle(false);
-    const timer = setTimeout(onFailed, timeoutMs);
-    client.once('ready', onReady);
-    client.once('reconnecting', onFailed);
-    client.once('end', onFailed);
-  });
-}
-
-/** A bounded label for logs, metrics and onModeChange: never the raw error text. */
-export function redisFailureCause(err: unknown): string {
-  const message = err instanceof Error ? err.message : '';
-  if (message === 'Command timed out') return 'timeout';
-  if (message.startsWith("Stream isn't writeable") || message === 'Connection is closed.') return 'unreachable';
-  if (err instanceof Error && err.name === 'MaxRetriesPerRequestError') return 'connection_lost';
-  if (err instanceof Error && err.name === 'ReplyError') return 'redis_error';
-  return 'error';
-}
-
-// ------------------------------------------------------------------ Lua
-
-interface Script {
-  readonly lua: string;
-  readonly sha: string;
-}
-
-function script(lua: string): Script {
-  return { lua, sha: createHash('sha1').update(lua).digest('hex') };
-}
-
-/** Shared by the lease scripts. Scripts run with RESP2 replies, so a missing ZSCORE is `false`. */
-const LUA_HELPERS = `
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
--- Renews this instance's liveness, forgets expired instances, returns the live count.
-local function renew(instances, member, now, ttl)
-  redis.call('ZADD', instances, now + ttl, member)
-  redis.call('ZREMRANGEBYSCORE', instances, '-inf', now)
-  redis.call('PEXPIRE', instances, ttl * 3)
-  return redis.call('ZCARD', instances)
-end
--- Sum of the live instances' counts under one key; fields of dead instances are deleted.
-local function live_sum(instances, key, member)
-  local sum = 0
-  local fields = redis.call('HGETALL', key)
-  for j = 1, #fields, 2 do
-    local field, n = fields[j], tonumber(fields[j + 1]) or 0
-    if field == member or redis.call('ZSCORE', instances, field) then
-      if n > 0 then sum = sum + n end
-    else
-      redis.call('HDEL', key, field)
-    end
-  end
-  return sum
-end
-`;
-
-/**
- * KEYS: instances, then one hash per slot key. ARGV: member, ttlMs, then one limit per key.
- * Returns {1, live, count1, …} (counts after taking the slot) or {0, live, refusedIndex}.
- */
-const ACQUIRE = script(`${LUA_HELPERS}
-local member, ttl = ARGV[1], tonumber(ARGV[2])
-local live = renew(KEYS[1], member, now_ms(), ttl)
-local sums = {}
-for i = 2, #KEYS do
-  local sum = live_sum(KEYS[1], KEYS[i], member)
-  if sum >= tonumber(ARGV[i + 1]) then return {0, live, i - 2} end
-  sums[i - 1] = sum
-end
-local out = {1, live}
-for i = 2, #KEYS do
-  redis.call('HINCRBY', KEYS[i], member, 1)
-  redis.call('PEXPIRE', KEYS[i], ttl * 3)
-  out[i + 1] = sums[i - 1] + 1
-end
-return out
-`);
-
-/** KEYS: one hash per slot key. ARGV: member. Never leaves a count below zero. */
-const RELEASE = script(`
-for i = 1, #KEYS do
-  if redis.call('HINCRBY', KEYS[i], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[i], ARGV[1]) end
-end
-return 0
-`);
-
-/**
- * KEYS: instances, then hashes. ARGV: member, ttlMs, then this instance's true count per key (0 deletes
- * the field). Returns {live, liveSum1, …}.
- */
-const HEARTBEAT = script(`${LUA_HELPERS}
-local member, ttl = ARGV[1], tonumber(ARGV[2])
-local out = {renew(KEYS[1], member, now_ms(), ttl)}
-for i = 2, #KEYS do
-  local n = tonumber(ARGV[i + 1])
-  if n > 0 then
-    redis.call('HSET', KEYS[i], member, n)
-    redis.call('PEXPIRE', KEYS[i], ttl * 3)
-  else
-    redis.call('HDEL', KEYS[i], member)
-  end
-  out[i] = live_sum(KEYS[1], KEYS[i], member)
-end
-return out
-`);
-
-/** KEYS: instances, then hashes. ARGV: member. What close() leaves behind: nothing. */
-const FORGET = script(`
-redis.call('ZREM', KEYS[1], ARGV[1])
-for i = 2, #KEYS do redis.call('HDEL', KEYS[i], ARGV[1]) end
-return 0
-`);
-
-/**
- * KEYS: the cool-down keys (ARGV[1] of them), then the bucket if a rate applies. ARGV: lock count,
- * ratePerSecond, burst. Returns 0 ok, 1 rate_limited, 2 locked_out (no token taken when locked out).
- */
-const ADMIT = script(`
-local locks = tonumber(ARGV[1])
-for i = 1, locks do
-  if redis.call('EXISTS', KEYS[i]) == 1 then return 2 end
-end
-if #KEYS == locks then return 0 end
-local bucket, rate, burst = KEYS[locks + 1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local state = redis.call('HMGET', bucket, 'tokens', 'at')
-local tokens, at = tonumber(state[1]), tonumber(state[2])
-if tokens == nil or at == nil then
-  tokens = burst
-else
-  tokens = math.min(burst, tokens + math.max(0, now - at) / 1000 * rate)
-end
-local result = 1
-if tokens >= 1 then
-  tokens = tokens - 1
-  result = 0
-end
-redis.call('HSET', bucket, 'tokens', tostring(tokens), 'at', tostring(now))
--- Once the bucket would be full again, forgetting it changes nothing.
-redis.call('PEXPIRE', bucket, math.min(math.ceil(math.max(burst, 1) / rate * 1000) + 1000, 86400000))
-return result
-`);
-
-/**
- * KEYS: (failures, cooldown) per rule. ARGV: (maxFailures, windowMs, cooldownMs) per rule. Failures
- * while a key is already cooling down are not counted (the local store ignores them the same way).
- */
-const NOTE_FAILURE = script(`
-for i = 1, #KEYS, 2 do
-  local j = (i - 1) / 2 * 3
-  local max_failures, window, cooldown = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
-  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
-    local n = redis.call('INCR', KEYS[i])
-    if n == 1 then redis.call('PEXPIRE', KEYS[i], math.max(1, window)) end
-    if n >= max_failures then
-      redis.call('SET', KEYS[i + 1], '1', 'PX', cooldown)
-      redis.call('DEL', KEYS[i])
-    end
-  end
-end
-return 0
-`);
-
-const ALL_SCRIPTS = [ACQUIRE, RELEASE, HEARTBEAT, FORGET, ADMIT, NOTE_FAILURE];
-
-/** An integer array reply, or an error: a malformed reply is treated like a failed call. */
-function intArray(reply: unknown, minLength: number): number[] {
-  if (!Array.isArray(reply) || reply.length < minLength) throw new Error('unexpected reply from Redis script');
-  return reply.map((v: unknown) => {
-    if (typeof v !== 'number' || !Number.isInteger(v)) throw new Error('unexpected reply from Redis script');
-    return v;
-  });
-}
-
-/** This instance's share of a cluster-wide limit: 0 stays 0, anything else is at least 1. */
-function shareOf(limit: number, instances: number): number {
-  return limit <= 0 ? 0 : Math.max(1, Math.floor(limit / instances));
-}
 
 const UNLIMITED = Number.MAX_SAFE_INTEGER;
 
@@ -295,7 +49,7 @@ export class RedisLimitStore implements LimitStore {
   private readonly local = new LocalLimitStore();
   private readonly prefix: string;
   private readonly instancesKey: string;
-  private readonly commandTimeoutMs: number;
+  private readonly connectTimeoutMs: number;
   private readonly leaseTtlMs: number;
   private readonly onModeChange: ((mode: LimitMode, cause: string) => void) | undefined;
   private readonly log: RedisLog | undefined;
@@ -320,14 +74,15 @@ export class RedisLimitStore implements LimitStore {
   private closing: Promise<void> | null = null;
 
   private constructor(opts: RedisLimitStoreOptions) {
-    this.memberId = `${opts.instanceId}:${randomBytes(6).toString('hex')}`;
-    this.prefix = opts.keyPrefix ?? DEFAULT_PREFIX;
+    const settings = redisClientSettings(opts);
+    this.memberId = settings.memberId;
+    this.prefix = settings.prefix;
     this.instancesKey = `${this.prefix}instances`;
-    this.commandTimeoutMs = opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
+    this.connectTimeoutMs = settings.connectTimeoutMs;
     this.leaseTtlMs = Math.max(1, Math.ceil(opts.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS));
     this.onModeChange = opts.onModeChange;
     this.log = opts.log;
-    this.client = new Redis(opts.url, boundedRedisOptions(this.commandTimeoutMs, 'pgwarden-limits'));
+    this.client = new Redis(opts.url, boundedRedisOptions(settings.commandTimeoutMs, 'pgwarden-limits'));
   }
 
   /** Connects and writes the first heartbeat; with Redis down it resolves in degraded_local and keeps trying. */
@@ -368,7 +123,7 @@ export class RedisLimitStore implements LimitStore {
     const rules = lockouts.filter((l) => l.maxFailures > 0 && l.cooldownMs > 0);
     if (rules.length === 0) return;
     // Always counted locally too, so a switch to degraded_local keeps the recent failures.
-    this.local.noteAuthFailureSync(rules.map((l) => this.localLockout(l)));
+    this.local.noteAuthFailureSync(rules.map((l) => lockoutShare(l, this.liveCount)));
     if (!this.usesRedis()) return;
     const keys = rules.flatMap((l) => [`${this.prefix}${l.key}:failures`, this.cooldownKey(l.key)]);
     // PEXPIRE and SET PX take whole milliseconds.
@@ -454,7 +209,7 @@ export class RedisLimitStore implements LimitStore {
     });
     // Failures arrive through 'error' and ioredis keeps reconnecting per retryStrategy.
     this.client.connect().catch(() => undefined);
-    await waitReady(this.client, connectTimeoutMs(this.commandTimeoutMs));
+    await waitReady(this.client, this.connectTimeoutMs);
     await this.heartbeat();
     this.timer = setInterval(() => void this.heartbeat(), Math.max(50, Math.floor(this.leaseTtlMs / 3)));
     this.timer.unref();
@@ -466,8 +221,7 @@ export class RedisLimitStore implements LimitStore {
   }
 
   private acquireLocally(slots: readonly SlotRequest[]): AcquireResult {
-    const n = this.liveCount;
-    const result = this.local.acquireSync(slots.map((s) => ({ key: s.key, limit: shareOf(s.limit, n) })));
+    const result = this.local.acquireSync(slotsShare(slots, this.liveCount));
     if (!result.ok) return result;
     const keys = slots.map((s) => s.key);
     for (const k of keys) this.tracked.add(k);
@@ -477,13 +231,10 @@ export class RedisLimitStore implements LimitStore {
 
   private admitLocally(rate: RateRule | null, lockouts: readonly LockoutRule[]): AdmitResult {
     const n = this.liveCount;
-    const share = rate === null ? null : { key: rate.key, ratePerSecond: rate.ratePerSecond / n, burst: shareOf(rate.burst, n) };
-    return this.local.admitSync(share, lockouts.map((l) => this.localLockout(l)));
-  }
-
-  /** A lockout scaled to this instance's share, like every other limit in degraded mode. */
-  private localLockout(l: LockoutRule): LockoutRule {
-    return { ...l, maxFailures: shareOf(l.maxFailures, this.liveCount) };
+    return this.local.admitSync(
+      rate === null ? null : rateShare(rate, n),
+      lockouts.map((l) => lockoutShare(l, n)),
+    );
   }
 
   private wrapLease(local: Lease, keys: readonly string[]): Lease {
@@ -503,7 +254,11 @@ export class RedisLimitStore implements LimitStore {
           return;
         }
         // Fire and forget, bounded by commandTimeout; a lost decrement is repaired by the heartbeat.
-        this.run(RELEASE, keys.map((k) => this.prefix + k), [this.memberId]).catch((err: unknown) => this.fail(err));
+        this.run(
+          RELEASE,
+          keys.map((k) => this.prefix + k),
+          [this.memberId],
+        ).catch((err: unknown) => this.fail(err));
       },
     };
   }
@@ -577,14 +332,9 @@ export class RedisLimitStore implements LimitStore {
     }
   }
 
-  /** EVALSHA, falling back to EVAL if Redis lost the script (restart, SCRIPT FLUSH). Sends synchronously. */
-  private async run(s: Script, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
-    try {
-      return await this.client.evalsha(s.sha, keys.length, ...keys, ...args);
-    } catch (err) {
-      if (!(err instanceof Error && err.message.startsWith('NOSCRIPT'))) throw err;
-      return await this.client.eval(s.lua, keys.length, ...keys, ...args);
-    }
+  /** Sends synchronously: the script is on the wire before this returns. */
+  private run(s: Script, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+    return runScript(this.client, s, keys, args);
   }
 
   private cooldownKey(key: string): string {
@@ -610,7 +360,7 @@ export class RedisLimitStore implements LimitStore {
     if (mode === this.currentMode) return;
     this.currentMode = mode;
     if (mode === 'degraded_local') {
-      this.log?.warn({ cause, liveInstances: this.liveCount }, 'limits: Redis unavailable, enforcing this instance\'s share locally');
+      this.log?.warn({ cause, liveInstances: this.liveCount }, "limits: Redis unavailable, enforcing this instance's share locally");
     } else {
       this.log?.info({ cause }, 'limits: Redis available again, counts reconciled');
     }

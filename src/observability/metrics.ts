@@ -183,7 +183,7 @@ export class Metrics {
     help: '1 while the proxy drains for shutdown',
     registers: [this.registry],
   });
-  // The audit file writer (src/audit/writer.ts): group commit, failures, queue, rotation, checkpoints.
+  // The audit file writer (src/audit/writer.ts, its queue in write-queue.ts): group commit, failures, queue, rotation, checkpoints.
   readonly auditWrites = new client.Counter({
     name: 'pgwarden_audit_writes_total',
     help: 'write(2) batches that reached the audit file (one batch carries many records)',

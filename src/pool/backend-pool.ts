@@ -14,20 +14,7 @@ import { Errors, PgError } from '../errors.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Logger } from '../observability/logger.js';
 import { connectUpstream, type UpstreamConnection, type UpstreamLogin, type UpstreamTarget } from './upstream.js';
-
-export type PoolMode = 'session' | 'transaction';
-
-export interface PoolSettings {
-  readonly mode: PoolMode;
-  /** Transaction mode, for statements that leave session state: keep the backend ("pin") or fail them ("refuse"). */
-  readonly sessionState: 'pin' | 'refuse';
-  readonly maxBackendConnections: number;
-  readonly minIdleBackendConnections: number;
-  readonly poolTimeoutMs: number;
-  readonly backendIdleTimeoutMs: number;
-  readonly backendLifetimeMs: number;
-  readonly connectTimeoutMs: number;
-}
+import type { PoolMode, PoolSettings } from '../config/schema.js';
 
 /** One logged-in server connection. `state` changes only in this file. */
 export class Backend {

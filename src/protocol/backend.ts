@@ -127,3 +127,22 @@ export function decodeParameterStatus(body: Buffer): { name: string; value: stri
   if (b !== body.length - 1) return null;
   return { name: body.toString('utf8', 0, a), value: body.toString('utf8', a + 1, b) };
 }
+
+/**
+ * What a client receives once logged in, in order: AuthenticationSASLFinal (SCRAM), AuthenticationOk,
+ * ParameterStatus for each parameter, BackendKeyData, ReadyForQuery. The caller writes it as one batch.
+ */
+export function encodeGreeting(g: {
+  readonly saslFinal: Buffer | null;
+  readonly parameters: Iterable<readonly [string, string]>;
+  readonly processId: number;
+  readonly secretKey: Buffer;
+  readonly txStatus: TxStatusByte;
+}): Buffer[] {
+  const out: Buffer[] = [];
+  if (g.saslFinal !== null) out.push(encodeAuthenticationSASLFinal(g.saslFinal));
+  out.push(AUTHENTICATION_OK);
+  for (const [name, value] of g.parameters) out.push(encodeParameterStatus(name, value));
+  out.push(encodeBackendKeyData(g.processId, g.secretKey), encodeReadyForQuery(g.txStatus));
+  return out;
+}

@@ -61,6 +61,11 @@ export class FrameReader {
     return this.buf.length - this.offset;
   }
 
+  /** The next unconsumed byte, or -1 when none is here. */
+  peekByte(): number {
+    return this.offset < this.buf.length ? this.buf[this.offset]! : -1;
+  }
+
   /** Returns and clears the unconsumed bytes (used when a connection changes hands). */
   drain(): Buffer {
     const rest = this.buf.subarray(this.offset);

@@ -79,19 +79,33 @@ export function decodeStartupParams(buf: Buffer): { params: Map<string, string>;
 }
 
 /**
+ * A SASLInitialResponse whose layout is broken. `mechanism` is the name read before the fault
+ * (null when it has no NUL): PostgreSQL checks the mechanism as soon as it has read it, so a
+ * mechanism not offered is that error, whatever follows.
+ */
+export class SASLInitialResponseError extends ProtocolFormatError {
+  constructor(
+    message: string,
+    readonly mechanism: string | null,
+  ) {
+    super(message, 'sasl_initial_layout');
+  }
+}
+
+/**
  * SASLInitialResponse: mechanism\0, Int32 length (-1 = none), data. The error messages are
- * PostgreSQL's, in the order its pq_getmsgstring, pq_getmsgint, pq_getmsgbytes and pq_getmsgend
+ * PostgreSQL's, in the order its pq_getmsgrawstring, pq_getmsgint, pq_getmsgbytes and pq_getmsgend
  * find them (CheckSASLAuth in libpq/auth-sasl.c).
  */
 export function decodeSASLInitialResponse(body: Buffer): { mechanism: string; data: Buffer | null } {
   const nul = body.indexOf(0);
-  if (nul < 0) throw new ProtocolFormatError('invalid string in message', 'sasl_initial_layout');
+  if (nul < 0) throw new SASLInitialResponseError('invalid string in message', null);
   const mechanism = body.toString('utf8', 0, nul);
-  if (body.length < nul + 5) throw new ProtocolFormatError('insufficient data left in message', 'sasl_initial_layout');
+  if (body.length < nul + 5) throw new SASLInitialResponseError('insufficient data left in message', mechanism);
   const len = body.readInt32BE(nul + 1);
   const rest = body.length - (nul + 5);
-  if (len < -1 || len > rest) throw new ProtocolFormatError('insufficient data left in message', 'sasl_initial_layout');
-  if (len === -1 ? rest !== 0 : len !== rest) throw new ProtocolFormatError('invalid message format', 'sasl_initial_layout');
+  if (len < -1 || len > rest) throw new SASLInitialResponseError('insufficient data left in message', mechanism);
+  if (len === -1 ? rest !== 0 : len !== rest) throw new SASLInitialResponseError('invalid message format', mechanism);
   return { mechanism, data: len === -1 ? null : body.subarray(nul + 5) };
 }
 
@@ -144,3 +158,18 @@ export function encodeQuery(sql: string): Buffer {
 
 /** What a pooled backend runs before another client may have it. */
 export const DISCARD_ALL: Buffer = encodeQuery('DISCARD ALL');
+
+/**
+ * What the first 8 bytes of a connection say it is, without waiting for the rest: an 8-byte
+ * SSLRequest or GSSENCRequest, a 16-byte CancelRequest, or anything else. null until 8 bytes
+ * are here. For refusing a connection cheaply (the pre-auth cap), not for serving it.
+ */
+export function peekFirstMessage(head: Buffer): 'ssl_request' | 'gssenc_request' | 'cancel' | 'other' | null {
+  if (head.length < 8) return null;
+  const length = head.readUInt32BE(0);
+  const code = head.readUInt32BE(4);
+  if (length === 8 && code === RequestCode.SSLRequest) return 'ssl_request';
+  if (length === 8 && code === RequestCode.GSSENCRequest) return 'gssenc_request';
+  if (length === 16 && code === RequestCode.CancelRequest) return 'cancel';
+  return 'other';
+}

@@ -14,7 +14,7 @@ import type { Metrics } from '../observability/metrics.js';
 import type { Logger } from '../observability/logger.js';
 import type { UpstreamTarget } from '../pool/upstream.js';
 import type { PoolManager } from '../pool/backend-pool.js';
-import type { ClientSession } from './client-session.js';
+import type { LiveSession } from './registry.js';
 import type { StaffTokenVerifier } from '../auth/jwt.js';
 
 export interface SessionContext {
@@ -43,5 +43,6 @@ export interface SessionContext {
   upstreamTarget(tenant: TenantConfig): UpstreamTarget;
   /** An operator revoked this staff token (by its jti) or every token of this person (by sub). */
   isStaffRevoked(jti: string, sub: string): boolean;
-  onClosed(session: ClientSession): void;
+  /** The session ended: it leaves the registry. */
+  onClosed(session: LiveSession): void;
 }

@@ -221,12 +221,12 @@ describe('admin API', () => {
     assert.equal(ctx().isStaffRevoked('tok-2', 'alice'), false);
 
     // Matching by person across several sessions, on sessions given a verified staff identity
-    // directly (the session's own field); staff.test.ts revokes real JWT staff logins end to end.
+    // directly (the session's own record of who it is); staff.test.ts revokes real JWT staff logins end to end.
     const asStaff = async (sub: string, jti: string): Promise<pg.Client> => {
       const c = await login('other');
       const s = [...rp.proxy.sessions].find((x) => x.describe().client.port === localPort(c))!;
       const identity: StaffIdentity = { sub, jti, ticket: 'T-1', access: 'read', expMs: Date.now() + 600_000 };
-      (s as unknown as { staffIdentity: StaffIdentity }).staffIdentity = identity;
+      (s as unknown as { subject: { staffIdentity: StaffIdentity } }).subject.staffIdentity = identity;
       assert.deepEqual(s.staff, identity);
       return c;
     };

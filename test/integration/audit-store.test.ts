@@ -14,8 +14,9 @@ import { configToml, connect, startProxy, testCerts, type ProxySpec, type Runnin
 import { waitFor } from '../support/wait.js';
 import { recordHash, type AuditRecord } from '../../src/audit/record.js';
 import { AuditLog } from '../../src/audit/log.js';
-import { initStore, newStoreClient } from '../../src/audit/pg-sink.js';
-import { defaultAuditConfig } from '../../src/config/schema.js';
+import { openAuditStores } from '../../src/audit/pg-sink.js';
+import { initStore, newStoreClient } from '../../src/audit/store-table.js';
+import { defaultAuditConfig } from '../../src/config/validate-audit.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import { pino } from 'pino';
 import { mkdir } from 'node:fs/promises';
@@ -205,7 +206,7 @@ describe('audit store (PostgreSQL sink)', () => {
     const spoolDir = path.join(dir, 'lib', 'spool');
     const cfg = { ...defaultAuditConfig(file), postgres: { url: storeUrl, passwordEnv: PW_ENV, table: 'audit_lib', spoolDir, batchSize: 2, flushIntervalMs: 20 } };
     const metrics = new Metrics();
-    const audit = await AuditLog.open(cfg, 'i-lib', '0.0.0-test', metrics, pino({ level: 'silent' }));
+    const audit = await AuditLog.open(cfg, 'i-lib', '0.0.0-test', metrics, pino({ level: 'silent' }), { sinks: await openAuditStores(cfg, metrics, pino({ level: 'silent' })) });
     try {
       for (let i = 0; i < 4; i++) audit.append({ event: 'session.query', session: { id: 'lib', ei: i }, tenant: 'acme', query: i === 2 ? 'SELECT \'a\u0000b\'' : `SELECT ${i}` });
     } finally {
@@ -221,7 +222,8 @@ describe('audit store (PostgreSQL sink)', () => {
     // As if pgwarden crashed before removing a delivered spool file: it is sent again, harmlessly.
     await mkdir(spoolDir, { recursive: true });
     await writeFile(path.join(spoolDir, 'spool-0000000000000001.jsonl'), await readFile(file, 'utf8'));
-    const again = await AuditLog.open(cfg, 'i-lib', '0.0.0-test', new Metrics(), pino({ level: 'silent' }));
+    const againMetrics = new Metrics();
+    const again = await AuditLog.open(cfg, 'i-lib', '0.0.0-test', againMetrics, pino({ level: 'silent' }), { sinks: await openAuditStores(cfg, againMetrics, pino({ level: 'silent' })) });
     try {
       again.append({ event: 'proxy.lifecycle', state: 'started' });
     } finally {

@@ -11,7 +11,8 @@ import { rm } from 'node:fs/promises';
 import pg from 'pg';
 import { startCluster, type Cluster } from '../support/cluster.js';
 import { clientConfig, startProxy, type RunningProxy } from '../support/proxy.js';
-import { FUZZ_PHASES, fuzzProxySpec, runCase, runCases, type FuzzSummary, type FuzzTarget } from '../support/fuzz.js';
+import { FUZZ_PHASES, runCase, runCases, type FuzzSummary, type FuzzTarget } from '../support/fuzz.js';
+import { fuzzProxySpec } from '../support/fuzz-target.js';
 import type { FakeBackend } from '../support/backend-fuzz.js';
 import { waitFor } from '../support/wait.js';
 

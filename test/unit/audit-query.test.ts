@@ -9,22 +9,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
 import { AuditLog } from '../../src/audit/log.js';
-import { defaultAuditConfig } from '../../src/config/schema.js';
+import { defaultAuditConfig } from '../../src/config/validate-audit.js';
 import type { AuditEvent, AuditRecord } from '../../src/audit/record.js';
 import { Metrics } from '../../src/observability/metrics.js';
-import { storeColumns } from '../../src/audit/pg-sink.js';
-import {
-  FileSource,
-  auditFiles,
-  eventRow,
-  formatSessions,
-  jsonLine,
-  listSessions,
-  microsToRfc3339,
-  parseTimeMicros,
-  runAuditStoreCommand,
-  type AuditFilter,
-} from '../../src/audit/query.js';
+import { storeColumns } from '../../src/audit/store-table.js';
+import { FileSource, auditFiles, microsToRfc3339, parseTimeMicros, type AuditFilter } from '../../src/audit/query-source.js';
+import { eventRow, formatSessions, jsonLine, listSessions } from '../../src/audit/query-report.js';
+import { runAuditStoreCommand } from '../../src/audit/query.js';
 
 const log = pino({ level: 'silent' });
 const STAFF = { kind: 'staff', db_user: 'support_ro', database: 'app', staff: { sub: 'jane@ops', reason_or_ticket: 'OPS-42', jti: 'j1', access: 'read' } };

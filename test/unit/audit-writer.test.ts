@@ -12,8 +12,10 @@ import { mkdtemp, readFile, rm, stat, symlink, unlink, writeFile } from 'node:fs
 import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
-import { AuditLog, type AuditLogOptions, type RecordSink } from '../../src/audit/log.js';
-import { defaultAuditConfig, type AuditConfig } from '../../src/config/schema.js';
+import { AuditLog, type AuditLogOptions } from '../../src/audit/log.js';
+import type { RecordSink } from '../../src/audit/record-sink.js';
+import type { AuditConfig } from '../../src/config/schema.js';
+import { defaultAuditConfig } from '../../src/config/validate-audit.js';
 import { recordHash, type AuditRecord } from '../../src/audit/record.js';
 import { auditFileSet, verifyAuditFile, verifyAuditFiles } from '../../src/audit/verify.js';
 import { rotatedSiblings } from '../../src/audit/files.js';

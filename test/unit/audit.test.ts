@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
 import { AuditLog } from '../../src/audit/log.js';
-import { defaultAuditConfig } from '../../src/config/schema.js';
+import { defaultAuditConfig } from '../../src/config/validate-audit.js';
 import { AUDIT_SCHEMA, recordHash, rfc3339Micros, uuidv7, type AuditEvent, type AuditRecord } from '../../src/audit/record.js';
 import { verifyAuditFile } from '../../src/audit/verify.js';
 import { Metrics } from '../../src/observability/metrics.js';

@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { formatScramVerifier, mockVerifier } from '../../src/auth/scram.js';
 import { parseConfigText } from '../../src/config/load.js';
-import { ConfigError, parseDurationMs, type Config } from '../../src/config/schema.js';
+import { ConfigError, type Config } from '../../src/config/schema.js';
+import { parseDurationMs } from '../../src/config/toml-reader.js';
 
 const BASE_DIR = path.resolve('/etc/pgwarden');
 const VERIFIER = formatScramVerifier(mockVerifier(Buffer.from('config-test'), 'acme', 'alice'));

@@ -4,11 +4,10 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { CancelRegistry, type CancelTarget } from '../../src/cancel/registry.js';
+import { CancelRegistry, hashCancelSecret, type CancelTarget } from '../../src/cancel/registry.js';
 import { PreauthLimiter, type Lease } from '../../src/limits/connections.js';
 import { LimitKeys, LocalLimitStore, sourceKey } from '../../src/limits/store.js';
 import { ByteRate } from '../../src/limits/bandwidth.js';
-import { hashCancelSecret } from '../../src/cluster/bus.js';
 
 function mustLease(lease: Lease | null, label: string): Lease {
   assert.ok(lease !== null, `${label}: expected a slot`);

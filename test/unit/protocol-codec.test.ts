@@ -13,6 +13,7 @@ import {
   encodeCancelRequest,
   encodeStartupMessage,
   ProtocolFormatError,
+  SASLInitialResponseError,
   SSL_REQUEST,
 } from '../../src/protocol/frontend.js';
 import {
@@ -168,6 +169,14 @@ describe('SASL and password bodies', () => {
       assert.throws(() => decodeSASLInitialResponse(body), (err: unknown) => isFormatError(err) && (err as Error).message === message);
     });
   }
+
+  it('SASLInitialResponse refused: the error carries the mechanism read before the fault (PostgreSQL checks it first)', () => {
+    assert.throws(
+      () => decodeSASLInitialResponse(Buffer.from('SCRAM-SHA-1\0')),
+      (err: unknown) => err instanceof SASLInitialResponseError && err.mechanism === 'SCRAM-SHA-1',
+    );
+    assert.throws(() => decodeSASLInitialResponse(Buffer.from('SCRAM-SHA-1')), (err: unknown) => err instanceof SASLInitialResponseError && err.mechanism === null);
+  });
 
   it('PasswordMessage: one NUL-terminated string filling the body', () => {
     assert.equal(decodePasswordMessage(Buffer.from('token\0')).toString(), 'token');

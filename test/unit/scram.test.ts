@@ -422,45 +422,6 @@ describe('malformed client messages (PostgreSQL codes and texts)', () => {
   });
 });
 
-describe('SASLInitialResponse bodies (initialMessage), in PostgreSQL\'s order', () => {
-  const fresh = async (): Promise<ScramServerExchange> => new ScramServerExchange(await rfcVerifier(), null, RFC.user, null, RFC.serverNonce);
-  const body = (mechanism: string, data: string | null): Buffer => {
-    const len = Buffer.alloc(4);
-    len.writeInt32BE(data === null ? -1 : Buffer.byteLength(data));
-    return Buffer.concat([Buffer.from(`${mechanism}\0`), len, Buffer.from(data ?? '')]);
-  };
-
-  it('with data: the server-first-message, and the exchange goes on', async () => {
-    const s = await fresh();
-    assert.ok(s.initialMessage(body(SCRAM_SHA_256, RFC.clientFirst)).toString().startsWith(`r=${RFC_NONCE},`));
-    assert.equal(s.awaitingClientFirst, false);
-    assert.ok(s.clientFinal(Buffer.from(RFC.clientFinal)).ok);
-  });
-
-  it('length -1 (no initial response): an empty challenge, then the client-first-message from the next SASLResponse', async () => {
-    const s = await fresh();
-    assert.equal(s.initialMessage(body(SCRAM_SHA_256, null)).length, 0);
-    assert.equal(s.awaitingClientFirst, true);
-    assert.ok(s.initialMessage(Buffer.from(RFC.clientFirst)).toString().startsWith(`r=${RFC_NONCE},`));
-    assert.equal(s.awaitingClientFirst, false);
-    assert.ok(s.clientFinal(Buffer.from(RFC.clientFinal)).ok);
-  });
-
-  it('the mechanism is checked as soon as it is read: before a missing length, and before a -1', async () => {
-    const s = await fresh();
-    assertThrowsPg(() => s.initialMessage(Buffer.from('SCRAM-SHA-1\0')), { sqlstate: '08P01', message: 'client selected an invalid SASL authentication mechanism' });
-    const s2 = await fresh();
-    assertThrowsPg(() => s2.initialMessage(body('SCRAM-SHA-1', null)), { sqlstate: '08P01', message: 'client selected an invalid SASL authentication mechanism' });
-  });
-
-  it('layout faults get PostgreSQL\'s texts', async () => {
-    const s = await fresh();
-    assertThrowsPg(() => s.initialMessage(Buffer.from(SCRAM_SHA_256)), { sqlstate: '08P01', message: 'invalid string in message' });
-    const s2 = await fresh();
-    assertThrowsPg(() => s2.initialMessage(Buffer.from(`${SCRAM_SHA_256}\0\0\0`)), { sqlstate: '08P01', message: 'insufficient data left in message' });
-  });
-});
-
 describe('verifier format', () => {
   it('parses and formats PostgreSQL\'s rolpassword layout', async () => {
     const text = await makeScramVerifier(RFC.password, RFC.iterations, RFC.salt);

@@ -5,7 +5,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { serialize } from 'pg-protocol';
-import { StatementAudit } from '../../src/session/statement-audit.js';
+import { StatementAudit } from '../../src/session/relay/statement-audit.js';
 import type { AuditEvent } from '../../src/audit/record.js';
 
 const I = 0x49;

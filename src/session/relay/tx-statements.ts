@@ -11,7 +11,7 @@
  * @see https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-EXT-QUERY
  */
 import { createHash } from 'node:crypto';
-import { Backend as B, Frontend as F } from '../protocol/codes.js';
+import { Backend as B, Frontend as F } from '../../protocol/codes.js';
 
 /** Server-side statements kept per backend before the oldest is closed. */
 export const MAX_PREPARED_PER_BACKEND = 256;

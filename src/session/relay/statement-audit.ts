@@ -9,9 +9,9 @@
  */
 import { createHash } from 'node:crypto';
 import { isUtf8 } from 'node:buffer';
-import type { AuditParameters } from '../config/schema.js';
-import type { AuditEvent } from '../audit/record.js';
-import { Backend as B, Frontend as F } from '../protocol/codes.js';
+import type { AuditParameters } from '../../config/schema.js';
+import type { AuditEvent } from '../../audit/record.js';
+import { Backend as B, Frontend as F } from '../../protocol/codes.js';
 
 export type QueryKind = 'simple' | 'parse' | 'bind' | 'execute' | 'describe' | 'close' | 'function_call';
 
@@ -97,7 +97,10 @@ export class StatementAudit {
       case F.FunctionCall: {
         const oid = body.length >= 4 ? body.readUInt32BE(0) : 0;
         const args = decodeFunctionArgs(body);
-        return this.query('function_call', txStatus, { function_oid: oid, ...(args === null ? { params_malformed: true } : this.paramFields(args.formats, args.values)) });
+        return this.query('function_call', txStatus, {
+          function_oid: oid,
+          ...(args === null ? { params_malformed: true } : this.paramFields(args.formats, args.values)),
+        });
       }
       case F.Sync:
         this.queue.push(pending(0, 'sync'));
@@ -283,7 +286,10 @@ export class StatementAudit {
       bytes: raw.length,
       truncated,
     };
-    return { info, fields: { query: info.text, query_truncated: truncated, query_bytes: raw.length, query_sha256: info.sha256, query_utf8_valid: isUtf8(raw) } };
+    return {
+      info,
+      fields: { query: info.text, query_truncated: truncated, query_bytes: raw.length, query_sha256: info.sha256, query_utf8_valid: isUtf8(raw) },
+    };
   }
 
   private remember<V>(map: Map<string, V>, key: string, value: V): void {

@@ -1,0 +1,161 @@
+/**
+ * [tenants.<id>]: each tenant's server, who may connect and from where, its users and their
+ * verifiers, and its overrides of [pool] and [limits] (validate-settings.ts).
+ */
+import { BlockList, isIP } from 'node:net';
+import { TENANT_ID_RE, type AuditParameters, type BackendTls, type LimitSettings, type PoolSettings, type StaffAccess, type TenantConfig, type UserConfig } from './schema.js';
+import { parseScramVerifier, type ScramVerifier } from './scram-verifier.js';
+import { isTable, type Reader, type Tree } from './toml-reader.js';
+import { LIMIT_KEYS, POOL_KEYS, readLimits, readPool } from './validate-settings.js';
+
+/** What a tenant falls back to: [pool], [limits] and limits.max_client_connections. */
+export interface TenantDefaults {
+  readonly pool: PoolSettings;
+  readonly limits: LimitSettings;
+  readonly maxClientConnections: number;
+}
+
+const TENANT_AUDIT_KEYS = ['staff_access', 'staff_backend_user', 'staff_backend_password_env', 'audit_statements', 'audit_parameters', 'audit_fail_closed'] as const;
+const TENANT_KEYS = ['backend', 'backend_tls', 'backend_ca', 'max_client_connections', 'allow_cidrs', 'enabled', 'databases', 'users', ...POOL_KEYS, ...LIMIT_KEYS, ...TENANT_AUDIT_KEYS];
+
+export function readTenants(r: Reader, tree: Tree, resolvePath: (p: string) => string, defaults: TenantDefaults): Map<string, TenantConfig> {
+  const tenants = new Map<string, TenantConfig>();
+  // Tenant ids are free-form keys, each checked below.
+  const t = tree['tenants'];
+  if (t !== undefined && !isTable(t)) r.problems.push('tenants: must be a table');
+  for (const [id, raw] of Object.entries((t ?? {}) as Tree)) {
+    const path = `tenants.${id}`;
+    if (!TENANT_ID_RE.test(id)) {
+      r.problems.push(`${path}: tenant id must be a lower-case DNS label (a-z, 0-9, '-')`);
+      continue;
+    }
+    if (!isTable(raw)) {
+      r.problems.push(`${path}: must be a table`);
+      continue;
+    }
+    tenants.set(id, readTenant(r, id, raw, path, resolvePath, defaults));
+  }
+  return tenants;
+}
+
+function readTenant(r: Reader, id: string, tt: Tree, path: string, resolvePath: (p: string) => string, defaults: TenantDefaults): TenantConfig {
+  r.unknownKeys(tt, path, TENANT_KEYS);
+  const backend = readBackendUrl(r, tt, path);
+  const backendTls = r.str(tt, 'backend_tls', path, 'verify-full') ?? 'verify-full';
+  if (!['disable', 'require', 'verify-full'].includes(backendTls)) r.problems.push(`${path}.backend_tls: must be "disable", "require" or "verify-full"`);
+  const backendCa = r.str(tt, 'backend_ca', path);
+  if (backendTls === 'verify-full' && backendCa === undefined) {
+    r.problems.push(`${path}.backend_ca: required when backend_tls = "verify-full"`);
+  }
+  const allowCidrs = r.strArray(tt, 'allow_cidrs', path, ['0.0.0.0/0', '::/0']);
+  const allowList = readAllowList(r, allowCidrs, path);
+  const users = readUsers(r, tt, path);
+  return {
+    id,
+    enabled: r.bool(tt, 'enabled', path, true),
+    ...backend,
+    backendTls: backendTls as BackendTls,
+    backendCaPath: backendCa === undefined ? undefined : resolvePath(backendCa),
+    maxClientConnections: r.int(tt, 'max_client_connections', path, defaults.maxClientConnections, 0, 1_000_000),
+    allowCidrs,
+    allowList,
+    databases: tt['databases'] === undefined ? undefined : new Set(r.strArray(tt, 'databases', path, [])),
+    users,
+    pool: readPool(r, tt, path, defaults.pool),
+    limits: readLimits(r, tt, path, defaults.limits),
+    ...readTenantAudit(r, tt, path),
+  };
+}
+
+/** `backend = "postgresql://host:port/database"`: where the tenant's server is, never with credentials. */
+function readBackendUrl(r: Reader, tt: Tree, path: string): Pick<TenantConfig, 'backendHost' | 'backendPort' | 'backendDatabase'> {
+  const backend = r.str(tt, 'backend', path);
+  let backendHost = '';
+  let backendPort = 5432;
+  let backendDatabase = 'postgres';
+  if (backend === undefined) r.problems.push(`${path}.backend: missing (e.g. "postgresql://10.0.0.5:5432/appdb")`);
+  else {
+    try {
+      const u = new URL(backend);
+      if (u.protocol !== 'postgresql:' && u.protocol !== 'postgres:') throw new Error('scheme');
+      if (u.username !== '' || u.password !== '') {
+        r.problems.push(`${path}.backend: must not contain credentials (use users.<name>.backend_password_env)`);
+      }
+      backendHost = u.hostname.replace(/^\[|\]$/g, '');
+      backendPort = u.port === '' ? 5432 : Number(u.port);
+      backendDatabase = decodeURIComponent(u.pathname.replace(/^\//, '')) || 'postgres';
+      if (backendHost === '') throw new Error('host');
+    } catch {
+      r.problems.push(`${path}.backend: must be a URL like "postgresql://host:5432/database"`);
+    }
+  }
+  return { backendHost, backendPort, backendDatabase };
+}
+
+/** allow_cidrs as a BlockList; a bare address is a /32 (or /128). */
+function readAllowList(r: Reader, allowCidrs: readonly string[], path: string): BlockList {
+  const allowList = new BlockList();
+  for (const c of allowCidrs) {
+    const m = /^([^/]+)(?:\/(\d{1,3}))?$/.exec(c);
+    const addr = m?.[1];
+    const family = isIP(addr ?? '');
+    const prefix = m?.[2] === undefined ? (family === 6 ? 128 : 32) : Number(m[2]);
+    if (m === null || family === 0 || prefix > (family === 6 ? 128 : 32)) {
+      r.problems.push(`${path}.allow_cidrs: "${c}" is not a CIDR like "10.0.0.0/8"`);
+      continue;
+    }
+    allowList.addSubnet(addr!, prefix, family === 6 ? 'ipv6' : 'ipv4');
+  }
+  return allowList;
+}
+
+/** [tenants.<id>.users.<name>]: a SCRAM verifier each, never a password. */
+function readUsers(r: Reader, tt: Tree, path: string): Map<string, UserConfig> {
+  const users = new Map<string, UserConfig>();
+  const u = tt['users'];
+  if (u !== undefined && !isTable(u)) r.problems.push(`${path}.users: must be a table`);
+  for (const [name, rawUser] of Object.entries((u as Tree | undefined) ?? {})) {
+    const upath = `${path}.users.${name}`;
+    if (!isTable(rawUser)) {
+      r.problems.push(`${upath}: must be a table`);
+      continue;
+    }
+    r.unknownKeys(rawUser, upath, ['scram', 'backend_password_env', 'backend_user', 'max_connections']);
+    const scram = r.str(rawUser, 'scram', upath);
+    let verifier: ScramVerifier | undefined;
+    if (scram === undefined) r.problems.push(`${upath}.scram: missing (make one with "pgwarden hash-password")`);
+    else {
+      verifier = parseScramVerifier(scram);
+      // Never echo the value: it is a secret.
+      if (verifier === undefined) r.problems.push(`${upath}.scram: not a SCRAM-SHA-256 verifier (SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)`);
+    }
+    const envName = r.str(rawUser, 'backend_password_env', upath);
+    r.namesEnv(`${upath}.backend_password_env`, envName);
+    if (verifier !== undefined) {
+      users.set(name, { name, verifier, backendUser: r.str(rawUser, 'backend_user', upath, name) ?? name, backendPasswordEnv: envName, maxConnections: r.int(rawUser, 'max_connections', upath, 0, 0, 1_000_000) });
+    }
+  }
+  return users;
+}
+
+function readTenantAudit(
+  r: Reader,
+  tt: Tree,
+  path: string,
+): Pick<TenantConfig, 'staffAccess' | 'staffBackendUser' | 'staffBackendPasswordEnv' | 'auditStatements' | 'auditParameters' | 'auditFailClosed'> {
+  const staffAccess = r.oneOf<StaffAccess>(tt, 'staff_access', path, ['deny', 'read', 'write'], 'deny');
+  const staffBackendUser = r.str(tt, 'staff_backend_user', path);
+  const staffBackendPasswordEnv = r.str(tt, 'staff_backend_password_env', path);
+  if (staffAccess !== 'deny' && (staffBackendUser === undefined || staffBackendPasswordEnv === undefined)) {
+    r.problems.push(`${path}.staff_access: "${staffAccess}" needs staff_backend_user and staff_backend_password_env`);
+  }
+  r.namesEnv(`${path}.staff_backend_password_env`, staffBackendPasswordEnv);
+  return {
+    staffAccess,
+    staffBackendUser,
+    staffBackendPasswordEnv,
+    auditStatements: r.oneOf(tt, 'audit_statements', path, ['none', 'all'], 'none'),
+    auditParameters: r.oneOf<AuditParameters>(tt, 'audit_parameters', path, ['off', 'redacted', 'full'], 'redacted'),
+    auditFailClosed: r.bool(tt, 'audit_fail_closed', path, false),
+  };
+}

@@ -1,0 +1,195 @@
+/**
+ * The client's connection before the relay takes it: one socket (replaced by a TLS one on
+ * upgrade, with the session's listeners moved across), one frame reader, and reads that a
+ * pre-auth step awaits. Pre-auth is not the hot path, so steps read top to bottom; every wait
+ * ends with `Aborted` once the session's signal fires (client gone, pre-auth deadline, operator).
+ * Policy is the steps'; this file only moves bytes.
+ */
+import type { Socket } from 'node:net';
+import tls from 'node:tls';
+import { FrameReader, type Frame } from '../protocol/frame-reader.js';
+import { PrefixedStream } from '../net/prefixed-stream.js';
+import type { Notice } from './types.js';
+
+/** After a FATAL is written, how long the peer gets to read it before the socket is destroyed. */
+const CLOSE_GRACE_MS = 5_000;
+
+/** The session's signal fired while a step waited; the session has already ended (or is ending) the connection. */
+export class Aborted extends Error {
+  constructor() {
+    super('session aborted');
+  }
+}
+
+/** Throws Aborted once the signal fired: for steps to call after each await. */
+export function checkAborted(signal: AbortSignal): void {
+  if (signal.aborted) throw new Aborted();
+}
+
+/** The listeners a session keeps on whichever socket the client is on. */
+export interface ClientListeners {
+  readonly data: (chunk: Buffer) => void;
+  readonly error: (err: Error) => void;
+  readonly close: () => void;
+  readonly drain: () => void;
+}
+
+export interface TlsUpgrade {
+  readonly secureContext: tls.SecureContext;
+  /** Bytes already read that belong to the TLS stream (direct TLS: the ClientHello). */
+  readonly prefix: Buffer | null;
+  /** Asked for the SNI name during the handshake; an Error refuses the handshake (TLS alert). */
+  readonly onSni: (servername: string) => Error | null;
+}
+
+export class ClientConn {
+  sock: Socket;
+  readonly reader = new FrameReader();
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  /** Bytes read from the client before the relay took over. */
+  bytesIn = 0;
+  private wake: (() => void) | null = null;
+
+  constructor(
+    socket: Socket,
+    private readonly listeners: ClientListeners,
+    private readonly signal: AbortSignal,
+  ) {
+    this.sock = socket;
+    this.remoteAddress = socket.remoteAddress ?? '';
+    this.remotePort = socket.remotePort ?? 0;
+    socket.setNoDelay(true);
+    this.listen(socket);
+    signal.addEventListener('abort', () => this.wakeUp(), { once: true });
+  }
+
+  /** The session's data listener, before the relay: bytes wait in the reader for the step that reads them. */
+  push(chunk: Buffer): void {
+    this.bytesIn += chunk.length;
+    this.reader.push(chunk);
+    this.wakeUp();
+  }
+
+  /** The first byte the client sent, once it is here. */
+  async firstByte(): Promise<number> {
+    while (this.reader.buffered === 0) await this.more();
+    return this.reader.peekByte();
+  }
+
+  /** The next untyped message (startup, SSLRequest, CancelRequest); FrameLengthError outside [8, maxBytes]. */
+  async nextUntyped(maxBytes: number): Promise<Frame> {
+    for (;;) {
+      const f = this.reader.nextUntyped(maxBytes);
+      if (f !== null) return f;
+      await this.more();
+    }
+  }
+
+  /** The next typed message; FrameTypeError or FrameLengthError as `maxLengthFor` decides. */
+  async nextTyped(maxLengthFor: (type: number) => number): Promise<Frame> {
+    for (;;) {
+      const f = this.reader.nextTyped(maxLengthFor);
+      if (f !== null) return f;
+      await this.more();
+    }
+  }
+
+  /** Writes frames as one batch. */
+  send(...frames: Buffer[]): void {
+    if (frames.length === 1) {
+      this.sock.write(frames[0]!);
+      return;
+    }
+    this.sock.cork();
+    for (const f of frames) this.sock.write(f);
+    this.sock.uncork();
+  }
+
+  /**
+   * Upgrades to TLS (after SSLRequest, or direct TLS with the ClientHello as prefix) and resolves
+   * once the handshake is done. A failed handshake is reported through the error listener, which
+   * aborts the session: this then rejects with Aborted.
+   */
+  async upgradeTls(u: TlsUpgrade): Promise<tls.TLSSocket> {
+    const raw = this.sock;
+    this.unlisten(raw);
+    const secure = new tls.TLSSocket(u.prefix === null ? raw : new PrefixedStream(raw, u.prefix), {
+      isServer: true,
+      secureContext: u.secureContext,
+      ALPNProtocols: ['postgresql'],
+      SNICallback: (servername, cb) => {
+        const refusal = u.onSni(servername);
+        if (refusal !== null) cb(refusal);
+        else cb(null, u.secureContext);
+      },
+    });
+    this.sock = secure;
+    this.listen(secure);
+    const state = { secured: false };
+    secure.once('secure', () => {
+      state.secured = true;
+      this.wakeUp();
+    });
+    while (!state.secured) await this.more();
+    return secure;
+  }
+
+  /** Hands the socket to the relay: from now on its data goes to `onData`; the other listeners stay. */
+  handOver(onData: (chunk: Buffer) => void): Buffer {
+    this.sock.removeListener('data', this.listeners.data);
+    this.sock.on('data', onData);
+    return this.reader.drain();
+  }
+
+  /** Ends the connection as `notice` says: a FATAL (then a grace to read it), a plain end, a reset, or nothing. */
+  endWith(notice: Notice): void {
+    const sock = this.sock;
+    if (notice === 'none') return;
+    if (notice === 'destroy') {
+      sock.destroy();
+      return;
+    }
+    if (notice === 'end_soon') {
+      sock.end();
+      sock.destroySoon();
+      return;
+    }
+    if (sock.destroyed) return;
+    if (notice === 'end') {
+      sock.end();
+      return;
+    }
+    sock.end(notice);
+    // Keep reading (and discarding) so the peer's FIN is seen; a paused socket would linger.
+    sock.resume();
+    setTimeout(() => sock.destroy(), CLOSE_GRACE_MS).unref();
+  }
+  private async more(): Promise<void> {
+    checkAborted(this.signal);
+    await new Promise<void>((resolve) => (this.wake = resolve));
+    checkAborted(this.signal);
+  }
+
+  private wakeUp(): void {
+    const w = this.wake;
+    if (w !== null) {
+      this.wake = null;
+      w();
+    }
+  }
+
+  private listen(s: Socket): void {
+    s.on('data', this.listeners.data);
+    s.on('error', this.listeners.error);
+    s.on('close', this.listeners.close);
+    s.on('drain', this.listeners.drain);
+  }
+
+  private unlisten(s: Socket): void {
+    s.removeListener('data', this.listeners.data);
+    s.removeListener('error', this.listeners.error);
+    s.removeListener('close', this.listeners.close);
+    s.removeListener('drain', this.listeners.drain);
+  }
+}

@@ -1,0 +1,59 @@
+/**
+ * SCRAM-SHA-256(-PLUS) with the client: AuthenticationSASL, the client-first and client-final
+ * messages, until the proof is checked. The math is auth/scram.ts's; this file is the exchange
+ * on the wire, as PostgreSQL's CheckSASLAuth runs it.
+ * @see https://www.postgresql.org/docs/current/sasl-authentication.html
+ */
+import { Errors } from '../../errors.js';
+import { encodeAuthenticationSASL, encodeAuthenticationSASLContinue } from '../../protocol/backend.js';
+import { Frontend, Limits } from '../../protocol/codes.js';
+import { decodeSASLInitialResponse, SASLInitialResponseError } from '../../protocol/frontend.js';
+import { ScramServerExchange } from '../../auth/scram.js';
+import type { ClientConn } from '../client-conn.js';
+import type { LoginPlan } from './admission.js';
+import { AuthFailure, type Authenticated, type Authenticator, type LoginProgress, type VerifierSource } from './authenticator.js';
+import { readAuthMessage } from './auth-message.js';
+
+const saslLength = (type: number): number => (type === Frontend.Password ? Limits.saslBytes : -1);
+
+export class ScramLogin implements Authenticator {
+  constructor(
+    private readonly verifiers: VerifierSource,
+    /** tls-server-end-point data when the client is on TLS, else null (no PLUS offered). */
+    private readonly binding: Buffer | null,
+  ) {}
+
+  async authenticate(conn: ClientConn, plan: LoginPlan, negotiate: Buffer | null, progress: LoginProgress): Promise<Authenticated> {
+    const verifier = await this.verifiers.verifierFor(plan);
+    const scram = new ScramServerExchange(verifier, plan.failReason, plan.startup.user, this.binding);
+    progress.stage = 'sasl_first';
+    const request = encodeAuthenticationSASL(ScramServerExchange.mechanisms(this.binding !== null));
+    if (negotiate !== null) conn.send(negotiate, request);
+    else conn.send(request);
+
+    let initial;
+    try {
+      initial = decodeSASLInitialResponse((await readAuthMessage(conn, saslLength, 'sasl')).body);
+    } catch (err) {
+      if (!(err instanceof SASLInitialResponseError)) throw err;
+      // As PostgreSQL: the mechanism is checked as soon as it is read, then the layout, in its words.
+      if (err.mechanism !== null && !scram.acceptsMechanism(err.mechanism)) throw Errors.invalidMechanism();
+      throw Errors.invalidFormat(err.message);
+    }
+    let data = initial.data;
+    if (data === null) {
+      // Initial-response length -1: no client-first-message yet. PostgreSQL checks the mechanism,
+      // answers an empty AuthenticationSASLContinue and reads it from the next SASLResponse.
+      if (!scram.acceptsMechanism(initial.mechanism)) throw Errors.invalidMechanism();
+      conn.send(encodeAuthenticationSASLContinue(Buffer.alloc(0)));
+      data = (await readAuthMessage(conn, saslLength, 'sasl')).body;
+    }
+    conn.send(encodeAuthenticationSASLContinue(scram.clientFirst(initial.mechanism, data)));
+
+    progress.stage = 'sasl_final';
+    const result = scram.clientFinal((await readAuthMessage(conn, saslLength, 'sasl')).body);
+    if (!result.ok) throw new AuthFailure(result.error, 'sasl_final');
+    progress.clientDone();
+    return { kind: 'scram', serverFinal: result.serverFinal, clientKey: result.clientKey, verifier, channelBinding: scram.usedChannelBinding };
+  }
+}

@@ -1,0 +1,90 @@
+/**
+ * Session mode: the client keeps one backend for its whole session, and bytes pass as they
+ * came, scanned (not parsed) for frame boundaries and the few facts the relay needs. Terminate
+ * stays here: the backend is pooled, so it never sees it.
+ */
+import { Backend, Frontend, frontendMaxLength, Limits } from '../../protocol/codes.js';
+import { FrameScanner, type ScanHandler } from '../../protocol/frame-reader.js';
+import { Relay, type RelayHost, type RelaySetup } from './relay.js';
+import type { Socket } from 'node:net';
+
+const BACKEND_TYPES = new Set<number>(Object.values(Backend));
+const EMPTY = Buffer.alloc(0);
+
+export class SessionRelay extends Relay {
+  private readonly clientScanner: FrameScanner;
+  private readonly backendScanner: FrameScanner;
+
+  constructor(host: RelayHost, client: Socket, s: RelaySetup) {
+    super(host, client, s);
+    this.clientScanner = new FrameScanner(this.clientHandler);
+    this.backendScanner = new FrameScanner(this.backendHandler);
+  }
+
+  get pinned(): boolean {
+    return false;
+  }
+
+  private readonly clientHandler: ScanHandler = {
+    maxFrameLength: (type) => frontendMaxLength(type, this.maxMessageBytes),
+    wantsBody: () => false,
+    onFrame: (type, _length, body) => this.state.noteClientFrame(type, body),
+  };
+
+  private readonly backendHandler: ScanHandler = {
+    maxFrameLength: (type) => (BACKEND_TYPES.has(type) ? Limits.largeMessageBytes : -1),
+    wantsBody: (type) =>
+      type === Backend.ReadyForQuery ||
+      type === Backend.ErrorResponse ||
+      type === Backend.ParameterStatus ||
+      (type === Backend.CommandComplete && this.gate !== null),
+    onFrame: (type, length, body) => {
+      this.state.noteBackendFrame(type, body);
+      // The client receives exactly the backend's frames.
+      if (this.gate !== null) this.auditReply(type, body, length - 4);
+    },
+  };
+
+  protected relayClient(chunk: Buffer): void {
+    const bad = this.clientScanner.scan(chunk);
+    if (bad >= 0) {
+      if (bad > 0) this.forwardToBackend(chunk.subarray(0, bad));
+      throw this.clientFrameError(this.clientScanner.error);
+    }
+    this.forwardToBackend(chunk);
+  }
+
+  /** Scanned client bytes go to the backend as they came; Terminate, the client's last message, stays here. */
+  private forwardToBackend(chunk: Buffer): void {
+    let out = chunk;
+    if (this.state.terminateSeen) {
+      const n = out.length;
+      out = n >= 5 && out[n - 5] === Frontend.Terminate ? out.subarray(0, n - 5) : EMPTY;
+      if (out.length === 0) return;
+    }
+    this.toBackend(out);
+  }
+
+  protected relayBackend(chunk: Buffer): void {
+    const scanner = this.backendScanner;
+    const boundaryBefore = scanner.atBoundary;
+    const bad = scanner.scan(chunk);
+    if (bad >= 0) {
+      // A hostile or broken server: pass what was well-formed, then end at that boundary. If the
+      // bad frame began in an earlier chunk, its first bytes already went out: no clean boundary.
+      if (bad > 0) this.client.write(chunk.subarray(0, bad));
+      this.backendViolation(scanner.error?.message, bad > 0 || boundaryBefore);
+      return;
+    }
+    this.toClient(chunk);
+  }
+
+  clientAtBoundary(): boolean {
+    return this.backendScanner.atBoundary;
+  }
+
+  releaseBackend(): void {
+    const clean = this.state.clean && this.clientScanner.atBoundary && this.backendScanner.atBoundary;
+    this.detach(clean, true);
+  }
+}

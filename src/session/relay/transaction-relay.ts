@@ -1,0 +1,203 @@
+/**
+ * Transaction mode: the client holds a backend from the first message of a transaction until
+ * the server says ReadyForQuery 'I' and owes it nothing more. Whole frames both ways: client
+ * frames wait in `pending` until a backend serves them, prepared statements are renamed for the
+ * backend at hand (tx-statements.ts), and statements that leave session state pin the backend
+ * (or are refused, with session_state = "refuse").
+ */
+import type { Socket } from 'node:net';
+import { PgError } from '../../errors.js';
+import { Backend, Frontend, frontendMaxLength, Limits } from '../../protocol/codes.js';
+import { FrameReader, type Frame } from '../../protocol/frame-reader.js';
+import { UpstreamRefused } from '../../pool/upstream.js';
+import { ReplyQueue, StatementTracker, type Expectation } from './tx-statements.js';
+import { ClientHold } from './flow.js';
+import { refusedStatement } from './refusals.js';
+import { Relay, type RelayHost, type RelaySetup } from './relay.js';
+
+const BACKEND_TYPES = new Set<number>(Object.values(Backend));
+const backendMaxLength = (type: number): number => (BACKEND_TYPES.has(type) ? Limits.largeMessageBytes : -1);
+
+export class TransactionRelay extends Relay {
+  private readonly clientReader = new FrameReader();
+  private readonly backendReader = new FrameReader();
+  private readonly statements = new StatementTracker();
+  private readonly replies = new ReplyQueue();
+  /** Client frames waiting for a backend; the client is held meanwhile. */
+  private pending: Frame[] = [];
+  private isPinned = false;
+  private readonly clientMaxLength = (type: number): number => frontendMaxLength(type, this.maxMessageBytes);
+
+  constructor(host: RelayHost, client: Socket, s: RelaySetup) {
+    super(host, client, s);
+    this.state.inspectSessionState = true;
+  }
+
+  get pinned(): boolean {
+    return this.isPinned;
+  }
+
+  protected relayClient(chunk: Buffer): void {
+    this.clientReader.push(chunk);
+    for (;;) {
+      let f: Frame | null;
+      try {
+        f = this.clientReader.nextTyped(this.clientMaxLength);
+      } catch (err) {
+        this.flushClientFrames(); // what came before the bad frame still goes
+        throw this.clientFrameError(err);
+      }
+      if (f === null) break;
+      this.state.noteClientFrame(f.type, f.type === Frontend.Query || f.type === Frontend.Parse ? f.body : null);
+      if (this.state.terminateSeen) break;
+      if (this.state.sessionStateSeen) {
+        this.state.sessionStateSeen = false;
+        if (this.tenant.pool.sessionState === 'refuse') f = refusedStatement(f);
+        else this.pin();
+      }
+      this.pending.push(f);
+    }
+    this.flushClientFrames();
+  }
+
+  /** Sends the queued client frames, rewritten for the backend at hand; takes a backend first if needed. */
+  private flushClientFrames(): void {
+    if (this.pending.length === 0) return;
+    const b = this.backend;
+    if (b === null) {
+      this.acquire();
+      return;
+    }
+    const frames = this.pending;
+    this.pending = [];
+    const out: Buffer[] = [];
+    const expect: Expectation[] = [];
+    for (const f of frames) this.statements.rewrite(f.type, f.body, f.raw, b, out, expect);
+    for (const e of expect) this.replies.push(e);
+    const up = b.socket;
+    up.cork();
+    let ok = true;
+    for (const part of coalesce(out)) ok = up.write(part);
+    up.uncork();
+    if (!ok) this.flow.holdClient(ClientHold.BackendFull);
+    // Our own replies that nothing the backend owes precedes (e.g. ParseComplete of a statement it has).
+    const mine: Buffer[] = [];
+    this.replies.flushSynth(mine);
+    for (const m of mine) {
+      if (this.gate !== null) this.auditReply(m[0]!, m.subarray(5), m.length - 5);
+      this.client.write(m);
+    }
+  }
+
+  /** A backend for the client's next transaction; its frames wait in `pending`. */
+  private acquire(): void {
+    if (this.flow.clientHeld(ClientHold.Acquiring)) return;
+    this.flow.holdClient(ClientHold.Acquiring);
+    this.pool.acquire(this.poolKey, this.login, this.ctx.upstreamTarget(this.tenant)).then(
+      (b) => {
+        if (!this.open) {
+          this.pool.release(b, true, false);
+          return;
+        }
+        try {
+          this.attach(b);
+          this.flushClientFrames();
+          this.flow.releaseClient(ClientHold.Acquiring);
+        } catch (err) {
+          this.host.fail(err);
+        }
+      },
+      (err: unknown) => {
+        if (!this.open) return;
+        // No backend could be opened (the server restarting or down). The client is at a message
+        // boundary: it hears the server's refusal as sent (R1, e.g. 57P03) or 08006 (R3), not XX000.
+        if (err instanceof UpstreamRefused || (err instanceof PgError && err.kind === 'upstream')) {
+          this.ctx.metrics.errors.inc({ kind: 'upstream' });
+          this.releaseBackend();
+          if (err instanceof UpstreamRefused) this.host.end('backend_terminated', err.frame, `backend_terminated:${err.sqlstate}`);
+          else this.host.end('backend_lost', err.toFrame());
+          return;
+        }
+        this.host.fail(err);
+      },
+    );
+  }
+
+  /** From now on this client keeps its backend (SET, LISTEN, temp tables…). */
+  private pin(): void {
+    if (this.isPinned) return;
+    this.isPinned = true;
+    this.state.inspectSessionState = false;
+    this.ctx.metrics.poolPins.inc({ tenant: this.tenant.id });
+  }
+
+  /** Whole backend frames, matched to what was asked; the backend goes back when nothing is owed. */
+  protected relayBackend(chunk: Buffer): void {
+    const reader = this.backendReader;
+    reader.push(chunk);
+    const out: Buffer[] = [];
+    for (;;) {
+      let f: Frame | null;
+      try {
+        f = reader.nextTyped(backendMaxLength);
+      } catch (err) {
+        this.writeToClient(out);
+        this.backendViolation(err, true);
+        return;
+      }
+      if (f === null) break;
+      this.state.noteBackendFrame(
+        f.type,
+        f.type === Backend.ReadyForQuery || f.type === Backend.ErrorResponse || f.type === Backend.ParameterStatus ? f.body : null,
+      );
+      this.replies.onReply(f.type, f.raw, out);
+    }
+    // Audit what the client receives (replies to injected messages are not its).
+    if (this.gate !== null) for (const raw of out) this.auditReply(raw[0]!, raw.subarray(5), raw.length - 5);
+    this.writeToClient(out);
+    const b = this.backend;
+    if (b !== null && !this.isPinned && this.pending.length === 0 && this.replies.empty && this.backendIsClean()) {
+      b.socket.resume(); // it may have been paused for backpressure; the pool reads it from now on
+      this.detach(true, false);
+    }
+  }
+
+  private writeToClient(out: Buffer[]): void {
+    if (out.length === 0) return;
+    this.client.cork();
+    for (const part of coalesce(out)) this.toClient(part);
+    this.client.uncork();
+  }
+
+  private backendIsClean(): boolean {
+    return this.state.clean && this.backendReader.buffered === 0;
+  }
+
+  /** Whole frames only go to the client. */
+  clientAtBoundary(): boolean {
+    return true;
+  }
+
+  releaseBackend(): void {
+    this.pending = [];
+    this.detach(this.backendIsClean(), this.isPinned);
+  }
+}
+
+/** Joins frames that sit back to back in the same received buffer, so they go out as one write. */
+function coalesce(parts: Buffer[]): Buffer[] {
+  if (parts.length < 2) return parts;
+  const out: Buffer[] = [];
+  let run = parts[0]!;
+  for (let i = 1; i < parts.length; i++) {
+    const p = parts[i]!;
+    if (p.buffer === run.buffer && p.byteOffset === run.byteOffset + run.length) {
+      run = Buffer.from(run.buffer, run.byteOffset, run.length + p.length);
+    } else {
+      out.push(run);
+      run = p;
+    }
+  }
+  out.push(run);
+  return out;
+}
