@@ -168,8 +168,7 @@ export const Errors = {
   invalidScramResponse: (detail: string) =>
     new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'invalid SCRAM response', 'client', 'protocol_violation:scram_nonce', { detail }),
   /** A5 (client-first): PostgreSQL's primary message, no DETAIL. */
-  scramNonceNotPrintable: () =>
-    new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'non-printable characters in SCRAM nonce', 'client', 'protocol_violation:scram_nonce'),
+  scramNonceNotPrintable: () => new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'non-printable characters in SCRAM nonce', 'client', 'protocol_violation:scram_nonce'),
   /** A6 */
   scramAuthzid: () =>
     new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, 'client uses authorization identity, but it is not supported', 'client', 'protocol_violation:scram_authzid'),

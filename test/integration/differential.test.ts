@@ -249,12 +249,20 @@ function describeFrame(type: string, body: Buffer): string {
     }
     case 'R': {
       const code = body.readUInt32BE(0);
-      if (code === 10) return `R SASL ${body.toString('utf8', 4).split('\0').filter((m) => m !== '').join(' ')}`;
+      if (code === 10)
+        return `R SASL ${body
+          .toString('utf8', 4)
+          .split('\0')
+          .filter((m) => m !== '')
+          .join(' ')}`;
       if (code === 11 && body.length === 4) return 'R SASLContinue empty';
       return `R ${AUTH_NAMES[code] ?? String(code)}`;
     }
     case 'v': {
-      const names = body.toString('utf8', 8).split('\0').filter((n) => n !== '');
+      const names = body
+        .toString('utf8', 8)
+        .split('\0')
+        .filter((n) => n !== '');
       return ['v', body.readUInt32BE(0), body.readUInt32BE(4), ...names].join(' ');
     }
     case 'S':
@@ -342,7 +350,11 @@ const CASES: Case[] = [
   // -------------------------------------------------------------- protocol versions (N6, N7, issue 12 item 1)
   { name: 'protocol 4.0', send: startupMessage(PARAMS, 4 << 16), expect: [unsupported('4.0'), 'closed'] },
   { name: 'protocol 0.0', send: startupMessage(PARAMS, 0), expect: [unsupported('0.0'), 'closed'] },
-  { name: 'protocol 3.0 spelled 1234.5681 (no such request code)', send: startupMessage(PARAMS, (1234 << 16) | 5681), expect: [unsupported('1234.5681'), 'closed'] },
+  {
+    name: 'protocol 3.0 spelled 1234.5681 (no such request code)',
+    send: startupMessage(PARAMS, (1234 << 16) | 5681),
+    expect: [unsupported('1234.5681'), 'closed'],
+  },
   // A client that asked for protocol 1.x or 2.x is refused in the protocol-2 format: 'E', a text, a NUL.
   ...(
     [
@@ -350,19 +362,21 @@ const CASES: Case[] = [
       ['1.0', 1 << 16],
       ['0.1', 1],
     ] as const
-  ).map(
-    ([version, code]): Case => ({
-      name: `protocol ${version} (refused in the protocol-2 format)`,
-      script: async (x) => {
-        x.send(startupMessage(PARAMS, code));
-        await x.raw();
-      },
-      expect: [`raw ${JSON.stringify(`EFATAL:  unsupported frontend protocol ${version}: server supports 3.0 to 3.0\n\0`)}`, 'closed'],
-    }),
-  ),
+  ).map(([version, code]): Case => ({
+    name: `protocol ${version} (refused in the protocol-2 format)`,
+    script: async (x) => {
+      x.send(startupMessage(PARAMS, code));
+      await x.raw();
+    },
+    expect: [`raw ${JSON.stringify(`EFATAL:  unsupported frontend protocol ${version}: server supports 3.0 to 3.0\n\0`)}`, 'closed'],
+  })),
   { name: 'protocol 3.1', send: startupMessage(PARAMS, PROTOCOL_3_0 | 1), expect: [`v ${PROTOCOL_3_0} 0`, SASL_PLAIN, 'open'] },
   { name: 'protocol 3.65535', send: startupMessage(PARAMS, PROTOCOL_3_0 | 0xffff), expect: [`v ${PROTOCOL_3_0} 0`, SASL_PLAIN, 'open'] },
-  { name: 'protocol 3.0 with an unknown _pq_ option', send: startupMessage({ ...PARAMS, '_pq_.bogus': '1' }), expect: [`v ${PROTOCOL_3_0} 1 _pq_.bogus`, SASL_PLAIN, 'open'] },
+  {
+    name: 'protocol 3.0 with an unknown _pq_ option',
+    send: startupMessage({ ...PARAMS, '_pq_.bogus': '1' }),
+    expect: [`v ${PROTOCOL_3_0} 1 _pq_.bogus`, SASL_PLAIN, 'open'],
+  },
   {
     name: 'protocol 3.2 with two unknown _pq_ options',
     send: startupMessage({ ...PARAMS, '_pq_.a': '1', '_pq_.b': '' }, PROTOCOL_3_0 | 2),
@@ -386,12 +400,20 @@ const CASES: Case[] = [
   { name: 'startup body with only the version', send: startupBody(PROTOCOL_3_0, ''), expect: [LAYOUT, 'closed'] },
   { name: 'startup value without its NUL', send: startupBody(PROTOCOL_3_0, 'user\0app'), expect: [LAYOUT, 'closed'] },
   { name: 'startup name without a value', send: startupBody(PROTOCOL_3_0, 'user\0app\0database\0\0'), expect: [LAYOUT, 'closed'] },
-  { name: 'startup with a NUL inside a value', send: startupBody(PROTOCOL_3_0, `user\0app\0options\0${TENANT_OPTIONS}\0application_name\0a\0b\0\0`), expect: [LAYOUT, 'closed'] },
+  {
+    name: 'startup with a NUL inside a value',
+    send: startupBody(PROTOCOL_3_0, `user\0app\0options\0${TENANT_OPTIONS}\0application_name\0a\0b\0\0`),
+    expect: [LAYOUT, 'closed'],
+  },
   { name: 'startup bytes after the empty name', send: startupBody(PROTOCOL_3_0, 'user\0app\0\0junk\0'), expect: [LAYOUT, 'closed'] },
   { name: 'startup without user', send: startupMessage({ database: 'postgres', options: TENANT_OPTIONS }), expect: [NO_USER, 'closed'] },
   { name: 'startup with an empty user', send: startupMessage({ ...PARAMS, user: '' }), expect: [NO_USER, 'closed'] },
   { name: 'startup with no parameters at all', send: startupMessage({}), expect: [NO_USER, 'closed'] },
-  { name: 'startup with a bad replication value', send: startupMessage({ ...PARAMS, replication: 'sometimes' }), expect: [fatal('22023', 'invalid value for parameter "replication": "sometimes"'), 'closed'] },
+  {
+    name: 'startup with a bad replication value',
+    send: startupMessage({ ...PARAMS, replication: 'sometimes' }),
+    expect: [fatal('22023', 'invalid value for parameter "replication": "sometimes"'), 'closed'],
+  },
   // replication=true/database: PostgreSQL starts a walsender, pgwarden refuses on policy (N9, 0A000). Left out.
   // No tenant, or an unknown one: pgwarden refuses on policy (T2, T5), PostgreSQL has no tenants. Left out.
   {
@@ -536,7 +558,11 @@ const CASES: Case[] = [
 
   // -------------------------------------------------------------- the SASL exchange: message types (A1, issue 12 item 4)
   { name: 'Query instead of SASLInitialResponse', send: Buffer.concat([STARTUP, QUERY]), expect: [SASL_PLAIN, expectedSasl(81), 'closed'] },
-  { name: 'Query with length 2^31 during SASL: the type is checked first', send: Buffer.concat([STARTUP, header('Q', 0x80000000)]), expect: [SASL_PLAIN, expectedSasl(81), 'closed'] },
+  {
+    name: 'Query with length 2^31 during SASL: the type is checked first',
+    send: Buffer.concat([STARTUP, header('Q', 0x80000000)]),
+    expect: [SASL_PLAIN, expectedSasl(81), 'closed'],
+  },
   { name: 'type byte 0 during SASL', send: Buffer.concat([STARTUP, header('\0', 4)]), expect: [SASL_PLAIN, expectedSasl(0), 'closed'] },
   { name: 'type byte 255 during SASL', send: Buffer.concat([STARTUP, header('\xff', 4)]), expect: [SASL_PLAIN, expectedSasl(255), 'closed'] },
   { name: 'Terminate instead of SASLInitialResponse', send: Buffer.concat([STARTUP, TERMINATE]), expect: [SASL_PLAIN, expectedSasl(88), 'closed'] },
@@ -584,25 +610,21 @@ const CASES: Case[] = [
   },
 
   // -------------------------------------------------------------- SASL message lengths (A10)
-  ...[0, 3, 1025, 0x80000000, 0xffffffff].map(
-    (len): Case => ({
-      name: `SASLInitialResponse with length ${len}`,
-      send: Buffer.concat([STARTUP, header('p', len)]),
-      expect: [SASL_PLAIN, AUTH_FAILED, 'closed'],
-      same: notError,
-    }),
-  ),
-  ...[3, 1025].map(
-    (len): Case => ({
-      name: `SASLResponse with length ${len}`,
-      script: async (x) => {
-        await x.toServerFirst();
-        x.send(header('p', len));
-      },
-      expect: [SASL_PLAIN, 'R SASLContinue', AUTH_FAILED, 'closed'],
-      same: notError,
-    }),
-  ),
+  ...[0, 3, 1025, 0x80000000, 0xffffffff].map((len): Case => ({
+    name: `SASLInitialResponse with length ${len}`,
+    send: Buffer.concat([STARTUP, header('p', len)]),
+    expect: [SASL_PLAIN, AUTH_FAILED, 'closed'],
+    same: notError,
+  })),
+  ...[3, 1025].map((len): Case => ({
+    name: `SASLResponse with length ${len}`,
+    script: async (x) => {
+      await x.toServerFirst();
+      x.send(header('p', len));
+    },
+    expect: [SASL_PLAIN, 'R SASLContinue', AUTH_FAILED, 'closed'],
+    same: notError,
+  })),
   {
     name: 'SASLInitialResponse of exactly 1024 bytes',
     send: Buffer.concat([STARTUP, saslInitial('SCRAM-SHA-256', `n,,n=,r=${'x'.repeat(1024 - 4 - 14 - 4 - 8)}`)]),
@@ -610,17 +632,57 @@ const CASES: Case[] = [
   },
 
   // -------------------------------------------------------------- SASLInitialResponse layout (A3, S4, issue 12 items 3 and 5)
-  { name: 'mechanism not offered (SCRAM-SHA-1)', send: Buffer.concat([STARTUP, saslInitial('SCRAM-SHA-1', CLIENT_FIRST)]), expect: [SASL_PLAIN, INVALID_MECHANISM, 'closed'] },
-  { name: 'SCRAM-SHA-256-PLUS without TLS', send: Buffer.concat([STARTUP, saslInitial('SCRAM-SHA-256-PLUS', 'p=tls-server-end-point,,n=,r=abc')]), expect: [SASL_PLAIN, INVALID_MECHANISM, 'closed'] },
+  {
+    name: 'mechanism not offered (SCRAM-SHA-1)',
+    send: Buffer.concat([STARTUP, saslInitial('SCRAM-SHA-1', CLIENT_FIRST)]),
+    expect: [SASL_PLAIN, INVALID_MECHANISM, 'closed'],
+  },
+  {
+    name: 'SCRAM-SHA-256-PLUS without TLS',
+    send: Buffer.concat([STARTUP, saslInitial('SCRAM-SHA-256-PLUS', 'p=tls-server-end-point,,n=,r=abc')]),
+    expect: [SASL_PLAIN, INVALID_MECHANISM, 'closed'],
+  },
   { name: 'empty mechanism', send: Buffer.concat([STARTUP, saslInitial('', CLIENT_FIRST)]), expect: [SASL_PLAIN, INVALID_MECHANISM, 'closed'] },
-  { name: 'mechanism not offered, and no initial-response length', send: Buffer.concat([STARTUP, typed('p', Buffer.from('SCRAM-SHA-1\0'))]), expect: [SASL_PLAIN, INVALID_MECHANISM, 'closed'] },
-  { name: 'empty SASLInitialResponse', send: Buffer.concat([STARTUP, typed('p', Buffer.alloc(0))]), expect: [SASL_PLAIN, fatal('08P01', 'invalid string in message'), 'closed'] },
-  { name: 'mechanism without its NUL', send: Buffer.concat([STARTUP, typed('p', Buffer.from('SCRAM-SHA-256'))]), expect: [SASL_PLAIN, fatal('08P01', 'invalid string in message'), 'closed'] },
-  { name: 'no initial-response length', send: Buffer.concat([STARTUP, typed('p', Buffer.from('SCRAM-SHA-256\0'))]), expect: [SASL_PLAIN, fatal('08P01', 'insufficient data left in message'), 'closed'] },
-  { name: 'initial-response length beyond the frame', send: Buffer.concat([STARTUP, saslInitial('SCRAM-SHA-256', 'n,,n=,r=abc', 50)]), expect: [SASL_PLAIN, fatal('08P01', 'insufficient data left in message'), 'closed'] },
-  { name: 'initial-response length short of the frame', send: Buffer.concat([STARTUP, saslInitial('SCRAM-SHA-256', 'n,,n=,r=abc', 5)]), expect: [SASL_PLAIN, fatal('08P01', 'invalid message format'), 'closed'] },
-  { name: 'initial-response length -2', send: Buffer.concat([STARTUP, saslInitial('SCRAM-SHA-256', '', -2)]), expect: [SASL_PLAIN, fatal('08P01', 'insufficient data left in message'), 'closed'] },
-  { name: 'initial-response length -1 with data behind it', send: Buffer.concat([STARTUP, saslInitial('SCRAM-SHA-256', 'n,,n=,r=abc', -1)]), expect: [SASL_PLAIN, fatal('08P01', 'invalid message format'), 'closed'] },
+  {
+    name: 'mechanism not offered, and no initial-response length',
+    send: Buffer.concat([STARTUP, typed('p', Buffer.from('SCRAM-SHA-1\0'))]),
+    expect: [SASL_PLAIN, INVALID_MECHANISM, 'closed'],
+  },
+  {
+    name: 'empty SASLInitialResponse',
+    send: Buffer.concat([STARTUP, typed('p', Buffer.alloc(0))]),
+    expect: [SASL_PLAIN, fatal('08P01', 'invalid string in message'), 'closed'],
+  },
+  {
+    name: 'mechanism without its NUL',
+    send: Buffer.concat([STARTUP, typed('p', Buffer.from('SCRAM-SHA-256'))]),
+    expect: [SASL_PLAIN, fatal('08P01', 'invalid string in message'), 'closed'],
+  },
+  {
+    name: 'no initial-response length',
+    send: Buffer.concat([STARTUP, typed('p', Buffer.from('SCRAM-SHA-256\0'))]),
+    expect: [SASL_PLAIN, fatal('08P01', 'insufficient data left in message'), 'closed'],
+  },
+  {
+    name: 'initial-response length beyond the frame',
+    send: Buffer.concat([STARTUP, saslInitial('SCRAM-SHA-256', 'n,,n=,r=abc', 50)]),
+    expect: [SASL_PLAIN, fatal('08P01', 'insufficient data left in message'), 'closed'],
+  },
+  {
+    name: 'initial-response length short of the frame',
+    send: Buffer.concat([STARTUP, saslInitial('SCRAM-SHA-256', 'n,,n=,r=abc', 5)]),
+    expect: [SASL_PLAIN, fatal('08P01', 'invalid message format'), 'closed'],
+  },
+  {
+    name: 'initial-response length -2',
+    send: Buffer.concat([STARTUP, saslInitial('SCRAM-SHA-256', '', -2)]),
+    expect: [SASL_PLAIN, fatal('08P01', 'insufficient data left in message'), 'closed'],
+  },
+  {
+    name: 'initial-response length -1 with data behind it',
+    send: Buffer.concat([STARTUP, saslInitial('SCRAM-SHA-256', 'n,,n=,r=abc', -1)]),
+    expect: [SASL_PLAIN, fatal('08P01', 'invalid message format'), 'closed'],
+  },
   {
     name: 'no initial response (length -1): an empty SASLContinue, then a whole login',
     script: async (x) => {
@@ -656,7 +718,11 @@ const CASES: Case[] = [
     },
     expect: [SASL_PLAIN, 'R SASLContinue empty', expectedSasl(88), 'closed'],
   },
-  { name: 'no initial response with a mechanism not offered', send: Buffer.concat([STARTUP, saslInitial('SCRAM-SHA-1', null)]), expect: [SASL_PLAIN, INVALID_MECHANISM, 'closed'] },
+  {
+    name: 'no initial response with a mechanism not offered',
+    send: Buffer.concat([STARTUP, saslInitial('SCRAM-SHA-1', null)]),
+    expect: [SASL_PLAIN, INVALID_MECHANISM, 'closed'],
+  },
 
   // -------------------------------------------------------------- client-first-message (A4, A5, A6, issue 12 item 5)
   firstCase('empty', '', [MALFORMED, 'closed']),
@@ -682,12 +748,27 @@ const CASES: Case[] = [
   finalCase('wrong password', (sf) => clientFinal(sf, 'biws', undefined, 'wrong'), [AUTH_FAILED, 'closed']),
   finalCase('zero proof', (sf) => `c=biws,r=${nonceOf(sf)},p=${ZERO_PROOF}`, [AUTH_FAILED, 'closed']),
   finalCase('nonce mismatch', (sf) => `c=biws,r=${nonceOf(sf)}x,p=${ZERO_PROOF}`, [fatal('08P01', 'invalid SCRAM response'), 'closed']),
-  finalCase('nonce mismatch and garbage after the proof (the garbage is found first)', (sf) => `c=biws,r=${nonceOf(sf)}x,p=${ZERO_PROOF},x=1`, [MALFORMED, 'closed']),
+  finalCase('nonce mismatch and garbage after the proof (the garbage is found first)', (sf) => `c=biws,r=${nonceOf(sf)}x,p=${ZERO_PROOF},x=1`, [
+    MALFORMED,
+    'closed',
+  ]),
   finalCase('garbage after the proof', (sf) => `c=biws,r=${nonceOf(sf)},p=${ZERO_PROOF},x=1`, [MALFORMED, 'closed']),
-  finalCase('channel binding of flag y', (sf) => `c=eSws,r=${nonceOf(sf)},p=${ZERO_PROOF}`, [fatal('08P01', 'unexpected SCRAM channel-binding attribute in client-final-message'), 'closed']),
-  finalCase('channel binding not base64', (sf) => `c=!!,r=${nonceOf(sf)},p=${ZERO_PROOF}`, [fatal('08P01', 'unexpected SCRAM channel-binding attribute in client-final-message'), 'closed']),
-  finalCase('empty channel binding', (sf) => `c=,r=${nonceOf(sf)},p=${ZERO_PROOF}`, [fatal('08P01', 'unexpected SCRAM channel-binding attribute in client-final-message'), 'closed']),
-  finalCase('c= twice', (sf) => `c=c=biws,r=${nonceOf(sf)},p=${ZERO_PROOF}`, [fatal('08P01', 'unexpected SCRAM channel-binding attribute in client-final-message'), 'closed']),
+  finalCase('channel binding of flag y', (sf) => `c=eSws,r=${nonceOf(sf)},p=${ZERO_PROOF}`, [
+    fatal('08P01', 'unexpected SCRAM channel-binding attribute in client-final-message'),
+    'closed',
+  ]),
+  finalCase('channel binding not base64', (sf) => `c=!!,r=${nonceOf(sf)},p=${ZERO_PROOF}`, [
+    fatal('08P01', 'unexpected SCRAM channel-binding attribute in client-final-message'),
+    'closed',
+  ]),
+  finalCase('empty channel binding', (sf) => `c=,r=${nonceOf(sf)},p=${ZERO_PROOF}`, [
+    fatal('08P01', 'unexpected SCRAM channel-binding attribute in client-final-message'),
+    'closed',
+  ]),
+  finalCase('c= twice', (sf) => `c=c=biws,r=${nonceOf(sf)},p=${ZERO_PROOF}`, [
+    fatal('08P01', 'unexpected SCRAM channel-binding attribute in client-final-message'),
+    'closed',
+  ]),
   finalCase('proof too short', (sf) => `c=biws,r=${nonceOf(sf)},p=${Buffer.alloc(31).toString('base64')}`, [MALFORMED, 'closed']),
   finalCase('proof not base64', (sf) => `c=biws,r=${nonceOf(sf)},p=!!!!`, [MALFORMED, 'closed']),
   finalCase('no proof', (sf) => `c=biws,r=${nonceOf(sf)}`, [MALFORMED, 'closed']),
@@ -848,7 +929,10 @@ describe('differential: pgwarden answers as PostgreSQL 15 does', () => {
     certs = await testCerts();
     const users = [{ name: USER, password: PASSWORD }];
     // The same certificate on both TLS targets: tls-server-end-point binding data then agrees too.
-    [plainPg, tlsPg] = await Promise.all([startCluster({ users }), startCluster({ users, ssl: { certPath: certs.serverCertPath, keyPath: certs.serverKeyPath } })]);
+    [plainPg, tlsPg] = await Promise.all([
+      startCluster({ users }),
+      startCluster({ users, ssl: { certPath: certs.serverCertPath, keyPath: certs.serverKeyPath } }),
+    ]);
     const spec = async (cluster: Cluster): Promise<ProxySpec> => ({
       // TLS is not required (plaintext cases reach authentication, as on PostgreSQL), and the pre-auth
       // deadline is PostgreSQL's authentication_timeout, so cases that stay open are not closed by it.
@@ -857,7 +941,8 @@ describe('differential: pgwarden answers as PostgreSQL 15 does', () => {
       server: { auth_timeout: '60s' },
       tenants: [{ id: 'acme', cluster, users: [{ name: USER, verifier: await readVerifier(cluster, USER) }] }],
     });
-    const start = (toml: string): Promise<Proxy> => Proxy.start(parseConfigText(toml, os.tmpdir()), { logger: pino({ level: process.env['PGWARDEN_TEST_LOG'] ?? 'silent' }) });
+    const start = (toml: string): Promise<Proxy> =>
+      Proxy.start(parseConfigText(toml, os.tmpdir()), { logger: pino({ level: process.env['PGWARDEN_TEST_LOG'] ?? 'silent' }) });
     tlsProxy = await start(configToml(await spec(tlsPg), certs));
     // Without tls_cert and tls_key pgwarden has no TLS at all and answers SSLRequest with N, as PostgreSQL with ssl = off.
     plainProxy = await start(configToml(await spec(plainPg), certs).replace(/^tls_(cert|key) = .*\n/gm, ''));
@@ -871,7 +956,11 @@ describe('differential: pgwarden answers as PostgreSQL 15 does', () => {
 
   it('a real client: libpq 18 with max_protocol_version=3.2 logs in at 3.0 with both (issue 12 item 1)', async () => {
     const fromPg = await libpqConnect(plainPg.port);
-    assert.deepEqual({ ...fromPg, lib_version: Math.floor(fromPg.lib_version / 10_000) }, { lib_version: 18, ok: true, error: '', protocol: 30_000, result: '42' }, 'PostgreSQL 15');
+    assert.deepEqual(
+      { ...fromPg, lib_version: Math.floor(fromPg.lib_version / 10_000) },
+      { lib_version: 18, ok: true, error: '', protocol: 30_000, result: '42' },
+      'PostgreSQL 15',
+    );
     assert.deepEqual(await libpqConnect(plainProxy.address.port), fromPg, 'pgwarden');
   });
 

@@ -268,11 +268,19 @@ describe('PgError.toFrame()', () => {
   });
 
   it('unsupportedProtocol answers a 1.x or 2.x client in the protocol-2 format, as PostgreSQL does; 0.0 and 4.0 in protocol 3', () => {
-    for (const [major, minor] of [[2, 0], [1, 0], [0, 1]] as const) {
+    for (const [major, minor] of [
+      [2, 0],
+      [1, 0],
+      [0, 1],
+    ] as const) {
       const frame = Errors.unsupportedProtocol(major, minor).toFrame();
       assert.equal(frame.toString('utf8'), `EFATAL:  unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.0\n\0`);
     }
-    for (const [major, minor] of [[0, 0], [4, 0], [1234, 5679]] as const) {
+    for (const [major, minor] of [
+      [0, 0],
+      [4, 0],
+      [1234, 5679],
+    ] as const) {
       assert.equal(decodeErrorResponse(Errors.unsupportedProtocol(major, minor).toFrame()).get('C'), '0A000');
     }
   });

@@ -166,7 +166,10 @@ describe('SASL and password bodies', () => {
     ['-1 followed by data', Buffer.concat([Buffer.from('M\0'), hex('ffffffff'), Buffer.from('x')]), 'invalid message format'],
   ] as const) {
     it(`SASLInitialResponse refused: ${label} (${message})`, () => {
-      assert.throws(() => decodeSASLInitialResponse(body), (err: unknown) => isFormatError(err) && (err as Error).message === message);
+      assert.throws(
+        () => decodeSASLInitialResponse(body),
+        (err: unknown) => isFormatError(err) && (err as Error).message === message,
+      );
     });
   }
 
@@ -175,7 +178,10 @@ describe('SASL and password bodies', () => {
       () => decodeSASLInitialResponse(Buffer.from('SCRAM-SHA-1\0')),
       (err: unknown) => err instanceof SASLInitialResponseError && err.mechanism === 'SCRAM-SHA-1',
     );
-    assert.throws(() => decodeSASLInitialResponse(Buffer.from('SCRAM-SHA-1')), (err: unknown) => err instanceof SASLInitialResponseError && err.mechanism === null);
+    assert.throws(
+      () => decodeSASLInitialResponse(Buffer.from('SCRAM-SHA-1')),
+      (err: unknown) => err instanceof SASLInitialResponseError && err.mechanism === null,
+    );
   });
 
   it('PasswordMessage: one NUL-terminated string filling the body', () => {
