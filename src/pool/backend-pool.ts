@@ -4,123 +4,25 @@
  * served in arrival order and only ever by its own tenant's backends. Idle backends are watched
  * (a server that closes or talks out of turn is dropped), reaped after `backend_idle_timeout` or
  * `backend_lifetime`, and reset with DISCARD ALL when a session-mode client leaves.
- * Sessions decide when to take and give back; this file decides which connection and when to open one.
+ * Sessions decide when to take and give back; this file decides which connection and when to open
+ * one. The connection wrapper and its reset are in backend.ts, a key's idle list and the wait
+ * queue in key-pool.ts.
  */
-import type { Socket } from 'node:net';
-import { Backend as B } from '../protocol/codes.js';
-import { FrameScanner, type ScanHandler } from '../protocol/frame-reader.js';
-import { Limits } from '../protocol/codes.js';
+import { TERMINATE } from '../protocol/frontend.js';
 import { Errors, PgError } from '../errors.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Logger } from '../observability/logger.js';
+import { Backend, resetBackend } from './backend.js';
+import { newKeyPool, removeIdle, WaitQueue, type KeyPool } from './key-pool.js';
 import { connectUpstream, type UpstreamConnection, type UpstreamLogin, type UpstreamTarget } from './upstream.js';
 import type { PoolMode, PoolSettings } from '../config/schema.js';
 
-/** One logged-in server connection. `state` changes only in this file. */
-export class Backend {
-  state: 'idle' | 'active' | 'resetting' | 'closed' = 'active';
-  readonly createdAt = Date.now();
-  lastUsedAt = Date.now();
-  /** Cancel requests sent for this backend and not yet closed by the server: it is not reused before. */
-  cancelsInFlight = 0;
-  private releaseWhenCancelsDone: (() => void) | null = null;
-
-  /** Server-side prepared statements (transaction mode's statement tracking), oldest first. */
-  readonly prepared = new Set<string>();
-  /** Listeners the pool attaches while the backend is idle or resetting (removed one by one, never all). */
-  watchers: { data: (chunk: Buffer) => void; close: () => void } | null = null;
-
-  constructor(
-    readonly conn: UpstreamConnection,
-    readonly key: string,
-    readonly pool: TenantPool,
-  ) {
-    // Errors are always followed by 'close', which the owner of the moment handles.
-    conn.socket.on('error', () => undefined);
-  }
-
-  watch(data: (chunk: Buffer) => void, close: () => void): void {
-    this.unwatch();
-    this.watchers = { data, close };
-    this.conn.socket.on('data', data);
-    this.conn.socket.on('close', close);
-  }
-
-  unwatch(): void {
-    if (this.watchers === null) return;
-    this.conn.socket.removeListener('data', this.watchers.data);
-    this.conn.socket.removeListener('close', this.watchers.close);
-    this.watchers = null;
-  }
-
-  get socket(): Socket {
-    return this.conn.socket;
-  }
-
-  get processId(): number {
-    return this.conn.processId;
-  }
-
-  /** Called by the cancel path; the backend is held back from reuse until the server closed the cancel connection. */
-  cancelStarted(): void {
-    this.cancelsInFlight++;
-  }
-
-  cancelFinished(): void {
-    this.cancelsInFlight = Math.max(0, this.cancelsInFlight - 1);
-    if (this.cancelsInFlight === 0 && this.releaseWhenCancelsDone !== null) {
-      const f = this.releaseWhenCancelsDone;
-      this.releaseWhenCancelsDone = null;
-      f();
-    }
-  }
-
-  /** Runs `f` now, or once the cancels in flight are done. */
-  afterCancels(f: () => void): void {
-    if (this.cancelsInFlight === 0) f();
-    else this.releaseWhenCancelsDone = f;
-  }
-}
-
-interface KeyPool {
-  readonly key: string;
-  readonly idle: Backend[];
-  /** How new backends of this key log in: the latest client's credential (pass-through key or password). */
-  login: UpstreamLogin;
-  target: UpstreamTarget;
-  /** ParameterStatus values from the first login, shown to clients that get a pooled backend. */
-  parameters: Map<string, string> | null;
-  /** Last acquire: a key nobody used for backend_idle_timeout, with no backend, is forgotten. */
-  lastUsedAt: number;
-  /** Backends of this key being opened (not yet in `all`). */
-  opening: number;
-}
-
-interface Waiter {
-  readonly key: string;
-  /** Backends this waiter may open beyond max_backend_connections (a staff session's reserve). */
-  readonly extra: number;
-  readonly since: number;
-  readonly resolve: (b: Backend) => void;
-  readonly reject: (e: Error) => void;
-  timer: NodeJS.Timeout | null;
-}
-
-const DISCARD_ALL = (() => {
-  const text = Buffer.from('DISCARD ALL\0');
-  const b = Buffer.allocUnsafe(5 + text.length);
-  b[0] = 0x51; // Q
-  b.writeUInt32BE(4 + text.length, 1);
-  text.copy(b, 5);
-  return b;
-})();
-
-const TERMINATE = Buffer.from([0x58, 0, 0, 0, 4]);
+export { Backend } from './backend.js';
 
 /** All pools of one tenant. */
 export class TenantPool {
   private readonly pools = new Map<string, KeyPool>();
-  private readonly waiters: Waiter[] = [];
+  private readonly waiters = new WaitQueue();
   private readonly all = new Set<Backend>();
   /** Backends open or being opened: the number max_backend_connections caps. */
   private total = 0;
@@ -179,7 +81,7 @@ export class TenantPool {
     if (this.closed) throw Errors.adminShutdown('pool_closed');
     let pool = this.pools.get(key);
     if (pool === undefined) {
-      pool = { key, idle: [], login, target, parameters: null, lastUsedAt: Date.now(), opening: 0 };
+      pool = newKeyPool(key, login, target);
       this.pools.set(key, pool);
     } else {
       pool.login = login;
@@ -190,15 +92,9 @@ export class TenantPool {
     if (ready !== null) return ready;
     if (this.hasRoom(extra) || this.evictIdleOtherThan(key, extra)) return this.open(pool);
     const since = Date.now();
-    const backend = await new Promise<Backend>((resolve, reject) => {
-      const w: Waiter = { key, extra, since, resolve, reject, timer: null };
-      w.timer = setTimeout(() => {
-        const i = this.waiters.indexOf(w);
-        if (i >= 0) this.waiters.splice(i, 1);
-        this.metrics.limitRejections.inc({ tenant: this.tenantId, limit: 'pool_timeout' });
-        reject(Errors.poolTimeout());
-      }, this.settings.poolTimeoutMs);
-      this.waiters.push(w);
+    const backend = await this.waiters.wait(key, extra, this.settings.poolTimeoutMs, () => {
+      this.metrics.limitRejections.inc({ tenant: this.tenantId, limit: 'pool_timeout' });
+      return Errors.poolTimeout();
     });
     this.metrics.poolWaitSeconds.observe({ tenant: this.tenantId }, (Date.now() - since) / 1000);
     return backend;
@@ -231,8 +127,7 @@ export class TenantPool {
     this.all.delete(b);
     if (wasIdle) {
       const pool = this.pools.get(b.key);
-      const i = pool?.idle.indexOf(b) ?? -1;
-      if (pool !== undefined && i >= 0) pool.idle.splice(i, 1);
+      if (pool !== undefined) removeIdle(pool, b);
     }
     b.unwatch();
     if (!b.socket.destroyed) b.socket.end(TERMINATE);
@@ -250,7 +145,8 @@ export class TenantPool {
         const idleTooLong = now - b.lastUsedAt >= this.settings.backendIdleTimeoutMs && pool.idle.length > this.settings.minIdleBackendConnections;
         if (tooOld || idleTooLong) this.destroy(b);
       }
-      while (pool.idle.length < this.settings.minIdleBackendConnections && this.total < this.settings.maxBackendConnections && !this.closed) {
+      // Backends being opened count: `open` is asynchronous, so without them this loop would open up to the cap.
+      while (pool.idle.length + pool.opening < this.settings.minIdleBackendConnections && this.total < this.settings.maxBackendConnections && !this.closed) {
         this.open(pool).then(
           (b) => this.release(b, true, false),
           (err: unknown) => this.log.warn({ tenant: this.tenantId, err: (err as Error).message }, 'could not open an idle backend'),
@@ -269,9 +165,8 @@ export class TenantPool {
     if (this.pools.size === 0) return;
     const inUse = new Set<string>();
     for (const b of this.all) inUse.add(b.key);
-    for (const w of this.waiters) inUse.add(w.key);
     for (const [key, pool] of this.pools) {
-      if (pool.idle.length === 0 && pool.opening === 0 && !inUse.has(key) && !this.firstLogins.has(key) && now - pool.lastUsedAt >= this.settings.backendIdleTimeoutMs) {
+      if (pool.idle.length === 0 && pool.opening === 0 && !inUse.has(key) && !this.waiters.has(key) && !this.firstLogins.has(key) && now - pool.lastUsedAt >= this.settings.backendIdleTimeoutMs) {
         this.pools.delete(key);
       }
     }
@@ -285,10 +180,7 @@ export class TenantPool {
   /** Closes every idle backend and refuses waiters; active ones close with their sessions. */
   close(): void {
     this.closed = true;
-    for (const w of this.waiters.splice(0)) {
-      if (w.timer !== null) clearTimeout(w.timer);
-      w.reject(Errors.adminShutdown('pool_closed'));
-    }
+    this.waiters.rejectAll(Errors.adminShutdown('pool_closed'));
     for (const pool of this.pools.values()) for (const b of [...pool.idle]) this.destroy(b);
   }
 
@@ -331,7 +223,7 @@ export class TenantPool {
       this.metrics.backendConnects.inc({ tenant: this.tenantId, outcome: 'error' });
       this.metrics.backendConnectSeconds.observe({ tenant: this.tenantId, outcome: 'error' }, Number(process.hrtime.bigint() - began) / 1e9);
       // The server is down or refuses: waiters of this key would get the same answer, now.
-      this.failWaiters(pool.key, err as Error);
+      this.waiters.failKey(pool.key, err instanceof PgError ? err : Errors.upstreamConnect('backend_connect_failed', err));
       this.serviceWaiters();
       throw err;
     }
@@ -339,7 +231,7 @@ export class TenantPool {
     this.metrics.backendConnects.inc({ tenant: this.tenantId, outcome: 'ok' });
     this.metrics.backendConnectSeconds.observe({ tenant: this.tenantId, outcome: 'ok' }, Number(process.hrtime.bigint() - began) / 1e9);
     pool.parameters ??= new Map(conn.parameters);
-    const b = new Backend(conn, pool.key, this);
+    const b = new Backend(conn, pool.key);
     this.all.add(b);
     if (this.closed) {
       this.destroy(b);
@@ -354,10 +246,8 @@ export class TenantPool {
       return;
     }
     // A waiter of the same key takes it at once; otherwise it goes idle, watched.
-    const i = this.waiters.findIndex((w) => w.key === b.key);
-    if (i >= 0) {
-      const w = this.waiters.splice(i, 1)[0]!;
-      if (w.timer !== null) clearTimeout(w.timer);
+    const w = this.waiters.takeFirstOf(b.key);
+    if (w !== undefined) {
       this.activate(b);
       w.resolve(b);
       return;
@@ -378,38 +268,12 @@ export class TenantPool {
     this.serviceWaiters();
   }
 
-  /** DISCARD ALL, then idle if the server answers CommandComplete and ReadyForQuery 'I'; else closed. */
+  /** DISCARD ALL, then idle if the server answers ReadyForQuery 'I' without an error; else closed. */
   private reset(b: Backend): void {
-    const s = b.socket;
-    let ok = true;
-    let done = false;
-    const finish = (good: boolean): void => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      b.unwatch();
-      if (good) this.makeIdle(b);
+    resetBackend(b, this.settings.connectTimeoutMs, (clean) => {
+      if (clean) this.makeIdle(b);
       else this.destroy(b);
-    };
-    const handler: ScanHandler = {
-      maxFrameLength: () => Limits.upstreamLoginMessageBytes,
-      wantsBody: (type) => type === B.ReadyForQuery,
-      onFrame: (type, _len, body) => {
-        if (type === B.ErrorResponse) ok = false;
-        if (type === B.ReadyForQuery) finish(ok && body?.[0] === 0x49);
-      },
-    };
-    const scanner = new FrameScanner(handler);
-    b.watch(
-      (chunk: Buffer) => {
-        if (scanner.scan(chunk) >= 0) finish(false);
-      },
-      () => finish(false),
-    );
-    const timer = setTimeout(() => finish(false), this.settings.connectTimeoutMs);
-    b.prepared.clear(); // DISCARD ALL deallocates them
-    s.resume();
-    s.write(DISCARD_ALL);
+    });
   }
 
   /** Whether a caller allowed `extra` backends beyond the cap may open one now. */
@@ -435,29 +299,16 @@ export class TenantPool {
   }
 
   private serviceWaiters(): void {
-    while (this.waiters.length > 0 && !this.closed) {
-      const w = this.waiters[0]!;
+    for (let w = this.waiters.head; w !== undefined && !this.closed; w = this.waiters.head) {
       const pool = this.pools.get(w.key);
       if (pool === undefined) break;
       const idle = this.takeIdle(pool);
       if (idle === null && !(this.hasRoom(w.extra) || this.evictIdleOtherThan(w.key, w.extra))) break;
       this.waiters.shift();
-      if (w.timer !== null) clearTimeout(w.timer);
       if (idle !== null) w.resolve(idle);
       else this.open(pool).then(w.resolve, w.reject);
     }
   }
-
-  private failWaiters(key: string, err: Error): void {
-    for (let i = this.waiters.length - 1; i >= 0; i--) {
-      const w = this.waiters[i]!;
-      if (w.key !== key) continue;
-      this.waiters.splice(i, 1);
-      if (w.timer !== null) clearTimeout(w.timer);
-      w.reject(err instanceof PgError ? err : Errors.upstreamConnect('backend_connect_failed', err));
-    }
-  }
-
 }
 
 /** Every tenant's pool, the reaper, and reconfiguration on reload. */

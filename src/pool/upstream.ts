@@ -8,8 +8,8 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { createHash } from 'node:crypto';
 import { serialize } from 'pg-protocol';
-import { AuthCode, Backend, Limits, TxStatus } from '../protocol/codes.js';
-import { decodeParameterStatus, readErrorField } from '../protocol/backend.js';
+import { AuthCode, Backend, ErrorField, Limits, TxStatus } from '../protocol/codes.js';
+import { decodeParameterStatus, encodeErrorResponseBody, readErrorField, SSL_ACCEPTED } from '../protocol/backend.js';
 import { encodeCancelRequest, encodeStartupMessage, SSL_REQUEST } from '../protocol/frontend.js';
 import { FrameScanner, type ScanHandler } from '../protocol/frame-reader.js';
 import { ScramClientExchange, SCRAM_SHA_256, type UpstreamCredential } from '../auth/scram.js';
@@ -84,7 +84,7 @@ async function openSocket(target: UpstreamTarget, signal: AbortSignal): Promise<
     raw.removeAllListeners('close');
     // The answer is one byte; anything more was injected before TLS (CVE-2021-23222).
     if (answer.length !== 1) throw new Error('backend sent data after its SSLRequest answer');
-    if (answer[0] !== 0x53 /* S */) throw new Error('backend does not accept TLS');
+    if (!answer.equals(SSL_ACCEPTED)) throw new Error('backend does not accept TLS');
     raw.pause();
     const verify = target.tls === 'verify-full';
     const servername = net.isIP(target.host) === 0 ? target.host : undefined;
@@ -199,15 +199,11 @@ function login(socket: net.Socket, loginInfo: UpstreamLogin, tlsVersion: string 
           return;
         }
         case Backend.ErrorResponse: {
-          const code = readErrorField(body, 0x43 /* C */) ?? '';
+          const code = readErrorField(body, ErrorField.Code) ?? '';
           if (code === '28P01' || code === '28000') throw Errors.upstreamConnect('backend_auth_failed');
-          const frame = Buffer.allocUnsafe(5 + body.length);
-          frame[0] = Backend.ErrorResponse;
-          frame.writeUInt32BE(4 + body.length, 1);
-          body.copy(frame, 5);
           // An ErrorResponse without a SQLSTATE is hostile or broken (PgBouncer CVE-2026-6666).
           if (!/^[0-9A-Z]{5}$/.test(code)) throw new Error('backend ErrorResponse without a valid SQLSTATE');
-          throw new UpstreamRefused(frame, code);
+          throw new UpstreamRefused(encodeErrorResponseBody(body), code);
         }
         default:
           return; // NoticeResponse, NegotiateProtocolVersion: nothing to do during login

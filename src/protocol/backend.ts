@@ -4,7 +4,7 @@
  * @see https://www.postgresql.org/docs/current/protocol-message-formats.html
  */
 import { AuthCode, Backend, PROTOCOL_LATEST, TxStatus, type TxStatusByte } from './codes.js';
-import { allocFrame as frame } from './frame.js';
+import { allocFrame as frame, encodeFrame } from './frame.js';
 
 function authFrame(code: number, extra: Buffer | null): Buffer {
   const extraLen = extra === null ? 0 : extra.length;
@@ -19,6 +19,9 @@ export const AUTHENTICATION_CLEARTEXT_PASSWORD: Buffer = authFrame(AuthCode.Clea
 export const SSL_ACCEPTED: Buffer = Buffer.from('S');
 export const SSL_REFUSED: Buffer = Buffer.from('N');
 export const READY_FOR_QUERY_IDLE: Buffer = encodeReadyForQuery(TxStatus.Idle);
+/** ParseComplete and CloseComplete: what pgwarden answers in the server's place in transaction mode. */
+export const PARSE_COMPLETE: Buffer = frame(Backend.ParseComplete, 0);
+export const CLOSE_COMPLETE: Buffer = frame(Backend.CloseComplete, 0);
 
 /** AuthenticationSASL with the mechanisms in preference order. */
 export function encodeAuthenticationSASL(mechanisms: readonly string[]): Buffer {
@@ -100,6 +103,14 @@ export function encodeErrorResponse(f: ErrorFields): Buffer {
  */
 export function encodeErrorResponseV2(severity: 'ERROR' | 'FATAL', message: string): Buffer {
   return Buffer.from(`E${severity}:  ${message}\n\0`, 'utf8');
+}
+
+/**
+ * An ErrorResponse frame around a body a server sent (fields as received, byte for byte: upstream
+ * errors pass through unchanged). The body is copied: the frame may outlive the chunk.
+ */
+export function encodeErrorResponseBody(body: Buffer): Buffer {
+  return encodeFrame(Backend.ErrorResponse, body);
 }
 
 /**

@@ -95,6 +95,18 @@ export const Limits = {
   upstreamLoginMessageBytes: 64 * 1024,
 } as const;
 
+/** Field codes inside ErrorResponse and NoticeResponse. @see https://www.postgresql.org/docs/current/protocol-error-fields.html */
+export const ErrorField = {
+  Severity: 0x53 /* S */,
+  /** The severity, never localized (PostgreSQL 9.6+). */
+  SeverityNonLocalized: 0x56 /* V */,
+  Code: 0x43 /* C */,
+  Message: 0x4d /* M */,
+} as const;
+
+/** What a Describe or Close names: a prepared statement or a portal. */
+export const DescribeTarget = { Statement: 0x53 /* S */, Portal: 0x50 /* P */ } as const;
+
 /** Transaction status byte of ReadyForQuery. */
 export const TxStatus = { Idle: 0x49 /* I */, InTransaction: 0x54 /* T */, Failed: 0x45 /* E */ } as const;
 export type TxStatusByte = (typeof TxStatus)[keyof typeof TxStatus];

@@ -135,6 +135,11 @@ export class FrameScanner {
   private currentLength = 0;
   /** Set when scan() stops at a bad frame. */
   error: FrameLengthError | FrameTypeError | null = null;
+  /**
+   * During onFrame for a frame whose body is not captured across chunks: where the frame began in
+   * the chunk being scanned (negative when its first bytes came in an earlier chunk).
+   */
+  frameStart = 0;
 
   constructor(private readonly handler: ScanHandler) {}
 
@@ -171,6 +176,7 @@ export class FrameScanner {
         if (max < 0) return this.fail(new FrameTypeError(type), pos);
         length = chunk.readUInt32BE(pos + 1);
         if (length < 4 || length > max) return this.fail(new FrameLengthError(type, length), pos);
+        this.frameStart = pos;
         pos += 5;
       } else {
         if (this.headerFill === 0) {
@@ -188,6 +194,7 @@ export class FrameScanner {
         length = this.header.readUInt32BE(1);
         const max = this.handler.maxFrameLength(type);
         if (length < 4 || length > max) return this.fail(new FrameLengthError(type, length), Math.max(frameStart, 0));
+        this.frameStart = frameStart;
       }
       const bodyLength = length - 4;
       if (!this.handler.wantsBody(type)) {

@@ -29,3 +29,14 @@ export function encodeFrame(type: number, ...parts: readonly Buffer[]): Buffer {
 export function cstring(s: string): Buffer {
   return Buffer.from(`${s}\0`, 'utf8');
 }
+
+/**
+ * Writes `s` as a String (UTF-8, then NUL) into `out` at `pos`; returns the position after the NUL.
+ * For encoders that size the frame with `Buffer.byteLength(s) + 1` and write in place, without a
+ * temporary buffer per string.
+ */
+export function writeCString(out: Buffer, pos: number, s: string): number {
+  const end = pos + out.write(s, pos, 'utf8');
+  out[end] = 0;
+  return end + 1;
+}

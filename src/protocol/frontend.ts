@@ -3,8 +3,8 @@
  * throws ProtocolFormatError on a malformed body and never trusts a declared count or length.
  * Policy (which parameters are allowed, what a mechanism means) is left to the callers.
  */
-import { Frontend, RequestCode } from './codes.js';
-import { cstring, encodeFrame } from './frame.js';
+import { DescribeTarget, Frontend, RequestCode } from './codes.js';
+import { allocFrame, cstring, encodeFrame, HEADER_BYTES, writeCString } from './frame.js';
 
 /** The body does not have the layout its type requires. `detail` is PostgreSQL-like text. */
 export class ProtocolFormatError extends Error {
@@ -172,4 +172,64 @@ export function peekFirstMessage(head: Buffer): 'ssl_request' | 'gssenc_request'
   if (length === 8 && code === RequestCode.GSSENCRequest) return 'gssenc_request';
   if (length === 16 && code === RequestCode.CancelRequest) return 'cancel';
   return 'other';
+}
+
+// ------------------------------------------------------------ extended query, for statement renaming
+// Transaction mode renames a client's named statements (session/relay/tx-statements.ts). These decoders
+// do not throw: a message they cannot read is forwarded as it is and the server judges it. The
+// encoders size the frame first and write in place (one allocation per frame, on the relay path).
+
+/** Parse (name\0, then the definition: query\0, Int16 count, Int32 types): null for the unnamed statement or no name terminator. */
+export function decodeParseName(body: Buffer): { name: string; definition: Buffer } | null {
+  const nameEnd = body.indexOf(0);
+  if (nameEnd <= 0) return null;
+  return { name: body.toString('utf8', 0, nameEnd), definition: body.subarray(nameEnd + 1) };
+}
+
+/** Bind (portal\0, statement\0, …): the statement name; null for the unnamed statement or a malformed body. */
+export function decodeBindStatementName(body: Buffer): string | null {
+  const portalEnd = body.indexOf(0);
+  const nameEnd = portalEnd < 0 ? -1 : body.indexOf(0, portalEnd + 1);
+  if (nameEnd < 0 || nameEnd === portalEnd + 1) return null;
+  return body.toString('utf8', portalEnd + 1, nameEnd);
+}
+
+/** Describe or Close ('S' or 'P', name\0): the statement name; null for a portal, the unnamed statement or a short body. */
+export function decodeStatementTarget(body: Buffer): string | null {
+  if (body[0] !== DescribeTarget.Statement || body.length < 3) return null;
+  return body.toString('utf8', 1, body.length - 1);
+}
+
+/** Parse of statement `name` with a definition as received (query\0, Int16 count, Int32 types). */
+export function encodeParse(name: string, definition: Buffer): Buffer {
+  const out = allocFrame(Frontend.Parse, Buffer.byteLength(name) + 1 + definition.length);
+  definition.copy(out, writeCString(out, HEADER_BYTES, name));
+  return out;
+}
+
+/** A client's Bind body with its statement name replaced by `statement` (the body must decode with decodeBindStatementName). */
+export function encodeBindWithStatement(body: Buffer, statement: string): Buffer {
+  const portalEnd = body.indexOf(0);
+  const nameEnd = body.indexOf(0, portalEnd + 1);
+  const out = allocFrame(Frontend.Bind, portalEnd + 1 + Buffer.byteLength(statement) + 1 + (body.length - nameEnd - 1));
+  body.copy(out, HEADER_BYTES, 0, portalEnd + 1);
+  body.copy(out, writeCString(out, HEADER_BYTES + portalEnd + 1, statement), nameEnd + 1);
+  return out;
+}
+
+/** Describe of prepared statement `name`. */
+export function encodeDescribeStatement(name: string): Buffer {
+  return encodeStatementTarget(Frontend.Describe, name);
+}
+
+/** Close of prepared statement `name`. */
+export function encodeCloseStatement(name: string): Buffer {
+  return encodeStatementTarget(Frontend.Close, name);
+}
+
+function encodeStatementTarget(type: number, name: string): Buffer {
+  const out = allocFrame(type, 1 + Buffer.byteLength(name) + 1);
+  out[HEADER_BYTES] = DescribeTarget.Statement;
+  writeCString(out, HEADER_BYTES + 1, name);
+  return out;
 }

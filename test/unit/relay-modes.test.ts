@@ -253,6 +253,46 @@ describe('SessionRelay', () => {
     );
   });
 
+  it('a Terminate split across chunks: its first byte went to the backend, so the backend is not reused', () => {
+    const { relay, backend, host, pool } = sessionMode();
+    relay.onClientData(TERMINATE.subarray(0, 1));
+    relay.onClientData(TERMINATE.subarray(1));
+    assert.deepEqual(backend.socket.bytes, TERMINATE.subarray(0, 1), 'the scanner forwards bytes as they come');
+    assert.deepEqual(
+      host.ends.map((e) => e.reason),
+      ['client_terminate'],
+    );
+    assert.equal(pool.releases.length, 1);
+    assert.equal(pool.releases[0]!.reusable, false, 'a backend that saw part of a Terminate is closed, not pooled');
+  });
+
+  it('a Terminate inside a chunk: what came before it is forwarded, nothing after it', () => {
+    const { relay, backend, host } = sessionMode();
+    const insert = query('INSERT INTO t VALUES (1)');
+    relay.onClientData(Buffer.concat([insert, TERMINATE, sync()]));
+    assert.deepEqual(backend.socket.bytes, insert, 'the statement before the Terminate runs, as on PostgreSQL');
+    assert.deepEqual(
+      host.ends.map((e) => e.reason),
+      ['client_terminate'],
+    );
+    assert.equal(relay.state.rfqExpected, 1, 'nothing after the Terminate is counted');
+  });
+
+  it('two Terminates in one chunk: nothing reaches the backend and it goes back reusable', () => {
+    const { relay, backend, pool } = sessionMode();
+    relay.onClientData(Buffer.concat([TERMINATE, TERMINATE]));
+    assert.deepEqual(backend.socket.bytes, EMPTY);
+    assert.equal(pool.releases[0]!.reusable, true);
+  });
+
+  it('bytes that arrive after the session ended are ignored', () => {
+    const { relay, backend, host } = sessionMode();
+    host.end('admin', 'none');
+    relay.onClientData(query('SELECT 1'));
+    assert.deepEqual(backend.socket.bytes, EMPTY);
+    assert.deepEqual(host.fails, []);
+  });
+
   it('gives the backend back unusable when the session ends inside a transaction', async () => {
     const { relay, backend, pool } = sessionMode();
     relay.onClientData(query('BEGIN'));
@@ -477,6 +517,15 @@ describe('TransactionRelay', () => {
     relay.onClientData(Buffer.concat([good, Buffer.from('\x01\0\0\0\x04')]));
     assert.deepEqual(b.socket.bytes, Buffer.concat([query('BEGIN'), good]), 'what came before the bad frame still goes');
     assertProtocolViolation(host.fails[0], 'invalid frontend message type 1');
+  });
+
+  it('bytes that arrive after the session ended take no backend', async () => {
+    const { relay, host, pool } = transactionMode();
+    host.end('admin', 'none');
+    relay.onClientData(query('SELECT 1'));
+    await settle();
+    assert.equal(pool.acquires, 0, 'a closed session never queues for a backend');
+    assert.deepEqual(host.fails, []);
   });
 
   it('does not take a backend for a session that ended while acquiring; gives it straight back', async () => {

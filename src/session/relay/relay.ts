@@ -104,6 +104,7 @@ export abstract class Relay implements AuditGateHost {
   // ---------------------------------------------------------------- client → backend
 
   readonly onClientData = (chunk: Buffer): void => {
+    if (!this.open) return; // after the end: reading on only to see the peer's FIN
     try {
       this.bytesIn += chunk.length;
       this.onClient(chunk);

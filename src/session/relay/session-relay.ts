@@ -9,11 +9,16 @@ import { Relay, type RelayHost, type RelaySetup } from './relay.js';
 import type { Socket } from 'node:net';
 
 const BACKEND_TYPES = new Set<number>(Object.values(Backend));
-const EMPTY = Buffer.alloc(0);
+/** terminateAt when no Terminate is pending in the chunk being relayed. */
+const NO_TERMINATE = Number.MAX_SAFE_INTEGER;
 
 export class SessionRelay extends Relay {
   private readonly clientScanner: FrameScanner;
   private readonly backendScanner: FrameScanner;
+  /** Where the client's Terminate began in the chunk being relayed (negative: in an earlier chunk). */
+  private terminateAt = NO_TERMINATE;
+  /** Bytes of the Terminate reached the backend (it began in a chunk already forwarded): not reusable. */
+  private terminateLeaked = false;
 
   constructor(host: RelayHost, client: Socket, s: RelaySetup) {
     super(host, client, s);
@@ -28,7 +33,12 @@ export class SessionRelay extends Relay {
   private readonly clientHandler: ScanHandler = {
     maxFrameLength: (type) => frontendMaxLength(type, this.maxMessageBytes),
     wantsBody: () => false,
-    onFrame: (type, _length, body) => this.state.noteClientFrame(type, body),
+    onFrame: (type, _length, body) => {
+      // Nothing after Terminate counts: PostgreSQL reads no further either.
+      if (this.state.terminateSeen) return;
+      this.state.noteClientFrame(type, body);
+      if (type === Frontend.Terminate) this.terminateAt = this.clientScanner.frameStart;
+    },
   };
 
   private readonly backendHandler: ScanHandler = {
@@ -54,15 +64,18 @@ export class SessionRelay extends Relay {
     this.forwardToBackend(chunk);
   }
 
-  /** Scanned client bytes go to the backend as they came; Terminate, the client's last message, stays here. */
+  /**
+   * Scanned client bytes go to the backend as they came, up to the Terminate: it is the client's
+   * last message and stays here (the backend is pooled), and nothing after it is sent.
+   */
   private forwardToBackend(chunk: Buffer): void {
-    let out = chunk;
-    if (this.state.terminateSeen) {
-      const n = out.length;
-      out = n >= 5 && out[n - 5] === Frontend.Terminate ? out.subarray(0, n - 5) : EMPTY;
-      if (out.length === 0) return;
+    const at = this.terminateAt;
+    if (at === NO_TERMINATE) {
+      this.toBackend(chunk);
+      return;
     }
-    this.toBackend(out);
+    if (at < 0) this.terminateLeaked = true; // its first bytes went out with an earlier chunk
+    else if (at > 0) this.toBackend(chunk.subarray(0, at));
   }
 
   protected relayBackend(chunk: Buffer): void {
@@ -84,7 +97,7 @@ export class SessionRelay extends Relay {
   }
 
   releaseBackend(): void {
-    const clean = this.state.clean && this.clientScanner.atBoundary && this.backendScanner.atBoundary;
+    const clean = !this.terminateLeaked && this.state.clean && this.clientScanner.atBoundary && this.backendScanner.atBoundary;
     this.detach(clean, true);
   }
 }

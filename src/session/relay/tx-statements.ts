@@ -12,6 +12,16 @@
  */
 import { createHash } from 'node:crypto';
 import { Backend as B, Frontend as F } from '../../protocol/codes.js';
+import { CLOSE_COMPLETE, PARSE_COMPLETE } from '../../protocol/backend.js';
+import {
+  decodeBindStatementName,
+  decodeParseName,
+  decodeStatementTarget,
+  encodeBindWithStatement,
+  encodeCloseStatement,
+  encodeDescribeStatement,
+  encodeParse,
+} from '../../protocol/frontend.js';
 
 /** Server-side statements kept per backend before the oldest is closed. */
 export const MAX_PREPARED_PER_BACKEND = 256;
@@ -35,18 +45,18 @@ export interface Expectation {
   readonly onError: (() => void) | null;
 }
 
-const PARSE_COMPLETE = Buffer.from([B.ParseComplete, 0, 0, 0, 4]);
-const CLOSE_COMPLETE = Buffer.from([B.CloseComplete, 0, 0, 0, 4]);
+/** Reply type bytes as a string, so that matching a reply is one `includes` of a one-character string. */
+const ends = (...types: number[]): string => String.fromCharCode(...types);
 
 const ENDS: Record<number, string> = {
-  [F.Query]: 'Z',
-  [F.Sync]: 'Z',
-  [F.FunctionCall]: 'Z',
-  [F.Parse]: '1',
-  [F.Bind]: '2',
-  [F.Close]: '3',
-  [F.Describe]: 'Tn',
-  [F.Execute]: 'CIs',
+  [F.Query]: ends(B.ReadyForQuery),
+  [F.Sync]: ends(B.ReadyForQuery),
+  [F.FunctionCall]: ends(B.ReadyForQuery),
+  [F.Parse]: ends(B.ParseComplete),
+  [F.Bind]: ends(B.BindComplete),
+  [F.Close]: ends(B.CloseComplete),
+  [F.Describe]: ends(B.RowDescription, B.NoData),
+  [F.Execute]: ends(B.CommandComplete, B.EmptyQueryResponse, B.PortalSuspended),
 };
 
 function expectation(type: number, swallow: boolean, onError: (() => void) | null = null): Expectation {
@@ -56,18 +66,6 @@ function expectation(type: number, swallow: boolean, onError: (() => void) | nul
 function synthesised(frame: Buffer): Expectation {
   return { ends: '', swallow: false, barrier: false, synth: frame, onError: null };
 }
-
-function frame(type: number, ...parts: Buffer[]): Buffer {
-  const len = parts.reduce((n, p) => n + p.length, 0);
-  const out = Buffer.allocUnsafe(5 + len);
-  out[0] = type;
-  out.writeUInt32BE(4 + len, 1);
-  let pos = 5;
-  for (const p of parts) pos += p.copy(out, pos);
-  return out;
-}
-
-const cstring = (s: string): Buffer => Buffer.from(`${s}\0`, 'utf8');
 
 interface ClientStatement {
   readonly serverName: string;
@@ -91,12 +89,11 @@ export class StatementTracker {
   rewrite(type: number, body: Buffer, raw: Buffer, backend: PreparedCache, out: Buffer[], expect: Expectation[]): void {
     switch (type) {
       case F.Parse: {
-        const nameEnd = body.indexOf(0);
-        if (nameEnd <= 0) break; // unnamed (or malformed): as is
-        const name = body.toString('utf8', 0, nameEnd);
-        const definition = Buffer.from(body.subarray(nameEnd + 1)); // outlives the chunk
+        const parse = decodeParseName(body);
+        if (parse === null) break; // unnamed (or malformed): as is
+        const definition = Buffer.from(parse.definition); // outlives the chunk
         const serverName = `pgw_${createHash('sha256').update(definition).digest('hex').slice(0, 24)}`;
-        this.statements.set(name, { serverName, definition });
+        this.statements.set(parse.name, { serverName, definition });
         if (backend.prepared.has(serverName)) {
           expect.push(synthesised(PARSE_COMPLETE));
           return;
@@ -105,29 +102,30 @@ export class StatementTracker {
         return;
       }
       case F.Bind: {
-        const portalEnd = body.indexOf(0);
-        const nameEnd = portalEnd < 0 ? -1 : body.indexOf(0, portalEnd + 1);
-        if (nameEnd < 0 || nameEnd === portalEnd + 1) break; // unnamed statement or malformed
-        const st = this.statements.get(body.toString('utf8', portalEnd + 1, nameEnd));
+        const name = decodeBindStatementName(body);
+        if (name === null) break; // unnamed statement or malformed
+        const st = this.statements.get(name);
         if (st === undefined) break; // unknown: the server answers "does not exist"
         this.ensure(backend, st, out, expect);
-        out.push(frame(F.Bind, body.subarray(0, portalEnd + 1), cstring(st.serverName), body.subarray(nameEnd + 1)));
+        out.push(encodeBindWithStatement(body, st.serverName));
         expect.push(expectation(F.Bind, false));
         return;
       }
       case F.Describe: {
-        if (body[0] !== 0x53 /* S */ || body.length < 3) break;
-        const st = this.statements.get(body.toString('utf8', 1, body.length - 1));
+        const name = decodeStatementTarget(body);
+        if (name === null) break; // a portal, the unnamed statement or malformed
+        const st = this.statements.get(name);
         if (st === undefined) break;
         this.ensure(backend, st, out, expect);
-        out.push(frame(F.Describe, Buffer.from('S'), cstring(st.serverName)));
+        out.push(encodeDescribeStatement(st.serverName));
         expect.push(expectation(F.Describe, false));
         return;
       }
       case F.Close: {
-        if (body[0] !== 0x53 /* S */ || body.length < 3) break;
+        const name = decodeStatementTarget(body);
+        if (name === null) break;
         // The server-side statement stays cached for other clients; the client's name goes.
-        this.statements.delete(body.toString('utf8', 1, body.length - 1));
+        this.statements.delete(name);
         expect.push(synthesised(CLOSE_COMPLETE));
         return;
       }
@@ -153,11 +151,11 @@ export class StatementTracker {
     if (backend.prepared.size >= MAX_PREPARED_PER_BACKEND) {
       const oldest = backend.prepared.values().next().value as string;
       backend.prepared.delete(oldest);
-      out.push(frame(F.Close, Buffer.from('S'), cstring(oldest)));
+      out.push(encodeCloseStatement(oldest));
       expect.push(expectation(F.Close, true));
     }
     backend.prepared.add(serverName);
-    out.push(frame(F.Parse, cstring(serverName), definition));
+    out.push(encodeParse(serverName, definition));
     expect.push(expectation(F.Parse, injected, () => backend.prepared.delete(serverName)));
   }
 }
