@@ -771,11 +771,28 @@ const CASES: Case[] = [
   ]),
   finalCase('proof too short', (sf) => `c=biws,r=${nonceOf(sf)},p=${Buffer.alloc(31).toString('base64')}`, [MALFORMED, 'closed']),
   finalCase('proof not base64', (sf) => `c=biws,r=${nonceOf(sf)},p=!!!!`, [MALFORMED, 'closed']),
+  finalCase('the right proof with white space inside it', async (sf) => (await clientFinal(sf)).replace(/,p=(.{8})/, ',p=$1 '), [MALFORMED, 'closed']),
   finalCase('no proof', (sf) => `c=biws,r=${nonceOf(sf)}`, [MALFORMED, 'closed']),
   finalCase('an extension before the proof (skipped)', (sf) => `c=biws,r=${nonceOf(sf)},x=1,p=${ZERO_PROOF}`, [AUTH_FAILED, 'closed']),
   finalCase('a part before the proof that is no attribute', (sf) => `c=biws,r=${nonceOf(sf)},junk,p=${ZERO_PROOF}`, [MALFORMED, 'closed']),
   finalCase('no nonce', () => `c=biws,p=${ZERO_PROOF}`, [MALFORMED, 'closed']),
   finalCase('empty', () => '', [MALFORMED, 'closed']),
+  {
+    name: 'client-final: a whole login with flag y (no TLS), c=eSws',
+    script: async (x) => {
+      const serverFirst = await x.toServerFirst(STARTUP, 'SCRAM-SHA-256', `y,,n=,r=${CLIENT_NONCE}`);
+      x.send(saslResponse(await clientFinal(serverFirst, 'eSws')));
+    },
+    expect: [SASL_PLAIN, 'R SASLContinue', ...LOGGED_IN, 'open'],
+  },
+  {
+    name: 'client-final: flag y (no TLS), then c=biws',
+    script: async (x) => {
+      const serverFirst = await x.toServerFirst(STARTUP, 'SCRAM-SHA-256', `y,,n=,r=${CLIENT_NONCE}`);
+      x.send(saslResponse(await clientFinal(serverFirst, 'biws')));
+    },
+    expect: [SASL_PLAIN, 'R SASLContinue', fatal('08P01', 'unexpected SCRAM channel-binding attribute in client-final-message'), 'closed'],
+  },
   {
     name: 'client-final: unknown user after a whole exchange',
     script: async (x) => {
