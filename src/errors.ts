@@ -3,7 +3,7 @@
  * Messages marked PG are PostgreSQL's verbatim; the others are ours and stable (tests match them).
  * docs/errors.md mirrors this catalogue; test/unit/errors.test.ts keeps the two in step.
  */
-import { encodeErrorResponse } from './protocol/backend.js';
+import { encodeErrorResponse, encodeErrorResponseV2 } from './protocol/backend.js';
 import { frontendMaxLength, Limits } from './protocol/codes.js';
 import { FrameLengthError, FrameTypeError } from './protocol/frame-reader.js';
 
@@ -37,13 +37,15 @@ export class PgError extends Error {
   readonly hint: string | undefined;
   /** Internal reason for audit and logs; never sent to the client. */
   readonly reason: string;
+  /** Sent in the protocol-2 format, to a client that asked for protocol 1.x or 2.x (N6). */
+  readonly protocol2: boolean;
 
   constructor(
     sqlstate: SqlState,
     clientMessage: string,
     kind: ErrorKind,
     reason: string,
-    extra?: { detail?: string; hint?: string; severity?: 'ERROR' | 'FATAL'; cause?: unknown },
+    extra?: { detail?: string; hint?: string; severity?: 'ERROR' | 'FATAL'; cause?: unknown; protocol2?: boolean },
   ) {
     super(clientMessage, extra?.cause === undefined ? undefined : { cause: extra.cause });
     this.sqlstate = sqlstate;
@@ -52,10 +54,12 @@ export class PgError extends Error {
     this.severity = extra?.severity ?? 'FATAL';
     this.detail = extra?.detail;
     this.hint = extra?.hint;
+    this.protocol2 = extra?.protocol2 ?? false;
   }
 
   /** The ErrorResponse frame exactly as the client will see it. */
   toFrame(): Buffer {
+    if (this.protocol2) return encodeErrorResponseV2(this.severity, this.message);
     return encodeErrorResponse({
       severity: this.severity,
       code: this.sqlstate,
@@ -92,13 +96,17 @@ export const Errors = {
   /** N5 */
   startupLayout: () =>
     new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'invalid startup packet layout: expected terminator as last byte', 'client', 'protocol_violation:startup_layout'),
-  /** N6 */
+  /**
+   * N6. Like PostgreSQL, in the protocol-2 format to a client that asked for 1.x or 2.x (any
+   * version below 3.0 but 0.0, which PostgreSQL takes as "not known yet").
+   */
   unsupportedProtocol: (major: number, minor: number) =>
     new PgError(
       SQLSTATE.FEATURE_NOT_SUPPORTED,
       `unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.0`,
       'client',
       'protocol_violation:unsupported_version',
+      { protocol2: major < 3 && (major !== 0 || minor !== 0) },
     ),
   /** N8 */
   noUser: () => new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'no PostgreSQL user name specified in startup packet', 'client', 'protocol_violation:no_user'),
@@ -159,6 +167,8 @@ export const Errors = {
   /** A5 */
   invalidScramResponse: (detail: string) =>
     new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'invalid SCRAM response', 'client', 'protocol_violation:scram_nonce', { detail }),
+  /** A5 (client-first): PostgreSQL's primary message, no DETAIL. */
+  scramNonceNotPrintable: () => new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'non-printable characters in SCRAM nonce', 'client', 'protocol_violation:scram_nonce'),
   /** A6 */
   scramAuthzid: () =>
     new PgError(SQLSTATE.FEATURE_NOT_SUPPORTED, 'client uses authorization identity, but it is not supported', 'client', 'protocol_violation:scram_authzid'),
@@ -215,8 +225,12 @@ export const Errors = {
   /** S2 */
   invalidFrontendType: (type: number) =>
     new PgError(SQLSTATE.PROTOCOL_VIOLATION, `invalid frontend message type ${type}`, 'client', 'protocol_violation:message_type'),
-  /** S4 */
-  invalidFormat: () => new PgError(SQLSTATE.PROTOCOL_VIOLATION, 'invalid message format', 'client', 'protocol_violation:message_format'),
+  /**
+   * S4, in the words of PostgreSQL's message readers (libpq/pqformat.c): fields that do not add
+   * up, a length past the end ("insufficient data left in message"), a string without its NUL
+   * ("invalid string in message").
+   */
+  invalidFormat: (message = 'invalid message format') => new PgError(SQLSTATE.PROTOCOL_VIOLATION, message, 'client', 'protocol_violation:message_format'),
   /** S8 */
   adminShutdown: (reason: string) => new PgError(SQLSTATE.ADMIN_SHUTDOWN, 'terminating connection due to administrator command', 'shutdown', reason),
   /** S10 */

@@ -98,6 +98,9 @@ function isScramPrintable(s: string): boolean {
   return true;
 }
 
+/** An attribute PostgreSQL's read_any_attr accepts: one ASCII letter, '=', a value (extensions are skipped only if so). */
+const ANY_ATTR_RE = /^[A-Za-z]=/;
+
 /** Splits "a=…" attributes; PostgreSQL's read_attribute rejects anything else as malformed. */
 function readAttr(parts: string[], idx: number, want: string): string {
   const p = parts[idx];
@@ -146,16 +149,19 @@ export class ScramServerExchange {
     return mechanism === SCRAM_SHA_256 || (mechanism === SCRAM_SHA_256_PLUS && this.channelBinding !== null);
   }
 
-  /** Handles SASLInitialResponse; returns server-first-message. Throws PgError. */
+  /**
+   * Handles the client-first-message (in SASLInitialResponse, or after one without data in the next
+   * SASLResponse); returns server-first-message. Throws PgError. The message is read as bytes
+   * (latin1, one char per byte), as PostgreSQL reads it: a byte that is not UTF-8 is judged where
+   * it stands (a nonce is then "non-printable"), not as a length mismatch.
+   */
   clientFirst(mechanism: string, data: Buffer | null): Buffer {
     if (this.phase !== 'first') throw Errors.malformedScram('Unexpected message.');
     const plus = mechanism === SCRAM_SHA_256_PLUS;
     if (!this.acceptsMechanism(mechanism)) throw Errors.invalidMechanism();
     if (data === null || data.length === 0) throw Errors.malformedScram('The message is empty.');
-    const msg = data.toString('utf8');
-    if (Buffer.byteLength(msg) !== data.length || msg.includes('\0')) {
-      throw Errors.malformedScram('Message length does not match input length.');
-    }
+    const msg = data.toString('latin1');
+    if (msg.includes('\0')) throw Errors.malformedScram('Message length does not match input length.');
     let pos: number;
     const flag = msg[0];
     if (flag === 'p') {
@@ -190,8 +196,11 @@ export class ScramServerExchange {
     if (parts[0]?.startsWith('m=')) throw Errors.scramExtension();
     readAttr(parts, 0, 'n'); // PostgreSQL ignores the SCRAM user name: the startup user counts.
     const nonce = readAttr(parts, 1, 'r');
-    if (nonce.length === 0 || !isScramPrintable(nonce)) {
-      throw Errors.invalidScramResponse('non-printable characters in SCRAM nonce');
+    // An empty nonce passes, as in PostgreSQL: the server nonce is ours and random.
+    if (!isScramPrintable(nonce)) throw Errors.scramNonceNotPrintable();
+    // Optional extensions after the nonce are skipped, but each must be an attribute.
+    for (let i = 2; i < parts.length; i++) {
+      if (!ANY_ATTR_RE.test(parts[i]!)) throw Errors.malformedScram(`Attribute expected, but found invalid character "${sanitizeAttr(parts[i]!)}".`);
     }
     this.clientNonce = nonce;
     this.serverNonce = this.fixedServerNonce ?? randomBytes(NONCE_BYTES).toString('base64');
@@ -200,40 +209,45 @@ export class ScramServerExchange {
     return Buffer.from(this.serverFirst, 'utf8');
   }
 
-  /** Handles SASLResponse (client-final-message). Protocol errors throw; credential failures return ok:false. */
+  /**
+   * Handles SASLResponse (client-final-message). Protocol errors throw; credential failures
+   * return ok:false. The checks run in PostgreSQL's order (read_client_final_message, then
+   * verify_final_nonce, then the proof), so a message with two faults gets PostgreSQL's answer.
+   */
   clientFinal(data: Buffer): ExchangeResult {
     if (this.phase !== 'final') throw Errors.malformedScram('Unexpected message.');
     this.phase = 'done';
-    const msg = data.toString('utf8');
+    const msg = data.toString('latin1');
     if (msg.length === 0) throw Errors.malformedScram('The message is empty.');
-    if (Buffer.byteLength(msg) !== data.length || msg.includes('\0')) {
-      throw Errors.malformedScram('Message length does not match input length.');
-    }
+    if (msg.includes('\0')) throw Errors.malformedScram('Message length does not match input length.');
     const parts = msg.split(',');
-    const cb = decodeBase64Strict(readAttr(parts, 0, 'c'));
-    if (cb === undefined) throw Errors.malformedScram('Malformed channel-binding data in client-final-message.');
-    let cbFailed = false;
+    // PostgreSQL compares the c= text with the base64 it expects, before anything else is read.
+    const cbAttr = readAttr(parts, 0, 'c');
     if (this.cbFlag === 'p') {
-      const expected = Buffer.concat([Buffer.from(this.gs2Header, 'utf8'), this.channelBinding ?? Buffer.alloc(0)]);
-      cbFailed = !(cb.length === expected.length && timingSafeEqual(cb, expected));
-    } else if (cb.toString('utf8') !== this.gs2Header) {
+      const expected = Buffer.concat([Buffer.from(this.gs2Header, 'latin1'), this.channelBinding ?? Buffer.alloc(0)]).toString('base64');
+      if (cbAttr !== expected) return { ok: false, error: Errors.channelBindingFailed() };
+    } else if (cbAttr !== Buffer.from(this.gs2Header, 'latin1').toString('base64')) {
       throw Errors.scramUnexpectedCb();
     }
     const nonce = readAttr(parts, 1, 'r');
-    if (nonce !== this.clientNonce + this.serverNonce) throw Errors.invalidScramResponse('Nonce does not match.');
     let idx = 2;
-    while (idx < parts.length && !parts[idx]!.startsWith('p=')) idx++; // extensions are ignored
-    if (idx >= parts.length) throw Errors.malformedScram('Could not find proof in client-final-message.');
-    if (idx !== parts.length - 1) throw Errors.malformedScram('Garbage found at the end of client-final-message.');
+    // Extensions before the proof are skipped, but each must be an attribute (read_any_attr).
+    while (idx < parts.length && !parts[idx]!.startsWith('p=')) {
+      if (!ANY_ATTR_RE.test(parts[idx]!)) throw Errors.malformedScram(`Attribute expected, but found invalid character "${sanitizeAttr(parts[idx]!)}".`);
+      idx++;
+    }
+    if (idx >= parts.length) throw Errors.malformedScram('Attribute expected, but found end of string.');
     const proof = decodeBase64Strict(parts[idx]!.slice(2));
     if (proof === undefined || proof.length !== SCRAM_KEY_BYTES) throw Errors.malformedScram('Malformed proof in client-final-message.');
+    if (idx !== parts.length - 1) throw Errors.malformedScram('Garbage found at the end of client-final-message.');
+    if (nonce !== this.clientNonce + this.serverNonce) throw Errors.invalidScramResponse('Nonce does not match.');
     const withoutProof = msg.slice(0, msg.length - parts[idx]!.length - 1);
-    const authMessage = `${this.clientFirstBare},${this.serverFirst},${withoutProof}`;
+    // The bytes as received: every part was read as latin1, one char per byte.
+    const authMessage = Buffer.from(`${this.clientFirstBare},${this.serverFirst},${withoutProof}`, 'latin1');
     // Always compute and compare, even when the answer is already known (mock user).
     const clientSignature = hmac(this.verifier.storedKey, authMessage);
     const clientKey = xor(proof, clientSignature);
     const proofOk = timingSafeEqual(sha256(clientKey), this.verifier.storedKey);
-    if (cbFailed) return { ok: false, error: Errors.channelBindingFailed() };
     if (this.failReason !== null) return { ok: false, error: Errors.authFailed(this.user, this.failReason) };
     if (!proofOk) return { ok: false, error: Errors.authFailed(this.user, 'bad_password') };
     const serverSignature = hmac(this.verifier.serverKey, authMessage);

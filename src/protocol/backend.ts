@@ -3,7 +3,7 @@
  * upstream replies that a decision needs. Constant frames are built once.
  * @see https://www.postgresql.org/docs/current/protocol-message-formats.html
  */
-import { AuthCode, Backend, PROTOCOL_MINOR_SUPPORTED, TxStatus, type TxStatusByte } from './codes.js';
+import { AuthCode, Backend, PROTOCOL_LATEST, TxStatus, type TxStatusByte } from './codes.js';
 import { allocFrame as frame, encodeFrame } from './frame.js';
 
 function authFrame(code: number, extra: Buffer | null): Buffer {
@@ -62,11 +62,15 @@ export function encodeParameterStatus(name: string, value: string): Buffer {
   return out;
 }
 
-/** NegotiateProtocolVersion: newest minor we support and the options we did not recognise. */
+/**
+ * NegotiateProtocolVersion: the newest version we support, as a whole protocol number (3.0 is
+ * 196608, as PostgreSQL sends it; libpq reads 0 as "the server supports up to 0.0"), and the
+ * options we did not recognise.
+ */
 export function encodeNegotiateProtocolVersion(unrecognised: readonly string[]): Buffer {
   const names = unrecognised.map((o) => Buffer.from(`${o}\0`, 'utf8'));
   const body = Buffer.concat([Buffer.alloc(8), ...names]);
-  body.writeUInt32BE(PROTOCOL_MINOR_SUPPORTED, 0);
+  body.writeUInt32BE(PROTOCOL_LATEST, 0);
   body.writeUInt32BE(unrecognised.length, 4);
   const out = frame(Backend.NegotiateProtocolVersion, body.length);
   body.copy(out, 5);
@@ -90,6 +94,15 @@ export function encodeErrorResponse(f: ErrorFields): Buffer {
   const out = frame(Backend.ErrorResponse, body.length);
   body.copy(out, 5);
   return out;
+}
+
+/**
+ * The protocol-2 ErrorResponse: 'E' and one NUL-terminated text "SEVERITY:  message\n", no length
+ * word. PostgreSQL still answers a client that asks for protocol 1.x or 2.x this way, to refuse it
+ * in words the client can read (send_message_to_frontend in utils/error/elog.c).
+ */
+export function encodeErrorResponseV2(severity: 'ERROR' | 'FATAL', message: string): Buffer {
+  return Buffer.from(`E${severity}:  ${message}\n\0`, 'utf8');
 }
 
 /**

@@ -70,12 +70,18 @@ export const RequestCode = {
   GSSENCRequest: 80877104,
 } as const;
 
-/** Highest protocol minor version pgwarden speaks (3.0). */
-export const PROTOCOL_MINOR_SUPPORTED = 0;
+/**
+ * The newest protocol pgwarden speaks, as a whole version number (major << 16 | minor): 3.0.
+ * NegotiateProtocolVersion carries it whole, as PostgreSQL's PG_PROTOCOL_LATEST (196608).
+ */
+export const PROTOCOL_LATEST = RequestCode.Protocol3;
 
 /** Size limits, PostgreSQL's where it has one (src/include/libpq/pqcomm.h, libpq/auth.c). */
 export const Limits = {
-  /** MAX_STARTUP_PACKET_LENGTH */
+  /**
+   * MAX_STARTUP_PACKET_LENGTH: the body of a startup packet, its length word not counted (a
+   * length field of 10,004 is accepted, 10,005 refused). FrameReader.nextUntyped applies it so.
+   */
   startupBytes: 10_000,
   /** PG_MAX_AUTH_TOKEN_LENGTH for SASL messages. */
   saslBytes: 1_024,

@@ -76,13 +76,14 @@ export class FrameReader {
 
   /**
    * Next untyped frame (startup, SSLRequest, CancelRequest): Int32 length including itself.
-   * Returns null until the whole frame is here. Throws FrameLengthError if out of [8, maxBytes].
+   * Returns null until the whole frame is here. Throws FrameLengthError unless the body (the
+   * length word not counted, as in PostgreSQL's ProcessStartupPacket) is 4 to maxBodyBytes long.
    */
-  nextUntyped(maxBytes: number): Frame | null {
+  nextUntyped(maxBodyBytes: number): Frame | null {
     if (this.buffered < 4) return null;
     const length = this.buf.readUInt32BE(this.offset);
-    // PostgreSQL: len < 4 + 4 (version word) or > MAX_STARTUP_PACKET_LENGTH is rejected.
-    if (length < 8 || length > maxBytes) throw new FrameLengthError(-1, length);
+    // PostgreSQL: len - 4 < 4 (no version word) or len - 4 > MAX_STARTUP_PACKET_LENGTH is rejected.
+    if (length < 8 || length - 4 > maxBodyBytes) throw new FrameLengthError(-1, length);
     if (this.buffered < length) return null;
     const raw = this.buf.subarray(this.offset, this.offset + length);
     this.offset += length;

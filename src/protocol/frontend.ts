@@ -26,8 +26,9 @@ export type FirstMessage =
 /** Decodes the untyped first message's body (after the length word). */
 export function decodeFirstMessage(body: Buffer): FirstMessage {
   const code = body.readUInt32BE(0);
-  if (code === RequestCode.SSLRequest && body.length === 4) return { kind: 'ssl_request' };
-  if (code === RequestCode.GSSENCRequest && body.length === 4) return { kind: 'gssenc_request' };
+  // PostgreSQL goes by the code alone: bytes after it inside the packet are read and ignored.
+  if (code === RequestCode.SSLRequest) return { kind: 'ssl_request' };
+  if (code === RequestCode.GSSENCRequest) return { kind: 'gssenc_request' };
   if (code === RequestCode.CancelRequest) {
     // Protocol 3.0 keys are 4 bytes; 3.2 allows up to 256. We accept both shapes.
     if (body.length < 12 || body.length > 8 + 256) {
@@ -77,19 +78,35 @@ export function decodeStartupParams(buf: Buffer): { params: Map<string, string>;
   return { params, unknownProtocolOptions };
 }
 
-/** SASLInitialResponse: mechanism\0, Int32 length (-1 = none), data. */
+/**
+ * A SASLInitialResponse whose layout is broken. `mechanism` is the name read before the fault
+ * (null when it has no NUL): PostgreSQL checks the mechanism as soon as it has read it, so a
+ * mechanism not offered is that error, whatever follows.
+ */
+export class SASLInitialResponseError extends ProtocolFormatError {
+  constructor(
+    message: string,
+    readonly mechanism: string | null,
+  ) {
+    super(message, 'sasl_initial_layout');
+  }
+}
+
+/**
+ * SASLInitialResponse: mechanism\0, Int32 length (-1 = none), data. The error messages are
+ * PostgreSQL's, in the order its pq_getmsgrawstring, pq_getmsgint, pq_getmsgbytes and pq_getmsgend
+ * find them (CheckSASLAuth in libpq/auth-sasl.c).
+ */
 export function decodeSASLInitialResponse(body: Buffer): { mechanism: string; data: Buffer | null } {
   const nul = body.indexOf(0);
-  if (nul < 0 || body.length < nul + 5) throw new ProtocolFormatError('invalid message format', 'sasl_initial_layout');
+  if (nul < 0) throw new SASLInitialResponseError('invalid string in message', null);
   const mechanism = body.toString('utf8', 0, nul);
+  if (body.length < nul + 5) throw new SASLInitialResponseError('insufficient data left in message', mechanism);
   const len = body.readInt32BE(nul + 1);
   const rest = body.length - (nul + 5);
-  if (len === -1) {
-    if (rest !== 0) throw new ProtocolFormatError('invalid message format', 'sasl_initial_layout');
-    return { mechanism, data: null };
-  }
-  if (len < 0 || len !== rest) throw new ProtocolFormatError('invalid message format', 'sasl_initial_layout');
-  return { mechanism, data: body.subarray(nul + 5) };
+  if (len < -1 || len > rest) throw new SASLInitialResponseError('insufficient data left in message', mechanism);
+  if (len === -1 ? rest !== 0 : len !== rest) throw new SASLInitialResponseError('invalid message format', mechanism);
+  return { mechanism, data: len === -1 ? null : body.subarray(nul + 5) };
 }
 
 /** PasswordMessage: one NUL-terminated string filling the body. */

@@ -39,6 +39,7 @@ const SAMPLES: SampleArgs = {
   invalidMechanism: [],
   malformedScram: ['Garbage found at the end of client-final-message.'],
   invalidScramResponse: ['Nonce does not match.'],
+  scramNonceNotPrintable: [],
   scramAuthzid: [],
   scramExtension: [],
   scramCbType: ['tls-unique'],
@@ -264,6 +265,24 @@ describe('PgError.toFrame()', () => {
     assert.ok(!frame.includes('10.0.0.5'));
     assert.ok(!frame.includes('ECONNREFUSED'));
     assert.ok(!frame.includes('backend_connect_failed'), 'the internal reason stays internal');
+  });
+
+  it('unsupportedProtocol answers a 1.x or 2.x client in the protocol-2 format, as PostgreSQL does; 0.0 and 4.0 in protocol 3', () => {
+    for (const [major, minor] of [
+      [2, 0],
+      [1, 0],
+      [0, 1],
+    ] as const) {
+      const frame = Errors.unsupportedProtocol(major, minor).toFrame();
+      assert.equal(frame.toString('utf8'), `EFATAL:  unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.0\n\0`);
+    }
+    for (const [major, minor] of [
+      [0, 0],
+      [4, 0],
+      [1234, 5679],
+    ] as const) {
+      assert.equal(decodeErrorResponse(Errors.unsupportedProtocol(major, minor).toFrame()).get('C'), '0A000');
+    }
   });
 
   it('credential failures are indistinguishable on the wire whatever the reason', () => {

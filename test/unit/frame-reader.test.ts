@@ -312,7 +312,8 @@ describe('FrameReader', () => {
     assert.ok(q.body.equals(FRAMES[0]!.subarray(5)));
   });
 
-  for (const declared of [0, 4, 7, 10_001, 2 ** 31, 0xffffffff]) {
+  // The cap counts the body only, as PostgreSQL's MAX_STARTUP_PACKET_LENGTH: 10,005 is the first length over it.
+  for (const declared of [0, 4, 7, 10_005, 2 ** 31, 0xffffffff]) {
     it(`rejects an untyped length of ${declared} as soon as the length word is in`, () => {
       const reader = new FrameReader();
       reader.push(untypedHeader(declared).subarray(0, 4));
@@ -323,15 +324,19 @@ describe('FrameReader', () => {
     });
   }
 
-  it('accepts untyped lengths 8 and exactly the max', () => {
+  it('accepts untyped lengths 8 and exactly the max (a 10,000-byte body: length 10,004)', () => {
     const r1 = new FrameReader();
     r1.push(untypedHeader(8));
     const f = r1.nextUntyped(10_000);
     assert.ok(f !== null);
     assert.equal(f.body.length, 4);
     const r2 = new FrameReader();
-    r2.push(untypedHeader(10_000).subarray(0, 4));
+    r2.push(untypedHeader(10_004).subarray(0, 4));
     assert.equal(r2.nextUntyped(10_000), null, 'in range but incomplete: wait');
+    const whole = Buffer.alloc(10_004);
+    whole.writeUInt32BE(10_004, 0);
+    r2.push(whole.subarray(4));
+    assert.equal(r2.nextUntyped(10_000)?.body.length, 10_000);
   });
 
   it('reads typed frames split at every offset, in order', () => {

@@ -13,6 +13,7 @@ import {
   encodeCancelRequest,
   encodeStartupMessage,
   ProtocolFormatError,
+  SASLInitialResponseError,
   SSL_REQUEST,
 } from '../../src/protocol/frontend.js';
 import {
@@ -49,6 +50,11 @@ describe('decodeFirstMessage', () => {
   it('SSLRequest and GSSENCRequest', () => {
     assert.deepEqual(decodeFirstMessage(untypedBody(SSL_REQUEST)), { kind: 'ssl_request' });
     assert.deepEqual(decodeFirstMessage(hex('04d2 1630')), { kind: 'gssenc_request' });
+  });
+
+  it('SSLRequest and GSSENCRequest go by the code alone, as in PostgreSQL: bytes after it are ignored', () => {
+    assert.deepEqual(decodeFirstMessage(hex('04d2162f 00000000')), { kind: 'ssl_request' });
+    assert.deepEqual(decodeFirstMessage(Buffer.concat([hex('04d21630'), Buffer.from('user\0app\0\0')])), { kind: 'gssenc_request' });
   });
 
   it('CancelRequest with a 4-byte key', () => {
@@ -150,18 +156,33 @@ describe('SASL and password bodies', () => {
     assert.deepEqual(decodeSASLInitialResponse(Buffer.concat([Buffer.from('X\0'), hex('ffffffff')])), { mechanism: 'X', data: null });
   });
 
-  for (const [label, body] of [
-    ['no NUL after the mechanism', Buffer.from('SCRAM-SHA-256')],
-    ['no length word', Buffer.from('SCRAM-SHA-256\0\0\0')],
-    ['length larger than the data', Buffer.concat([Buffer.from('M\0'), hex('00000006'), Buffer.from('abc')])],
-    ['length smaller than the data', Buffer.concat([Buffer.from('M\0'), hex('00000001'), Buffer.from('abc')])],
-    ['negative length other than -1', Buffer.concat([Buffer.from('M\0'), hex('fffffffe')])],
-    ['-1 followed by data', Buffer.concat([Buffer.from('M\0'), hex('ffffffff'), Buffer.from('x')])],
+  // PostgreSQL's texts (checked against PostgreSQL 15 by test/integration/differential.test.ts).
+  for (const [label, body, message] of [
+    ['no NUL after the mechanism', Buffer.from('SCRAM-SHA-256'), 'invalid string in message'],
+    ['no length word', Buffer.from('SCRAM-SHA-256\0\0\0'), 'insufficient data left in message'],
+    ['length larger than the data', Buffer.concat([Buffer.from('M\0'), hex('00000006'), Buffer.from('abc')]), 'insufficient data left in message'],
+    ['length smaller than the data', Buffer.concat([Buffer.from('M\0'), hex('00000001'), Buffer.from('abc')]), 'invalid message format'],
+    ['negative length other than -1', Buffer.concat([Buffer.from('M\0'), hex('fffffffe')]), 'insufficient data left in message'],
+    ['-1 followed by data', Buffer.concat([Buffer.from('M\0'), hex('ffffffff'), Buffer.from('x')]), 'invalid message format'],
   ] as const) {
-    it(`SASLInitialResponse refused: ${label}`, () => {
-      assert.throws(() => decodeSASLInitialResponse(body), isFormatError);
+    it(`SASLInitialResponse refused: ${label} (${message})`, () => {
+      assert.throws(
+        () => decodeSASLInitialResponse(body),
+        (err: unknown) => isFormatError(err) && (err as Error).message === message,
+      );
     });
   }
+
+  it('SASLInitialResponse refused: the error carries the mechanism read before the fault (PostgreSQL checks it first)', () => {
+    assert.throws(
+      () => decodeSASLInitialResponse(Buffer.from('SCRAM-SHA-1\0')),
+      (err: unknown) => err instanceof SASLInitialResponseError && err.mechanism === 'SCRAM-SHA-1',
+    );
+    assert.throws(
+      () => decodeSASLInitialResponse(Buffer.from('SCRAM-SHA-1')),
+      (err: unknown) => err instanceof SASLInitialResponseError && err.mechanism === null,
+    );
+  });
 
   it('PasswordMessage: one NUL-terminated string filling the body', () => {
     assert.equal(decodePasswordMessage(Buffer.from('token\0')).toString(), 'token');
@@ -210,9 +231,9 @@ describe('backend encoders', () => {
     assert.equal(decodeParameterStatus(Buffer.from('name\0value\0extra')), null);
   });
 
-  it('NegotiateProtocolVersion: newest minor, count, then the option names', () => {
+  it('NegotiateProtocolVersion: the newest version as a whole number (3.0 = 196608), count, then the option names', () => {
     const body = typedBody(encodeNegotiateProtocolVersion(['_pq_.a', '_pq_.b']), 'v');
-    assert.equal(body.readUInt32BE(0), 0);
+    assert.equal(body.readUInt32BE(0), 0x00030000);
     assert.equal(body.readUInt32BE(4), 2);
     assert.equal(body.subarray(8).toString(), '_pq_.a\0_pq_.b\0');
   });

@@ -341,15 +341,35 @@ describe('malformed client messages (PostgreSQL codes and texts)', () => {
     ['non-ASCII', 'ab\u00e9c'],
     ['DEL', 'ab\u007fc'],
   ] as const) {
-    it(`a nonce with a ${label} is 08P01 "invalid SCRAM response"`, async () => {
+    it(`a nonce with a ${label} is 08P01 "non-printable characters in SCRAM nonce" (PostgreSQL's primary message)`, async () => {
       const s = await fresh();
       assertThrowsPg(() => s.clientFirst(SCRAM_SHA_256, Buffer.from(`n,,n=user,r=${nonce}`)), {
         sqlstate: '08P01',
-        message: 'invalid SCRAM response',
-        detail: 'non-printable characters in SCRAM nonce',
+        message: 'non-printable characters in SCRAM nonce',
       });
     });
   }
+
+  it('a nonce byte that is not UTF-8 is non-printable too, not a length mismatch', async () => {
+    const s = await fresh();
+    assertThrowsPg(() => s.clientFirst(SCRAM_SHA_256, Buffer.concat([Buffer.from('n,,n=user,r=ab'), Buffer.from([0xff]), Buffer.from('c')])), {
+      sqlstate: '08P01',
+      message: 'non-printable characters in SCRAM nonce',
+    });
+  });
+
+  it('an empty nonce is accepted, as PostgreSQL accepts it (the server nonce follows)', async () => {
+    const s = await fresh();
+    assert.ok(s.clientFirst(SCRAM_SHA_256, Buffer.from('n,,n=user,r=')).toString().startsWith(`r=${RFC.serverNonce},s=`));
+  });
+
+  it('a part after the nonce, or before the proof, that is not an attribute is malformed', async () => {
+    const s = await fresh();
+    assertThrowsPg(() => s.clientFirst(SCRAM_SHA_256, Buffer.from('n,,n=user,r=abc,junk')), { sqlstate: '08P01', message: 'malformed SCRAM message' });
+    const s2 = await fresh();
+    s2.clientFirst(SCRAM_SHA_256, Buffer.from(RFC.clientFirst));
+    assertThrowsPg(() => s2.clientFinal(Buffer.from(RFC.clientFinal.replace(',p=', ',junk,p='))), { sqlstate: '08P01', message: 'malformed SCRAM message' });
+  });
 
   it('an empty client-first is malformed', async () => {
     const s = await fresh();

@@ -7,7 +7,7 @@
 import { Errors } from '../../errors.js';
 import { encodeAuthenticationSASL, encodeAuthenticationSASLContinue } from '../../protocol/backend.js';
 import { Frontend, Limits } from '../../protocol/codes.js';
-import { decodeSASLInitialResponse, ProtocolFormatError } from '../../protocol/frontend.js';
+import { decodeSASLInitialResponse, SASLInitialResponseError } from '../../protocol/frontend.js';
 import { ScramServerExchange } from '../../auth/scram.js';
 import type { ClientConn } from '../client-conn.js';
 import type { LoginPlan } from './admission.js';
@@ -35,8 +35,10 @@ export class ScramLogin implements Authenticator {
     try {
       initial = decodeSASLInitialResponse((await readAuthMessage(conn, saslLength, 'sasl')).body);
     } catch (err) {
-      if (err instanceof ProtocolFormatError) throw Errors.invalidFormat();
-      throw err;
+      if (!(err instanceof SASLInitialResponseError)) throw err;
+      // As PostgreSQL: the mechanism is checked as soon as it is read, then the layout, in its words.
+      if (err.mechanism !== null && !scram.acceptsMechanism(err.mechanism)) throw Errors.invalidMechanism();
+      throw Errors.invalidFormat(err.message);
     }
     let data = initial.data;
     if (data === null) {
