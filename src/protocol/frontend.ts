@@ -168,8 +168,9 @@ export function peekFirstMessage(head: Buffer): 'ssl_request' | 'gssenc_request'
   if (head.length < 8) return null;
   const length = head.readUInt32BE(0);
   const code = head.readUInt32BE(4);
-  if (length === 8 && code === RequestCode.SSLRequest) return 'ssl_request';
-  if (length === 8 && code === RequestCode.GSSENCRequest) return 'gssenc_request';
+  // PostgreSQL goes by the code alone (decodeFirstMessage too): a longer SSLRequest is still one.
+  if (length >= 8 && code === RequestCode.SSLRequest) return 'ssl_request';
+  if (length >= 8 && code === RequestCode.GSSENCRequest) return 'gssenc_request';
   if (length === 16 && code === RequestCode.CancelRequest) return 'cancel';
   return 'other';
 }
