@@ -38,6 +38,8 @@ interface Setup {
   certs: DevCerts;
   password: string;
   workDir: string;
+  /** --baseline: another pgwarden checkout, for the baseline-* targets. */
+  baseline: string | null;
 }
 
 /** What runs where, and with which pool sizes and limits (also written to the JSON). */
@@ -87,7 +89,12 @@ function raiseOpenFiles(): void {
 function makePlan(options: BenchOptions, bouncer: string | null): { plan: Plan; skipped: { target: string; reason: string }[] } {
   const skipped: { target: string; reason: string }[] = [];
   const available = options.targets.filter((t) => {
-    if (bouncer !== null || parseTargetName(t)?.proxy !== 'pgbouncer') return true;
+    const proxy = parseTargetName(t)?.proxy;
+    if (proxy === 'baseline' && options.baseline === null) {
+      skipped.push({ target: t, reason: 'no --baseline DIR given' });
+      return false;
+    }
+    if (bouncer !== null || proxy !== 'pgbouncer') return true;
     skipped.push({ target: t, reason: 'pgbouncer is not installed' });
     return false;
   });
@@ -134,7 +141,7 @@ async function setUp(options: BenchOptions, plan: Plan): Promise<Setup> {
   // Since PostgreSQL 15 only the database owner may create tables in `public`.
   await cluster.query(`ALTER DATABASE ${DATABASE} OWNER TO ${USER}`);
   log(`pgbench -i -s ${options.scale}…`);
-  const setup = { cluster, certs, password, workDir };
+  const setup = { cluster, certs, password, workDir, baseline: options.baseline };
   await initialise(endpoint(setup, directTarget(cluster)), options.scale);
   return setup;
 }
@@ -168,6 +175,7 @@ async function startProxy(
     return startPgBouncer(bouncer!, { ...common, backendPort: setup.cluster.port, poolSize: limits.poolSize, maxClientConn: limits.maxClients });
   }
   return startPgWarden({
+    ...(proxy === 'baseline' ? { cli: path.join(setup.baseline!, 'dist/src/cli.js'), name: `baseline-${mode}` as const } : {}),
     ...common, cluster: setup.cluster, maxBackendConnections: limits.poolSize, maxClientConnections: limits.maxClients,
     ...(limits.server === undefined ? {} : { server: limits.server }),
     ...(audit === undefined ? {} : { auditFile: audit.file, tenantExtra: audit.tenant }),
@@ -183,7 +191,7 @@ async function startTargets(setup: Setup, plan: Plan, bouncer: string | null): P
       continue;
     }
     const poolSize = kind.mode === 'session' ? plan.sessionPoolSize : plan.transactionPoolSize;
-    const server = kind.proxy === 'pgwarden' && plan.pgwardenWorkers > 1 ? { server: { workers: plan.pgwardenWorkers } } : {};
+    const server = kind.proxy !== 'pgbouncer' && plan.pgwardenWorkers > 1 ? { server: { workers: plan.pgwardenWorkers } } : {};
     targets.push(await startProxy(setup, bouncer, kind.proxy, kind.mode, { poolSize, maxClients: plan.maxClientConnections, ...server }));
   }
   return targets;

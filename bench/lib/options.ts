@@ -1,7 +1,8 @@
 /** Command-line options of `npm run bench`, validated into one typed object. */
 import os from 'node:os';
 import { parseArgs } from 'node:util';
-import { ALL_TARGETS, type TargetName } from './target.js';
+import { ALL_TARGETS, DEFAULT_TARGETS, type TargetName } from './target.js';
+import path from 'node:path';
 
 export type Protocol = 'simple' | 'extended' | 'prepared';
 export type Phase = 'matrix' | 'connect' | 'idle' | 'isolation' | 'workers' | 'audit';
@@ -30,6 +31,8 @@ export interface BenchOptions {
   isolationClients: number;
   /** `[server] workers` of the pgwarden targets in the matrix and connect phases. */
   pgwardenWorkers: number;
+  /** Another pgwarden checkout (built: DIR/dist/src/cli.js) run as the baseline-* targets; null: none. */
+  baseline: string | null;
   /** Worker counts for the workers phase (pgwarden-transaction, -M simple at the largest --clients). */
   workers: number[];
   floods: FloodKind[];
@@ -56,6 +59,8 @@ export const USAGE = `usage: npm run bench -- [options]
   --connect-duration S  seconds per connection-rate cell (default: --duration)
   --idle LIST           idle TLS client counts for the RSS phase (default 2000,10000)
   --login-batch N       concurrent logins while opening idle clients (default 200)
+  --baseline DIR        another pgwarden checkout, built (DIR/dist/src/cli.js), measured as baseline-session and
+                        baseline-transaction in the same run: before/after figures in one sitting
   --pgwarden-workers N  [server] workers of the pgwarden targets in the matrix and connect phases (default 1)
   --workers LIST        [server] workers counts for the workers phase (default 1,<cores>)
   --isolation-clients N steady tenant's pgbench -S clients in the isolation phase (default 4)
@@ -106,7 +111,7 @@ export function parseOptions(argv: string[]): BenchOptions | null {
     options: {
       phases: s, targets: s, protocols: s, clients: s, duration: s, rounds: s, jobs: s, scale: s, warmup: s,
       'pool-size': s, 'connect-clients': s, 'connect-duration': s, idle: s, 'login-batch': s,
-      'isolation-clients': s, workers: s, 'pgwarden-workers': s, flood: s, 'storm-lanes': s, 'storm-pause': s, 'storm-rate': s,
+      'isolation-clients': s, workers: s, 'pgwarden-workers': s, baseline: s, flood: s, 'storm-lanes': s, 'storm-pause': s, 'storm-rate': s,
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -114,10 +119,15 @@ export function parseOptions(argv: string[]): BenchOptions | null {
   const durationS = positiveInt('duration', values.duration, 10);
   return {
     phases: values.phases === undefined ? [...DEFAULT_PHASES] : subset('phases', values.phases, PHASES),
-    targets: subset('targets', values.targets, ALL_TARGETS, {
-      pgbouncer: ['pgbouncer-session', 'pgbouncer-transaction'],
-      pgwarden: ['pgwarden-session', 'pgwarden-transaction'],
-    }),
+    targets:
+      values.targets === undefined
+        ? [...DEFAULT_TARGETS, ...(values.baseline === undefined ? [] : (['baseline-session', 'baseline-transaction'] as const))]
+        : subset('targets', values.targets, ALL_TARGETS, {
+            pgbouncer: ['pgbouncer-session', 'pgbouncer-transaction'],
+            pgwarden: ['pgwarden-session', 'pgwarden-transaction'],
+            baseline: ['baseline-session', 'baseline-transaction'],
+          }),
+    baseline: values.baseline === undefined ? null : path.resolve(values.baseline),
     protocols: subset('protocols', values.protocols, PROTOCOLS),
     clients: intList('clients', values.clients, [1, 16, 64, 256]),
     durationS,

@@ -32,6 +32,10 @@ export interface PgWardenSpec {
   /** Extra tenant keys (e.g. audit_statements) and an audit file (the audit phase). */
   tenantExtra?: Record<string, TomlValue>;
   auditFile?: string;
+  /** Another build's cli.js (the baseline targets); default this checkout's. */
+  cli?: string;
+  /** The target's name; default pgwarden-<mode>. */
+  name?: `baseline-${PoolMode}`;
 }
 
 /** The config the tests use (require_tls, backend_tls = "disable", metrics on), at the default log level. */
@@ -100,11 +104,11 @@ export async function startPgWarden(spec: PgWardenSpec): Promise<Target> {
   onCleanup(`remove ${dir}`, () => rm(dir, { recursive: true, force: true }));
   const configPath = path.join(dir, 'pgwarden.toml');
   await writeFile(configPath, configText(spec));
-  const daemon = startDaemon(process.execPath, [CLI, 'serve', '--config', configPath], { cwd: dir });
+  const daemon = startDaemon(process.execPath, [spec.cli ?? CLI, 'serve', '--config', configPath], { cwd: dir });
   onCleanup('stop pgwarden', () => daemon.stop());
   const { port, metrics_port: metricsPort } = await listeningPorts(daemon);
   return {
-    name: `pgwarden-${spec.mode}`,
+    name: spec.name ?? `pgwarden-${spec.mode}`,
     port,
     host: `${TENANT}.${SNI_SUFFIX}`,
     proxyPid: daemon.pid,

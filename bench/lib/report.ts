@@ -136,7 +136,7 @@ export function summarise(runs: RunRecord[]): CellSummary[] {
     summaries.find((o) => o.phase === s.phase && o.protocol === s.protocol && o.clients === s.clients && o.target === target);
   for (const s of summaries) {
     const kind = parseTargetName(s.target);
-    if (kind?.proxy !== 'pgwarden' || !comparable(s)) continue;
+    if ((kind?.proxy !== 'pgwarden' && kind?.proxy !== 'baseline') || !comparable(s)) continue;
     const bouncer = find(s, `pgbouncer-${kind.mode}`);
     const direct = find(s, 'direct');
     if (comparable(bouncer)) s.tpsOverPgbouncer = s.medianTps / bouncer.medianTps;

@@ -1,10 +1,29 @@
 /** What the bench measures against: a name, a TLS endpoint on loopback, and the proxy process if any. */
 
-export type ProxyKind = 'pgbouncer' | 'pgwarden';
+/** `baseline` is another pgwarden build (`--baseline DIR`), for before/after figures in one run. */
+export type ProxyKind = 'pgbouncer' | 'pgwarden' | 'baseline';
 export type PoolMode = 'session' | 'transaction';
-export type TargetName = 'direct' | 'pgbouncer-session' | 'pgbouncer-transaction' | 'pgwarden-session' | 'pgwarden-transaction';
+export type TargetName =
+  | 'direct'
+  | 'pgbouncer-session'
+  | 'pgbouncer-transaction'
+  | 'pgwarden-session'
+  | 'pgwarden-transaction'
+  | 'baseline-session'
+  | 'baseline-transaction';
 
-export const ALL_TARGETS: readonly TargetName[] = ['direct', 'pgbouncer-session', 'pgbouncer-transaction', 'pgwarden-session', 'pgwarden-transaction'];
+export const ALL_TARGETS: readonly TargetName[] = [
+  'direct',
+  'pgbouncer-session',
+  'pgbouncer-transaction',
+  'pgwarden-session',
+  'pgwarden-transaction',
+  'baseline-session',
+  'baseline-transaction',
+];
+
+/** What runs when --targets is not given (the baseline targets need --baseline). */
+export const DEFAULT_TARGETS: readonly TargetName[] = ALL_TARGETS.filter((t) => !t.startsWith('baseline'));
 
 /** The proxy and pool mode a target name stands for; null for direct PostgreSQL. */
 export function parseTargetName(name: TargetName): { proxy: ProxyKind; mode: PoolMode } | null {

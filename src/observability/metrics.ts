@@ -14,58 +14,37 @@ export class Metrics {
   readonly registry = new client.Registry();
   readonly liveSessions = new Set<TrafficSource>();
 
-  readonly clientConnections = new client.Gauge({
-    name: 'pgwarden_client_connections',
-    help: 'Authenticated client sessions currently open',
-    labelNames: ['tenant'] as const,
-    registers: [this.registry],
-  });
-  readonly preauthConnections = new client.Gauge({
-    name: 'pgwarden_preauth_connections',
-    help: 'Client connections not yet authenticated',
-    registers: [this.registry],
-  });
-  readonly sessions = new client.Counter({
-    name: 'pgwarden_sessions_total',
-    help: 'Client sessions by outcome (started, auth_failed, refused, upstream_failed)',
-    labelNames: ['tenant', 'outcome'] as const,
-    registers: [this.registry],
-  });
-  readonly sessionEnds = new client.Counter({
-    name: 'pgwarden_session_ends_total',
-    help: 'Ended sessions by close reason',
-    labelNames: ['tenant', 'reason'] as const,
-    registers: [this.registry],
-  });
-  readonly authFailures = new client.Counter({
-    name: 'pgwarden_auth_failures_total',
-    help: 'Failed logins by internal reason (tenant is "unknown" when not configured)',
-    labelNames: ['tenant', 'reason'] as const,
-    registers: [this.registry],
-  });
-  readonly rejections = new client.Counter({
-    name: 'pgwarden_connection_rejections_total',
-    help: 'Connections refused before authentication, by reason',
-    labelNames: ['reason'] as const,
-    registers: [this.registry],
-  });
-  readonly limitRejections = new client.Counter({
-    name: 'pgwarden_limit_rejections_total',
-    help: 'Refusals by a limit',
-    labelNames: ['tenant', 'limit'] as const,
-    registers: [this.registry],
-  });
-  readonly limitsDegraded = new client.Gauge({
-    name: 'pgwarden_limits_degraded',
-    help: '1 while the shared limit store (Redis) is unreachable and each instance enforces its local share',
-    registers: [this.registry],
-  });
-  readonly limitsDegradedTransitions = new client.Counter({
-    name: 'pgwarden_limits_degraded_transitions_total',
-    help: 'Entries into (state="enter") and exits from (state="exit") degraded limit mode',
-    labelNames: ['state'] as const,
-    registers: [this.registry],
-  });
+  /** A counter registered here (the declarations below are one line each). */
+  private counter<L extends string = never>(name: string, help: string, labelNames: readonly L[] = []): client.Counter<L> {
+    return new client.Counter({ name, help, labelNames, registers: [this.registry] });
+  }
+
+  private gauge<L extends string = never>(name: string, help: string, labelNames: readonly L[] = []): client.Gauge<L> {
+    return new client.Gauge({ name, help, labelNames, registers: [this.registry] });
+  }
+
+  readonly clientConnections = this.gauge('pgwarden_client_connections', 'Authenticated client sessions currently open', ['tenant'] as const);
+  readonly preauthConnections = this.gauge('pgwarden_preauth_connections', 'Client connections not yet authenticated');
+  readonly sessions = this.counter('pgwarden_sessions_total', 'Client sessions by outcome (started, auth_failed, refused, upstream_failed)', [
+    'tenant',
+    'outcome',
+  ] as const);
+  readonly sessionEnds = this.counter('pgwarden_session_ends_total', 'Ended sessions by close reason', ['tenant', 'reason'] as const);
+  readonly authFailures = this.counter('pgwarden_auth_failures_total', 'Failed logins by internal reason (tenant is "unknown" when not configured)', [
+    'tenant',
+    'reason',
+  ] as const);
+  readonly rejections = this.counter('pgwarden_connection_rejections_total', 'Connections refused before authentication, by reason', ['reason'] as const);
+  readonly limitRejections = this.counter('pgwarden_limit_rejections_total', 'Refusals by a limit', ['tenant', 'limit'] as const);
+  readonly limitsDegraded = this.gauge(
+    'pgwarden_limits_degraded',
+    '1 while the shared limit store (Redis) is unreachable and each instance enforces its local share',
+  );
+  readonly limitsDegradedTransitions = this.counter(
+    'pgwarden_limits_degraded_transitions_total',
+    'Entries into (state="enter") and exits from (state="exit") degraded limit mode',
+    ['state'] as const,
+  );
   readonly bandwidthWaiters = new client.Gauge({
     name: 'pgwarden_bandwidth_waiting_sessions',
     help: 'Sessions paused by their tenant bandwidth limit, at scrape time',
@@ -80,12 +59,7 @@ export class Metrics {
     },
   });
   bandwidthView: () => readonly { tenant: string; clientToServer: number; serverToClient: number }[] = () => [];
-  readonly errors = new client.Counter({
-    name: 'pgwarden_errors_total',
-    help: 'Errors pgwarden sent to clients, by kind',
-    labelNames: ['kind'] as const,
-    registers: [this.registry],
-  });
+  readonly errors = this.counter('pgwarden_errors_total', 'Errors pgwarden sent to clients, by kind', ['kind'] as const);
   readonly bytes = new client.Counter({
     name: 'pgwarden_relay_bytes_total',
     help: 'Bytes relayed, by direction (client_to_upstream, upstream_to_client)',
@@ -93,18 +67,8 @@ export class Metrics {
     registers: [this.registry],
     collect: () => this.foldAll(),
   });
-  readonly messages = new client.Counter({
-    name: 'pgwarden_relay_messages_total',
-    help: 'Protocol messages relayed, by direction',
-    labelNames: ['tenant', 'direction'] as const,
-    registers: [this.registry],
-  });
-  readonly tlsHandshakes = new client.Counter({
-    name: 'pgwarden_tls_handshakes_total',
-    help: 'Client TLS handshakes by outcome and version',
-    labelNames: ['outcome', 'version'] as const,
-    registers: [this.registry],
-  });
+  readonly messages = this.counter('pgwarden_relay_messages_total', 'Protocol messages relayed, by direction', ['tenant', 'direction'] as const);
+  readonly tlsHandshakes = this.counter('pgwarden_tls_handshakes_total', 'Client TLS handshakes by outcome and version', ['outcome', 'version'] as const);
   readonly backendConnectSeconds = new client.Histogram({
     name: 'pgwarden_backend_connect_duration_seconds',
     help: 'Time to open and log in a backend connection',
@@ -129,12 +93,7 @@ export class Metrics {
       }
     },
   });
-  readonly poolWaiting = new client.Gauge({
-    name: 'pgwarden_pool_waiting_clients',
-    help: 'Clients waiting for a backend connection',
-    labelNames: ['tenant'] as const,
-    registers: [this.registry],
-  });
+  readonly poolWaiting = this.gauge('pgwarden_pool_waiting_clients', 'Clients waiting for a backend connection', ['tenant'] as const);
   readonly poolWaitSeconds = new client.Histogram({
     name: 'pgwarden_pool_wait_seconds',
     help: 'How long clients that had to wait waited for a backend',
@@ -142,95 +101,28 @@ export class Metrics {
     buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30],
     registers: [this.registry],
   });
-  readonly backendConnects = new client.Counter({
-    name: 'pgwarden_backend_connects_total',
-    help: 'Backend connections opened, by outcome',
-    labelNames: ['tenant', 'outcome'] as const,
-    registers: [this.registry],
-  });
-  readonly queries = new client.Counter({
-    name: 'pgwarden_queries_total',
-    help: 'Statements relayed (simple Query, Execute, FunctionCall)',
-    labelNames: ['tenant'] as const,
-    registers: [this.registry],
-  });
-  readonly poolPins = new client.Counter({
-    name: 'pgwarden_pool_pins_total',
-    help: 'Transaction-mode clients pinned to their backend because they changed session state',
-    labelNames: ['tenant'] as const,
-    registers: [this.registry],
-  });
-  readonly transactions = new client.Counter({
-    name: 'pgwarden_transactions_total',
-    help: 'Transactions relayed (ReadyForQuery returning to idle after work)',
-    labelNames: ['tenant'] as const,
-    registers: [this.registry],
-  });
-  readonly configReloads = new client.Counter({
-    name: 'pgwarden_config_reloads_total',
-    help: 'Configuration reloads by outcome',
-    labelNames: ['outcome'] as const,
-    registers: [this.registry],
-  });
-  readonly auditRecords = new client.Counter({
-    name: 'pgwarden_audit_records_total',
-    help: 'Audit records written, by event',
-    labelNames: ['event'] as const,
-    registers: [this.registry],
-  });
-  readonly draining = new client.Gauge({
-    name: 'pgwarden_draining',
-    help: '1 while the proxy drains for shutdown',
-    registers: [this.registry],
-  });
+  readonly backendConnects = this.counter('pgwarden_backend_connects_total', 'Backend connections opened, by outcome', ['tenant', 'outcome'] as const);
+  readonly queries = this.counter('pgwarden_queries_total', 'Statements relayed (simple Query, Execute, FunctionCall)', ['tenant'] as const);
+  readonly poolPins = this.counter('pgwarden_pool_pins_total', 'Transaction-mode clients pinned to their backend because they changed session state', [
+    'tenant',
+  ] as const);
+  readonly transactions = this.counter('pgwarden_transactions_total', 'Transactions relayed (ReadyForQuery returning to idle after work)', ['tenant'] as const);
+  readonly configReloads = this.counter('pgwarden_config_reloads_total', 'Configuration reloads by outcome', ['outcome'] as const);
+  readonly auditRecords = this.counter('pgwarden_audit_records_total', 'Audit records written, by event', ['event'] as const);
+  readonly draining = this.gauge('pgwarden_draining', '1 while the proxy drains for shutdown');
   // The audit file writer (src/audit/writer.ts, its queue in write-queue.ts): group commit, failures, queue, rotation, checkpoints.
-  readonly auditWrites = new client.Counter({
-    name: 'pgwarden_audit_writes_total',
-    help: 'write(2) batches that reached the audit file (one batch carries many records)',
-    registers: [this.registry],
-  });
-  readonly auditFsyncs = new client.Counter({
-    name: 'pgwarden_audit_fsyncs_total',
-    help: 'fdatasync calls on the audit file (durable appends share them)',
-    registers: [this.registry],
-  });
-  readonly auditWriteFailures = new client.Counter({
-    name: 'pgwarden_audit_write_failures_total',
-    help: 'Failed audit file writes or fdatasyncs, by cause',
-    labelNames: ['cause'] as const,
-    registers: [this.registry],
-  });
-  readonly auditHealthy = new client.Gauge({
-    name: 'pgwarden_audit_healthy',
-    help: '1 while the audit file accepts writes, 0 after a failure until a write succeeds again',
-    registers: [this.registry],
-  });
-  readonly auditQueueRecords = new client.Gauge({
-    name: 'pgwarden_audit_queue_records',
-    help: 'Audit records held in memory, not yet written',
-    registers: [this.registry],
-  });
-  readonly auditQueueBytes = new client.Gauge({
-    name: 'pgwarden_audit_queue_bytes',
-    help: 'Bytes of audit records held in memory, not yet written',
-    registers: [this.registry],
-  });
-  readonly auditDropped = new client.Counter({
-    name: 'pgwarden_audit_dropped_records_total',
-    help: 'Audit records dropped from the file because the in-memory queue was full (each run ends in an audit.gap record)',
-    registers: [this.registry],
-  });
-  readonly auditRotations = new client.Counter({
-    name: 'pgwarden_audit_rotations_total',
-    help: 'Audit file rotations by outcome',
-    labelNames: ['outcome'] as const,
-    registers: [this.registry],
-  });
-  readonly auditCheckpoints = new client.Counter({
-    name: 'pgwarden_audit_checkpoints_total',
-    help: 'Signed audit.checkpoint records appended',
-    registers: [this.registry],
-  });
+  readonly auditWrites = this.counter('pgwarden_audit_writes_total', 'write(2) batches that reached the audit file (one batch carries many records)');
+  readonly auditFsyncs = this.counter('pgwarden_audit_fsyncs_total', 'fdatasync calls on the audit file (durable appends share them)');
+  readonly auditWriteFailures = this.counter('pgwarden_audit_write_failures_total', 'Failed audit file writes or fdatasyncs, by cause', ['cause'] as const);
+  readonly auditHealthy = this.gauge('pgwarden_audit_healthy', '1 while the audit file accepts writes, 0 after a failure until a write succeeds again');
+  readonly auditQueueRecords = this.gauge('pgwarden_audit_queue_records', 'Audit records held in memory, not yet written');
+  readonly auditQueueBytes = this.gauge('pgwarden_audit_queue_bytes', 'Bytes of audit records held in memory, not yet written');
+  readonly auditDropped = this.counter(
+    'pgwarden_audit_dropped_records_total',
+    'Audit records dropped from the file because the in-memory queue was full (each run ends in an audit.gap record)',
+  );
+  readonly auditRotations = this.counter('pgwarden_audit_rotations_total', 'Audit file rotations by outcome', ['outcome'] as const);
+  readonly auditCheckpoints = this.counter('pgwarden_audit_checkpoints_total', 'Signed audit.checkpoint records appended');
 
   // The PostgreSQL audit store (src/audit/pg-sink.ts). The sink reports its backlog through
   // auditStoreBacklog; the gauges read it at scrape time, so the lag is current when scraped.
@@ -260,22 +152,19 @@ export class Metrics {
       this.auditStoreLag.set(oldest === null ? 0 : Math.max(0, (Date.now() - oldest) / 1000));
     },
   });
-  readonly auditStoreDelivered = new client.Counter({
-    name: 'pgwarden_audit_store_delivered_total',
-    help: 'Audit records written to the PostgreSQL store (a re-sent duplicate counts again)',
-    registers: [this.registry],
-  });
-  readonly auditStoreSpooled = new client.Counter({
-    name: 'pgwarden_audit_store_spooled_total',
-    help: 'Audit records written to the spool because the store was down, slow or closing',
-    registers: [this.registry],
-  });
-  readonly auditStoreFailures = new client.Counter({
-    name: 'pgwarden_audit_store_failures_total',
-    help: 'Audit store failures: insert (store down or slow), spool (disk), rejected (a record the store refused)',
-    labelNames: ['op'] as const,
-    registers: [this.registry],
-  });
+  readonly auditStoreDelivered = this.counter(
+    'pgwarden_audit_store_delivered_total',
+    'Audit records written to the PostgreSQL store (a re-sent duplicate counts again)',
+  );
+  readonly auditStoreSpooled = this.counter(
+    'pgwarden_audit_store_spooled_total',
+    'Audit records written to the spool because the store was down, slow or closing',
+  );
+  readonly auditStoreFailures = this.counter(
+    'pgwarden_audit_store_failures_total',
+    'Audit store failures: insert (store down or slow), spool (disk), rejected (a record the store refused)',
+    ['op'] as const,
+  );
 
   constructor() {
     client.collectDefaultMetrics({ register: this.registry, prefix: 'pgwarden_' });

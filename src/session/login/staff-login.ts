@@ -35,7 +35,8 @@ export class StaffLogin implements Authenticator {
     else conn.send(AUTHENTICATION_CLEARTEXT_PASSWORD);
     // PasswordMessage: one NUL-terminated string, the JWT.
     const body = (await readAuthMessage(conn, passwordLength, 'password')).body;
-    if (body.length === 0 || body.indexOf(0) !== body.length - 1) throw Errors.invalidFormat();
+    // PostgreSQL's recv_password_packet: the string must fill the message exactly.
+    if (body.length === 0 || body.indexOf(0) !== body.length - 1) throw Errors.invalidFormat('invalid password packet size');
     const token = body.toString('utf8', 0, body.length - 1);
     progress.clientDone();
 
