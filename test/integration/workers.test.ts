@@ -32,8 +32,11 @@ function get(port: number, urlPath: string): Promise<{ status: number; body: str
 
 
 
+/** The audit file's whole records; a last line still being written (no newline yet) is not one. */
 async function records(file: string): Promise<Record<string, unknown>[]> {
-  return (await readFile(file, 'utf8'))
+  const text = await readFile(file, 'utf8');
+  return text
+    .slice(0, text.lastIndexOf('\n') + 1)
     .split('\n')
     .filter((l) => l !== '')
     .map((l) => JSON.parse(l) as Record<string, unknown>);
