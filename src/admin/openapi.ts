@@ -28,8 +28,6 @@ export interface JsonSchema {
   readonly items?: JsonSchema;
   readonly enum?: readonly (string | number | boolean | null)[];
   readonly pattern?: string;
-  readonly minLength?: number;
-  readonly maxLength?: number;
   readonly minimum?: number;
   readonly format?: 'date-time' | 'uuid';
 }
@@ -106,7 +104,11 @@ const tenantParam: Parameter = {
   required: true,
   description: 'The tenant id.',
   schema: tenantId,
-  examples: { ok: { summary: 'a configured tenant', value: 'acme' }, notFound: { summary: 'no such tenant', value: 'nosuch' }, badId: { summary: 'not a tenant id', value: 'Not_A_Tenant' } },
+  examples: {
+    ok: { summary: 'a configured tenant', value: 'acme' },
+    notFound: { summary: 'no such tenant', value: 'nosuch' },
+    badId: { summary: 'not a tenant id', value: 'Not_A_Tenant' },
+  },
 };
 const sessionParam: Parameter = {
   name: 'id',
@@ -157,7 +159,12 @@ const suspension = (suspended: boolean): Operation =>
       '200': {
         description: suspended ? 'Suspended.' : 'Resumed.',
         content: json(
-          { type: 'object', required: ['tenant', 'suspended'], additionalProperties: false, properties: { tenant: tenantId, suspended: { enum: [suspended] } } },
+          {
+            type: 'object',
+            required: ['tenant', 'suspended'],
+            additionalProperties: false,
+            properties: { tenant: tenantId, suspended: { enum: [suspended] } },
+          },
           { ok: { summary: suspended ? 'suspended' : 'resumed', value: { tenant: 'acme', suspended } } },
         ),
       },
@@ -178,18 +185,32 @@ const termination = (how: 'delete' | 'post'): Operation =>
       '200': {
         description: 'The session was ended.',
         content: json(
-          { type: 'object', required: ['session', 'terminated'], additionalProperties: false, properties: { session: { type: 'string', format: 'uuid' }, terminated: { enum: [true] } } },
+          {
+            type: 'object',
+            required: ['session', 'terminated'],
+            additionalProperties: false,
+            properties: { session: { type: 'string', format: 'uuid' }, terminated: { enum: [true] } },
+          },
           { ok: { summary: 'ended', value: { session: EXAMPLE_SESSION, terminated: true } } },
         ),
       },
       '400': { description: 'Not a session id.', content: json(ref('Error'), { badId: error('not a session id', 'invalid session id') }) },
-      '404': { description: 'No session with this id on this instance.', content: json(ref('Error'), { notFound: error('no such session', 'no such session') }) },
+      '404': {
+        description: 'No session with this id on this instance.',
+        content: json(ref('Error'), { notFound: error('no such session', 'no such session') }),
+      },
     },
   });
 
 const revocationId: JsonSchema = { type: 'string', pattern: '^[!-~]{1,256}$', description: '1 to 256 printable ASCII characters, no space.' };
 /** Exactly one of `jti` (one token) or `sub` (every token of that person). */
-const revocationTarget: JsonSchema = { type: 'object', minProperties: 1, maxProperties: 1, additionalProperties: false, properties: { jti: revocationId, sub: revocationId } };
+const revocationTarget: JsonSchema = {
+  type: 'object',
+  minProperties: 1,
+  maxProperties: 1,
+  additionalProperties: false,
+  properties: { jti: revocationId, sub: revocationId },
+};
 
 export const OPENAPI: OpenApiDocument = {
   openapi: '3.1.0',
@@ -199,7 +220,7 @@ export const OPENAPI: OpenApiDocument = {
     description: [
       "Operators' commands, on the `[admin] listen` HTTP listener; JSON in and out.",
       'Every call, this document included, needs `Authorization: Bearer <token>` and is an `admin.command` audit record',
-      '(its `command` is the operation\'s `x-audit-command`; `unknown` for a path no route has).',
+      "(its `command` is the operation's `x-audit-command`; `unknown` for a path no route has).",
       'Besides what each operation lists: a path no route has answers 404 `{"error": "not found"}`,',
       'and a method a path does not have answers 405 with `Allow` (components/responses/NotFound and MethodNotAllowed);',
       'without a valid token both are 401, so routes are not revealed. A 500 `{"error": "internal error"}` is a bug.',
@@ -238,7 +259,7 @@ export const OPENAPI: OpenApiDocument = {
                         user: 'app',
                         database: 'postgres',
                         staff: null,
-                        client: { addr: '::ffff:127.0.0.1', port: 53422 },
+                        client: { addr: '127.0.0.1', port: 53422 },
                         tls: 'TLSv1.3',
                         started_at: '2026-01-01T12:00:00.000Z',
                         phase: 'relaying',
@@ -286,7 +307,12 @@ export const OPENAPI: OpenApiDocument = {
           '200': {
             description: 'Revoked; remembered until `until`.',
             content: json(
-              { type: 'object', required: ['revoked', 'until'], additionalProperties: false, properties: { revoked: revocationTarget, until: { type: 'string', format: 'date-time' } } },
+              {
+                type: 'object',
+                required: ['revoked', 'until'],
+                additionalProperties: false,
+                properties: { revoked: revocationTarget, until: { type: 'string', format: 'date-time' } },
+              },
               {
                 byToken: { summary: 'one token', value: { revoked: { jti: 'tok-1' }, until: '2026-01-02T12:00:00.000Z' } },
                 byPerson: { summary: 'a person', value: { revoked: { sub: 'alice' }, until: '2026-01-02T12:00:00.000Z' } },
@@ -334,7 +360,11 @@ export const OPENAPI: OpenApiDocument = {
           '200': {
             description: 'The OpenAPI 3.1 document of this API.',
             content: json(
-              { type: 'object', required: ['openapi', 'info', 'paths', 'components'], properties: { openapi: { enum: ['3.1.0'] }, info: { type: 'object' }, paths: { type: 'object' }, components: { type: 'object' } } },
+              {
+                type: 'object',
+                required: ['openapi', 'info', 'paths', 'components'],
+                properties: { openapi: { enum: ['3.1.0'] }, info: { type: 'object' }, paths: { type: 'object' }, components: { type: 'object' } },
+              },
               { ok: { summary: 'the document', value: { openapi: '3.1.0', info: { title: 'pgwarden admin API', version: '1' }, paths: {}, components: {} } } },
             ),
           },
