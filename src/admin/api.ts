@@ -1,7 +1,8 @@
 /**
  * The operators' admin API (`[admin] listen`): HTTP with JSON in and out, a bearer token checked
  * against the SHA-256 in the config, and one `admin.command` audit record per call. It parses,
- * authenticates, routes and records; what a command does is the AdminBackend's part (the single
+ * authenticates, routes (ADMIN_ROUTES, the paths of the OpenAPI document openapi.ts, which it serves
+ * at GET /openapi.json) and records; what a command does is the AdminBackend's part (the single
  * process's Proxy, or the primary of a worker set).
  */
 import http from 'node:http';

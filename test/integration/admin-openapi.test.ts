@@ -5,6 +5,7 @@
  * accepts and the headers it lists; every other method on a documented path must be 405, and
  * paths beside the documented ones 404. In reverse, api.ts's route table must be exactly the
  * document's operations, so a route without documentation fails here. Every call is audited.
+ * With workers, the session list (which then names each session's worker) fits the schema too.
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,7 +18,7 @@ import pg from 'pg';
 import { ADMIN_ROUTES } from '../../src/admin/api.js';
 import { OPENAPI, type Example, type Method, type OpenApiDocument, type Operation, type Reference, type Response } from '../../src/admin/openapi.js';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
-import { startProxy, connect, type RunningProxy } from '../support/proxy.js';
+import { startProxy, spawnProxy, connect, testCerts, type ChildProxy, type RunningProxy } from '../support/proxy.js';
 import { startRedis, type RedisServer } from '../support/redis.js';
 import { resolve, validate } from '../support/json-schema.js';
 
@@ -339,5 +340,36 @@ describe('admin API as its OpenAPI document says', () => {
     assert.ok(wrongMethod.every((r) => commands.has(r.command)));
     const text = await readFile(auditFile, 'utf8');
     assert.ok(!text.includes(TOKEN) && !text.includes(TOKEN_SHA256), 'neither the token nor its hash');
+  });
+});
+
+describe('admin API as its OpenAPI document says, with two workers', () => {
+  let cluster: Cluster;
+  let child: ChildProxy;
+
+  before(async () => {
+    cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
+    const users = [{ name: 'app', verifier: await readVerifier(cluster, 'app') }];
+    child = await spawnProxy({ server: { workers: 2 }, admin: { token_sha256: TOKEN_SHA256 }, tenants: [{ id: 'acme', cluster, users }] });
+  });
+  after(async () => {
+    await child?.stop();
+    await cluster?.stop();
+  });
+
+  it("lists the workers' sessions as the document's schema says", async () => {
+    const d = (await call(child.adminPort!, 'GET', '/openapi.json')).body as OpenApiDocument;
+    const response = deref(d, d.paths['/sessions']!.get!.responses['200']!);
+    const c = await connect({ port: child.port, certs: await testCerts() }, { tenant: 'acme', user: 'app', password: 'app-pass' });
+    try {
+      const r = await call(child.adminPort!, 'GET', '/sessions');
+      assert.equal(r.status, 200, r.text);
+      const sessions = (r.body as { sessions: { worker?: number }[] }).sessions;
+      assert.equal(sessions.length, 1, r.text);
+      assert.ok(sessions[0]!.worker !== undefined, r.text);
+      assert.deepEqual(validate(response.content['application/json'].schema, r.body, d), [], r.text);
+    } finally {
+      await c.end();
+    }
   });
 });
