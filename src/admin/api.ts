@@ -1,7 +1,8 @@
 /**
  * The operators' admin API (`[admin] listen`): HTTP with JSON in and out, a bearer token checked
  * against the SHA-256 in the config, and one `admin.command` audit record per call. It parses,
- * authenticates, routes and records; what a command does is the AdminBackend's part (the single
+ * authenticates, routes (ADMIN_ROUTES, the paths of the OpenAPI document openapi.ts, which it serves
+ * at GET /openapi.json) and records; what a command does is the AdminBackend's part (the single
  * process's Proxy, or the primary of a worker set).
  */
 import http from 'node:http';
@@ -10,6 +11,7 @@ import type { AuditSink } from '../audit/log.js';
 import type { Logger } from '../observability/logger.js';
 import { TENANT_ID_RE } from '../config/schema.js';
 import { isRevocationId, MAX_REVOCATION_MS, type StaffRevocation } from './revocations.js';
+import { OPENAPI } from './openapi.js';
 
 /** What the admin API can do; every method acts cluster-wide where the issue says so. */
 export interface AdminBackend {
@@ -54,13 +56,32 @@ class HttpError extends Error {
   }
 }
 
-interface Route {
-  /** Bounded label for the audit record and the log. */
-  readonly command: string;
+/** What a matched route does with one request: the audit target, and the command itself. */
+interface Bound {
   /** What the command acts on (validated, so no attacker text reaches the audit log), or null. */
   readonly target: object | null;
-  readonly methods: readonly string[];
   readonly run: (body: unknown) => Promise<Reply>;
+}
+
+/** What a route is given to bind: path parameters percent-decoded ("" for a malformed escape). */
+interface RouteRequest {
+  readonly backend: AdminBackend;
+  readonly params: Readonly<Record<string, string>>;
+  readonly query: URLSearchParams;
+}
+
+/**
+ * One operation of the API. `path` is written as the OpenAPI document (openapi.ts) writes it,
+ * `{name}` standing for one segment; the router matches exactly these templates, and
+ * test/integration/admin-openapi.test.ts holds this table equal to the document's operations.
+ */
+export interface AdminRoute {
+  readonly method: 'GET' | 'POST' | 'PUT' | 'DELETE';
+  readonly path: string;
+  /** Bounded label for the audit record and the log (the document's `x-audit-command`). */
+  readonly command: string;
+  /** Validates what the URL carries; no side effects (it runs before the token is checked). */
+  readonly bind: (req: RouteRequest) => Bound;
 }
 
 export interface AdminApi {
@@ -95,41 +116,43 @@ async function handle(opts: AdminApiOptions, refusals: RefusalAudit, req: http.I
   const addr = req.socket.remoteAddress ?? 'unknown';
   const url = new URL(req.url ?? '/', 'http://admin.invalid');
   const method = req.method ?? 'GET';
-  const route = matchRoute(opts.backend, url);
+  const match = matchRoute(opts.backend, url, method);
+  const command = match?.route.command ?? 'unknown';
+  const target = match?.bound.target ?? null;
 
   const hash = opts.tokenSha256();
   const presented = /^Bearer +([^\s]+) *$/i.exec(req.headers.authorization ?? '')?.[1];
   if (hash === undefined || presented === undefined || !tokenMatches(presented, hash)) {
     // RFC 6750 §3: no credentials → just the scheme; wrong ones → error="invalid_token".
     const challenge = presented === undefined ? 'Bearer realm="pgwarden-admin"' : 'Bearer realm="pgwarden-admin", error="invalid_token"';
-    refusals.record({ command: route?.command ?? 'unknown', target: route?.target ?? null, addr });
-    opts.log.warn({ command: route?.command ?? 'unknown', client: addr }, 'admin API: refused, bad or missing token');
+    refusals.record({ command, target, addr });
+    opts.log.warn({ command, client: addr }, 'admin API: refused, bad or missing token');
     return [401, { error: presented === undefined ? 'missing bearer token' : 'invalid bearer token' }, { 'www-authenticate': challenge }];
   }
 
   let reply: Reply;
   try {
-    if (route === undefined) throw new HttpError(404, 'not found');
-    if (!route.methods.includes(method)) throw new HttpError(405, 'method not allowed', { allow: route.methods.join(', ') });
+    if (match === undefined) throw new HttpError(404, 'not found');
+    if (!match.allowed.includes(method)) throw new HttpError(405, 'method not allowed', { allow: match.allowed.join(', ') });
     const body = await readJson(req);
-    reply = await route.run(body);
+    reply = await match.bound.run(body);
   } catch (err) {
     if (err instanceof HttpError) reply = [err.status, { error: err.message }, err.headers];
     else {
       // The command ran here; what failed is telling the other instances (Redis down).
-      opts.log.error({ err, command: route?.command }, 'admin command not shared with other instances');
-      reply = [503, { error: `${route?.command ?? 'command'} applied on this instance only: shared state unavailable` }];
+      opts.log.error({ err, command }, 'admin command not shared with other instances');
+      reply = [503, { error: `${command} applied on this instance only: shared state unavailable` }];
     }
   }
   const [status] = reply;
   opts.audit().append({
     event: 'admin.command',
-    command: route?.command ?? 'unknown',
-    target: route?.target ?? null,
+    command,
+    target,
     outcome: { success: status < 400, status },
     client: { addr },
   });
-  opts.log.info({ command: route?.command ?? 'unknown', target: route?.target ?? null, status, client: addr }, 'admin command');
+  opts.log.info({ command, target, status, client: addr }, 'admin command');
   return reply;
 }
 
@@ -140,45 +163,26 @@ export function tokenMatches(presented: string, sha256Hex: string): boolean {
   return want.length === got.length && timingSafeEqual(got, want);
 }
 
-function matchRoute(backend: AdminBackend, url: URL): Route | undefined {
-  const p = url.pathname;
-  if (p === '/sessions') {
-    const tenant = url.searchParams.get('tenant');
-    const valid = tenant === null || TENANT_ID_RE.test(tenant);
-    return {
-      command: 'sessions.list',
-      target: tenant !== null && valid ? { tenant } : null,
-      methods: ['GET'],
-      run: async () => {
-        if (!valid) throw new HttpError(400, 'invalid tenant id');
-        return [200, { sessions: await backend.listSessions(tenant) }];
-      },
-    };
-  }
-  let m = /^\/sessions\/([^/]+)(\/terminate)?$/.exec(p);
-  if (m !== null) {
-    const id = safeDecode(m[1]!).toLowerCase();
-    const valid = SESSION_ID_RE.test(id);
-    return {
-      command: 'session.terminate',
-      target: valid ? { session: id } : null,
-      methods: m[2] === undefined ? ['DELETE'] : ['POST'],
-      run: async () => {
-        if (!valid) throw new HttpError(400, 'invalid session id');
-        if (!(await backend.terminateSession(id))) throw new HttpError(404, 'no such session');
-        return [200, { session: id, terminated: true }];
-      },
-    };
-  }
-  m = /^\/tenants\/([^/]+)\/(suspend|resume)$/.exec(p);
-  if (m !== null) {
-    const tenant = safeDecode(m[1]!);
+const terminateSession = ({ backend, params }: RouteRequest): Bound => {
+  const id = params['id']!.toLowerCase();
+  const valid = SESSION_ID_RE.test(id);
+  return {
+    target: valid ? { session: id } : null,
+    run: async () => {
+      if (!valid) throw new HttpError(400, 'invalid session id');
+      if (!(await backend.terminateSession(id))) throw new HttpError(404, 'no such session');
+      return [200, { session: id, terminated: true }];
+    },
+  };
+};
+
+const suspendTenant =
+  (suspended: boolean) =>
+  ({ backend, params }: RouteRequest): Bound => {
+    const tenant = params['id']!;
     const valid = TENANT_ID_RE.test(tenant);
-    const suspended = m[2] === 'suspend';
     return {
-      command: suspended ? 'tenant.suspend' : 'tenant.resume',
       target: valid ? { tenant } : null,
-      methods: ['POST'],
       run: async () => {
         if (!valid) throw new HttpError(400, 'invalid tenant id');
         if (!backend.hasTenant(tenant)) throw new HttpError(404, 'no such tenant');
@@ -186,34 +190,96 @@ function matchRoute(backend: AdminBackend, url: URL): Route | undefined {
         return [200, { tenant, suspended }];
       },
     };
-  }
-  if (p === '/staff/revoke') {
-    // The target is only known once the body is read: filled in by run().
-    const target: { jti?: string; sub?: string } = {};
-    return {
-      command: 'staff.revoke',
-      target,
-      methods: ['POST'],
-      run: async (body) => {
-        const rev = parseRevocation(body, backend.revocationTtlMs());
-        target[rev.by] = rev.id;
-        await backend.revokeStaff(rev);
-        return [200, { revoked: { [rev.by]: rev.id }, until: new Date(rev.untilMs).toISOString() }];
-      },
-    };
-  }
-  if (p === '/reload') {
-    return {
-      command: 'reload',
+  };
+
+/** Every route of the API; a new one goes here and into openapi.ts (the test fails otherwise). */
+export const ADMIN_ROUTES: readonly AdminRoute[] = [
+  {
+    method: 'GET',
+    path: '/sessions',
+    command: 'sessions.list',
+    bind: ({ backend, query }) => {
+      const tenant = query.get('tenant');
+      const valid = tenant === null || TENANT_ID_RE.test(tenant);
+      return {
+        target: tenant !== null && valid ? { tenant } : null,
+        run: async () => {
+          if (!valid) throw new HttpError(400, 'invalid tenant id');
+          return [200, { sessions: await backend.listSessions(tenant) }];
+        },
+      };
+    },
+  },
+  { method: 'DELETE', path: '/sessions/{id}', command: 'session.terminate', bind: terminateSession },
+  { method: 'POST', path: '/sessions/{id}/terminate', command: 'session.terminate', bind: terminateSession },
+  { method: 'POST', path: '/tenants/{id}/suspend', command: 'tenant.suspend', bind: suspendTenant(true) },
+  { method: 'POST', path: '/tenants/{id}/resume', command: 'tenant.resume', bind: suspendTenant(false) },
+  {
+    method: 'POST',
+    path: '/staff/revoke',
+    command: 'staff.revoke',
+    bind: ({ backend }) => {
+      // The target is only known once the body is read: filled in by run().
+      const target: { jti?: string; sub?: string } = {};
+      return {
+        target,
+        run: async (body) => {
+          const rev = parseRevocation(body, backend.revocationTtlMs());
+          target[rev.by] = rev.id;
+          await backend.revokeStaff(rev);
+          return [200, { revoked: { [rev.by]: rev.id }, until: new Date(rev.untilMs).toISOString() }];
+        },
+      };
+    },
+  },
+  {
+    method: 'POST',
+    path: '/reload',
+    command: 'reload',
+    bind: ({ backend }) => ({
       target: null,
-      methods: ['POST'],
       run: async () => {
         await backend.reload();
         return [202, { status: 'reload requested' }];
       },
-    };
+    }),
+  },
+  {
+    method: 'GET',
+    path: '/openapi.json',
+    command: 'openapi.get',
+    bind: () => ({ target: null, run: () => Promise.resolve([200, OPENAPI]) }),
+  },
+];
+
+/** Each route's path as a regular expression, `{name}` a non-empty segment captured under that name. */
+const COMPILED_ROUTES = ADMIN_ROUTES.map((route) => {
+  const names: string[] = [];
+  const source = route.path
+    .split('/')
+    .map((segment) => {
+      const param = /^\{(\w+)\}$/.exec(segment);
+      if (param === null) return segment.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+      names.push(param[1]!);
+      return '([^/]+)';
+    })
+    .join('/');
+  return { route, names, re: new RegExp(`^${source}$`) };
+});
+
+/** The route for this path and method; with a wrong method, the path's first route and what is allowed there. */
+function matchRoute(backend: AdminBackend, url: URL, method: string): { route: AdminRoute; bound: Bound; allowed: readonly string[] } | undefined {
+  const hits: { route: AdminRoute; params: Record<string, string> }[] = [];
+  for (const { route, names, re } of COMPILED_ROUTES) {
+    const m = re.exec(url.pathname);
+    if (m === null) continue;
+    const params: Record<string, string> = {};
+    names.forEach((name, i) => (params[name] = safeDecode(m[i + 1]!)));
+    hits.push({ route, params });
   }
-  return undefined;
+  const hit = hits.find((h) => h.route.method === method) ?? hits[0];
+  if (hit === undefined) return undefined;
+  return { route: hit.route, bound: hit.route.bind({ backend, params: hit.params, query: url.searchParams }), allowed: hits.map((h) => h.route.method) };
 }
 
 /** A path segment, percent-decoded; malformed escapes give "" (which no validator accepts). */

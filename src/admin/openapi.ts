@@ -1,0 +1,460 @@
+/**
+ * The OpenAPI 3.1 document of the admin API, served at GET /openapi.json: every route api.ts
+ * answers, what it takes and every status it can answer with, with JSON Schemas of the bodies.
+ * Serving, authentication and auditing are api.ts's part, like for any other route.
+ *
+ * Adding a route is one entry in `paths` here (beside its entry in api.ts's ADMIN_ROUTES):
+ * `operation()` adds what every route can answer (400 for a body that is not JSON, 401, 413).
+ * The named examples are also the test's cases (test/integration/admin-openapi.test.ts): each
+ * example of a response names a request that gets it, built from the parameters' and request
+ * body's examples of the same name, or their first example (a valid request) when they have none
+ * of that name; `x-fixture: "session"` stands for the id of a session the test opens. A few
+ * names are requests no JSON value can describe: `noToken`, `wrongToken`, `notJson`, `tooLarge`,
+ * and `sharedStateDown` (Redis unreachable). Every documented status needs at least one example.
+ * @see https://spec.openapis.org/oas/v3.1.0
+ */
+import { TENANT_ID_RE } from '../config/schema.js';
+
+/** The subset of JSON Schema (2020-12, as OpenAPI 3.1 uses it) the document is written in. */
+export interface JsonSchema {
+  readonly $ref?: string;
+  readonly type?: JsonType | readonly JsonType[];
+  readonly description?: string;
+  readonly properties?: Readonly<Record<string, JsonSchema>>;
+  readonly required?: readonly string[];
+  readonly additionalProperties?: boolean | JsonSchema;
+  readonly minProperties?: number;
+  readonly maxProperties?: number;
+  readonly items?: JsonSchema;
+  readonly enum?: readonly (string | number | boolean | null)[];
+  readonly pattern?: string;
+  readonly minimum?: number;
+  readonly format?: 'date-time' | 'uuid';
+}
+export type JsonType = 'object' | 'array' | 'string' | 'integer' | 'number' | 'boolean' | 'null';
+
+export interface Example {
+  readonly summary: string;
+  readonly value: unknown;
+  /** The test replaces the value with a live one: `session`, the id of a session it opened. */
+  readonly 'x-fixture'?: 'session';
+}
+type Examples = Readonly<Record<string, Example>>;
+
+export interface MediaType {
+  readonly schema: JsonSchema;
+  readonly examples: Examples;
+}
+
+export interface Parameter {
+  readonly name: string;
+  readonly in: 'path' | 'query';
+  readonly required: boolean;
+  readonly description: string;
+  readonly schema: JsonSchema;
+  /** The first is a valid value. */
+  readonly examples: Examples;
+}
+
+export interface Response {
+  readonly description: string;
+  readonly headers?: Readonly<Record<string, { readonly description: string; readonly required: boolean; readonly schema: JsonSchema }>>;
+  readonly content: { readonly 'application/json': MediaType };
+}
+export interface Reference {
+  readonly $ref: string;
+}
+
+export interface Operation {
+  readonly operationId: string;
+  readonly summary: string;
+  readonly description?: string;
+  /** The `command` of the call's `admin.command` audit record. */
+  readonly 'x-audit-command': string;
+  readonly parameters?: readonly Parameter[];
+  readonly requestBody?: { readonly required: boolean; readonly content: { readonly 'application/json': MediaType } };
+  readonly responses: Readonly<Record<string, Response | Reference>>;
+}
+
+export type Method = 'get' | 'put' | 'post' | 'delete';
+export type PathItem = Partial<Readonly<Record<Method, Operation>>>;
+
+export interface OpenApiDocument {
+  readonly openapi: '3.1.0';
+  readonly info: { readonly title: string; readonly version: string; readonly description: string };
+  readonly security: readonly Readonly<Record<string, readonly string[]>>[];
+  readonly paths: Readonly<Record<string, PathItem>>;
+  readonly components: {
+    readonly securitySchemes: Readonly<Record<string, { readonly type: 'http'; readonly scheme: 'bearer'; readonly description: string }>>;
+    readonly schemas: Readonly<Record<string, JsonSchema>>;
+    readonly responses: Readonly<Record<string, Response>>;
+  };
+}
+
+const ref = (name: string): JsonSchema => ({ $ref: `#/components/schemas/${name}` });
+const json = (schema: JsonSchema, examples: Examples): { readonly 'application/json': MediaType } => ({ 'application/json': { schema, examples } });
+const error = (summary: string, message: string): Example => ({ summary, value: { error: message } });
+
+const EXAMPLE_SESSION = '7c6f0e52-3d1a-4b8e-9f2c-5a0d6e4b1c37';
+
+const tenantId: JsonSchema = { type: 'string', pattern: TENANT_ID_RE.source, description: 'A tenant id: a lower-case DNS label.' };
+const tenantParam: Parameter = {
+  name: 'id',
+  in: 'path',
+  required: true,
+  description: 'The tenant id.',
+  schema: tenantId,
+  examples: {
+    ok: { summary: 'a configured tenant', value: 'acme' },
+    notFound: { summary: 'no such tenant', value: 'nosuch' },
+    badId: { summary: 'not a tenant id', value: 'Not_A_Tenant' },
+  },
+};
+const sessionParam: Parameter = {
+  name: 'id',
+  in: 'path',
+  required: true,
+  description: 'The session id, as GET /sessions lists it (upper-case hex digits are accepted too).',
+  schema: { type: 'string', pattern: '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$' },
+  examples: {
+    ok: { summary: 'a session on this instance', value: EXAMPLE_SESSION, 'x-fixture': 'session' },
+    notFound: { summary: 'no such session on this instance', value: '00000000-0000-4000-8000-000000000000' },
+    badId: { summary: 'not a session id', value: 'not-a-uuid' },
+  },
+};
+
+/** What every route answers with too: `notJson` for any body that is not JSON, 401 and 413. */
+function operation(op: Omit<Operation, 'responses'> & { readonly responses: Readonly<Record<string, Response>> }): Operation {
+  const { '400': badRequest, ...rest } = op.responses;
+  const badExamples = badRequest?.content['application/json'].examples ?? {};
+  return {
+    ...op,
+    responses: {
+      ...rest,
+      '400': {
+        description: badRequest === undefined ? 'The request body is not JSON.' : `${badRequest.description} Or the request body is not JSON.`,
+        content: json(ref('Error'), { ...badExamples, notJson: error('a body that is not JSON', 'request body is not valid JSON') }),
+      },
+      '401': { $ref: '#/components/responses/Unauthorized' },
+      '413': { $ref: '#/components/responses/PayloadTooLarge' },
+    },
+  };
+}
+
+const sharedStateDown = (command: string): Response => ({
+  description: 'The command took effect on this instance but could not be shared with the other instances (Redis unreachable).',
+  content: json(ref('Error'), { sharedStateDown: error('Redis unreachable', `${command} applied on this instance only: shared state unavailable`) }),
+});
+
+const suspension = (suspended: boolean): Operation =>
+  operation({
+    operationId: suspended ? 'suspendTenant' : 'resumeTenant',
+    summary: suspended ? 'Suspend a tenant on every instance' : 'Resume a suspended tenant on every instance',
+    description: suspended
+      ? "Ends the tenant's sessions (57P01) and refuses its logins as a disabled tenant (28P01) until resumed."
+      : 'Lifts a suspension; resuming a tenant that is not suspended is no error.',
+    'x-audit-command': suspended ? 'tenant.suspend' : 'tenant.resume',
+    parameters: [tenantParam],
+    responses: {
+      '200': {
+        description: suspended ? 'Suspended.' : 'Resumed.',
+        content: json(
+          {
+            type: 'object',
+            required: ['tenant', 'suspended'],
+            additionalProperties: false,
+            properties: { tenant: tenantId, suspended: { enum: [suspended] } },
+          },
+          { ok: { summary: suspended ? 'suspended' : 'resumed', value: { tenant: 'acme', suspended } } },
+        ),
+      },
+      '400': { description: 'Not a tenant id.', content: json(ref('Error'), { badId: error('not a tenant id', 'invalid tenant id') }) },
+      '404': { description: 'No tenant with this id is configured.', content: json(ref('Error'), { notFound: error('no such tenant', 'no such tenant') }) },
+      '503': sharedStateDown(suspended ? 'tenant.suspend' : 'tenant.resume'),
+    },
+  });
+
+const termination = (how: 'delete' | 'post'): Operation =>
+  operation({
+    operationId: how === 'delete' ? 'deleteSession' : 'terminateSession',
+    summary: how === 'delete' ? 'End a session' : 'End a session (the same as DELETE /sessions/{id})',
+    description: 'The client gets 57P01 terminating connection due to administrator command. Sessions are per instance: ask the one that holds it.',
+    'x-audit-command': 'session.terminate',
+    parameters: [sessionParam],
+    responses: {
+      '200': {
+        description: 'The session was ended.',
+        content: json(
+          {
+            type: 'object',
+            required: ['session', 'terminated'],
+            additionalProperties: false,
+            properties: { session: { type: 'string', format: 'uuid' }, terminated: { enum: [true] } },
+          },
+          { ok: { summary: 'ended', value: { session: EXAMPLE_SESSION, terminated: true } } },
+        ),
+      },
+      '400': { description: 'Not a session id.', content: json(ref('Error'), { badId: error('not a session id', 'invalid session id') }) },
+      '404': {
+        description: 'No session with this id on this instance.',
+        content: json(ref('Error'), { notFound: error('no such session', 'no such session') }),
+      },
+    },
+  });
+
+const revocationId: JsonSchema = { type: 'string', pattern: '^[!-~]{1,256}$', description: '1 to 256 printable ASCII characters, no space.' };
+/** Exactly one of `jti` (one token) or `sub` (every token of that person). */
+const revocationTarget: JsonSchema = {
+  type: 'object',
+  minProperties: 1,
+  maxProperties: 1,
+  additionalProperties: false,
+  properties: { jti: revocationId, sub: revocationId },
+};
+
+export const OPENAPI: OpenApiDocument = {
+  openapi: '3.1.0',
+  info: {
+    title: 'pgwarden admin API',
+    version: '1',
+    description: [
+      "Operators' commands, on the `[admin] listen` HTTP listener; JSON in and out.",
+      'Every call, this document included, needs `Authorization: Bearer <token>` and is an `admin.command` audit record',
+      "(its `command` is the operation's `x-audit-command`; `unknown` for a path no route has).",
+      'Besides what each operation lists: a path no route has answers 404 `{"error": "not found"}`,',
+      'and a method a path does not have answers 405 with `Allow` (components/responses/NotFound and MethodNotAllowed);',
+      'without a valid token both are 401, so routes are not revealed. A 500 `{"error": "internal error"}` is a bug.',
+    ].join(' '),
+  },
+  security: [{ bearer: [] }],
+  paths: {
+    '/sessions': {
+      get: operation({
+        operationId: 'listSessions',
+        summary: "This instance's sessions (all its workers)",
+        'x-audit-command': 'sessions.list',
+        parameters: [
+          {
+            name: 'tenant',
+            in: 'query',
+            required: false,
+            description: 'Only the sessions of this tenant.',
+            schema: tenantId,
+            examples: { oneTenant: { summary: 'one tenant', value: 'acme' }, badId: { summary: 'not a tenant id', value: 'Not_A_Tenant' } },
+          },
+        ],
+        responses: {
+          '200': {
+            description: 'The sessions.',
+            content: json(
+              { type: 'object', required: ['sessions'], additionalProperties: false, properties: { sessions: { type: 'array', items: ref('Session') } } },
+              {
+                all: {
+                  summary: 'every session',
+                  value: {
+                    sessions: [
+                      {
+                        id: EXAMPLE_SESSION,
+                        tenant: 'acme',
+                        user: 'app',
+                        database: 'postgres',
+                        staff: null,
+                        client: { addr: '127.0.0.1', port: 53422 },
+                        tls: 'TLSv1.3',
+                        started_at: '2026-01-01T12:00:00.000Z',
+                        phase: 'relaying',
+                        tx_status: 'I',
+                        bytes_in: 1032,
+                        bytes_out: 4120,
+                        queries: 3,
+                      },
+                    ],
+                  },
+                },
+                oneTenant: { summary: "one tenant's", value: { sessions: [] } },
+              },
+            ),
+          },
+          '400': { description: 'Not a tenant id.', content: json(ref('Error'), { badId: error('not a tenant id', 'invalid tenant id') }) },
+        },
+      }),
+    },
+    '/sessions/{id}': { delete: termination('delete') },
+    '/sessions/{id}/terminate': { post: termination('post') },
+    '/tenants/{id}/suspend': { post: suspension(true) },
+    '/tenants/{id}/resume': { post: suspension(false) },
+    '/staff/revoke': {
+      post: operation({
+        operationId: 'revokeStaff',
+        summary: 'Revoke a staff token, or every token of a person, on every instance',
+        description:
+          'Ends the matching staff sessions with 57P01 and refuses them at login while remembered: until any token valid now has expired ([staff] maximum token lifetime plus clock tolerance), at most 24 h.',
+        'x-audit-command': 'staff.revoke',
+        requestBody: {
+          required: true,
+          content: json(revocationTarget, {
+            byToken: { summary: 'one token', value: { jti: 'tok-1' } },
+            byPerson: { summary: 'every token of a person', value: { sub: 'alice' } },
+            notObject: { summary: 'not an object', value: ['tok-1'] },
+            empty: { summary: 'neither key', value: {} },
+            both: { summary: 'both keys', value: { jti: 'tok-1', sub: 'alice' } },
+            unknownKey: { summary: 'another key', value: { email: 'alice@example.com' } },
+            notString: { summary: 'not a string', value: { jti: 42 } },
+            tooLong: { summary: 'over 256 characters', value: { sub: 'x'.repeat(257) } },
+          }),
+        },
+        responses: {
+          '200': {
+            description: 'Revoked; remembered until `until`.',
+            content: json(
+              {
+                type: 'object',
+                required: ['revoked', 'until'],
+                additionalProperties: false,
+                properties: { revoked: revocationTarget, until: { type: 'string', format: 'date-time' } },
+              },
+              {
+                byToken: { summary: 'one token', value: { revoked: { jti: 'tok-1' }, until: '2026-01-02T12:00:00.000Z' } },
+                byPerson: { summary: 'a person', value: { revoked: { sub: 'alice' }, until: '2026-01-02T12:00:00.000Z' } },
+              },
+            ),
+          },
+          '400': {
+            description: 'Not exactly one of `jti` or `sub` with a valid value.',
+            content: json(ref('Error'), {
+              notObject: error('not an object', 'expected a JSON object {"jti": "..."} or {"sub": "..."}'),
+              empty: error('neither key', 'expected exactly one of "jti" or "sub"'),
+              both: error('both keys', 'expected exactly one of "jti" or "sub"'),
+              unknownKey: error('another key', 'expected exactly one of "jti" or "sub"'),
+              notString: error('not a string', '"jti" must be a string of 1 to 256 printable characters'),
+              tooLong: error('over 256 characters', '"sub" must be a string of 1 to 256 printable characters'),
+            }),
+          },
+          '503': sharedStateDown('staff.revoke'),
+        },
+      }),
+    },
+    '/reload': {
+      post: operation({
+        operationId: 'reload',
+        summary: 'Every instance re-reads its configuration file (as SIGHUP)',
+        'x-audit-command': 'reload',
+        responses: {
+          '202': {
+            description: 'Requested; a file that does not load is logged and the old configuration kept.',
+            content: json(
+              { type: 'object', required: ['status'], additionalProperties: false, properties: { status: { enum: ['reload requested'] } } },
+              { ok: { summary: 'requested', value: { status: 'reload requested' } } },
+            ),
+          },
+          '503': sharedStateDown('reload'),
+        },
+      }),
+    },
+    '/openapi.json': {
+      get: operation({
+        operationId: 'getOpenApi',
+        summary: 'This document',
+        'x-audit-command': 'openapi.get',
+        responses: {
+          '200': {
+            description: 'The OpenAPI 3.1 document of this API.',
+            content: json(
+              {
+                type: 'object',
+                required: ['openapi', 'info', 'paths', 'components'],
+                properties: { openapi: { enum: ['3.1.0'] }, info: { type: 'object' }, paths: { type: 'object' }, components: { type: 'object' } },
+              },
+              { ok: { summary: 'the document', value: { openapi: '3.1.0', info: { title: 'pgwarden admin API', version: '1' }, paths: {}, components: {} } } },
+            ),
+          },
+        },
+      }),
+    },
+  },
+  components: {
+    securitySchemes: {
+      bearer: {
+        type: 'http',
+        scheme: 'bearer',
+        description: 'The token whose SHA-256 is `[admin] token_sha256` (`pgwarden hash-token`); compared in constant time.',
+      },
+    },
+    schemas: {
+      Error: {
+        type: 'object',
+        required: ['error'],
+        additionalProperties: false,
+        properties: { error: { type: 'string', description: 'What went wrong; never a secret.' } },
+      },
+      Session: {
+        type: 'object',
+        description: 'A session as GET /sessions lists it: no secrets; user and database names sanitized.',
+        required: ['id', 'tenant', 'user', 'database', 'staff', 'client', 'tls', 'started_at', 'phase', 'tx_status', 'bytes_in', 'bytes_out', 'queries'],
+        additionalProperties: false,
+        properties: {
+          id: { type: 'string', format: 'uuid' },
+          tenant: { type: ['string', 'null'], description: 'null until the tenant is known.' },
+          user: { type: ['string', 'null'] },
+          database: { type: ['string', 'null'] },
+          staff: {
+            type: ['object', 'null'],
+            description: 'The staff token behind the session; null for a tenant user.',
+            required: ['sub', 'ticket', 'access', 'jti', 'expires_at'],
+            additionalProperties: false,
+            properties: {
+              sub: { type: 'string' },
+              ticket: { type: 'string' },
+              access: { enum: ['read', 'write'] },
+              jti: { type: 'string' },
+              expires_at: { type: 'string', format: 'date-time' },
+            },
+          },
+          client: {
+            type: 'object',
+            required: ['addr', 'port'],
+            additionalProperties: false,
+            properties: { addr: { type: 'string' }, port: { type: 'integer', minimum: 0 } },
+          },
+          tls: { type: ['string', 'null'], description: 'The TLS version, null without TLS.' },
+          started_at: { type: 'string', format: 'date-time' },
+          phase: { enum: ['negotiating', 'tls_handshake', 'admitting', 'authenticating', 'connecting', 'relaying', 'closed'] },
+          tx_status: { enum: ['I', 'T', 'E'], description: "ReadyForQuery's transaction status." },
+          bytes_in: { type: 'integer', minimum: 0 },
+          bytes_out: { type: 'integer', minimum: 0 },
+          queries: { type: 'integer', minimum: 0 },
+          worker: { type: 'integer', minimum: 1, description: 'The worker process holding it, with `server.workers` > 1.' },
+        },
+      },
+    },
+    responses: {
+      Unauthorized: {
+        description: 'No bearer token, or a wrong one: nothing runs (RFC 6750 §3).',
+        headers: {
+          'WWW-Authenticate': {
+            description: '`Bearer realm="pgwarden-admin"`, with `error="invalid_token"` for a wrong token.',
+            required: true,
+            schema: { type: 'string', pattern: '^Bearer realm="pgwarden-admin"' },
+          },
+        },
+        content: json(ref('Error'), {
+          noToken: error('no Authorization header', 'missing bearer token'),
+          wrongToken: error('a wrong token', 'invalid bearer token'),
+        }),
+      },
+      PayloadTooLarge: {
+        description: 'A request body over 64 KiB (65536 bytes); the connection is closed after the answer.',
+        content: json(ref('Error'), { tooLarge: error('a body over 64 KiB', 'request body over 65536 bytes') }),
+      },
+      NotFound: {
+        description: 'A path no route has.',
+        content: json(ref('Error'), { unknownPath: error('a path no route has', 'not found') }),
+      },
+      MethodNotAllowed: {
+        description: 'A method the path does not have.',
+        headers: { Allow: { description: "The path's methods.", required: true, schema: { type: 'string' } } },
+        content: json(ref('Error'), { wrongMethod: error('a method the path does not have', 'method not allowed') }),
+      },
+    },
+  },
+};
