@@ -341,6 +341,30 @@ describe('SessionRelay', () => {
     );
   });
 
+  it('a ReadyForQuery nobody asked for: nothing of it reaches the client, backend_lost with 08006, the backend is closed', async () => {
+    const { relay, backend, host, pool, client } = sessionMode();
+    relay.onClientData(query('SELECT 1'));
+    backend.socket.push(Buffer.concat([commandComplete('SELECT 1'), rfqI()]));
+    await settle();
+    const answered = client.bytes.length;
+    assert.equal(host.ends.length, 0, 'the answer to the query passes');
+    // A hostile server: another ReadyForQuery, then the reply to a query the client has not sent yet.
+    backend.socket.push(Buffer.concat([rfqI(), commandComplete('SELECT 1')]));
+    await settle();
+    assert.equal(client.bytes.length, answered, 'none of it is forwarded');
+    assert.deepEqual(
+      host.ends.map((e) => e.reason),
+      ['backend_lost'],
+    );
+    const notice = host.ends[0]!.notice;
+    assert.ok(Buffer.isBuffer(notice));
+    assert.equal(decodeError(notice.subarray(5)).code, '08006');
+    assert.deepEqual(
+      pool.releases.map((r) => r.reusable),
+      [false],
+    );
+  });
+
   it('a backend that closes after its own FATAL: backend_terminated, the client already has the error', async () => {
     const { backend, host, client } = sessionMode();
     const fatal = encodeErrorResponse({ severity: 'FATAL', code: '57P01', message: 'terminating connection due to administrator command' });
@@ -404,6 +428,24 @@ describe('TransactionRelay', () => {
     );
     assert.equal(relay.backend, null);
     assert.equal(b.socket.isPaused(), false, 'the pool reads it from now on');
+  });
+
+  it('a ReadyForQuery nobody asked for ends the session (backend_lost) instead of freeing the backend early', async () => {
+    const { relay, host, pool, client } = transactionMode();
+    relay.onClientData(query('BEGIN'));
+    await settle();
+    const b = pool.backends[0]!;
+    b.socket.push(Buffer.concat([commandComplete('BEGIN'), rfqT(), rfqI()]));
+    await settle();
+    assert.deepEqual(
+      host.ends.map((e) => e.reason),
+      ['backend_lost'],
+    );
+    assert.deepEqual(client.bytes, EMPTY, 'nothing of the chunk is forwarded');
+    assert.deepEqual(
+      pool.releases.map((r) => r.reusable),
+      [false],
+    );
   });
 
   it('keeps the backend while owed replies remain', async () => {

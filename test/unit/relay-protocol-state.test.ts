@@ -87,6 +87,15 @@ describe('ProtocolState: ReadyForQuery accounting', () => {
     assert.equal(s.queries, 1);
   });
 
+  it('flags a ReadyForQuery nothing asked for (and only that)', () => {
+    const { s } = newState();
+    feedClient(s, query('SELECT 1'));
+    feedBackend(s, commandComplete('SELECT 1'), rfq('I'));
+    assert.equal(s.unsolicitedReply, false, 'the one asked for');
+    feedBackend(s, rfq('I'));
+    assert.equal(s.unsolicitedReply, true, 'one more than the client asked for');
+  });
+
   it('counts pipelined Queries: busy until the last ReadyForQuery', () => {
     const { s } = newState();
     feedClient(s, query('SELECT 1'), query('SELECT 2'), query('SELECT 3'));

@@ -22,6 +22,12 @@ export class ProtocolState {
   /** Transaction mode only: once pinned, statements are no longer inspected for session state. */
   inspectSessionState = false;
   lastUpstreamError: { code: string; fatal: boolean } | null = null;
+  /**
+   * The backend sent a ReadyForQuery nothing asked for. PostgreSQL never does; counting it would
+   * make a later query look finished (no query timeout, a session-mode backend pooled mid-query),
+   * so the relay ends the session instead.
+   */
+  unsolicitedReply = false;
 
   messagesIn = 0;
   messagesOut = 0;
@@ -100,7 +106,7 @@ export class ProtocolState {
     this.messagesOut++;
     if (type === Backend.ReadyForQuery) {
       this.txStatus = body![0] ?? this.txStatus;
-      this.rfqReceived++;
+      if (++this.rfqReceived > this.rfqExpected) this.unsolicitedReply = true;
       if (this.txStatus === TxStatus.Idle) {
         this.transactions++;
         this.txSince = 0;

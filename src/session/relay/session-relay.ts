@@ -89,6 +89,11 @@ export class SessionRelay extends Relay {
       this.backendViolation(scanner.error?.message, bad > 0 || boundaryBefore);
       return;
     }
+    if (this.state.unsolicitedReply) {
+      // Nothing of this chunk goes out: the client never asked for what it answers.
+      this.backendViolation('ReadyForQuery without a request', boundaryBefore);
+      return;
+    }
     this.toClient(chunk);
   }
 

@@ -152,6 +152,10 @@ export class TransactionRelay extends Relay {
       );
       this.replies.onReply(f.type, f.raw, out);
     }
+    if (this.state.unsolicitedReply) {
+      this.backendViolation('ReadyForQuery without a request', true);
+      return;
+    }
     // Audit what the client receives (replies to injected messages are not its).
     if (this.gate !== null) for (const raw of out) this.auditReply(raw[0]!, raw.subarray(5), raw.length - 5);
     this.writeToClient(out);
