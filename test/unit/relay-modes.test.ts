@@ -570,6 +570,28 @@ describe('TransactionRelay', () => {
     assert.deepEqual(host.fails, []);
   });
 
+  it('statements before a Terminate, sent while no backend was held, still run; that backend is then closed', async () => {
+    const { relay, pool, host } = transactionMode();
+    let open!: () => void;
+    pool.gate = new Promise<void>((r) => (open = r));
+    const insert = query('INSERT INTO t VALUES (1)');
+    relay.onClientData(Buffer.concat([insert, TERMINATE]));
+    assert.deepEqual(
+      host.ends.map((e) => e.reason),
+      ['client_terminate'],
+      'the session ends at the Terminate',
+    );
+    open();
+    await settle();
+    assert.equal(pool.backends.length, 1);
+    assert.deepEqual(pool.backends[0]!.socket.bytes, insert, 'the INSERT reaches a backend, as it would reach PostgreSQL');
+    assert.deepEqual(
+      pool.releases.map((r) => r.reusable),
+      [false],
+      'nobody reads its reply: closed, not pooled',
+    );
+  });
+
   it('does not take a backend for a session that ended while acquiring; gives it straight back', async () => {
     const { relay, pool, host } = transactionMode();
     let open!: () => void;

@@ -10,6 +10,7 @@ import { PgError } from '../../errors.js';
 import { Backend, Frontend, frontendMaxLength, Limits } from '../../protocol/codes.js';
 import { FrameReader, type Frame } from '../../protocol/frame-reader.js';
 import { UpstreamRefused } from '../../pool/upstream.js';
+import type { Backend as PooledBackend } from '../../pool/backend-pool.js';
 import { ReplyQueue, StatementTracker, type Expectation } from './tx-statements.js';
 import { ClientHold } from './flow.js';
 import { refusedStatement } from './refusals.js';
@@ -26,6 +27,8 @@ export class TransactionRelay extends Relay {
   /** Client frames waiting for a backend; the client is held meanwhile. */
   private pending: Frame[] = [];
   private isPinned = false;
+  /** Frames the client sent before its Terminate while no backend was held: sent once one comes, then it is closed. */
+  private lastWords: Frame[] = [];
   private readonly clientMaxLength = (type: number): number => frontendMaxLength(type, this.maxMessageBytes);
 
   constructor(host: RelayHost, client: Socket, s: RelaySetup) {
@@ -96,7 +99,7 @@ export class TransactionRelay extends Relay {
     this.pool.acquire(this.poolKey, this.login, this.ctx.upstreamTarget(this.tenant)).then(
       (b) => {
         if (!this.open) {
-          this.pool.release(b, true, false);
+          this.sendLastWords(b);
           return;
         }
         try {
@@ -182,7 +185,26 @@ export class TransactionRelay extends Relay {
     return true;
   }
 
+  /**
+   * The session ended while a backend was on its way. If the client had sent statements before
+   * its Terminate, they still run, as on PostgreSQL (which reads up to the Terminate); the backend
+   * is then closed, since nobody reads its replies. Otherwise it goes back unused.
+   */
+  private sendLastWords(b: PooledBackend): void {
+    const frames = this.lastWords;
+    this.lastWords = [];
+    if (frames.length === 0) {
+      this.pool.release(b, true, false);
+      return;
+    }
+    const out: Buffer[] = [];
+    for (const f of frames) this.statements.rewrite(f.type, f.body, f.raw, b, out, []);
+    for (const part of out) b.socket.write(part);
+    this.pool.release(b, false, false);
+  }
+
   releaseBackend(): void {
+    if (this.state.terminateSeen && this.backend === null && this.pending.length > 0) this.lastWords = this.pending;
     this.pending = [];
     this.detach(this.backendIsClean(), this.isPinned);
   }
