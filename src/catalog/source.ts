@@ -1,0 +1,454 @@
+/**
+ * CatalogSource: the tenants a running proxy serves when [catalog] is set. It loads the catalog
+ * (each row validated by config/'s code; an invalid row is logged and never served), follows it
+ * with LISTEN/NOTIFY and a periodic full resync, keeps the last good copy in memory and in the
+ * snapshot file, serves that copy while the catalog is down (saying so in a metric, the log and
+ * an audit record) and catches up when it returns. It reports each change through one callback
+ * with the whole new map; swapping it in and ending sessions is the proxy's. The tables are store.ts's.
+ *
+ * Cost: the map is rebuilt once per applied change (a copy of the previous one), never per login;
+ * a login is one Map lookup whatever the number of tenants.
+ */
+import { open, readFile, rename, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import type pg from 'pg';
+import type { AuditEvent } from '../audit/record.js';
+import type { CatalogConfig, TenantConfig } from '../config/schema.js';
+import { validateTenantBody, type TenantBodyContext } from '../config/tenant-body.js';
+import type { Logger } from '../observability/logger.js';
+import type { Metrics } from '../observability/metrics.js';
+import { NOTIFY_ALL, catalogChannel, newCatalogClient, quoteSchema } from './store.js';
+
+/** Called after every applied change: the whole new map, and the ids added, changed or removed. */
+export type CatalogChangeHandler = (tenants: ReadonlyMap<string, TenantConfig>, changed: readonly string[]) => void;
+
+export interface CatalogSourceOptions {
+  readonly config: CatalogConfig;
+  /** The running config's defaults and sections a tenant body is validated against. */
+  readonly context: TenantBodyContext;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  /** Where catalog.degraded records go (the audit log, or a worker's link to it). */
+  readonly audit: { append(event: AuditEvent): void };
+  readonly onChange: CatalogChangeHandler;
+  /** The environment env-var references are checked in (default: this process's). */
+  readonly env?: NodeJS.ProcessEnv;
+  /** Reconnect backoff bounds (default 250 ms doubling to 5 s). */
+  readonly reconnectMinMs?: number;
+  readonly reconnectMaxMs?: number;
+}
+
+/** Start-up found neither a reachable catalog nor a snapshot: there is nothing to serve. */
+export class CatalogUnavailableError extends Error {}
+
+/** The snapshot file's content: the bodies of the served tenants, as the catalog holds them. */
+interface Snapshot {
+  readonly format: 'pgwarden.catalog-snapshot/v1';
+  /** When the copy was last known to match the catalog (ms since the epoch). */
+  readonly synced_at_ms: number;
+  readonly tenants: Record<string, Record<string, unknown>>;
+}
+
+/** A served tenant: the body it came from (compared on change, written to the snapshot) and its validated config. */
+interface Entry {
+  readonly bodyJson: string;
+  readonly body: Record<string, unknown>;
+  readonly tenant: TenantConfig;
+}
+
+type Link = 'connected' | 'down';
+
+export class CatalogSource {
+  private entries = new Map<string, Entry>();
+  private map: ReadonlyMap<string, TenantConfig> = new Map();
+  private client: pg.Client | null = null;
+  private link: Link = 'down';
+  /** When the served copy was last known to match the catalog (wall ms). */
+  private syncedAtMs = 0;
+  /** A catalog.degraded "enter" was written and no "exit" yet. */
+  private degraded = false;
+  private closed = false;
+  /** Tenant ids notified and not yet re-read; NOTIFY_ALL asks for a full resync. */
+  private readonly pending = new Set<string>();
+  private draining: Promise<void> | null = null;
+  private resyncTimer: NodeJS.Timeout | null = null;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  private backoffMs: number;
+  private snapshotWrite: Promise<void> = Promise.resolve();
+  private snapshotDirty = false;
+  private readonly env: NodeJS.ProcessEnv;
+  private context: TenantBodyContext;
+
+  private constructor(private readonly opts: CatalogSourceOptions) {
+    this.env = opts.env ?? process.env;
+    this.context = opts.context;
+    this.backoffMs = opts.reconnectMinMs ?? 250;
+  }
+
+  /**
+   * Reads the snapshot (if any), then connects, listens and loads the whole catalog, and writes
+   * the snapshot. With the catalog unreachable it serves the snapshot and keeps trying; with
+   * neither, it throws CatalogUnavailableError. Changes after start reach `onChange`; the tenants
+   * at start are `tenants`.
+   */
+  static async start(opts: CatalogSourceOptions): Promise<CatalogSource> {
+    const source = new CatalogSource(opts);
+    opts.metrics.catalogStaleSeconds = () => source.staleSeconds;
+    try {
+      await source.boot();
+    } catch (err) {
+      await source.close();
+      throw err;
+    }
+    return source;
+  }
+
+  /** The tenants to serve now (replaced, never mutated, on each change). */
+  get tenants(): ReadonlyMap<string, TenantConfig> {
+    return this.map;
+  }
+
+  /** 0 while connected and in sync; else seconds since the served copy was last known to match the catalog. */
+  get staleSeconds(): number {
+    if (this.link === 'connected' && !this.degraded) return 0;
+    return Math.max(0, (Date.now() - this.syncedAtMs) / 1000);
+  }
+
+  get connected(): boolean {
+    return this.link === 'connected';
+  }
+
+  /** Re-reads the whole catalog now (also what the periodic resync does). Rejects when it cannot. */
+  async resync(): Promise<void> {
+    await this.fullResync();
+  }
+
+  /**
+   * Re-validates every served tenant against a new context (a reloaded file's [pool]/[limits]),
+   * then resyncs. A tenant its body no longer validates for keeps its last good settings (logged).
+   */
+  setContext(context: TenantBodyContext): void {
+    this.context = context;
+    const bodies = new Map([...this.entries].map(([id, e]) => [id, e.body]));
+    this.apply(bodies, true, true);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.resyncTimer !== null) clearInterval(this.resyncTimer);
+    if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer);
+    this.resyncTimer = null;
+    this.reconnectTimer = null;
+    const c = this.client;
+    this.client = null;
+    this.link = 'down';
+    if (c !== null) await c.end().catch(() => undefined);
+    await this.draining?.catch(() => undefined);
+    await this.snapshotWrite;
+    if (this.opts.metrics.catalogStaleSeconds !== null) this.opts.metrics.catalogStaleSeconds = null;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Start-up
+
+  private async boot(): Promise<void> {
+    const snapshot = await this.readSnapshot();
+    let cause: string;
+    try {
+      await this.connect();
+      await this.fullResync();
+      // Even an empty or unchanged catalog leaves a snapshot: a restart during an outage serves it.
+      this.writeSnapshot();
+      this.startResyncTimer();
+      return;
+    } catch (err) {
+      cause = describe(err);
+      this.dropClient();
+    }
+    if (snapshot === null) {
+      throw new CatalogUnavailableError(
+        `tenant catalog unreachable (${cause}) and no snapshot at ${this.opts.config.snapshotFile}: no tenants to serve; start once with the catalog reachable`,
+      );
+    }
+    this.syncedAtMs = snapshot.synced_at_ms;
+    this.apply(new Map(Object.entries(snapshot.tenants)), false);
+    this.opts.log.warn({ snapshot: this.opts.config.snapshotFile, tenants: this.map.size, cause }, 'tenant catalog unreachable at start: serving the snapshot');
+    this.enterDegraded(cause, 'snapshot');
+    this.startResyncTimer();
+    this.scheduleReconnect();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // The connection: LISTEN first, then read, so no change between the two is missed.
+
+  private async connect(): Promise<void> {
+    const client = newCatalogClient(this.opts.config);
+    // Until it is this.client (after LISTEN), a failing client is only ended: the caller handles the rejection.
+    client.on('error', (err) => this.lost(client, describe(err)));
+    client.on('end', () => this.lost(client, 'connection closed'));
+    client.on('notification', (n) => {
+      if (client !== this.client || n.payload === undefined) return;
+      this.pending.add(n.payload);
+      this.drain();
+    });
+    try {
+      await client.connect();
+      await client.query(`LISTEN ${catalogChannel(this.opts.config.schema)}`);
+    } catch (err) {
+      void client.end().catch(() => undefined);
+      throw err;
+    }
+    if (this.closed) {
+      void client.end().catch(() => undefined);
+      throw new Error('closed');
+    }
+    this.client = client;
+    this.link = 'connected';
+    this.backoffMs = this.opts.reconnectMinMs ?? 250;
+  }
+
+  private dropClient(): void {
+    const c = this.client;
+    this.client = null;
+    this.link = 'down';
+    void c?.end().catch(() => undefined);
+  }
+
+  /** The listening connection failed: keep serving what we have, say so once, reconnect. */
+  private lost(client: pg.Client, cause: string): void {
+    if (client !== this.client || this.closed) return;
+    this.dropClient();
+    this.opts.log.warn({ cause, tenants: this.map.size }, 'tenant catalog connection lost: serving the last good copy');
+    this.enterDegraded(cause, 'memory');
+    this.scheduleReconnect();
+  }
+
+  private scheduleReconnect(): void {
+    if (this.closed || this.reconnectTimer !== null) return;
+    const delay = this.backoffMs;
+    this.backoffMs = Math.min(this.backoffMs * 2, this.opts.reconnectMaxMs ?? 5_000);
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      void this.reconnect();
+    }, delay);
+    this.reconnectTimer.unref();
+  }
+
+  private async reconnect(): Promise<void> {
+    if (this.closed || this.client !== null) return;
+    try {
+      await this.connect();
+      await this.fullResync();
+    } catch (err) {
+      if (this.closed) return;
+      this.opts.log.debug({ cause: describe(err) }, 'tenant catalog still unreachable');
+      this.dropClient();
+      this.scheduleReconnect();
+    }
+  }
+
+  private startResyncTimer(): void {
+    this.resyncTimer = setInterval(() => {
+      if (this.client === null) return; // reconnecting: the reconnect resyncs
+      this.fullResync().catch((err: unknown) => {
+        if (this.client !== null) this.lost(this.client, describe(err));
+      });
+    }, this.opts.config.resyncIntervalMs);
+    this.resyncTimer.unref();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Reading
+
+  private get table(): string {
+    return `${quoteSchema(this.opts.config.schema)}.tenants`;
+  }
+
+  /** Reads every row and applies the difference; marks the copy in sync (and leaves degraded mode). */
+  private async fullResync(): Promise<void> {
+    const client = this.client;
+    if (client === null) throw new Error('not connected');
+    let rows: { id: string; body: Record<string, unknown> }[];
+    try {
+      rows = (await client.query<{ id: string; body: Record<string, unknown> }>(`SELECT id, body FROM ${this.table}`)).rows;
+    } catch (err) {
+      this.opts.metrics.catalogResyncs.inc({ outcome: 'failed' });
+      throw err;
+    }
+    this.opts.metrics.catalogResyncs.inc({ outcome: 'ok' });
+    this.apply(new Map(rows.map((r) => [r.id, r.body])), true);
+    this.markInSync();
+  }
+
+  /** Re-reads the notified tenants, one query each, in one change; NOTIFY_ALL (or a failure) means a full resync. */
+  private drain(): void {
+    if (this.draining !== null) return;
+    this.draining = (async () => {
+      while (this.pending.size > 0 && this.client !== null) {
+        const client = this.client;
+        const ids = [...this.pending];
+        this.pending.clear();
+        if (ids.includes(NOTIFY_ALL)) {
+          await this.fullResync();
+          continue;
+        }
+        const r = await client.query<{ id: string; body: Record<string, unknown> }>(`SELECT id, body FROM ${this.table} WHERE id = ANY($1::text[])`, [ids]);
+        const found = new Map(r.rows.map((row) => [row.id, row.body]));
+        const next = new Map([...this.entries].map(([id, e]) => [id, e.body]));
+        for (const id of ids) {
+          const body = found.get(id);
+          if (body === undefined) next.delete(id);
+          else next.set(id, body);
+        }
+        this.apply(next, true);
+        this.markInSync();
+      }
+    })()
+      .catch((err: unknown) => {
+        // The connection failed under us: the reconnect does a full resync, which covers what was pending.
+        this.pending.clear();
+        if (this.client !== null) this.lost(this.client, describe(err));
+      })
+      .finally(() => {
+        this.draining = null;
+      });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Applying
+
+  /**
+   * Makes `bodies` the served set: each new or changed body is validated (refused ones are logged
+   * and skipped; a tenant served before keeps its last good settings), unchanged ones are kept
+   * as they are. On any difference the map is rebuilt once, `onChange` called and the snapshot
+   * written (unless `persist` is false: loading the snapshot itself).
+   */
+  private apply(bodies: ReadonlyMap<string, Record<string, unknown>>, persist: boolean, revalidate = false): void {
+    const next = new Map<string, Entry>();
+    const changed: string[] = [];
+    for (const [id, body] of bodies) {
+      const bodyJson = JSON.stringify(body);
+      const old = this.entries.get(id);
+      if (old !== undefined && old.bodyJson === bodyJson && !revalidate) {
+        next.set(id, old);
+        continue;
+      }
+      const v = validateTenantBody(id, body, this.context, this.env);
+      if (!v.ok) {
+        this.opts.metrics.catalogInvalidRows.inc();
+        // The problems name keys and never echo a secret (config/ guarantees it).
+        this.opts.log.error(
+          { tenant: id, problems: v.problems, kept: old !== undefined },
+          old === undefined ? 'tenant catalog: invalid row, not served' : 'tenant catalog: invalid row, the tenant keeps its last valid settings',
+        );
+        if (old !== undefined) next.set(id, old);
+        continue;
+      }
+      next.set(id, { bodyJson, body, tenant: v.tenant });
+      changed.push(id);
+    }
+    for (const id of this.entries.keys()) if (!next.has(id)) changed.push(id);
+    if (changed.length === 0) return;
+    this.entries = next;
+    const map = new Map<string, TenantConfig>();
+    for (const [id, e] of next) map.set(id, e.tenant);
+    this.map = map;
+    this.opts.metrics.catalogTenants.set(map.size);
+    this.opts.metrics.catalogChanges.inc(changed.length);
+    this.opts.log.info({ changed: changed.length > 20 ? changed.length : changed, tenants: map.size }, 'tenant catalog changed');
+    if (persist) this.writeSnapshot();
+    try {
+      this.opts.onChange(map, changed);
+    } catch (err) {
+      this.opts.log.error({ err }, 'tenant catalog: onChange failed');
+    }
+  }
+
+  private markInSync(): void {
+    this.syncedAtMs = Date.now();
+    if (!this.degraded) return;
+    this.degraded = false;
+    this.opts.log.info({ tenants: this.map.size }, 'tenant catalog reachable again and in sync');
+    this.opts.audit.append({ event: 'catalog.degraded', state: 'exit', tenants: this.map.size });
+    // The snapshot's synced_at moves on even when nothing changed while the catalog was down.
+    this.writeSnapshot();
+  }
+
+  private enterDegraded(cause: string, servedFrom: 'memory' | 'snapshot'): void {
+    if (this.degraded) return;
+    this.degraded = true;
+    this.opts.audit.append({ event: 'catalog.degraded', state: 'enter', cause, served_from: servedFrom, tenants: this.map.size });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // The snapshot file: the bodies of the served tenants (verifiers included, hence 0600).
+
+  private async readSnapshot(): Promise<Snapshot | null> {
+    const file = this.opts.config.snapshotFile;
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.opts.log.warn({ snapshot: file, code: (err as NodeJS.ErrnoException).code }, 'tenant catalog snapshot unreadable');
+      return null;
+    }
+    try {
+      const s = JSON.parse(text) as Partial<Snapshot>;
+      if (s.format !== 'pgwarden.catalog-snapshot/v1' || typeof s.synced_at_ms !== 'number' || typeof s.tenants !== 'object' || s.tenants === null) throw new Error('format');
+      return s as Snapshot;
+    } catch {
+      this.opts.log.warn({ snapshot: file }, 'tenant catalog snapshot is not a pgwarden catalog snapshot; ignored');
+      return null;
+    }
+  }
+
+  /** Writes the snapshot after the current write (coalesced: many changes in a row make one more write). */
+  private writeSnapshot(): void {
+    if (this.snapshotDirty) return;
+    this.snapshotDirty = true;
+    this.snapshotWrite = this.snapshotWrite.then(async () => {
+      this.snapshotDirty = false;
+      const snapshot: Snapshot = {
+        format: 'pgwarden.catalog-snapshot/v1',
+        synced_at_ms: this.syncedAtMs === 0 ? Date.now() : this.syncedAtMs,
+        tenants: Object.fromEntries([...this.entries].map(([id, e]) => [id, e.body])),
+      };
+      try {
+        await writeFileAtomic(this.opts.config.snapshotFile, `${JSON.stringify(snapshot)}\n`);
+      } catch (err) {
+        this.opts.log.error({ snapshot: this.opts.config.snapshotFile, code: (err as NodeJS.ErrnoException).code }, 'tenant catalog snapshot not written');
+      }
+    });
+  }
+
+  /** Resolves once the snapshot holds every change applied so far (for tests and shutdown). */
+  async snapshotWritten(): Promise<void> {
+    await this.snapshotWrite;
+  }
+}
+
+/** Temp file (0600) in the same folder, fsync, rename over: a reader sees the old file or the new one, never half. */
+async function writeFileAtomic(file: string, text: string): Promise<void> {
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+  const fh = await open(tmp, 'w', 0o600);
+  try {
+    await fh.chmod(0o600); // an old temp file may have kept another mode
+    await fh.writeFile(text, 'utf8');
+    await fh.datasync();
+  } finally {
+    await fh.close();
+  }
+  try {
+    await rename(tmp, file);
+  } catch (err) {
+    await unlink(tmp).catch(() => undefined);
+    throw err;
+  }
+}
+
+/** A failure as the log and the audit record name it: code and message, never a connection string. */
+function describe(err: unknown): string {
+  const e = err as { code?: unknown; message?: unknown };
+  const message = typeof e.message === 'string' ? e.message : String(err);
+  return typeof e.code === 'string' ? `${e.code}: ${message}` : message;
+}
