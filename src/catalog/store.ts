@@ -98,6 +98,8 @@ export function newCatalogClient(cfg: CatalogConfig, applicationName = 'pgwarden
   const client = new pg.Client({
     connectionString: cfg.url,
     application_name: applicationName,
+    // A write the admin API acknowledges must survive a crash of the catalog, whatever the server's default.
+    options: '-c synchronous_commit=on',
     connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
     query_timeout: QUERY_TIMEOUT_MS,
     keepAlive: true,
@@ -166,9 +168,9 @@ export class CatalogStore {
   }
 
   /** Creates or replaces a tenant. Throws CatalogRefusal('invalid') naming the offending keys; writes nothing then. */
-  put(id: string, body: unknown): Promise<{ created: boolean; tenant: TenantConfig }> {
+  async put(id: string, body: unknown): Promise<{ created: boolean; tenant: TenantConfig }> {
     const tenant = this.validate(id, body);
-    return this.run(async (c) => {
+    return await this.run(async (c) => {
       const r = await c.query<{ created: boolean }>(
         `INSERT INTO ${this.tenants} AS t (id, body) VALUES ($1, $2::jsonb)
 ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body, version = t.version + 1, updated_at = now()
@@ -260,8 +262,12 @@ RETURNING (xmax = 0) AS created`,
   private async connection(): Promise<pg.Client> {
     if (this.client !== null) return this.client;
     const client = newCatalogClient(this.cfg, 'pgwarden-catalog-admin');
-    // A connection that dies while idle is noticed on the next query; this keeps it from crashing the process.
-    client.on('error', () => undefined);
+    // A connection that dies while idle is forgotten, so the next operation opens a new one (and the error does not crash the process).
+    const forget = (): void => {
+      if (this.client === client) this.client = null;
+    };
+    client.on('error', forget);
+    client.on('end', forget);
     try {
       await client.connect();
     } catch (err) {
