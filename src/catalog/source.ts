@@ -240,11 +240,15 @@ export class CatalogSource {
       await this.connect();
       await this.fullResync();
     } catch (err) {
-      if (this.closed) return;
+      if (this.isClosed()) return; // close() may have come during the awaits
       this.opts.log.debug({ cause: describe(err) }, 'tenant catalog still unreachable');
       this.dropClient();
       this.scheduleReconnect();
     }
+  }
+
+  private isClosed(): boolean {
+    return this.closed;
   }
 
   private startResyncTimer(): void {
@@ -393,8 +397,8 @@ export class CatalogSource {
       return null;
     }
     try {
-      const s = JSON.parse(text) as Partial<Snapshot>;
-      if (s.format !== 'pgwarden.catalog-snapshot/v1' || typeof s.synced_at_ms !== 'number' || typeof s.tenants !== 'object' || s.tenants === null) throw new Error('format');
+      const s = JSON.parse(text) as { format?: unknown; synced_at_ms?: unknown; tenants?: unknown };
+      if (s.format !== 'pgwarden.catalog-snapshot/v1' || typeof s.synced_at_ms !== 'number' || typeof s.tenants !== 'object' || s.tenants === null || Array.isArray(s.tenants)) throw new Error('format');
       return s as Snapshot;
     } catch {
       this.opts.log.warn({ snapshot: file }, 'tenant catalog snapshot is not a pgwarden catalog snapshot; ignored');
