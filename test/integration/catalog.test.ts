@@ -244,6 +244,17 @@ resync_interval = "${resync}"
     }
     await store.delete('initech');
     await waitFor(() => !w.source.tenants.has('initech'), 1000, 'the delete');
+
+    // A refused row is logged once, not at every resync, and stays unserved.
+    const invalid = (): number => w.logs.filter((l) => l.includes('invalid row')).length;
+    await pg.query(`INSERT INTO pgwarden_catalog.tenants (id, body) VALUES ('broken2', '{"backend": 5}'::jsonb)`, [], 'catalog');
+    await waitFor(() => invalid() === 1, 1000, 'the invalid row logged');
+    const resyncs = async (): Promise<number> => (await w.metrics.registry.getSingleMetric('pgwarden_catalog_resyncs_total')!.get()).values.reduce((a, v) => a + v.value, 0);
+    const r0 = await resyncs();
+    await waitFor(async () => (await resyncs()) >= r0 + 2, 3500, 'two more resyncs');
+    assert.equal(invalid(), 1);
+    assert.equal(w.source.tenants.has('broken2'), false);
+    await pg.query(`DELETE FROM pgwarden_catalog.tenants WHERE id = 'broken2'`, [], 'catalog');
   });
 
   it('catalog down: the last copy is served, stale seconds rise, a new source starts from the snapshot; back up: changes made meanwhile arrive', async () => {
