@@ -59,8 +59,8 @@ interface Row {
 /** A served tenant: the body it came from (compared on change, written to the snapshot), its hash, and its validated config. */
 interface Entry {
   readonly hash: string | null;
+  /** The body as JSON text: compared on change and copied into the snapshot (the parsed body is not kept). */
   readonly bodyJson: string;
-  readonly body: Record<string, unknown>;
   readonly tenant: TenantConfig;
 }
 
@@ -139,7 +139,7 @@ export class CatalogSource {
    */
   setContext(context: TenantBodyContext): void {
     this.context = context;
-    this.apply(new Map([...this.entries].map(([id, e]) => [id, { id, body: e.body, hash: e.hash }])), true, true);
+    this.apply(new Map([...this.entries].map(([id, e]) => [id, { id, body: JSON.parse(e.bodyJson) as Record<string, unknown>, hash: e.hash }])), true, true);
   }
 
   async close(): Promise<void> {
@@ -382,7 +382,7 @@ export class CatalogSource {
         continue;
       }
       this.refused.delete(id);
-      next.set(id, { hash: row.hash, bodyJson, body: row.body, tenant: v.tenant });
+      next.set(id, { hash: row.hash, bodyJson, tenant: v.tenant });
       changed.push(id);
     }
     this.entries = next;
@@ -445,13 +445,13 @@ export class CatalogSource {
     this.snapshotDirty = true;
     this.snapshotWrite = this.snapshotWrite.then(async () => {
       this.snapshotDirty = false;
-      const snapshot: Snapshot = {
-        format: 'pgwarden.catalog-snapshot/v1',
-        synced_at_ms: this.syncedAtMs === 0 ? Date.now() : this.syncedAtMs,
-        tenants: Object.fromEntries([...this.entries].map(([id, e]) => [id, e.body])),
-      };
+      // Built from the kept JSON texts: the same document as JSON.stringify of a Snapshot, without re-serializing every body.
+      const syncedAtMs = this.syncedAtMs === 0 ? Date.now() : this.syncedAtMs;
+      const parts: string[] = [];
+      for (const [id, e] of this.entries) parts.push(`${JSON.stringify(id)}:${e.bodyJson}`);
+      const text = `{"format":"pgwarden.catalog-snapshot/v1","synced_at_ms":${syncedAtMs},"tenants":{${parts.join(',')}}}\n`;
       try {
-        await writeFileAtomic(this.opts.config.snapshotFile, `${JSON.stringify(snapshot)}\n`);
+        await writeFileAtomic(this.opts.config.snapshotFile, text);
       } catch (err) {
         this.opts.log.error({ snapshot: this.opts.config.snapshotFile, code: (err as NodeJS.ErrnoException).code }, 'tenant catalog snapshot not written');
       }
