@@ -134,8 +134,9 @@ export class CatalogSource {
   }
 
   /**
-   * Re-validates every served tenant against a new context (a reloaded file's [pool]/[limits]),
-   * then resyncs. A tenant its body no longer validates for keeps its last good settings (logged).
+   * Re-validates every served tenant against a new context (a reloaded file's [pool]/[limits])
+   * and reports the result through onChange. A tenant whose body no longer validates keeps its
+   * last good settings (logged), as with an invalid row.
    */
   setContext(context: TenantBodyContext): void {
     this.context = context;
@@ -226,6 +227,8 @@ export class CatalogSource {
   /** The listening connection failed: keep serving what we have, say so once, reconnect. */
   private lost(client: pg.Client, cause: string): void {
     if (client !== this.client || this.closed) return;
+    // Listening, the copy was in sync up to now: staleness counts from the loss, not the last read.
+    if (!this.degraded) this.syncedAtMs = Date.now();
     this.dropClient();
     this.opts.log.warn({ cause, tenants: this.map.size }, 'tenant catalog connection lost: serving the last good copy');
     this.enterDegraded(cause, 'memory');

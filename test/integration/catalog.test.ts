@@ -228,6 +228,12 @@ resync_interval = "${resync}"
     assert.ok(w.logs.some((l) => l.includes('tenants.broken.users.x.password')));
     for (const l of w.logs) assert.ok(!l.includes(USER_PASSWORD) && !l.includes(verifier), `a secret in the log: ${l}`);
     await pg.query(`DELETE FROM pgwarden_catalog.tenants WHERE id = 'broken'`, [], 'catalog');
+
+    // A reloaded file with other [pool] defaults: every tenant validated again, reported as changed.
+    assert.equal(w.source.tenants.get('acme')?.pool.maxBackendConnections, 9);
+    w.source.setContext(parseConfigText(configText('1h').replace('max_backend_connections = 9', 'max_backend_connections = 4'), dir));
+    assert.equal(w.source.tenants.get('acme')?.pool.maxBackendConnections, 4);
+    assert.deepEqual(w.changes.at(-1)?.changed, ['acme']);
   });
 
   it('the periodic resync catches a change whose NOTIFY never came', async () => {
