@@ -78,6 +78,7 @@ export class CatalogSource {
   /** A catalog.degraded "enter" was written and no "exit" yet. */
   private degraded = false;
   private closed = false;
+  private booted = false;
   /** Tenant ids notified and not yet re-read; NOTIFY_ALL asks for a full resync. */
   private readonly pending = new Set<string>();
   private draining: Promise<void> | null = null;
@@ -163,17 +164,26 @@ export class CatalogSource {
 
   private async boot(): Promise<void> {
     const snapshot = await this.readSnapshot();
-    let cause: string;
+    let cause = '';
     try {
       await this.connect();
       await this.fullResync();
-      // Even an empty or unchanged catalog leaves a snapshot: a restart during an outage serves it.
-      this.writeSnapshot();
-      this.startResyncTimer();
-      return;
     } catch (err) {
       cause = describe(err);
       this.dropClient();
+    }
+    if (this.client !== null) {
+      // Even an empty catalog leaves a snapshot, and a snapshot that cannot be written is a start-up
+      // error now rather than a surprise at the next restart during an outage.
+      await this.snapshotWrite;
+      try {
+        await this.persistSnapshot();
+      } catch (err) {
+        throw new CatalogUnavailableError(`catalog.snapshot_file ${this.opts.config.snapshotFile} cannot be written (${describe(err)})`);
+      }
+      this.booted = true;
+      this.startResyncTimer();
+      return;
     }
     if (snapshot === null) {
       throw new CatalogUnavailableError(
@@ -184,6 +194,7 @@ export class CatalogSource {
     this.apply(new Map(Object.entries(snapshot.tenants).map(([id, body]) => [id, { id, body, hash: null }])), false);
     this.opts.log.warn({ snapshot: this.opts.config.snapshotFile, tenants: this.map.size, cause }, 'tenant catalog unreachable at start: serving the snapshot');
     this.enterDegraded(cause, 'snapshot');
+    this.booted = true;
     this.startResyncTimer();
     this.scheduleReconnect();
   }
@@ -396,7 +407,8 @@ export class CatalogSource {
     this.opts.metrics.catalogTenants.set(map.size);
     this.opts.metrics.catalogChanges.inc(changed.length);
     this.opts.log.info({ changed: changed.length > 20 ? changed.length : changed, tenants: map.size }, 'tenant catalog changed');
-    if (persist) this.writeSnapshot();
+    // At boot the snapshot is written once, after the first full read (boot()).
+    if (persist && this.booted) this.writeSnapshot();
     try {
       this.opts.onChange(map, changed);
     } catch (err) {
@@ -405,11 +417,12 @@ export class CatalogSource {
   }
 
   private markInSync(): void {
+    const staleSeconds = Math.round(this.staleSeconds * 1000) / 1000;
     this.syncedAtMs = Date.now();
     if (!this.degraded) return;
     this.degraded = false;
-    this.opts.log.info({ tenants: this.map.size }, 'tenant catalog reachable again and in sync');
-    this.opts.audit.append({ event: 'catalog.degraded', state: 'exit', tenants: this.map.size });
+    this.opts.log.info({ tenants: this.map.size, stale_seconds: staleSeconds }, 'tenant catalog reachable again and in sync');
+    this.opts.audit.append({ event: 'catalog.degraded', state: 'exit', stale_seconds: staleSeconds, tenants: this.map.size });
     // The snapshot's synced_at moves on even when nothing changed while the catalog was down.
     this.writeSnapshot();
   }
@@ -442,23 +455,27 @@ export class CatalogSource {
     }
   }
 
-  /** Writes the snapshot after the current write (coalesced: many changes in a row make one more write). */
+  /** Writes the snapshot after the current write (coalesced: many changes in a row make one more write); a failure is logged. */
   private writeSnapshot(): void {
     if (this.snapshotDirty) return;
     this.snapshotDirty = true;
     this.snapshotWrite = this.snapshotWrite.then(async () => {
       this.snapshotDirty = false;
-      // Built from the kept JSON texts: the same document as JSON.stringify of a Snapshot, without re-serializing every body.
-      const syncedAtMs = this.syncedAtMs === 0 ? Date.now() : this.syncedAtMs;
-      const parts: string[] = [];
-      for (const [id, e] of this.entries) parts.push(`${JSON.stringify(id)}:${e.bodyJson}`);
-      const text = `{"format":"pgwarden.catalog-snapshot/v1","synced_at_ms":${syncedAtMs},"tenants":{${parts.join(',')}}}\n`;
       try {
-        await writeFileAtomic(this.opts.config.snapshotFile, text);
+        await this.persistSnapshot();
       } catch (err) {
         this.opts.log.error({ snapshot: this.opts.config.snapshotFile, code: (err as NodeJS.ErrnoException).code }, 'tenant catalog snapshot not written');
       }
     });
+  }
+
+  /** The snapshot of what is served now, written atomically; rejects when it cannot be. */
+  private async persistSnapshot(): Promise<void> {
+    // Built from the kept JSON texts: the same document as JSON.stringify of a Snapshot, without re-serializing every body.
+    const syncedAtMs = this.syncedAtMs === 0 ? Date.now() : this.syncedAtMs;
+    const parts: string[] = [];
+    for (const [id, e] of this.entries) parts.push(`${JSON.stringify(id)}:${e.bodyJson}`);
+    await writeFileAtomic(this.opts.config.snapshotFile, `{"format":"pgwarden.catalog-snapshot/v1","synced_at_ms":${syncedAtMs},"tenants":{${parts.join(',')}}}\n`);
   }
 
   /** Resolves once the snapshot holds every change applied so far (for tests and shutdown). */

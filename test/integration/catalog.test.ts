@@ -236,6 +236,11 @@ resync_interval = "${resync}"
     assert.deepEqual(w.changes.at(-1)?.changed, ['acme']);
   });
 
+  it('a snapshot_file that cannot be written is a start-up error', async () => {
+    const cfg = parseConfigText(configText('1h', 'no-such-dir/snapshot.json'), dir);
+    await assert.rejects(watch(cfg), (err: unknown) => err instanceof CatalogUnavailableError && /catalog\.snapshot_file .*no-such-dir\/snapshot\.json cannot be written/.test(err.message));
+  });
+
   it('the periodic resync catches a change whose NOTIFY never came', async () => {
     const cfg = parseConfigText(configText('1s', 'resync-snapshot.json'), dir);
     const w = await watch(cfg);
@@ -314,7 +319,8 @@ resync_interval = "${resync}"
       });
       assert.equal(x.source.connected, true);
       assert.equal(await staleGauge(x.metrics), 0);
-      assert.ok(x.audit.some((e) => e.event === 'catalog.degraded' && e['state'] === 'exit'), 'catalog.degraded exit audited');
+      const exit = x.audit.find((e) => e.event === 'catalog.degraded' && e['state'] === 'exit');
+      assert.ok(exit !== undefined && typeof exit['stale_seconds'] === 'number' && exit['stale_seconds'] > 0.4, `catalog.degraded exit audited: ${JSON.stringify(exit)}`);
       const last = x.changes.at(-1)!;
       assert.deepEqual([...last.changed].sort(), ['acme', 'globex', 'umbrella']);
       for (const e of x.audit) assert.ok(!JSON.stringify(e).includes(verifier));
