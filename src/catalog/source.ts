@@ -9,6 +9,7 @@
  * Cost: the map is rebuilt once per applied change (a copy of the previous one), never per login;
  * a login is one Map lookup whatever the number of tenants.
  */
+import { randomBytes } from 'node:crypto';
 import { open, readFile, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type pg from 'pg';
@@ -486,16 +487,16 @@ export class CatalogSource {
 
 /** Temp file (0600) in the same folder, fsync, rename over: a reader sees the old file or the new one, never half. */
 async function writeFileAtomic(file: string, text: string): Promise<void> {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  const fh = await open(tmp, 'w', 0o600);
+  // A name of its own (two sources, or workers, may share the file): 'wx' creates it 0600, never reuses one.
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  const fh = await open(tmp, 'wx', 0o600);
   try {
-    await fh.chmod(0o600); // an old temp file may have kept another mode
-    await fh.writeFile(text, 'utf8');
-    await fh.datasync();
-  } finally {
-    await fh.close();
-  }
-  try {
+    try {
+      await fh.writeFile(text, 'utf8');
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
     await rename(tmp, file);
   } catch (err) {
     await unlink(tmp).catch(() => undefined);
