@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `pgwarden` command: serve, check-config, hash-password, hash-token, audit verify, audit keygen.
+ * The `pgwarden` command: serve, check-config, hash-password, hash-token, audit …, catalog init.
  * Each subcommand is a thin shell around the module that does the work.
  */
 import { parseArgs } from 'node:util';
@@ -11,6 +11,7 @@ import { DEFAULT_ITERATIONS, makeScramVerifier } from './auth/scram.js';
 import { runAuditCommand } from './audit/cli.js';
 import { StaffTokenVerifier } from './auth/jwt.js';
 import { AUDIT_STORE_USAGE, runAuditStoreCommand } from './audit/query.js';
+import { CATALOG_USAGE, runCatalogCommand } from './catalog/cli.js';
 import { serve } from './main.js';
 
 const USAGE = `usage:
@@ -25,7 +26,7 @@ const USAGE = `usage:
                                           its rotated siblings; default: the config's audit.file)
   pgwarden audit keygen --out FILE [--origin NAME]
                                           new Ed25519 checkpoint key: FILE (0600), FILE.pub
-${AUDIT_STORE_USAGE}`;
+${AUDIT_STORE_USAGE}${CATALOG_USAGE}`;
 
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
@@ -48,7 +49,8 @@ async function main(argv: string[]): Promise<number> {
       const config = await loadConfigFile(values.config);
       // Files the config names are read at start-up: check the ones a typo would break.
       if (config.staff !== undefined && !/^https:/.test(config.staff.jwks)) new StaffTokenVerifier(config.staff);
-      process.stdout.write(`${values.config}: OK (${config.tenants.size} tenant${config.tenants.size === 1 ? '' : 's'})\n`);
+      const tenants = config.catalog !== undefined ? 'tenants from the catalog' : `${config.tenants.size} tenant${config.tenants.size === 1 ? '' : 's'}`;
+      process.stdout.write(`${values.config}: OK (${tenants})\n`);
       return 0;
     }
     case 'hash-password': {
@@ -77,6 +79,11 @@ async function main(argv: string[]): Promise<number> {
       if (storeCode !== null) return storeCode;
       const code = await runAuditCommand(rest, (m) => process.stdout.write(m));
       if (code === null) throw new UsageError('audit verify [--public-key PEM | --config FILE] [FILE...] | audit keygen --out FILE');
+      return code;
+    }
+    case 'catalog': {
+      const code = await runCatalogCommand(rest, (m) => process.stdout.write(m), (m) => process.stderr.write(m));
+      if (code === null) throw new UsageError('catalog init --config FILE');
       return code;
     }
     case undefined:

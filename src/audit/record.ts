@@ -15,6 +15,7 @@ export type AuditEventName =
   | 'session.end'
   | 'staff.access'
   | 'limits.degraded'
+  | 'catalog.degraded'
   | 'audit.gap'
   | 'audit.checkpoint'
   | 'proxy.lifecycle'

@@ -148,6 +148,29 @@ export interface AuditPostgresConfig {
   readonly flushIntervalMs: number;
 }
 
+/**
+ * [catalog]: tenants come from a PostgreSQL database (catalog/) instead of [tenants.*]; the file
+ * then holds none. The last good copy is kept in snapshotFile for starts while the catalog is down.
+ */
+export interface CatalogConfig {
+  /** postgresql:// URL without a password (TLS settings as URL parameters); the password comes from passwordEnv. */
+  readonly url: string;
+  readonly passwordEnv: string | undefined;
+  /** The schema holding the catalog's tables (lower-case identifier). */
+  readonly schema: string;
+  /** The last good copy of the catalog (absolute path), written 0600 after every change. */
+  readonly snapshotFile: string;
+  /** A full re-read this often, besides LISTEN/NOTIFY: the safety net for a missed notification. */
+  readonly resyncIntervalMs: number;
+}
+
+/** What a tenant falls back to: [pool], [limits] and limits.max_client_connections. */
+export interface TenantDefaults {
+  readonly pool: PoolSettings;
+  readonly limits: LimitSettings;
+  readonly maxClientConnections: number;
+}
+
 export interface Config {
   readonly server: {
     readonly listenHost: string;
@@ -184,7 +207,14 @@ export interface Config {
   readonly staff: StaffConfig | undefined;
   readonly pool: PoolSettings;
   readonly log: { readonly level: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent' };
+  /** The tenants of the file; empty with [catalog], whose tenants arrive through catalog/source.ts. */
   readonly tenants: ReadonlyMap<string, TenantConfig>;
+  /** [catalog]; undefined: the file's [tenants.*] are the tenants. */
+  readonly catalog: CatalogConfig | undefined;
+  /** What every tenant falls back to, kept so a catalog tenant is validated exactly as a file one. */
+  readonly tenantDefaults: TenantDefaults;
+  /** The folder relative paths are resolved against (the config file's), in the file and in catalog tenants. */
+  readonly configDir: string;
 }
 
 /** A tenant id is a DNS label: it appears as the first label of the SNI host name. */

@@ -3,17 +3,12 @@
  * verifiers, and its overrides of [pool] and [limits] (validate-settings.ts).
  */
 import { BlockList, isIP } from 'node:net';
-import { TENANT_ID_RE, type AuditParameters, type BackendTls, type LimitSettings, type PoolSettings, type StaffAccess, type TenantConfig, type UserConfig } from './schema.js';
+import { TENANT_ID_RE, type AuditConfig, type AuditParameters, type BackendTls, type StaffAccess, type TenantConfig, type TenantDefaults, type UserConfig } from './schema.js';
 import { parseScramVerifier, type ScramVerifier } from './scram-verifier.js';
 import { isTable, type Reader, type Tree } from './toml-reader.js';
 import { LIMIT_KEYS, POOL_KEYS, readLimits, readPool } from './validate-settings.js';
 
-/** What a tenant falls back to: [pool], [limits] and limits.max_client_connections. */
-export interface TenantDefaults {
-  readonly pool: PoolSettings;
-  readonly limits: LimitSettings;
-  readonly maxClientConnections: number;
-}
+export type { TenantDefaults };
 
 const TENANT_AUDIT_KEYS = ['staff_access', 'staff_backend_user', 'staff_backend_password_env', 'audit_statements', 'audit_parameters', 'audit_fail_closed'] as const;
 const TENANT_KEYS = ['backend', 'backend_tls', 'backend_ca', 'max_client_connections', 'allow_cidrs', 'enabled', 'databases', 'users', ...POOL_KEYS, ...LIMIT_KEYS, ...TENANT_AUDIT_KEYS];
@@ -24,18 +19,33 @@ export function readTenants(r: Reader, tree: Tree, resolvePath: (p: string) => s
   const t = tree['tenants'];
   if (t !== undefined && !isTable(t)) r.problems.push('tenants: must be a table');
   for (const [id, raw] of Object.entries((t ?? {}) as Tree)) {
-    const path = `tenants.${id}`;
-    if (!TENANT_ID_RE.test(id)) {
-      r.problems.push(`${path}: tenant id must be a lower-case DNS label (a-z, 0-9, '-')`);
-      continue;
-    }
-    if (!isTable(raw)) {
-      r.problems.push(`${path}: must be a table`);
-      continue;
-    }
-    tenants.set(id, readTenant(r, id, raw, path, resolvePath, defaults));
+    const tenant = readTenantEntry(r, id, raw, resolvePath, defaults);
+    if (tenant !== undefined) tenants.set(id, tenant);
   }
   return tenants;
+}
+
+/**
+ * One `[tenants.<id>]` table, from the file or (as JSON) from the catalog: the same checks and
+ * defaults for both, problems named `tenants.<id>.<key>`. Undefined when the id or the table
+ * itself is unusable.
+ */
+export function readTenantEntry(r: Reader, id: string, raw: unknown, resolvePath: (p: string) => string, defaults: TenantDefaults): TenantConfig | undefined {
+  const path = `tenants.${id}`;
+  if (!TENANT_ID_RE.test(id)) {
+    r.problems.push(`${path}: tenant id must be a lower-case DNS label (a-z, 0-9, '-')`);
+    return undefined;
+  }
+  if (!isTable(raw)) {
+    r.problems.push(`${path}: must be a table`);
+    return undefined;
+  }
+  return readTenant(r, id, raw, path, resolvePath, defaults);
+}
+
+/** The rules between a tenant and other sections: fail-closed audit needs somewhere durable to write before a statement runs. */
+export function checkTenantNeeds(r: Reader, t: TenantConfig, audit: AuditConfig): void {
+  if (audit.file === undefined && t.auditFailClosed) r.problems.push(`tenants.${t.id}.audit_fail_closed: needs audit.file`);
 }
 
 function readTenant(r: Reader, id: string, tt: Tree, path: string, resolvePath: (p: string) => string, defaults: TenantDefaults): TenantConfig {
@@ -120,7 +130,9 @@ function readUsers(r: Reader, tt: Tree, path: string): Map<string, UserConfig> {
       r.problems.push(`${upath}: must be a table`);
       continue;
     }
-    r.unknownKeys(rawUser, upath, ['scram', 'backend_password_env', 'backend_user', 'max_connections']);
+    r.unknownKeys(rawUser, upath, ['scram', 'backend_password_env', 'backend_user', 'max_connections', 'password']);
+    // Never echo the value: pgwarden holds verifiers only, never a client's plaintext password.
+    if (rawUser['password'] !== undefined) r.problems.push(`${upath}.password: not accepted; give scram, a SCRAM-SHA-256 verifier (make one with "pgwarden hash-password")`);
     const scram = r.str(rawUser, 'scram', upath);
     let verifier: ScramVerifier | undefined;
     if (scram === undefined) r.problems.push(`${upath}.scram: missing (make one with "pgwarden hash-password")`);

@@ -5,11 +5,12 @@
  */
 import { availableParallelism } from 'node:os';
 import type { FileValidation } from './environment.js';
-import type { Config, LimitSettings } from './schema.js';
+import type { Config, LimitSettings, TenantConfig } from './schema.js';
 import { Reader, type Tree } from './toml-reader.js';
 import { readAudit, readStaff } from './validate-audit.js';
 import { LIMIT_KEYS, MAX_MESSAGE_BYTES, POOL_KEYS, readLimits, readPool } from './validate-settings.js';
-import { readTenants } from './validate-tenants.js';
+import { readCatalog } from './validate-catalog.js';
+import { checkTenantNeeds, readTenants } from './validate-tenants.js';
 
 /**
  * Checks a parsed TOML tree against pgwarden's keys; `resolvePath` makes file paths absolute (relative
@@ -18,7 +19,7 @@ import { readTenants } from './validate-tenants.js';
  */
 export function validateConfigTree(tree: Tree, resolvePath: (p: string) => string): FileValidation<Config> {
   const r = new Reader();
-  r.unknownKeys(tree, '', ['server', 'metrics', 'admin', 'audit', 'staff', 'log', 'pool', 'limits', 'redis', 'tenants']);
+  r.unknownKeys(tree, '', ['server', 'metrics', 'admin', 'audit', 'staff', 'log', 'pool', 'limits', 'redis', 'catalog', 'tenants']);
   const server = readServer(r, tree, resolvePath);
   const { limits, sourceLimits, defaultMaxClients } = readLimitSection(r, tree);
   const redis = readRedis(r, tree);
@@ -36,13 +37,14 @@ export function validateConfigTree(tree: Tree, resolvePath: (p: string) => strin
     backendLifetimeMs: 3_600_000,
     connectTimeoutMs: server.backendConnectTimeoutMs,
   });
-  const tenants = readTenants(r, tree, resolvePath, { pool, limits, maxClientConnections: defaultMaxClients });
+  const tenantDefaults = { pool, limits, maxClientConnections: defaultMaxClients };
+  const catalog = readCatalog(r, tree, resolvePath);
+  // With [catalog] the file holds no tenants (readCatalog names each one as a problem).
+  const tenants = catalog === undefined ? readTenants(r, tree, resolvePath, tenantDefaults) : new Map<string, TenantConfig>();
 
   // Fail-closed audit needs somewhere durable to write before a statement runs.
-  if (audit.file === undefined) {
-    if (staff !== undefined) r.problems.push('staff: needs audit.file (staff statements are audited before they run)');
-    for (const t of tenants.values()) if (t.auditFailClosed) r.problems.push(`tenants.${t.id}.audit_fail_closed: needs audit.file`);
-  }
+  if (audit.file === undefined && staff !== undefined) r.problems.push('staff: needs audit.file (staff statements are audited before they run)');
+  for (const t of tenants.values()) checkTenantNeeds(r, t, audit);
   const config: Config = {
     server,
     metrics,
@@ -54,6 +56,9 @@ export function validateConfigTree(tree: Tree, resolvePath: (p: string) => strin
     redis,
     log: { level },
     tenants,
+    catalog,
+    tenantDefaults,
+    configDir: resolvePath('.'),
   };
   return { config, problems: r.problems, envReferences: r.envReferences };
 }

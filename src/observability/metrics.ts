@@ -166,6 +166,22 @@ export class Metrics {
     ['op'] as const,
   );
 
+  // The tenant catalog (src/catalog/source.ts). The source reports its staleness through
+  // catalogStaleSeconds; the gauge reads it at scrape time, so it keeps rising while the catalog is down.
+  catalogStaleSeconds: (() => number) | null = null;
+  readonly catalogStale = new client.Gauge({
+    name: 'pgwarden_catalog_stale_seconds',
+    help: 'How old the served tenant catalog may be: 0 while connected and in sync, else seconds since it last was',
+    registers: [this.registry],
+    collect: () => {
+      this.catalogStale.set(this.catalogStaleSeconds?.() ?? 0);
+    },
+  });
+  readonly catalogTenants = this.gauge('pgwarden_catalog_tenants', 'Tenants served from the catalog');
+  readonly catalogChanges = this.counter('pgwarden_catalog_changes_total', 'Tenants added, changed or removed by catalog updates');
+  readonly catalogInvalidRows = this.counter('pgwarden_catalog_invalid_rows_total', 'Catalog rows refused by validation (logged, never served)');
+  readonly catalogResyncs = this.counter('pgwarden_catalog_resyncs_total', 'Full reads of the catalog, by outcome', ['outcome'] as const);
+
   constructor() {
     client.collectDefaultMetrics({ register: this.registry, prefix: 'pgwarden_' });
   }
