@@ -30,6 +30,7 @@ import { PoolManager } from './pool/backend-pool.js';
 import { StaffTokenVerifier } from './auth/jwt.js';
 import { mockSecretFor } from './auth/mock-secret.js';
 import { refuseOverCap } from './net/over-cap.js';
+import { CatalogSource } from './catalog/source.js';
 
 export const VERSION = '0.1.0';
 /** One id per process, in every audit record's `instance`. */
@@ -65,6 +66,8 @@ export class Proxy {
   private listener: net.Server | null = null;
   /** The metrics listener and the admin API (not in a worker: the primary serves them). */
   private operator: OperatorListeners | null = null;
+  /** [catalog]: where the tenants come from while running; null with the file's tenants. */
+  private catalog: CatalogSource | null = null;
   private draining = false;
   private drainTimer: NodeJS.Timeout | null = null;
   private readonly rejections: RejectionAggregator;
@@ -85,7 +88,8 @@ export class Proxy {
     this.ctx = this.makeContext(config, tlsMaterial);
   }
 
-  static async start(config: Config, opts: ProxyOptions = {}): Promise<Proxy> {
+  static async start(fileConfig: Config, opts: ProxyOptions = {}): Promise<Proxy> {
+    let config = fileConfig;
     const log = opts.logger ?? createLogger(config.log.level);
     const tlsMaterial = loadTls(config);
     const metrics = new Metrics();
@@ -104,6 +108,11 @@ export class Proxy {
       onReload: () => proxy.onClusterReload(),
       onRevocation: (rev) => proxy.onRevocation(rev),
     });
+    if (config.catalog !== undefined) {
+      // The tenants come from the catalog (or its snapshot while it is down), and follow it live.
+      proxy.catalog = await CatalogSource.start({ config: config.catalog, context: config, log, metrics, audit, onChange: (tenants) => proxy.applyTenants(tenants) });
+      config = { ...config, tenants: proxy.catalog.tenants };
+    }
     proxy.ctx = proxy.makeContext(config, tlsMaterial);
     proxy.sessions.startSweeper(() => proxy.ctx.config.tenants);
     await proxy.listen(config);
@@ -264,7 +273,13 @@ export class Proxy {
    * Applies a new configuration to new sessions; running sessions keep theirs, unless their tenant
    * is now disabled or gone. Certificates reload too.
    */
-  reload(config: Config): void {
+  reload(next: Config): void {
+    let config = next;
+    if (this.catalog !== null) {
+      // The file's other sections apply; the tenants stay the catalog's, validated against the new defaults.
+      this.catalog.setContext(config);
+      config = { ...config, tenants: this.catalog.tenants };
+    }
     const tlsMaterial = loadTls(config);
     const old = this.ctx.config;
     if (old.server.listenHost !== config.server.listenHost || old.server.listenPort !== config.server.listenPort) {
@@ -280,6 +295,17 @@ export class Proxy {
     this.metrics.configReloads.inc({ outcome: 'ok' });
     this.audit.append({ event: 'proxy.lifecycle', state: 'reloaded', tenants: [...config.tenants.keys()] });
     this.log.info({ tenants: config.tenants.size }, 'configuration reloaded');
+  }
+
+  /**
+   * The catalog changed: new sessions see the new tenants; running sessions keep the settings they
+   * started with, and those of a tenant now disabled or removed end (57P01), as at a reload.
+   */
+  private applyTenants(tenants: ReadonlyMap<string, TenantConfig>): void {
+    const config: Config = { ...this.ctx.config, tenants };
+    this.ctx = this.makeContext(config, this.ctx.tls);
+    this.pools.retain(new Set(tenants.keys()));
+    this.sessions.endSessionsOfGoneTenants(tenants);
   }
 
   /**
@@ -319,6 +345,7 @@ export class Proxy {
       this.operator?.close(),
     ]);
     this.rejections.stop();
+    await this.catalog?.close();
     await this.bus.close();
     await this.limits.close();
     this.audit.append({ event: 'proxy.lifecycle', state: 'stopped' });

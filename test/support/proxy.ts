@@ -71,6 +71,8 @@ export interface ProxySpec {
   staff?: Record<string, TomlValue>;
   /** [admin], written as given (listen defaults to 127.0.0.1:0). */
   admin?: Record<string, TomlValue>;
+  /** [catalog], written as given (then `tenants` must be empty: the catalog is the source). */
+  catalog?: Record<string, TomlValue>;
 }
 
 const q = (s: string): string => JSON.stringify(s);
@@ -97,6 +99,7 @@ export function configToml(spec: ProxySpec, certs: DevCerts, port = 0): string {
   }
   if (spec.staff !== undefined) lines.push('', '[staff]', ...kv(spec.staff));
   if (spec.admin !== undefined) lines.push('', '[admin]', ...kv({ listen: '127.0.0.1:0', ...spec.admin }));
+  if (spec.catalog !== undefined) lines.push('', '[catalog]', ...kv(spec.catalog));
   lines.push('', '[log]', 'level = "warn"');
   for (const t of spec.tenants) {
     lines.push(
