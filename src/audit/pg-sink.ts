@@ -11,7 +11,7 @@
  * reply, or a spool file re-sent after a crash, is harmless: the id is the primary key and every
  * INSERT says ON CONFLICT (id) DO NOTHING.
  */
-import type pg from 'pg';
+import { LazyPgClient } from '../storage/pg-client.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { AuditConfig, AuditPostgresConfig } from '../config/schema.js';
@@ -50,7 +50,7 @@ export class PgSink implements RecordSink {
   private tail: StoredRecord[] = [];
   private tailBytes = 0;
   private readonly tailMaxRecords: number;
-  private client: pg.Client | null = null;
+  private readonly client: LazyPgClient;
   /** The last INSERT failed: new records go straight to the spool until one succeeds. */
   private down = false;
   private closing = false;
@@ -67,6 +67,7 @@ export class PgSink implements RecordSink {
   ) {
     this.tailMaxRecords = Math.max(1000, 4 * cfg.batchSize);
     this.insertSql = insertSql(cfg.table);
+    this.client = new LazyPgClient(() => newStoreClient(cfg.url, cfg.passwordEnv));
     metrics.auditStoreBacklog = () => this.backlog();
     this.loop = this.run();
   }
@@ -118,9 +119,7 @@ export class PgSink implements RecordSink {
     this.headOrigin = null;
     this.spillTail();
     await this.spool.close();
-    const client = this.client;
-    this.client = null;
-    if (client !== null) await Promise.race([client.end().catch(() => undefined), sleep(1000)]);
+    await Promise.race([this.client.end(), sleep(1000)]);
     this.metrics.auditStoreBacklog = null;
   }
 
@@ -223,34 +222,13 @@ export class PgSink implements RecordSink {
     return true;
   }
 
-  private async connection(): Promise<pg.Client> {
-    if (this.client !== null) return this.client;
-    const client = newStoreClient(this.cfg.url, this.cfg.passwordEnv);
-    // An idle connection that dies is noticed on the next INSERT; this keeps it from crashing the process.
-    client.on('error', () => undefined);
-    try {
-      await client.connect();
-    } catch (err) {
-      void client.end().catch(() => undefined);
-      throw err;
-    }
-    this.client = client;
-    return client;
-  }
-
-  private dropConnection(): void {
-    const c = this.client;
-    this.client = null;
-    void c?.end().catch(() => undefined);
-  }
-
   private async insert(batch: readonly StoredRecord[]): Promise<void> {
     const params = insertParams(batch);
-    const client = await this.connection();
+    const client = await this.client.get();
     try {
       await client.query(this.insertSql, params);
     } catch (err) {
-      if (!isDataError(err)) this.dropConnection();
+      if (!isDataError(err)) this.client.drop();
       throw err;
     }
   }

@@ -3,7 +3,8 @@
  * reaches it, the searchable columns of a record and the INSERT that stores a batch of records.
  * Feeding it in order is pg-sink.ts's; reading it back is query.ts's.
  */
-import pg from 'pg';
+import type pg from 'pg';
+import { newPgClient } from '../storage/pg-client.js';
 import type { AuditRecord } from './record.js';
 
 /** A table name as the config accepts it: lower-case identifier, optionally schema-qualified. */
@@ -60,28 +61,9 @@ export async function initStore(client: pg.ClientBase, table: string): Promise<b
   return before.rows[0]?.t === null;
 }
 
-const CONNECT_TIMEOUT_MS = 5_000;
-/** A store that accepts the connection but never answers counts as down after this. */
-const QUERY_TIMEOUT_MS = 15_000;
-
-/**
- * A client for the store. The URL carries no password (config rule); it comes from the named
- * environment variable, set on the client because pg lets a connection string's (empty) password
- * override a `password` given beside it. Without one, pg falls back to PGPASSWORD and ~/.pgpass.
- */
+/** A client for the store. */
 export function newStoreClient(url: string, passwordEnv: string | undefined): pg.Client {
-  const client = new pg.Client({
-    connectionString: url,
-    application_name: 'pgwarden-audit',
-    // A record leaves the spool once its INSERT commits: the commit must survive a crash of the
-    // store even where the server's default is synchronous_commit = off.
-    options: '-c synchronous_commit=on',
-    connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
-    query_timeout: QUERY_TIMEOUT_MS,
-  });
-  const password = passwordEnv === undefined ? undefined : process.env[passwordEnv];
-  if (password !== undefined) client.password = password;
-  return client;
+  return newPgClient({ url, passwordEnv }, 'pgwarden-audit');
 }
 
 /** The searchable columns of a record; query.ts filters the file with this same function. */

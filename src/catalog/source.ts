@@ -9,9 +9,6 @@
  * Cost: the map is rebuilt once per applied change (a copy of the previous one), never per login;
  * a login is one Map lookup whatever the number of tenants.
  */
-import { randomBytes } from 'node:crypto';
-import { open, readFile, rename, unlink } from 'node:fs/promises';
-import path from 'node:path';
 import type pg from 'pg';
 import type { AuditEvent } from '../audit/record.js';
 import type { CatalogConfig, TenantConfig } from '../config/schema.js';
@@ -19,6 +16,7 @@ import { validateTenantBody, type TenantBodyContext } from '../config/tenant-bod
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { NOTIFY_ALL, catalogChannel, newCatalogClient, quoteSchema } from './store.js';
+import { readSnapshot, writeSnapshot } from './snapshot.js';
 
 /** Called after every applied change: the whole new map, and the ids added, changed or removed. */
 export type CatalogChangeHandler = (tenants: ReadonlyMap<string, TenantConfig>, changed: readonly string[]) => void;
@@ -41,14 +39,6 @@ export interface CatalogSourceOptions {
 
 /** Start-up found neither a reachable catalog nor a snapshot: there is nothing to serve. */
 export class CatalogUnavailableError extends Error {}
-
-/** The snapshot file's content: the bodies of the served tenants, as the catalog holds them. */
-interface Snapshot {
-  readonly format: 'pgwarden.catalog-snapshot/v1';
-  /** When the copy was last known to match the catalog (ms since the epoch). */
-  readonly synced_at_ms: number;
-  readonly tenants: Record<string, Record<string, unknown>>;
-}
 
 /** A catalog row as read: its body and the catalog's md5 of it (null: from the snapshot, not compared yet). */
 interface Row {
@@ -164,7 +154,7 @@ export class CatalogSource {
   // Start-up
 
   private async boot(): Promise<void> {
-    const snapshot = await this.readSnapshot();
+    const snapshot = await readSnapshot(this.opts.config.snapshotFile, this.opts.log);
     let cause = '';
     try {
       await this.connect();
@@ -409,7 +399,7 @@ export class CatalogSource {
     this.opts.metrics.catalogChanges.inc(changed.length);
     this.opts.log.info({ changed: changed.length > 20 ? changed.length : changed, tenants: map.size }, 'tenant catalog changed');
     // At boot the snapshot is written once, after the first full read (boot()).
-    if (persist && this.booted) this.writeSnapshot();
+    if (persist && this.booted) this.scheduleSnapshot();
     try {
       this.opts.onChange(map, changed);
     } catch (err) {
@@ -425,7 +415,7 @@ export class CatalogSource {
     this.opts.log.info({ tenants: this.map.size, stale_seconds: staleSeconds }, 'tenant catalog reachable again and in sync');
     this.opts.audit.append({ event: 'catalog.degraded', state: 'exit', stale_seconds: staleSeconds, tenants: this.map.size });
     // The snapshot's synced_at moves on even when nothing changed while the catalog was down.
-    this.writeSnapshot();
+    this.scheduleSnapshot();
   }
 
   private enterDegraded(cause: string, servedFrom: 'memory' | 'snapshot'): void {
@@ -437,27 +427,8 @@ export class CatalogSource {
   // -------------------------------------------------------------------------------------------
   // The snapshot file: the bodies of the served tenants (verifiers included, hence 0600).
 
-  private async readSnapshot(): Promise<Snapshot | null> {
-    const file = this.opts.config.snapshotFile;
-    let text: string;
-    try {
-      text = await readFile(file, 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.opts.log.warn({ snapshot: file, code: (err as NodeJS.ErrnoException).code }, 'tenant catalog snapshot unreadable');
-      return null;
-    }
-    try {
-      const s = JSON.parse(text) as { format?: unknown; synced_at_ms?: unknown; tenants?: unknown };
-      if (s.format !== 'pgwarden.catalog-snapshot/v1' || typeof s.synced_at_ms !== 'number' || typeof s.tenants !== 'object' || s.tenants === null || Array.isArray(s.tenants)) throw new Error('format');
-      return s as Snapshot;
-    } catch {
-      this.opts.log.warn({ snapshot: file }, 'tenant catalog snapshot is not a pgwarden catalog snapshot; ignored');
-      return null;
-    }
-  }
-
   /** Writes the snapshot after the current write (coalesced: many changes in a row make one more write); a failure is logged. */
-  private writeSnapshot(): void {
+  private scheduleSnapshot(): void {
     if (this.snapshotDirty) return;
     this.snapshotDirty = true;
     this.snapshotWrite = this.snapshotWrite.then(async () => {
@@ -472,35 +443,13 @@ export class CatalogSource {
 
   /** The snapshot of what is served now, written atomically; rejects when it cannot be. */
   private async persistSnapshot(): Promise<void> {
-    // Built from the kept JSON texts: the same document as JSON.stringify of a Snapshot, without re-serializing every body.
     const syncedAtMs = this.syncedAtMs === 0 ? Date.now() : this.syncedAtMs;
-    const parts: string[] = [];
-    for (const [id, e] of this.entries) parts.push(`${JSON.stringify(id)}:${e.bodyJson}`);
-    await writeFileAtomic(this.opts.config.snapshotFile, `{"format":"pgwarden.catalog-snapshot/v1","synced_at_ms":${syncedAtMs},"tenants":{${parts.join(',')}}}\n`);
+    await writeSnapshot(this.opts.config.snapshotFile, syncedAtMs, [...this.entries].map(([id, e]) => [id, e.bodyJson] as const));
   }
 
   /** Resolves once the snapshot holds every change applied so far (for tests and shutdown). */
   async snapshotWritten(): Promise<void> {
     await this.snapshotWrite;
-  }
-}
-
-/** Temp file (0600) in the same folder, fsync, rename over: a reader sees the old file or the new one, never half. */
-async function writeFileAtomic(file: string, text: string): Promise<void> {
-  // A name of its own (two sources, or workers, may share the file): 'wx' creates it 0600, never reuses one.
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  const fh = await open(tmp, 'wx', 0o600);
-  try {
-    try {
-      await fh.writeFile(text, 'utf8');
-      await fh.datasync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, file);
-  } catch (err) {
-    await unlink(tmp).catch(() => undefined);
-    throw err;
   }
 }
 

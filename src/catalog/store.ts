@@ -4,7 +4,8 @@
  * `pgwarden catalog init` runs (idempotent), and reads and validated writes for the admin API.
  * Following the changes in a running proxy is source.ts's; what a valid body is, config/'s.
  */
-import pg from 'pg';
+import type pg from 'pg';
+import { LazyPgClient, newPgClient } from '../storage/pg-client.js';
 import type { CatalogConfig, TenantConfig } from '../config/schema.js';
 import { validateTenantBody, type TenantBodyContext } from '../config/tenant-body.js';
 import { CATALOG_SCHEMA_RE } from '../config/validate-catalog.js';
@@ -85,28 +86,9 @@ $do$`,
   ];
 }
 
-const CONNECT_TIMEOUT_MS = 5_000;
-/** A catalog that accepts the connection but never answers counts as down after this. */
-const QUERY_TIMEOUT_MS = 15_000;
-
-/**
- * A client for the catalog. The URL carries no password (config rule); it comes from the named
- * environment variable, set on the client because pg lets a connection string's (empty) password
- * override a `password` given beside it (as the audit store's client does).
- */
+/** A client for the catalog (keep-alive: the listening connection is idle for long stretches). */
 export function newCatalogClient(cfg: CatalogConfig, applicationName = 'pgwarden-catalog'): pg.Client {
-  const client = new pg.Client({
-    connectionString: cfg.url,
-    application_name: applicationName,
-    // A write the admin API acknowledges must survive a crash of the catalog, whatever the server's default.
-    options: '-c synchronous_commit=on',
-    connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
-    query_timeout: QUERY_TIMEOUT_MS,
-    keepAlive: true,
-  });
-  const password = cfg.passwordEnv === undefined ? undefined : process.env[cfg.passwordEnv];
-  if (password !== undefined) client.password = password;
-  return client;
+  return newPgClient(cfg, applicationName, true);
 }
 
 interface RowResult {
@@ -126,7 +108,7 @@ const isServerError = (err: unknown): boolean => typeof (err as { code?: unknown
  * (`context`) and this process's environment, so what the catalog holds is what the file could.
  */
 export class CatalogStore {
-  private client: pg.Client | null = null;
+  private readonly client: LazyPgClient;
   private queue: Promise<unknown> = Promise.resolve();
   private readonly tenants: string;
 
@@ -136,6 +118,7 @@ export class CatalogStore {
     private readonly env: NodeJS.ProcessEnv = process.env,
   ) {
     this.tenants = `${quoteSchema(cfg.schema)}.tenants`;
+    this.client = new LazyPgClient(() => newCatalogClient(cfg, 'pgwarden-catalog-admin'));
   }
 
   /** Creates the schema, table, function and triggers (idempotent). True when the table did not exist before. */
@@ -211,9 +194,7 @@ RETURNING (xmax = 0) AS created`,
 
   async close(): Promise<void> {
     await this.queue.catch(() => undefined);
-    const c = this.client;
-    this.client = null;
-    await c?.end().catch(() => undefined);
+    await this.client.end();
   }
 
   private validate(id: string, body: unknown): TenantConfig {
@@ -247,41 +228,16 @@ RETURNING (xmax = 0) AS created`,
   /** Runs `op` after every earlier one, on the connection (opened if needed; dropped after an I/O failure). */
   private run<R>(op: (c: pg.Client) => Promise<R>): Promise<R> {
     const next = this.queue.then(async () => {
-      const c = await this.connection();
+      const c = await this.client.get();
       try {
         return await op(c);
       } catch (err) {
-        if (!(err instanceof CatalogRefusal) && !isServerError(err)) this.dropConnection();
+        if (!(err instanceof CatalogRefusal) && !isServerError(err)) this.client.drop();
         throw err;
       }
     });
     this.queue = next.catch(() => undefined);
     return next;
-  }
-
-  private async connection(): Promise<pg.Client> {
-    if (this.client !== null) return this.client;
-    const client = newCatalogClient(this.cfg, 'pgwarden-catalog-admin');
-    // A connection that dies while idle is forgotten, so the next operation opens a new one (and the error does not crash the process).
-    const forget = (): void => {
-      if (this.client === client) this.client = null;
-    };
-    client.on('error', forget);
-    client.on('end', forget);
-    try {
-      await client.connect();
-    } catch (err) {
-      void client.end().catch(() => undefined);
-      throw err;
-    }
-    this.client = client;
-    return client;
-  }
-
-  private dropConnection(): void {
-    const c = this.client;
-    this.client = null;
-    void c?.end().catch(() => undefined);
   }
 }
 

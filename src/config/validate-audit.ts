@@ -2,6 +2,7 @@
  * [audit] (the tamper-evident log and its PostgreSQL store) and [staff] (JWT logins, always
  * audited): the sections about who did what.
  */
+import { readPgTarget } from './pg-target.js';
 import type { AuditConfig, AuditParameters, AuditPostgresConfig, StaffConfig } from './schema.js';
 import { Reader, type Tree } from './toml-reader.js';
 
@@ -54,27 +55,14 @@ export function readAudit(r: Reader, tree: Tree, resolvePath: (p: string) => str
   const pgTree = a === undefined ? undefined : r.section(a, 'postgres', 'audit.postgres', ['url', 'password_env', 'table', 'spool_dir', 'batch_size', 'flush_interval']);
   let postgres: AuditPostgresConfig | undefined;
   if (pgTree !== undefined) {
-    const url = r.str(pgTree, 'url', 'audit.postgres');
-    let urlOk = false;
-    if (url !== undefined) {
-      try {
-        const u = new URL(url);
-        urlOk = u.protocol === 'postgresql:' || u.protocol === 'postgres:';
-        if (u.password !== '') r.problems.push('audit.postgres.url: must not contain a password (use audit.postgres.password_env)');
-      } catch {
-        urlOk = false;
-      }
-    }
-    if (!urlOk) r.problems.push('audit.postgres.url: must be a URL like "postgresql://audit@127.0.0.1:5432/audit"');
-    const passwordEnv = r.str(pgTree, 'password_env', 'audit.postgres');
-    r.namesEnv('audit.postgres.password_env', passwordEnv);
+    const { url, passwordEnv } = readPgTarget(r, pgTree, 'audit.postgres', 'postgresql://audit@127.0.0.1:5432/audit');
     const table = r.str(pgTree, 'table', 'audit.postgres', 'pgwarden_audit') ?? 'pgwarden_audit';
     if (!/^[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62})?$/.test(table)) r.problems.push('audit.postgres.table: must be a lower-case identifier, optionally schema-qualified');
     const spool = r.str(pgTree, 'spool_dir', 'audit.postgres');
     const spoolDir = spool !== undefined ? resolvePath(spool) : file !== undefined ? `${resolvePath(file)}.spool` : undefined;
     if (spoolDir === undefined) r.problems.push('audit.postgres.spool_dir: required when audit.file is not set');
     postgres = {
-      url: url ?? '',
+      url,
       passwordEnv,
       table,
       spoolDir: spoolDir ?? '',

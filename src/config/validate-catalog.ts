@@ -3,6 +3,7 @@
  * catalog/), and the rule that the file then holds no [tenants.*]. One catalog tenant body is
  * checked by tenant-body.ts with the file's own code.
  */
+import { readPgTarget } from './pg-target.js';
 import type { CatalogConfig } from './schema.js';
 import { isTable, type Reader, type Tree } from './toml-reader.js';
 
@@ -12,21 +13,7 @@ export const CATALOG_SCHEMA_RE = /^[a-z_][a-z0-9_]{0,62}$/;
 export function readCatalog(r: Reader, tree: Tree, resolvePath: (p: string) => string): CatalogConfig | undefined {
   const c = r.section(tree, 'catalog', 'catalog', ['url', 'password_env', 'schema', 'snapshot_file', 'resync_interval']);
   if (c === undefined) return undefined;
-  const url = r.str(c, 'url', 'catalog');
-  let urlOk = false;
-  if (url !== undefined) {
-    try {
-      const u = new URL(url);
-      urlOk = u.protocol === 'postgresql:' || u.protocol === 'postgres:';
-      // Never echo the URL: it holds the password when this fires.
-      if (u.password !== '') r.problems.push('catalog.url: must not contain a password (use catalog.password_env)');
-    } catch {
-      urlOk = false;
-    }
-  }
-  if (!urlOk) r.problems.push('catalog.url: must be a URL like "postgresql://pgwarden@10.0.0.9:5432/catalog?sslmode=verify-full"');
-  const passwordEnv = r.str(c, 'password_env', 'catalog');
-  r.namesEnv('catalog.password_env', passwordEnv);
+  const { url, passwordEnv } = readPgTarget(r, c, 'catalog', 'postgresql://pgwarden@10.0.0.9:5432/catalog?sslmode=verify-full');
   const schema = r.str(c, 'schema', 'catalog', 'pgwarden_catalog') ?? 'pgwarden_catalog';
   if (!CATALOG_SCHEMA_RE.test(schema)) r.problems.push('catalog.schema: must be a lower-case identifier');
   const snapshot = r.str(c, 'snapshot_file', 'catalog');
@@ -39,5 +26,5 @@ export function readCatalog(r: Reader, tree: Tree, resolvePath: (p: string) => s
     if (ids.length === 0) r.problems.push('tenants: not allowed with [catalog] (the catalog is the source of tenants)');
     for (const id of ids) r.problems.push(`tenants.${id}: not allowed with [catalog] (the catalog is the source of tenants; put it there)`);
   }
-  return { url: url ?? '', passwordEnv, schema, snapshotFile: snapshot === undefined ? '' : resolvePath(snapshot), resyncIntervalMs };
+  return { url, passwordEnv, schema, snapshotFile: snapshot === undefined ? '' : resolvePath(snapshot), resyncIntervalMs };
 }
