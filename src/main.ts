@@ -12,7 +12,7 @@ import type { Config } from './config/schema.js';
 import type { Logger } from './observability/logger.js';
 import { runPrimary } from './cluster/primary.js';
 import { onShutdownSignals } from './signals.js';
-import { IpcAuditSink, IpcBus, IpcLimitStore, PrimaryChannel, workerShare } from './cluster/ipc.js';
+import { IpcAuditSink, IpcBus, IpcLimitStore, PrimaryChannel } from './cluster/ipc.js';
 
 export async function serve(configPath: string): Promise<void> {
   const config = await loadConfigFile(configPath);
@@ -55,7 +55,7 @@ async function serveWorker(configPath: string, config: Config, baseLog: Logger):
   const audit = new IpcAuditSink(channel, workerId);
   // With Redis each worker is an instance there; without it the primary keeps limits exact.
   const shared = config.redis === undefined ? { limits: new IpcLimitStore(channel), bus: new IpcBus(channel) } : undefined;
-  const proxy = await Proxy.start(workerShare(config, config.server.workers), { logger: log, audit, shared, admin: false });
+  const proxy = await Proxy.start(config, { logger: log, audit, shared, admin: false, workers: config.server.workers });
   const exit = (code: number): void => {
     void proxy
       .close()
@@ -66,8 +66,8 @@ async function serveWorker(configPath: string, config: Config, baseLog: Logger):
     switch (m.k) {
       case 'reload':
         loadConfigFile(configPath)
-          // The worker count is fixed at start; the share follows it.
-          .then((next) => proxy.reload(workerShare(next, config.server.workers)))
+          // The worker count is fixed at start (Proxy's `workers`); the share follows it.
+          .then((next) => proxy.reload(next))
           .catch((err: unknown) => log.error({ err: (err as Error).message }, 'reload rejected: keeping the running configuration'));
         return;
       case 'drain':

@@ -20,7 +20,7 @@ import { RejectionAggregator } from './audit/rejections.js';
 import { Metrics } from './observability/metrics.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { OperatorListeners } from './admin/listeners.js';
-import type { AdminBackend } from './admin/api.js';
+import type { AdminBackend } from './admin/route.js';
 import { RevocationSet, revocationTtlMs, type StaffRevocation } from './admin/revocations.js';
 import { ClientSession } from './session/client-session.js';
 import type { SessionContext } from './session/context.js';
@@ -31,6 +31,8 @@ import { StaffTokenVerifier } from './auth/jwt.js';
 import { mockSecretFor } from './auth/mock-secret.js';
 import { refuseOverCap } from './net/over-cap.js';
 import { CatalogSource } from './catalog/source.js';
+import { CatalogStore } from './catalog/store.js';
+import { workerShare } from './pool/worker-share.js';
 
 export const VERSION = '0.1.0';
 /** One id per process, in every audit record's `instance`. */
@@ -44,6 +46,8 @@ export interface ProxyOptions {
   /** false: no admin listener (a worker; the primary serves it). Default true. */
   admin?: boolean;
   instanceId?: string;
+  /** This process is one of `[server] workers` N > 1: it opens its 1/N share of each tenant's backend pool. */
+  workers?: number;
 }
 
 export class Proxy {
@@ -68,6 +72,11 @@ export class Proxy {
   private operator: OperatorListeners | null = null;
   /** [catalog]: where the tenants come from while running; null with the file's tenants. */
   private catalog: CatalogSource | null = null;
+  /** [catalog]: its reads and writes for the admin API's tenant routes (not in a worker: the primary serves them). */
+  private catalogStore: CatalogStore | null = null;
+  private workers = 1;
+  /** Each backend_ca file's content, read once per path until a reload (catalog changes do not re-read 10,000 files). */
+  private backendCas = new Map<string, Buffer>();
   private draining = false;
   private drainTimer: NodeJS.Timeout | null = null;
   private readonly rejections: RejectionAggregator;
@@ -99,6 +108,7 @@ export class Proxy {
     const proxy = new Proxy(config, tlsMaterial, metrics, audit, log);
     proxy.instanceId = instanceId;
     proxy.adminEnabled = opts.admin ?? true;
+    proxy.workers = opts.workers ?? 1;
     const shared = opts.shared ?? (await openSharedState(config, instanceId, log, (mode, cause) => proxy.onLimitMode(mode, cause)));
     proxy.limits = shared.limits;
     proxy.bus = shared.bus;
@@ -110,9 +120,18 @@ export class Proxy {
     });
     if (config.catalog !== undefined) {
       // The tenants come from the catalog (or its snapshot while it is down), and follow it live.
-      proxy.catalog = await CatalogSource.start({ config: config.catalog, context: config, log, metrics, audit, onChange: (tenants) => proxy.applyTenants(tenants) });
+      proxy.catalog = await CatalogSource.start({
+        config: config.catalog,
+        context: config,
+        log,
+        metrics,
+        audit,
+        onChange: (tenants) => proxy.applyTenants(tenants),
+      });
       config = { ...config, tenants: proxy.catalog.tenants };
+      if (proxy.adminEnabled) proxy.catalogStore = new CatalogStore(config.catalog!, config);
     }
+    config = proxy.served(config);
     proxy.ctx = proxy.makeContext(config, tlsMaterial);
     proxy.sessions.startSweeper(() => proxy.ctx.config.tenants);
     await proxy.listen(config);
@@ -143,9 +162,19 @@ export class Proxy {
     return this.operator?.adminAddress ?? null;
   }
 
+  /** What this process serves of `config`: in a worker, its share of each tenant's backend pool. */
+  private served(config: Config): Config {
+    return this.workers > 1 ? { ...config, tenants: workerShare(config.tenants, this.workers) } : config;
+  }
+
   private makeContext(config: Config, tlsMaterial: TlsMaterial | null): SessionContext {
     const cas = new Map<string, Buffer>();
-    for (const t of config.tenants.values()) if (t.backendCaPath !== undefined) cas.set(t.id, readFileSync(t.backendCaPath));
+    for (const t of config.tenants.values()) {
+      if (t.backendCaPath === undefined) continue;
+      let ca = this.backendCas.get(t.backendCaPath);
+      if (ca === undefined) this.backendCas.set(t.backendCaPath, (ca = readFileSync(t.backendCaPath)));
+      cas.set(t.id, ca);
+    }
     return {
       config,
       tls: tlsMaterial,
@@ -208,11 +237,12 @@ export class Proxy {
     return {
       listSessions: (tenant) => Promise.resolve(this.sessions.list(tenant)),
       terminateSession: (id) => Promise.resolve(this.sessions.terminate(id)),
-      hasTenant: (id) => this.ctx.config.tenants.has(id),
+      hasTenant: (id) => Promise.resolve(this.ctx.config.tenants.has(id)),
       suspend: (tenantId, suspended) => this.bus.publishSuspension(tenantId, suspended),
       revokeStaff: (rev) => this.bus.publishRevocation(rev),
       reload: () => this.bus.publishReload(),
       revocationTtlMs: () => revocationTtlMs(this.ctx.config.staff),
+      tenantCatalog: () => this.catalogStore,
     };
   }
 
@@ -244,7 +274,7 @@ export class Proxy {
     this.metrics.limitsDegraded.set(degraded ? 1 : 0);
     this.metrics.limitsDegradedTransitions.inc({ state: degraded ? 'enter' : 'exit' });
     this.audit.append({ event: 'limits.degraded', state: degraded ? 'enter' : 'exit', cause, mode });
-    if (degraded) this.log.warn({ cause }, 'shared limits unavailable: enforcing this instance\'s share locally');
+    if (degraded) this.log.warn({ cause }, "shared limits unavailable: enforcing this instance's share locally");
     else this.log.info({ cause }, 'shared limits restored');
   }
 
@@ -278,8 +308,12 @@ export class Proxy {
     if (this.catalog !== null) {
       // The file's other sections apply; the tenants stay the catalog's, validated against the new defaults.
       this.catalog.setContext(config);
+      this.catalogStore?.setContext(config);
       config = { ...config, tenants: this.catalog.tenants };
     }
+    config = this.served(config);
+    // Certificates reload: backend CA files are read again.
+    this.backendCas = new Map();
     const tlsMaterial = loadTls(config);
     const old = this.ctx.config;
     if (old.server.listenHost !== config.server.listenHost || old.server.listenPort !== config.server.listenPort) {
@@ -302,10 +336,10 @@ export class Proxy {
    * started with, and those of a tenant now disabled or removed end (57P01), as at a reload.
    */
   private applyTenants(tenants: ReadonlyMap<string, TenantConfig>): void {
-    const config: Config = { ...this.ctx.config, tenants };
+    const config = this.served({ ...this.ctx.config, tenants });
     this.ctx = this.makeContext(config, this.ctx.tls);
-    this.pools.retain(new Set(tenants.keys()));
-    this.sessions.endSessionsOfGoneTenants(tenants);
+    this.pools.retain(new Set(config.tenants.keys()));
+    this.sessions.endSessionsOfGoneTenants(config.tenants);
   }
 
   /**
@@ -340,12 +374,10 @@ export class Proxy {
     if (this.sockets.size > 0) await new Promise((r) => setTimeout(r, 200));
     for (const s of this.sockets) s.destroy();
     this.pools.close();
-    await Promise.all([
-      new Promise<void>((r) => (this.listener ? this.listener.close(() => r()) : r())),
-      this.operator?.close(),
-    ]);
+    await Promise.all([new Promise<void>((r) => (this.listener ? this.listener.close(() => r()) : r())), this.operator?.close()]);
     this.rejections.stop();
     await this.catalog?.close();
+    await this.catalogStore?.close();
     await this.bus.close();
     await this.limits.close();
     this.audit.append({ event: 'proxy.lifecycle', state: 'stopped' });

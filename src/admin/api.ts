@@ -12,22 +12,8 @@ import type { Logger } from '../observability/logger.js';
 import { TENANT_ID_RE } from '../config/schema.js';
 import { isRevocationId, MAX_REVOCATION_MS, type StaffRevocation } from './revocations.js';
 import { OPENAPI } from './openapi.js';
-
-/** What the admin API can do; every method acts cluster-wide where the issue says so. */
-export interface AdminBackend {
-  /** Sessions on this instance (all its workers), optionally of one tenant. */
-  listSessions(tenant: string | null): Promise<readonly object[]>;
-  /** Ends the session (57P01) if it is on this instance; false if there is none with that id. */
-  terminateSession(id: string): Promise<boolean>;
-  /** Whether the tenant is configured (suspending a typo would silently do nothing). */
-  hasTenant(id: string): boolean;
-  suspend(tenantId: string, suspended: boolean): Promise<void>;
-  /** Remembers the revocation on every instance and ends the matching staff sessions there. */
-  revokeStaff(rev: StaffRevocation): Promise<void>;
-  reload(): Promise<void>;
-  /** How long a revocation must be remembered: any token valid now expires within this. */
-  revocationTtlMs(): number;
-}
+import { HttpError, type AdminBackend, type AdminRoute, type Bound, type Reply, type RouteRequest } from './route.js';
+import { CATALOG_DOWN_MESSAGE, TENANT_ROUTES } from './tenant-routes.js';
 
 export interface AdminApiOptions {
   /** Hex SHA-256 of the token, read per request so a reload can rotate it; undefined refuses every call. */
@@ -42,47 +28,6 @@ export const MAX_BODY_BYTES = 64 * 1024;
 const REFUSALS_PER_WINDOW = 20;
 const REFUSAL_WINDOW_MS = 60_000;
 const SESSION_ID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-
-/** An answer: status and JSON body. Errors are always {"error": "..."}. */
-type Reply = readonly [status: number, body: object, headers?: Record<string, string>];
-
-class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-    readonly headers: Record<string, string> = {},
-  ) {
-    super(message);
-  }
-}
-
-/** What a matched route does with one request: the audit target, and the command itself. */
-interface Bound {
-  /** What the command acts on (validated, so no attacker text reaches the audit log), or null. */
-  readonly target: object | null;
-  readonly run: (body: unknown) => Promise<Reply>;
-}
-
-/** What a route is given to bind: path parameters percent-decoded ("" for a malformed escape). */
-interface RouteRequest {
-  readonly backend: AdminBackend;
-  readonly params: Readonly<Record<string, string>>;
-  readonly query: URLSearchParams;
-}
-
-/**
- * One operation of the API. `path` is written as the OpenAPI document (openapi.ts) writes it,
- * `{name}` standing for one segment; the router matches exactly these templates, and
- * test/integration/admin-openapi.test.ts holds this table equal to the document's operations.
- */
-export interface AdminRoute {
-  readonly method: 'GET' | 'POST' | 'PUT' | 'DELETE';
-  readonly path: string;
-  /** Bounded label for the audit record and the log (the document's `x-audit-command`). */
-  readonly command: string;
-  /** Validates what the URL carries; no side effects (it runs before the token is checked). */
-  readonly bind: (req: RouteRequest) => Bound;
-}
 
 export interface AdminApi {
   readonly server: http.Server;
@@ -137,8 +82,10 @@ async function handle(opts: AdminApiOptions, refusals: RefusalAudit, req: http.I
     const body = await readJson(req);
     reply = await match.bound.run(body);
   } catch (err) {
-    if (err instanceof HttpError) reply = [err.status, { error: err.message }, err.headers];
-    else {
+    if (err instanceof HttpError) {
+      if (err.cause !== undefined) opts.log.error({ err: err.cause, command }, `admin command failed: ${err.message}`);
+      reply = [err.status, { error: err.message, ...err.extra }, err.headers];
+    } else {
       // The command ran here; what failed is telling the other instances (Redis down).
       opts.log.error({ err, command }, 'admin command not shared with other instances');
       reply = [503, { error: `${command} applied on this instance only: shared state unavailable` }];
@@ -185,7 +132,10 @@ const suspendTenant =
       target: valid ? { tenant } : null,
       run: async () => {
         if (!valid) throw new HttpError(400, 'invalid tenant id');
-        if (!backend.hasTenant(tenant)) throw new HttpError(404, 'no such tenant');
+        const known = await backend.hasTenant(tenant).catch((err: unknown) => {
+          throw new HttpError(503, CATALOG_DOWN_MESSAGE, {}, {}, err);
+        });
+        if (!known) throw new HttpError(404, 'no such tenant');
         await backend.suspend(tenant, suspended);
         return [200, { tenant, suspended }];
       },
@@ -244,6 +194,7 @@ export const ADMIN_ROUTES: readonly AdminRoute[] = [
       },
     }),
   },
+  ...TENANT_ROUTES,
   {
     method: 'GET',
     path: '/openapi.json',

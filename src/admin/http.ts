@@ -8,7 +8,7 @@ import type { Metrics } from '../observability/metrics.js';
 import type { Logger } from '../observability/logger.js';
 
 /** What GET /pools shows: one row per tenant pool, like PgBouncer's SHOW POOLS. */
-export type PoolsView = () => unknown;  // or a Promise of it (the primary asks its workers)
+export type PoolsView = () => unknown; // or a Promise of it (the primary asks its workers)
 
 export interface AdminOptions {
   readonly metrics: Metrics;

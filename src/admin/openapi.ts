@@ -14,6 +14,7 @@
  * @see https://spec.openapis.org/oas/v3.1.0
  */
 import { TENANT_ID_RE } from '../config/schema.js';
+import { API_USER_NAME_RE } from './tenant-routes.js';
 
 /** The subset of JSON Schema (2020-12, as OpenAPI 3.1 uses it) the document is written in. */
 export interface JsonSchema {
@@ -98,6 +99,7 @@ const error = (summary: string, message: string): Example => ({ summary, value: 
 const EXAMPLE_SESSION = '7c6f0e52-3d1a-4b8e-9f2c-5a0d6e4b1c37';
 
 const tenantId: JsonSchema = { type: 'string', pattern: TENANT_ID_RE.source, description: 'A tenant id: a lower-case DNS label.' };
+const userName: JsonSchema = { type: 'string', pattern: API_USER_NAME_RE.source, description: 'A user name: 1 to 63 printable ASCII characters, no space.' };
 const tenantParam: Parameter = {
   name: 'id',
   in: 'path',
@@ -202,6 +204,70 @@ const termination = (how: 'delete' | 'post'): Operation =>
     },
   });
 
+/** A made-up verifier (of the password "example-password"): what `pgwarden hash-password` prints. */
+const EXAMPLE_VERIFIER =
+  'SCRAM-SHA-256$4096:POZQoKKdzQdKzUq1QbRZgg==$7hLEQgiPjTiUbshcL//2F6GY7QxCLhYBOz7aeF90L0Q=:ZmH95xcqHFbOEX/jpwOdV3+HVAvNowd45zIDzekdzxE=';
+const EXAMPLE_BODY = {
+  backend: 'postgresql://10.20.0.7:5432/postgres',
+  backend_tls: 'require',
+  allow_cidrs: ['10.0.0.0/8'],
+  max_client_connections: 200,
+  users: { app: { scram: EXAMPLE_VERIFIER } },
+};
+
+/** The tenant id of a tenant route; `examples` name the requests (the first: a valid id). */
+const tenantRouteParam = (examples: Examples): Parameter => ({
+  name: 'id',
+  in: 'path',
+  required: true,
+  description: 'The tenant id.',
+  schema: tenantId,
+  examples: { ...examples, badId: { summary: 'not a tenant id', value: 'Not_A_Tenant' } },
+});
+const userParam = (examples: Examples): Parameter => ({
+  name: 'name',
+  in: 'path',
+  required: true,
+  description: "The user's name as clients log in with it.",
+  schema: userName,
+  examples: { ...examples, badName: { summary: 'not a user name', value: 'has space' } },
+});
+
+/** What every tenant route can answer besides its own: bad id, the file as the source, the catalog down. */
+const tenantRouteResponses = (notFound: Examples | null, badId: Examples = {}): Readonly<Record<string, Response>> => ({
+  ...(notFound === null ? {} : { '404': { description: 'No such tenant (or user) in the catalog.', content: json(ref('Error'), notFound) } }),
+  '409': {
+    description: 'The configuration file is the source of tenants (no `[catalog]`): edit it and reload.',
+    content: json(ref('Error'), {
+      fileSource: error('tenants from the file', 'tenants come from the configuration file: edit it and reload ([catalog] makes a database the source)'),
+    }),
+  },
+  '503': {
+    description: 'The tenant catalog cannot be reached; nothing was written. Instances go on serving their last good copy.',
+    content: json(ref('Error'), { catalogDown: error('catalog unreachable', 'tenant catalog unavailable') }),
+  },
+  '400': {
+    description: 'Not a tenant id (or user name).',
+    content: json(ref('Error'), { badId: error('not a tenant id', 'invalid tenant id'), ...badId }),
+  },
+});
+
+const invalidBody = (summary: string, problems: string[]): Example => ({ summary, value: { error: 'invalid tenant body', problems } });
+
+const written = (withUser: boolean): Response['content'] =>
+  json(
+    {
+      type: 'object',
+      required: withUser ? ['tenant', 'user', 'created'] : ['tenant', 'created'],
+      additionalProperties: false,
+      properties: { tenant: tenantId, ...(withUser ? { user: userName } : {}), created: { type: 'boolean' } },
+    },
+    {},
+  );
+const withExamples = (content: Response['content'], examples: Examples): Response['content'] => ({
+  'application/json': { ...content['application/json'], examples },
+});
+
 const revocationId: JsonSchema = { type: 'string', pattern: '^[!-~]{1,256}$', description: '1 to 256 printable ASCII characters, no space.' };
 /** Exactly one of `jti` (one token) or `sub` (every token of that person). */
 const revocationTarget: JsonSchema = {
@@ -283,6 +349,160 @@ export const OPENAPI: OpenApiDocument = {
     '/sessions/{id}/terminate': { post: termination('post') },
     '/tenants/{id}/suspend': { post: suspension(true) },
     '/tenants/{id}/resume': { post: suspension(false) },
+    '/tenants/{id}': {
+      get: operation({
+        operationId: 'getTenant',
+        summary: "A tenant's body in the catalog, verifiers left out",
+        description: "The `[tenants.<id>]` table as JSON, as stored; each user's `scram` verifier is never read back.",
+        'x-audit-command': 'tenant.get',
+        parameters: [tenantRouteParam({ ok: { summary: 'a tenant in the catalog', value: 'acme' }, notFound: { summary: 'no such tenant', value: 'nosuch' } })],
+        responses: {
+          '200': {
+            description: 'The tenant.',
+            content: json(
+              {
+                type: 'object',
+                required: ['tenant', 'body', 'updated_at'],
+                additionalProperties: false,
+                properties: { tenant: tenantId, body: ref('TenantBody'), updated_at: { type: 'string', format: 'date-time' } },
+              },
+              {
+                ok: {
+                  summary: 'a tenant',
+                  value: { tenant: 'acme', body: { ...EXAMPLE_BODY, users: { app: {} } }, updated_at: '2026-01-01T12:00:00.000Z' },
+                },
+              },
+            ),
+          },
+          ...tenantRouteResponses({ notFound: error('no such tenant', 'no such tenant') }),
+        },
+      }),
+      put: operation({
+        operationId: 'putTenant',
+        summary: 'Create or replace a tenant in the catalog (every instance follows within a second)',
+        description:
+          "The body is the tenant's `[tenants.<id>]` table as JSON, same keys and defaults as the file, validated by the same code; users carry SCRAM verifiers (`pgwarden hash-password`), never passwords. A replaced tenant's running sessions keep their settings; a tenant now `enabled = false` has its sessions ended (57P01).",
+        'x-audit-command': 'tenant.put',
+        parameters: [tenantRouteParam({ ok: { summary: 'a tenant in the catalog', value: 'initech' }, created: { summary: 'a new tenant', value: 'globex' } })],
+        requestBody: {
+          required: true,
+          content: json(ref('TenantBody'), {
+            ok: { summary: 'a tenant', value: EXAMPLE_BODY },
+            invalid: {
+              summary: 'a body the file would refuse too',
+              value: { ...EXAMPLE_BODY, max_client_connections: -1, users: { app: { password: 'plaintext' } } },
+            },
+            notObject: { summary: 'not an object', value: [EXAMPLE_BODY] },
+          }),
+        },
+        responses: {
+          '200': {
+            description: 'Replaced.',
+            content: withExamples(written(false), { ok: { summary: 'replaced', value: { tenant: 'initech', created: false } } }),
+          },
+          '201': {
+            description: 'Created.',
+            content: withExamples(written(false), { created: { summary: 'created', value: { tenant: 'globex', created: true } } }),
+          },
+          ...tenantRouteResponses(null, {
+            invalid: invalidBody('a body the file would refuse too', [
+              'tenants.initech.users.app.password: not accepted; give scram, a SCRAM-SHA-256 verifier (make one with "pgwarden hash-password")',
+              'tenants.initech.users.app.scram: missing (make one with "pgwarden hash-password")',
+              'tenants.initech.max_client_connections: must be an integer from 0 to 1000000',
+            ]),
+            notObject: error('not an object', 'expected a JSON object: the [tenants.<id>] table'),
+          }),
+        },
+      }),
+      delete: operation({
+        operationId: 'deleteTenant',
+        summary: 'Remove a tenant from the catalog',
+        description: "Every instance ends the tenant's sessions (57P01) and its logins get 28P01, the answer to a wrong password.",
+        'x-audit-command': 'tenant.delete',
+        parameters: [
+          tenantRouteParam({ ok: { summary: 'a tenant in the catalog', value: 'initech' }, notFound: { summary: 'no such tenant', value: 'nosuch' } }),
+        ],
+        responses: {
+          '200': {
+            description: 'Removed.',
+            content: json(
+              { type: 'object', required: ['tenant', 'deleted'], additionalProperties: false, properties: { tenant: tenantId, deleted: { enum: [true] } } },
+              { ok: { summary: 'removed', value: { tenant: 'initech', deleted: true } } },
+            ),
+          },
+          ...tenantRouteResponses({ notFound: error('no such tenant', 'no such tenant') }),
+        },
+      }),
+    },
+    '/tenants/{id}/users/{name}': {
+      put: operation({
+        operationId: 'putTenantUser',
+        summary: 'Create or replace one user of a catalog tenant',
+        description:
+          "The body is the user's `[tenants.<id>.users.<name>]` table: `scram` (a SCRAM-SHA-256 verifier, never a password), optionally `backend_user`, `backend_password_env`, `max_connections`. The whole tenant is validated with the user in place.",
+        'x-audit-command': 'tenant.user.put',
+        parameters: [
+          tenantRouteParam({ ok: { summary: 'a tenant in the catalog', value: 'acme' }, notFound: { summary: 'no such tenant', value: 'nosuch' } }),
+          userParam({ ok: { summary: 'a user of the tenant', value: 'reporting' }, created: { summary: 'a new user', value: 'analyst' } }),
+        ],
+        requestBody: {
+          required: true,
+          content: json(ref('TenantUser'), {
+            ok: { summary: 'a verifier', value: { scram: EXAMPLE_VERIFIER, max_connections: 10 } },
+            invalid: { summary: 'a password instead of a verifier', value: { password: 'plaintext' } },
+            notObject: { summary: 'not an object', value: EXAMPLE_VERIFIER },
+          }),
+        },
+        responses: {
+          '200': {
+            description: 'Replaced.',
+            content: withExamples(written(true), { ok: { summary: 'replaced', value: { tenant: 'acme', user: 'reporting', created: false } } }),
+          },
+          '201': {
+            description: 'Created.',
+            content: withExamples(written(true), { created: { summary: 'created', value: { tenant: 'acme', user: 'analyst', created: true } } }),
+          },
+          ...tenantRouteResponses(
+            { notFound: error('no such tenant', 'no such tenant') },
+            {
+              badName: error('not a user name', 'invalid user name'),
+              invalid: invalidBody('a password instead of a verifier', [
+                'tenants.acme.users.reporting.password: not accepted; give scram, a SCRAM-SHA-256 verifier (make one with "pgwarden hash-password")',
+                'tenants.acme.users.reporting.scram: missing (make one with "pgwarden hash-password")',
+              ]),
+              notObject: error('not an object', 'expected a JSON object: the [tenants.<id>.users.<name>] table'),
+            },
+          ),
+        },
+      }),
+      delete: operation({
+        operationId: 'deleteTenantUser',
+        summary: 'Remove one user of a catalog tenant',
+        'x-audit-command': 'tenant.user.delete',
+        parameters: [
+          tenantRouteParam({ ok: { summary: 'a tenant in the catalog', value: 'acme' }, notFound: { summary: 'no such tenant', value: 'nosuch' } }),
+          userParam({ ok: { summary: 'a user of the tenant', value: 'analyst' }, noUser: { summary: 'no such user', value: 'nobody' } }),
+        ],
+        responses: {
+          '200': {
+            description: 'Removed.',
+            content: json(
+              {
+                type: 'object',
+                required: ['tenant', 'user', 'deleted'],
+                additionalProperties: false,
+                properties: { tenant: tenantId, user: userName, deleted: { enum: [true] } },
+              },
+              { ok: { summary: 'removed', value: { tenant: 'acme', user: 'analyst', deleted: true } } },
+            ),
+          },
+          ...tenantRouteResponses(
+            { notFound: error('no such tenant', 'no such tenant'), noUser: error('no such user', 'no such user') },
+            { badName: error('not a user name', 'invalid user name') },
+          ),
+        },
+      }),
+    },
     '/staff/revoke': {
       post: operation({
         operationId: 'revokeStaff',
@@ -385,7 +605,31 @@ export const OPENAPI: OpenApiDocument = {
         type: 'object',
         required: ['error'],
         additionalProperties: false,
-        properties: { error: { type: 'string', description: 'What went wrong; never a secret.' } },
+        properties: {
+          error: { type: 'string', description: 'What went wrong; never a secret.' },
+          problems: {
+            type: 'array',
+            items: { type: 'string' },
+            description: 'With `invalid tenant body`: every problem, each naming the offending key as `pgwarden check-config` does.',
+          },
+        },
+      },
+      TenantBody: {
+        type: 'object',
+        description:
+          'A `[tenants.<id>]` table as JSON: `backend` (required), `backend_tls`, `backend_ca`, `allow_cidrs`, `enabled`, `databases`, `max_client_connections`, `users`, and the `[pool]`, `[limits]` and audit keys a tenant may override; config.example.toml describes each. Validated by pgwarden (unknown keys are refused by name), not by this schema alone.',
+        required: ['backend'],
+        properties: { backend: { type: 'string' }, users: { type: 'object', additionalProperties: ref('TenantUser') } },
+      },
+      TenantUser: {
+        type: 'object',
+        description: 'A `[tenants.<id>.users.<name>]` table: a SCRAM-SHA-256 verifier (`pgwarden hash-password`), never a password.',
+        properties: {
+          scram: { type: 'string', pattern: '^SCRAM-SHA-256\\$' },
+          backend_user: { type: 'string' },
+          backend_password_env: { type: 'string' },
+          max_connections: { type: 'integer', minimum: 0 },
+        },
       },
       Session: {
         type: 'object',

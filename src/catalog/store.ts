@@ -114,11 +114,16 @@ export class CatalogStore {
 
   constructor(
     private readonly cfg: CatalogConfig,
-    private readonly context: TenantBodyContext,
+    private context: TenantBodyContext,
     private readonly env: NodeJS.ProcessEnv = process.env,
   ) {
     this.tenants = `${quoteSchema(cfg.schema)}.tenants`;
     this.client = new LazyPgClient(() => newCatalogClient(cfg, 'pgwarden-catalog-admin'));
+  }
+
+  /** Validates later writes against a new context (a reloaded file's [pool]/[limits] defaults). */
+  setContext(context: TenantBodyContext): void {
+    this.context = context;
   }
 
   /** Creates the schema, table, function and triggers (idempotent). True when the table did not exist before. */

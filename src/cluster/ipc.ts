@@ -5,7 +5,6 @@
  * This file holds the message shapes and the worker's side; primary.ts holds the other side.
  */
 import type { AuditEvent } from '../audit/record.js';
-import type { Config, TenantConfig } from '../config/schema.js';
 import type { AuditSink } from '../audit/log.js';
 import type { AcquireResult, AdmitResult, Lease, LimitMode, LimitStore, LockoutRule, RateRule, SlotRequest } from '../limits/store.js';
 import type { BusHandlers, CancelMessage, ClusterBus } from './bus.js';
@@ -267,19 +266,4 @@ export class IpcAuditSink implements AuditSink {
   close(): Promise<void> {
     return this.channel.flush();
   }
-}
-
-/**
- * A worker's share of each tenant's backend pool: pools live in the workers, so each may open
- * max_backend_connections / workers backends (at least 1) and the tenant's total stays within
- * its setting. (Client-facing limits are exact across workers through the primary or Redis.)
- */
-export function workerShare(config: Config, workers: number): Config {
-  if (workers <= 1) return config;
-  const tenants = new Map<string, TenantConfig>();
-  for (const [id, t] of config.tenants) {
-    const max = Math.max(1, Math.floor(t.pool.maxBackendConnections / workers));
-    tenants.set(id, { ...t, pool: { ...t.pool, maxBackendConnections: max, minIdleBackendConnections: Math.min(max, Math.ceil(t.pool.minIdleBackendConnections / workers)) } });
-  }
-  return { ...config, tenants };
 }

@@ -4,7 +4,8 @@
  *
  * The primary owns what must be one per instance: the audit log (one hash chain), the metrics
  * listener (metrics aggregated over workers), the admin API (sessions asked of the workers), the signals, and, without Redis, the limit store,
- * so caps stay exact across workers. A worker that dies is replaced, and the slots it held are
+ * so caps stay exact across workers. With [catalog], each worker follows the catalog itself and the
+ * primary only writes to it (the admin API's tenant routes). A worker that dies is replaced, and the slots it held are
  * released at once. With Redis, each worker is an instance of its own there.
  */
 import cluster, { type Worker } from 'node:cluster';
@@ -22,6 +23,7 @@ import { LocalLimitStore, type Lease } from '../limits/store.js';
 import { openSharedState, type SharedState } from './shared-state.js';
 import { onShutdownSignals } from '../signals.js';
 import { isMessage, type PrimaryMessage, type WorkerMessage } from './ipc.js';
+import { CatalogStore } from '../catalog/store.js';
 
 /** A worker that dies sooner than this after its start counts as a crash loop: wait before the next. */
 const RESPAWN_BACKOFF_MS = 1_000;
@@ -34,6 +36,8 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
   // With Redis the workers share limits there; the primary still needs the bus for admin commands.
   const shared: SharedState | null = config.redis === undefined ? null : await openSharedState(config, instanceId, log, () => undefined);
   const limits = new LocalLimitStore();
+  /** [catalog]: the admin API's tenant routes write here; the workers follow it themselves. */
+  const catalogStore = config.catalog === undefined ? null : new CatalogStore(config.catalog, config);
   const suspended = new Set<string>();
   /** Revocations in force, for workers that start later (their `init`). */
   const revocations = new RevocationSet();
@@ -198,7 +202,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
         listSessions: async (tenant) =>
           (await askWorkers({ op: 'sessions', tenant })).flatMap((v) => (v.result as object[]).map((s) => ({ ...s, worker: v.worker }))),
         terminateSession: async (session) => (await askWorkers({ op: 'terminate', session })).some((v) => v.result === true),
-        hasTenant: (id) => config.tenants.has(id),
+        hasTenant: async (id) => (catalogStore === null ? config.tenants.has(id) : (await catalogStore.get(id)) !== undefined),
         suspend: async (tenant, isSuspended) => {
           if (shared !== null) await shared.bus.publishSuspension(tenant, isSuspended);
           else onSuspension(tenant, isSuspended);
@@ -212,6 +216,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
           else reload();
         },
         revocationTtlMs: () => revocationTtlMs(config.staff),
+        tenantCatalog: () => catalogStore,
       },
     },
   });
@@ -220,6 +225,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
     loadConfigFile(configPath)
       .then((next) => {
         config = next;
+        catalogStore?.setContext(next);
         broadcast({ k: 'reload' });
         audit.append({ event: 'proxy.lifecycle', state: 'reloaded', tenants: [...next.tenants.keys()] });
         log.info({ tenants: next.tenants.size }, 'configuration reloaded: workers told');
@@ -239,7 +245,13 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
       }
     }, 20);
   });
-  audit.append({ event: 'proxy.lifecycle', state: 'started', instance_id: instanceId, workers: config.server.workers, listen: { host: config.server.listenHost, port } });
+  audit.append({
+    event: 'proxy.lifecycle',
+    state: 'started',
+    instance_id: instanceId,
+    workers: config.server.workers,
+    listen: { host: config.server.listenHost, port },
+  });
   const metricsPort = operator.metricsAddress?.port ?? null;
   const adminPort = operator.adminAddress?.port ?? null;
   log.info({ event: 'listening', port, metrics_port: metricsPort, admin_port: adminPort, workers: config.server.workers }, 'listening');
@@ -249,6 +261,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
   const finish = (): Promise<void> =>
     (finishing ??= (async () => {
       await operator.close();
+      await catalogStore?.close();
       audit.append({ event: 'proxy.lifecycle', state: 'stopped' });
       await audit.close();
       if (shared !== null) {

@@ -14,7 +14,12 @@ export interface SharedState {
   readonly bus: ClusterBus;
 }
 
-export async function openSharedState(config: Config, instanceId: string, log: Logger, onModeChange: (mode: LimitMode, cause: string) => void): Promise<SharedState> {
+export async function openSharedState(
+  config: Config,
+  instanceId: string,
+  log: Logger,
+  onModeChange: (mode: LimitMode, cause: string) => void,
+): Promise<SharedState> {
   const r = config.redis;
   if (r === undefined) return { limits: new LocalLimitStore(), bus: new LocalBus() };
   const common = { url: r.url, instanceId, keyPrefix: r.keyPrefix, commandTimeoutMs: r.commandTimeoutMs, log };

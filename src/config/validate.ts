@@ -6,7 +6,7 @@
 import { availableParallelism } from 'node:os';
 import type { FileValidation } from './environment.js';
 import type { Config, LimitSettings, TenantConfig } from './schema.js';
-import { isTable, Reader, type Tree } from './toml-reader.js';
+import { Reader, type Tree } from './toml-reader.js';
 import { readAudit, readStaff } from './validate-audit.js';
 import { LIMIT_KEYS, MAX_MESSAGE_BYTES, POOL_KEYS, readLimits, readPool } from './validate-settings.js';
 import { readCatalog } from './validate-catalog.js';
@@ -20,10 +20,7 @@ import { checkTenantNeeds, readTenants } from './validate-tenants.js';
 export function validateConfigTree(tree: Tree, resolvePath: (p: string) => string): FileValidation<Config> {
   const r = new Reader();
   r.unknownKeys(tree, '', ['server', 'metrics', 'admin', 'audit', 'staff', 'log', 'pool', 'limits', 'redis', 'catalog', 'tenants']);
-  const fileServer = readServer(r, tree, resolvePath);
-  // With [catalog], one process unless the file asks for more (which is refused below, for now).
-  const workersGiven = isTable(tree['server']) && tree['server']['workers'] !== undefined;
-  const server = tree['catalog'] !== undefined && !workersGiven ? { ...fileServer, workers: 1 } : fileServer;
+  const server = readServer(r, tree, resolvePath);
   const { limits, sourceLimits, defaultMaxClients } = readLimitSection(r, tree);
   const redis = readRedis(r, tree);
   const { metrics, admin } = readOperatorListeners(r, tree);
@@ -42,8 +39,6 @@ export function validateConfigTree(tree: Tree, resolvePath: (p: string) => strin
   });
   const tenantDefaults = { pool, limits, maxClientConnections: defaultMaxClients };
   const catalog = readCatalog(r, tree, resolvePath);
-  // The catalog is served by one process for now: its workers would each need their own source.
-  if (catalog !== undefined && server.workers > 1) r.problems.push('server.workers: must be 1 with [catalog] (several workers do not follow the catalog yet)');
   // With [catalog] the file holds no tenants (readCatalog names each one as a problem).
   const tenants = catalog === undefined ? readTenants(r, tree, resolvePath, tenantDefaults) : new Map<string, TenantConfig>();
 

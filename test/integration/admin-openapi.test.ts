@@ -5,6 +5,8 @@
  * accepts and the headers it lists; every other method on a documented path must be 405, and
  * paths beside the documented ones 404. In reverse, api.ts's route table must be exactly the
  * document's operations, so a route without documentation fails here. Every call is audited.
+ * The instance under test takes its tenants from a catalog (the tenant routes write there); the
+ * `fileSource` cases ask one whose file is the source, `catalogDown` one whose catalog is gone.
  * With workers, the session list (which then names each session's worker) fits the schema too.
  */
 import { describe, it, before, after } from 'node:test';
@@ -20,6 +22,8 @@ import { OPENAPI, type Example, type Method, type OpenApiDocument, type Operatio
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
 import { startProxy, spawnProxy, connect, testCerts, type ChildProxy, type RunningProxy } from '../support/proxy.js';
 import { startRedis, type RedisServer } from '../support/redis.js';
+import { CatalogStore } from '../../src/catalog/store.js';
+import { parseConfigText } from '../../src/config/load.js';
 import { resolve, validate } from '../support/json-schema.js';
 
 const TOKEN = 'openapi-test-token-8d41c7a2e9';
@@ -27,6 +31,8 @@ const TOKEN_SHA256 = createHash('sha256').update(TOKEN).digest('hex');
 const METHODS: readonly Method[] = ['get', 'put', 'post', 'delete'];
 /** Methods tried on every path besides its own; PATCH has no route anywhere. */
 const PROBED_METHODS = ['GET', 'PUT', 'POST', 'DELETE', 'PATCH'] as const;
+const CATALOG_PW_ENV = 'PGWARDEN_TEST_OPENAPI_CATALOG_PW';
+const CATALOG_PW = 'openapi-catalog-secret';
 
 interface Reply {
   status: number;
@@ -115,6 +121,9 @@ describe('admin API as its OpenAPI document says', () => {
   let rp: RunningProxy;
   /** An instance with Redis, stopped: commands shared over Redis answer 503 there. */
   let shared: RunningProxy;
+  /** An instance whose catalog database is gone: the tenant routes answer 503 there. */
+  let down: RunningProxy;
+  let store: CatalogStore;
   let redis: RedisServer;
   let dir: string;
   let auditFile: string;
@@ -126,9 +135,42 @@ describe('admin API as its OpenAPI document says', () => {
   before(async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-openapi-'));
     auditFile = path.join(dir, 'audit.jsonl');
-    cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
-    const users = [{ name: 'app', verifier: await readVerifier(cluster, 'app') }];
-    rp = await startProxy({ auditFile, admin: { token_sha256: TOKEN_SHA256 }, tenants: [{ id: 'acme', cluster, users }] });
+    process.env[CATALOG_PW_ENV] = CATALOG_PW;
+    cluster = await startCluster({
+      users: [
+        { name: 'app', password: 'app-pass' },
+        { name: 'catalog_admin', password: CATALOG_PW },
+      ],
+      databases: ['catalog', 'catalog_gone'],
+    });
+    for (const db of ['catalog', 'catalog_gone']) await cluster.query(`ALTER DATABASE ${db} OWNER TO catalog_admin`);
+    const verifier = await readVerifier(cluster, 'app');
+    const users = [{ name: 'app', verifier }];
+    const catalogOf = (db: string): Record<string, string> => ({
+      url: `postgresql://catalog_admin@127.0.0.1:${cluster.port}/${db}`,
+      password_env: CATALOG_PW_ENV,
+      snapshot_file: path.join(dir, `${db}.snapshot.json`),
+    });
+    const storeOf = (db: string): CatalogStore => {
+      const c = catalogOf(db);
+      const cfg = parseConfigText(
+        `[server]\nlisten = "127.0.0.1:0"\nrequire_tls = false\n[catalog]\nurl = "${c.url}"\npassword_env = "${CATALOG_PW_ENV}"\nsnapshot_file = "${c.snapshot_file}"\n`,
+        dir,
+      );
+      return new CatalogStore(cfg.catalog!, cfg);
+    };
+    // The tenants the documented examples name: acme (with users app and reporting) and initech.
+    store = storeOf('catalog');
+    await store.init();
+    const body = { backend: cluster.url('postgres'), backend_tls: 'disable', allow_cidrs: ['127.0.0.0/8', '::1/128'] };
+    await store.put('acme', { ...body, users: { app: { scram: verifier }, reporting: { scram: verifier } } });
+    await store.put('initech', { ...body, users: { app: { scram: verifier } } });
+    rp = await startProxy({ auditFile, admin: { token_sha256: TOKEN_SHA256 }, tenants: [], catalog: catalogOf('catalog') });
+    const gone = storeOf('catalog_gone');
+    await gone.init();
+    await gone.close();
+    down = await startProxy({ admin: { token_sha256: TOKEN_SHA256 }, tenants: [], catalog: catalogOf('catalog_gone') });
+    await cluster.query('DROP DATABASE catalog_gone WITH (FORCE)');
     redis = await startRedis();
     shared = await startProxy({
       redis: { url: redis.url, command_timeout: '200ms' },
@@ -146,9 +188,12 @@ describe('admin API as its OpenAPI document says', () => {
     await Promise.all(clients.map((c) => c.end().catch(() => undefined)));
     await rp?.close();
     await shared?.close();
+    await down?.close();
+    await store?.close();
     await redis?.stop();
     await cluster?.stop();
     if (dir !== undefined) await rm(dir, { recursive: true, force: true });
+    Reflect.deleteProperty(process.env, CATALOG_PW_ENV);
   });
 
   /** A live session of tenant acme on `rp`: its id (`x-fixture: "session"`). */
@@ -251,7 +296,11 @@ describe('admin API as its OpenAPI document says', () => {
           body = JSON.stringify({ pad: 'p'.repeat(70 * 1024) });
           break;
         case 'sharedStateDown':
+        case 'fileSource':
           port = shared.adminPort;
+          break;
+        case 'catalogDown':
+          port = down.adminPort;
           break;
         default:
       }
@@ -259,6 +308,8 @@ describe('admin API as its OpenAPI document says', () => {
       assert.equal(String(r.status), c.status, `${where}: ${r.text}`);
       assert.equal(r.headers['content-type'], 'application/json', where);
       assert.deepEqual(validate(c.response.content['application/json'].schema, r.body, doc), [], `${where}: ${r.text}`);
+      // An error answers exactly what its example says (a success's values are live: ids, times).
+      if (r.status >= 400) assert.deepEqual(r.body, c.response.content['application/json'].examples[c.name]!.value, where);
       for (const [name, h] of Object.entries(c.response.headers ?? {})) {
         const value = r.headers[name.toLowerCase()];
         if (h.required) assert.ok(value !== undefined, `${where}: header ${name}`);
@@ -305,6 +356,19 @@ describe('admin API as its OpenAPI document says', () => {
     }
   });
 
+  it('never reads a verifier back: GET /tenants/{id} lists the users without their scram', async () => {
+    const r = await call(rp.adminPort, 'GET', '/tenants/acme');
+    assert.equal(r.status, 200, r.text);
+    audited.push({ command: 'tenant.get', status: 200 });
+    const users = (r.body as { body: { users: Record<string, object> } }).body.users;
+    assert.deepEqual(Object.keys(users).sort(), ['app', 'reporting']);
+    assert.ok(
+      Object.values(users).every((u) => !('scram' in u)),
+      r.text,
+    );
+    assert.ok(!r.text.includes('SCRAM-SHA-256'), r.text);
+  });
+
   it('audits every call as admin.command, /openapi.json included', async () => {
     await rp.close();
     const recs = (await readFile(auditFile, 'utf8'))
@@ -342,6 +406,11 @@ describe('admin API as its OpenAPI document says', () => {
     assert.ok(wrongMethod.every((r) => commands.has(r.command)));
     const text = await readFile(auditFile, 'utf8');
     assert.ok(!text.includes(TOKEN) && !text.includes(TOKEN_SHA256), 'neither the token nor its hash');
+    assert.ok(!text.includes('SCRAM-SHA-256$'), 'no verifier, though the tenant routes were given several');
+    assert.ok(
+      recs.some((r) => r.command === 'tenant.put' && r.outcome.status === 201),
+      'a tenant written through the API is in the audit',
+    );
   });
 });
 
