@@ -2,7 +2,7 @@
  * `npm run bench`: pgbench -S over TLS against direct PostgreSQL, PgBouncer and pgwarden (session and
  * transaction pooling), alternating targets cell by cell; then pgbench -C (connection rate) and the
  * proxies' memory with thousands of idle TLS clients; on request, one tenant's pgbench while another
- * floods pgwarden (isolation).
+ * floods pgwarden (isolation), and pgwarden on a catalog of 10,000 tenants (catalog).
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { makeDevCerts, type DevCerts } from '../src/tools/dev-certs.js';
 import { readVerifier, startCluster, type Cluster } from '../test/support/cluster.js';
 import { SNI_SUFFIX, type TomlValue } from '../test/support/proxy.js';
+import { catalogNotes, formatCatalog, runCatalog, SMALL_TENANTS, USERS_PER_TENANT, type CatalogResult } from './lib/catalog.js';
 import { cleanup, cleanupOnSignals, onCleanup, tearingDown } from './lib/cleanup.js';
 import { describeEnvironment, openFilesLimit } from './lib/environment.js';
 import { measureIdle, type IdleResult } from './lib/idle.js';
@@ -86,6 +87,11 @@ function raiseOpenFiles(): void {
   if (soft < hard) set(Math.min(hard, OPEN_FILES), hard);
 }
 
+/** Whether a phase that runs the --targets (matrix, connect, idle) was asked for: only those run PgBouncer. */
+function usesTargets(options: BenchOptions): boolean {
+  return options.phases.some((p) => p === 'matrix' || p === 'connect' || p === 'idle');
+}
+
 function makePlan(options: BenchOptions, bouncer: string | null): { plan: Plan; skipped: { target: string; reason: string }[] } {
   const skipped: { target: string; reason: string }[] = [];
   const available = options.targets.filter((t) => {
@@ -95,7 +101,7 @@ function makePlan(options: BenchOptions, bouncer: string | null): { plan: Plan; 
       return false;
     }
     if (bouncer !== null || proxy !== 'pgbouncer') return true;
-    skipped.push({ target: t, reason: 'pgbouncer is not installed' });
+    if (usesTargets(options)) skipped.push({ target: t, reason: 'pgbouncer is not installed' });
     return false;
   });
   const has = (p: 'matrix' | 'connect' | 'idle'): boolean => options.phases.includes(p);
@@ -140,9 +146,12 @@ async function setUp(options: BenchOptions, plan: Plan): Promise<Setup> {
   onCleanup('stop PostgreSQL', () => cluster.stop());
   // Since PostgreSQL 15 only the database owner may create tables in `public`.
   await cluster.query(`ALTER DATABASE ${DATABASE} OWNER TO ${USER}`);
-  log(`pgbench -i -s ${options.scale}…`);
   const setup = { cluster, certs, password, workDir, baseline: options.baseline };
-  await initialise(endpoint(setup, directTarget(cluster)), options.scale);
+  // The catalog phase logs in only (no pgbench tables needed).
+  if (options.phases.some((p) => p !== 'catalog')) {
+    log(`pgbench -i -s ${options.scale}…`);
+    await initialise(endpoint(setup, directTarget(cluster)), options.scale);
+  }
   return setup;
 }
 
@@ -450,11 +459,25 @@ function runIsolationPhase(setup: Setup, options: BenchOptions): Promise<Isolati
   });
 }
 
+/**
+ * Issue 13's scale figures: pgwarden on a catalog of 10 tenants and of --catalog-tenants (10 users
+ * each): start-up, RSS, insert → first login, and the cost of a login (catalog.ts).
+ */
+async function runCatalogPhase(setup: Setup, options: BenchOptions): Promise<CatalogResult> {
+  log(`catalog: pgwarden (1 worker) on a catalog of ${SMALL_TENANTS} and of ${options.catalogTenants} tenants × ${USERS_PER_TENANT} users; ` +
+    `${options.catalogLogins} timed logins and ${options.catalogInserts} insert → login samples per catalog`);
+  return runCatalog({
+    cluster: setup.cluster, certs: setup.certs, workDir: setup.workDir,
+    backend: { user: USER, password: setup.password, database: DATABASE, verifier: await readVerifier(setup.cluster, USER) },
+    tenants: options.catalogTenants, inserts: options.catalogInserts, logins: options.catalogLogins, log,
+  });
+}
+
 /** Rough wall time: cells plus connection set-up, warm-ups, the connect phase and the idle phase. */
 function estimateSeconds(options: BenchOptions, plan: Plan): number {
   // pgbench's -T includes its connection set-up, so a cell takes its duration plus ~0.3 s (reading logs).
   const cellOverhead = (): number => 0.5;
-  let s = 20 + options.scale * 1.5;
+  let s = 20 + (options.phases.some((p) => p !== 'catalog') ? options.scale * 1.5 : 0);
   s += plan.running.length * (options.warmupS > 0 ? options.warmupS + cellOverhead() : 0);
   s += options.rounds * options.clients.length * options.protocols.length * plan.matrixTargets.length * (options.durationS + cellOverhead());
   s += options.rounds * plan.connectTargets.length * (options.connectDurationS + cellOverhead());
@@ -464,6 +487,8 @@ function estimateSeconds(options: BenchOptions, plan: Plan): number {
   if (options.phases.includes('isolation')) s += 10 + Math.min(5, options.durationS) + options.rounds * 3 * (options.durationS + 3.5);
   // A fresh proxy per audit run: its start and stop add about 3 s.
   if (options.phases.includes('audit')) s += options.rounds * options.protocols.length * AUDIT_VARIANTS.length * (options.durationS + 3);
+  // Catalog: four proxy starts (each settles 2 s; 10,000 tenants load in about 1.5 s), logins at ~150/s, inserts ~0.3 s each.
+  if (options.phases.includes('catalog')) s += 4 * (2.5 + options.catalogTenants / 10_000) + (2 * (options.catalogLogins + 30)) / 150 + 2 * options.catalogInserts * 0.3;
   return Math.round(s);
 }
 
@@ -509,7 +534,7 @@ async function main(): Promise<void> {
   }
   const started = Date.now();
   const startedAt = new Date(started).toISOString();
-  const wantsBouncer = options.targets.some((t) => parseTargetName(t)?.proxy === 'pgbouncer');
+  const wantsBouncer = usesTargets(options) && options.targets.some((t) => parseTargetName(t)?.proxy === 'pgbouncer');
   const bouncer = wantsBouncer ? findPgBouncer() : null;
   const { plan, skipped } = makePlan(options, bouncer);
   const estimatedS = estimateSeconds(options, plan);
@@ -518,7 +543,8 @@ async function main(): Promise<void> {
   log(`plan: ${cells} matrix cells (${options.protocols.join('/')} × ${options.clients.join('/')} clients × ${plan.matrixTargets.length} targets × ` +
     `${options.rounds} rounds, ${options.durationS} s each), ${plan.connectTargets.length * options.rounds} connection-rate cells ` +
     `(${options.connectClients} clients, ${options.connectDurationS} s), idle RSS for ${plan.idleProxies.join(', ') || 'none'} at ${options.idle.join('/')} clients` +
-    (options.phases.includes('isolation') ? `, isolation ${options.rounds} × 3 runs of ${options.durationS} s` : ''));
+    (options.phases.includes('isolation') ? `, isolation ${options.rounds} × 3 runs of ${options.durationS} s` : '') +
+    (options.phases.includes('catalog') ? `, catalog of ${SMALL_TENANTS} and ${options.catalogTenants} tenants` : ''));
   log(`pools: session ${plan.sessionPoolSize}, transaction ${plan.transactionPoolSize} backends per proxy; open files ${environment.openFilesLimit}`);
   log(`estimated time: about ${minutes(estimatedS)}`);
   const setup = await setUp(options, plan);
@@ -529,6 +555,7 @@ async function main(): Promise<void> {
   const isolation = options.phases.includes('isolation') ? await runIsolationPhase(setup, options) : null;
   const workers = options.phases.includes('workers') ? await runWorkersPhase(setup, options, plan) : null;
   const audit = options.phases.includes('audit') ? await runAuditPhase(setup, options, plan) : null;
+  const catalog = options.phases.includes('catalog') ? await runCatalogPhase(setup, options) : null;
 
   const summaries = summarise(runs);
   const when = `${options.rounds} round${options.rounds === 1 ? '' : 's'}, median per cell`;
@@ -559,6 +586,13 @@ async function main(): Promise<void> {
     log(`\naudit: pgwarden-session, pgbench -S at ${Math.max(...options.clients)} clients, ${when}; ÷off = TPS over statement audit off; audit B/tx = audit file growth per transaction\n`);
     log(formatAudit(audit));
   }
+  if (catalog !== null) {
+    log(`\ncatalog: pgwarden, 1 worker, tenants from a PostgreSQL catalog (${USERS_PER_TENANT} users each); start = spawn → "listening" without a snapshot file, ` +
+      'restart = with the snapshot of the first start; RSS 2 s after the restart\'s "listening", peak = VmHWM; logins: sequential TLS + SCRAM to one tenant, ' +
+      'mean and p99 per login; CPU = proxy utime+stime per login; ÷small = over the 10-tenant catalog; ins→login = CatalogStore.put\'s commit → first successful login\n');
+    log(formatCatalog(catalog));
+    log(catalogNotes(catalog).join('\n'));
+  }
   const noteLines = notes(summaries, runs);
   if (noteLines.length > 0) log(`\nnotes:\n${noteLines.join('\n')}`);
   for (const s of skipped) log(`skipped ${s.target}: ${s.reason}`);
@@ -574,8 +608,9 @@ async function main(): Promise<void> {
     skipped, summaries, idle, runs,
   };
   // The isolation figures ride along under their own key (the other phases' shapes stay as they are).
-  const withIsolation: ResultFile & { isolation?: IsolationResult; workers?: WorkersRow[]; audit?: AuditRow[] } = {
+  const withIsolation: ResultFile & { isolation?: IsolationResult; workers?: WorkersRow[]; audit?: AuditRow[]; catalog?: CatalogResult } = {
     ...result, ...(isolation === null ? {} : { isolation }), ...(workers === null ? {} : { workers }), ...(audit === null ? {} : { audit }),
+    ...(catalog === null ? {} : { catalog }),
   };
   const file = await writeResult(RESULTS_DIR, withIsolation);
   log(`\nelapsed ${minutes((finished - started) / 1000)} (estimated ${minutes(estimatedS)}); raw figures: ${file}`);

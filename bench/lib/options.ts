@@ -5,7 +5,7 @@ import { ALL_TARGETS, DEFAULT_TARGETS, type TargetName } from './target.js';
 import path from 'node:path';
 
 export type Protocol = 'simple' | 'extended' | 'prepared';
-export type Phase = 'matrix' | 'connect' | 'idle' | 'isolation' | 'workers' | 'audit';
+export type Phase = 'matrix' | 'connect' | 'idle' | 'isolation' | 'workers' | 'audit' | 'catalog';
 /** The noisy neighbour's floods of the isolation phase (isolation.ts runs them). */
 export type FloodKind = 'storm' | 'copy' | 'stall';
 
@@ -40,10 +40,14 @@ export interface BenchOptions {
   stormPauseMs: number;
   /** Storm attempts started per second at most; 0 = as fast as the lanes go. */
   stormRatePerS: number;
+  /** Catalog phase: tenants of the large catalog (compared with 10), insert → login samples and timed logins per catalog. */
+  catalogTenants: number;
+  catalogInserts: number;
+  catalogLogins: number;
 }
 
 export const USAGE = `usage: npm run bench -- [options]
-  --phases LIST         matrix,connect,idle,isolation,workers,audit (default matrix,connect,idle)
+  --phases LIST         matrix,connect,idle,isolation,workers,audit,catalog (default matrix,connect,idle)
   --targets LIST        subset of ${ALL_TARGETS.join(',')}
                         (default all; "pgbouncer" / "pgwarden" mean both of its modes)
   --protocols LIST      pgbench -M for the matrix: simple,extended,prepared (default all)
@@ -68,10 +72,13 @@ export const USAGE = `usage: npm run bench -- [options]
   --storm-lanes N       concurrent login attempts of the storm (default 300)
   --storm-pause MS      pause of each storm client between attempts (default 0: retry at once)
   --storm-rate N        storm attempts started per second, all lanes together (default 200; 0 = no cap)
+  --catalog-tenants N   tenants (10 users each) of the catalog phase's large catalog, compared with 10 (default 10000)
+  --catalog-inserts K   insert → first-login samples per catalog (default 20)
+  --catalog-logins N    timed sequential logins per catalog (default 300)
 `;
 
 const PROTOCOLS: readonly Protocol[] = ['simple', 'extended', 'prepared'];
-const PHASES: readonly Phase[] = ['matrix', 'connect', 'idle', 'isolation', 'workers', 'audit'];
+const PHASES: readonly Phase[] = ['matrix', 'connect', 'idle', 'isolation', 'workers', 'audit', 'catalog'];
 /** The isolation phase runs only when asked for (about 4 × --duration per round). */
 const DEFAULT_PHASES: readonly Phase[] = ['matrix', 'connect', 'idle'];
 const FLOODS: readonly FloodKind[] = ['storm', 'copy', 'stall'];
@@ -112,6 +119,7 @@ export function parseOptions(argv: string[]): BenchOptions | null {
       phases: s, targets: s, protocols: s, clients: s, duration: s, rounds: s, jobs: s, scale: s, warmup: s,
       'pool-size': s, 'connect-clients': s, 'connect-duration': s, idle: s, 'login-batch': s,
       'isolation-clients': s, workers: s, 'pgwarden-workers': s, baseline: s, flood: s, 'storm-lanes': s, 'storm-pause': s, 'storm-rate': s,
+      'catalog-tenants': s, 'catalog-inserts': s, 'catalog-logins': s,
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -147,5 +155,8 @@ export function parseOptions(argv: string[]): BenchOptions | null {
     stormLanes: positiveInt('storm-lanes', values['storm-lanes'], 300),
     stormPauseMs: positiveInt('storm-pause', values['storm-pause'], 0, 0),
     stormRatePerS: positiveInt('storm-rate', values['storm-rate'], 200, 0),
+    catalogTenants: positiveInt('catalog-tenants', values['catalog-tenants'], 10_000),
+    catalogInserts: positiveInt('catalog-inserts', values['catalog-inserts'], 20),
+    catalogLogins: positiveInt('catalog-logins', values['catalog-logins'], 300),
   };
 }

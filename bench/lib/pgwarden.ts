@@ -1,4 +1,4 @@
-/** Runs pgwarden as a child process (`node dist/src/cli.js serve`) with one tenant in front of the cluster. */
+/** Runs pgwarden as a child process (`node dist/src/cli.js serve`): with one tenant in front of the cluster, or (spawnPgWarden) any config. */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -61,13 +61,20 @@ function configText(spec: PgWardenSpec): string {
   return toml.replace('level = "warn"', 'level = "info"');
 }
 
-/** Resolves with the ports from the proxy's `"event":"listening"` log line. */
-function listeningPorts(daemon: Daemon, timeoutMs = 15_000): Promise<{ port: number; metrics_port: number | null }> {
+/** The proxy's `"event":"listening"` log line: its ports, and when it was written (pino's ISO `time`). */
+export interface ListeningLine {
+  port: number;
+  metrics_port: number | null;
+  time: string;
+}
+
+/** Resolves with the proxy's `"event":"listening"` log line. */
+function listeningLine(daemon: Daemon, timeoutMs = 15_000): Promise<ListeningLine> {
   const deadline = Date.now() + timeoutMs;
   return new Promise((resolve, reject) => {
     const poll = (): void => {
       const line = daemon.output().split('\n').find((l) => l.includes('"event":"listening"'));
-      if (line !== undefined) return resolve(JSON.parse(line) as { port: number; metrics_port: number | null });
+      if (line !== undefined) return resolve(JSON.parse(line) as ListeningLine);
       if (daemon.hasExited()) return reject(new Error(`pgwarden exited before listening:\n${daemon.output()}`));
       if (Date.now() > deadline) return reject(new Error(`pgwarden did not log "listening" within ${timeoutMs} ms:\n${daemon.output()}`));
       setTimeout(poll, 50);
@@ -90,7 +97,7 @@ export function problemLines(output: string): string[] {
 }
 
 /** GET /metrics from the proxy's metrics listener; null when it does not answer. */
-async function scrape(port: number): Promise<string | null> {
+export async function scrape(port: number): Promise<string | null> {
   try {
     const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(5000) });
     return res.ok ? await res.text() : null;
@@ -99,14 +106,35 @@ async function scrape(port: number): Promise<string | null> {
   }
 }
 
-export async function startPgWarden(spec: PgWardenSpec): Promise<Target> {
+/** A pgwarden child process that has logged "listening", with its wall-clock spawn time for start-up figures. */
+export interface PgWardenProcess {
+  daemon: Daemon;
+  listening: ListeningLine;
+  /** Date.now() just before the spawn. */
+  spawnedAtMs: number;
+}
+
+/**
+ * `node <cli> serve --config <toml>` in a temp dir (removed at cleanup), resolved once it logs
+ * "listening"; the config must log at info or below. `env` is added to this process's environment.
+ */
+export async function spawnPgWarden(toml: string, opts: { cli?: string; env?: Record<string, string>; listenTimeoutMs?: number } = {}): Promise<PgWardenProcess> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-bench-proxy-'));
   onCleanup(`remove ${dir}`, () => rm(dir, { recursive: true, force: true }));
   const configPath = path.join(dir, 'pgwarden.toml');
-  await writeFile(configPath, configText(spec));
-  const daemon = startDaemon(process.execPath, [spec.cli ?? CLI, 'serve', '--config', configPath], { cwd: dir });
+  await writeFile(configPath, toml);
+  const spawnedAtMs = Date.now();
+  const daemon = startDaemon(process.execPath, [opts.cli ?? CLI, 'serve', '--config', configPath], { cwd: dir, env: { ...process.env, ...opts.env } });
   onCleanup('stop pgwarden', () => daemon.stop());
-  const { port, metrics_port: metricsPort } = await listeningPorts(daemon);
+  const listening = await listeningLine(daemon, opts.listenTimeoutMs);
+  return { daemon, listening, spawnedAtMs };
+}
+
+export async function startPgWarden(spec: PgWardenSpec): Promise<Target> {
+  const {
+    daemon,
+    listening: { port, metrics_port: metricsPort },
+  } = await spawnPgWarden(configText(spec), spec.cli === undefined ? {} : { cli: spec.cli });
   return {
     name: spec.name ?? `pgwarden-${spec.mode}`,
     port,
