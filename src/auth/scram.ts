@@ -323,13 +323,12 @@ export class ScramClientExchange {
 
 /**
  * The iteration count a mock verifier should show (rule 3: "a realistic iteration count"): the most
- * common one among the verifiers an attacker could compare it with (a tenant's users), ties to the
+ * common one among the verifiers an attacker could compare it with (a tenant's users; given as a
+ * histogram, iterations → how many), ties to the
  * larger, and PostgreSQL's default when there are none. A fixed 4096 would mark unknown users on a
  * tenant whose verifiers were made with another scram_iterations.
  */
-export function typicalIterations(verifiers: Iterable<ScramVerifier>): number {
-  const counts = new Map<number, number>();
-  for (const v of verifiers) counts.set(v.iterations, (counts.get(v.iterations) ?? 0) + 1);
+export function typicalIterations(counts: ReadonlyMap<number, number>): number {
   let best = DEFAULT_ITERATIONS;
   let bestCount = 0;
   for (const [iterations, n] of counts) {

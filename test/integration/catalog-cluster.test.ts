@@ -98,13 +98,14 @@ describe('the tenant catalog across instances, managed through the admin API', (
     new Promise((resolve) => c.once('error', (err: Error & { code?: string }) => resolve(err.code)));
   /** Logs in until it works (the change is on its way); the time it took from `since`. */
   const firstLogin = async (p: ChildProxy, tenant: string, since: number, within: number): Promise<number> => {
+    let last = '';
     await waitFor(
       async () => {
-        const c = await login(p, tenant).catch(() => null);
+        const c = await login(p, tenant).catch((err: unknown) => ((last = String((err as { code?: string }).code ?? err)), null));
         return c !== null;
       },
       within,
-      `a login of ${tenant} on port ${p.port}`,
+      `a login of ${tenant} on ${p === a ? 'a' : 'b'} (last refusal: ${last})`,
     );
     return Date.now() - since;
   };
@@ -126,9 +127,9 @@ describe('the tenant catalog across instances, managed through the admin API', (
     });
     const common = { tenants: [], redis: { url: redis.url }, admin: { token_sha256: TOKEN_SHA256 } };
     // `pgwarden catalog init` is what an operator runs first.
-    const init = await spawnProxy({ ...common, catalog: catalog('init') }, { [PW_ENV]: CATALOG_PW }).catch((err: Error) => err);
+    const init = await spawnProxy({ ...common, catalog: catalog('init') }, { [PW_ENV]: CATALOG_PW }).catch((err: unknown) => err);
     assert.ok(init instanceof Error, 'no catalog tables yet: a clear start-up error, not a proxy serving nothing');
-    assert.match(init.message, /catalog/i);
+    assert.match(init.message, /its tables are missing: run "pgwarden catalog init --config FILE"/);
     const cli = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../src/cli.js');
     const initConfig = path.join(dir, 'init.toml');
     await writeFile(initConfig, configToml({ ...common, catalog: catalog('init') }, certs));
@@ -255,6 +256,8 @@ describe('the tenant catalog across instances, managed through the admin API', (
     const refused = await admin(a.adminPort!, 'PUT', '/tenants/hooli', body());
     assert.deepEqual({ status: refused.status, body: refused.body }, { status: 503, body: { error: 'tenant catalog unavailable' } });
 
+    // The snapshot follows the served copy within a few write times (SNAPSHOT_SHARE in catalog/source.ts).
+    await waitFor(async () => (await readFile(path.join(dir, 'b.snapshot.json'), 'utf8')).includes('"initech"'), 1_000, "b's snapshot holds the last change");
     await b.stop();
     b = await spawnProxy(specB, { [PW_ENV]: CATALOG_PW });
     await firstLogin(b, 'acme', Date.now(), 1_000);
