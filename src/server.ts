@@ -167,7 +167,11 @@ export class Proxy {
     return this.workers > 1 ? { ...config, tenants: workerShare(config.tenants, this.workers) } : config;
   }
 
-  private makeContext(config: Config, tlsMaterial: TlsMaterial | null): SessionContext {
+  /**
+   * The context new sessions start with. `kept` carries over what only a reload can change (a
+   * catalog change keeps them: no key file read, no JWKS verifier rebuilt per tenant change).
+   */
+  private makeContext(config: Config, tlsMaterial: TlsMaterial | null, kept?: Pick<SessionContext, 'mockSecret' | 'staffVerifier'>): SessionContext {
     const cas = new Map<string, Buffer>();
     for (const t of config.tenants.values()) {
       if (t.backendCaPath === undefined) continue;
@@ -187,8 +191,8 @@ export class Proxy {
       rejections: this.rejections,
       metrics: this.metrics,
       log: this.log,
-      mockSecret: mockSecretFor(config),
-      staffVerifier: config.staff === undefined ? null : new StaffTokenVerifier(config.staff),
+      mockSecret: kept?.mockSecret ?? mockSecretFor(config),
+      staffVerifier: kept !== undefined ? kept.staffVerifier : config.staff === undefined ? null : new StaffTokenVerifier(config.staff),
       isDraining: () => this.draining,
       isSuspended: (tenantId) => this.bus.suspended().has(tenantId),
       noteRateLimited: (tenantId) => {
@@ -337,7 +341,7 @@ export class Proxy {
    */
   private applyTenants(tenants: ReadonlyMap<string, TenantConfig>): void {
     const config = this.served({ ...this.ctx.config, tenants });
-    this.ctx = this.makeContext(config, this.ctx.tls);
+    this.ctx = this.makeContext(config, this.ctx.tls, this.ctx);
     this.pools.retain(new Set(config.tenants.keys()));
     this.sessions.endSessionsOfGoneTenants(config.tenants);
   }
