@@ -114,5 +114,8 @@ main(process.argv.slice(2)).then(
       process.stderr.write(`pgwarden: ${(err as Error).stack ?? String(err)}\n`);
       process.exitCode = 1;
     }
+    // A command that failed is done, whatever it left open (a Redis connection opened before a
+    // start-up error, say): exit once the output is flushed, rather than linger doing nothing.
+    setTimeout(() => process.exit(), 500).unref();
   },
 );

@@ -127,6 +127,12 @@ export class Proxy {
         metrics,
         audit,
         onChange: (tenants) => proxy.applyTenants(tenants),
+      }).catch(async (err: unknown) => {
+        // Nothing serves: close what is open (Redis, the audit log) and report why.
+        await proxy.bus.close().catch(() => undefined);
+        await proxy.limits.close().catch(() => undefined);
+        if (opts.audit === undefined) await audit.close().catch(() => undefined);
+        throw err;
       });
       config = { ...config, tenants: proxy.catalog.tenants };
       if (proxy.adminEnabled) proxy.catalogStore = new CatalogStore(config.catalog!, config);
