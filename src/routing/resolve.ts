@@ -181,7 +181,10 @@ export function resolveStartup(params: ReadonlyMap<string, string>, sni: string 
   if (optionSettings.size > 0) {
     forward.set('options', [...optionSettings].map(([k, v]) => `-c ${escapeOption(k)}=${escapeOption(v)}`).join(' '));
   }
-  const database = params.get('database');
+  let database = params.get('database');
+  // libpq and most drivers send the user name as the database when none is given: the name the
+  // client would have sent had it been able to name the tenant another way, so the stripped one.
+  if (tenantFrom === 'user' && database === sentUser) database = user;
   return {
     tenantId,
     tenantFrom,

@@ -124,6 +124,14 @@ describe('resolveStartup: the tenant in the user name and the default tenant', (
     assert.equal(r.forward.has('user'), false, 'the user goes to the server as the login plan says, not from forward');
   });
 
+  it('a database equal to the whole user name (the drivers\' default) becomes the stripped user name', () => {
+    assert.equal(resolve({ user: 'app.acme', database: 'app.acme' }, undefined, DOT).database, 'app');
+    assert.equal(resolve({ user: 'app.acme', database: 'appdb' }, undefined, DOT).database, 'appdb');
+    // Only when the user name named the tenant.
+    assert.equal(resolve({ user: 'app.acme', database: 'app.acme' }, `acme.${SUFFIX}`, DOT).database, 'app.acme');
+    assert.equal(resolve({ user: 'app', database: 'app' }, undefined, { ...DOT, defaultTenant: 'acme' }).database, 'app');
+  });
+
   it('the last separator wins: first.last.acme is user first.last of tenant acme', () => {
     const r = resolve({ user: 'first.last.acme' }, undefined, DOT);
     assert.equal(r.tenantId, 'acme');
