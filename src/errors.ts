@@ -143,9 +143,13 @@ export const Errors = {
   tlsRequired: () =>
     new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'TLS connection is required', 'client', 'tls_required', { hint: 'Connect with sslmode=require or stronger.' }),
   /** T2 */
-  noTenant: () =>
+  /** T2; with server.tenant_in_user the HINT also names the user-name way, with its separator. */
+  noTenant: (userSeparator?: string) =>
     new PgError(SQLSTATE.INVALID_AUTHORIZATION, 'no tenant specified in connection request', 'client', 'unknown_tenant', {
-      hint: 'Use the host name <tenant>.<suffix> with TLS (SNI), or options=-c pgwarden.tenant=<tenant>.',
+      hint:
+        userSeparator === undefined
+          ? 'Use the host name <tenant>.<suffix> with TLS (SNI), or options=-c pgwarden.tenant=<tenant>.'
+          : `Use the host name <tenant>.<suffix> with TLS (SNI), options=-c pgwarden.tenant=<tenant>, or the user name <user>${userSeparator}<tenant>.`,
     }),
   /** T3 */
   inconsistentTenant: () =>

@@ -180,6 +180,13 @@ export interface Config {
     readonly tlsMinVersion: 'TLSv1.2' | 'TLSv1.3';
     readonly requireTls: boolean;
     readonly sniSuffix: string;
+    /**
+     * server.tenant_in_user: `app<sep>acme` names user app of tenant acme (the last separator
+     * wins), read only when neither SNI nor options names a tenant. undefined: off.
+     */
+    readonly tenantInUser: string | undefined;
+    /** server.default_tenant: the tenant of a connection that names none. undefined: off (T2). */
+    readonly defaultTenant: string | undefined;
     readonly authTimeoutMs: number;
     readonly shutdownTimeoutMs: number;
     readonly maxPreauthConnections: number;
@@ -219,6 +226,13 @@ export interface Config {
 
 /** A tenant id is a DNS label: it appears as the first label of the SNI host name. */
 export const TENANT_ID_RE = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/**
+ * server.tenant_in_user: 1 to 3 of these characters. Never a letter, digit, '-' or '_' (they
+ * occur in tenant ids or common role names), whitespace, quotes, backslash, ',' or '=' (they need
+ * escaping in conninfo strings or SCRAM).
+ */
+export const TENANT_SEPARATOR_RE = /^[.@%#:+~!$&*|/^]{1,3}$/;
 
 export class ConfigError extends Error {
   constructor(readonly problems: readonly string[]) {

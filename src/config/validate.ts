@@ -5,7 +5,7 @@
  */
 import { availableParallelism } from 'node:os';
 import type { FileValidation } from './environment.js';
-import type { Config, LimitSettings, TenantConfig } from './schema.js';
+import { TENANT_ID_RE, TENANT_SEPARATOR_RE, type Config, type LimitSettings, type TenantConfig } from './schema.js';
 import { Reader, type Tree } from './toml-reader.js';
 import { readAudit, readStaff } from './validate-audit.js';
 import { LIMIT_KEYS, MAX_MESSAGE_BYTES, POOL_KEYS, readLimits, readPool } from './validate-settings.js';
@@ -45,6 +45,10 @@ export function validateConfigTree(tree: Tree, resolvePath: (p: string) => strin
   // Fail-closed audit needs somewhere durable to write before a statement runs.
   if (audit.file === undefined && staff !== undefined) r.problems.push('staff: needs audit.file (staff statements are audited before they run)');
   for (const t of tenants.values()) checkTenantNeeds(r, t, audit);
+  // A typo here would send every connection that names no tenant to a tenant that does not exist.
+  if (catalog === undefined && server.defaultTenant !== undefined && TENANT_ID_RE.test(server.defaultTenant) && !tenants.has(server.defaultTenant)) {
+    r.problems.push(`server.default_tenant: no [tenants.${server.defaultTenant}] in this file`);
+  }
   const config: Config = {
     server,
     metrics,
@@ -65,7 +69,7 @@ export function validateConfigTree(tree: Tree, resolvePath: (p: string) => strin
 
 function readServer(r: Reader, tree: Tree, resolvePath: (p: string) => string): Config['server'] {
   const s = r.section(tree, 'server', 'server', [
-    'listen', 'tls_cert', 'tls_key', 'tls_min_version', 'require_tls', 'sni_suffix', 'auth_timeout',
+    'listen', 'tls_cert', 'tls_key', 'tls_min_version', 'require_tls', 'sni_suffix', 'tenant_in_user', 'default_tenant', 'auth_timeout',
     'shutdown_timeout', 'max_preauth_connections', 'max_preauth_per_source', 'backend_connect_timeout', 'mock_secret_env', 'workers',
   ], true);
   const listen = r.listen(s, 'listen', 'server', '127.0.0.1:6432');
@@ -78,6 +82,14 @@ function readServer(r: Reader, tree: Tree, resolvePath: (p: string) => string): 
   if (requireTls && tlsCert === undefined) r.problems.push('server.require_tls: is true but no server.tls_cert/tls_key is set');
   const sniSuffix = (r.str(s, 'sni_suffix', 'server', '') ?? '').toLowerCase().replace(/^\./, '');
   if (sniSuffix !== '' && !/^[a-z0-9.-]+$/.test(sniSuffix)) r.problems.push('server.sni_suffix: must be a DNS name like "db.example.com"');
+  const tenantInUser = r.str(s, 'tenant_in_user', 'server');
+  if (tenantInUser !== undefined && !TENANT_SEPARATOR_RE.test(tenantInUser)) {
+    r.problems.push('server.tenant_in_user: must be 1 to 3 of the characters . @ % # : + ~ ! $ & * | / ^ (like ".")');
+  }
+  const defaultTenant = r.str(s, 'default_tenant', 'server');
+  if (defaultTenant !== undefined && !TENANT_ID_RE.test(defaultTenant)) {
+    r.problems.push('server.default_tenant: must be a tenant id (lower-case letters, digits and "-", at most 63)');
+  }
   return {
     listenHost: listen.host,
     listenPort: listen.port,
@@ -86,6 +98,8 @@ function readServer(r: Reader, tree: Tree, resolvePath: (p: string) => string): 
     tlsMinVersion: tlsMin === 'TLSv1.3' ? 'TLSv1.3' : 'TLSv1.2',
     requireTls,
     sniSuffix,
+    tenantInUser,
+    defaultTenant,
     authTimeoutMs: r.duration(s, 'auth_timeout', 'server', 60_000, 100, 600_000),
     shutdownTimeoutMs: r.duration(s, 'shutdown_timeout', 'server', 30_000, 0, 86_400_000),
     maxPreauthConnections: r.int(s, 'max_preauth_connections', 'server', 2_000, 1, 1_000_000),

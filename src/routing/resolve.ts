@@ -1,7 +1,8 @@
 /**
  * Tenant resolution and what of the client's startup request may reach the tenant's server.
- * Input: the SNI host name, the startup parameters. Output: a validated tenant id and the
- * allow-listed parameters, or a PgError from SECURITY.md §3 (T2–T4, N8, N9). No I/O.
+ * Input: the SNI host name, the startup parameters and the naming settings of [server]. Output: a
+ * validated tenant id (and how it was named), the user name to authenticate, and the allow-listed
+ * parameters, or a PgError from SECURITY.md §3 (T2–T4, N8, N9). No I/O.
  */
 import { Errors } from '../errors.js';
 import { TENANT_ID_RE } from '../config/schema.js';
@@ -37,8 +38,26 @@ export const FORWARDED_PARAMS: ReadonlySet<string> = new Set([
   'work_mem',
 ]);
 
+/**
+ * How the client named its tenant, in order of precedence: the SNI host name, `options`, the
+ * user name `<user><tenant_in_user><tenant>`, or nothing (server.default_tenant). Audited.
+ */
+export type TenantSource = 'sni' | 'options' | 'user' | 'default';
+
+/** The [server] settings that say how a tenant may be named (config/validate.ts checks them). */
+export interface TenantNaming {
+  /** `acme.<sniSuffix>` names tenant acme; '' turns SNI naming off. */
+  readonly sniSuffix: string;
+  /** `app<sep>acme` names user app of tenant acme (last separator wins); undefined: off. */
+  readonly tenantInUser: string | undefined;
+  /** The tenant of a connection that names none; undefined: such a connection gets T2. */
+  readonly defaultTenant: string | undefined;
+}
+
 export interface ResolvedStartup {
   readonly tenantId: string;
+  readonly tenantFrom: TenantSource;
+  /** The user to authenticate and log in as: with tenantFrom 'user', the part before the separator. */
   readonly user: string;
   /** Requested database, or undefined to use the tenant's default. */
   readonly database: string | undefined;
@@ -108,9 +127,36 @@ export function tenantFromSni(sni: string | undefined, suffix: string): string |
 const TRUE_VALUES = new Set(['true', 'on', 'yes', '1', 'database']);
 const FALSE_VALUES = new Set(['false', 'off', 'no', '0']);
 
-export function resolveStartup(params: ReadonlyMap<string, string>, sni: string | undefined, sniSuffix: string): ResolvedStartup {
-  const user = params.get('user');
-  if (user === undefined || user === '') throw Errors.noUser();
+/**
+ * The tenant a startup request names, and the user name without the tenant part. SNI and options
+ * come first and must agree (T3); only when neither names a tenant is the user name read (so a
+ * role called `first.last` keeps working for SNI clients), and only then the default tenant.
+ */
+function nameTenant(
+  user: string,
+  fromSni: string | undefined,
+  fromOptions: string | undefined,
+  naming: TenantNaming,
+): { tenantId: string; tenantFrom: TenantSource; user: string } {
+  if (fromSni !== undefined && fromSni !== '') {
+    if (fromOptions !== undefined && fromOptions !== fromSni) throw Errors.inconsistentTenant();
+    return { tenantId: fromSni, tenantFrom: 'sni', user };
+  }
+  if (fromOptions !== undefined) return { tenantId: fromOptions, tenantFrom: 'options', user };
+  const sep = naming.tenantInUser;
+  const at = sep === undefined ? -1 : user.lastIndexOf(sep);
+  if (sep !== undefined && at >= 0) {
+    const name = user.slice(0, at);
+    if (name === '') throw Errors.noUser();
+    return { tenantId: user.slice(at + sep.length), tenantFrom: 'user', user: name };
+  }
+  if (naming.defaultTenant !== undefined) return { tenantId: naming.defaultTenant, tenantFrom: 'default', user };
+  throw Errors.noTenant(sep);
+}
+
+export function resolveStartup(params: ReadonlyMap<string, string>, sni: string | undefined, naming: TenantNaming): ResolvedStartup {
+  const sentUser = params.get('user');
+  if (sentUser === undefined || sentUser === '') throw Errors.noUser();
   const replication = params.get('replication');
   if (replication !== undefined) {
     const v = replication.toLowerCase();
@@ -118,18 +164,16 @@ export function resolveStartup(params: ReadonlyMap<string, string>, sni: string 
     if (!FALSE_VALUES.has(v)) throw Errors.badReplicationValue(replication);
   }
   const optionSettings = parseOptions(params.get('options') ?? '');
-  const fromOptions = optionSettings.get(TENANT_OPTION);
+  // An empty pgwarden.tenant names nothing (as an SNI host outside the suffix does).
+  const optionTenant = optionSettings.get(TENANT_OPTION);
+  const fromOptions = optionTenant === '' ? undefined : optionTenant;
   optionSettings.delete(TENANT_OPTION);
   for (const name of optionSettings.keys()) {
     if (name.startsWith('pgwarden.')) throw Errors.unknownPgwardenOption(name);
     // The same allowlist as plain startup parameters: options is no way around it (rule 7).
     if (!FORWARDED_PARAMS.has(name)) throw Errors.settingNotAllowed(name);
   }
-  const fromSni = tenantFromSni(sni, sniSuffix);
-  const candidates = [fromSni, fromOptions].filter((t): t is string => t !== undefined && t !== '');
-  const tenantId = candidates[0];
-  if (tenantId === undefined) throw Errors.noTenant();
-  if (candidates.some((c) => c !== tenantId)) throw Errors.inconsistentTenant();
+  const { tenantId, tenantFrom, user } = nameTenant(sentUser, tenantFromSni(sni, naming.sniSuffix), fromOptions, naming);
   if (!TENANT_ID_RE.test(tenantId)) throw Errors.invalidTenant();
 
   const forward = new Map<string, string>();
@@ -137,9 +181,13 @@ export function resolveStartup(params: ReadonlyMap<string, string>, sni: string 
   if (optionSettings.size > 0) {
     forward.set('options', [...optionSettings].map(([k, v]) => `-c ${escapeOption(k)}=${escapeOption(v)}`).join(' '));
   }
-  const database = params.get('database');
+  let database = params.get('database');
+  // libpq and most drivers send the user name as the database when none is given: the name the
+  // client would have sent had it been able to name the tenant another way, so the stripped one.
+  if (tenantFrom === 'user' && database === sentUser) database = user;
   return {
     tenantId,
+    tenantFrom,
     user,
     database: database === undefined || database === '' ? undefined : database,
     forward,

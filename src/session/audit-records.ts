@@ -75,6 +75,7 @@ export class SessionRecords {
       stage,
       claimed: {
         tenant: st === null ? null : sanitizeName(st.tenantId),
+        tenant_from: st?.tenantFrom ?? null,
         db_user: st === null ? null : sanitizeName(st.user),
         database: st?.database === undefined ? null : sanitizeName(st.database),
       },
@@ -91,6 +92,7 @@ export class SessionRecords {
       event: 'staff.access',
       session: { id: s.id, ei: this.ei++ },
       ...(tenant === undefined ? {} : { tenant: tenant.id }),
+      tenant_from: st.tenantFrom,
       client: this.clientBlock(sock),
       staff: decision.ok ? decision.claims : { unverified: true, ...decision.claimed },
       target: {
@@ -114,6 +116,8 @@ export class SessionRecords {
       event: 'session.start',
       session: { id: s.id, ei: this.ei++ },
       tenant: tenant.id,
+      // How the client named the tenant: SNI, options, the user name or server.default_tenant.
+      tenant_from: s.startup!.tenantFrom,
       principal: this.principal(),
       client: this.clientBlock(sock),
       backend: { id: tenant.id, pid: f.backendPid, tls_version: f.backendTls, pool_mode: tenant.pool.mode },

@@ -292,6 +292,42 @@ describe('config: each problem names its key', () => {
     }
   });
 
+  describe('server.tenant_in_user and server.default_tenant', () => {
+    const withServer = (lines: string): string => MINIMAL.replace('require_tls = false', `require_tls = false\n${lines}`);
+
+    it('both off by default', () => {
+      const s = parseConfigText(MINIMAL, BASE_DIR).server;
+      assert.equal(s.tenantInUser, undefined);
+      assert.equal(s.defaultTenant, undefined);
+    });
+
+    it('read as given', () => {
+      const s = parseConfigText(withServer('tenant_in_user = "."\ndefault_tenant = "acme"'), BASE_DIR).server;
+      assert.equal(s.tenantInUser, '.');
+      assert.equal(s.defaultTenant, 'acme');
+      for (const sep of ['@', '%', '#', ':', '+', '~', '::', '@@']) {
+        assert.equal(parseConfigText(withServer(`tenant_in_user = "${sep}"`), BASE_DIR).server.tenantInUser, sep);
+      }
+    });
+
+    for (const bad of ['""', '"a"', '"1"', '"-"', '"_"', '" "', '"...."', '"\\\\"', '"="', '","', '"é"', '1', 'true']) {
+      it(`tenant_in_user = ${bad} is refused`, () => {
+        assertProblemAt(withServer(`tenant_in_user = ${bad}`), 'server.tenant_in_user');
+      });
+    }
+
+    for (const bad of ['"ACME"', '"ac_me"', '"-acme"', '""', `"${'a'.repeat(64)}"`, '7']) {
+      it(`default_tenant = ${bad} is refused`, () => {
+        assertProblemAt(withServer(`default_tenant = ${bad}`), 'server.default_tenant');
+      });
+    }
+
+    it('default_tenant must be one of the file\'s tenants', () => {
+      const hit = assertProblemAt(withServer('default_tenant = "globex"'), 'server.default_tenant');
+      assert.match(hit, /globex/);
+    });
+  });
+
   it('reports every problem at once', () => {
     const text = MINIMAL.replace('"127.0.0.1:6432"', '"nope"').replace('backend_tls = "disable"', 'backend_tls = "bogus"');
     const problems = problemsOf(text);

@@ -1,22 +1,29 @@
 /**
- * resolveStartup: which tenant a connection names (SNI, options), the PostgreSQL errors for a
+ * resolveStartup: which tenant a connection names (SNI, options, user name, default), the PostgreSQL errors for a
  * bad request, and what of the startup packet may reach the tenant's server (SECURITY.md rule 7).
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { PgError } from '../../src/errors.js';
-import { FORWARDED_PARAMS, resolveStartup, splitOptions, tenantFromSni, type ResolvedStartup } from '../../src/routing/resolve.js';
+import { FORWARDED_PARAMS, resolveStartup, splitOptions, tenantFromSni, type ResolvedStartup, type TenantNaming } from '../../src/routing/resolve.js';
 
 const SUFFIX = 'db.example.com';
+const NAMING: TenantNaming = { sniSuffix: SUFFIX, tenantInUser: undefined, defaultTenant: undefined };
 
-function resolve(params: Record<string, string>, sni?: string): ResolvedStartup {
-  return resolveStartup(new Map(Object.entries(params)), sni, SUFFIX);
+function resolve(params: Record<string, string>, sni?: string, naming: Partial<TenantNaming> = {}): ResolvedStartup {
+  return resolveStartup(new Map(Object.entries(params)), sni, { ...NAMING, ...naming });
 }
 
-function assertRefused(params: Record<string, string>, sni: string | undefined, sqlstate: string, message: string | RegExp): PgError {
+function assertRefused(
+  params: Record<string, string>,
+  sni: string | undefined,
+  sqlstate: string,
+  message: string | RegExp,
+  naming: Partial<TenantNaming> = {},
+): PgError {
   let caught: unknown;
   try {
-    resolve(params, sni);
+    resolve(params, sni, naming);
   } catch (err) {
     caught = err;
   }
@@ -26,6 +33,8 @@ function assertRefused(params: Record<string, string>, sni: string | undefined, 
   else assert.match(caught.message, message);
   return caught;
 }
+
+const pick = (r: ResolvedStartup): { tenantId: string; tenantFrom: string; user: string } => ({ tenantId: r.tenantId, tenantFrom: r.tenantFrom, user: r.user });
 
 /** Escapes like libpq users must: backslash before whitespace and backslash. */
 const esc = (s: string): string => s.replace(/[\\\s]/g, (m) => `\\${m}`);
@@ -96,6 +105,121 @@ describe('resolveStartup: the tenant', () => {
 
   it('a 63-character tenant id is valid', () => {
     assert.equal(resolve({ user: 'alice', options: `-c pgwarden.tenant=${'a'.repeat(63)}` }).tenantId, 'a'.repeat(63));
+  });
+});
+
+describe('resolveStartup: the tenant in the user name and the default tenant', () => {
+  const DOT = { tenantInUser: '.' };
+
+  it('off by default: a user name with a dot names no tenant', () => {
+    assertRefused({ user: 'app.acme' }, undefined, '28000', 'no tenant specified in connection request');
+  });
+
+  it('app.acme names user app of tenant acme', () => {
+    const r = resolve({ user: 'app.acme', database: 'appdb' }, undefined, DOT);
+    assert.equal(r.tenantId, 'acme');
+    assert.equal(r.tenantFrom, 'user');
+    assert.equal(r.user, 'app');
+    assert.equal(r.database, 'appdb');
+    assert.equal(r.forward.has('user'), false, 'the user goes to the server as the login plan says, not from forward');
+  });
+
+  it('a database equal to the whole user name (the drivers\' default) becomes the stripped user name', () => {
+    assert.equal(resolve({ user: 'app.acme', database: 'app.acme' }, undefined, DOT).database, 'app');
+    assert.equal(resolve({ user: 'app.acme', database: 'appdb' }, undefined, DOT).database, 'appdb');
+    // Only when the user name named the tenant.
+    assert.equal(resolve({ user: 'app.acme', database: 'app.acme' }, `acme.${SUFFIX}`, DOT).database, 'app.acme');
+    assert.equal(resolve({ user: 'app', database: 'app' }, undefined, { ...DOT, defaultTenant: 'acme' }).database, 'app');
+  });
+
+  it('the last separator wins: first.last.acme is user first.last of tenant acme', () => {
+    const r = resolve({ user: 'first.last.acme' }, undefined, DOT);
+    assert.equal(r.tenantId, 'acme');
+    assert.equal(r.user, 'first.last');
+  });
+
+  it('a separator of several characters, and other characters', () => {
+    assert.deepEqual(pick(resolve({ user: 'a@b@acme' }, undefined, { tenantInUser: '@' })), { tenantId: 'acme', tenantFrom: 'user', user: 'a@b' });
+    assert.deepEqual(pick(resolve({ user: 'app::acme' }, undefined, { tenantInUser: '::' })), { tenantId: 'acme', tenantFrom: 'user', user: 'app' });
+    // A single ':' inside a '::' separator's user part is kept.
+    assert.deepEqual(pick(resolve({ user: 'a:b::acme' }, undefined, { tenantInUser: '::' })), { tenantId: 'acme', tenantFrom: 'user', user: 'a:b' });
+  });
+
+  it('SNI names the tenant: the user name is not split (a role called first.last keeps working)', () => {
+    const r = resolve({ user: 'first.last' }, `acme.${SUFFIX}`, DOT);
+    assert.deepEqual(pick(r), { tenantId: 'acme', tenantFrom: 'sni', user: 'first.last' });
+    // Even when the part after the dot is another tenant's id.
+    assert.deepEqual(pick(resolve({ user: 'app.globex' }, `acme.${SUFFIX}`, DOT)), { tenantId: 'acme', tenantFrom: 'sni', user: 'app.globex' });
+  });
+
+  it('options name the tenant: the user name is not split', () => {
+    const r = resolve({ user: 'app.globex', options: '-c pgwarden.tenant=acme' }, undefined, { ...DOT, defaultTenant: 'initech' });
+    assert.deepEqual(pick(r), { tenantId: 'acme', tenantFrom: 'options', user: 'app.globex' });
+  });
+
+  it('SNI and options disagreeing stay 28000 whatever the user name says', () => {
+    const naming = { ...DOT, defaultTenant: 'acme' };
+    const params = { user: 'app.acme', options: '-c pgwarden.tenant=globex' };
+    assertRefused(params, `acme.${SUFFIX}`, '28000', 'inconsistent tenant identifiers in connection request', naming);
+  });
+
+  it('SNI outside the suffix names nothing: the user name is read', () => {
+    assert.deepEqual(pick(resolve({ user: 'app.acme' }, 'proxy.other.net', DOT)), { tenantId: 'acme', tenantFrom: 'user', user: 'app' });
+  });
+
+  for (const [label, user] of [
+    ['upper case', 'app.ACME'],
+    ['underscore', 'app.ac_me'],
+    ['empty tenant part', 'app.'],
+    ['64 characters', `app.${'a'.repeat(64)}`],
+    ['last dot wins, the rest is no tenant id', 'app.acme@x'],
+  ] as const) {
+    it(`invalid tenant id in the user name (${label}): 28000`, () => {
+      assertRefused({ user }, undefined, '28000', 'invalid tenant identifier', { ...DOT, defaultTenant: 'acme' });
+    });
+  }
+
+  it('an empty user part (".acme"): 28000 no user name', () => {
+    assertRefused({ user: '.acme' }, undefined, '28000', 'no PostgreSQL user name specified in startup packet', DOT);
+  });
+
+  it('an unknown tenant in the user name is resolved like any other (the login then fails with 28P01)', () => {
+    assert.deepEqual(pick(resolve({ user: 'app.nosuch' }, undefined, DOT)), { tenantId: 'nosuch', tenantFrom: 'user', user: 'app' });
+  });
+
+  it('default_tenant: used when nothing names a tenant', () => {
+    assert.deepEqual(pick(resolve({ user: 'app' }, undefined, { defaultTenant: 'acme' })), { tenantId: 'acme', tenantFrom: 'default', user: 'app' });
+    assert.deepEqual(pick(resolve({ user: 'app' }, 'proxy.other.net', { defaultTenant: 'acme' })), { tenantId: 'acme', tenantFrom: 'default', user: 'app' });
+    // Without tenant_in_user a dot is part of the user name.
+    const dotted = resolve({ user: 'first.last' }, undefined, { defaultTenant: 'acme' });
+    assert.deepEqual(pick(dotted), { tenantId: 'acme', tenantFrom: 'default', user: 'first.last' });
+  });
+
+  it('default_tenant comes after SNI, options and the user name', () => {
+    const naming = { ...DOT, defaultTenant: 'initech' };
+    assert.equal(resolve({ user: 'app' }, `acme.${SUFFIX}`, naming).tenantFrom, 'sni');
+    assert.equal(resolve({ user: 'app', options: '-c pgwarden.tenant=acme' }, undefined, naming).tenantFrom, 'options');
+    assert.deepEqual(pick(resolve({ user: 'app.acme' }, undefined, naming)), { tenantId: 'acme', tenantFrom: 'user', user: 'app' });
+    // A user name without the separator falls back to the default tenant.
+    assert.deepEqual(pick(resolve({ user: 'app' }, undefined, naming)), { tenantId: 'initech', tenantFrom: 'default', user: 'app' });
+  });
+
+  it('tenant_from for SNI, for options, and for SNI and options agreeing', () => {
+    assert.equal(resolve({ user: 'app' }, `acme.${SUFFIX}`).tenantFrom, 'sni');
+    assert.equal(resolve({ user: 'app', options: '-c pgwarden.tenant=acme' }).tenantFrom, 'options');
+    assert.equal(resolve({ user: 'app', options: '-c pgwarden.tenant=acme' }, `acme.${SUFFIX}`).tenantFrom, 'sni');
+  });
+
+  it('an empty pgwarden.tenant names nothing', () => {
+    const r = resolve({ user: 'app.acme', options: '-c pgwarden.tenant=' }, undefined, DOT);
+    assert.deepEqual(pick(r), { tenantId: 'acme', tenantFrom: 'user', user: 'app' });
+    assert.equal(resolve({ user: 'app', options: '-c pgwarden.tenant=' }, `acme.${SUFFIX}`).tenantId, 'acme');
+  });
+
+  it('with tenant_in_user the no-tenant HINT names the user-name way, and following it works', () => {
+    const hint = assertRefused({ user: 'alice' }, undefined, '28000', 'no tenant specified in connection request', { tenantInUser: '@' }).hint ?? '';
+    assert.ok(hint.includes('<user>@<tenant>'), hint);
+    assert.equal(resolve({ user: 'alice@acme' }, undefined, { tenantInUser: '@' }).tenantId, 'acme');
   });
 });
 

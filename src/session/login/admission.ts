@@ -46,7 +46,7 @@ export function admit(i: AdmissionInput): Admission {
   if (i.draining) return { ok: false, startup: null, error: Errors.shuttingDown() };
   let startup: ResolvedStartup;
   try {
-    startup = resolveStartup(i.params, i.tls.sni, i.config.server.sniSuffix);
+    startup = resolveStartup(i.params, i.tls.sni, i.config.server);
   } catch (err) {
     if (err instanceof Error && 'sqlstate' in err) return { ok: false, startup: null, error: err as PgError };
     throw err;
