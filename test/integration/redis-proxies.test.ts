@@ -89,11 +89,12 @@ describe('several instances sharing limits through Redis', () => {
 
   it('a CancelRequest sent to the other instance reaches the query', async () => {
     const c = await login(a);
-    const q = c.query('select pg_sleep(20)');
+    // Expect the rejection before sending the cancel: it may arrive before sendCancel resolves.
+    const cancelled = assert.rejects(c.query('select pg_sleep(20)'), { code: '57014' });
     await waitFor(async () => (await cluster.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where query = 'select pg_sleep(20)' and state = 'active'")).rows[0]?.n === 1);
     const k = c as unknown as { processID: number; secretKey: number };
     await sendCancel(b.port, k.processID, k.secretKey);
-    await assert.rejects(q, { code: '57014' });
+    await cancelled;
     await c.end();
   });
 
