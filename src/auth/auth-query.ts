@@ -52,14 +52,32 @@ interface Entry {
 /** Connecting or querying the tenant's server failed (down, wrong auth_user, timeout, hostile reply size). */
 export class LookupFailed extends Error {}
 
+/** Runs lookups against one tenant's server (a pool of pg connections; tests give a fake). */
+export interface LookupRunner {
+  run(user: string, now: () => number): Promise<LookupResult>;
+  close(): void;
+}
+
+export interface AuthLookupOptions {
+  readonly refreshMinIntervalMs?: number;
+  readonly now?: () => number;
+  readonly runner?: (settings: AuthQuerySettings, target: LookupTarget) => LookupRunner;
+}
+
 export class AuthLookups {
   private readonly tenants = new Map<string, TenantLookups>();
+  private readonly refreshMinIntervalMs: number;
+  private readonly now: () => number;
+  private readonly runner: (settings: AuthQuerySettings, target: LookupTarget) => LookupRunner;
 
   constructor(
     private readonly hooks: AuthLookupHooks,
-    private readonly refreshMinIntervalMs = REFRESH_MIN_INTERVAL_MS,
-    private readonly now: () => number = Date.now,
-  ) {}
+    opts: AuthLookupOptions = {},
+  ) {
+    this.refreshMinIntervalMs = opts.refreshMinIntervalMs ?? REFRESH_MIN_INTERVAL_MS;
+    this.now = opts.now ?? Date.now;
+    this.runner = opts.runner ?? ((settings, target) => new LookupPool(settings, target));
+  }
 
   /**
    * The verifier of `user` on `tenant`'s server, or why it may not log in. Throws PgError 08006
@@ -142,14 +160,15 @@ export class AuthLookups {
       t = undefined;
     }
     if (t === undefined) {
-      t = new TenantLookups(key, settings, new LookupPool(settings, target), this.now());
+      t = new TenantLookups(key, settings, this.runner(settings, target), this.now);
       this.tenants.set(tenant.id, t);
     }
     return t;
   }
 }
 
-class LookupThrottled extends Error {}
+/** Too many logins already wait for a lookup connection. */
+export class LookupThrottled extends Error {}
 
 /** One tenant's cache, in-flight lookups, token bucket and pool. */
 class TenantLookups {
@@ -157,14 +176,19 @@ class TenantLookups {
   readonly inflight = new Map<string, Promise<LookupResult>>();
   private tokens: number;
   private readonly burst: number;
+  private lastRefillMs: number;
 
   constructor(
     readonly key: string,
     readonly settings: AuthQuerySettings,
-    readonly pool: LookupPool,
-    private lastRefillMs: number,
+    readonly pool: LookupRunner,
+    now: () => number,
   ) {
-    this.cache = new LRUCache<string, Entry>({ max: settings.cacheSize, ttl: Math.max(settings.cacheTtlMs, settings.negativeCacheTtlMs, 1) });
+    this.lastRefillMs = now();
+    this.cache = new LRUCache<string, Entry>({ max: settings.cacheSize, ttl: Math.max(settings.cacheTtlMs, settings.negativeCacheTtlMs, 1),
+      ttlResolution: 0,
+      perf: { now },
+    });
     this.burst = Math.max(1, Math.ceil(settings.lookupsPerSecond * 2));
     this.tokens = this.burst;
   }
@@ -182,7 +206,7 @@ class TenantLookups {
 const AS_TEXT = { getTypeParser: () => (v: string) => v } as unknown as pg.CustomTypesConfig;
 
 /** At most `poolSize` lookup connections to one tenant's server; idle ones close after a while. */
-class LookupPool {
+class LookupPool implements LookupRunner {
   private readonly idle: { client: pg.Client; timer: NodeJS.Timeout }[] = [];
   private busy = 0;
   private readonly waiting: (() => void)[] = [];
