@@ -282,13 +282,13 @@ class LookupPool implements LookupRunner {
       statement_timeout: this.settings.timeoutMs,
     });
     client.on('error', () => undefined); // a dropped idle connection is noticed at its next use
+    guardStreams(client);
     try {
       await client.connect();
     } catch (err) {
       destroy(client);
       throw new LookupFailed('could not connect for auth_query', { cause: err });
     }
-    capReplyBytes(client);
     return client;
   }
 
@@ -317,21 +317,46 @@ class LookupPool implements LookupRunner {
 }
 
 /** pg keeps its socket on `connection.stream` (replaced by the TLS socket after SSLRequest). */
+type DataStream = NodeJS.EventEmitter & { destroy(err?: Error): void };
 interface WithStream {
-  connection: { stream: NodeJS.EventEmitter & { destroy(err?: Error): void } };
+  connection: { stream: DataStream; attachListeners(stream: DataStream): void };
 }
 const COUNTERS = new WeakMap<pg.Client, { n: number }>();
 const byteCounter = (client: pg.Client): { n: number } => COUNTERS.get(client) ?? { n: 0 };
 
-/** pg buffers whole results: a server sending more than MAX_REPLY_BYTES per lookup loses the connection. */
-function capReplyBytes(client: pg.Client): void {
+/**
+ * The tenant's server is hostile input, and pg parses its bytes in a socket 'data' listener: a
+ * malformed message (a DataRow claiming more bytes than it holds) throws there, which would be an
+ * uncaught exception taking the whole process down (found by the auth_query fuzzer). So every
+ * stream pg reads from (the TCP socket, or the TLS socket after SSLRequest) gets its listeners
+ * wrapped: a throw ends that one lookup connection. pg also buffers whole results, so more than
+ * MAX_REPLY_BYTES per lookup (login included) ends the connection too.
+ */
+function guardStreams(client: pg.Client): void {
   const counter = { n: 0 };
   COUNTERS.set(client, counter);
-  const stream = (client as unknown as WithStream).connection.stream;
-  stream.on('data', (chunk: Buffer) => {
-    counter.n += chunk.length;
-    if (counter.n > MAX_REPLY_BYTES) stream.destroy(new Error('auth_query reply too large'));
-  });
+  const conn = (client as unknown as WithStream).connection;
+  const attach = conn.attachListeners.bind(conn);
+  conn.attachListeners = (stream: DataStream): void => {
+    const before = new Set(stream.listeners('data'));
+    attach(stream);
+    for (const listener of stream.listeners('data')) {
+      if (before.has(listener)) continue;
+      stream.removeListener('data', listener as (...args: unknown[]) => void);
+      stream.on('data', (chunk: Buffer) => {
+        counter.n += chunk.length;
+        if (counter.n > MAX_REPLY_BYTES) {
+          stream.destroy(new Error('auth_query reply too large'));
+          return;
+        }
+        try {
+          (listener as (chunk: Buffer) => void).call(stream, chunk);
+        } catch (err) {
+          stream.destroy(err instanceof Error ? err : new Error(String(err)));
+        }
+      });
+    }
+  };
 }
 
 function destroy(client: pg.Client): void {
