@@ -114,6 +114,7 @@ export class AuthLookups {
       throw Errors.upstreamConnect('auth_query_failed', err);
     }
     this.hooks.onLookup(tenantId, result.ok ? 'found' : 'refused');
+    if (result.ok) t.noteIterations(result.verifier.iterations);
     const ttl = result.ok ? t.settings.cacheTtlMs : t.settings.negativeCacheTtlMs;
     if (ttl > 0) t.cache.set(user, { result, fetchedAtMs: this.now() }, { ttl });
     return result;
@@ -129,6 +130,14 @@ export class AuthLookups {
     const entry = t?.cache.get(user);
     if (t === undefined || entry === undefined || !entry.result.ok || entry.result.verifier !== verifier) return;
     if (this.now() - entry.fetchedAtMs >= this.refreshMinIntervalMs) t.cache.delete(user);
+  }
+
+  /**
+   * Iteration counts of the verifiers found on the tenant's server (count → how many lookups), so
+   * a mock verifier can show the count real roles there show (its scram_iterations may not be 4096).
+   */
+  iterationsSeen(tenantId: string): ReadonlyMap<number, number> | undefined {
+    return this.tenants.get(tenantId)?.iterations;
   }
 
   /** The tenant's server refused the verifier pgwarden used (it changed there): look it up again next time. */
@@ -174,6 +183,7 @@ export class LookupThrottled extends Error {}
 class TenantLookups {
   readonly cache: LRUCache<string, Entry>;
   readonly inflight = new Map<string, Promise<LookupResult>>();
+  readonly iterations = new Map<number, number>();
   private tokens: number;
   private readonly burst: number;
   private lastRefillMs: number;
@@ -191,6 +201,12 @@ class TenantLookups {
     });
     this.burst = Math.max(1, Math.ceil(settings.lookupsPerSecond * 2));
     this.tokens = this.burst;
+  }
+
+  /** A few distinct counts at most in practice; bounded all the same (a hostile server could vary them). */
+  noteIterations(n: number): void {
+    if (this.iterations.size >= 64 && !this.iterations.has(n)) return;
+    this.iterations.set(n, (this.iterations.get(n) ?? 0) + 1);
   }
 
   takeToken(nowMs: number): boolean {

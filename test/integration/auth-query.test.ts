@@ -9,6 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { startCluster, type Cluster } from '../support/cluster.js';
 import { connect, connectError, clientConfig, libpqConninfo, psql, startProxy, type RunningProxy } from '../support/proxy.js';
 import { Wire, startupMessage, typed } from '../support/wire.js';
+import { makeScramVerifier } from '../../src/auth/scram.js';
 
 const AUTH_PW_ENV = 'PGWARDEN_TEST_AUTH_QUERY_PW';
 const AUTH_PW = 'auth-secret';
@@ -78,6 +79,7 @@ describe('auth_query: roles the tenant manages itself', () => {
         { id: 'flood', cluster: pg, users: [], extra: { ...authKeys, auth_lookups_per_second: 2 } },
         { id: 'down', cluster: pg, users: [], backendUrl: 'postgresql://127.0.0.1:1/postgres', extra: authKeys },
         { id: 'wronguser', cluster: pg, users: [], extra: { auth_user: 'pgwarden_auth', auth_password_env: 'PGWARDEN_TEST_AUTH_QUERY_WRONG' } },
+        { id: 'iter', cluster: pg, users: [], extra: authKeys },
         { id: 'trap', cluster: pg, users: [], extra: { ...authKeys, auth_query: 'SELECT usename, passwd, valuntil FROM get_auth($1)' } },
       ],
     });
@@ -163,6 +165,14 @@ describe('auth_query: roles the tenant manages itself', () => {
     assert.match(await saltAndIterations(rp, 'acme', 'alice'), /,i=4096$/);
     // An MD5 role gets the mock too: also stable.
     assert.equal(await saltAndIterations(rp, 'acme', 'dave'), await saltAndIterations(rp, 'acme', 'dave'));
+  });
+
+  it("after a lookup, an unknown role shows the iteration count the tenant's roles have (not always 4096)", async () => {
+    await pg.query(`CREATE ROLE ivan LOGIN PASSWORD '${await makeScramVerifier('ivan-pw', 10_000)}'`);
+    assert.match(await saltAndIterations(rp, 'iter', 'ghost-y'), /,i=4096$/, 'nothing looked up yet');
+    const c = await connect(rp, { tenant: 'iter', user: 'ivan', password: 'ivan-pw' });
+    await c.end();
+    assert.match(await saltAndIterations(rp, 'iter', 'ghost-y'), /,i=10000$/);
   });
 
   it("answers 08006 quickly when the tenant's server is down or auth_user cannot log in", async () => {

@@ -170,6 +170,17 @@ describe('AuthLookups: cache, refresh, throttling', () => {
     assert.equal(h.asked(), 2);
   });
 
+  it('keeps the iteration counts of the verifiers it found (for the mock of that tenant)', async () => {
+    const h = await harness();
+    h.roles.set('bob', { ok: true, verifier: { ...h.v1, iterations: 10_000 } });
+    h.roles.set('carl', { ok: true, verifier: { ...h.v1, iterations: 10_000 } });
+    await h.find('alice');
+    await h.find('bob');
+    await h.find('carl');
+    await h.find('ghost');
+    assert.deepEqual([...h.lookups.iterationsSeen('acme')!], [[4096, 1], [10_000, 2]]);
+  });
+
   it('forget() drops a role (the upstream refused the verifier pgwarden used)', async () => {
     const h = await harness();
     await h.find('alice');

@@ -58,7 +58,19 @@ export class ConfiguredVerifiers implements VerifierSource {
   }
 
   private mock(plan: LoginPlan, failReason: string): VerifierChoice {
-    return { verifier: mockVerifier(this.mockSecret, plan.startup.tenantId, plan.startup.user, this.mockIterations(plan.tenant)), failReason };
+    return { verifier: mockVerifier(this.mockSecret, plan.startup.tenantId, plan.startup.user, this.mockIterationsFor(plan.tenant)), failReason };
+  }
+
+  /**
+   * An auth_query tenant's mock shows the count its roles show: the configured users' and the
+   * looked-up verifiers' together (a small merge per failed login; the looked-up counts change).
+   */
+  private mockIterationsFor(tenant: TenantConfig | undefined): number {
+    const seen = tenant?.authQuery === undefined ? undefined : this.lookups?.lookups.iterationsSeen(tenant.id);
+    if (seen === undefined || seen.size === 0) return this.mockIterations(tenant);
+    const counts = new Map(histogramOf(tenant!));
+    for (const [iterations, c] of seen) counts.set(iterations, (counts.get(iterations) ?? 0) + c);
+    return typicalIterations(counts);
   }
 
   /** Computed once per tenant (or config) and kept, never per login. */
