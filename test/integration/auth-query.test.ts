@@ -10,6 +10,10 @@ import { startCluster, type Cluster } from '../support/cluster.js';
 import { connect, connectError, clientConfig, libpqConninfo, psql, startProxy, type RunningProxy } from '../support/proxy.js';
 import { Wire, startupMessage, typed } from '../support/wire.js';
 import { makeScramVerifier } from '../../src/auth/scram.js';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { waitFor } from '../support/wait.js';
 
 const AUTH_PW_ENV = 'PGWARDEN_TEST_AUTH_QUERY_PW';
 const AUTH_PW = 'auth-secret';
@@ -57,6 +61,7 @@ async function saltAndIterations(rp: RunningProxy, tenant: string, user: string)
 describe('auth_query: roles the tenant manages itself', () => {
   let pg: Cluster;
   let rp: RunningProxy;
+  let dir: string;
   const authKeys = { auth_user: 'pgwarden_auth', auth_password_env: AUTH_PW_ENV };
 
   before(async () => {
@@ -72,7 +77,9 @@ describe('auth_query: roles the tenant manages itself', () => {
          LANGUAGE sql SECURITY DEFINER AS $$ SELECT usename, passwd, valuntil FROM pg_shadow WHERE usename = p $$`,
     );
     await pg.query('GRANT EXECUTE ON FUNCTION public.get_auth(text) TO pgwarden_auth');
+    dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-aq-'));
     rp = await startProxy({
+      auditFile: path.join(dir, 'audit.jsonl'),
       tenants: [
         { id: 'acme', cluster: pg, users: [], extra: authKeys },
         { id: 'fresh', cluster: pg, users: [], extra: { ...authKeys, auth_cache_ttl: '0s' } },
@@ -87,6 +94,7 @@ describe('auth_query: roles the tenant manages itself', () => {
   after(async () => {
     await rp?.close();
     await pg?.stop();
+    await rm(dir, { recursive: true, force: true });
   });
 
   it('logs in a role made with CREATE ROLE … PASSWORD (node-postgres and psql), as that role upstream', async () => {
@@ -155,6 +163,23 @@ describe('auth_query: roles the tenant manages itself', () => {
       'the MD5 refusal is recorded with its own reason',
     );
     assert.ok((await metric(rp, 'pgwarden_auth_failures_total', { tenant: 'acme', reason: 'secret_expired' })) >= 1);
+    // The audit has the real reason; what the client was sent is the same 28P01 text for every one.
+    type Rec = { event: string; tenant?: string; reason?: string; claimed?: { db_user: string }; outcome?: { sqlstate?: string; message_sent?: string } };
+    const want: Record<string, string> = { bob: 'secret_expired', carol: 'unknown_user', dave: 'unsupported_verifier', nosuchrole: 'unknown_user', alice: 'bad_password' };
+    let found: Rec[] = [];
+    await waitFor(async () => {
+      const text = await readFile(path.join(dir, 'audit.jsonl'), 'utf8').catch(() => '');
+      found = text
+        .split('\n')
+        .filter((l) => l !== '')
+        .map((l) => JSON.parse(l) as Rec)
+        .filter((r) => r.event === 'session.auth_failure' && r.tenant === 'acme' && r.claimed !== undefined && r.claimed.db_user in want);
+      return Object.keys(want).every((u) => found.some((r) => r.claimed!.db_user === u && r.reason === want[u]));
+    }, 5_000, 'audit records with each reason');
+    for (const r of found) {
+      assert.equal(r.outcome?.sqlstate, '28P01');
+      assert.equal(r.outcome?.message_sent, `password authentication failed for user "${r.claimed!.db_user}"`);
+    }
   });
 
   it('shows an unknown role the same deterministic salt and the iteration count real roles show, on every attempt', async () => {
