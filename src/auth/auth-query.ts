@@ -293,7 +293,8 @@ class LookupPool implements LookupRunner {
       database: this.settings.database,
       options: LOOKUP_OPTIONS,
       application_name: 'pgwarden auth_query',
-      ssl: t.tls === 'disable' ? false : t.tls === 'require' ? { rejectUnauthorized: false } : { ca: t.ca, servername: t.host, rejectUnauthorized: true },
+      // verify-full: the CA's chain and the host name (pg sends SNI for a name; an address is checked against IP SANs).
+      ssl: t.tls === 'disable' ? false : t.tls === 'require' ? { rejectUnauthorized: false } : { ...(t.ca === undefined ? {} : { ca: t.ca }), rejectUnauthorized: true },
       connectionTimeoutMillis: this.settings.timeoutMs,
       statement_timeout: this.settings.timeoutMs,
     });

@@ -7,7 +7,8 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { startCluster, type Cluster } from '../support/cluster.js';
-import { connect, connectError, clientConfig, libpqConninfo, psql, startProxy, type RunningProxy } from '../support/proxy.js';
+import { connect, connectError, clientConfig, libpqConninfo, psql, startProxy, testCerts, type RunningProxy } from '../support/proxy.js';
+import { makeDevCerts } from '../../src/tools/dev-certs.js';
 import { Wire, startupMessage, typed } from '../support/wire.js';
 import { makeScramVerifier } from '../../src/auth/scram.js';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -237,5 +238,43 @@ describe('auth_query: roles the tenant manages itself', () => {
     assert.ok(made <= 4 + Math.ceil(2 * seconds) + 1, `${made} lookups in ${seconds} s`);
     assert.ok(throttled > 0, 'some were throttled');
     assert.equal((codes.get('28P01') ?? 0) + (codes.get('53300') ?? 0), 20, JSON.stringify([...codes]));
+  });
+});
+
+describe('auth_query over TLS to the tenant server', () => {
+  let tlsPg: Cluster;
+  let rp: RunningProxy;
+  let otherCaDir: string;
+
+  before(async () => {
+    process.env[AUTH_PW_ENV] = AUTH_PW;
+    const certs = await testCerts();
+    otherCaDir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-aq-otherca-'));
+    const otherCa = await makeDevCerts({ dir: otherCaDir, hostnames: ['elsewhere.test'] });
+    tlsPg = await startCluster({ ssl: { certPath: certs.serverCertPath, keyPath: certs.serverKeyPath }, users: [{ name: 'pgwarden_auth', password: AUTH_PW }] });
+    for (const sql of SETUP) await tlsPg.query(sql);
+    await tlsPg.query("CREATE ROLE tina LOGIN PASSWORD 'tina-pw'");
+    const keys = { auth_user: 'pgwarden_auth', auth_password_env: AUTH_PW_ENV };
+    rp = await startProxy({
+      tenants: [
+        { id: 'secure', cluster: tlsPg, users: [], backendTls: 'verify-full', backendCa: certs.caCertPath, extra: keys },
+        { id: 'wrongca', cluster: tlsPg, users: [], backendTls: 'verify-full', backendCa: otherCa.caCertPath, extra: keys },
+      ],
+    });
+  });
+  after(async () => {
+    await rp?.close();
+    await tlsPg?.stop();
+    await rm(otherCaDir, { recursive: true, force: true });
+  });
+
+  it('looks up over verified TLS, and refuses a server whose certificate the CA did not sign (08006)', async () => {
+    const c = await connect(rp, { tenant: 'secure', user: 'tina', password: 'tina-pw' });
+    assert.equal((await c.query<{ ssl: boolean }>('SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()')).rows[0]!.ssl, true);
+    await c.end();
+    const lookups = await tlsPg.query<{ ssl: boolean }>("SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'pgwarden auth_query'");
+    assert.ok(lookups.rows.length > 0 && lookups.rows.every((r) => r.ssl), 'the lookup connection is on TLS');
+    const e = await connectError(clientConfig(rp, { tenant: 'wrongca', user: 'tina', password: 'tina-pw' }));
+    assert.equal(e.code, '08006');
   });
 });
