@@ -315,12 +315,21 @@ class LookupPool implements LookupRunner {
       return;
     }
     byteCounter(client).n = 0;
-    const timer = setTimeout(() => {
+    const drop = (): void => {
       const i = this.idle.findIndex((e) => e.client === client);
-      if (i >= 0) this.idle.splice(i, 1);
+      if (i < 0) return;
+      clearTimeout(this.idle[i]!.timer);
+      this.idle.splice(i, 1);
       destroy(client);
-    }, IDLE_CLOSE_MS);
+    };
+    const timer = setTimeout(drop, IDLE_CLOSE_MS);
     timer.unref();
+    // A server restart or a dropped idle connection must not cost the next login its lookup.
+    if (!IDLE_WATCHED.has(client)) {
+      IDLE_WATCHED.add(client);
+      client.on('end', drop);
+      client.on('error', drop);
+    }
     this.idle.push({ client, timer });
   }
 
@@ -339,6 +348,7 @@ interface WithStream {
   connection: { stream: DataStream; attachListeners(stream: DataStream): void };
 }
 const COUNTERS = new WeakMap<pg.Client, { n: number }>();
+const IDLE_WATCHED = new WeakSet<pg.Client>();
 const byteCounter = (client: pg.Client): { n: number } => COUNTERS.get(client) ?? { n: 0 };
 
 /**

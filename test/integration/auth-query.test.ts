@@ -239,6 +239,16 @@ describe('auth_query: roles the tenant manages itself', () => {
     assert.ok(throttled > 0, 'some were throttled');
     assert.equal((codes.get('28P01') ?? 0) + (codes.get('53300') ?? 0), 20, JSON.stringify([...codes]));
   });
+
+  it("survives a restart of the tenant's server: the idle lookup connection is dropped, the next lookup connects anew", async () => {
+    await pg.query("CREATE ROLE rita LOGIN PASSWORD 'rita-pw'");
+    const c = await connect(rp, { tenant: 'acme', user: 'erin', password: 'erin-2' }).catch(() => null); // any lookup: leaves an idle connection
+    await c?.end();
+    await pg.restart();
+    const c2 = await connect(rp, { tenant: 'acme', user: 'rita', password: 'rita-pw' });
+    assert.equal((await c2.query<{ u: string }>('SELECT current_user AS u')).rows[0]!.u, 'rita');
+    await c2.end();
+  });
 });
 
 describe('auth_query over TLS to the tenant server', () => {
