@@ -24,6 +24,8 @@ export class ScramLogin implements Authenticator {
   ) {}
 
   async authenticate(conn: ClientConn, plan: LoginPlan, negotiate: Buffer | null, progress: LoginProgress): Promise<Authenticated> {
+    // auth_query: the verifier comes from the tenant's server; a failure there is audited as a backend connect.
+    if (plan.lookup) progress.stage = 'backend_connect';
     const choice = await this.verifiers.verifierFor(plan);
     const verifier = choice.verifier;
     const scram = new ScramServerExchange(verifier, choice.failReason, plan.startup.user, this.binding);
