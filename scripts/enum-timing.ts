@@ -5,13 +5,18 @@
  * in the same 28P01, and times (1) the whole login and (2) the last step, client-final-message to
  * ErrorResponse, where the proof is checked. Prints median, p10, p90, mean and standard deviation
  * per kind, the difference of medians from "wrong password" and a Mann-Whitney U test's p-value.
+ * An auth_query tenant (issue 14) adds its own kinds: a wrong password for a role on the tenant's
+ * server, an unknown role, an MD5 role and an expired one, compared with that tenant's wrong
+ * password. After the warm-up they are cached (found 1 min, refused 10 s), as in steady state;
+ * a wrong password refreshes its role at most once a second, which the figures include.
  */
 import { writeFile } from 'node:fs/promises';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { serialize } from 'pg-protocol';
 import { ScramClientExchange } from '../src/auth/scram.js';
-import { startCluster, readVerifier } from '../test/support/cluster.js';
+import { createHash } from 'node:crypto';
+import { startCluster, readVerifier, type Cluster } from '../test/support/cluster.js';
 import { spawnProxy, testCerts } from '../test/support/proxy.js';
 import { decodeError, startupMessage, Wire } from '../test/support/wire.js';
 import { mannWhitneyP, median, percentileSorted } from '../bench/lib/stats.js';
@@ -29,6 +34,36 @@ const KINDS: Kind[] = [
   { name: 'unknown tenant', tenant: 'ghost', user: 'app', password: 'not-the-password' },
   { name: 'disabled tenant', tenant: 'off', user: 'app', password: 'not-the-password' },
 ];
+
+/** The auth_query tenant's kinds, compared with the first of them. */
+const AQ_KINDS: Kind[] = [
+  { name: 'aq: wrong password (role)', tenant: 'aq', user: 'aq_role', password: 'not-the-password' },
+  { name: 'aq: unknown role', tenant: 'aq', user: 'aq_nobody', password: 'not-the-password' },
+  { name: 'aq: MD5 role', tenant: 'aq', user: 'aq_md5', password: 'not-the-password' },
+  { name: 'aq: expired role', tenant: 'aq', user: 'aq_expired', password: 'not-the-password' },
+];
+
+const AUTH_PASSWORD_ENV = 'PGWARDEN_ENUM_TIMING_AUTH_PASSWORD';
+const AUTH_PASSWORD = 'enum-timing-auth';
+
+/** The README's lookup function and three roles for the auth_query tenant. */
+async function setUpAuthQuery(cluster: Cluster): Promise<void> {
+  for (const sql of [
+    `CREATE ROLE pgwarden_auth LOGIN PASSWORD '${AUTH_PASSWORD}'`,
+    'CREATE SCHEMA pgwarden',
+    `CREATE FUNCTION pgwarden.get_auth(p_usename text) RETURNS TABLE(usename name, passwd text, valuntil timestamptz)
+       LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog
+       AS $$ SELECT usename, passwd, valuntil FROM pg_shadow WHERE usename = p_usename $$`,
+    'REVOKE ALL ON FUNCTION pgwarden.get_auth(text) FROM PUBLIC',
+    'GRANT USAGE ON SCHEMA pgwarden TO pgwarden_auth',
+    'GRANT EXECUTE ON FUNCTION pgwarden.get_auth(text) TO pgwarden_auth',
+    "CREATE ROLE aq_role LOGIN PASSWORD 'aq-pass'",
+    `CREATE ROLE aq_md5 LOGIN PASSWORD 'md5${createHash('md5').update('aq-passaq_md5').digest('hex')}'`,
+    "CREATE ROLE aq_expired LOGIN PASSWORD 'aq-pass' VALID UNTIL '2001-01-01 00:00:00+00'",
+  ]) {
+    await cluster.query(sql);
+  }
+}
 
 /** One failed login; returns [total µs, final-step µs], or throws if it did not end in 28P01. */
 async function attempt(port: number, ca: string, k: Kind): Promise<[number, number]> {
@@ -86,42 +121,53 @@ async function main(): Promise<number> {
   const cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
   const certs = await testCerts();
   const users = [{ name: 'app', verifier: await readVerifier(cluster, 'app') }];
-  const child = await spawnProxy({
-    tenants: [
-      { id: 'acme', cluster, users },
-      { id: 'off', cluster, users, enabled: false },
-    ],
-  });
+  await setUpAuthQuery(cluster);
+  const child = await spawnProxy(
+    {
+      tenants: [
+        { id: 'acme', cluster, users },
+        { id: 'off', cluster, users, enabled: false },
+        { id: 'aq', cluster, users: [], extra: { auth_user: 'pgwarden_auth', auth_password_env: AUTH_PASSWORD_ENV } },
+      ],
+    },
+    { [AUTH_PASSWORD_ENV]: AUTH_PASSWORD },
+  );
   try {
-    const total = KINDS.map(() => [] as number[]);
-    const final = KINDS.map(() => [] as number[]);
-    // Warm-up (JIT, TLS session caches), not counted.
-    for (let i = 0; i < 20; i++) for (const k of KINDS) await attempt(child.port, certs.caCertPem, k);
+    const groups = [KINDS, AQ_KINDS].map((kinds) => ({ kinds, total: kinds.map(() => [] as number[]), final: kinds.map(() => [] as number[]) }));
+    const all = groups.flatMap((g) => g.kinds);
+    // Warm-up (JIT, TLS session caches, the auth_query cache), not counted.
+    for (let i = 0; i < 20; i++) for (const k of all) await attempt(child.port, certs.caCertPem, k);
     // Interleaved, so drift (other load, thermal, GC) falls on every kind alike.
     for (let i = 0; i < n; i++) {
-      for (let j = 0; j < KINDS.length; j++) {
-        const [t, f] = await attempt(child.port, certs.caCertPem, KINDS[j]!);
-        total[j]!.push(t);
-        final[j]!.push(f);
+      for (const g of groups) {
+        for (let j = 0; j < g.kinds.length; j++) {
+          const [t, f] = await attempt(child.port, certs.caCertPem, g.kinds[j]!);
+          g.total[j]!.push(t);
+          g.final[j]!.push(f);
+        }
       }
     }
-    const rows = KINDS.map((k, j) => ({
-      kind: k.name,
-      total: stats(total[j]!),
-      final: stats(final[j]!),
-      totalP: j === 0 ? null : mannWhitneyP(total[0]!, total[j]!),
-      finalP: j === 0 ? null : mannWhitneyP(final[0]!, final[j]!),
-    }));
+    const rows = groups.flatMap((g) =>
+      g.kinds.map((k, j) => ({
+        kind: k.name,
+        total: stats(g.total[j]!),
+        final: stats(g.final[j]!),
+        totalP: j === 0 ? null : mannWhitneyP(g.total[0]!, g.total[j]!),
+        finalP: j === 0 ? null : mannWhitneyP(g.final[0]!, g.final[j]!),
+      })),
+    );
     const us = (v: number): string => v.toFixed(0).padStart(7);
     const line = (label: string, s: Stats, base: Stats, p: number | null): string => {
       const d = s.median - base.median;
       return `  ${label.padEnd(28)} median ${us(s.median)}  p10 ${us(s.p10)}  p90 ${us(s.p90)}  mean ${us(s.mean)}  sd ${us(s.sd)}  Δmedian ${d >= 0 ? '+' : ''}${d.toFixed(0)} µs (${((100 * d) / base.median).toFixed(1)} %)${p === null ? '' : `  Mann-Whitney p = ${p.toFixed(3)}`}\n`;
     };
+    /** Each kind against the first of its group (the configured tenant's, or the auth_query tenant's, wrong password). */
+    const baseOf = (i: number): number => (i < KINDS.length ? 0 : KINDS.length);
     process.stdout.write(`enum-timing: ${n} failed logins of each kind, interleaved, times in µs, every one ended in 28P01\n`);
     process.stdout.write('whole login (connect, TLS, startup, SCRAM, 28P01):\n');
-    for (const r of rows) process.stdout.write(line(r.kind, r.total, rows[0]!.total, r.totalP));
+    rows.forEach((r, i) => process.stdout.write(line(r.kind, r.total, rows[baseOf(i)]!.total, r.totalP)));
     process.stdout.write('last step (client-final-message → 28P01, where the proof is checked):\n');
-    for (const r of rows) process.stdout.write(line(r.kind, r.final, rows[0]!.final, r.finalP));
+    rows.forEach((r, i) => process.stdout.write(line(r.kind, r.final, rows[baseOf(i)]!.final, r.finalP)));
     if (values.json !== undefined) await writeFile(values.json, JSON.stringify({ n, rows }, null, 2));
     return 0;
   } finally {

@@ -1,5 +1,7 @@
 /**
- * `npm run fuzz -- [--minutes N] [--seed S] [--parallel P]`: the long fuzz run (issue 6). Starts a
+ * `npm run fuzz -- [--minutes N] [--seed S] [--parallel P] [--target proxy|auth-query]`: the long fuzz run (issue 6).
+ * `--target auth-query` instead fuzzes auth_query lookups against a hostile tenant server
+ * (test/support/auth-query-fuzz.ts) in this process: any throw, crash or slow lookup is a violation. Starts a
  * throwaway PostgreSQL and pgwarden as a child process (so a crash is an exit, not a thrown test),
  * runs the structure-aware fuzzer (test/support/fuzz.ts) in rounds until the time is up, samples
  * the proxy's RSS and open file descriptors, and prints the counts. Exit 1 on any violation, a
@@ -13,6 +15,7 @@ import { startCluster } from '../test/support/cluster.js';
 import { clientConfig, spawnProxy, testCerts } from '../test/support/proxy.js';
 import { FUZZ_PHASES, runCases, type FuzzSummary } from '../test/support/fuzz.js';
 import { fuzzProxySpec } from '../test/support/fuzz-target.js';
+import { AUTH_FUZZ_KINDS, runAuthQueryFuzz, type AuthFuzzSummary } from '../test/support/auth-query-fuzz.js';
 
 const AUTH_TIMEOUT_MS = 1000;
 const ROUND = 50; // cases per phase per round
@@ -37,9 +40,11 @@ async function leftovers(metricsPort: number): Promise<string> {
 }
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({ options: { minutes: { type: 'string' }, seed: { type: 'string' }, parallel: { type: 'string' } } });
+  const { values } = parseArgs({ options: { minutes: { type: 'string' }, seed: { type: 'string' }, parallel: { type: 'string' }, target: { type: 'string' } } });
   const minutes = Number(values.minutes ?? 5);
   const seed = Number(values.seed ?? Date.now() % 2 ** 31);
+  if (values.target === 'auth-query') return fuzzAuthQuery(seed, minutes);
+  if (values.target !== undefined && values.target !== 'proxy') throw new Error(`unknown --target ${values.target} (proxy or auth-query)`);
   const parallel = Number(values.parallel ?? 16);
   const cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
   const { spec, dir, fake } = await fuzzProxySpec(cluster, AUTH_TIMEOUT_MS);
@@ -108,6 +113,19 @@ async function main(): Promise<number> {
   for (const v of summary.violations.slice(0, 20)) process.stdout.write(`VIOLATION seed ${seed} ${v.phase}#${v.index}: ${v.violation}\n`);
   if (failure !== null) process.stdout.write(`FAILED: ${failure}\n`);
   return failure === null && summary.violations.length === 0 ? 0 : 1;
+}
+
+/** auth_query lookups against a hostile tenant server, in rounds of every reply kind, until the time is up. */
+async function fuzzAuthQuery(seed: number, minutes: number): Promise<number> {
+  const summary: AuthFuzzSummary = { cases: 0, byOutcome: {}, violations: [] };
+  const started = Date.now();
+  const round = AUTH_FUZZ_KINDS.length * 10;
+  process.stdout.write(`fuzz auth_query: seed ${seed}, ${minutes} min\n`);
+  for (let from = 0; Date.now() - started < minutes * 60_000; from += round) await runAuthQueryFuzz(seed, from, round, summary);
+  process.stdout.write(`\nfuzz auth_query: ${summary.cases} cases in ${((Date.now() - started) / 60_000).toFixed(1)} min (seed ${seed})\n`);
+  for (const [k, n] of Object.entries(summary.byOutcome).sort(([a], [b]) => a.localeCompare(b))) process.stdout.write(`  ${k.padEnd(44)} ${n}\n`);
+  for (const v of summary.violations.slice(0, 20)) process.stdout.write(`VIOLATION seed ${seed}: ${v}\n`);
+  return summary.violations.length === 0 ? 0 : 1;
 }
 
 main().then(

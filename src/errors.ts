@@ -202,7 +202,7 @@ export const Errors = {
   /** A11 */
   authTimeout: () => new PgError(SQLSTATE.CONNECTION_FAILURE, 'authentication timed out', 'client', 'auth_timeout'),
   /** A12: authentication throttled, or the tenant's connection rate exceeded; the same for any user. */
-  tooManyAttempts: (reason: 'rate_limited' | 'auth_throttled') =>
+  tooManyAttempts: (reason: 'rate_limited' | 'auth_throttled' | 'auth_query_throttled') =>
     new PgError(SQLSTATE.TOO_MANY_CONNECTIONS, 'too many connection attempts, please try again later', 'limit', reason),
   /** S1 (per-user cap) */
   tooManyConnectionsForRole: (role: string) =>

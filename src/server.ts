@@ -27,6 +27,7 @@ import type { SessionContext } from './session/context.js';
 import { SessionRegistry } from './session/registry.js';
 import type { UpstreamTarget } from './pool/upstream.js';
 import { PoolManager } from './pool/backend-pool.js';
+import { AuthLookups } from './auth/auth-query.js';
 import { StaffTokenVerifier } from './auth/jwt.js';
 import { mockSecretFor } from './auth/mock-secret.js';
 import { refuseOverCap } from './net/over-cap.js';
@@ -81,6 +82,7 @@ export class Proxy {
   private drainTimer: NodeJS.Timeout | null = null;
   private readonly rejections: RejectionAggregator;
   readonly pools: PoolManager;
+  readonly authLookups: AuthLookups;
 
   private constructor(
     config: Config,
@@ -92,6 +94,11 @@ export class Proxy {
     this.sessions = new SessionRegistry(this.log);
     this.rejections = new RejectionAggregator(() => this.audit, this.metrics);
     this.pools = new PoolManager(this.metrics, this.log);
+    this.authLookups = new AuthLookups({
+      onLookup: (tenant, outcome) => this.metrics.authQueryLookups.inc({ tenant, outcome }),
+      onCache: (tenant, result) => this.metrics.authQueryCache.inc({ tenant, result }),
+      onError: (tenant, err) => this.log.warn({ tenant, err }, 'auth_query lookup failed'),
+    });
     this.metrics.poolSizes = () => this.pools.snapshot();
     this.metrics.bandwidthView = () => this.bandwidth.snapshot();
     this.ctx = this.makeContext(config, tlsMaterial);
@@ -198,6 +205,7 @@ export class Proxy {
       metrics: this.metrics,
       log: this.log,
       mockSecret: kept?.mockSecret ?? mockSecretFor(config),
+      authLookups: this.authLookups,
       staffVerifier: kept !== undefined ? kept.staffVerifier : config.staff === undefined ? null : new StaffTokenVerifier(config.staff),
       isDraining: () => this.draining,
       isSuspended: (tenantId) => this.bus.suspended().has(tenantId),
@@ -334,6 +342,7 @@ export class Proxy {
     }
     this.ctx = this.makeContext(config, tlsMaterial);
     this.pools.retain(new Set(config.tenants.keys()));
+    this.authLookups.retain(new Set(config.tenants.keys()));
     this.sessions.endSessionsOfGoneTenants(config.tenants);
     this.log.level = config.log.level;
     this.metrics.configReloads.inc({ outcome: 'ok' });
@@ -349,6 +358,7 @@ export class Proxy {
     const config = this.served({ ...this.ctx.config, tenants });
     this.ctx = this.makeContext(config, this.ctx.tls, this.ctx);
     this.pools.retain(new Set(config.tenants.keys()));
+    this.authLookups.retain(new Set(config.tenants.keys()));
     this.sessions.endSessionsOfGoneTenants(config.tenants);
   }
 
@@ -384,6 +394,7 @@ export class Proxy {
     if (this.sockets.size > 0) await new Promise((r) => setTimeout(r, 200));
     for (const s of this.sockets) s.destroy();
     this.pools.close();
+    this.authLookups.close();
     await Promise.all([new Promise<void>((r) => (this.listener ? this.listener.close(() => r()) : r())), this.operator?.close()]);
     this.rejections.stop();
     await this.catalog?.close();

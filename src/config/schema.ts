@@ -86,7 +86,36 @@ export interface TenantConfig {
   readonly auditParameters: AuditParameters;
   /** Statement audit must be durable before a statement runs (fail closed, SECURITY.md S10). */
   readonly auditFailClosed: boolean;
+  /** Roles not in `users` are looked up on the tenant's own server (auth_query); undefined: they are unknown. */
+  readonly authQuery: AuthQuerySettings | undefined;
 }
+
+/**
+ * auth_query (issue 14): how pgwarden finds the SCRAM verifier of a role the tenant manages itself.
+ * The lookup connects as `user` to `database` on the tenant's backend (same host, port and TLS).
+ */
+export interface AuthQuerySettings {
+  readonly user: string;
+  /** Env var holding `user`'s password. */
+  readonly passwordEnv: string;
+  /** One statement with the role name as $1, returning (usename, passwd, valuntil). */
+  readonly query: string;
+  readonly database: string;
+  /** How long a found verifier is used before it is looked up again (0: every login looks up). */
+  readonly cacheTtlMs: number;
+  /** How long "no such role" (or a refusal) is remembered. */
+  readonly negativeCacheTtlMs: number;
+  /** Roles remembered per tenant (found and not found). */
+  readonly cacheSize: number;
+  /** Lookup connections per tenant (and per worker). */
+  readonly poolSize: number;
+  /** Bound on connecting plus querying. */
+  readonly timeoutMs: number;
+  /** Lookups per second per tenant (token bucket, burst of twice that): a flood of unknown names cannot hammer the server. */
+  readonly lookupsPerSecond: number;
+}
+
+export const DEFAULT_AUTH_QUERY = 'SELECT usename, passwd, valuntil FROM pgwarden.get_auth($1)';
 
 export type StaffAccess = 'deny' | 'read' | 'write';
 export type AuditParameters = 'off' | 'redacted' | 'full';

@@ -3,7 +3,7 @@
  * verifiers, and its overrides of [pool] and [limits] (validate-settings.ts).
  */
 import { BlockList, isIP } from 'node:net';
-import { TENANT_ID_RE, type AuditConfig, type AuditParameters, type BackendTls, type StaffAccess, type TenantConfig, type TenantDefaults, type UserConfig } from './schema.js';
+import { DEFAULT_AUTH_QUERY, TENANT_ID_RE, type AuditConfig, type AuthQuerySettings, type AuditParameters, type BackendTls, type StaffAccess, type TenantConfig, type TenantDefaults, type UserConfig } from './schema.js';
 import { parseScramVerifier, type ScramVerifier } from './scram-verifier.js';
 import { isTable, type Reader, type Tree } from './toml-reader.js';
 import { LIMIT_KEYS, POOL_KEYS, readLimits, readPool } from './validate-settings.js';
@@ -11,7 +11,11 @@ import { LIMIT_KEYS, POOL_KEYS, readLimits, readPool } from './validate-settings
 export type { TenantDefaults };
 
 const TENANT_AUDIT_KEYS = ['staff_access', 'staff_backend_user', 'staff_backend_password_env', 'audit_statements', 'audit_parameters', 'audit_fail_closed'] as const;
-const TENANT_KEYS = ['backend', 'backend_tls', 'backend_ca', 'max_client_connections', 'allow_cidrs', 'enabled', 'databases', 'users', ...POOL_KEYS, ...LIMIT_KEYS, ...TENANT_AUDIT_KEYS];
+const AUTH_QUERY_KEYS = [
+  'auth_user', 'auth_password_env', 'auth_query', 'auth_database', 'auth_cache_ttl', 'auth_negative_cache_ttl', 'auth_cache_size',
+  'auth_pool_size', 'auth_query_timeout', 'auth_lookups_per_second',
+] as const;
+const TENANT_KEYS = [...AUTH_QUERY_KEYS, 'backend', 'backend_tls', 'backend_ca', 'max_client_connections', 'allow_cidrs', 'enabled', 'databases', 'users', ...POOL_KEYS, ...LIMIT_KEYS, ...TENANT_AUDIT_KEYS];
 
 export function readTenants(r: Reader, tree: Tree, resolvePath: (p: string) => string, defaults: TenantDefaults): Map<string, TenantConfig> {
   const tenants = new Map<string, TenantConfig>();
@@ -74,6 +78,37 @@ function readTenant(r: Reader, id: string, tt: Tree, path: string, resolvePath: 
     pool: readPool(r, tt, path, defaults.pool),
     limits: readLimits(r, tt, path, defaults.limits),
     ...readTenantAudit(r, tt, path),
+    authQuery: readAuthQuery(r, tt, path),
+  };
+}
+
+/**
+ * auth_user and auth_password_env turn auth_query on; the other auth_* keys need them. The query
+ * must take the role name as $1 (a bind parameter, never spliced into the text).
+ */
+function readAuthQuery(r: Reader, tt: Tree, path: string): AuthQuerySettings | undefined {
+  const user = r.str(tt, 'auth_user', path);
+  const passwordEnv = r.str(tt, 'auth_password_env', path);
+  r.namesEnv(`${path}.auth_password_env`, passwordEnv);
+  if (user === undefined || passwordEnv === undefined) {
+    if (user !== undefined || passwordEnv !== undefined || AUTH_QUERY_KEYS.some((k) => tt[k] !== undefined)) {
+      r.problems.push(`${path}.auth_user: auth_query needs both auth_user and auth_password_env`);
+    }
+    return undefined;
+  }
+  const query = r.str(tt, 'auth_query', path, DEFAULT_AUTH_QUERY) ?? DEFAULT_AUTH_QUERY;
+  if (!/\$1(?!\d)/.test(query) || /\$(?:[2-9]|1\d)/.test(query)) r.problems.push(`${path}.auth_query: must use the role name as $1 and no other parameter`);
+  return {
+    user,
+    passwordEnv,
+    query,
+    database: r.str(tt, 'auth_database', path, 'postgres') ?? 'postgres',
+    cacheTtlMs: r.duration(tt, 'auth_cache_ttl', path, 60_000, 0, 86_400_000),
+    negativeCacheTtlMs: r.duration(tt, 'auth_negative_cache_ttl', path, 10_000, 0, 3_600_000),
+    cacheSize: r.int(tt, 'auth_cache_size', path, 10_000, 1, 10_000_000),
+    poolSize: r.int(tt, 'auth_pool_size', path, 2, 1, 20),
+    timeoutMs: r.duration(tt, 'auth_query_timeout', path, 3_000, 100, 60_000),
+    lookupsPerSecond: r.num(tt, 'auth_lookups_per_second', path, 20, 0.1, 100_000),
   };
 }
 

@@ -180,6 +180,12 @@ export class Metrics {
   readonly catalogTenants = this.gauge('pgwarden_catalog_tenants', 'Tenants served from the catalog');
   readonly catalogChanges = this.counter('pgwarden_catalog_changes_total', 'Tenants added, changed or removed by catalog updates');
   readonly catalogInvalidRows = this.counter('pgwarden_catalog_invalid_rows_total', 'Catalog rows refused by validation (logged, never served)');
+  readonly authQueryLookups = this.counter(
+    'pgwarden_auth_query_lookups_total',
+    "auth_query lookups on a tenant's server, by outcome (found, refused: no such role or one that may not log in, error, throttled)",
+    ['tenant', 'outcome'] as const,
+  );
+  readonly authQueryCache = this.counter('pgwarden_auth_query_cache_total', 'auth_query cache lookups (hit, miss)', ['tenant', 'result'] as const);
   readonly catalogResyncs = this.counter('pgwarden_catalog_resyncs_total', 'Full reads of the catalog, by outcome', ['outcome'] as const);
 
   constructor() {

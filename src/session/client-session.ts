@@ -162,7 +162,8 @@ export class ClientSession implements TrafficSource, RelayHost {
   private authenticator(plan: LoginPlan): Authenticator {
     if (plan.staff) return new StaffLogin(this.ctx, this.records, this.abort.signal, this.id);
     const binding = this.subject.tls.negotiation === 'none' ? null : (this.ctx.tls?.endpointBinding ?? null);
-    return new ScramLogin(new ConfiguredVerifiers(this.ctx.config, this.ctx.mockSecret), binding);
+    const lookups = { lookups: this.ctx.authLookups, target: (t: TenantConfig) => this.ctx.upstreamTarget(t) };
+    return new ScramLogin(new ConfiguredVerifiers(this.ctx.config, this.ctx.mockSecret, lookups), binding);
   }
 
   /** Everything the client needs to start, in one write; then the relay takes the connection. */

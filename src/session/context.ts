@@ -16,6 +16,7 @@ import type { UpstreamTarget } from '../pool/upstream.js';
 import type { PoolManager } from '../pool/backend-pool.js';
 import type { LiveSession } from './registry.js';
 import type { StaffTokenVerifier } from '../auth/jwt.js';
+import type { AuthLookups } from '../auth/auth-query.js';
 
 export interface SessionContext {
   readonly config: Config;
@@ -33,6 +34,8 @@ export interface SessionContext {
   readonly staffVerifier: StaffTokenVerifier | null;
   /** Key for deterministic mock SCRAM salts (SECURITY.md rule 3). */
   readonly mockSecret: Buffer;
+  /** auth_query lookups and their cache (kept across reloads, per tenant). */
+  readonly authLookups: AuthLookups;
   isDraining(): boolean;
   /** Suspended by an operator (cluster-wide): logins fail as for a disabled tenant. */
   isSuspended(tenantId: string): boolean;

@@ -37,7 +37,7 @@ describe('ConfiguredVerifiers mock iteration counts', () => {
   /** The `i=` a failed login's server-first-message would show. */
   const shown = async (c: Config, tenantId: string): Promise<number> => {
     const plan = { failReason: 'unknown_user', user: null, tenant: c.tenants.get(tenantId), startup: { tenantId, user: 'nobody' } } as unknown as LoginPlan;
-    return (await new ConfiguredVerifiers(c, Buffer.alloc(32)).verifierFor(plan)).iterations;
+    return (await new ConfiguredVerifiers(c, Buffer.alloc(32)).verifierFor(plan)).verifier.iterations;
   };
 
   it("shows a known tenant's own typical count, and for an unknown tenant the count of all tenants' users", async () => {

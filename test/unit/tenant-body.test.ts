@@ -88,6 +88,13 @@ const REFUSED: [string, string, string][] = [
   ['an unset environment variable', VALID.replace('"PGWARDEN_BODY_TEST_PW"', '"PGWARDEN_BODY_TEST_SURELY_UNSET"'), 'tenants.acme.users.alice.backend_password_env'],
   ['staff access without a staff role', VALID.replace('databases', 'staff_access = "read"\ndatabases'), 'tenants.acme.staff_access'],
   ['a limit of the wrong type', VALID.replace('query_timeout = "10s"', 'query_timeout = true'), 'tenants.acme.query_timeout'],
+  ['auth_query: auth_user without auth_password_env', VALID.replace('databases', 'auth_user = "pgwarden_auth"\ndatabases'), 'tenants.acme.auth_user'],
+  [
+    'auth_query: an unset environment variable',
+    VALID.replace('databases', 'auth_user = "a"\nauth_password_env = "PGWARDEN_BODY_TEST_SURELY_UNSET"\ndatabases'),
+    'tenants.acme.auth_password_env',
+  ],
+  ['auth_query: a query without $1', VALID.replace('databases', 'auth_user = "a"\nauth_password_env = "PGWARDEN_BODY_TEST_PW"\nauth_query = "SELECT 1"\ndatabases'), 'tenants.acme.auth_query'],
 ];
 
 describe('validateTenantBody: the same verdicts as the file', () => {
@@ -105,6 +112,15 @@ describe('validateTenantBody: the same verdicts as the file', () => {
     assert.equal(body.tenant?.backendCaPath, path.join(BASE_DIR, 'ca/acme.pem'));
     assert.ok(body.tenant?.allowList.check('10.1.2.3'));
     assert.ok(!body.tenant?.allowList.check('192.0.2.1'));
+  });
+
+  it('accepts auth_query keys in a body as in the file', () => {
+    const toml = VALID.replace('databases', 'auth_user = "pgwarden_auth"\nauth_password_env = "PGWARDEN_BODY_TEST_PW"\nauth_cache_ttl = "5s"\ndatabases');
+    const file = fileResult('acme', toml);
+    const body = bodyResult('acme', toml);
+    assert.deepEqual(body.problems, []);
+    assert.deepEqual(comparable(body.tenant), comparable(file.tenant));
+    assert.equal(body.tenant?.authQuery?.cacheTtlMs, 5_000);
   });
 
   for (const [name, toml, key] of REFUSED) {

@@ -25,8 +25,10 @@ export interface AdmissionInput {
 export interface LoginPlan {
   readonly startup: ResolvedStartup;
   readonly tenant: TenantConfig | undefined;
-  /** The configured user; undefined for staff and for a login that will fail. */
+  /** The configured user; undefined for staff, for a login that will fail and for a looked-up one. */
   readonly user: UserConfig | undefined;
+  /** Not a configured user, but the tenant has auth_query: the verifier comes from the tenant's server. */
+  readonly lookup: boolean;
   /** The user name is [staff] login_user: a JWT in a cleartext password exchange instead of SCRAM. */
   readonly staff: boolean;
   /** Why the login will fail, decided now and told only after a full exchange (rule 3). */
@@ -63,14 +65,16 @@ export function admit(i: AdmissionInput): Admission {
   else if (i.isSuspended(tenant.id)) failReason = 'tenant_suspended';
   else if (!isAllowedSource(tenant, i.remoteAddress)) failReason = 'source_not_allowed';
   const user = staff ? undefined : tenant?.users.get(startup.user);
-  if (failReason === null && user === undefined && !staff) failReason = 'unknown_user';
+  // With auth_query, a role not in `users` is looked up on the tenant's server (the authenticator does it).
+  const lookup = failReason === null && user === undefined && !staff && tenant!.authQuery !== undefined;
+  if (failReason === null && user === undefined && !staff && !lookup) failReason = 'unknown_user';
   const rate =
     failReason === null && tenant!.limits.newConnectionsPerSecond > 0
       ? { key: LimitKeys.tenantRate(tenant!.id), ratePerSecond: tenant!.limits.newConnectionsPerSecond, burst: tenant!.limits.newConnectionsBurst }
       : null;
   return {
     ok: true,
-    plan: { startup, tenant, user: failReason === null ? user : undefined, staff, failReason, rate, lockouts: lockoutRules(tenant, i.config, i.source) },
+    plan: { startup, tenant, user: failReason === null ? user : undefined, lookup, staff, failReason, rate, lockouts: lockoutRules(tenant, i.config, i.source) },
   };
 }
 

@@ -37,9 +37,21 @@ export interface Authenticator {
   authenticate(conn: ClientConn, plan: LoginPlan, negotiate: Buffer | null, progress: LoginProgress): Promise<Authenticated>;
 }
 
+/**
+ * The verifier a login is checked against, and why it must fail even with a right proof (null
+ * for a real user): the plan's reason, or one a lookup found (auth_query: expired, MD5, unknown).
+ */
+export interface VerifierChoice {
+  readonly verifier: ScramVerifier;
+  readonly failReason: string | null;
+}
+
 /** Where SCRAM verifiers come from. An unknown user or tenant gets a mock verifier, never "no". */
 export interface VerifierSource {
-  verifierFor(plan: LoginPlan): Promise<ScramVerifier>;
+  /** May throw a PgError when the source cannot answer (the tenant's server is down: 08006). */
+  verifierFor(plan: LoginPlan): Promise<VerifierChoice>;
+  /** The client's proof did not match a real verifier (a looked-up one may be stale). */
+  proofFailed(plan: LoginPlan, choice: VerifierChoice): void;
 }
 
 /** A refusal whose own record could not be written (the audit is down): only the client hears it. */

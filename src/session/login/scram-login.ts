@@ -24,8 +24,11 @@ export class ScramLogin implements Authenticator {
   ) {}
 
   async authenticate(conn: ClientConn, plan: LoginPlan, negotiate: Buffer | null, progress: LoginProgress): Promise<Authenticated> {
-    const verifier = await this.verifiers.verifierFor(plan);
-    const scram = new ScramServerExchange(verifier, plan.failReason, plan.startup.user, this.binding);
+    // auth_query: the verifier comes from the tenant's server; a failure there is audited as a backend connect.
+    if (plan.lookup) progress.stage = 'backend_connect';
+    const choice = await this.verifiers.verifierFor(plan);
+    const verifier = choice.verifier;
+    const scram = new ScramServerExchange(verifier, choice.failReason, plan.startup.user, this.binding);
     progress.stage = 'sasl_first';
     const request = encodeAuthenticationSASL(ScramServerExchange.mechanisms(this.binding !== null));
     if (negotiate !== null) conn.send(negotiate, request);
@@ -52,7 +55,10 @@ export class ScramLogin implements Authenticator {
 
     progress.stage = 'sasl_final';
     const result = scram.clientFinal((await readAuthMessage(conn, saslLength, 'sasl')).body);
-    if (!result.ok) throw new AuthFailure(result.error, 'sasl_final');
+    if (!result.ok) {
+      if (choice.failReason === null) this.verifiers.proofFailed(plan, choice);
+      throw new AuthFailure(result.error, 'sasl_final');
+    }
     progress.clientDone();
     return { kind: 'scram', serverFinal: result.serverFinal, clientKey: result.clientKey, verifier, channelBinding: scram.usedChannelBinding };
   }

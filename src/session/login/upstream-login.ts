@@ -4,7 +4,7 @@
  * first transaction). The pool does the connecting; this step decides what to ask it for.
  */
 import type { TenantConfig } from '../../config/schema.js';
-import { Errors } from '../../errors.js';
+import { Errors, PgError } from '../../errors.js';
 import { LimitKeys, type Lease, type SlotRequest } from '../../limits/store.js';
 import { poolKey, type Backend as PooledBackend, type TenantPool } from '../../pool/backend-pool.js';
 import type { UpstreamLogin } from '../../pool/upstream.js';
@@ -61,6 +61,28 @@ export async function upstreamLogin(
   }
   const login = upstreamCredentials(tenant, plan, who, database);
   const key = poolKey(login);
+  try {
+    return await connectUpstream(ctx, tenant, plan, who, login, key, staffSlots, signal, got.active[0] ?? 0);
+  } catch (err) {
+    // A looked-up verifier the tenant's server no longer holds (ALTER ROLE … PASSWORD): look it up again next time.
+    if (plan.lookup && err instanceof PgError && (err.reason === 'backend_auth_failed' || err.reason === 'backend_connect_failed')) {
+      ctx.authLookups.forget(tenant.id, startup.user);
+    }
+    throw err;
+  }
+}
+
+async function connectUpstream(
+  ctx: SessionContext,
+  tenant: TenantConfig,
+  plan: LoginPlan,
+  who: Authenticated,
+  login: UpstreamLogin,
+  key: string,
+  staffSlots: number,
+  signal: AbortSignal,
+  tenantActiveAfter: number,
+): Promise<UpstreamSession> {
   const pool = ctx.pools.get(tenant.id, tenant.pool);
   const transactionMode = who.kind === 'scram' && tenant.pool.mode === 'transaction';
   // The first login of a pool key takes a backend: it proves the credentials work upstream and
@@ -70,7 +92,7 @@ export async function upstreamLogin(
   if (transactionMode) {
     const parameters = await pool.loginParameters(key, login, target);
     checkAborted(signal);
-    return { login, poolKey: key, pool, transactionMode, backend: null, parameters, tenantActiveAfter: got.active[0] ?? 0 };
+    return { login, poolKey: key, pool, transactionMode, backend: null, parameters, tenantActiveAfter };
   }
   const backend = await pool.acquire(key, login, target, staffSlots);
   try {
@@ -80,7 +102,7 @@ export async function upstreamLogin(
     throw err;
   }
   const parameters = pool.parametersFor(key) ?? backend.conn.parameters;
-  return { login, poolKey: key, pool, transactionMode, backend, parameters, tenantActiveAfter: got.active[0] ?? 0 };
+  return { login, poolKey: key, pool, transactionMode, backend, parameters, tenantActiveAfter };
 }
 
 /**
@@ -91,8 +113,9 @@ function connectionSlots(tenant: TenantConfig, plan: LoginPlan, staffSlots: numb
   if (staffSlots > 0) return [{ key: LimitKeys.staffConnections(tenant.id), limit: staffSlots }];
   const slots: SlotRequest[] = [{ key: LimitKeys.tenantConnections(tenant.id), limit: tenant.maxClientConnections }];
   const user = plan.user;
-  const perUser = user === undefined ? 0 : user.maxConnections > 0 ? user.maxConnections : tenant.limits.maxConnectionsPerUser;
-  if (perUser > 0) slots.push({ key: LimitKeys.userConnections(tenant.id, user!.name), limit: perUser });
+  // A looked-up role (auth_query) has the tenant's per-user cap.
+  const perUser = user === undefined ? (plan.lookup ? tenant.limits.maxConnectionsPerUser : 0) : user.maxConnections > 0 ? user.maxConnections : tenant.limits.maxConnectionsPerUser;
+  if (perUser > 0) slots.push({ key: LimitKeys.userConnections(tenant.id, user?.name ?? plan.startup.user), limit: perUser });
   return slots;
 }
 
@@ -105,6 +128,10 @@ function upstreamCredentials(tenant: TenantConfig, plan: LoginPlan, who: Authent
     const params = new Map(startup.forward);
     if (who.identity.access === 'read') params.set('default_transaction_read_only', 'on');
     return { user: tenant.staffBackendUser!, database, params, credential: { kind: 'password', password: process.env[tenant.staffBackendPasswordEnv!] ?? '' } };
+  }
+  if (plan.lookup) {
+    // auth_query: the role itself, by SCRAM pass-through with the verifier its own server gave.
+    return { user: startup.user, database, params: startup.forward, credential: { kind: 'client_key', clientKey: who.clientKey, verifier: who.verifier } };
   }
   const user = plan.user!;
   const password = user.backendPasswordEnv === undefined ? undefined : process.env[user.backendPasswordEnv];

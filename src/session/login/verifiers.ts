@@ -4,9 +4,10 @@
  * (of all tenants, for an unknown one), so `i=` in the server-first-message gives nothing away.
  */
 import type { Config, TenantConfig } from '../../config/schema.js';
-import { mockVerifier, typicalIterations, type ScramVerifier } from '../../auth/scram.js';
+import { mockVerifier, typicalIterations } from '../../auth/scram.js';
+import type { AuthLookups, LookupTarget } from '../../auth/auth-query.js';
 import type { LoginPlan } from './admission.js';
-import type { VerifierSource } from './authenticator.js';
+import type { VerifierChoice, VerifierSource } from './authenticator.js';
 
 /**
  * Iteration counts kept per tenant (a histogram of its users') and the resulting typical count
@@ -29,15 +30,47 @@ function histogramOf(tenant: TenantConfig): ReadonlyMap<number, number> {
   return h;
 }
 
+/** auth_query: the tenant's server is asked for roles not in `users`; null when no tenant uses it. */
+export interface Lookups {
+  readonly lookups: AuthLookups;
+  readonly target: (tenant: TenantConfig) => LookupTarget;
+}
+
 export class ConfiguredVerifiers implements VerifierSource {
   constructor(
     private readonly config: Config,
     private readonly mockSecret: Buffer,
+    private readonly lookups: Lookups | null = null,
   ) {}
 
-  verifierFor(plan: LoginPlan): Promise<ScramVerifier> {
-    if (plan.failReason === null) return Promise.resolve(plan.user!.verifier);
-    return Promise.resolve(mockVerifier(this.mockSecret, plan.startup.tenantId, plan.startup.user, this.mockIterations(plan.tenant)));
+  async verifierFor(plan: LoginPlan): Promise<VerifierChoice> {
+    if (plan.failReason !== null) return this.mock(plan, plan.failReason);
+    if (!plan.lookup) return { verifier: plan.user!.verifier, failReason: null };
+    // A looked-up role: its verifier, or (expired, MD5, no such role…) the same mock exchange as an unknown user.
+    const tenant = plan.tenant!;
+    if (this.lookups === null) return this.mock(plan, 'unknown_user');
+    const found = await this.lookups.lookups.find(tenant, this.lookups.target(tenant), plan.startup.user);
+    return found.ok ? { verifier: found.verifier, failReason: null } : this.mock(plan, found.reason);
+  }
+
+  proofFailed(plan: LoginPlan, choice: VerifierChoice): void {
+    if (plan.lookup && this.lookups !== null) this.lookups.lookups.proofFailed(plan.tenant!.id, plan.startup.user, choice.verifier);
+  }
+
+  private mock(plan: LoginPlan, failReason: string): VerifierChoice {
+    return { verifier: mockVerifier(this.mockSecret, plan.startup.tenantId, plan.startup.user, this.mockIterationsFor(plan.tenant)), failReason };
+  }
+
+  /**
+   * An auth_query tenant's mock shows the count its roles show: the configured users' and the
+   * looked-up verifiers' together (a small merge per failed login; the looked-up counts change).
+   */
+  private mockIterationsFor(tenant: TenantConfig | undefined): number {
+    const seen = tenant?.authQuery === undefined ? undefined : this.lookups?.lookups.iterationsSeen(tenant.id);
+    if (seen === undefined || seen.size === 0) return this.mockIterations(tenant);
+    const counts = new Map(histogramOf(tenant!));
+    for (const [iterations, c] of seen) counts.set(iterations, (counts.get(iterations) ?? 0) + c);
+    return typicalIterations(counts);
   }
 
   /** Computed once per tenant (or config) and kept, never per login. */
