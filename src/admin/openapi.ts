@@ -325,7 +325,7 @@ export const OPENAPI: OpenApiDocument = {
                         user: 'app',
                         database: 'postgres',
                         staff: null,
-                        client: { addr: '127.0.0.1', port: 53422 },
+                        client: { addr: '127.0.0.1', port: 53422, via: null },
                         tls: 'TLSv1.3',
                         started_at: '2026-01-01T12:00:00.000Z',
                         phase: 'relaying',
