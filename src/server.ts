@@ -262,6 +262,14 @@ export class Proxy {
     const acceptedAt = performance.now();
     const cfg = this.ctx.config.server;
     const peer = peerAddress(socket);
+    if (cfg.proxyProtocol === 'v2' && socket.remoteAddress === undefined) {
+      // Gone before we looked (Node has no peer address for a closed handle): neither trusted nor
+      // untrusted. HAProxy's health checks (LOCAL, then close) often end up here.
+      this.metrics.proxyProtocolHeaders.inc({ outcome: 'aborted' });
+      this.log.debug('connection closed before its peer address was known');
+      socket.destroy();
+      return;
+    }
     if (cfg.proxyProtocol === 'v2' && isTrustedPeer(cfg.proxyProtocolTrustedList, peer.addr)) {
       void this.acceptProxied(socket, peer, acceptedAt);
       return;

@@ -265,6 +265,18 @@ describe('PROXY protocol v2', () => {
     assert.equal((await sessions()).filter((v) => v.tenant === null).length, 0, 'no session left behind');
   });
 
+  it("HAProxy's own health checks (LOCAL, then close) are only counted: no session, no rejection", async () => {
+    const m0 = await metricsText(rp.metricsPort);
+    const rejected = (m: string): number =>
+      [...m.matchAll(/^pgwarden_connection_rejections_total\{reason="[^"]*"\} (\d+)/gm)].reduce((n, x) => n + Number(x[1]), 0);
+    // A check closes at once: counted as health_check, or as aborted when it was gone before its address was read.
+    const checks = (m: string): number => headerCount(m, 'health_check') + headerCount(m, 'aborted');
+    await waitFor(async () => checks(await metricsText(rp.metricsPort)) >= checks(m0) + 3, 10_000, 'three health checks');
+    const m1 = await metricsText(rp.metricsPort);
+    assert.equal(rejected(m1), rejected(m0), m1.split('\n').filter((l) => /rejections_total|proxy_protocol_headers/.test(l)).join('\n'));
+    assert.equal((await sessions()).length, 0);
+  });
+
   it('a CancelRequest through HAProxy cancels the running query', async () => {
     const c = new pg.Client(viaHaproxy('acme', '127.0.0.2'));
     await c.connect();

@@ -1,6 +1,6 @@
 /**
  * A real HAProxy in front of pgwarden for tests: `mode tcp`, one listener on a loopback port,
- * `send-proxy-v2` to the proxy. Runs as our own child (`haproxy -f <tmp> -db`), never as the
+ * `send-proxy-v2` to the proxy, with health checks. Runs as our own child (`haproxy -f <tmp> -db`), never as the
  * system service; stopped (and its config removed) by `stop()`.
  */
 import { spawn } from 'node:child_process';
@@ -52,7 +52,8 @@ export async function startHaproxy(backendPort: number): Promise<RunningHaproxy>
       '  timeout server 60s',
       'listen pgwarden',
       `  bind 127.0.0.1:${port}`,
-      `  server s1 127.0.0.1:${backendPort} send-proxy-v2`,
+      // `check`: HAProxy's health checks, a LOCAL header then a close, run alongside the tests.
+      `  server s1 127.0.0.1:${backendPort} send-proxy-v2 check inter 300`,
       '',
     ].join('\n'),
   );
