@@ -304,3 +304,61 @@ describe('PROXY protocol v2', () => {
     }
   });
 });
+
+describe('PROXY protocol v2: the per-source pre-auth cap is per client, not per balancer', () => {
+  const PER_SOURCE = 2;
+  let cluster: Cluster;
+  let rp: RunningProxy;
+  let hap: RunningHaproxy;
+  const held: net.Socket[] = [];
+
+  before(async () => {
+    cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
+    const users = [{ name: 'app', verifier: await readVerifier(cluster, 'app') }];
+    rp = await startProxy({
+      server: { proxy_protocol: 'v2', proxy_protocol_trusted: ['127.0.0.1'], max_preauth_per_source: PER_SOURCE, auth_timeout: '20s' },
+      tenants: [{ id: 'acme', cluster, users }],
+    });
+    hap = await startHaproxy(rp.port);
+  });
+  after(async () => {
+    for (const s of held) s.destroy();
+    await hap?.stop();
+    await rp?.close();
+    await cluster?.stop();
+  });
+
+  /** A connection that sits in pre-auth: it sends `bytes` (a header, maybe) and nothing more. */
+  async function hold(port: number, bytes: Buffer | null, localAddress = '127.0.0.1'): Promise<void> {
+    const s = net.connect({ port, host: '127.0.0.1', localAddress });
+    s.on('error', () => undefined);
+    await new Promise((r) => s.once('connect', r));
+    if (bytes !== null) s.write(bytes);
+    held.push(s);
+  }
+
+  const from = (addr: string): Buffer => encodeProxyV2({ command: 'proxy', source: { addr, port: 40000 }, destination: { addr: '127.0.0.1', port: rp.port } });
+  const STARTUP = Buffer.from('0000000800030000', 'hex');
+  const tooManyClients = (r: { reply: Buffer }): boolean => r.reply[0] === 0x45 /* E */ && r.reply.includes('53300');
+
+  it('hand-made headers: a third pre-auth connection of one client gets 53300; other clients, all from the same balancer, go on', async () => {
+    await hold(rp.port, from('192.0.2.1'));
+    await hold(rp.port, from('192.0.2.1'));
+    await waitFor(() => rp.proxy.preauth.active >= PER_SOURCE);
+    assert.ok(tooManyClients(await exchange(rp.port, Buffer.concat([from('192.0.2.1'), STARTUP]))));
+    // The balancer already holds two pre-auth connections; as clients, these are someone else.
+    for (const addr of ['192.0.2.2', '192.0.2.3', '2001:db8::5']) {
+      assert.equal((await exchange(rp.port, Buffer.concat([from(addr), SSL_REQUEST]))).reply.toString(), 'S', addr);
+    }
+  });
+
+  it('through HAProxy: the cap counts 127.0.0.2 and 127.0.0.3 apart', async () => {
+    await hold(hap.port, null, '127.0.0.2');
+    await hold(hap.port, null, '127.0.0.2');
+    await waitFor(() => rp.proxy.preauth.active >= 2 * PER_SOURCE, 10_000, 'two more pre-auth sessions');
+    assert.ok(tooManyClients(await exchange(hap.port, STARTUP, '127.0.0.2')));
+    const ok = new pg.Client({ ...clientConfig({ port: hap.port, certs: rp.certs }, { tenant: 'acme', user: 'app', password: 'app-pass' }), stream: boundStream('127.0.0.3') });
+    await ok.connect();
+    await ok.end();
+  });
+});
