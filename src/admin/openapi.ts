@@ -656,9 +656,14 @@ export const OPENAPI: OpenApiDocument = {
           },
           client: {
             type: 'object',
-            required: ['addr', 'port'],
+            required: ['addr', 'port', 'via'],
             additionalProperties: false,
-            properties: { addr: { type: 'string' }, port: { type: 'integer', minimum: 0 } },
+            description: "The client's address: with [server] proxy_protocol, the one a trusted load balancer gave.",
+            properties: {
+              addr: { type: 'string' },
+              port: { type: 'integer', minimum: 0 },
+              via: { type: ['string', 'null'], description: 'The load balancer that gave the address (PROXY protocol), null for a direct connection.' },
+            },
           },
           tls: { type: ['string', 'null'], description: 'The TLS version, null without TLS.' },
           started_at: { type: 'string', format: 'date-time' },
