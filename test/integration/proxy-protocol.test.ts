@@ -4,7 +4,7 @@
  * audit's client.addr, allow_cidrs); headers from untrusted peers, malformed, oversized or missing
  * ones close the connection without a byte; LOCAL is accepted; a CancelRequest through HAProxy
  * cancels its query. Clients bind to other loopback addresses (127.0.0.2, 127.0.0.3) to differ
- * from the balancer's 127.0.0.1.
+ * from the balancer's 127.0.0.1. The per-source pre-auth cap and two workers have their own parts.
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,7 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
-import { startProxy, clientConfig, connectError, type RunningProxy } from '../support/proxy.js';
+import { startProxy, spawnProxy, clientConfig, connectError, testCerts, type ChildProxy, type RunningProxy } from '../support/proxy.js';
 import { startHaproxy, type RunningHaproxy } from '../support/haproxy.js';
 import { waitFor } from '../support/wait.js';
 import { encodeProxyV2, PROXY_V2_SIGNATURE } from '../../src/protocol/proxy-v2.js';
@@ -360,5 +360,44 @@ describe('PROXY protocol v2: the per-source pre-auth cap is per client, not per 
     const ok = new pg.Client({ ...clientConfig({ port: hap.port, certs: rp.certs }, { tenant: 'acme', user: 'app', password: 'app-pass' }), stream: boundStream('127.0.0.3') });
     await ok.connect();
     await ok.end();
+  });
+});
+
+describe('PROXY protocol v2 with two workers (the real CLI)', () => {
+  let cluster: Cluster;
+  let child: ChildProxy;
+  let hap: RunningHaproxy;
+
+  before(async () => {
+    cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
+    const users = [{ name: 'app', verifier: await readVerifier(cluster, 'app') }];
+    child = await spawnProxy({
+      server: { workers: 2, proxy_protocol: 'v2', proxy_protocol_trusted: ['127.0.0.1/32'] },
+      admin: { token_sha256: TOKEN_SHA256 },
+      tenants: [{ id: 'acme', cluster, users }],
+    });
+    hap = await startHaproxy(child.port);
+  });
+  after(async () => {
+    await hap?.stop();
+    await child?.stop();
+    await cluster?.stop();
+  });
+
+  it("each worker reads the header: the primary's session list shows the client behind HAProxy", async () => {
+    const certs = await testCerts();
+    const clients: pg.Client[] = [];
+    try {
+      for (let i = 0; i < 4; i++) {
+        const c = new pg.Client({ ...clientConfig({ port: hap.port, certs }, { tenant: 'acme', user: 'app', password: 'app-pass' }), stream: boundStream('127.0.0.2') });
+        await c.connect();
+        clients.push(c);
+      }
+      const list = (await getJson(child.adminPort!, '/sessions'))['sessions'] as (View & { worker?: number })[];
+      assert.equal(list.length, 4, JSON.stringify(list));
+      for (const s of list) assert.deepEqual({ addr: s.client.addr, via: s.client.via }, { addr: '127.0.0.2', via: '127.0.0.1' });
+    } finally {
+      for (const c of clients) await c.end();
+    }
   });
 });
