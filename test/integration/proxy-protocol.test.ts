@@ -10,6 +10,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
+import tls from 'node:tls';
 import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -200,6 +201,26 @@ describe('PROXY protocol v2', () => {
       tlvs: [{ type: 0x02, value: Buffer.from('acme.pg.test') }],
     });
     assert.equal((await exchange(rp.port, Buffer.concat([v6, SSL_REQUEST]))).reply.toString(), 'S');
+  });
+
+  it('direct TLS (a ClientHello right after the header) is handed to TLS with the bytes already read', async () => {
+    const header = encodeProxyV2({ command: 'proxy', source: { addr: '192.0.2.45', port: 5556 }, destination: { addr: '127.0.0.1', port: rp.port } });
+    const raw = net.connect({ port: rp.port, host: '127.0.0.1' });
+    raw.on('error', () => undefined);
+    await new Promise((r) => raw.once('connect', r));
+    raw.cork(); // the header and the ClientHello usually leave in one segment
+    raw.write(header);
+    const secure = tls.connect({ socket: raw, servername: 'acme.pg.test', ca: rp.certs.caCertPem, ALPNProtocols: ['postgresql'] });
+    process.nextTick(() => raw.uncork());
+    try {
+      await new Promise<void>((resolve, reject) => {
+        secure.once('secureConnect', resolve);
+        secure.once('error', reject);
+      });
+      assert.equal(secure.alpnProtocol, 'postgresql');
+    } finally {
+      secure.destroy();
+    }
   });
 
   it('an untrusted peer: served as before under its own address, but a header from it closes without a byte', async () => {
