@@ -13,8 +13,8 @@ const TOO_MANY_CLIENTS = Errors.tooManyClients().toFrame();
 const OVER_CAP_GRACE_MS = 500;
 
 /**
- * Over the pre-auth cap (`alreadyRead`: bytes read past a PROXY header): PostgreSQL's 53300 (N11), then close, with no TLS handshake (that is
- * what the cap saves). Never as the answer to an SSLRequest or GSSENCRequest, though (rule 2,
+ * Over the pre-auth cap: PostgreSQL's 53300 (N11), then close, with no TLS handshake (that is
+ * what the cap saves). `alreadyRead`: the client's bytes that came with a PROXY header. Never as the answer to an SSLRequest or GSSENCRequest, though (rule 2,
  * CVE-2024-10977: libpq discards such an error and reports only "server sent an error response
  * during SSL exchange"). Those get N, as from a server without TLS; a client that goes on in
  * plaintext (sslmode=prefer) then gets the 53300, one that requires TLS stops at the N. Only the
