@@ -17,7 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
-import { startProxy, spawnProxy, clientConfig, connectError, testCerts, type ChildProxy, type RunningProxy } from '../support/proxy.js';
+import { startProxy, spawnProxy, clientConfig, connectError, testCerts, type ChildProxy, type ProxySpec, type RunningProxy } from '../support/proxy.js';
 import { startHaproxy, type RunningHaproxy } from '../support/haproxy.js';
 import { waitFor } from '../support/wait.js';
 import { encodeProxyV2, PROXY_V2_SIGNATURE } from '../../src/protocol/proxy-v2.js';
@@ -104,13 +104,14 @@ describe('PROXY protocol v2', () => {
   let hap: RunningHaproxy;
   let dir: string;
   let auditFile: string;
+  let spec: ProxySpec;
 
   before(async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-proxyproto-'));
     auditFile = path.join(dir, 'audit.jsonl');
     cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
     const users = [{ name: 'app', verifier: await readVerifier(cluster, 'app') }];
-    rp = await startProxy({
+    spec = {
       auditFile,
       admin: { token_sha256: TOKEN_SHA256 },
       // The balancer (HAProxy, and the hand-made headers) is 127.0.0.1; 127.0.0.3 is an untrusted client.
@@ -119,7 +120,8 @@ describe('PROXY protocol v2', () => {
         { id: 'acme', cluster, users },
         { id: 'narrow', cluster, users, allowCidrs: ['127.0.0.2/32', '198.51.100.0/24'] },
       ],
-    });
+    };
+    rp = await startProxy(spec);
     hap = await startHaproxy(rp.port);
   });
   after(async () => {
@@ -296,6 +298,23 @@ describe('PROXY protocol v2', () => {
     const m1 = await metricsText(rp.metricsPort);
     assert.equal(rejected(m1), rejected(m0), m1.split('\n').filter((l) => /rejections_total|proxy_protocol_headers/.test(l)).join('\n'));
     assert.equal((await sessions()).length, 0);
+  });
+
+  it('a reload turns it off for new connections: a running session keeps its client address', async () => {
+    const c = new pg.Client(viaHaproxy('acme', '127.0.0.2'));
+    await c.connect();
+    try {
+      rp.reload({ ...spec, server: { auth_timeout: '10s' } });
+      const header = encodeProxyV2({ command: 'proxy', source: { addr: '192.0.2.50', port: 1 }, destination: { addr: '127.0.0.1', port: rp.port } });
+      // Off: a header is no PostgreSQL message (its length reads as 218 762 506): closed without a byte, as before the feature.
+      assert.deepEqual(await exchange(rp.port, Buffer.concat([header, SSL_REQUEST])), { reply: Buffer.alloc(0), closed: true });
+      assert.equal((await exchange(rp.port, SSL_REQUEST)).reply.toString(), 'S');
+      assert.equal((await c.query<{ one: number }>('SELECT 1 AS one')).rows[0]!.one, 1);
+      assert.ok((await sessions()).some((s) => s.client.addr === '127.0.0.2' && s.client.via === '127.0.0.1'));
+    } finally {
+      await c.end();
+      rp.reload(spec);
+    }
   });
 
   it('a CancelRequest through HAProxy cancels the running query', async () => {
