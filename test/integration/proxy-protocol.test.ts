@@ -4,7 +4,7 @@
  * audit's client.addr, allow_cidrs); headers from untrusted peers, malformed, oversized or missing
  * ones close the connection without a byte; LOCAL is accepted; a CancelRequest through HAProxy
  * cancels its query. Clients bind to other loopback addresses (127.0.0.2, 127.0.0.3) to differ
- * from the balancer's 127.0.0.1. The per-source pre-auth cap and two workers have their own parts.
+ * from the balancer's 127.0.0.1. The per-source pre-auth cap and auth cool-down, and two workers, have their own parts.
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -345,7 +345,7 @@ describe('PROXY protocol v2', () => {
   });
 });
 
-describe('PROXY protocol v2: the per-source pre-auth cap is per client, not per balancer', () => {
+describe('PROXY protocol v2: per-source caps and cool-downs are per client, not per balancer', () => {
   const PER_SOURCE = 2;
   let cluster: Cluster;
   let rp: RunningProxy;
@@ -357,7 +357,10 @@ describe('PROXY protocol v2: the per-source pre-auth cap is per client, not per 
     const users = [{ name: 'app', verifier: await readVerifier(cluster, 'app') }];
     rp = await startProxy({
       server: { proxy_protocol: 'v2', proxy_protocol_trusted: ['127.0.0.1'], max_preauth_per_source: PER_SOURCE, auth_timeout: '20s' },
-      tenants: [{ id: 'acme', cluster, users }],
+      tenants: [
+        { id: 'acme', cluster, users },
+        { id: 'locks', cluster, users, limits: { auth_failure_limit: 2, auth_failure_window: '1m', auth_failure_cooldown: '1m' } },
+      ],
     });
     hap = await startHaproxy(rp.port);
   });
@@ -390,6 +393,19 @@ describe('PROXY protocol v2: the per-source pre-auth cap is per client, not per 
     for (const addr of ['192.0.2.2', '192.0.2.3', '2001:db8::5']) {
       assert.equal((await exchange(rp.port, Buffer.concat([from(addr), SSL_REQUEST]))).reply.toString(), 'S', addr);
     }
+  });
+
+  it("the authentication cool-down keyed by source locks out the client behind HAProxy, not the balancer's other clients", async () => {
+    const cfg = (from: string, password: string): pg.ClientConfig => ({
+      ...clientConfig({ port: hap.port, certs: rp.certs }, { tenant: 'locks', user: 'app', password }),
+      stream: boundStream(from),
+    });
+    for (let i = 0; i < 2; i++) assert.equal((await connectError(cfg('127.0.0.4', 'wrong'))).code, '28P01');
+    const locked = await connectError(cfg('127.0.0.4', 'app-pass'));
+    assert.equal(locked.code, '53300', locked.message);
+    const other = new pg.Client(cfg('127.0.0.5', 'app-pass'));
+    await other.connect();
+    await other.end();
   });
 
   it('through HAProxy: the cap counts 127.0.0.2 and 127.0.0.3 apart', async () => {
