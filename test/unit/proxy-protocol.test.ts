@@ -5,7 +5,8 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { isIP } from 'node:net';
+import { BlockList, isIP } from 'node:net';
+import { isTrustedPeer } from '../../src/net/proxy-header.js';
 import { decodeProxyV2, encodeProxyV2, MAX_PROXY_V2_BYTES, PROXY_V2_SIGNATURE, startsLikeProxyV2, type ProxyV2Decode } from '../../src/protocol/proxy-v2.js';
 import { fuzzProxyHeader } from '../support/fuzz-proxy-header.js';
 
@@ -159,5 +160,24 @@ describe('PROXY v2 decoder: refused', () => {
       const h = header(decodeProxyV2(raw(0x21, 0x21, body)));
       if (h.command === 'proxy') assert.equal(isIP(h.source.addr), 6, h.source.addr);
     }
+  });
+});
+
+describe('trusted balancers (net/proxy-header.ts isTrustedPeer)', () => {
+  const trusted = new BlockList();
+  trusted.addSubnet('10.0.5.0', 28, 'ipv4');
+  trusted.addAddress('fd00::7', 'ipv6');
+
+  it('matches IPv4 peers, also as Node writes them on a dual-stack listener (::ffff:a.b.c.d)', () => {
+    assert.equal(isTrustedPeer(trusted, '10.0.5.3'), true);
+    assert.equal(isTrustedPeer(trusted, '::ffff:10.0.5.3'), true);
+    assert.equal(isTrustedPeer(trusted, '10.0.5.16'), false);
+    assert.equal(isTrustedPeer(trusted, '::ffff:10.0.5.16'), false);
+  });
+
+  it('matches IPv6 peers; an unknown peer address (a closed socket) is never trusted', () => {
+    assert.equal(isTrustedPeer(trusted, 'fd00::7'), true);
+    assert.equal(isTrustedPeer(trusted, 'fd00::8'), false);
+    assert.equal(isTrustedPeer(trusted, ''), false);
   });
 });
