@@ -408,6 +408,29 @@ describe('PROXY protocol v2: per-source caps and cool-downs are per client, not 
     await other.end();
   });
 
+  it('one pre-auth deadline from accept: time spent on the header counts', async () => {
+    const fast = await startProxy({
+      server: { proxy_protocol: 'v2', proxy_protocol_trusted: ['127.0.0.1'], auth_timeout: '2s' },
+      tenants: [{ id: 'acme', cluster, users: [{ name: 'app', verifier: await readVerifier(cluster, 'app') }] }],
+    });
+    try {
+      const s = net.connect({ port: fast.port, host: '127.0.0.1' });
+      s.on('error', () => undefined);
+      await new Promise((r) => s.once('connect', r));
+      const t0 = Date.now();
+      const closed = new Promise<number>((r) => s.once('close', () => r(Date.now() - t0)));
+      const replied: Buffer[] = [];
+      s.on('data', (d: Buffer) => replied.push(d));
+      await new Promise((r) => setTimeout(r, 1500));
+      s.write(encodeProxyV2({ command: 'proxy', source: { addr: '192.0.2.77', port: 7 }, destination: { addr: '127.0.0.1', port: fast.port } }));
+      const ms = await closed;
+      assert.ok(ms >= 1900 && ms < 3000, `closed after ${ms} ms (the deadline is 2000 ms from accept, not from the header)`);
+      assert.equal(Buffer.concat(replied).length, 0, 'closed silently, still before the startup packet');
+    } finally {
+      await fast.close();
+    }
+  });
+
   it('through HAProxy: the cap counts 127.0.0.2 and 127.0.0.3 apart', async () => {
     await hold(hap.port, null, '127.0.0.2');
     await hold(hap.port, null, '127.0.0.2');
