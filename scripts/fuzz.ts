@@ -1,7 +1,8 @@
 /**
- * `npm run fuzz -- [--minutes N] [--seed S] [--parallel P] [--target proxy|auth-query]`: the long fuzz run (issue 6).
- * `--target auth-query` instead fuzzes auth_query lookups against a hostile tenant server
- * (test/support/auth-query-fuzz.ts) in this process: any throw, crash or slow lookup is a violation. Starts a
+ * `npm run fuzz -- [--minutes N] [--seed S] [--parallel P] [--proxy-header-cases C] [--target proxy|auth-query]`: the long
+ * fuzz run (issue 6). `--target auth-query` instead fuzzes auth_query lookups against a hostile tenant server
+ * (test/support/auth-query-fuzz.ts) in this process: any throw, crash or slow lookup is a violation. The default target
+ * first fuzzes the PROXY v2 header decoder in-process (C cases, default 50 000: test/support/fuzz-proxy-header.ts); then it starts a
  * throwaway PostgreSQL and pgwarden as a child process (so a crash is an exit, not a thrown test),
  * runs the structure-aware fuzzer (test/support/fuzz.ts) in rounds until the time is up, samples
  * the proxy's RSS and open file descriptors, and prints the counts. Exit 1 on any violation, a
@@ -16,6 +17,7 @@ import { clientConfig, spawnProxy, testCerts } from '../test/support/proxy.js';
 import { FUZZ_PHASES, runCases, type FuzzSummary } from '../test/support/fuzz.js';
 import { fuzzProxySpec } from '../test/support/fuzz-target.js';
 import { AUTH_FUZZ_KINDS, runAuthQueryFuzz, type AuthFuzzSummary } from '../test/support/auth-query-fuzz.js';
+import { fuzzProxyHeader } from '../test/support/fuzz-proxy-header.js';
 
 const AUTH_TIMEOUT_MS = 1000;
 const ROUND = 50; // cases per phase per round
@@ -40,12 +42,25 @@ async function leftovers(metricsPort: number): Promise<string> {
 }
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({ options: { minutes: { type: 'string' }, seed: { type: 'string' }, parallel: { type: 'string' }, target: { type: 'string' } } });
+  const { values } = parseArgs({
+    options: {
+      minutes: { type: 'string' },
+      seed: { type: 'string' },
+      parallel: { type: 'string' },
+      target: { type: 'string' },
+      'proxy-header-cases': { type: 'string' },
+    },
+  });
   const minutes = Number(values.minutes ?? 5);
   const seed = Number(values.seed ?? Date.now() % 2 ** 31);
   if (values.target === 'auth-query') return fuzzAuthQuery(seed, minutes);
   if (values.target !== undefined && values.target !== 'proxy') throw new Error(`unknown --target ${values.target} (proxy or auth-query)`);
   const parallel = Number(values.parallel ?? 16);
+  // The PROXY v2 header decoder first: in-process, bounded by its case count (issue 14).
+  const header = fuzzProxyHeader(seed, Number(values['proxy-header-cases'] ?? 50_000));
+  process.stdout.write(`fuzz: PROXY v2 header, seed ${seed}: ${header.cases} cases, ${JSON.stringify(header.outcomes)}\n`);
+  for (const v of header.violations.slice(0, 20)) process.stdout.write(`VIOLATION seed ${seed} proxy_header ${v}\n`);
+  if (header.violations.length > 0) return 1;
   const cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
   const { spec, dir, fake } = await fuzzProxySpec(cluster, AUTH_TIMEOUT_MS);
   const child = await spawnProxy(spec);

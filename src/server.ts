@@ -22,7 +22,8 @@ import { createLogger, type Logger } from './observability/logger.js';
 import { OperatorListeners } from './admin/listeners.js';
 import type { AdminBackend } from './admin/route.js';
 import { RevocationSet, revocationTtlMs, type StaffRevocation } from './admin/revocations.js';
-import { ClientSession } from './session/client-session.js';
+import { ClientSession, type SessionOrigin } from './session/client-session.js';
+import { isTrustedPeer, peerAddress, readProxyHeader, type ClientAddress } from './net/proxy-header.js';
 import type { SessionContext } from './session/context.js';
 import { SessionRegistry } from './session/registry.js';
 import type { UpstreamTarget } from './pool/upstream.js';
@@ -36,6 +37,10 @@ import { CatalogStore } from './catalog/store.js';
 import { workerShare } from './pool/worker-share.js';
 
 export const VERSION = '0.1.0';
+/** How long a trusted load balancer has to send its PROXY header (balancers send it at connect). */
+const PROXY_HEADER_TIMEOUT_MS = 5_000;
+/** The same while over the global pre-auth cap: just long enough to answer the client behind it with 53300. */
+const OVER_CAP_HEADER_MS = 500;
 /** One id per process, in every audit record's `instance`. */
 const INSTANCE_ID = randomUUID();
 
@@ -268,17 +273,70 @@ export class Proxy {
     socket.on('error', () => undefined); // errors before the session attaches its handler
     this.sockets.add(socket);
     socket.once('close', () => this.sockets.delete(socket));
+    const acceptedAt = performance.now();
     const cfg = this.ctx.config.server;
-    const source = socket.remoteAddress ?? 'unknown';
+    const peer = peerAddress(socket);
+    if (cfg.proxyProtocol === 'v2' && socket.remoteAddress === undefined) {
+      // Gone before we looked (Node has no peer address for a closed handle): neither trusted nor
+      // untrusted. HAProxy's health checks (LOCAL, then close) often end up here.
+      this.metrics.proxyProtocolHeaders.inc({ outcome: 'aborted' });
+      this.log.debug('connection closed before its peer address was known');
+      socket.destroy();
+      return;
+    }
+    if (cfg.proxyProtocol === 'v2' && isTrustedPeer(cfg.proxyProtocolTrustedList, peer.addr)) {
+      void this.acceptProxied(socket, peer, acceptedAt);
+      return;
+    }
+    this.startSession(socket, { client: peer, prefix: null, acceptedAt, refuseProxyHeader: cfg.proxyProtocol === 'v2' });
+  }
+
+  /**
+   * A trusted load balancer's connection: its PROXY v2 header first (bounded in time and bytes),
+   * then a session for the client it names. Anything else closes without a reply.
+   */
+  private async acceptProxied(socket: net.Socket, peer: ClientAddress, acceptedAt: number): Promise<void> {
+    const cfg = this.ctx.config.server;
+    const pending = this.preauth.tryAcquireGlobal(cfg.maxPreauthConnections);
+    const timeoutMs = Math.min(cfg.authTimeoutMs, pending === null ? OVER_CAP_HEADER_MS : PROXY_HEADER_TIMEOUT_MS);
+    const r = await readProxyHeader(socket, timeoutMs);
+    pending?.release();
+    this.metrics.proxyProtocolHeaders.inc({ outcome: r.kind === 'closed' || r.kind === 'refused' ? r.reason : r.kind });
+    if (r.kind === 'closed') {
+      // Health checks connect and leave: not worth more than a debug line.
+      this.log.debug({ balancer: peer.addr, reason: r.reason }, 'load balancer connection closed before a client spoke');
+      socket.destroy();
+      return;
+    }
+    if (r.kind === 'refused') {
+      this.rejections.record(`proxy_protocol:${r.reason}`, peer.addr);
+      this.log.warn({ balancer: peer.addr, reason: r.reason }, 'PROXY protocol header refused: connection closed without a reply');
+      socket.destroy();
+      return;
+    }
+    if (socket.destroyed) return;
+    if (pending === null) {
+      this.rejections.record('preauth_cap', r.client.addr);
+      refuseOverCap(socket, r.rest);
+      return;
+    }
+    this.startSession(socket, { client: r.client, prefix: r.rest, acceptedAt, refuseProxyHeader: false });
+  }
+
+  /** A session for `origin.client`, under the pre-auth caps (global, and per the client's address). */
+  private startSession(socket: net.Socket, origin: SessionOrigin): void {
+    const cfg = this.ctx.config.server;
+    const source = origin.client.addr || 'unknown';
     const lease = this.preauth.tryAcquire(source, cfg.maxPreauthConnections, cfg.maxPreauthPerSource);
     if (lease === null) {
       this.rejections.record('preauth_cap', source);
-      refuseOverCap(socket);
+      refuseOverCap(socket, origin.prefix);
       return;
     }
     try {
-      const session = new ClientSession(socket, this.ctx, lease);
+      const session = new ClientSession(socket, this.ctx, lease, origin);
       this.sessions.add(session);
+      socket.resume(); // paused by the PROXY header reader; a no-op otherwise
     } catch (err) {
       lease.release();
       this.log.error({ err }, 'session setup failed');

@@ -224,6 +224,11 @@ export interface Config {
     readonly mockSecretEnv: string | undefined;
     /** Worker processes sharing the listen socket (1 = serve in this process). */
     readonly workers: number;
+    /** "v2": connections from `proxyProtocolTrusted` start with a PROXY protocol v2 header naming the client. */
+    readonly proxyProtocol: 'off' | 'v2';
+    /** The load balancers' CIDRs, as written and as a BlockList (empty when off). */
+    readonly proxyProtocolTrusted: readonly string[];
+    readonly proxyProtocolTrustedList: BlockList;
   };
   /** Source-wide limits that are not per tenant. */
   readonly limits: {

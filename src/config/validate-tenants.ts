@@ -62,7 +62,7 @@ function readTenant(r: Reader, id: string, tt: Tree, path: string, resolvePath: 
     r.problems.push(`${path}.backend_ca: required when backend_tls = "verify-full"`);
   }
   const allowCidrs = r.strArray(tt, 'allow_cidrs', path, ['0.0.0.0/0', '::/0']);
-  const allowList = readAllowList(r, allowCidrs, path);
+  const allowList = readCidrList(r, allowCidrs, path);
   const users = readUsers(r, tt, path);
   return {
     id,
@@ -137,16 +137,16 @@ function readBackendUrl(r: Reader, tt: Tree, path: string): Pick<TenantConfig, '
   return { backendHost, backendPort, backendDatabase };
 }
 
-/** allow_cidrs as a BlockList; a bare address is a /32 (or /128). */
-function readAllowList(r: Reader, allowCidrs: readonly string[], path: string): BlockList {
+/** A list of CIDRs (allow_cidrs, server.proxy_protocol_trusted) as a BlockList; a bare address is a /32 (or /128). */
+export function readCidrList(r: Reader, cidrs: readonly string[], path: string, key = 'allow_cidrs'): BlockList {
   const allowList = new BlockList();
-  for (const c of allowCidrs) {
+  for (const c of cidrs) {
     const m = /^([^/]+)(?:\/(\d{1,3}))?$/.exec(c);
     const addr = m?.[1];
     const family = isIP(addr ?? '');
     const prefix = m?.[2] === undefined ? (family === 6 ? 128 : 32) : Number(m[2]);
     if (m === null || family === 0 || prefix > (family === 6 ? 128 : 32)) {
-      r.problems.push(`${path}.allow_cidrs: "${c}" is not a CIDR like "10.0.0.0/8"`);
+      r.problems.push(`${path}.${key}: "${c}" is not a CIDR like "10.0.0.0/8"`);
       continue;
     }
     allowList.addSubnet(addr!, prefix, family === 6 ? 'ipv6' : 'ipv4');

@@ -10,7 +10,7 @@ import { Reader, type Tree } from './toml-reader.js';
 import { readAudit, readStaff } from './validate-audit.js';
 import { LIMIT_KEYS, MAX_MESSAGE_BYTES, POOL_KEYS, readLimits, readPool } from './validate-settings.js';
 import { readCatalog } from './validate-catalog.js';
-import { checkTenantNeeds, readTenants } from './validate-tenants.js';
+import { checkTenantNeeds, readCidrList, readTenants } from './validate-tenants.js';
 
 /**
  * Checks a parsed TOML tree against pgwarden's keys; `resolvePath` makes file paths absolute (relative
@@ -71,6 +71,7 @@ function readServer(r: Reader, tree: Tree, resolvePath: (p: string) => string): 
   const s = r.section(tree, 'server', 'server', [
     'listen', 'tls_cert', 'tls_key', 'tls_min_version', 'require_tls', 'sni_suffix', 'tenant_in_user', 'default_tenant', 'auth_timeout',
     'shutdown_timeout', 'max_preauth_connections', 'max_preauth_per_source', 'backend_connect_timeout', 'mock_secret_env', 'workers',
+    'proxy_protocol', 'proxy_protocol_trusted',
   ], true);
   const listen = r.listen(s, 'listen', 'server', '127.0.0.1:6432');
   const tlsCert = r.str(s, 'tls_cert', 'server');
@@ -90,6 +91,12 @@ function readServer(r: Reader, tree: Tree, resolvePath: (p: string) => string): 
   if (defaultTenant !== undefined && !TENANT_ID_RE.test(defaultTenant)) {
     r.problems.push('server.default_tenant: must be a tenant id (lower-case letters, digits and "-", at most 63)');
   }
+  const proxyProtocol = r.oneOf(s, 'proxy_protocol', 'server', ['off', 'v2'] as const, 'off');
+  const proxyProtocolTrusted = r.strArray(s, 'proxy_protocol_trusted', 'server', []);
+  if (proxyProtocol === 'v2' && proxyProtocolTrusted.length === 0) {
+    r.problems.push('server.proxy_protocol_trusted: must list the load balancers\' CIDRs when proxy_protocol = "v2"');
+  }
+  if (proxyProtocol === 'off' && proxyProtocolTrusted.length > 0) r.problems.push('server.proxy_protocol_trusted: is set but server.proxy_protocol is "off"');
   return {
     listenHost: listen.host,
     listenPort: listen.port,
@@ -108,6 +115,9 @@ function readServer(r: Reader, tree: Tree, resolvePath: (p: string) => string): 
     mockSecretEnv: r.str(s, 'mock_secret_env', 'server'),
     // One worker per core by default (each is a process; the primary only coordinates).
     workers: r.int(s, 'workers', 'server', availableParallelism(), 1, 256),
+    proxyProtocol,
+    proxyProtocolTrusted,
+    proxyProtocolTrustedList: readCidrList(r, proxyProtocolTrusted, 'server', 'proxy_protocol_trusted'),
   };
 }
 

@@ -49,6 +49,24 @@ export class PreauthLimiter {
     };
   }
 
+  /**
+   * A slot under the global cap only: a trusted load balancer's connection while its PROXY header
+   * is read (the per-source cap is the client's, known after the header; the balancer's own
+   * address would reach it at once).
+   */
+  tryAcquireGlobal(maxTotal: number): Lease | null {
+    if (this.total >= maxTotal) return null;
+    this.total++;
+    let released = false;
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        this.total--;
+      },
+    };
+  }
+
   get active(): number {
     return this.total;
   }

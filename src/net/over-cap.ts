@@ -14,13 +14,13 @@ const OVER_CAP_GRACE_MS = 500;
 
 /**
  * Over the pre-auth cap: PostgreSQL's 53300 (N11), then close, with no TLS handshake (that is
- * what the cap saves). Never as the answer to an SSLRequest or GSSENCRequest, though (rule 2,
+ * what the cap saves). `alreadyRead`: the client's bytes that came with a PROXY header. Never as the answer to an SSLRequest or GSSENCRequest, though (rule 2,
  * CVE-2024-10977: libpq discards such an error and reports only "server sent an error response
  * during SSL exchange"). Those get N, as from a server without TLS; a client that goes on in
  * plaintext (sslmode=prefer) then gets the 53300, one that requires TLS stops at the N. Only the
  * first 8 bytes are looked at, and nothing waits longer than OVER_CAP_GRACE_MS from accept.
  */
-export function refuseOverCap(socket: net.Socket): void {
+export function refuseOverCap(socket: net.Socket, alreadyRead: Buffer | null = null): void {
   let head = Buffer.alloc(0);
   let answeredN = false;
   const refuse = (): void => {
@@ -52,4 +52,7 @@ export function refuseOverCap(socket: net.Socket): void {
   const timer = setTimeout(refuse, OVER_CAP_GRACE_MS);
   socket.on('data', onData);
   socket.once('close', () => clearTimeout(timer));
+  // Bytes that followed a PROXY header, and a socket the header reader left paused.
+  if (alreadyRead !== null && alreadyRead.length > 0) onData(alreadyRead);
+  if (!socket.destroyed) socket.resume();
 }

@@ -34,6 +34,11 @@ export class Metrics {
     'tenant',
     'reason',
   ] as const);
+  readonly proxyProtocolHeaders = this.counter(
+    'pgwarden_proxy_protocol_headers_total',
+    'PROXY protocol v2 headers by outcome (proxied, local, health_check, aborted; refused: untrusted, timeout, bad_signature, bad_version, bad_command, oversized, unsupported_family, bad_address_length, bad_tlv)',
+    ['outcome'] as const,
+  );
   readonly rejections = this.counter('pgwarden_connection_rejections_total', 'Connections refused before authentication, by reason', ['reason'] as const);
   readonly limitRejections = this.counter('pgwarden_limit_rejections_total', 'Refusals by a limit', ['tenant', 'limit'] as const);
   readonly limitsDegraded = this.gauge(

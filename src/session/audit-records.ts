@@ -13,12 +13,15 @@ import type { StaffClaims, StaffDecision } from '../auth/jwt.js';
 import type { ResolvedStartup } from '../routing/resolve.js';
 import type { TlsFacts } from './login/handshake.js';
 import type { AuthStage, StaffIdentity } from './types.js';
+import type { ClientAddress } from '../net/proxy-header.js';
 
 /** What the records say of the client; filled in as the login proceeds. */
 export interface AuditSubject {
   readonly id: string;
   readonly remoteAddress: string;
   readonly remotePort: number;
+  /** The load balancer that vouched for the address (PROXY protocol), or null: the address is the connection's own. */
+  readonly via: ClientAddress['via'];
   readonly tls: TlsFacts;
   startup: ResolvedStartup | null;
   tenant: TenantConfig | undefined;
@@ -42,7 +45,7 @@ export class SessionRecords {
     return {
       addr: s.remoteAddress,
       port: s.remotePort,
-      via_proxy_protocol: false,
+      via_proxy_protocol: s.via !== null,
       application_name: s.startup?.applicationName === undefined ? null : { value: sanitizeName(s.startup.applicationName), untrusted: true },
       tls: {
         negotiation: t.negotiation,

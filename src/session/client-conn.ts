@@ -9,6 +9,7 @@ import type { Socket } from 'node:net';
 import tls from 'node:tls';
 import { FrameReader, type Frame } from '../protocol/frame-reader.js';
 import { PrefixedStream } from '../net/prefixed-stream.js';
+import type { ClientAddress } from '../net/proxy-header.js';
 import type { Notice } from './types.js';
 
 /** After a FATAL is written, how long the peer gets to read it before the socket is destroyed. */
@@ -45,20 +46,24 @@ export interface TlsUpgrade {
 export class ClientConn {
   sock: Socket;
   readonly reader = new FrameReader();
+  /** The client's address: the peer's, or the one a trusted load balancer gave (PROXY protocol). */
   readonly remoteAddress: string;
   readonly remotePort: number;
+  readonly via: ClientAddress['via'];
   /** Bytes read from the client before the relay took over. */
   bytesIn = 0;
   private wake: (() => void) | null = null;
 
   constructor(
     socket: Socket,
+    client: ClientAddress,
     private readonly listeners: ClientListeners,
     private readonly signal: AbortSignal,
   ) {
     this.sock = socket;
-    this.remoteAddress = socket.remoteAddress ?? '';
-    this.remotePort = socket.remotePort ?? 0;
+    this.remoteAddress = client.addr;
+    this.remotePort = client.port;
+    this.via = client.via;
     socket.setNoDelay(true);
     this.listen(socket);
     signal.addEventListener('abort', () => this.wakeUp(), { once: true });

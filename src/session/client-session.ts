@@ -15,6 +15,7 @@ import { encodeGreeting } from '../protocol/backend.js';
 import { TxStatus, type TxStatusByte } from '../protocol/codes.js';
 import { UpstreamRefused } from '../pool/upstream.js';
 import { sourceKey } from '../limits/store.js';
+import type { ClientAddress } from '../net/proxy-header.js';
 import type { Lease } from '../limits/connections.js';
 import { hashCancelSecret } from '../cancel/registry.js';
 import type { AuditEvent } from '../audit/record.js';
@@ -41,6 +42,18 @@ import { LoginFailures } from './login/failures.js';
 
 export type { CloseReason, Phase, SessionView, StaffIdentity } from './types.js';
 
+/** Where a connection comes from, as the accept path found it. */
+export interface SessionOrigin {
+  /** The client's address (the peer's, or a trusted balancer's PROXY header's). */
+  readonly client: ClientAddress;
+  /** Client bytes already read (those that followed a PROXY header), or null. */
+  readonly prefix: Buffer | null;
+  /** performance.now() at accept: the pre-auth deadline counts from there. */
+  readonly acceptedAt: number;
+  /** proxy_protocol is on and this peer is not trusted: a PROXY header from it is refused. */
+  readonly refuseProxyHeader: boolean;
+}
+
 export class ClientSession implements TrafficSource, RelayHost {
   readonly id = randomUUID();
   readonly startedAt = Date.now();
@@ -63,20 +76,25 @@ export class ClientSession implements TrafficSource, RelayHost {
   private readonly traffic = new TrafficFold();
   private readonly failures: LoginFailures;
 
-  constructor(socket: Socket, ctx: SessionContext, preauthLease: Lease) {
+  private readonly refuseProxyHeader: boolean;
+
+  constructor(socket: Socket, ctx: SessionContext, preauthLease: Lease, origin: SessionOrigin) {
     this.ctx = ctx;
+    this.refuseProxyHeader = origin.refuseProxyHeader;
     this.conn = new ClientConn(
       socket,
+      origin.client,
       { data: this.onClientData, error: this.onClientError, close: this.onClientClose, drain: this.onClientDrain },
       this.abort.signal,
     );
     this.source = sourceKey(this.conn.remoteAddress);
-    this.res = new SessionResources(ctx, preauthLease, this.onDeadline);
+    this.res = new SessionResources(ctx, preauthLease, this.onDeadline, origin.acceptedAt);
     const tls: TlsFacts = { negotiation: 'none', version: null, cipher: null, sni: undefined, alpn: null };
     this.subject = {
       id: this.id,
       remoteAddress: this.conn.remoteAddress,
       remotePort: this.conn.remotePort,
+      via: this.conn.via,
       tls,
       startup: null,
       tenant: undefined,
@@ -86,6 +104,7 @@ export class ClientSession implements TrafficSource, RelayHost {
     this.records = new SessionRecords(this.subject);
     this.failures = new LoginFailures(ctx, this.conn, this.subject, this.records, this.source, () => this.plan);
     this.progress = { stage: 'startup', clientDone: this.onClientDone };
+    if (origin.prefix !== null && origin.prefix.length > 0) this.conn.push(origin.prefix);
     void this.run();
   }
 
@@ -96,12 +115,22 @@ export class ClientSession implements TrafficSource, RelayHost {
     try {
       const hs = await handshake(
         this.conn,
-        { tls: ctx.tls, onTlsPhase: this.onTlsPhase, onSni: (name) => rateShieldedHandshake(ctx, name, this.conn.remoteAddress), onTlsDone: this.onTlsDone },
+        {
+          tls: ctx.tls,
+          refuseProxyHeader: this.refuseProxyHeader,
+          onTlsPhase: this.onTlsPhase,
+          onSni: (name) => rateShieldedHandshake(ctx, name, this.conn.remoteAddress),
+          onTlsDone: this.onTlsDone,
+        },
         this.subject.tls,
       );
       if (hs.kind === 'refused') {
         // Pre-startup noise: aggregated audit, then close without a message (N4).
         this.failures.rejected(hs.reason);
+        if (hs.reason === 'proxy_protocol:untrusted') {
+          ctx.metrics.proxyProtocolHeaders.inc({ outcome: 'untrusted' });
+          ctx.log.info({ session: this.id, client: this.conn.remoteAddress }, 'PROXY protocol header from an untrusted address: closed');
+        }
         this.close('refused', 'destroy');
         return;
       }
@@ -216,7 +245,14 @@ export class ClientSession implements TrafficSource, RelayHost {
       }),
     );
     ctx.log.info(
-      { session: this.id, tenant: tenant.id, user: sanitizeName(this.plan!.startup.user), client: this.conn.remoteAddress, tls: this.subject.tls.version },
+      {
+        session: this.id,
+        tenant: tenant.id,
+        user: sanitizeName(this.plan!.startup.user),
+        client: this.conn.remoteAddress,
+        ...(this.conn.via === null ? {} : { via: this.conn.via.addr }),
+        tls: this.subject.tls.version,
+      },
       'session started',
     );
 

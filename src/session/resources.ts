@@ -17,9 +17,11 @@ export class SessionResources {
     private readonly ctx: SessionContext,
     preauthLease: Lease,
     onDeadline: () => void,
+    acceptedAt: number,
   ) {
     this.preauth = preauthLease;
-    this.deadline = setTimeout(onDeadline, ctx.config.server.authTimeoutMs);
+    // One deadline from accept (SECURITY.md rule 1): time spent reading a PROXY header counts.
+    this.deadline = setTimeout(onDeadline, Math.max(0, ctx.config.server.authTimeoutMs - (performance.now() - acceptedAt)));
     ctx.metrics.preauthConnections.inc();
   }
 

@@ -46,7 +46,8 @@ export interface SessionView {
   readonly user: string | null;
   readonly database: string | null;
   readonly staff: { sub: string; ticket: string; access: string; jti: string; expires_at: string } | null;
-  readonly client: { addr: string; port: number };
+  /** `via`: the load balancer that vouched for `addr` (PROXY protocol), or null. */
+  readonly client: { addr: string; port: number; via: string | null };
   readonly tls: string | null;
   readonly started_at: string;
   readonly phase: string;

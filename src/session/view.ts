@@ -17,7 +17,7 @@ export function describeSession(subject: AuditSubject, phase: Phase, startedAt: 
     database: st === null ? null : sanitizeName(st.database ?? subject.tenant?.backendDatabase ?? ''),
     staff:
       staff === null ? null : { sub: staff.sub, ticket: staff.ticket, access: staff.access, jti: staff.jti, expires_at: new Date(staff.expMs).toISOString() },
-    client: { addr: subject.remoteAddress, port: subject.remotePort },
+    client: { addr: subject.remoteAddress, port: subject.remotePort, via: subject.via?.addr ?? null },
     tls: subject.tls.version,
     started_at: new Date(startedAt).toISOString(),
     phase,

@@ -55,7 +55,7 @@ export interface ProxySpec {
   requireTls?: boolean;
   auditFile?: string;
   metrics?: boolean;
-  server?: Record<string, string | number | boolean>;
+  server?: Record<string, TomlValue>;
   /**
    * The [limits] section. Authentication-failure cool-downs are off unless a test sets them:
    * many tests fail logins on purpose from 127.0.0.1 and would otherwise lock each other out.
@@ -86,7 +86,7 @@ export function configToml(spec: ProxySpec, certs: DevCerts, port = 0): string {
     `require_tls = ${spec.requireTls ?? true}`,
     `sni_suffix = "${SNI_SUFFIX}"`,
     // One process unless a test asks for workers (workers.test.ts): the others test other things.
-    ...Object.entries({ workers: 1, ...spec.server }).map(([k, v]) => `${k} = ${typeof v === 'string' ? q(v) : String(v)}`),
+    ...Object.entries({ workers: 1, ...spec.server }).map(([k, v]) => `${k} = ${typeof v === 'string' ? q(v) : Array.isArray(v) ? JSON.stringify(v) : String(v)}`),
   ];
   const kv = (rec: Record<string, TomlValue>): string[] =>
     Object.entries(rec).map(([k, v]) => `${k} = ${typeof v === 'string' ? q(v) : Array.isArray(v) ? JSON.stringify(v) : String(v)}`);

@@ -362,3 +362,30 @@ describe('parseDurationMs', () => {
     for (const v of ['30', '30 sec', 's', '-1s', '', -1, 1.5, true, null]) assert.equal(parseDurationMs(v), undefined, String(v));
   });
 });
+
+describe('config: [server] proxy_protocol', () => {
+  const withProxy = (lines: string): string => MINIMAL.replace('require_tls = false\n', `require_tls = false\n${lines}\n`);
+
+  it('is off by default, with no trusted balancers', () => {
+    const c = parseConfigText(MINIMAL, BASE_DIR);
+    assert.equal(c.server.proxyProtocol, 'off');
+    assert.deepEqual(c.server.proxyProtocolTrusted, []);
+  });
+
+  it('"v2" with trusted CIDRs: a BlockList of the balancers', () => {
+    const c = parseConfigText(withProxy('proxy_protocol = "v2"\nproxy_protocol_trusted = ["10.0.0.0/8", "fd00::1"]'), BASE_DIR);
+    assert.equal(c.server.proxyProtocol, 'v2');
+    assert.deepEqual(c.server.proxyProtocolTrusted, ['10.0.0.0/8', 'fd00::1']);
+    assert.equal(c.server.proxyProtocolTrustedList.check('10.1.2.3', 'ipv4'), true);
+    assert.equal(c.server.proxyProtocolTrustedList.check('11.1.2.3', 'ipv4'), false);
+    assert.equal(c.server.proxyProtocolTrustedList.check('fd00::1', 'ipv6'), true);
+  });
+
+  it('names each problem by its key', () => {
+    assertProblemAt(withProxy('proxy_protocol = "v1"'), 'server.proxy_protocol');
+    assert.match(assertProblemAt(withProxy('proxy_protocol = "v2"'), 'server.proxy_protocol_trusted'), /load balancers/);
+    assert.match(assertProblemAt(withProxy('proxy_protocol = "v2"\nproxy_protocol_trusted = ["10.0.0.0/33"]'), 'server.proxy_protocol_trusted'), /not a CIDR/);
+    assertProblemAt(withProxy('proxy_protocol = "v2"\nproxy_protocol_trusted = "10.0.0.0/8"'), 'server.proxy_protocol_trusted');
+    assertProblemAt(withProxy('proxy_protocol_trusted = ["10.0.0.0/8"]'), 'server.proxy_protocol_trusted');
+  });
+});

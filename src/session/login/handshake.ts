@@ -14,6 +14,7 @@ import type { TlsMaterial } from '../../net/tls.js';
 import type { ClientConn } from '../client-conn.js';
 import type { SessionContext } from '../context.js';
 import { tenantFromSni } from '../../routing/resolve.js';
+import { PROXY_V2_SIGNATURE } from '../../protocol/proxy-v2.js';
 
 /** First byte of a TLS record carrying a handshake (ClientHello). */
 const TLS_HANDSHAKE = 0x16;
@@ -35,6 +36,8 @@ export type HandshakeResult =
 
 export interface HandshakeDeps {
   readonly tls: TlsMaterial | null;
+  /** proxy_protocol is on and the peer is not a trusted balancer: a PROXY header is refused. */
+  readonly refuseProxyHeader: boolean;
   /** The TLS handshake starts or ends (the session writes its phase). */
   readonly onTlsPhase: (inHandshake: boolean) => void;
   /** Called with the SNI name mid-handshake; an Error refuses it before the costly part. */
@@ -44,6 +47,9 @@ export interface HandshakeDeps {
 }
 
 export async function handshake(conn: ClientConn, deps: HandshakeDeps, facts: TlsFacts): Promise<HandshakeResult> {
+  // A PROXY v2 signature starts with 0x0D, which no startup packet (length ≤ 10 000), SSLRequest or
+  // ClientHello does: the first byte is enough. Only a trusted balancer may say who the client is.
+  if (deps.refuseProxyHeader && (await conn.firstByte()) === PROXY_V2_SIGNATURE[0]) return { kind: 'refused', reason: 'proxy_protocol:untrusted' };
   // Direct TLS (PostgreSQL 17): a ClientHello instead of a startup packet.
   if (deps.tls !== null && (await conn.firstByte()) === TLS_HANDSHAKE) {
     const refused = await secure(conn, deps, deps.tls, conn.reader.drain(), facts);
