@@ -20,6 +20,7 @@ import { startCluster, readVerifier, type Cluster } from '../test/support/cluste
 import { spawnProxy, testCerts } from '../test/support/proxy.js';
 import { decodeError, startupMessage, Wire } from '../test/support/wire.js';
 import { mannWhitneyP, median, percentileSorted } from '../bench/lib/stats.js';
+import { AUTH_QUERY_FUNCTION_SQL } from '../test/support/auth-query-function.js';
 
 interface Kind {
   name: string;
@@ -50,13 +51,7 @@ const AUTH_PASSWORD = 'enum-timing-auth';
 async function setUpAuthQuery(cluster: Cluster): Promise<void> {
   for (const sql of [
     `CREATE ROLE pgwarden_auth LOGIN PASSWORD '${AUTH_PASSWORD}'`,
-    'CREATE SCHEMA pgwarden',
-    `CREATE FUNCTION pgwarden.get_auth(p_usename text) RETURNS TABLE(usename name, passwd text, valuntil timestamptz)
-       LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog
-       AS $$ SELECT usename, passwd, valuntil FROM pg_shadow WHERE usename = p_usename $$`,
-    'REVOKE ALL ON FUNCTION pgwarden.get_auth(text) FROM PUBLIC',
-    'GRANT USAGE ON SCHEMA pgwarden TO pgwarden_auth',
-    'GRANT EXECUTE ON FUNCTION pgwarden.get_auth(text) TO pgwarden_auth',
+    ...AUTH_QUERY_FUNCTION_SQL,
     "CREATE ROLE aq_role LOGIN PASSWORD 'aq-pass'",
     `CREATE ROLE aq_md5 LOGIN PASSWORD 'md5${createHash('md5').update('aq-passaq_md5').digest('hex')}'`,
     "CREATE ROLE aq_expired LOGIN PASSWORD 'aq-pass' VALID UNTIL '2001-01-01 00:00:00+00'",

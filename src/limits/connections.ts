@@ -35,16 +35,13 @@ export class PreauthLimiter {
 
   tryAcquire(source: string, maxTotal: number, maxPerSource: number): Lease | null {
     if (this.total >= maxTotal) return null;
-    const lease = tryAcquire(this.bySource, source, maxPerSource);
-    if (lease === null) return null;
-    this.total++;
-    let released = false;
+    const perSource = tryAcquire(this.bySource, source, maxPerSource);
+    if (perSource === null) return null;
+    const global = this.tryAcquireGlobal(maxTotal)!; // below the cap: checked above
     return {
       release: () => {
-        if (released) return;
-        released = true;
-        this.total--;
-        lease.release();
+        global.release();
+        perSource.release();
       },
     };
   }

@@ -15,20 +15,13 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { waitFor } from '../support/wait.js';
+import { AUTH_QUERY_FUNCTION_SQL } from '../support/auth-query-function.js';
 
 const AUTH_PW_ENV = 'PGWARDEN_TEST_AUTH_QUERY_PW';
 const AUTH_PW = 'auth-secret';
 
 /** The README's function, as a superuser runs it in the tenant's database. */
-const SETUP = [
-  'CREATE SCHEMA pgwarden',
-  `CREATE FUNCTION pgwarden.get_auth(p_usename text) RETURNS TABLE(usename name, passwd text, valuntil timestamptz)
-     LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog
-     AS $$ SELECT usename, passwd, valuntil FROM pg_shadow WHERE usename = p_usename $$`,
-  'REVOKE ALL ON FUNCTION pgwarden.get_auth(text) FROM PUBLIC',
-  'GRANT USAGE ON SCHEMA pgwarden TO pgwarden_auth',
-  'GRANT EXECUTE ON FUNCTION pgwarden.get_auth(text) TO pgwarden_auth',
-];
+const SETUP = AUTH_QUERY_FUNCTION_SQL;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
