@@ -30,6 +30,12 @@ function histogramOf(tenant: TenantConfig): ReadonlyMap<number, number> {
   return h;
 }
 
+/** Adds histogram `h` into `counts`. */
+function addInto(counts: Map<number, number>, h: ReadonlyMap<number, number>): Map<number, number> {
+  for (const [iterations, c] of h) counts.set(iterations, (counts.get(iterations) ?? 0) + c);
+  return counts;
+}
+
 /** auth_query: the tenant's server is asked for roles not in `users`; null when no tenant uses it. */
 export interface Lookups {
   readonly lookups: AuthLookups;
@@ -68,9 +74,7 @@ export class ConfiguredVerifiers implements VerifierSource {
   private mockIterationsFor(tenant: TenantConfig | undefined): number {
     const seen = tenant?.authQuery === undefined ? undefined : this.lookups?.lookups.iterationsSeen(tenant.id);
     if (seen === undefined || seen.size === 0) return this.mockIterations(tenant);
-    const counts = new Map(histogramOf(tenant!));
-    for (const [iterations, c] of seen) counts.set(iterations, (counts.get(iterations) ?? 0) + c);
-    return typicalIterations(counts);
+    return typicalIterations(addInto(new Map(histogramOf(tenant!)), seen));
   }
 
   /** Computed once per tenant (or config) and kept, never per login. */
@@ -79,9 +83,7 @@ export class ConfiguredVerifiers implements VerifierSource {
     let n = MOCK_ITERATIONS.get(key);
     if (n === undefined) {
       const counts = new Map<number, number>();
-      for (const t of tenant === undefined ? this.config.tenants.values() : [tenant]) {
-        for (const [iterations, c] of histogramOf(t)) counts.set(iterations, (counts.get(iterations) ?? 0) + c);
-      }
+      for (const t of tenant === undefined ? this.config.tenants.values() : [tenant]) addInto(counts, histogramOf(t));
       n = typicalIterations(counts);
       MOCK_ITERATIONS.set(key, n);
     }
