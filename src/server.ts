@@ -25,6 +25,7 @@ import { RevocationSet, revocationTtlMs, type StaffRevocation } from './admin/re
 import { ClientSession, type SessionOrigin } from './session/client-session.js';
 import { isTrustedPeer, peerAddress, readProxyHeader, type ClientAddress } from './net/proxy-header.js';
 import type { SessionContext } from './session/context.js';
+import { handleIoUnavailable, type RelayIoMode } from './net/socket-io.js';
 import { SessionRegistry } from './session/registry.js';
 import type { UpstreamTarget } from './pool/upstream.js';
 import { PoolManager } from './pool/backend-pool.js';
@@ -154,7 +155,11 @@ export class Proxy {
     proxy.sessions.startSweeper(() => proxy.ctx.config.tenants);
     await proxy.listen(config);
     proxy.audit.append({ event: 'proxy.lifecycle', state: 'started', instance_id: proxy.instanceId, listen: proxy.address });
-    log.info({ listen: proxy.address, metrics: proxy.metricsAddress, tenants: config.tenants.size }, 'pgwarden started');
+    const io = relayIoMode(config);
+    log.info(
+      { listen: proxy.address, metrics: proxy.metricsAddress, tenants: config.tenants.size, relayIo: io, ...(io === 'stream' && config.server.relayIo === 'auto' ? { why: handleIoUnavailable() } : {}) },
+      'pgwarden started',
+    );
     return proxy;
   }
 
@@ -209,6 +214,7 @@ export class Proxy {
       rejections: this.rejections,
       metrics: this.metrics,
       log: this.log,
+      relayIo: relayIoMode(config),
       mockSecret: kept?.mockSecret ?? mockSecretFor(config),
       authLookups: this.authLookups,
       staffVerifier: kept !== undefined ? kept.staffVerifier : config.staff === undefined ? null : new StaffTokenVerifier(config.staff),
@@ -470,4 +476,9 @@ function loadTls(config: Config): TlsMaterial | null {
   const s = config.server;
   if (s.tlsCertPath === undefined || s.tlsKeyPath === undefined) return null;
   return loadTlsMaterial(s.tlsCertPath, s.tlsKeyPath, s.tlsMinVersion);
+}
+
+/** The relay's I/O: the handles' unless the configuration says streams or this Node lacks what handle I/O needs. */
+function relayIoMode(config: Config): RelayIoMode {
+  return config.server.relayIo === 'stream' || handleIoUnavailable() !== null ? 'stream' : 'handle';
 }

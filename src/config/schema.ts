@@ -224,6 +224,11 @@ export interface Config {
     readonly mockSecretEnv: string | undefined;
     /** Worker processes sharing the listen socket (1 = serve in this process). */
     readonly workers: number;
+    /**
+     * How the relay moves bytes: "auto" reads and writes through the sockets' native handles
+     * (net/socket-io.ts) where this Node has what that needs, "stream" through Node's streams.
+     */
+    readonly relayIo: 'auto' | 'stream';
     /** "v2": connections from `proxyProtocolTrusted` start with a PROXY protocol v2 header naming the client. */
     readonly proxyProtocol: 'off' | 'v2';
     /** The load balancers' CIDRs, as written and as a BlockList (empty when off). */

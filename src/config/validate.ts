@@ -71,7 +71,7 @@ function readServer(r: Reader, tree: Tree, resolvePath: (p: string) => string): 
   const s = r.section(tree, 'server', 'server', [
     'listen', 'tls_cert', 'tls_key', 'tls_min_version', 'require_tls', 'sni_suffix', 'tenant_in_user', 'default_tenant', 'auth_timeout',
     'shutdown_timeout', 'max_preauth_connections', 'max_preauth_per_source', 'backend_connect_timeout', 'mock_secret_env', 'workers',
-    'proxy_protocol', 'proxy_protocol_trusted',
+    'proxy_protocol', 'proxy_protocol_trusted', 'relay_io',
   ], true);
   const listen = r.listen(s, 'listen', 'server', '127.0.0.1:6432');
   const tlsCert = r.str(s, 'tls_cert', 'server');
@@ -116,6 +116,7 @@ function readServer(r: Reader, tree: Tree, resolvePath: (p: string) => string): 
     // One worker per core by default (each is a process; the primary only coordinates).
     workers: r.int(s, 'workers', 'server', availableParallelism(), 1, 256),
     proxyProtocol,
+    relayIo: r.oneOf(s, 'relay_io', 'server', ['auto', 'stream'] as const, 'auto'),
     proxyProtocolTrusted,
     proxyProtocolTrustedList: readCidrList(r, proxyProtocolTrusted, 'server', 'proxy_protocol_trusted'),
   };

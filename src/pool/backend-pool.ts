@@ -112,9 +112,17 @@ export class TenantPool {
       return;
     }
     b.state = 'resetting';
+    // The relay's last writes go out before anything the pool writes (a TLS socket takes one write at a time).
+    const io = b.io;
+    if (io !== null && io.busy) io.whenFlushed(() => this.afterRelay(b, reset));
+    else this.afterRelay(b, reset);
+  }
+
+  private afterRelay(b: Backend, reset: boolean): void {
     b.afterCancels(() => {
       if (b.state === 'closed') return;
-      if (reset) this.reset(b);
+      if (b.socket.destroyed) this.destroy(b);
+      else if (reset) this.reset(b);
       else this.makeIdle(b);
     });
   }
@@ -130,7 +138,8 @@ export class TenantPool {
       if (pool !== undefined) removeIdle(pool, b);
     }
     b.unwatch();
-    if (!b.socket.destroyed) b.socket.end(TERMINATE);
+    // Terminate, unless a relay's write is still in flight: the stream may not write under it.
+    if (!b.socket.destroyed && b.io?.busy !== true) b.socket.end(TERMINATE);
     b.socket.destroy();
     this.total--;
     this.serviceWaiters();

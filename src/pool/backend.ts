@@ -8,6 +8,7 @@ import { Backend as B, Limits, TxStatus } from '../protocol/codes.js';
 import { FrameScanner, type ScanHandler } from '../protocol/frame-reader.js';
 import { DISCARD_ALL } from '../protocol/frontend.js';
 import type { UpstreamConnection } from './upstream.js';
+import type { SocketIo } from '../net/socket-io.js';
 
 /** One logged-in server connection. `state` changes only in backend-pool.ts. */
 export class Backend {
@@ -22,6 +23,8 @@ export class Backend {
   readonly prepared = new Set<string>();
   /** Listeners the pool attaches while the backend is idle or resetting (removed one by one, never all). */
   watchers: { data: (chunk: Buffer) => void; close: () => void } | null = null;
+  /** The relay's I/O on this socket, made by the first relay that takes it and kept (net/socket-io.ts). */
+  io: SocketIo | null = null;
 
   constructor(
     readonly conn: UpstreamConnection,

@@ -11,6 +11,7 @@ import { FrameReader, type Frame } from '../protocol/frame-reader.js';
 import { PrefixedStream } from '../net/prefixed-stream.js';
 import type { ClientAddress } from '../net/proxy-header.js';
 import type { Notice } from './types.js';
+import { socketIo, type IoSink, type RelayIoMode, type SocketIo } from '../net/socket-io.js';
 
 /** After a FATAL is written, how long the peer gets to read it before the socket is destroyed. */
 const CLOSE_GRACE_MS = 5_000;
@@ -32,7 +33,6 @@ export interface ClientListeners {
   readonly data: (chunk: Buffer) => void;
   readonly error: (err: Error) => void;
   readonly close: () => void;
-  readonly drain: () => void;
 }
 
 export interface TlsUpgrade {
@@ -52,6 +52,8 @@ export class ClientConn {
   readonly via: ClientAddress['via'];
   /** Bytes read from the client before the relay took over. */
   bytesIn = 0;
+  /** The relay's I/O on the socket once the relay took it (its drain goes to the relay). */
+  private io: SocketIo | null = null;
   private wake: (() => void) | null = null;
 
   constructor(
@@ -140,15 +142,42 @@ export class ClientConn {
     return secure;
   }
 
-  /** Hands the socket to the relay: from now on its data goes to `onData`; the other listeners stay. */
-  handOver(onData: (chunk: Buffer) => void): Buffer {
-    this.sock.removeListener('data', this.listeners.data);
-    this.sock.on('data', onData);
-    return this.reader.drain();
+  /** The I/O the relay will read and write the socket with (net/socket-io.ts). */
+  relayIo(mode: RelayIoMode): SocketIo {
+    return (this.io = socketIo(this.sock, mode));
   }
 
-  /** Ends the connection as `notice` says: a FATAL (then a grace to read it), a plain end, a reset, or nothing. */
+  /**
+   * Hands the socket to the relay: from now on its bytes go to `sink`; error and close stay the
+   * session's. Returns what was read and not yet consumed, for the relay to take first.
+   */
+  handOver(sink: IoSink): Buffer {
+    this.sock.removeListener('data', this.listeners.data);
+    const fromReader = this.reader.drain();
+    const fromSocket = this.io!.start(sink);
+    if (fromSocket === null) return fromReader;
+    this.bytesIn += fromSocket.length;
+    return fromReader.length === 0 ? fromSocket : Buffer.concat([fromReader, fromSocket]);
+  }
+
+  /**
+   * Ends the connection as `notice` says: a FATAL (then a grace to read it), a plain end, a reset, or
+   * nothing. The relay's last writes go first: the stream may not write while one is in flight.
+   */
   endWith(notice: Notice): void {
+    const io = this.io;
+    if (io !== null) {
+      this.io = null;
+      io.stop();
+      if (notice !== 'none' && notice !== 'destroy' && io.busy) {
+        io.whenFlushed(() => this.endNow(notice));
+        return;
+      }
+    }
+    this.endNow(notice);
+  }
+
+  private endNow(notice: Notice): void {
     const sock = this.sock;
     if (notice === 'none') return;
     if (notice === 'destroy') {
@@ -188,13 +217,11 @@ export class ClientConn {
     s.on('data', this.listeners.data);
     s.on('error', this.listeners.error);
     s.on('close', this.listeners.close);
-    s.on('drain', this.listeners.drain);
   }
 
   private unlisten(s: Socket): void {
     s.removeListener('data', this.listeners.data);
     s.removeListener('error', this.listeners.error);
     s.removeListener('close', this.listeners.close);
-    s.removeListener('drain', this.listeners.drain);
   }
 }

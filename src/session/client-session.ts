@@ -84,7 +84,7 @@ export class ClientSession implements TrafficSource, RelayHost {
     this.conn = new ClientConn(
       socket,
       origin.client,
-      { data: this.onClientData, error: this.onClientError, close: this.onClientClose, drain: this.onClientDrain },
+      { data: this.onClientData, error: this.onClientError, close: this.onClientClose },
       this.abort.signal,
     );
     this.source = sourceKey(this.conn.remoteAddress);
@@ -229,7 +229,8 @@ export class ClientSession implements TrafficSource, RelayHost {
       audit,
       bytesBefore: this.conn.bytesIn,
     };
-    const relay = up.transactionMode ? new TransactionRelay(this, this.conn.sock, setup) : new SessionRelay(this, this.conn.sock, setup);
+    const io = this.conn.relayIo(ctx.relayIo);
+    const relay = up.transactionMode ? new TransactionRelay(this, io, setup) : new SessionRelay(this, io, setup);
     this.relay = relay;
     this.setPhase('relaying');
     ctx.audit.append(
@@ -257,7 +258,7 @@ export class ClientSession implements TrafficSource, RelayHost {
     );
 
     // Bytes the client pipelined behind its login go first; a bad frame among them ends the session here.
-    relay.start(backend, this.conn.handOver(relay.onClientData));
+    relay.start(backend, this.conn.handOver(relay.clientSink));
   }
 
   // ---------------------------------------------------------------- phase and the one close
@@ -374,8 +375,6 @@ export class ClientSession implements TrafficSource, RelayHost {
   private readonly onClientData = (chunk: Buffer): void => {
     if (!this.closed) this.conn.push(chunk); // after close: reading on only to see the peer's FIN
   };
-
-  private readonly onClientDrain = (): void => this.relay?.onClientDrain();
 
   private readonly onClientError = (err: Error): void => {
     if (this.currentPhase === 'tls_handshake') {

@@ -4,6 +4,7 @@
  */
 import type { Config, TenantConfig } from '../config/schema.js';
 import type { TlsMaterial } from '../net/tls.js';
+import type { RelayIoMode } from '../net/socket-io.js';
 import type { CancelRegistry } from '../cancel/registry.js';
 import type { LimitStore } from '../limits/store.js';
 import type { BandwidthRegistry } from '../limits/bandwidth.js';
@@ -30,6 +31,8 @@ export interface SessionContext {
   readonly rejections: RejectionAggregator;
   readonly metrics: Metrics;
   readonly log: Logger;
+  /** How relays move bytes (net/socket-io.ts): decided once from [server] relay_io and this Node. */
+  readonly relayIo: RelayIoMode;
   /** Staff JWT verification ([staff]); null when staff access is off. */
   readonly staffVerifier: StaffTokenVerifier | null;
   /** Key for deterministic mock SCRAM salts (SECURITY.md rule 3). */

@@ -7,8 +7,11 @@ import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import type { Socket } from 'node:net';
 import { BackendHold, ClientHold, Flow } from '../../src/session/relay/flow.js';
+import { socketIo, type SocketIo } from '../../src/net/socket-io.js';
 
 const socket = (): Socket => new PassThrough() as unknown as Socket;
+/** The stream path's I/O over a stand-in socket: Flow pauses and resumes through it. */
+const io = (s: Socket): SocketIo => socketIo(s, 'stream');
 
 /** Every order of the given items. */
 function permutations<T>(items: readonly T[]): T[][] {
@@ -27,11 +30,11 @@ describe('Flow: client holds', () => {
   it('start() reads the client when nothing holds it, and not when something does', () => {
     const free = socket();
     free.pause();
-    new Flow(free).start();
+    new Flow(io(free)).start();
     assert.equal(free.isPaused(), false);
 
     const held = socket();
-    const f = new Flow(held);
+    const f = new Flow(io(held));
     f.holdClient(ClientHold.Acquiring);
     f.start();
     assert.equal(held.isPaused(), true);
@@ -42,7 +45,7 @@ describe('Flow: client holds', () => {
   it('resumes the client only when every hold is released, in any order', () => {
     for (const order of permutations(CLIENT_HOLDS)) {
       const client = socket();
-      const f = new Flow(client);
+      const f = new Flow(io(client));
       f.start();
       for (const h of CLIENT_HOLDS) f.holdClient(h);
       assert.equal(client.isPaused(), true);
@@ -58,7 +61,7 @@ describe('Flow: client holds', () => {
 
   it('a release of a hold not set resumes nothing', () => {
     const client = socket();
-    const f = new Flow(client);
+    const f = new Flow(io(client));
     f.holdClient(ClientHold.Audit);
     f.releaseClient(ClientHold.Throttled);
     f.releaseClient(ClientHold.BackendFull);
@@ -68,7 +71,7 @@ describe('Flow: client holds', () => {
 
   it('holding twice for the same reason needs one release', () => {
     const client = socket();
-    const f = new Flow(client);
+    const f = new Flow(io(client));
     f.holdClient(ClientHold.Throttled);
     f.holdClient(ClientHold.Throttled);
     f.releaseClient(ClientHold.Throttled);
@@ -78,9 +81,9 @@ describe('Flow: client holds', () => {
   it('client holds do not touch the backend, and backend holds do not touch the client', () => {
     const client = socket();
     const backend = socket();
-    const f = new Flow(client);
+    const f = new Flow(io(client));
     f.start();
-    f.attach(backend);
+    f.attach(io(backend));
     f.holdClient(ClientHold.Audit);
     assert.equal(backend.isPaused(), false);
     f.holdBackend(BackendHold.ClientFull);
@@ -94,8 +97,8 @@ describe('Flow: backend holds', () => {
   it('resumes the backend only when every hold is released, in any order', () => {
     for (const order of permutations(BACKEND_HOLDS)) {
       const backend = socket();
-      const f = new Flow(socket());
-      f.attach(backend);
+      const f = new Flow(io(socket()));
+      f.attach(io(backend));
       assert.equal(backend.isPaused(), false);
       for (const h of BACKEND_HOLDS) f.holdBackend(h);
       assert.equal(backend.isPaused(), true);
@@ -107,34 +110,34 @@ describe('Flow: backend holds', () => {
   });
 
   it('attach of a backend while a backend hold is set leaves it paused until the hold goes', () => {
-    const f = new Flow(socket());
+    const f = new Flow(io(socket()));
     f.holdBackend(BackendHold.Throttled); // no backend yet (transaction mode between transactions)
     const backend = socket();
-    f.attach(backend);
+    f.attach(io(backend));
     assert.equal(backend.isPaused(), true);
     f.releaseBackend(BackendHold.Throttled);
     assert.equal(backend.isPaused(), false);
   });
 
   it('attach resumes a backend that arrives paused when nothing holds it', () => {
-    const f = new Flow(socket());
+    const f = new Flow(io(socket()));
     const backend = socket();
     backend.pause(); // as the pool leaves an idle backend
-    f.attach(backend);
+    f.attach(io(backend));
     assert.equal(backend.isPaused(), false);
   });
 
   it('detach releases BackendFull on the client, and leaves the other client holds', () => {
     const client = socket();
-    const f = new Flow(client);
+    const f = new Flow(io(client));
     f.start();
-    f.attach(socket());
+    f.attach(io(socket()));
     f.holdClient(ClientHold.BackendFull);
     f.detach();
     assert.equal(f.clientHeld(ClientHold.BackendFull), false);
     assert.equal(client.isPaused(), false);
 
-    f.attach(socket());
+    f.attach(io(socket()));
     f.holdClient(ClientHold.BackendFull);
     f.holdClient(ClientHold.Throttled);
     f.detach();
@@ -143,14 +146,14 @@ describe('Flow: backend holds', () => {
   });
 
   it('after detach, backend holds and releases no longer reach the old backend', () => {
-    const f = new Flow(socket());
+    const f = new Flow(io(socket()));
     const old = socket();
-    f.attach(old);
+    f.attach(io(old));
     f.detach();
     f.holdBackend(BackendHold.ClientFull);
     assert.equal(old.isPaused(), false);
     const next = socket();
-    f.attach(next);
+    f.attach(io(next));
     assert.equal(next.isPaused(), true, 'the hold carries over to the next backend');
     old.pause();
     f.releaseBackend(BackendHold.ClientFull);
@@ -163,9 +166,9 @@ describe('Flow: stop', () => {
   it('after stop(), releasing the last hold resumes neither socket', () => {
     const client = socket();
     const backend = socket();
-    const f = new Flow(client);
+    const f = new Flow(io(client));
     f.start();
-    f.attach(backend);
+    f.attach(io(backend));
     f.holdClient(ClientHold.Audit);
     f.holdBackend(BackendHold.ClientFull);
     f.stop();
@@ -178,9 +181,9 @@ describe('Flow: stop', () => {
 
   it('after stop(), detach releasing BackendFull does not resume the client', () => {
     const client = socket();
-    const f = new Flow(client);
+    const f = new Flow(io(client));
     f.start();
-    f.attach(socket());
+    f.attach(io(socket()));
     f.holdClient(ClientHold.BackendFull);
     f.stop();
     f.detach();
@@ -189,7 +192,7 @@ describe('Flow: stop', () => {
 
   it('after stop(), new holds still pause', () => {
     const client = socket();
-    const f = new Flow(client);
+    const f = new Flow(io(client));
     f.start();
     f.stop();
     f.holdClient(ClientHold.Throttled);

@@ -7,6 +7,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
+import { socketIo, type SocketIo } from '../../src/net/socket-io.js';
 import { pino } from 'pino';
 import { SessionRelay } from '../../src/session/relay/session-relay.js';
 import { TransactionRelay } from '../../src/session/relay/transaction-relay.js';
@@ -52,6 +53,10 @@ class MemorySocket extends Duplex {
   asSocket(): Socket {
     return this as unknown as Socket;
   }
+  /** The stream path's I/O over this socket, as a relay takes its client. */
+  asIo(): SocketIo {
+    return socketIo(this.asSocket(), 'stream');
+  }
 }
 
 /** What relay.ts uses of a pooled backend. */
@@ -59,6 +64,7 @@ class FakeBackend {
   readonly socket = new MemorySocket();
   readonly processId = 4242;
   readonly prepared = new Set<string>();
+  io: SocketIo | null = null;
   readonly conn = { secretKey: Buffer.alloc(4, 7), txStatus: TxStatus.Idle, parameters: new Map<string, string>(), tlsVersion: null, socket: this.socket };
   cancels = 0;
   cancelStarted(): void {
@@ -126,7 +132,7 @@ class Host implements RelayHost {
 }
 
 function setup(pool: FakePool, sessionState: 'pin' | 'refuse' = 'pin', audit: RelaySetup['audit'] = null): RelaySetup {
-  const ctx = { metrics: new Metrics(), log: pino({ level: 'silent' }), config: {}, upstreamTarget: () => ({}) };
+  const ctx = { metrics: new Metrics(), log: pino({ level: 'silent' }), relayIo: 'stream', config: {}, upstreamTarget: () => ({}) };
   const tenant = { id: 'acme', limits: { maxMessageBytes: 1 << 20 }, pool: { sessionState } };
   return {
     ctx: ctx as unknown as RelaySetup['ctx'],
@@ -149,7 +155,7 @@ function sessionMode(): { relay: SessionRelay; host: Host; pool: FakePool; clien
   const host = new Host();
   const client = new MemorySocket();
   const backend = new FakeBackend();
-  const relay = new SessionRelay(host, client.asSocket(), setup(pool));
+  const relay = new SessionRelay(host, client.asIo(), setup(pool));
   host.relay = relay;
   relay.start(backend as unknown as Parameters<SessionRelay['start']>[0], EMPTY);
   return { relay, host, pool, client, backend };
@@ -159,7 +165,7 @@ function transactionMode(sessionState: 'pin' | 'refuse' = 'pin'): { relay: Trans
   const pool = new FakePool();
   const host = new Host();
   const client = new MemorySocket();
-  const relay = new TransactionRelay(host, client.asSocket(), setup(pool, sessionState));
+  const relay = new TransactionRelay(host, client.asIo(), setup(pool, sessionState));
   host.relay = relay;
   relay.start(null, EMPTY);
   return { relay, host, pool, client };
@@ -219,7 +225,7 @@ describe('SessionRelay', () => {
     const pool = new FakePool();
     const host = new Host();
     const backend = new FakeBackend();
-    const relay = new SessionRelay(host, new MemorySocket().asSocket(), setup(pool));
+    const relay = new SessionRelay(host, new MemorySocket().asIo(), setup(pool));
     host.relay = relay;
     const early = query('SELECT 1');
     relay.start(backend as unknown as Parameters<SessionRelay['start']>[0], early);
@@ -624,7 +630,7 @@ describe('SessionRelay with statement audit', () => {
     };
     const client = new MemorySocket();
     const backend = new FakeBackend();
-    const relay = new SessionRelay(host, client.asSocket(), setup(pool, 'pin', { auditor, failClosed, readOnly: false }));
+    const relay = new SessionRelay(host, client.asIo(), setup(pool, 'pin', { auditor, failClosed, readOnly: false }));
     host.relay = relay;
     relay.start(backend as unknown as Parameters<SessionRelay['start']>[0], EMPTY);
     return { relay, host, client, backend, durable };

@@ -4,7 +4,7 @@
  * backend is read while nothing holds it (its bandwidth budget, a client that takes no more).
  * One place decides resume, so no path can resume past a hold another path set.
  */
-import type { Socket } from 'node:net';
+import type { SocketIo } from '../../net/socket-io.js';
 
 export const ClientHold = {
   /** The tenant's client-to-server bandwidth budget is spent. */
@@ -27,11 +27,11 @@ export const BackendHold = {
 export class Flow {
   private clientHolds = 0;
   private backendHolds = 0;
-  private backend: Socket | null = null;
+  private backend: SocketIo | null = null;
   /** Once stopped (the session ended), nothing is resumed. */
   private stopped = false;
 
-  constructor(private readonly client: Socket) {}
+  constructor(private readonly client: SocketIo) {}
 
   holdClient(reason: number): void {
     this.clientHolds |= reason;
@@ -65,7 +65,7 @@ export class Flow {
   }
 
   /** A backend now serves the client: read it unless a hold says otherwise. */
-  attach(backend: Socket): void {
+  attach(backend: SocketIo): void {
     this.backend = backend;
     if (this.backendHolds === 0) backend.resume();
     else backend.pause();

@@ -6,7 +6,7 @@
  * itself: it tells its host (the session), which alone closes. Per-frame work stays synchronous
  * and allocates no closures (STYLE.md §2).
  */
-import type { Socket } from 'node:net';
+import { socketIo, type IoSink, type SocketIo } from '../../net/socket-io.js';
 import type { LimitSettings, TenantConfig } from '../../config/schema.js';
 import { Errors, frameError, PgError } from '../../errors.js';
 import type { Backend as PooledBackend, TenantPool } from '../../pool/backend-pool.js';
@@ -68,10 +68,15 @@ export abstract class Relay implements AuditGateHost {
   private readonly upRate: ByteRate | null;
   private readonly downRate: ByteRate | null;
   private readonly stall = new SendStall();
+  /** The backend's I/O while attached (the backend keeps it across transactions and sessions). */
+  protected backendIo: SocketIo | null = null;
+  /** What the client's socket delivers: its bytes, and that its writes drained. */
+  readonly clientSink: IoSink;
+  private readonly backendSink: IoSink;
 
   constructor(
     protected readonly host: RelayHost,
-    protected readonly client: Socket,
+    protected readonly client: SocketIo,
     s: RelaySetup,
   ) {
     this.ctx = s.ctx;
@@ -84,6 +89,8 @@ export abstract class Relay implements AuditGateHost {
     this.downRate = s.rates?.serverToClient ?? null;
     this.bytesIn = s.bytesBefore;
     this.flow = new Flow(client);
+    this.clientSink = { onData: this.onClientData, onDrain: this.onClientDrain };
+    this.backendSink = { onData: this.onBackendData, onDrain: this.onBackendDrain };
     this.state = new ProtocolState(s.txStatus, this.onIdentityParameter);
     this.gate = s.audit === null ? null : new AuditGate(s.audit.auditor, s.audit.failClosed, s.audit.readOnly, this);
     const now = performance.now();
@@ -153,9 +160,19 @@ export abstract class Relay implements AuditGateHost {
     if (!this.client.write(chunk)) this.flow.holdBackend(BackendHold.ClientFull);
   }
 
+  /** Writes frames to the client as one batch; a full client socket holds the backend until it drains. */
+  protected allToClient(chunks: readonly Buffer[]): void {
+    if (!this.client.writeAll(chunks)) this.flow.holdBackend(BackendHold.ClientFull);
+  }
+
   /** Writes to the backend; a full backend socket holds the client until it drains. */
   protected toBackend(chunk: Buffer): void {
-    if (!this.backend!.socket.write(chunk)) this.flow.holdClient(ClientHold.BackendFull);
+    if (!this.backendIo!.write(chunk)) this.flow.holdClient(ClientHold.BackendFull);
+  }
+
+  /** Writes frames to the backend as one batch; a full backend socket holds the client until it drains. */
+  protected allToBackend(chunks: readonly Buffer[]): void {
+    if (!this.backendIo!.writeAll(chunks)) this.flow.holdClient(ClientHold.BackendFull);
   }
 
   /** A backend that broke the protocol: what was well-formed went out; end at a boundary if there is one. */
@@ -186,11 +203,12 @@ export abstract class Relay implements AuditGateHost {
 
   protected attach(backend: PooledBackend): void {
     this.backend = backend;
-    const up = backend.socket;
-    up.on('data', this.onBackendData);
-    up.on('close', this.onBackendClose);
-    up.on('drain', this.onBackendDrain);
-    this.flow.attach(up);
+    const io = (backend.io ??= socketIo(backend.socket, this.ctx.relayIo));
+    this.backendIo = io;
+    backend.socket.on('close', this.onBackendClose);
+    const early = io.start(this.backendSink);
+    this.flow.attach(io);
+    if (early !== null) this.onBackendData(early);
   }
 
   /** Takes the backend off this session; it goes back to the pool (reset first when asked) or is closed. */
@@ -198,10 +216,9 @@ export abstract class Relay implements AuditGateHost {
     const b = this.backend;
     if (b === null) return;
     this.backend = null;
-    const up = b.socket;
-    up.removeListener('data', this.onBackendData);
-    up.removeListener('close', this.onBackendClose);
-    up.removeListener('drain', this.onBackendDrain);
+    this.backendIo = null;
+    b.socket.removeListener('close', this.onBackendClose);
+    b.io!.stop();
     this.flow.detach();
     this.pool.release(b, reusable, reset);
   }
@@ -265,12 +282,12 @@ export abstract class Relay implements AuditGateHost {
 
   /** The tenant's timeouts (limits as now configured: a reload changes running sessions' timeouts too). */
   checkTimers(now: number, l: LimitSettings): void {
-    const pending = this.client.writableLength;
-    if (this.stall.check(now, pending, this.client.writableNeedDrain, l.sendTimeoutMs)) {
+    const pending = this.client.pendingBytes;
+    if (this.stall.check(now, pending, this.client.needDrain, l.sendTimeoutMs)) {
       // Nothing can be said to a client that does not read: the socket goes, the backend with it (mid-result).
       this.host.noteLimit('send_timeout');
       this.ctx.log.info({ session: this.host.id, tenant: this.tenant.id, pendingBytes: pending }, 'client stopped reading; send timeout');
-      this.client.destroy();
+      this.client.socket.destroy();
       this.releaseBackend();
       this.host.end('send_timeout', 'none');
       return;

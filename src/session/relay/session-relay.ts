@@ -6,7 +6,7 @@
 import { Backend, Frontend, frontendMaxLength, Limits } from '../../protocol/codes.js';
 import { FrameScanner, type ScanHandler } from '../../protocol/frame-reader.js';
 import { Relay, type RelayHost, type RelaySetup } from './relay.js';
-import type { Socket } from 'node:net';
+import type { SocketIo } from '../../net/socket-io.js';
 
 const BACKEND_TYPES = new Set<number>(Object.values(Backend));
 /** terminateAt when no Terminate is pending in the chunk being relayed. */
@@ -20,7 +20,7 @@ export class SessionRelay extends Relay {
   /** Bytes of the Terminate reached the backend (it began in a chunk already forwarded): not reusable. */
   private terminateLeaked = false;
 
-  constructor(host: RelayHost, client: Socket, s: RelaySetup) {
+  constructor(host: RelayHost, client: SocketIo, s: RelaySetup) {
     super(host, client, s);
     this.clientScanner = new FrameScanner(this.clientHandler);
     this.backendScanner = new FrameScanner(this.backendHandler);

@@ -5,7 +5,7 @@
  * backend at hand (tx-statements.ts), and statements that leave session state pin the backend
  * (or are refused, with session_state = "refuse").
  */
-import type { Socket } from 'node:net';
+import type { SocketIo } from '../../net/socket-io.js';
 import { PgError } from '../../errors.js';
 import { Backend, Frontend, frontendMaxLength, Limits } from '../../protocol/codes.js';
 import { FrameReader, type Frame } from '../../protocol/frame-reader.js';
@@ -31,7 +31,7 @@ export class TransactionRelay extends Relay {
   private lastWords: Frame[] = [];
   private readonly clientMaxLength = (type: number): number => frontendMaxLength(type, this.maxMessageBytes);
 
-  constructor(host: RelayHost, client: Socket, s: RelaySetup) {
+  constructor(host: RelayHost, client: SocketIo, s: RelaySetup) {
     super(host, client, s);
     this.state.inspectSessionState = true;
   }
@@ -77,19 +77,13 @@ export class TransactionRelay extends Relay {
     const expect: Expectation[] = [];
     for (const f of frames) this.statements.rewrite(f.type, f.body, f.raw, b, out, expect);
     for (const e of expect) this.replies.push(e);
-    const up = b.socket;
-    up.cork();
-    let ok = true;
-    for (const part of coalesce(out)) ok = up.write(part);
-    up.uncork();
-    if (!ok) this.flow.holdClient(ClientHold.BackendFull);
+    this.allToBackend(coalesce(out));
     // Our own replies that nothing the backend owes precedes (e.g. ParseComplete of a statement it has).
     const mine: Buffer[] = [];
     this.replies.flushSynth(mine);
-    for (const m of mine) {
-      if (this.gate !== null) this.auditReply(m[0]!, m.subarray(5), m.length - 5);
-      this.client.write(m);
-    }
+    if (mine.length === 0) return;
+    if (this.gate !== null) for (const m of mine) this.auditReply(m[0]!, m.subarray(5), m.length - 5);
+    this.allToClient(mine);
   }
 
   /** A backend for the client's next transaction; its frames wait in `pending`. */
@@ -164,16 +158,12 @@ export class TransactionRelay extends Relay {
     this.writeToClient(out);
     const b = this.backend;
     if (b !== null && !this.isPinned && this.pending.length === 0 && this.replies.empty && this.backendIsClean()) {
-      b.socket.resume(); // it may have been paused for backpressure; the pool reads it from now on
-      this.detach(true, false);
+      this.detach(true, false); // the pool reads it from now on (detach leaves it reading)
     }
   }
 
   private writeToClient(out: Buffer[]): void {
-    if (out.length === 0) return;
-    this.client.cork();
-    for (const part of coalesce(out)) this.toClient(part);
-    this.client.uncork();
+    if (out.length !== 0) this.allToClient(coalesce(out));
   }
 
   private backendIsClean(): boolean {
