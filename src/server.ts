@@ -156,6 +156,7 @@ export class Proxy {
     await proxy.listen(config);
     proxy.audit.append({ event: 'proxy.lifecycle', state: 'started', instance_id: proxy.instanceId, listen: proxy.address });
     const io = relayIoMode(config);
+    proxy.metrics.relayIo.set({ mode: io }, 1);
     log.info(
       { listen: proxy.address, metrics: proxy.metricsAddress, tenants: config.tenants.size, relayIo: io, ...(io === 'stream' && config.server.relayIo === 'auto' ? { why: handleIoUnavailable() } : {}) },
       'pgwarden started',

@@ -126,6 +126,8 @@ export class Metrics {
     'pgwarden_audit_dropped_records_total',
     'Audit records dropped from the file because the in-memory queue was full (each run ends in an audit.gap record)',
   );
+  /** 1 under the relay I/O path this process uses (net/socket-io.ts): a fallback to streams after a Node upgrade shows here. */
+  readonly relayIo = this.gauge('pgwarden_relay_io', 'Relay I/O path in use by the process (1): handle (native stream handle) or stream (Node streams)', ['mode'] as const);
   readonly auditRotations = this.counter('pgwarden_audit_rotations_total', 'Audit file rotations by outcome', ['outcome'] as const);
   readonly auditCheckpoints = this.counter('pgwarden_audit_checkpoints_total', 'Signed audit.checkpoint records appended');
 

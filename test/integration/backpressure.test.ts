@@ -38,6 +38,13 @@ describe('backpressure', () => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
+  it('relays through the I/O path the run asks for (handle unless PGWARDEN_TEST_RELAY_IO says otherwise)', async () => {
+    // `npm test` runs this file on both paths: a silent fallback to streams would make one run test nothing new.
+    const want = process.env['PGWARDEN_TEST_RELAY_IO'] === 'stream' ? 'stream' : 'handle';
+    const text = await (await fetch(`http://127.0.0.1:${rp.metricsPort}/metrics`)).text();
+    assert.match(text, new RegExp(`^pgwarden_relay_io\\{mode="${want}"\\} 1$`, 'm'));
+  });
+
   it('pauses the upstream while the client does not read, then delivers everything', async () => {
     const w = await rawLogin(rp.port, rp.certs.caCertPem, { tenant: 'acme', user: 'app', password: 'app-pass' });
     const session = [...rp.proxy.sessions].find((s) => s.phase === 'relaying');

@@ -77,6 +77,12 @@ export interface ProxySpec {
 
 const q = (s: string): string => JSON.stringify(s);
 
+/**
+ * `[server] relay_io` for every proxy the tests start: PGWARDEN_TEST_RELAY_IO=stream reruns the
+ * relay's tests on Node's streams (`npm test` does, after the whole suite on the default).
+ */
+const RELAY_IO: Record<string, string> = process.env['PGWARDEN_TEST_RELAY_IO'] === undefined ? {} : { relay_io: process.env['PGWARDEN_TEST_RELAY_IO'] };
+
 export function configToml(spec: ProxySpec, certs: DevCerts, port = 0): string {
   const lines = [
     '[server]',
@@ -86,7 +92,7 @@ export function configToml(spec: ProxySpec, certs: DevCerts, port = 0): string {
     `require_tls = ${spec.requireTls ?? true}`,
     `sni_suffix = "${SNI_SUFFIX}"`,
     // One process unless a test asks for workers (workers.test.ts): the others test other things.
-    ...Object.entries({ workers: 1, ...spec.server }).map(([k, v]) => `${k} = ${typeof v === 'string' ? q(v) : Array.isArray(v) ? JSON.stringify(v) : String(v)}`),
+    ...Object.entries({ workers: 1, ...RELAY_IO, ...spec.server }).map(([k, v]) => `${k} = ${typeof v === 'string' ? q(v) : Array.isArray(v) ? JSON.stringify(v) : String(v)}`),
   ];
   const kv = (rec: Record<string, TomlValue>): string[] =>
     Object.entries(rec).map(([k, v]) => `${k} = ${typeof v === 'string' ? q(v) : Array.isArray(v) ? JSON.stringify(v) : String(v)}`);
