@@ -79,15 +79,7 @@ export class TenantPool {
    */
   async acquire(key: string, login: UpstreamLogin, target: UpstreamTarget, extra = 0): Promise<Backend> {
     if (this.closed) throw Errors.adminShutdown('pool_closed');
-    let pool = this.pools.get(key);
-    if (pool === undefined) {
-      pool = newKeyPool(key, login, target);
-      this.pools.set(key, pool);
-    } else {
-      pool.login = login;
-      pool.target = target;
-      pool.lastUsedAt = Date.now();
-    }
+    const pool = this.keyPool(key, login, target);
     const ready = this.takeIdle(pool);
     if (ready !== null) return ready;
     if (this.hasRoom(extra) || this.evictIdleOtherThan(key, extra)) return this.open(pool);
@@ -98,6 +90,28 @@ export class TenantPool {
     });
     this.metrics.poolWaitSeconds.observe({ tenant: this.tenantId }, (Date.now() - since) / 1000);
     return backend;
+  }
+
+  /**
+   * An idle backend for `key` at once, or null (then `acquire`): transaction mode takes one per
+   * transaction, and most of the time one is idle, so this path has no promise and no wait.
+   */
+  tryAcquireIdle(key: string, login: UpstreamLogin, target: UpstreamTarget): Backend | null {
+    if (this.closed) return null;
+    return this.takeIdle(this.keyPool(key, login, target));
+  }
+
+  private keyPool(key: string, login: UpstreamLogin, target: UpstreamTarget): KeyPool {
+    let pool = this.pools.get(key);
+    if (pool === undefined) {
+      pool = newKeyPool(key, login, target);
+      this.pools.set(key, pool);
+    } else {
+      pool.login = login;
+      pool.target = target;
+      pool.lastUsedAt = Date.now();
+    }
+    return pool;
   }
 
   /**
@@ -268,10 +282,7 @@ export class TenantPool {
     }
     b.state = 'idle';
     // An idle server may only speak to say it is going away (FATAL) or to notify: drop it either way.
-    b.watch(
-      () => this.destroy(b),
-      () => this.destroy(b),
-    );
+    b.watch((b.idleWatchers ??= { data: () => this.destroy(b), close: () => this.destroy(b) }));
     b.socket.resume();
     pool.idle.push(b);
     this.serviceWaiters();

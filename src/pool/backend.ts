@@ -10,6 +10,12 @@ import { DISCARD_ALL } from '../protocol/frontend.js';
 import type { UpstreamConnection } from './upstream.js';
 import type { SocketIo } from '../net/socket-io.js';
 
+/** What the pool does when an idle or resetting backend's server speaks or closes. */
+export interface BackendWatchers {
+  readonly data: (chunk: Buffer) => void;
+  readonly close: () => void;
+}
+
 /** One logged-in server connection. `state` changes only in backend-pool.ts. */
 export class Backend {
   state: 'idle' | 'active' | 'resetting' | 'closed' = 'active';
@@ -21,31 +27,48 @@ export class Backend {
 
   /** Server-side prepared statements (transaction mode's statement tracking), oldest first. */
   readonly prepared = new Set<string>();
-  /** Listeners the pool attaches while the backend is idle or resetting (removed one by one, never all). */
-  watchers: { data: (chunk: Buffer) => void; close: () => void } | null = null;
+  /**
+   * Who hears the server while the pool holds the backend idle or resetting. The socket's listeners
+   * are added once, here: watching and holding are field changes, not listener churn per
+   * transaction (transaction mode watches and unwatches a backend at every transaction).
+   */
+  private watchers: BackendWatchers | null = null;
+  /** The close handler of the relay holding the backend, if one does. */
+  private holderClose: (() => void) | null = null;
   /** The relay's I/O on this socket, made by the first relay that takes it and kept (net/socket-io.ts). */
   io: SocketIo | null = null;
+  /** The pool's watchers for this backend while idle, made once (backend-pool.ts). */
+  idleWatchers: BackendWatchers | null = null;
 
   constructor(
     readonly conn: UpstreamConnection,
     readonly key: string,
   ) {
+    const socket = conn.socket;
     // Errors are always followed by 'close', which the owner of the moment handles.
-    conn.socket.on('error', () => undefined);
+    socket.on('error', () => undefined);
+    socket.on('data', (chunk: Buffer) => this.watchers?.data(chunk));
+    socket.on('close', () => {
+      this.watchers?.close();
+      this.holderClose?.();
+    });
   }
 
-  watch(data: (chunk: Buffer) => void, close: () => void): void {
-    this.unwatch();
-    this.watchers = { data, close };
-    this.conn.socket.on('data', data);
-    this.conn.socket.on('close', close);
+  watch(w: BackendWatchers): void {
+    this.watchers = w;
   }
 
   unwatch(): void {
-    if (this.watchers === null) return;
-    this.conn.socket.removeListener('data', this.watchers.data);
-    this.conn.socket.removeListener('close', this.watchers.close);
     this.watchers = null;
+  }
+
+  /** A relay holds the backend: it hears the close (its reads come through its I/O). */
+  hold(onClose: () => void): void {
+    this.holderClose = onClose;
+  }
+
+  unhold(): void {
+    this.holderClose = null;
   }
 
   get socket(): Socket {
@@ -101,12 +124,12 @@ export function resetBackend(b: Backend, timeoutMs: number, done: (clean: boolea
     },
   };
   const scanner = new FrameScanner(handler);
-  b.watch(
-    (chunk: Buffer) => {
+  b.watch({
+    data: (chunk: Buffer) => {
       if (scanner.scan(chunk) >= 0) finish(false);
     },
-    () => finish(false),
-  );
+    close: () => finish(false),
+  });
   const timer = setTimeout(() => finish(false), timeoutMs);
   b.prepared.clear(); // DISCARD ALL deallocates them
   b.socket.resume();

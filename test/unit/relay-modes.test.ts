@@ -67,6 +67,16 @@ class FakeBackend {
   io: SocketIo | null = null;
   readonly conn = { secretKey: Buffer.alloc(4, 7), txStatus: TxStatus.Idle, parameters: new Map<string, string>(), tlsVersion: null, socket: this.socket };
   cancels = 0;
+  private holder: (() => void) | null = null;
+  /** As Backend: the holding relay hears the socket's close. */
+  hold(onClose: () => void): void {
+    this.holder = onClose;
+    this.socket.on('close', onClose);
+  }
+  unhold(): void {
+    if (this.holder !== null) this.socket.removeListener('close', this.holder);
+    this.holder = null;
+  }
   cancelStarted(): void {
     this.cancels++;
   }
@@ -89,6 +99,11 @@ class FakePool {
   /** The next acquire waits for this (when set). */
   gate: Promise<void> | null = null;
 
+  /** Backends tryAcquireIdle hands out at once (none unless a test puts some here). */
+  readonly idle: FakeBackend[] = [];
+  tryAcquireIdle(): FakeBackend | null {
+    return this.idle.pop() ?? null;
+  }
   async acquire(): Promise<FakeBackend> {
     this.acquires++;
     if (this.gate !== null) await this.gate;
@@ -417,6 +432,24 @@ describe('TransactionRelay', () => {
     assert.deepEqual(b.socket.bytes, Buffer.concat([q, sync()]));
     assert.equal(client.isPaused(), false);
     assert.equal(relay.backend, b);
+  });
+
+  it('takes an idle backend at once when the pool has one: no acquire, no hold, the frames go out in the same call', () => {
+    const { relay, pool, client } = transactionMode();
+    const idle = new FakeBackend();
+    pool.idle.push(idle);
+    const q = Buffer.concat([query('SELECT 1'), query('SELECT 2')]);
+    relay.onClientData(q);
+    assert.equal(pool.acquires, 0, 'the promise path is not taken');
+    assert.equal(relay.backend, idle);
+    assert.deepEqual(idle.socket.bytes, q, 'sent before onClientData returned');
+    assert.equal(client.isPaused(), false, 'never held');
+    // Its reply frees it, and the next transaction takes the one the pool offers next.
+    idle.socket.push(Buffer.concat([commandComplete('SELECT 1'), rfqI(), commandComplete('SELECT 1'), rfqI()]));
+    return settle().then(() => {
+      assert.equal(relay.backend, null);
+      assert.deepEqual(pool.releases.map((r) => [r.b, r.reusable, r.reset]), [[idle, true, false]]);
+    });
   });
 
   it("gives the backend back (reusable, no reset) after ReadyForQuery 'I' with nothing owed", async () => {

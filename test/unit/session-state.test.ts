@@ -223,3 +223,32 @@ describe('session state: the message forms', () => {
     assert.equal(hasSessionState(parseBody('SET x = 1', 'SELECT 1'), false), true);
   });
 });
+
+describe('session state: the word pre-filter', () => {
+  it('never changes the answer: 20,000 random mixes of pinning words, cases, comments, quotes and UTF-8 read both ways', () => {
+    // hasSessionState reads the bytes as latin1 for a word check before the full reading; this
+    // compares it with the full reading alone (sqlHasSessionState) on texts built to sit near its edges.
+    const tokens = [
+      'SET', 'set', 'SeT', 'RESET', 'set_config(', '"set_config"(', 'LISTEN', 'PREPARE', 'LOAD', 'DISCARD', 'DEALLOCATE',
+      'DECLARE c CURSOR WITH HOLD FOR', 'CREATE TEMP TABLE t', 'CREATE TABLE t ON COMMIT', 'INTO TEMP', 'pg_advisory_lock(',
+      'pg_try_advisory_lock_shared(', 'DO $$ BEGIN', 'EXECUTE', 'END $$', 'SELECT', 'LOCAL', 'TRANSACTION', 'search_path',
+      ';', ' ', '\n', '--', '/*', '*/', "'", '"', '$$', 'É', 'ſet', 'ßet', '€', '日本', '\u0130', 'S\u0307ET', 'se', 't', '1',
+    ];
+    let seed = 42;
+    const rand = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    let pinned = 0;
+    for (let i = 0; i < 20_000; i++) {
+      const parts: string[] = [];
+      for (let j = 1 + rand(8); j > 0; j--) parts.push(tokens[rand(tokens.length)]!);
+      const sql = parts.join(rand(2) === 0 ? ' ' : '');
+      const full = sqlHasSessionState(sql);
+      if (full) pinned++;
+      assert.equal(hasSessionState(queryBody(sql), false), full, `Query: ${JSON.stringify(sql)}`);
+      assert.equal(hasSessionState(parseBody('s', sql), true), full, `Parse: ${JSON.stringify(sql)}`);
+    }
+    assert.ok(pinned > 2000 && pinned < 18_000, `both answers are exercised (${pinned} of 20,000 pin)`);
+  });
+});

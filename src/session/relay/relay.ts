@@ -205,7 +205,7 @@ export abstract class Relay implements AuditGateHost {
     this.backend = backend;
     const io = (backend.io ??= socketIo(backend.socket, this.ctx.relayIo));
     this.backendIo = io;
-    backend.socket.on('close', this.onBackendClose);
+    backend.hold(this.onBackendClose);
     const early = io.start(this.backendSink);
     this.flow.attach(io);
     if (early !== null) this.onBackendData(early);
@@ -217,7 +217,7 @@ export abstract class Relay implements AuditGateHost {
     if (b === null) return;
     this.backend = null;
     this.backendIo = null;
-    b.socket.removeListener('close', this.onBackendClose);
+    b.unhold();
     b.io!.stop();
     this.flow.detach();
     this.pool.release(b, reusable, reset);

@@ -154,9 +154,19 @@ export function sqlHasSessionState(sql: string): boolean {
   return bare !== sql && (ANYWHERE.test(bare) || anyStatementPins(bare));
 }
 
+/**
+ * Every pattern above needs one of these words (RESET and set_config contain SET; a DO block pins
+ * only through IN_BLOCK's words or EXECUTE), and PostgreSQL's keywords are ASCII: text with none
+ * of them cannot pin. Read as latin1, a multi-byte UTF-8 character cannot forge an ASCII word.
+ * Most statements (pgbench's SELECT among them) stop here: one regexp, no UTF-8 decoding, no split.
+ */
+const MAY_PIN = /set|listen|prepare|load|discard|deallocate|declare|temp|commit|advisory|execute/i;
+
 /** For a Query body (text\0) or a Parse body (name\0text\0…; named statements are tracked, not pinned). */
 export function hasSessionState(body: Buffer, isParse: boolean): boolean {
   const start = isParse ? body.indexOf(0) + 1 : 0;
-  const end = body.indexOf(0, start);
-  return sqlHasSessionState(body.toString('utf8', start, end < 0 ? body.length : end));
+  let end = body.indexOf(0, start);
+  if (end < 0) end = body.length;
+  if (!MAY_PIN.test(body.toString('latin1', start, end))) return false;
+  return sqlHasSessionState(body.toString('utf8', start, end));
 }

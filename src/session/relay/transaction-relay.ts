@@ -9,7 +9,7 @@ import type { SocketIo } from '../../net/socket-io.js';
 import { PgError } from '../../errors.js';
 import { Backend, Frontend, frontendMaxLength, Limits } from '../../protocol/codes.js';
 import { FrameReader, type Frame } from '../../protocol/frame-reader.js';
-import { UpstreamRefused } from '../../pool/upstream.js';
+import { UpstreamRefused, type UpstreamTarget } from '../../pool/upstream.js';
 import type { Backend as PooledBackend } from '../../pool/backend-pool.js';
 import { ReplyQueue, StatementTracker, type Expectation } from './tx-statements.js';
 import { ClientHold } from './flow.js';
@@ -30,10 +30,13 @@ export class TransactionRelay extends Relay {
   /** Frames the client sent before its Terminate while no backend was held: sent once one comes, then it is closed. */
   private lastWords: Frame[] = [];
   private readonly clientMaxLength = (type: number): number => frontendMaxLength(type, this.maxMessageBytes);
+  /** Where the tenant's server is, as the session started (a reload changes new sessions only). */
+  private readonly target: UpstreamTarget;
 
   constructor(host: RelayHost, client: SocketIo, s: RelaySetup) {
     super(host, client, s);
     this.state.inspectSessionState = true;
+    this.target = s.ctx.upstreamTarget(s.tenant);
   }
 
   get pinned(): boolean {
@@ -66,10 +69,15 @@ export class TransactionRelay extends Relay {
   /** Sends the queued client frames, rewritten for the backend at hand; takes a backend first if needed. */
   private flushClientFrames(): void {
     if (this.pending.length === 0) return;
-    const b = this.backend;
+    let b = this.backend;
     if (b === null) {
-      this.acquire();
-      return;
+      if (this.flow.clientHeld(ClientHold.Acquiring)) return; // one is on its way
+      b = this.pool.tryAcquireIdle(this.poolKey, this.login, this.target);
+      if (b === null) {
+        this.acquire();
+        return;
+      }
+      this.attach(b);
     }
     const frames = this.pending;
     this.pending = [];
@@ -90,7 +98,7 @@ export class TransactionRelay extends Relay {
   private acquire(): void {
     if (this.flow.clientHeld(ClientHold.Acquiring)) return;
     this.flow.holdClient(ClientHold.Acquiring);
-    this.pool.acquire(this.poolKey, this.login, this.ctx.upstreamTarget(this.tenant)).then(
+    this.pool.acquire(this.poolKey, this.login, this.target).then(
       (b) => {
         if (!this.open) {
           this.sendLastWords(b);
