@@ -344,6 +344,67 @@ for (const kind of KINDS) {
         }),
       );
 
+      for (const size of [40 * KiB, 2 * MiB]) {
+        it(`pause() from inside onData, then the peer ends (${size / KiB} KiB): no 'end' before the data; resume(): data, then 'end'`, T, () =>
+          withPair(kind, async (p) => {
+            const io = socketIo(p.local, mode);
+            const got = new Received();
+            const events: string[] = [];
+            const sink: IoSink = {
+              onData(c) {
+                got.add(c);
+                if (got.chunks.length === 1) io.pause();
+              },
+              onDrain() {},
+            };
+            const early = io.start(sink);
+            if (early !== null) got.add(early);
+            io.resume();
+            p.local.on('end', () => events.push(`end after ${got.bytes}`));
+            const closed = closeOf(p.local).then(() => events.push('close'));
+            const sent = pattern(size, 45);
+            p.peer.end(sent); // small: data records and the close_notify in one read
+            await waitFor(() => got.bytes > 0, 5_000, 'first chunk');
+            await sleep(200);
+            // 'end' while paused only if the first read took everything (TCP may read 40 KiB at once).
+            if (got.bytes < sent.length) assert.deepEqual(events, [], "no 'end' while paused with data unread");
+            io.resume();
+            await closed;
+            assert.deepEqual(events, [`end after ${sent.length}`, 'close']);
+            assertSameBytes(got.all, sent, 'sink');
+          }),
+        );
+      }
+
+      it("pause() from inside onData, then stop(): the socket's 'data' listeners get the rest", T, () =>
+        withPair(kind, async (p) => {
+          const io = socketIo(p.local, mode);
+          const got = new Received();
+          const sink: IoSink = {
+            onData(c) {
+              got.add(c);
+              if (got.chunks.length === 1) io.pause();
+            },
+            onDrain() {},
+          };
+          const early = io.start(sink);
+          if (early !== null) got.add(early);
+          io.resume();
+          const sent = pattern(2 * MiB, 47);
+          p.peer.write(sent);
+          await waitFor(() => got.bytes > 0, 5_000, 'first chunk');
+          await sleep(50);
+          const bySink = got.bytes;
+          io.stop();
+          const rest = new Received();
+          p.local.on('data', rest.add);
+          await rest.reach(sent.length - bySink, "the socket's 'data' listener");
+          await sleep(20);
+          assert.equal(got.bytes, bySink, 'the sink hears nothing after stop()');
+          assertSameBytes(Buffer.concat([got.all, rest.all]), sent, 'sink + stream');
+        }),
+      );
+
       it('bytes the stream buffered before start() come first (start() returns them, or data after resume)', T, () =>
         withPair(kind, async (p) => {
           p.local.pause();
