@@ -67,6 +67,8 @@ export type RelayIoMode = 'handle' | 'stream';
 class StreamIo implements SocketIo {
   readonly mode = 'stream';
   private sink: IoSink | null = null;
+  /** Paused by the owner: stop() resumes, as the handle path reads on after stop. */
+  private paused = false;
   private readonly onData = (chunk: Buffer): void => this.sink!.onData(chunk);
   private readonly onDrain = (): void => this.sink!.onDrain();
 
@@ -83,13 +85,19 @@ class StreamIo implements SocketIo {
     this.socket.removeListener('data', this.onData);
     this.socket.removeListener('drain', this.onDrain);
     this.sink = null;
+    if (this.paused) {
+      this.paused = false;
+      this.socket.resume();
+    }
   }
 
   pause(): void {
+    this.paused = true;
     this.socket.pause();
   }
 
   resume(): void {
+    this.paused = false;
     this.socket.resume();
   }
 
