@@ -202,6 +202,9 @@ function handleOf(socket: Socket): StreamHandle | null {
 
 const EMPTY = Buffer.alloc(0);
 
+/** libuv's end of stream (UV__EOF), the same on every platform. */
+const UV_EOF = -4095;
+
 /** Node's default writableHighWaterMark for sockets: past it `write` says false, as the stream does. */
 const DEFAULT_HIGH_WATER_MARK = 16 * 1024;
 
@@ -255,8 +258,8 @@ class HandleIo implements SocketIo {
       return undefined;
     }
     if (nread === 0) return undefined;
-    if (this.held.length > 0) {
-      this.heldEnd = nread; // after the bytes before it
+    if (nread === UV_EOF && this.held.length > 0) {
+      this.heldEnd = nread; // after the bytes before it; an error, as the stream's, does not wait
       return undefined;
     }
     // End of stream or an error: the stream's own handling ('end', 'error', 'close'), as always.
@@ -313,12 +316,13 @@ class HandleIo implements SocketIo {
 
   private readonly deliverHeld = (): void => {
     this.deliverScheduled = false;
+    if (this.socket.destroyed) this.held = []; // as a destroyed stream's buffer: never delivered
     while (!this.paused && this.sink !== null && this.held.length > 0) this.sink.onData(this.held.shift()!);
-    if (this.paused || this.sink === null || this.held.length > 0) return;
+    if (this.paused || this.sink === null || this.held.length > 0 || this.socket.destroyed) return;
     const end = this.heldEnd;
     this.heldEnd = 0;
     if (end !== 0) this.replay(end, null);
-    else if (!this.handle.reading && !this.socket.destroyed) this.readStart();
+    else if (!this.handle.reading) this.readStart();
   };
 
   /** Hands a read to the stream's own onread, as the handle would have: `nread` bytes of `chunk`, or an end/error. */
