@@ -67,6 +67,8 @@ export type RelayIoMode = 'handle' | 'stream';
 class StreamIo implements SocketIo {
   readonly mode = 'stream';
   private sink: IoSink | null = null;
+  /** Paused by the owner: stop() resumes, as the handle path reads on after stop. */
+  private paused = false;
   private readonly onData = (chunk: Buffer): void => this.sink!.onData(chunk);
   private readonly onDrain = (): void => this.sink!.onDrain();
 
@@ -83,13 +85,19 @@ class StreamIo implements SocketIo {
     this.socket.removeListener('data', this.onData);
     this.socket.removeListener('drain', this.onDrain);
     this.sink = null;
+    if (this.paused) {
+      this.paused = false;
+      this.socket.resume();
+    }
   }
 
   pause(): void {
+    this.paused = true;
     this.socket.pause();
   }
 
   resume(): void {
+    this.paused = false;
     this.socket.resume();
   }
 
@@ -194,6 +202,9 @@ function handleOf(socket: Socket): StreamHandle | null {
 
 const EMPTY = Buffer.alloc(0);
 
+/** libuv's end of stream (UV__EOF), the same on every platform. */
+const UV_EOF = -4095;
+
 /** Node's default writableHighWaterMark for sockets: past it `write` says false, as the stream does. */
 const DEFAULT_HIGH_WATER_MARK = 16 * 1024;
 
@@ -216,6 +227,15 @@ class HandleIo implements SocketIo {
   private waitingForStream = false;
   private flushed: (() => void)[] | null = null;
   private readonly highWaterMark: number;
+  /**
+   * Paused by the owner. readStop stops the next read, not the current one: a TLSWrap hands over
+   * every record it decrypted from one read in a row, pause or not. What comes meanwhile waits in
+   * `held` (and an end of stream or error behind it, in `heldEnd`) for resume, or stop.
+   */
+  private paused = false;
+  private held: Buffer[] = [];
+  private heldEnd = 0;
+  private deliverScheduled = false;
 
   constructor(
     readonly socket: Socket,
@@ -233,10 +253,15 @@ class HandleIo implements SocketIo {
     if (nread > 0) {
       const sink = this.sink;
       const chunk = Buffer.from(arrayBuffer, state[this.b.kArrayBufferOffset], nread);
-      if (sink !== null) sink.onData(chunk);
+      if (this.paused || this.held.length > 0) this.held.push(chunk);
+      else if (sink !== null) sink.onData(chunk);
       return undefined;
     }
     if (nread === 0) return undefined;
+    if (nread === UV_EOF && this.held.length > 0) {
+      this.heldEnd = nread; // after the bytes before it; an error, as the stream's, does not wait
+      return undefined;
+    }
     // End of stream or an error: the stream's own handling ('end', 'error', 'close'), as always.
     return this.streamOnread.call(this.handle, arrayBuffer);
   };
@@ -251,12 +276,24 @@ class HandleIo implements SocketIo {
 
   stop(): void {
     this.sink = null;
+    this.paused = false;
     this.handle.onread = this.streamOnread;
+    // Held bytes go to the stream as if it had read them, then the end behind them.
+    const held = this.held;
+    this.held = [];
+    for (const c of held) this.replay(c.length, c);
+    const end = this.heldEnd;
+    this.heldEnd = 0;
+    if (end !== 0) {
+      this.replay(end, null);
+      return;
+    }
     // The next owner finds the socket reading, as a stream's is unless its buffer is full.
     if (!this.handle.reading && !this.socket.destroyed) this.readStart();
   }
 
   pause(): void {
+    this.paused = true;
     if (this.handle.reading && !this.socket.destroyed) {
       this.handle.reading = false;
       this.handle.readStop();
@@ -264,7 +301,36 @@ class HandleIo implements SocketIo {
   }
 
   resume(): void {
-    if (!this.handle.reading && !this.socket.destroyed && this.sink !== null) this.readStart();
+    if (this.sink === null) return;
+    this.paused = false;
+    if (this.held.length > 0) {
+      // On the next tick, as a stream's resume: the owner is not re-entered from its own resume().
+      if (!this.deliverScheduled) {
+        this.deliverScheduled = true;
+        process.nextTick(this.deliverHeld);
+      }
+      return;
+    }
+    if (!this.handle.reading && !this.socket.destroyed) this.readStart();
+  }
+
+  private readonly deliverHeld = (): void => {
+    this.deliverScheduled = false;
+    if (this.socket.destroyed) this.held = []; // as a destroyed stream's buffer: never delivered
+    while (!this.paused && this.sink !== null && this.held.length > 0) this.sink.onData(this.held.shift()!);
+    if (this.paused || this.sink === null || this.held.length > 0 || this.socket.destroyed) return;
+    const end = this.heldEnd;
+    this.heldEnd = 0;
+    if (end !== 0) this.replay(end, null);
+    else if (!this.handle.reading) this.readStart();
+  };
+
+  /** Hands a read to the stream's own onread, as the handle would have: `nread` bytes of `chunk`, or an end/error. */
+  private replay(nread: number, chunk: Buffer | null): void {
+    const state = this.b.streamBaseState;
+    state[this.b.kReadBytesOrError] = nread;
+    state[this.b.kArrayBufferOffset] = chunk === null ? 0 : chunk.byteOffset;
+    this.streamOnread.call(this.handle, (chunk?.buffer ?? new ArrayBuffer(0)) as ArrayBuffer);
   }
 
   private readStart(): void {
