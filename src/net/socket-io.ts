@@ -269,7 +269,13 @@ class HandleIo implements SocketIo {
   start(sink: IoSink): Buffer | null {
     this.sink = sink;
     const s = this.socket;
-    const early = s.readableLength > 0 ? (s.read() as Buffer | null) : null;
+    // A paused stream's read() returns its whole buffer; a flowing one's, one chunk per call.
+    let early: Buffer | null = null;
+    while (s.readableLength > 0) {
+      const c = s.read() as Buffer | null;
+      if (c === null) break;
+      early = early === null ? c : Buffer.concat([early, c]);
+    }
     this.handle.onread = this.onread; // reading stays as it is: the owner pauses or resumes
     return early;
   }
