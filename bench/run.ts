@@ -24,6 +24,7 @@ import { initialise, killRunningPgbench, runSelectOnly, type Endpoint } from './
 import { findPgBouncer, startPgBouncer } from './lib/pgbouncer.js';
 import { startPgWarden } from './lib/pgwarden.js';
 import { busyPercent, cpuTimes, hostTicks, memory, type CpuTimes } from './lib/procstat.js';
+import { formatBar } from './lib/bar.js';
 import { formatConnect, formatIdle, formatMatrix, formatRun, statusOf, summarise, writeResult, type CellSummary, type Phase, type ResultFile, type RunRecord } from './lib/report.js';
 import { parseTargetName, type PoolMode, type ProxyKind, type Target, type TargetName } from './lib/target.js';
 
@@ -563,6 +564,10 @@ async function main(): Promise<void> {
     log(`\npgbench -S over TLS, ${options.durationS} s per cell, ${when}; pools: session ${plan.sessionPoolSize}, transaction ${plan.transactionPoolSize} backends`);
     log('÷bouncer: pgwarden TPS / PgBouncer TPS in the same pool mode; ÷direct: pgwarden TPS / direct TPS; CPU s/10k: proxy utime+stime per 10 000 tx\n');
     log(formatMatrix(summaries));
+    if (plan.matrixTargets.some((t) => t.startsWith('pgbouncer'))) {
+      log('\nissue 15\'s bar: geometric means over the cells above of pgwarden ÷ PgBouncer in the same pool mode (CPU: proxy utime+stime per transaction)\n');
+      log(formatBar(summaries));
+    }
   }
   if (plan.connectTargets.length > 0) {
     log(`\nconnection rate: pgbench -S -C (new TLS + SCRAM login per transaction), ${options.connectDurationS} s, ${when}\n`);
