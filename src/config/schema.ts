@@ -5,6 +5,7 @@
  */
 import type { BlockList } from 'node:net';
 import type { ScramVerifier } from './scram-verifier.js';
+import type { WorkerAcceptSetting } from './worker-accept.js';
 
 export type BackendTls = 'disable' | 'require' | 'verify-full';
 
@@ -224,6 +225,8 @@ export interface Config {
     readonly mockSecretEnv: string | undefined;
     /** Worker processes sharing the listen socket (1 = serve in this process). */
     readonly workers: number;
+    /** How workers get their connections (config/worker-accept.ts); "auto" is resolved at start. */
+    readonly workerAccept: WorkerAcceptSetting;
     /** "v2": connections from `proxyProtocolTrusted` start with a PROXY protocol v2 header naming the client. */
     readonly proxyProtocol: 'off' | 'v2';
     /** The load balancers' CIDRs, as written and as a BlockList (empty when off). */
