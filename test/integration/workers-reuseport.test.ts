@@ -176,7 +176,7 @@ describe('workers with reusePort (Node 22)', { skip: NODE22 === undefined || NOD
     await waitFor(async () => (await refusal()) === '57P03', 5_000, 'draining');
     const refused = await Promise.all(Array.from({ length: 8 }, refusal));
     assert.deepEqual(new Set(refused), new Set(['57P03']));
-    for (const c of clients) assert.equal((await c.query('select 1 as one')).rows[0]?.one, 1);
+    for (const c of clients) assert.equal((await c.query<{ one: number }>('select 1 as one')).rows[0]?.one, 1);
     await Promise.all(clients.map((c) => c.end()));
     assert.equal(await child.exited, 0);
   });

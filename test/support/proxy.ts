@@ -305,11 +305,11 @@ export function listenersOn(port: number, pids: readonly number[]): Map<number, 
   const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
   const inodes = new Set<string>();
   for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    let text = '';
+    let text: string;
     try {
       text = readFileSync(table, 'utf8');
     } catch {
-      continue;
+      continue; // no IPv6
     }
     for (const line of text.split('\n').slice(1)) {
       // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
@@ -320,18 +320,18 @@ export function listenersOn(port: number, pids: readonly number[]): Map<number, 
   const owners = new Map<number, number>();
   for (const pid of pids) {
     let n = 0;
-    let fds: string[] = [];
+    let fds: string[];
     try {
       fds = readdirSync(`/proc/${pid}/fd`);
     } catch {
-      fds = [];
+      fds = []; // gone
     }
     for (const fd of fds) {
-      let link = '';
+      let link: string;
       try {
         link = readlinkSync(`/proc/${pid}/fd/${fd}`);
       } catch {
-        continue;
+        continue; // closed meanwhile
       }
       const m = /^socket:\[(\d+)\]$/.exec(link);
       if (m !== null && inodes.has(m[1]!)) n++;
