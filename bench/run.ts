@@ -24,7 +24,7 @@ import { initialise, killRunningPgbench, runSelectOnly, type Endpoint } from './
 import { findPgBouncer, startPgBouncer } from './lib/pgbouncer.js';
 import { startPgWarden } from './lib/pgwarden.js';
 import { resolveWorkerAccept, reusePortAvailable, type WorkerAccept } from '../src/config/worker-accept.js';
-import { busyPercent, cpuTimes, hostTicks, memory, type CpuTimes } from './lib/procstat.js';
+import { busyPercent, cpuTimes, hostTicks, memory, ownCpuSeconds, type CpuTimes } from './lib/procstat.js';
 import { formatConnect, formatIdle, formatMatrix, formatRun, statusOf, summarise, writeResult, type CellSummary, type Phase, type ResultFile, type RunRecord } from './lib/report.js';
 import { parseTargetName, type PoolMode, type ProxyKind, type Target, type TargetName } from './lib/target.js';
 
@@ -355,6 +355,9 @@ interface WorkersRow {
   /** pgbench -C: TLS + SCRAM logins per second, and proxy CPU milliseconds per login. */
   loginsPerS: number[];
   cpuMsPerLogin: number[];
+  /** The primary's own share of the proxy CPU in the TPS cell and in the -C cell (with workers; NaN with one). */
+  primaryShareTx: number[];
+  primaryShareLogins: number[];
 }
 
 /** The accept modes the workers phase compares: --worker-accept, else what "auto" means on pgwarden's Node. */
@@ -379,7 +382,9 @@ async function runWorkersPhase(setup: Setup, options: BenchOptions, plan: Plan):
   const clients = Math.max(...options.clients);
   const accepts = workerAccepts(options);
   const rows: WorkersRow[] = options.workers.flatMap((workers) =>
-    (workers === 1 ? ['-' as const] : accepts).map((accept) => ({ workers, accept, tps: [], cpuSPer10kTx: [], rssMb: [], loginsPerS: [], cpuMsPerLogin: [] })),
+    (workers === 1 ? ['-' as const] : accepts).map((accept) => ({
+      workers, accept, tps: [], cpuSPer10kTx: [], rssMb: [], loginsPerS: [], cpuMsPerLogin: [], primaryShareTx: [], primaryShareLogins: [],
+    })),
   );
   log(`workers: pgwarden-transaction with ${options.workers.join(', ')} workers (worker_accept ${accepts.join(', ')}), pgbench -S -M simple at ${clients} clients ` +
     `and -C at ${options.connectClients}, ${options.durationS} s / ${options.connectDurationS} s, ${options.rounds} rounds`);
@@ -391,8 +396,14 @@ async function runWorkersPhase(setup: Setup, options: BenchOptions, plan: Plan):
         server: { workers: row.workers, ...(row.accept === '-' ? {} : { worker_accept: row.accept }) },
       });
       try {
+        // The primary's own CPU (with workers): what accepting (worker_accept = primary) and the IPC answers cost it.
+        const own = (): number => (row.workers > 1 && target.proxyPid !== null ? ownCpuSeconds(target.proxyPid) : Number.NaN);
+        const own0 = own();
         const r = await measure(setup, options, target, { phase: 'workers', protocol: 'simple', clients, durationS: options.durationS }, round);
+        const own1 = own();
         const c = await measure(setup, options, target, { phase: 'workers', protocol: 'simple', clients: options.connectClients, durationS: options.connectDurationS, connectEachTx: true }, round);
+        row.primaryShareTx.push((own1 - own0) / r.proxyCpuS);
+        row.primaryShareLogins.push((own() - own1) / c.proxyCpuS);
         row.tps.push(r.tps);
         row.cpuSPer10kTx.push(r.proxyCpuSPer10kTx);
         row.rssMb.push(r.proxyRssMb);
@@ -413,13 +424,15 @@ async function runWorkersPhase(setup: Setup, options: BenchOptions, plan: Plan):
 function formatWorkers(rows: WorkersRow[]): string {
   const base = median(rows[0]?.tps ?? []);
   const baseLogins = median(rows[0]?.loginsPerS ?? []);
-  const lines = ['workers  accept        tps   ÷first  CPU s/10k   logins/s   ÷first  CPU ms/login   RSS MB'];
+  const lines = ['workers  accept        tps   ÷first  CPU s/10k   logins/s   ÷first  CPU ms/login   primary % (tx / logins)   RSS MB'];
+  const pct = (v: number): string => (Number.isFinite(v) ? `${(v * 100).toFixed(0)} %` : '-');
   for (const r of rows) {
     const tps = median(r.tps);
     const logins = median(r.loginsPerS);
     lines.push(
       `${String(r.workers).padStart(7)}  ${r.accept.padEnd(9)} ${tps.toFixed(0).padStart(8)} ${(tps / base).toFixed(2).padStart(8)} ${median(r.cpuSPer10kTx).toFixed(2).padStart(10)} ` +
-        `${logins.toFixed(0).padStart(10)} ${(logins / baseLogins).toFixed(2).padStart(8)} ${median(r.cpuMsPerLogin).toFixed(2).padStart(13)} ${median(r.rssMb).toFixed(0).padStart(8)}`,
+        `${logins.toFixed(0).padStart(10)} ${(logins / baseLogins).toFixed(2).padStart(8)} ${median(r.cpuMsPerLogin).toFixed(2).padStart(13)} ` +
+        `${`${pct(median(r.primaryShareTx))} / ${pct(median(r.primaryShareLogins))}`.padStart(25)} ${median(r.rssMb).toFixed(0).padStart(8)}`,
     );
   }
   return lines.join('\n');

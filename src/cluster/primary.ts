@@ -133,7 +133,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
         port = m.port;
         listening.add(id);
         // reuseport on port 0: the first worker picked the port; the others join it now.
-        while (deferred > 0) {
+        while (deferred > 0 && !stopping) {
           deferred--;
           fork();
         }
