@@ -244,6 +244,9 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
   function reload(): void {
     loadConfigFile(configPath)
       .then((next) => {
+        if (next.server.workers !== config.server.workers || next.server.workerAccept !== config.server.workerAccept) {
+          log.warn('server.workers or server.worker_accept changed: takes effect after a restart');
+        }
         config = next;
         catalogStore?.setContext(next);
         broadcast({ k: 'reload' });
