@@ -223,7 +223,7 @@ export interface Config {
     readonly maxPreauthPerSource: number;
     readonly backendConnectTimeoutMs: number;
     readonly mockSecretEnv: string | undefined;
-    /** Worker processes sharing the listen socket (1 = serve in this process). */
+    /** Worker processes (1 = serve in this process); how connections reach them is workerAccept. */
     readonly workers: number;
     /** How workers get their connections (config/worker-accept.ts); "auto" is resolved at start. */
     readonly workerAccept: WorkerAcceptSetting;
