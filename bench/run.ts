@@ -23,7 +23,8 @@ import { parseOptions, USAGE, type BenchOptions, type Protocol } from './lib/opt
 import { initialise, killRunningPgbench, runSelectOnly, type Endpoint } from './lib/pgbench.js';
 import { findPgBouncer, startPgBouncer } from './lib/pgbouncer.js';
 import { startPgWarden } from './lib/pgwarden.js';
-import { busyPercent, cpuTimes, hostTicks, memory, type CpuTimes } from './lib/procstat.js';
+import { resolveWorkerAccept, reusePortAvailable, type WorkerAccept } from '../src/config/worker-accept.js';
+import { busyPercent, cpuTimes, hostTicks, memory, ownCpuSeconds, type CpuTimes } from './lib/procstat.js';
 import { formatBar } from './lib/bar.js';
 import { formatConnect, formatIdle, formatMatrix, formatRun, statusOf, summarise, writeResult, type CellSummary, type Phase, type ResultFile, type RunRecord } from './lib/report.js';
 import { parseTargetName, type PoolMode, type ProxyKind, type Target, type TargetName } from './lib/target.js';
@@ -42,6 +43,8 @@ interface Setup {
   workDir: string;
   /** --baseline: another pgwarden checkout, for the baseline-* targets. */
   baseline: string | null;
+  /** --pgwarden-node: the Node binary the pgwarden targets run on (null: the bench's). */
+  pgwardenNode: string | null;
 }
 
 /** What runs where, and with which pool sizes and limits (also written to the JSON). */
@@ -147,7 +150,7 @@ async function setUp(options: BenchOptions, plan: Plan): Promise<Setup> {
   onCleanup('stop PostgreSQL', () => cluster.stop());
   // Since PostgreSQL 15 only the database owner may create tables in `public`.
   await cluster.query(`ALTER DATABASE ${DATABASE} OWNER TO ${USER}`);
-  const setup = { cluster, certs, password, workDir, baseline: options.baseline };
+  const setup = { cluster, certs, password, workDir, baseline: options.baseline, pgwardenNode: options.pgwardenNode };
   // The catalog phase logs in only (no pgbench tables needed).
   if (options.phases.some((p) => p !== 'catalog')) {
     log(`pgbench -i -s ${options.scale}…`);
@@ -168,7 +171,7 @@ interface ProxyLimits {
   poolSize: number;
   maxClients: number;
   /** pgwarden [server] overrides. */
-  server?: Record<string, number>;
+  server?: Record<string, TomlValue>;
 }
 
 async function startProxy(
@@ -185,6 +188,7 @@ async function startProxy(
     return startPgBouncer(bouncer!, { ...common, backendPort: setup.cluster.port, poolSize: limits.poolSize, maxClientConn: limits.maxClients });
   }
   return startPgWarden({
+    ...(setup.pgwardenNode === null ? {} : { node: setup.pgwardenNode }),
     ...(proxy === 'baseline' ? { cli: path.join(setup.baseline!, 'dist/src/cli.js'), name: `baseline-${mode}` as const } : {}),
     ...common, cluster: setup.cluster, maxBackendConnections: limits.poolSize, maxClientConnections: limits.maxClients,
     ...(limits.server === undefined ? {} : { server: limits.server }),
@@ -230,6 +234,8 @@ interface Cell {
   protocol: Protocol;
   clients: number;
   durationS: number;
+  /** pgbench -C (a new login per transaction); default: the connect phase's cells. */
+  connectEachTx?: boolean;
 }
 
 /** One measured run, with the proxy's CPU time, log problems and (pgwarden) counters around it. */
@@ -239,12 +245,13 @@ async function measure(setup: Setup, options: BenchOptions, target: Target, cell
   const loadAvg1mBefore = os.loadavg()[0] ?? Number.NaN;
   const startedAt = new Date().toISOString();
   // pgbench opens connections synchronously within a thread, so -C needs a thread per client to have `clients` logins in flight.
-  const jobs = cell.phase === 'connect' ? cell.clients : Math.min(cell.clients, options.jobs);
+  const connectEachTx = cell.connectEachTx ?? cell.phase === 'connect';
+  const jobs = connectEachTx ? cell.clients : Math.min(cell.clients, options.jobs);
   const cpuBefore = safeCpu(target.proxyPid);
   const hostBefore = hostTicks();
   const figures = await runSelectOnly(
     endpoint(setup, target),
-    { clients: cell.clients, jobs, durationS: cell.durationS, protocol: cell.protocol, connectEachTx: cell.phase === 'connect' },
+    { clients: cell.clients, jobs, durationS: cell.durationS, protocol: cell.protocol, connectEachTx },
     setup.workDir,
   );
   const hostBusyPct = busyPercent(hostBefore, hostTicks());
@@ -341,31 +348,72 @@ async function runIdle(setup: Setup, options: BenchOptions, plan: Plan, bouncer:
 
 interface WorkersRow {
   workers: number;
+  /** `[server] worker_accept` of the run ('-' with one worker: a single process accepts itself). */
+  accept: WorkerAccept | '-';
   tps: number[];
   cpuSPer10kTx: number[];
   rssMb: number[];
+  /** pgbench -C: TLS + SCRAM logins per second, and proxy CPU milliseconds per login. */
+  loginsPerS: number[];
+  cpuMsPerLogin: number[];
+  /** The primary's own share of the proxy CPU in the TPS cell and in the -C cell (with workers; NaN with one). */
+  primaryShareTx: number[];
+  primaryShareLogins: number[];
+}
+
+/** The accept modes the workers phase compares: --worker-accept, else what "auto" means on pgwarden's Node. */
+function workerAccepts(options: BenchOptions): WorkerAccept[] {
+  const node = options.pgwardenNode ?? process.execPath;
+  const version = execFileSync(node, ['--version'], { encoding: 'utf8' }).trim().replace(/^v/, '');
+  const available = reusePortAvailable(version);
+  if (options.workerAccept === null) return [resolveWorkerAccept('auto', available)];
+  if (options.workerAccept.includes('reuseport') && !available) {
+    throw new Error(`--worker-accept reuseport: pgwarden's Node (${node}) is ${version}; it needs 22.12 or later on Linux (--pgwarden-node PATH)`);
+  }
+  return options.workerAccept;
 }
 
 /**
- * Scaling over worker processes: pgwarden-transaction with each `--workers` count in turn (a
- * fresh proxy per run, rounds alternating), pgbench -S -M simple at the largest --clients.
+ * Scaling over worker processes: pgwarden-transaction with each `--workers` count (and, above one,
+ * each accept mode) in turn, a fresh proxy per run, rounds alternating: pgbench -S -M simple at the
+ * largest --clients, then pgbench -C (a new TLS + SCRAM login per transaction) at --connect-clients.
  * CPU and RSS are summed over the primary and its workers.
  */
 async function runWorkersPhase(setup: Setup, options: BenchOptions, plan: Plan): Promise<WorkersRow[]> {
   const clients = Math.max(...options.clients);
-  const rows = options.workers.map((workers) => ({ workers, tps: [] as number[], cpuSPer10kTx: [] as number[], rssMb: [] as number[] }));
-  log(`workers: pgwarden-transaction with ${options.workers.join(', ')} workers, pgbench -S -M simple, ${clients} clients, ${options.durationS} s, ${options.rounds} rounds`);
+  const accepts = workerAccepts(options);
+  const rows: WorkersRow[] = options.workers.flatMap((workers) =>
+    (workers === 1 ? ['-' as const] : accepts).map((accept) => ({
+      workers, accept, tps: [], cpuSPer10kTx: [], rssMb: [], loginsPerS: [], cpuMsPerLogin: [], primaryShareTx: [], primaryShareLogins: [],
+    })),
+  );
+  log(`workers: pgwarden-transaction with ${options.workers.join(', ')} workers (worker_accept ${accepts.join(', ')}), pgbench -S -M simple at ${clients} clients ` +
+    `and -C at ${options.connectClients}, ${options.durationS} s / ${options.connectDurationS} s, ${options.rounds} rounds`);
   for (let round = 0; round < options.rounds; round++) {
     for (const row of rotated(rows, round)) {
       const target = await startProxy(setup, null, 'pgwarden', 'transaction', {
-        poolSize: plan.transactionPoolSize, maxClients: Math.max(plan.maxClientConnections, clients + 10), server: { workers: row.workers },
+        poolSize: plan.transactionPoolSize,
+        maxClients: Math.max(plan.maxClientConnections, clients + 10),
+        server: { workers: row.workers, ...(row.accept === '-' ? {} : { worker_accept: row.accept }) },
       });
       try {
+        // The primary's own CPU (with workers): what accepting (worker_accept = primary) and the IPC answers cost it.
+        const own = (): number => (row.workers > 1 && target.proxyPid !== null ? ownCpuSeconds(target.proxyPid) : Number.NaN);
+        const own0 = own();
         const r = await measure(setup, options, target, { phase: 'workers', protocol: 'simple', clients, durationS: options.durationS }, round);
+        const own1 = own();
+        const c = await measure(setup, options, target, { phase: 'workers', protocol: 'simple', clients: options.connectClients, durationS: options.connectDurationS, connectEachTx: true }, round);
+        row.primaryShareTx.push((own1 - own0) / r.proxyCpuS);
+        row.primaryShareLogins.push((own() - own1) / c.proxyCpuS);
         row.tps.push(r.tps);
         row.cpuSPer10kTx.push(r.proxyCpuSPer10kTx);
         row.rssMb.push(r.proxyRssMb);
-        log(`  round ${round + 1}: ${row.workers} worker(s): ${r.tps.toFixed(0)} tps, ${r.proxyCpuSPer10kTx.toFixed(2)} CPU s/10k tx`);
+        row.loginsPerS.push(c.tps);
+        row.cpuMsPerLogin.push(c.transactions > 0 ? (c.proxyCpuS / c.transactions) * 1000 : Number.NaN);
+        const problems = [...r.errors, ...c.errors, ...r.proxyProblems, ...c.proxyProblems].slice(0, 3);
+        log(`  round ${round + 1}: ${row.workers} worker(s) ${row.accept}: ${r.tps.toFixed(0)} tps, ${r.proxyCpuSPer10kTx.toFixed(2)} CPU s/10k tx; ` +
+          `${c.tps.toFixed(0)} logins/s, ${row.cpuMsPerLogin.at(-1)!.toFixed(2)} CPU ms/login${r.status === 'ok' && c.status === 'ok' ? '' : ` (${r.status}/${c.status})`}`);
+        for (const line of problems) log(`    ${line}`);
       } finally {
         await target.stop();
       }
@@ -376,10 +424,17 @@ async function runWorkersPhase(setup: Setup, options: BenchOptions, plan: Plan):
 
 function formatWorkers(rows: WorkersRow[]): string {
   const base = median(rows[0]?.tps ?? []);
-  const lines = ['workers      tps   ÷first  CPU s/10k   RSS MB'];
+  const baseLogins = median(rows[0]?.loginsPerS ?? []);
+  const lines = ['workers  accept        tps   ÷first  CPU s/10k   logins/s   ÷first  CPU ms/login   primary % (tx / logins)   RSS MB'];
+  const pct = (v: number): string => (Number.isFinite(v) ? `${(v * 100).toFixed(0)} %` : '-');
   for (const r of rows) {
     const tps = median(r.tps);
-    lines.push(`${String(r.workers).padStart(7)} ${tps.toFixed(0).padStart(8)} ${(tps / base).toFixed(2).padStart(8)} ${median(r.cpuSPer10kTx).toFixed(2).padStart(10)} ${median(r.rssMb).toFixed(0).padStart(8)}`);
+    const logins = median(r.loginsPerS);
+    lines.push(
+      `${String(r.workers).padStart(7)}  ${r.accept.padEnd(9)} ${tps.toFixed(0).padStart(8)} ${(tps / base).toFixed(2).padStart(8)} ${median(r.cpuSPer10kTx).toFixed(2).padStart(10)} ` +
+        `${logins.toFixed(0).padStart(10)} ${(logins / baseLogins).toFixed(2).padStart(8)} ${median(r.cpuMsPerLogin).toFixed(2).padStart(13)} ` +
+        `${`${pct(median(r.primaryShareTx))} / ${pct(median(r.primaryShareLogins))}`.padStart(25)} ${median(r.rssMb).toFixed(0).padStart(8)}`,
+    );
   }
   return lines.join('\n');
 }
@@ -486,6 +541,11 @@ function estimateSeconds(options: BenchOptions, plan: Plan): number {
   s += plan.idleProxies.length * (Math.max(...options.idle) / 200 + 3 * (options.idle.length + 1) + 5);
   // Isolation: a warm-up, then per round three runs, each with ~3 s of flood start, stop and settling.
   if (options.phases.includes('isolation')) s += 10 + Math.min(5, options.durationS) + options.rounds * 3 * (options.durationS + 3.5);
+  // Workers: per round and row a fresh proxy (~3 s), a TPS cell and a -C cell.
+  if (options.phases.includes('workers')) {
+    const rows = options.workers.filter((w) => w === 1).length + options.workers.filter((w) => w > 1).length * (options.workerAccept?.length ?? 1);
+    s += options.rounds * rows * (options.durationS + options.connectDurationS + 4);
+  }
   // A fresh proxy per audit run: its start and stop add about 3 s.
   if (options.phases.includes('audit')) s += options.rounds * options.protocols.length * AUDIT_VARIANTS.length * (options.durationS + 3);
   // Catalog: four proxy starts (each settles 2 s; 10,000 tenants load in about 1.5 s), logins at ~150/s, inserts ~0.3 s each.
@@ -547,6 +607,10 @@ async function main(): Promise<void> {
     (options.phases.includes('isolation') ? `, isolation ${options.rounds} × 3 runs of ${options.durationS} s` : '') +
     (options.phases.includes('catalog') ? `, catalog of ${SMALL_TENANTS} and ${options.catalogTenants} tenants` : ''));
   log(`pools: session ${plan.sessionPoolSize}, transaction ${plan.transactionPoolSize} backends per proxy; open files ${environment.openFilesLimit}`);
+  // The load generator and PostgreSQL share this machine with the proxy: one worker unless asked (README, sizing server.workers).
+  log(`pgwarden: [server] workers = ${plan.pgwardenWorkers} in the matrix and connect phases (--pgwarden-workers; default 1, the shared-host setting)` +
+    (options.phases.includes('workers') ? `, ${options.workers.join(', ')} in the workers phase (--workers)` : '') +
+    `; on Node ${options.pgwardenNode ?? `${process.version} (the bench's)`}`);
   log(`estimated time: about ${minutes(estimatedS)}`);
   const setup = await setUp(options, plan);
   const targets = await startTargets(setup, plan, bouncer);
@@ -584,7 +648,8 @@ async function main(): Promise<void> {
     log(isolationNotes(isolation).join('\n'));
   }
   if (workers !== null) {
-    log(`\nworkers: pgwarden-transaction, pgbench -S -M simple at ${Math.max(...options.clients)} clients, ${when}; ÷first = TPS over the first worker count\n`);
+    log(`\nworkers: pgwarden-transaction, pgbench -S -M simple at ${Math.max(...options.clients)} clients and -C (TLS + SCRAM login per transaction) at ` +
+      `${options.connectClients}, ${when}; ÷first = over the first row; CPU and RSS summed over the primary and its workers\n`);
     log(formatWorkers(workers));
   }
   if (audit !== null) {

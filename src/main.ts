@@ -45,7 +45,8 @@ export async function serve(configPath: string): Promise<void> {
 }
 
 /**
- * One of N workers (see cluster/primary.ts): serves clients on the shared socket; the primary
+ * One of N workers (see cluster/primary.ts): serves clients on the shared socket, or on its own
+ * SO_REUSEPORT listener (worker_accept = "reuseport"); the primary
  * holds the audit log, the metrics and admin listeners, the signals and (without Redis) the limits.
  */
 async function serveWorker(configPath: string, config: Config, baseLog: Logger): Promise<void> {
@@ -55,7 +56,10 @@ async function serveWorker(configPath: string, config: Config, baseLog: Logger):
   const audit = new IpcAuditSink(channel, workerId);
   // With Redis each worker is an instance there; without it the primary keeps limits exact.
   const shared = config.redis === undefined ? { limits: new IpcLimitStore(channel), bus: new IpcBus(channel) } : undefined;
-  const proxy = await Proxy.start(config, { logger: log, audit, shared, admin: false, workers: config.server.workers });
+  // worker_accept = "reuseport": this worker listens on the instance's port itself (the primary names it).
+  const reusePortEnv = process.env['PGWARDEN_REUSEPORT_PORT'];
+  const reusePort = reusePortEnv === undefined ? undefined : { port: Number(reusePortEnv) };
+  const proxy = await Proxy.start(config, { logger: log, audit, shared, admin: false, workers: config.server.workers, reusePort });
   const exit = (code: number): void => {
     void proxy
       .close()

@@ -55,6 +55,12 @@ export interface ProxyOptions {
   instanceId?: string;
   /** This process is one of `[server] workers` N > 1: it opens its 1/N share of each tenant's backend pool. */
   workers?: number;
+  /**
+   * A worker with `worker_accept = "reuseport"`: listen on `port` itself with SO_REUSEPORT, beside
+   * the other workers' listeners (0: pick one; the primary hands it to the others), instead of
+   * through node:cluster's primary.
+   */
+  reusePort?: { port: number } | undefined;
 }
 
 export class Proxy {
@@ -82,6 +88,7 @@ export class Proxy {
   /** [catalog]: its reads and writes for the admin API's tenant routes (not in a worker: the primary serves them). */
   private catalogStore: CatalogStore | null = null;
   private workers = 1;
+  private reusePort: { port: number } | undefined = undefined;
   /** Each backend_ca file's content, read once per path until a reload (catalog changes do not re-read 10,000 files). */
   private backendCas = new Map<string, Buffer>();
   private draining = false;
@@ -122,6 +129,7 @@ export class Proxy {
     proxy.instanceId = instanceId;
     proxy.adminEnabled = opts.admin ?? true;
     proxy.workers = opts.workers ?? 1;
+    proxy.reusePort = opts.reusePort;
     const shared = opts.shared ?? (await openSharedState(config, instanceId, log, (mode, cause) => proxy.onLimitMode(mode, cause)));
     proxy.limits = shared.limits;
     proxy.bus = shared.bus;
@@ -247,9 +255,15 @@ export class Proxy {
   private async listen(config: Config): Promise<void> {
     const server = net.createServer({ noDelay: true, pauseOnConnect: false }, (socket) => this.accept(socket));
     server.on('error', (err) => this.log.error({ err }, 'listener error'));
+    // `reusePort` (Node ≥ 22.12; @types/node 20 does not know it yet) with `exclusive`: this
+    // process's own listener, never one shared through node:cluster's primary.
+    const where: net.ListenOptions & { reusePort?: boolean } =
+      this.reusePort === undefined
+        ? { port: config.server.listenPort, host: config.server.listenHost }
+        : { port: this.reusePort.port, host: config.server.listenHost, reusePort: true, exclusive: true };
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(config.server.listenPort, config.server.listenHost, () => {
+      server.listen(where, () => {
         server.removeListener('error', reject);
         resolve();
       });

@@ -3,6 +3,7 @@ import os from 'node:os';
 import { parseArgs } from 'node:util';
 import { ALL_TARGETS, DEFAULT_TARGETS, type TargetName } from './target.js';
 import path from 'node:path';
+import type { WorkerAccept } from '../../src/config/worker-accept.js';
 
 export type Protocol = 'simple' | 'extended' | 'prepared';
 export type Phase = 'matrix' | 'connect' | 'idle' | 'isolation' | 'workers' | 'audit' | 'catalog';
@@ -33,8 +34,12 @@ export interface BenchOptions {
   pgwardenWorkers: number;
   /** Another pgwarden checkout (built: DIR/dist/src/cli.js) run as the baseline-* targets; null: none. */
   baseline: string | null;
-  /** Worker counts for the workers phase (pgwarden-transaction, -M simple at the largest --clients). */
+  /** Worker counts for the workers phase (pgwarden-transaction, -M simple at the largest --clients, and -C). */
   workers: number[];
+  /** `[server] worker_accept` values the workers phase runs each count > 1 with; null: what "auto" means on the proxy's Node. */
+  workerAccept: WorkerAccept[] | null;
+  /** The Node binary pgwarden runs on (e.g. a Node 22 for reuseport); null: the bench's own. */
+  pgwardenNode: string | null;
   floods: FloodKind[];
   stormLanes: number;
   stormPauseMs: number;
@@ -65,8 +70,13 @@ export const USAGE = `usage: npm run bench -- [options]
   --login-batch N       concurrent logins while opening idle clients (default 200)
   --baseline DIR        another pgwarden checkout, built (DIR/dist/src/cli.js), measured as baseline-session and
                         baseline-transaction in the same run: before/after figures in one sitting
-  --pgwarden-workers N  [server] workers of the pgwarden targets in the matrix and connect phases (default 1)
-  --workers LIST        [server] workers counts for the workers phase (default 1,<cores>)
+  --pgwarden-workers N  [server] workers of the pgwarden targets in the matrix and connect phases (default 1:
+                        pgbench and PostgreSQL share this machine's cores, the shared-host sizing; README)
+  --workers LIST        [server] workers counts for the workers phase (default 1,<cores>: one worker against
+                        one per core; this machine has ${os.availableParallelism()})
+  --worker-accept LIST  [server] worker_accept for the workers phase's counts > 1: reuseport,primary
+                        (default: what "auto" means on pgwarden's Node: reuseport from 22.12, else primary)
+  --pgwarden-node PATH  the Node binary pgwarden runs on, e.g. a Node 22 for reuseport (default: this one)
   --isolation-clients N steady tenant's pgbench -S clients in the isolation phase (default 4)
   --flood LIST          what the noisy tenant does: storm,copy,stall (default all three)
   --storm-lanes N       concurrent login attempts of the storm (default 300)
@@ -118,7 +128,7 @@ export function parseOptions(argv: string[]): BenchOptions | null {
     options: {
       phases: s, targets: s, protocols: s, clients: s, duration: s, rounds: s, jobs: s, scale: s, warmup: s,
       'pool-size': s, 'connect-clients': s, 'connect-duration': s, idle: s, 'login-batch': s,
-      'isolation-clients': s, workers: s, 'pgwarden-workers': s, baseline: s, flood: s, 'storm-lanes': s, 'storm-pause': s, 'storm-rate': s,
+      'isolation-clients': s, workers: s, 'worker-accept': s, 'pgwarden-node': s, 'pgwarden-workers': s, baseline: s, flood: s, 'storm-lanes': s, 'storm-pause': s, 'storm-rate': s,
       'catalog-tenants': s, 'catalog-inserts': s, 'catalog-logins': s,
       help: { type: 'boolean', short: 'h' },
     },
@@ -151,6 +161,8 @@ export function parseOptions(argv: string[]): BenchOptions | null {
     isolationClients: positiveInt('isolation-clients', values['isolation-clients'], 4),
     pgwardenWorkers: positiveInt('pgwarden-workers', values['pgwarden-workers'], 1),
     workers: intList('workers', values.workers, [...new Set([1, os.availableParallelism()])]),
+    workerAccept: values['worker-accept'] === undefined ? null : subset('worker-accept', values['worker-accept'], ['reuseport', 'primary'] as const),
+    pgwardenNode: values['pgwarden-node'] === undefined ? null : path.resolve(values['pgwarden-node']),
     floods: subset('flood', values.flood, FLOODS),
     stormLanes: positiveInt('storm-lanes', values['storm-lanes'], 300),
     stormPauseMs: positiveInt('storm-pause', values['storm-pause'], 0, 0),

@@ -1,4 +1,4 @@
-/** Runs pgwarden as a child process (`node dist/src/cli.js serve`): with one tenant in front of the cluster, or (spawnPgWarden) any config. */
+/** Runs pgwarden as a child process (`node dist/src/cli.js serve`, on --pgwarden-node's Node if given): with one tenant in front of the cluster, or (spawnPgWarden) any config. */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -25,8 +25,10 @@ export interface PgWardenSpec {
   maxClientConnections: number;
   /** The tenant's max_backend_connections. */
   maxBackendConnections: number;
-  /** Extra [server] keys (e.g. max_preauth_connections for the idle phase). */
-  server?: Record<string, number>;
+  /** Extra [server] keys (e.g. max_preauth_connections for the idle phase, worker_accept for the workers phase). */
+  server?: Record<string, TomlValue>;
+  /** The Node binary to run pgwarden on; default the bench's. */
+  node?: string;
   /** Worker processes (`[server] workers`); default 1. CPU and memory are summed over them. */
   workers?: number;
   /** Extra tenant keys (e.g. audit_statements) and an audit file (the audit phase). */
@@ -118,13 +120,16 @@ export interface PgWardenProcess {
  * `node <cli> serve --config <toml>` in a temp dir (removed at cleanup), resolved once it logs
  * "listening"; the config must log at info or below. `env` is added to this process's environment.
  */
-export async function spawnPgWarden(toml: string, opts: { cli?: string; env?: Record<string, string>; listenTimeoutMs?: number } = {}): Promise<PgWardenProcess> {
+export async function spawnPgWarden(
+  toml: string,
+  opts: { cli?: string; node?: string; env?: Record<string, string>; listenTimeoutMs?: number } = {},
+): Promise<PgWardenProcess> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-bench-proxy-'));
   onCleanup(`remove ${dir}`, () => rm(dir, { recursive: true, force: true }));
   const configPath = path.join(dir, 'pgwarden.toml');
   await writeFile(configPath, toml);
   const spawnedAtMs = Date.now();
-  const daemon = startDaemon(process.execPath, [opts.cli ?? CLI, 'serve', '--config', configPath], { cwd: dir, env: { ...process.env, ...opts.env } });
+  const daemon = startDaemon(opts.node ?? process.execPath, [opts.cli ?? CLI, 'serve', '--config', configPath], { cwd: dir, env: { ...process.env, ...opts.env } });
   onCleanup('stop pgwarden', () => daemon.stop());
   const listening = await listeningLine(daemon, opts.listenTimeoutMs);
   return { daemon, listening, spawnedAtMs };
@@ -134,7 +139,7 @@ export async function startPgWarden(spec: PgWardenSpec): Promise<Target> {
   const {
     daemon,
     listening: { port, metrics_port: metricsPort },
-  } = await spawnPgWarden(configText(spec), spec.cli === undefined ? {} : { cli: spec.cli });
+  } = await spawnPgWarden(configText(spec), { ...(spec.cli === undefined ? {} : { cli: spec.cli }), ...(spec.node === undefined ? {} : { node: spec.node }) });
   return {
     name: spec.name ?? `pgwarden-${spec.mode}`,
     port,

@@ -74,6 +74,13 @@ export function cpuTimes(pid: number): CpuTimes {
   return { userS: user / clockTicks(), systemS: system / clockTicks() };
 }
 
+/** utime + stime of `pid` alone (not its descendants: a primary without its workers), in seconds. */
+export function ownCpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[14 - 3]) + Number(fields[15 - 3])) / clockTicks();
+}
+
 /** utime + stime of all threads of `pid`, in seconds. */
 export function cpuSeconds(pid: number): number {
   const t = cpuTimes(pid);

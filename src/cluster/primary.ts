@@ -1,6 +1,11 @@
 /**
  * Multi-core serving (`[server] workers = N`, N > 1): the primary process forks N workers that
- * share the listen socket (node:cluster) and each run a Proxy; it serves nothing itself.
+ * each run a Proxy; it serves nothing itself. How connections reach the workers is
+ * `[server] worker_accept` (config/worker-accept.ts): with "primary" the primary accepts each one
+ * and hands it to a worker in turn (node:cluster's round robin); with "reuseport" (Node ≥ 22.12)
+ * each worker listens on the port itself with SO_REUSEPORT, the kernel picks the worker, and the
+ * primary never sees a client connection. Everything below is the same in both modes: a cancel
+ * request is relayed by key whichever worker it lands on.
  *
  * The primary owns what must be one per instance: the audit log (one hash chain), the metrics
  * listener (metrics aggregated over workers), the admin API (sessions asked of the workers), the signals, and, without Redis, the limit store,
@@ -24,6 +29,7 @@ import { openSharedState, type SharedState } from './shared-state.js';
 import { onShutdownSignals } from '../signals.js';
 import { isMessage, type PrimaryMessage, type WorkerMessage } from './ipc.js';
 import { CatalogStore } from '../catalog/store.js';
+import { resolveWorkerAccept } from '../config/worker-accept.js';
 
 /** A worker that dies sooner than this after its start counts as a crash loop: wait before the next. */
 const RESPAWN_BACKOFF_MS = 1_000;
@@ -47,7 +53,12 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
   let stopping = false;
   const started = new Map<number, number>();
   const workerIds = new Map<Worker, number>();
-  let port = 0;
+  /** Fixed at start, like the worker count. */
+  const accept = resolveWorkerAccept(config.server.workerAccept);
+  /** The client port: the configured one, or (port 0) the one the first worker got. */
+  let port = config.server.listenPort;
+  /** Workers forked once the first one listens (reuseport on port 0: they must bind the port it got). */
+  let deferred = accept === 'reuseport' && port === 0 ? config.server.workers - 1 : 0;
   /** Workers that have reported their listener; the instance is "listening" once all first ones have. */
   const listening = new Set<number>();
 
@@ -114,11 +125,18 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
         audit.append(m.event);
         return;
       case 'cancel':
+        // The worker that received it does not own the key: the owner (if any) is another worker.
+        metrics.workerCancelsRelayed.inc();
         broadcast({ k: 'cancel', msg: m.msg }, w);
         return;
       case 'listening':
         port = m.port;
         listening.add(id);
+        // reuseport on port 0: the first worker picked the port; the others join it now.
+        while (deferred > 0 && !stopping) {
+          deferred--;
+          fork();
+        }
         return;
       case 'hello':
         w.send({ k: 'init', suspended: [...suspended], revocations: revocations.list() } satisfies PrimaryMessage);
@@ -135,7 +153,9 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
   let workerSeq = 0;
   const fork = (): void => {
     const id = ++workerSeq;
-    const w = cluster.fork({ PGWARDEN_WORKER_ID: String(id) });
+    // With reuseport the worker listens itself, on the instance's port once it is known (0: it picks one).
+    const env = accept === 'reuseport' ? { PGWARDEN_WORKER_ID: String(id), PGWARDEN_REUSEPORT_PORT: String(port) } : { PGWARDEN_WORKER_ID: String(id) };
+    const w = cluster.fork(env);
     workerIds.set(w, id);
     started.set(id, Date.now());
     w.on('message', (raw: unknown) => handle(w, raw));
@@ -224,6 +244,9 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
   function reload(): void {
     loadConfigFile(configPath)
       .then((next) => {
+        if (next.server.workers !== config.server.workers || next.server.workerAccept !== config.server.workerAccept) {
+          log.warn('server.workers or server.worker_accept changed: takes effect after a restart');
+        }
         config = next;
         catalogStore?.setContext(next);
         broadcast({ k: 'reload' });
@@ -236,7 +259,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
       });
   }
 
-  for (let i = 0; i < config.server.workers; i++) fork();
+  for (let i = deferred; i < config.server.workers; i++) fork();
   await new Promise<void>((resolve) => {
     const check = setInterval(() => {
       if (listening.size >= config.server.workers) {
@@ -250,11 +273,12 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
     state: 'started',
     instance_id: instanceId,
     workers: config.server.workers,
+    worker_accept: accept,
     listen: { host: config.server.listenHost, port },
   });
   const metricsPort = operator.metricsAddress?.port ?? null;
   const adminPort = operator.adminAddress?.port ?? null;
-  log.info({ event: 'listening', port, metrics_port: metricsPort, admin_port: adminPort, workers: config.server.workers }, 'listening');
+  log.info({ event: 'listening', port, metrics_port: metricsPort, admin_port: adminPort, workers: config.server.workers, worker_accept: accept }, 'listening');
 
   let finishing: Promise<void> | null = null;
   /** Closes what the primary owns, once (a second signal may arrive during a drain). */

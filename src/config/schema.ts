@@ -5,6 +5,7 @@
  */
 import type { BlockList } from 'node:net';
 import type { ScramVerifier } from './scram-verifier.js';
+import type { WorkerAcceptSetting } from './worker-accept.js';
 
 export type BackendTls = 'disable' | 'require' | 'verify-full';
 
@@ -222,13 +223,15 @@ export interface Config {
     readonly maxPreauthPerSource: number;
     readonly backendConnectTimeoutMs: number;
     readonly mockSecretEnv: string | undefined;
-    /** Worker processes sharing the listen socket (1 = serve in this process). */
+    /** Worker processes (1 = serve in this process); how connections reach them is workerAccept. */
     readonly workers: number;
     /**
      * How the relay moves bytes: "auto" reads and writes through the sockets' native handles
      * (net/socket-io.ts) where this Node has what that needs, "stream" through Node's streams.
      */
     readonly relayIo: 'auto' | 'stream';
+    /** How workers get their connections (config/worker-accept.ts); "auto" is resolved at start. */
+    readonly workerAccept: WorkerAcceptSetting;
     /** "v2": connections from `proxyProtocolTrusted` start with a PROXY protocol v2 header naming the client. */
     readonly proxyProtocol: 'off' | 'v2';
     /** The load balancers' CIDRs, as written and as a BlockList (empty when off). */

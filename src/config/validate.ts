@@ -10,6 +10,7 @@ import { Reader, type Tree } from './toml-reader.js';
 import { readAudit, readStaff } from './validate-audit.js';
 import { LIMIT_KEYS, MAX_MESSAGE_BYTES, POOL_KEYS, readLimits, readPool } from './validate-settings.js';
 import { readCatalog } from './validate-catalog.js';
+import { reusePortAvailable, WORKER_ACCEPT_SETTINGS } from './worker-accept.js';
 import { checkTenantNeeds, readCidrList, readTenants } from './validate-tenants.js';
 
 /**
@@ -71,7 +72,7 @@ function readServer(r: Reader, tree: Tree, resolvePath: (p: string) => string): 
   const s = r.section(tree, 'server', 'server', [
     'listen', 'tls_cert', 'tls_key', 'tls_min_version', 'require_tls', 'sni_suffix', 'tenant_in_user', 'default_tenant', 'auth_timeout',
     'shutdown_timeout', 'max_preauth_connections', 'max_preauth_per_source', 'backend_connect_timeout', 'mock_secret_env', 'workers',
-    'proxy_protocol', 'proxy_protocol_trusted', 'relay_io',
+    'worker_accept', 'proxy_protocol', 'proxy_protocol_trusted', 'relay_io',
   ], true);
   const listen = r.listen(s, 'listen', 'server', '127.0.0.1:6432');
   const tlsCert = r.str(s, 'tls_cert', 'server');
@@ -97,6 +98,10 @@ function readServer(r: Reader, tree: Tree, resolvePath: (p: string) => string): 
     r.problems.push('server.proxy_protocol_trusted: must list the load balancers\' CIDRs when proxy_protocol = "v2"');
   }
   if (proxyProtocol === 'off' && proxyProtocolTrusted.length > 0) r.problems.push('server.proxy_protocol_trusted: is set but server.proxy_protocol is "off"');
+  const workerAccept = r.oneOf(s, 'worker_accept', 'server', WORKER_ACCEPT_SETTINGS, 'auto');
+  if (workerAccept === 'reuseport' && !reusePortAvailable()) {
+    r.problems.push(`server.worker_accept: "reuseport" needs Node 22.12 or later on Linux (this is Node ${process.versions.node} on ${process.platform}); use "auto" or "primary"`);
+  }
   return {
     listenHost: listen.host,
     listenPort: listen.port,
@@ -115,6 +120,7 @@ function readServer(r: Reader, tree: Tree, resolvePath: (p: string) => string): 
     mockSecretEnv: r.str(s, 'mock_secret_env', 'server'),
     // One worker per core by default (each is a process; the primary only coordinates).
     workers: r.int(s, 'workers', 'server', availableParallelism(), 1, 256),
+    workerAccept,
     proxyProtocol,
     relayIo: r.oneOf(s, 'relay_io', 'server', ['auto', 'stream'] as const, 'auto'),
     proxyProtocolTrusted,

@@ -115,6 +115,10 @@ export class Metrics {
   readonly configReloads = this.counter('pgwarden_config_reloads_total', 'Configuration reloads by outcome', ['outcome'] as const);
   readonly auditRecords = this.counter('pgwarden_audit_records_total', 'Audit records written, by event', ['event'] as const);
   readonly draining = this.gauge('pgwarden_draining', '1 while the proxy drains for shutdown');
+  readonly workerCancelsRelayed = this.counter(
+    'pgwarden_worker_cancels_relayed_total',
+    'Cancel requests whose key the receiving worker did not own, relayed by the primary to the other workers',
+  );
   // The audit file writer (src/audit/writer.ts, its queue in write-queue.ts): group commit, failures, queue, rotation, checkpoints.
   readonly auditWrites = this.counter('pgwarden_audit_writes_total', 'write(2) batches that reached the audit file (one batch carries many records)');
   readonly auditFsyncs = this.counter('pgwarden_audit_fsyncs_total', 'fdatasync calls on the audit file (durable appends share them)');

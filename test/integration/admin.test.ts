@@ -331,7 +331,7 @@ describe('admin API with two workers', () => {
     auditFile = path.join(dir, 'audit.jsonl');
     cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
     verifier = await readVerifier(cluster, 'app');
-    spec = { server: { workers: 2 }, auditFile, admin: { token_sha256: TOKEN_SHA256 }, tenants: [{ id: 'acme', cluster, users: [{ name: 'app', verifier }] }] };
+    spec = { server: { workers: 2, worker_accept: 'primary' }, auditFile, admin: { token_sha256: TOKEN_SHA256 }, tenants: [{ id: 'acme', cluster, users: [{ name: 'app', verifier }] }] };
     child = await spawnProxy(spec);
   });
   after(async () => {
@@ -346,7 +346,7 @@ describe('admin API with two workers', () => {
 
   it('lists the sessions of both workers, and ends one on either', async () => {
     assert.ok(child.adminPort !== null && child.adminPort > 0);
-    // Connections alternate between workers (round robin); four cover both.
+    // Connections alternate between workers (the primary's round robin, pinned on any Node); four cover both.
     const clients = await Promise.all(Array.from({ length: 4 }, () => login()));
     let views: View[] = [];
     await waitFor(async () => (views = await list()).length === 4, 5_000, 'four sessions listed');

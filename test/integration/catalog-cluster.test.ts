@@ -136,7 +136,7 @@ describe('the tenant catalog across instances, managed through the admin API', (
     await writeFile(initConfig, configToml({ ...common, catalog: catalog('init') }, certs));
     execFileSync(process.execPath, [cli, 'catalog', 'init', '--config', initConfig], { env: { ...process.env, [PW_ENV]: CATALOG_PW } });
 
-    a = await spawnProxy({ ...common, auditFile: path.join(dir, 'a.audit.jsonl'), server: { workers: 2 }, catalog: catalog('a') }, { [PW_ENV]: CATALOG_PW });
+    a = await spawnProxy({ ...common, auditFile: path.join(dir, 'a.audit.jsonl'), server: { workers: 2, worker_accept: 'primary' }, catalog: catalog('a') }, { [PW_ENV]: CATALOG_PW });
     specB = { ...common, auditFile: path.join(dir, 'b.audit.jsonl'), catalog: catalog('b') };
     b = await spawnProxy(specB, { [PW_ENV]: CATALOG_PW });
   });
@@ -160,7 +160,8 @@ describe('the tenant catalog across instances, managed through the admin API', (
     const written = Date.now();
     const onB = await firstLogin(b, 'acme', written, 1_000);
     assert.ok(onB < 1_000, `${onB} ms to the first login on the other instance`);
-    // Both of a's workers follow the catalog: consecutive logins are spread over them.
+    // Both of a's workers follow the catalog: consecutive logins alternate between them (the primary's
+    // round robin, on any Node: worker_accept = "primary"; with reuseport the kernel's hash would decide).
     for (let i = 0; i < 6; i++) await firstLogin(a, 'acme', written, 1_000);
     const listed = await admin(a.adminPort!, 'GET', '/sessions?tenant=acme');
     const workers = new Set((listed.body['sessions'] as { worker: number }[]).map((s) => s.worker));

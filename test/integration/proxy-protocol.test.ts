@@ -442,7 +442,15 @@ describe('PROXY protocol v2: per-source caps and cool-downs are per client, not 
   });
 });
 
-describe('PROXY protocol v2 with two workers (the real CLI)', () => {
+/**
+ * Two workers both ways connections reach them: the primary's hand-off (any Node) and, on the Node 22
+ * that PGWARDEN_TEST_NODE22 names (.ci/run sets it), each worker's own SO_REUSEPORT listener.
+ */
+const NODE22 = process.env['PGWARDEN_TEST_NODE22'];
+for (const variant of [
+  { accept: 'primary', node: process.execPath, logins: 4, skip: false as const },
+  { accept: 'reuseport', node: NODE22 ?? '', logins: 16, skip: NODE22 === undefined || NODE22 === '' ? 'PGWARDEN_TEST_NODE22 is not set (.ci/run sets it)' : (false as const) },
+]) describe(`PROXY protocol v2 with two workers (the real CLI), worker_accept = "${variant.accept}"`, { skip: variant.skip }, () => {
   let cluster: Cluster;
   let child: ChildProxy;
   let hap: RunningHaproxy;
@@ -451,10 +459,10 @@ describe('PROXY protocol v2 with two workers (the real CLI)', () => {
     cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
     const users = [{ name: 'app', verifier: await readVerifier(cluster, 'app') }];
     child = await spawnProxy({
-      server: { workers: 2, proxy_protocol: 'v2', proxy_protocol_trusted: ['127.0.0.1/32'] },
+      server: { workers: 2, worker_accept: variant.accept, proxy_protocol: 'v2', proxy_protocol_trusted: ['127.0.0.1/32'] },
       admin: { token_sha256: TOKEN_SHA256 },
       tenants: [{ id: 'acme', cluster, users }],
-    });
+    }, {}, variant.node);
     hap = await startHaproxy(child.port);
   });
   after(async () => {
@@ -467,14 +475,16 @@ describe('PROXY protocol v2 with two workers (the real CLI)', () => {
     const certs = await testCerts();
     const clients: pg.Client[] = [];
     try {
-      for (let i = 0; i < 4; i++) {
+      // Round robin covers both workers in 4; the kernel's hash, in 16 but for odds of 2^-15.
+      for (let i = 0; i < variant.logins; i++) {
         const c = new pg.Client({ ...clientConfig({ port: hap.port, certs }, { tenant: 'acme', user: 'app', password: 'app-pass' }), stream: boundStream('127.0.0.2') });
         await c.connect();
         clients.push(c);
       }
       const list = (await getJson(child.adminPort!, '/sessions'))['sessions'] as (View & { worker?: number })[];
-      assert.equal(list.length, 4, JSON.stringify(list));
+      assert.equal(list.length, variant.logins, JSON.stringify(list));
       for (const s of list) assert.deepEqual({ addr: s.client.addr, via: s.client.via }, { addr: '127.0.0.2', via: '127.0.0.1' });
+      assert.deepEqual([...new Set(list.map((s) => s.worker))].sort(), [1, 2], 'sessions on both workers');
     } finally {
       for (const c of clients) await c.end();
     }

@@ -15,7 +15,8 @@ import { startCluster, readVerifier, type Cluster } from '../support/cluster.js'
 import { spawnProxy, connect, testCerts, type ChildProxy } from '../support/proxy.js';
 import { verifyAuditFile } from '../../src/audit/verify.js';
 import { waitFor } from '../support/wait.js';
-import { workerPids } from '../support/proxy.js';
+import { listeningLine, listenersOn, workerPids } from '../support/proxy.js';
+import { resolveWorkerAccept } from '../../src/config/worker-accept.js';
 import { sendCancel } from '../support/wire.js';
 
 function get(port: number, urlPath: string): Promise<{ status: number; body: string }> {
@@ -73,7 +74,14 @@ describe('workers', () => {
   const login = (tenant = 'acme'): Promise<pg.Client> => connect(base, { tenant, user: 'app', password: 'app-pass' });
 
   it('runs two workers that both serve sessions', async () => {
-    assert.equal(workerPids(child.child.pid!).length, 2);
+    const workers = workerPids(child.child.pid!);
+    assert.equal(workers.length, 2);
+    // worker_accept = "auto": on Node 20 the primary holds the one listener and hands connections
+    // over; where Node has reusePort, each worker holds its own (workers-reuseport.test.ts).
+    const accept = resolveWorkerAccept('auto');
+    assert.equal(listeningLine(child)['worker_accept'], accept);
+    const owners = listenersOn(child.port, [child.child.pid!, ...workers]);
+    assert.deepEqual([...owners.values()], accept === 'primary' ? [1, 0, 0] : [0, 1, 1], JSON.stringify([...owners]));
     const clients = await Promise.all(Array.from({ length: 6 }, () => login('txn')));
     await Promise.all(clients.map((c) => c.query('select pg_sleep(0.2)')));
     // Pools live in the workers, each with its share: the tenant's 2 backends in total, not 2 each.

@@ -4,6 +4,7 @@
  * Also builds clients (`pg`, `psql`) that reach a tenant the way users do: SNI and verify-full.
  */
 import { spawn, execFile, execFileSync, type ChildProcess } from 'node:child_process';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { mkdtemp, writeFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -231,14 +232,17 @@ export interface ChildProxy {
   stop(): Promise<void>;
 }
 
-/** Runs `node dist/src/cli.js serve --config <file>` and waits for its "listening" log line. */
-export async function spawnProxy(spec: ProxySpec, env: Record<string, string> = {}): Promise<ChildProxy> {
+/**
+ * Runs `node dist/src/cli.js serve --config <file>` and waits for its "listening" log line.
+ * `node`: another Node binary for the proxy (the reusePort tests run it on Node 22); default this one.
+ */
+export async function spawnProxy(spec: ProxySpec, env: Record<string, string> = {}, node: string = process.execPath): Promise<ChildProxy> {
   const certs = await testCerts();
   const dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-proxy-'));
   const configPath = path.join(dir, 'pgwarden.toml');
   await writeFile(configPath, configToml(spec, certs).replace('level = "warn"', 'level = "info"'));
   const cli = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../src/cli.js');
-  const child = spawn(process.execPath, [cli, 'serve', '--config', configPath], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(node, [cli, 'serve', '--config', configPath], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr.on('data', (d: Buffer) => (out += d.toString()));
@@ -297,4 +301,54 @@ export function workerPids(primary: number): number[] {
   } catch {
     return [];
   }
+}
+
+/**
+ * How many TCP sockets listening on `port` (IPv4 or IPv6) each of `pids` holds, from /proc (Linux):
+ * the primary of a node:cluster hand-off holds the one listener; with reusePort each worker holds its own.
+ */
+export function listenersOn(port: number, pids: readonly number[]): Map<number, number> {
+  const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+  const inodes = new Set<string>();
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text: string;
+    try {
+      text = readFileSync(table, 'utf8');
+    } catch {
+      continue; // no IPv6
+    }
+    for (const line of text.split('\n').slice(1)) {
+      // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+      const f = line.trim().split(/\s+/);
+      if (f.length > 9 && f[1]?.endsWith(`:${hexPort}`) && f[3] === '0A') inodes.add(f[9]!);
+    }
+  }
+  const owners = new Map<number, number>();
+  for (const pid of pids) {
+    let n = 0;
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      fds = []; // gone
+    }
+    for (const fd of fds) {
+      let link: string;
+      try {
+        link = readlinkSync(`/proc/${pid}/fd/${fd}`);
+      } catch {
+        continue; // closed meanwhile
+      }
+      const m = /^socket:\[(\d+)\]$/.exec(link);
+      if (m !== null && inodes.has(m[1]!)) n++;
+    }
+    owners.set(pid, n);
+  }
+  return owners;
+}
+
+/** The fields of the proxy's `"event":"listening"` log line (the primary's, with workers). */
+export function listeningLine(child: ChildProxy): Record<string, unknown> {
+  const line = child.logs().split('\n').find((l) => l.includes('"event":"listening"'));
+  return line === undefined ? {} : (JSON.parse(line) as Record<string, unknown>);
 }

@@ -9,6 +9,7 @@ import { formatScramVerifier, mockVerifier } from '../../src/auth/scram.js';
 import { parseConfigText } from '../../src/config/load.js';
 import { ConfigError, type Config } from '../../src/config/schema.js';
 import { parseDurationMs } from '../../src/config/toml-reader.js';
+import { resolveWorkerAccept, reusePortAvailable } from '../../src/config/worker-accept.js';
 
 const BASE_DIR = path.resolve('/etc/pgwarden');
 const VERIFIER = formatScramVerifier(mockVerifier(Buffer.from('config-test'), 'acme', 'alice'));
@@ -387,5 +388,32 @@ describe('config: [server] proxy_protocol', () => {
     assert.match(assertProblemAt(withProxy('proxy_protocol = "v2"\nproxy_protocol_trusted = ["10.0.0.0/33"]'), 'server.proxy_protocol_trusted'), /not a CIDR/);
     assertProblemAt(withProxy('proxy_protocol = "v2"\nproxy_protocol_trusted = "10.0.0.0/8"'), 'server.proxy_protocol_trusted');
     assertProblemAt(withProxy('proxy_protocol_trusted = ["10.0.0.0/8"]'), 'server.proxy_protocol_trusted');
+  });
+});
+
+describe('config: [server] worker_accept', () => {
+  const withAccept = (lines: string): string => MINIMAL.replace('require_tls = false\n', `require_tls = false\n${lines}\n`);
+
+  it('is "auto" by default and takes "primary"', () => {
+    assert.equal(parseConfigText(MINIMAL, BASE_DIR).server.workerAccept, 'auto');
+    assert.equal(parseConfigText(withAccept('worker_accept = "primary"'), BASE_DIR).server.workerAccept, 'primary');
+  });
+
+  it('takes "reuseport" only where this Node has listen({ reusePort }) (22.12, on Linux)', () => {
+    const text = withAccept('worker_accept = "reuseport"');
+    if (reusePortAvailable()) assert.equal(parseConfigText(text, BASE_DIR).server.workerAccept, 'reuseport');
+    else assert.match(assertProblemAt(text, 'server.worker_accept'), /Node 22\.12 or later on Linux \(this is Node \d+/);
+    assertProblemAt(withAccept('worker_accept = "kernel"'), 'server.worker_accept');
+  });
+
+  it('"auto" means reuseport from Node 22.12 and 23.1 on Linux, the primary\'s hand-off before', () => {
+    for (const [version, platform, available] of [
+      ['20.20.2', 'linux', false], ['22.11.0', 'linux', false], ['22.12.0', 'linux', true], ['22.23.5', 'linux', true],
+      ['23.0.0', 'linux', false], ['23.1.0', 'linux', true], ['24.0.0', 'linux', true], ['24.0.0', 'darwin', false],
+    ] as const) {
+      assert.equal(reusePortAvailable(version, platform), available, `${version} ${platform}`);
+      assert.equal(resolveWorkerAccept('auto', available), available ? 'reuseport' : 'primary');
+    }
+    assert.equal(resolveWorkerAccept('primary', true), 'primary');
   });
 });
