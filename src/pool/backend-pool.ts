@@ -133,12 +133,15 @@ export class TenantPool {
   }
 
   private afterRelay(b: Backend, reset: boolean): void {
-    b.afterCancels(() => {
-      if (b.state === 'closed') return;
-      if (b.socket.destroyed) this.destroy(b);
-      else if (reset) this.reset(b);
-      else this.makeIdle(b);
-    });
+    if (b.cancelsInFlight === 0) this.reuse(b, reset);
+    else b.afterCancels(() => this.reuse(b, reset));
+  }
+
+  private reuse(b: Backend, reset: boolean): void {
+    if (b.state === 'closed') return;
+    if (b.socket.destroyed) this.destroy(b);
+    else if (reset) this.reset(b);
+    else this.makeIdle(b);
   }
 
   /** Closes a backend that is broken or whose session ended mid-conversation. */
@@ -230,7 +233,9 @@ export class TenantPool {
   private activate(b: Backend): void {
     b.state = 'active';
     b.unwatch();
-    b.socket.pause();
+    // A relay reading through the handle takes the reads from under the stream, which stays
+    // flowing (no pause and resume per transaction); the stream path needs it paused until then.
+    if (b.io?.mode !== 'handle') b.socket.pause();
   }
 
   private async open(pool: KeyPool): Promise<Backend> {
@@ -283,7 +288,7 @@ export class TenantPool {
     b.state = 'idle';
     // An idle server may only speak to say it is going away (FATAL) or to notify: drop it either way.
     b.watch((b.idleWatchers ??= { data: () => this.destroy(b), close: () => this.destroy(b) }));
-    b.socket.resume();
+    if (b.socket.isPaused()) b.socket.resume();
     pool.idle.push(b);
     this.serviceWaiters();
   }
