@@ -247,7 +247,9 @@ export class ClientSession implements TrafficSource, RelayHost {
     const relay = up.transactionMode ? new TransactionRelay(this, this.conn.sock, setup) : new SessionRelay(this, this.conn.sock, setup);
     this.relay = relay;
     this.setPhase('relaying');
+    // What only the login used goes now: an idle session keeps what its relay, audit and end need.
     this.preauth = null;
+    this.plan = null;
     ctx.audit.append(
       this.records.sessionStart(this.conn.sock, {
         parameters: up.parameters,
@@ -264,7 +266,7 @@ export class ClientSession implements TrafficSource, RelayHost {
       {
         session: this.id,
         tenant: tenant.id,
-        user: sanitizeName(this.plan!.startup.user),
+        user: sanitizeName(this.subject.startup!.user),
         client: this.conn.remoteAddress,
         ...(this.conn.via === null ? {} : { via: this.conn.via.addr }),
         tls: this.subject.tls.version,
