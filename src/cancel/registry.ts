@@ -18,7 +18,7 @@ export function hashCancelSecret(secretKey: Buffer, clusterKey?: Buffer): string
 }
 
 export interface CancelTarget {
-  readonly tenantId: string;
+  readonly tenantId: string | undefined;
   /** Sends the cancel to whatever upstream currently serves the session (may change with pooling). */
   cancel(): void;
 }

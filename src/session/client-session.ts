@@ -17,7 +17,7 @@ import { UpstreamRefused } from '../pool/upstream.js';
 import { sourceKey } from '../limits/store.js';
 import type { ClientAddress } from '../net/proxy-header.js';
 import type { Lease } from '../limits/connections.js';
-import { hashCancelSecret } from '../cancel/registry.js';
+import { hashCancelSecret, type CancelTarget } from '../cancel/registry.js';
 import type { AuditEvent } from '../audit/record.js';
 import type { Metrics, TrafficSource } from '../observability/metrics.js';
 import type { SessionContext } from './context.js';
@@ -64,7 +64,7 @@ interface PreauthState {
   readonly progress: LoginProgress;
 }
 
-export class ClientSession implements TrafficSource, RelayHost {
+export class ClientSession implements TrafficSource, RelayHost, CancelTarget {
   readonly id = randomUUID();
   readonly startedAt = Date.now();
   private currentPhase: Phase = 'negotiating';
@@ -216,7 +216,8 @@ export class ClientSession implements TrafficSource, RelayHost {
     const backend = up.backend;
     this.loginBackendPid = backend?.processId ?? 0;
     const txStatus = (backend?.conn.txStatus ?? TxStatus.Idle) as TxStatusByte;
-    const key = this.res.issueCancelKey(() => this.relay?.cancelRunning(), tenant.id);
+    // The session is its own cancel target: no closure and target object per session.
+    const key = this.res.issueCancelKey(this);
     this.conn.send(
       ...encodeGreeting({
         saslFinal: who.kind === 'scram' ? who.serverFinal : null,
@@ -471,6 +472,11 @@ export class ClientSession implements TrafficSource, RelayHost {
       }
     }
     this.relay!.checkTimers(now, current ?? this.subject.tenant!.limits);
+  }
+
+  /** A CancelRequest with this session's key: reaches its backend if that runs something (CancelTarget). */
+  cancel(): void {
+    this.relay?.cancelRunning();
   }
 
   noteLimit(limit: string): void {
