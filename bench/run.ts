@@ -52,7 +52,8 @@ interface Plan {
   matrixTargets: TargetName[];
   connectTargets: TargetName[];
   /** Proxies measured with idle clients (each a fresh process in transaction mode). */
-  idleProxies: ProxyKind[];
+  /** Proxies measured with idle clients, each a fresh process in its own pool mode. */
+  idleProxies: TargetName[];
   /** Targets started for the matrix and connect phases. */
   running: TargetName[];
   maxClients: number;
@@ -111,7 +112,17 @@ function makePlan(options: BenchOptions, bouncer: string | null): { plan: Plan; 
   const has = (p: 'matrix' | 'connect' | 'idle'): boolean => options.phases.includes(p);
   const matrixTargets = has('matrix') ? available : [];
   const connectTargets = has('connect') ? available.filter((t) => t === 'direct' || parseTargetName(t)?.mode === 'session') : [];
-  const idleProxies = has('idle') ? (['pgbouncer', 'pgwarden'] as const).filter((p) => available.some((t) => parseTargetName(t)?.proxy === p)) : [];
+  const idleProxies: TargetName[] = !has('idle')
+    ? []
+    : options.idleTargets !== null
+      ? options.idleTargets.filter((t) => {
+          const proxy = parseTargetName(t)?.proxy;
+          if (proxy === 'baseline' && options.baseline === null) skipped.push({ target: t, reason: 'no --baseline DIR given' });
+          else if (proxy === 'pgbouncer' && bouncer === null) skipped.push({ target: t, reason: 'pgbouncer is not installed' });
+          else return true;
+          return false;
+        })
+      : (['pgbouncer', 'pgwarden'] as const).filter((p) => available.some((t) => parseTargetName(t)?.proxy === p)).map((p) => `${p}-transaction` as const);
   const running = available.filter((t) => matrixTargets.includes(t) || connectTargets.includes(t));
   const maxClients = Math.max(1, ...(has('matrix') ? options.clients : []), ...(has('connect') ? [options.connectClients] : []));
   const sessionPoolSize = Math.max(options.poolSize, maxClients + 4);
@@ -316,13 +327,17 @@ async function runRounds(setup: Setup, options: BenchOptions, plan: Plan, target
   return runs;
 }
 
-/** Fresh proxies in transaction mode (idle clients hold no backend), one at a time, stopped afterwards. */
+/**
+ * Fresh proxies, one at a time, stopped afterwards; by default in transaction mode (idle clients
+ * hold no backend: in session mode each holds one, so the counts must stay under max_connections).
+ */
 async function runIdle(setup: Setup, options: BenchOptions, plan: Plan, bouncer: string | null): Promise<IdleResult[]> {
   const results: IdleResult[] = [];
   const most = Math.max(...options.idle);
-  for (const proxy of plan.idleProxies) {
-    log(`idle clients: ${proxy} (transaction mode), ${options.idle.join(', ')} connections in batches of ${options.loginBatch}`);
-    const target = await startProxy(setup, bouncer, proxy, 'transaction', {
+  for (const name of plan.idleProxies) {
+    const { proxy, mode } = parseTargetName(name)!;
+    log(`idle clients: ${name}, ${options.idle.join(', ')} connections in batches of ${options.loginBatch}`);
+    const target = await startProxy(setup, bouncer, proxy, mode, {
       poolSize: plan.transactionPoolSize,
       maxClients: most + 1000,
       server: { max_preauth_connections: most + 1000, max_preauth_per_source: most + 1000 },

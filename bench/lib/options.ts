@@ -27,6 +27,8 @@ export interface BenchOptions {
   connectDurationS: number;
   /** Idle client counts for the RSS phase, ascending. */
   idle: number[];
+  /** Proxies measured by the idle phase, each in its own mode; null: PgBouncer and pgwarden in transaction mode (those among --targets). */
+  idleTargets: TargetName[] | null;
   loginBatch: number;
   /** Isolation phase: steady's pgbench clients, noisy's floods, the storm's concurrency and per-attempt pause. */
   isolationClients: number;
@@ -68,6 +70,8 @@ export const USAGE = `usage: npm run bench -- [options]
   --connect-duration S  seconds per connection-rate cell (default: --duration)
   --idle LIST           idle TLS client counts for the RSS phase (default 2000,10000)
   --login-batch N       concurrent logins while opening idle clients (default 200)
+  --idle-targets LIST   proxies for the idle phase, each in its own mode, e.g. pgbouncer-transaction,pgwarden-session,
+                        baseline-transaction (default: pgbouncer-transaction and pgwarden-transaction, as --targets has them)
   --baseline DIR        another pgwarden checkout, built (DIR/dist/src/cli.js), measured as baseline-session and
                         baseline-transaction in the same run: before/after figures in one sitting
   --pgwarden-workers N  [server] workers of the pgwarden targets in the matrix and connect phases (default 1:
@@ -127,7 +131,7 @@ export function parseOptions(argv: string[]): BenchOptions | null {
     args: argv,
     options: {
       phases: s, targets: s, protocols: s, clients: s, duration: s, rounds: s, jobs: s, scale: s, warmup: s,
-      'pool-size': s, 'connect-clients': s, 'connect-duration': s, idle: s, 'login-batch': s,
+      'pool-size': s, 'connect-clients': s, 'connect-duration': s, idle: s, 'idle-targets': s, 'login-batch': s,
       'isolation-clients': s, workers: s, 'worker-accept': s, 'pgwarden-node': s, 'pgwarden-workers': s, baseline: s, flood: s, 'storm-lanes': s, 'storm-pause': s, 'storm-rate': s,
       'catalog-tenants': s, 'catalog-inserts': s, 'catalog-logins': s,
       help: { type: 'boolean', short: 'h' },
@@ -157,6 +161,10 @@ export function parseOptions(argv: string[]): BenchOptions | null {
     connectClients: positiveInt('connect-clients', values['connect-clients'], 16),
     connectDurationS: positiveInt('connect-duration', values['connect-duration'], durationS),
     idle: intList('idle', values.idle, [2000, 10_000]),
+    idleTargets:
+      values['idle-targets'] === undefined
+        ? null
+        : subset('idle-targets', values['idle-targets'], ALL_TARGETS.filter((t) => t !== 'direct')),
     loginBatch: positiveInt('login-batch', values['login-batch'], 200),
     isolationClients: positiveInt('isolation-clients', values['isolation-clients'], 4),
     pgwardenWorkers: positiveInt('pgwarden-workers', values['pgwarden-workers'], 1),

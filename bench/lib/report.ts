@@ -203,7 +203,7 @@ export function formatIdle(results: IdleResult[]): string {
   const rows: string[][] = [];
   for (const r of results) {
     for (const l of r.levels) {
-      const other = r.target.startsWith('pgwarden') ? bouncer?.levels.find((b) => b.clients === l.clients) : undefined;
+      const other = r.target.startsWith('pgwarden') || r.target.startsWith('baseline') ? bouncer?.levels.find((b) => b.clients === l.clients) : undefined;
       rows.push([
         r.target, String(l.clients), String(l.open), String(l.failed), fmt(r.baselineRssMb, 1), fmt(l.rssMb, 1), fmt(l.kbPerConnection, 1),
         other === undefined ? '-' : fmt(l.kbPerConnection / other.kbPerConnection, 2), String(l.backends), fmt(l.loginsPerS, 0), fmt(l.proxyCpuSPer1kLogins, 3),

@@ -28,7 +28,9 @@ const sha256 = (b: Buffer): Buffer => createHash('sha256').update(b).digest();
 const hmac = (key: Buffer, data: Buffer | string): Buffer => createHmac('sha256', key).update(data).digest();
 
 function xor(a: Buffer, b: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(a.length);
+  // Not from the shared pool: a client key lives as long as its session (SCRAM pass-through), and
+  // a pool slice would keep the whole 8 KiB slab it sits in alive with it (issue 15, idle memory).
+  const out = Buffer.allocUnsafeSlow(a.length);
   for (let i = 0; i < a.length; i++) out[i] = a[i]! ^ b[i]!;
   return out;
 }

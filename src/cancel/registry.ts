@@ -18,14 +18,25 @@ export function hashCancelSecret(secretKey: Buffer, clusterKey?: Buffer): string
 }
 
 export interface CancelTarget {
-  readonly tenantId: string;
+  readonly tenantId: string | undefined;
   /** Sends the cancel to whatever upstream currently serves the session (may change with pooling). */
   cancel(): void;
 }
 
 interface Entry {
-  readonly secret: Buffer;
+  /**
+   * The 4-byte secret as an unsigned integer: an entry lives as long as its session, and a number
+   * costs nothing where a Buffer costs an ArrayBuffer and a native backing store (issue 15, idle
+   * memory). Lookups, which are rare, compare it as bytes in constant time.
+   */
+  readonly secret: number;
   readonly target: CancelTarget;
+}
+
+function secretBytes(secret: number): Buffer {
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt32BE(secret, 0);
+  return b;
 }
 
 export class CancelRegistry {
@@ -37,7 +48,7 @@ export class CancelRegistry {
     do processId = randomInt(1, 0x7fffffff);
     while (this.entries.has(processId));
     const secretKey = randomBytes(4);
-    this.entries.set(processId, { secret: secretKey, target });
+    this.entries.set(processId, { secret: secretKey.readUInt32BE(0), target });
     return { processId, secretKey };
   }
 
@@ -47,15 +58,15 @@ export class CancelRegistry {
 
   lookup(processId: number, secretKey: Buffer): CancelTarget | undefined {
     const e = this.entries.get(processId);
-    if (e === undefined || e.secret.length !== secretKey.length) return undefined;
-    return timingSafeEqual(e.secret, secretKey) ? e.target : undefined;
+    if (e === undefined || secretKey.length !== 4) return undefined;
+    return timingSafeEqual(secretBytes(e.secret), secretKey) ? e.target : undefined;
   }
 
   /** A cancel relayed by another instance or worker: the secret arrives as hashCancelSecret() under `clusterKey`. */
   lookupByHash(processId: number, secretHash: string, clusterKey: Buffer): CancelTarget | undefined {
     const e = this.entries.get(processId);
     if (e === undefined || !/^[0-9a-f]{64}$/.test(secretHash)) return undefined;
-    const mine = Buffer.from(hashCancelSecret(e.secret, clusterKey), 'hex');
+    const mine = Buffer.from(hashCancelSecret(secretBytes(e.secret), clusterKey), 'hex');
     return timingSafeEqual(mine, Buffer.from(secretHash, 'hex')) ? e.target : undefined;
   }
 

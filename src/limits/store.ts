@@ -111,6 +111,29 @@ interface Failures {
  * failure counters for sources live in bounded LRU caches, so a spray of addresses cannot
  * grow memory without bound; losing an entry only ever forgets, never blocks.
  */
+/**
+ * Slots held in a LocalLimitStore. A class, not a closure: a session holds its lease for life, and
+ * a closure's context per session is memory an idle session does not need (issue 15).
+ */
+class LocalLease implements Lease {
+  private released = false;
+
+  constructor(
+    private readonly counts: Map<string, number>,
+    private readonly keys: readonly string[],
+  ) {}
+
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    for (const k of this.keys) {
+      const n = (this.counts.get(k) ?? 1) - 1;
+      if (n <= 0) this.counts.delete(k);
+      else this.counts.set(k, n);
+    }
+  }
+}
+
 export class LocalLimitStore implements LimitStore {
   readonly mode: LimitMode = 'local';
   private readonly counts = new Map<string, number>();
@@ -183,20 +206,7 @@ export class LocalLimitStore implements LimitStore {
       this.counts.set(s.key, n);
       return n;
     });
-    const keys = slots.map((s) => s.key);
-    let released = false;
-    const lease: Lease = {
-      release: () => {
-        if (released) return;
-        released = true;
-        for (const k of keys) {
-          const n = (this.counts.get(k) ?? 1) - 1;
-          if (n <= 0) this.counts.delete(k);
-          else this.counts.set(k, n);
-        }
-      },
-    };
-    return { ok: true, lease, active };
+    return { ok: true, lease: new LocalLease(this.counts, slots.map((s) => s.key)), active };
   }
 
   active(key: string): number {

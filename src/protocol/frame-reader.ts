@@ -127,7 +127,11 @@ export interface ScanHandler {
 export class FrameScanner {
   /** Body bytes of the current frame not yet seen. */
   private remaining = 0;
-  private readonly header = Buffer.alloc(5);
+  /**
+   * A header split across chunks is gathered here; made the first time one is, since a Buffer of
+   * its own costs an ArrayBuffer and a native backing store for the connection's life (issue 15).
+   */
+  private header: Buffer | null = null;
   private headerFill = 0;
   private captureBuf: Buffer | null = null;
   private captureFill = 0;
@@ -185,13 +189,14 @@ export class FrameScanner {
         }
         const frameStart = pos - this.headerFill; // may be negative: the frame began in an earlier chunk
         const take = Math.min(5 - this.headerFill, n - pos);
-        chunk.copy(this.header, this.headerFill, pos, pos + take);
+        const header = (this.header ??= Buffer.alloc(5));
+        chunk.copy(header, this.headerFill, pos, pos + take);
         this.headerFill += take;
         pos += take;
         if (this.headerFill < 5) break;
         this.headerFill = 0;
-        type = this.header[0]!;
-        length = this.header.readUInt32BE(1);
+        type = header[0]!;
+        length = header.readUInt32BE(1);
         const max = this.handler.maxFrameLength(type);
         if (length < 4 || length > max) return this.fail(new FrameLengthError(type, length), Math.max(frameStart, 0));
         this.frameStart = frameStart;

@@ -55,17 +55,23 @@ export class ClientConn {
   /** The relay's I/O on the socket once the relay took it (its drain goes to the relay). */
   private io: SocketIo | null = null;
   private wake: (() => void) | null = null;
+  /**
+   * The session's pre-auth signal, dropped when the relay takes the socket: the session drops its
+   * controller then too, and the signal goes with the listener it holds.
+   */
+  private signal: AbortSignal | null;
 
   constructor(
     socket: Socket,
     client: ClientAddress,
     private readonly listeners: ClientListeners,
-    private readonly signal: AbortSignal,
+    signal: AbortSignal,
   ) {
     this.sock = socket;
     this.remoteAddress = client.addr;
     this.remotePort = client.port;
     this.via = client.via;
+    this.signal = signal;
     socket.setNoDelay(true);
     this.listen(socket);
     signal.addEventListener('abort', () => this.wakeUp(), { once: true });
@@ -121,14 +127,18 @@ export class ClientConn {
   async upgradeTls(u: TlsUpgrade): Promise<tls.TLSSocket> {
     const raw = this.sock;
     this.unlisten(raw);
+    // The socket keeps its options (and so this callback) for life: what the callback reaches is
+    // dropped once the handshake is done, so an idle session does not hold the handshake's closures.
+    let pending: TlsUpgrade | null = u;
     const secure = new tls.TLSSocket(u.prefix === null ? raw : new PrefixedStream(raw, u.prefix), {
       isServer: true,
       secureContext: u.secureContext,
       ALPNProtocols: ['postgresql'],
       SNICallback: (servername, cb) => {
-        const refusal = u.onSni(servername);
+        if (pending === null) return cb(new Error('SNI after the handshake'));
+        const refusal = pending.onSni(servername);
         if (refusal !== null) cb(refusal);
-        else cb(null, u.secureContext);
+        else cb(null, pending.secureContext);
       },
     });
     this.sock = secure;
@@ -138,7 +148,11 @@ export class ClientConn {
       state.secured = true;
       this.wakeUp();
     });
-    while (!state.secured) await this.more();
+    try {
+      while (!state.secured) await this.more();
+    } finally {
+      pending = null;
+    }
     return secure;
   }
 
@@ -153,6 +167,7 @@ export class ClientConn {
    */
   handOver(sink: IoSink): Buffer {
     this.sock.removeListener('data', this.listeners.data);
+    this.signal = null;
     const fromReader = this.reader.drain();
     const fromSocket = this.io!.start(sink);
     if (fromSocket === null) return fromReader;
@@ -200,9 +215,10 @@ export class ClientConn {
     setTimeout(() => sock.destroy(), CLOSE_GRACE_MS).unref();
   }
   private async more(): Promise<void> {
-    checkAborted(this.signal);
+    const signal = this.signal!;
+    checkAborted(signal);
     await new Promise<void>((resolve) => (this.wake = resolve));
-    checkAborted(this.signal);
+    checkAborted(signal);
   }
 
   private wakeUp(): void {

@@ -17,7 +17,7 @@ import { UpstreamRefused } from '../pool/upstream.js';
 import { sourceKey } from '../limits/store.js';
 import type { ClientAddress } from '../net/proxy-header.js';
 import type { Lease } from '../limits/connections.js';
-import { hashCancelSecret } from '../cancel/registry.js';
+import { hashCancelSecret, type CancelTarget } from '../cancel/registry.js';
 import type { AuditEvent } from '../audit/record.js';
 import type { Metrics, TrafficSource } from '../observability/metrics.js';
 import type { SessionContext } from './context.js';
@@ -54,18 +54,28 @@ export interface SessionOrigin {
   readonly refuseProxyHeader: boolean;
 }
 
-export class ClientSession implements TrafficSource, RelayHost {
+/**
+ * What only the login needs: its abort signal, how a failure is accounted, how far it got. The
+ * session drops it once the relay starts, so an idle session does not keep it (issue 15).
+ */
+interface PreauthState {
+  readonly abort: AbortController;
+  readonly failures: LoginFailures;
+  readonly progress: LoginProgress;
+}
+
+export class ClientSession implements TrafficSource, RelayHost, CancelTarget {
   readonly id = randomUUID();
   readonly startedAt = Date.now();
   private currentPhase: Phase = 'negotiating';
   private readonly ctx: SessionContext;
-  private readonly abort = new AbortController();
+  /** Null once the session relays (and never read after that). */
+  private preauth: PreauthState | null;
   private readonly conn: ClientConn;
   private readonly res: SessionResources;
   private readonly subject: AuditSubject;
   private readonly records: SessionRecords;
   private readonly source: string;
-  private readonly progress: LoginProgress;
   private plan: LoginPlan | null = null;
   private relay: Relay | null = null;
   /** The staff reserve this session is counted under (read once, at connect); 0: the tenant's own slots. */
@@ -74,21 +84,22 @@ export class ClientSession implements TrafficSource, RelayHost {
   /** Limits that fired during the session (audit `session.end`). */
   private readonly limitEvents: string[] = [];
   private readonly traffic = new TrafficFold();
-  private readonly failures: LoginFailures;
 
   private readonly refuseProxyHeader: boolean;
 
   constructor(socket: Socket, ctx: SessionContext, preauthLease: Lease, origin: SessionOrigin) {
     this.ctx = ctx;
     this.refuseProxyHeader = origin.refuseProxyHeader;
+    const abort = new AbortController();
     this.conn = new ClientConn(
       socket,
       origin.client,
       { data: this.onClientData, error: this.onClientError, close: this.onClientClose },
-      this.abort.signal,
+      abort.signal,
     );
     this.source = sourceKey(this.conn.remoteAddress);
-    this.res = new SessionResources(ctx, preauthLease, this.onDeadline, origin.acceptedAt);
+    // Closures the login alone uses are made here, not as fields: they go with the pre-auth state.
+    this.res = new SessionResources(ctx, preauthLease, () => this.onDeadline(), origin.acceptedAt);
     const tls: TlsFacts = { negotiation: 'none', version: null, cipher: null, sni: undefined, alpn: null };
     this.subject = {
       id: this.id,
@@ -102,8 +113,11 @@ export class ClientSession implements TrafficSource, RelayHost {
       staffIdentity: null,
     };
     this.records = new SessionRecords(this.subject);
-    this.failures = new LoginFailures(ctx, this.conn, this.subject, this.records, this.source, () => this.plan);
-    this.progress = { stage: 'startup', clientDone: this.onClientDone };
+    this.preauth = {
+      abort,
+      failures: new LoginFailures(ctx, this.conn, this.subject, this.records, this.source, () => this.plan),
+      progress: { stage: 'startup', clientDone: () => this.onClientDone() },
+    };
     if (origin.prefix !== null && origin.prefix.length > 0) this.conn.push(origin.prefix);
     void this.run();
   }
@@ -112,21 +126,22 @@ export class ClientSession implements TrafficSource, RelayHost {
 
   private async run(): Promise<void> {
     const ctx = this.ctx;
+    const { abort, failures, progress } = this.preauth!;
     try {
       const hs = await handshake(
         this.conn,
         {
           tls: ctx.tls,
           refuseProxyHeader: this.refuseProxyHeader,
-          onTlsPhase: this.onTlsPhase,
+          onTlsPhase: (inHandshake) => this.setPhase(inHandshake ? 'tls_handshake' : 'negotiating'),
           onSni: (name) => rateShieldedHandshake(ctx, name, this.conn.remoteAddress),
-          onTlsDone: this.onTlsDone,
+          onTlsDone: (version) => ctx.metrics.tlsHandshakes.inc({ outcome: 'ok', version: version ?? 'unknown' }),
         },
         this.subject.tls,
       );
       if (hs.kind === 'refused') {
         // Pre-startup noise: aggregated audit, then close without a message (N4).
-        this.failures.rejected(hs.reason);
+        failures.rejected(hs.reason);
         if (hs.reason === 'proxy_protocol:untrusted') {
           ctx.metrics.proxyProtocolHeaders.inc({ outcome: 'untrusted' });
           ctx.log.info({ session: this.id, client: this.conn.remoteAddress }, 'PROXY protocol header from an untrusted address: closed');
@@ -162,13 +177,13 @@ export class ClientSession implements TrafficSource, RelayHost {
       if (this.closed) return;
       if (verdict !== 'ok') {
         const reason = verdict === 'rate_limited' ? 'rate_limited' : 'auth_throttled';
-        this.failures.admissionRefused(reason);
+        failures.admissionRefused(reason);
         this.close('admission_refused', Errors.tooManyAttempts(reason).toFrame());
         return;
       }
 
       this.setPhase('authenticating');
-      const who = await this.authenticator(plan).authenticate(this.conn, plan, hs.negotiate, this.progress);
+      const who = await this.authenticator(plan, abort.signal).authenticate(this.conn, plan, hs.negotiate, progress);
       if (who.kind === 'staff') {
         this.subject.staffClaims = who.claims;
         this.subject.staffIdentity = who.identity;
@@ -177,7 +192,7 @@ export class ClientSession implements TrafficSource, RelayHost {
 
       let up: UpstreamSession;
       try {
-        up = await upstreamLogin(ctx, plan, who, this.staffSlots, this.abort.signal, (lease) => this.res.adoptLease(lease));
+        up = await upstreamLogin(ctx, plan, who, this.staffSlots, abort.signal, (lease) => this.res.adoptLease(lease));
       } catch (err) {
         this.upstreamFailed(err);
         return;
@@ -188,8 +203,8 @@ export class ClientSession implements TrafficSource, RelayHost {
     }
   }
 
-  private authenticator(plan: LoginPlan): Authenticator {
-    if (plan.staff) return new StaffLogin(this.ctx, this.records, this.abort.signal, this.id);
+  private authenticator(plan: LoginPlan, signal: AbortSignal): Authenticator {
+    if (plan.staff) return new StaffLogin(this.ctx, this.records, signal, this.id);
     const binding = this.subject.tls.negotiation === 'none' ? null : (this.ctx.tls?.endpointBinding ?? null);
     const lookups = { lookups: this.ctx.authLookups, target: (t: TenantConfig) => this.ctx.upstreamTarget(t) };
     return new ScramLogin(new ConfiguredVerifiers(this.ctx.config, this.ctx.mockSecret, lookups), binding);
@@ -201,7 +216,8 @@ export class ClientSession implements TrafficSource, RelayHost {
     const backend = up.backend;
     this.loginBackendPid = backend?.processId ?? 0;
     const txStatus = (backend?.conn.txStatus ?? TxStatus.Idle) as TxStatusByte;
-    const key = this.res.issueCancelKey(() => this.relay?.cancelRunning(), tenant.id);
+    // The session is its own cancel target: no closure and target object per session.
+    const key = this.res.issueCancelKey(this);
     this.conn.send(
       ...encodeGreeting({
         saslFinal: who.kind === 'scram' ? who.serverFinal : null,
@@ -233,6 +249,9 @@ export class ClientSession implements TrafficSource, RelayHost {
     const relay = up.transactionMode ? new TransactionRelay(this, io, setup) : new SessionRelay(this, io, setup);
     this.relay = relay;
     this.setPhase('relaying');
+    // What only the login used goes now: an idle session keeps what its relay, audit and end need.
+    this.preauth = null;
+    this.plan = null;
     ctx.audit.append(
       this.records.sessionStart(this.conn.sock, {
         parameters: up.parameters,
@@ -249,7 +268,7 @@ export class ClientSession implements TrafficSource, RelayHost {
       {
         session: this.id,
         tenant: tenant.id,
-        user: sanitizeName(this.plan!.startup.user),
+        user: sanitizeName(this.subject.startup!.user),
         client: this.conn.remoteAddress,
         ...(this.conn.via === null ? {} : { via: this.conn.via.addr }),
         tls: this.subject.tls.version,
@@ -287,7 +306,7 @@ export class ClientSession implements TrafficSource, RelayHost {
     if (this.closed) return;
     const started = this.currentPhase === 'relaying';
     this.currentPhase = 'closed';
-    this.abort.abort();
+    this.preauth?.abort.abort();
     this.relay?.stop();
     this.conn.endWith(notice);
     if (started) this.accountEnd(reason as CloseReason, detail ?? reason);
@@ -327,7 +346,7 @@ export class ClientSession implements TrafficSource, RelayHost {
   fail(err: unknown): void {
     if (this.closed || err instanceof Aborted) return;
     if (err instanceof AuthFailure) {
-      this.failures.authFailed(err.error, err.stage);
+      this.preauth!.failures.authFailed(err.error, err.stage);
       this.close('auth_failed', err.error.toFrame());
       return;
     }
@@ -344,7 +363,8 @@ export class ClientSession implements TrafficSource, RelayHost {
       this.close(reason, pgErr.toFrame());
       return;
     }
-    this.failures.preauthError(pgErr, this.progress.stage);
+    const { failures, progress } = this.preauth!;
+    failures.preauthError(pgErr, progress.stage);
     this.close('error', pgErr.toFrame());
   }
 
@@ -352,10 +372,10 @@ export class ClientSession implements TrafficSource, RelayHost {
   private upstreamFailed(err: unknown): void {
     if (this.closed || err instanceof Aborted) return;
     if (err instanceof UpstreamRefused) {
-      this.failures.upstreamFailed(`backend_refused:${err.sqlstate}`, err.sqlstate, '(backend error)', true);
+      this.preauth!.failures.upstreamFailed(`backend_refused:${err.sqlstate}`, err.sqlstate, '(backend error)', true);
       this.close('upstream_failed', err.frame);
     } else if (err instanceof PgError) {
-      this.failures.upstreamFailed(err.reason, err.sqlstate, err.message, err.kind === 'upstream', err.cause);
+      this.preauth!.failures.upstreamFailed(err.reason, err.sqlstate, err.message, err.kind === 'upstream', err.cause);
       this.close('upstream_failed', err.toFrame());
     } else {
       this.fail(err);
@@ -379,7 +399,7 @@ export class ClientSession implements TrafficSource, RelayHost {
   private readonly onClientError = (err: Error): void => {
     if (this.currentPhase === 'tls_handshake') {
       this.ctx.metrics.tlsHandshakes.inc({ outcome: 'failed', version: 'none' });
-      this.failures.rejected('tls_handshake_failed');
+      this.preauth!.failures.rejected('tls_handshake_failed');
       this.close('tls_failed', 'destroy');
       return;
     }
@@ -393,38 +413,34 @@ export class ClientSession implements TrafficSource, RelayHost {
       this.close(this.relay!.state.terminateSeen ? 'client_terminate' : 'client_eof', 'none');
       return;
     }
+    const { failures, progress } = this.preauth!;
     if (phase === 'authenticating' || phase === 'connecting') {
-      this.failures.auditAuthFailure(this.progress.stage, 'client_aborted', undefined, undefined);
+      failures.auditAuthFailure(progress.stage, 'client_aborted', undefined, undefined);
       return this.close('client_aborted', 'destroy');
     }
-    this.failures.rejected(this.subject.startup === null ? 'client_aborted' : 'client_aborted_startup');
+    failures.rejected(this.subject.startup === null ? 'client_aborted' : 'client_aborted_startup');
     this.close('client_aborted', 'none');
   };
 
-  private readonly onDeadline = (): void => {
+  private onDeadline(): void {
     const phase = this.currentPhase;
     if (phase === 'closed' || phase === 'relaying') return;
+    const { failures, progress } = this.preauth!;
     if (phase === 'authenticating' || phase === 'connecting') {
-      this.failures.auditAuthFailure(this.progress.stage, 'auth_timeout', '08006', 'authentication timed out');
+      failures.auditAuthFailure(progress.stage, 'auth_timeout', '08006', 'authentication timed out');
       return this.close('auth_timeout', Errors.authTimeout().toFrame());
     }
     // Still in the startup packet or TLS handshake: close silently, as PostgreSQL does.
-    this.failures.rejected('auth_timeout');
+    failures.rejected('auth_timeout');
     this.close('auth_timeout', 'destroy');
-  };
+  }
 
   /** The client's part of the login is done: nothing more is read until the relay starts. */
-  private readonly onClientDone = (): void => {
-    this.progress.stage = 'backend_connect';
+  private onClientDone(): void {
+    this.preauth!.progress.stage = 'backend_connect';
     this.setPhase('connecting');
     this.conn.sock.pause();
-  };
-
-  private readonly onTlsPhase = (inHandshake: boolean): void => this.setPhase(inHandshake ? 'tls_handshake' : 'negotiating');
-
-  private readonly onTlsDone = (version: string | null): void => {
-    this.ctx.metrics.tlsHandshakes.inc({ outcome: 'ok', version: version ?? 'unknown' });
-  };
+  }
 
   // ---------------------------------------------------------------- what the proxy asks of a session
 
@@ -455,6 +471,11 @@ export class ClientSession implements TrafficSource, RelayHost {
       }
     }
     this.relay!.checkTimers(now, current ?? this.subject.tenant!.limits);
+  }
+
+  /** A CancelRequest with this session's key: reaches its backend if that runs something (CancelTarget). */
+  cancel(): void {
+    this.relay?.cancelRunning();
   }
 
   noteLimit(limit: string): void {

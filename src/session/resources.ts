@@ -4,6 +4,7 @@
  * after the session already ended is released on arrival.
  */
 import type { Lease } from '../limits/store.js';
+import type { CancelTarget } from '../cancel/registry.js';
 import type { SessionContext } from './context.js';
 
 export class SessionResources {
@@ -32,8 +33,8 @@ export class SessionResources {
   }
 
   /** A proxy cancel key for the session's backend (released with the rest). */
-  issueCancelKey(cancel: () => void, tenantId: string): { processId: number; secretKey: Buffer } {
-    const key = this.ctx.cancels.issue({ tenantId, cancel });
+  issueCancelKey(target: CancelTarget): { processId: number; secretKey: Buffer } {
+    const key = this.ctx.cancels.issue(target);
     this.cancelPid = key.processId;
     return key;
   }

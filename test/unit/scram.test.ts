@@ -192,6 +192,15 @@ describe('ScramClientExchange against ScramServerExchange', () => {
     assert.ok(second.clientKey.equals(first.clientKey));
   });
 
+  it('the recovered ClientKey has its own 32-byte backing store (a session keeps it: a pool slice would pin an 8 KiB slab)', async () => {
+    const verifier = parseScramVerifier(await makeScramVerifier('s3cret pass', 4096));
+    assert.ok(verifier !== undefined);
+    const result = await roundTrip(new ScramClientExchange({ kind: 'password', password: 's3cret pass' }), new ScramServerExchange(verifier, null, 'alice', null));
+    assert.ok(result.ok, result.ok ? '' : result.error.message);
+    assert.equal(result.clientKey.length, 32);
+    assert.equal(result.clientKey.buffer.byteLength, 32);
+  });
+
   it('a wrong password fails at the server with 28P01', async () => {
     const verifier = parseScramVerifier(await makeScramVerifier('right', 4096));
     assert.ok(verifier !== undefined);

@@ -4,17 +4,32 @@
  * on the wire, as PostgreSQL's CheckSASLAuth runs it.
  * @see https://www.postgresql.org/docs/current/sasl-authentication.html
  */
+import { timingSafeEqual } from 'node:crypto';
 import { Errors } from '../../errors.js';
 import { encodeAuthenticationSASL, encodeAuthenticationSASLContinue } from '../../protocol/backend.js';
 import { Frontend, Limits } from '../../protocol/codes.js';
 import { decodeSASLInitialResponse, SASLInitialResponseError } from '../../protocol/frontend.js';
-import { ScramServerExchange } from '../../auth/scram.js';
+import { ScramServerExchange, type ScramVerifier } from '../../auth/scram.js';
 import type { ClientConn } from '../client-conn.js';
 import type { LoginPlan } from './admission.js';
 import { AuthFailure, type Authenticated, type Authenticator, type LoginProgress, type VerifierSource } from './authenticator.js';
 import { readAuthMessage } from './auth-message.js';
 
 const saslLength = (type: number): number => (type === Frontend.Password ? Limits.saslBytes : -1);
+
+/**
+ * One ClientKey per verifier for all its sessions (SCRAM pass-through keeps it for the session's
+ * life): a checked proof means SHA-256(ClientKey) = StoredKey, so every session of a verifier
+ * recovers the same key, and thousands of idle sessions need not each hold a copy (issue 15).
+ */
+const clientKeys = new WeakMap<ScramVerifier, Buffer>();
+
+function sharedClientKey(verifier: ScramVerifier, key: Buffer): Buffer {
+  const known = clientKeys.get(verifier);
+  if (known !== undefined && known.length === key.length && timingSafeEqual(known, key)) return known;
+  clientKeys.set(verifier, key);
+  return key;
+}
 
 export class ScramLogin implements Authenticator {
   constructor(
@@ -60,6 +75,6 @@ export class ScramLogin implements Authenticator {
       throw new AuthFailure(result.error, 'sasl_final');
     }
     progress.clientDone();
-    return { kind: 'scram', serverFinal: result.serverFinal, clientKey: result.clientKey, verifier, channelBinding: scram.usedChannelBinding };
+    return { kind: 'scram', serverFinal: result.serverFinal, clientKey: sharedClientKey(verifier, result.clientKey), verifier, channelBinding: scram.usedChannelBinding };
   }
 }

@@ -75,10 +75,11 @@ interface ClientStatement {
 
 /** One client's named statements, and the rewriting of its messages for the backend it has now. */
 export class StatementTracker {
-  private readonly statements = new Map<string, ClientStatement>();
+  /** Made on the first named Parse: most clients never send one, and an idle session holds no empty map. */
+  private statements: Map<string, ClientStatement> | null = null;
 
   get size(): number {
-    return this.statements.size;
+    return this.statements?.size ?? 0;
   }
 
   /**
@@ -93,7 +94,7 @@ export class StatementTracker {
         if (parse === null) break; // unnamed (or malformed): as is
         const definition = Buffer.from(parse.definition); // outlives the chunk
         const serverName = `pgw_${createHash('sha256').update(definition).digest('hex').slice(0, 24)}`;
-        this.statements.set(parse.name, { serverName, definition });
+        (this.statements ??= new Map()).set(parse.name, { serverName, definition });
         if (backend.prepared.has(serverName)) {
           expect.push(synthesised(PARSE_COMPLETE));
           return;
@@ -104,7 +105,7 @@ export class StatementTracker {
       case F.Bind: {
         const name = decodeBindStatementName(body);
         if (name === null) break; // unnamed statement or malformed
-        const st = this.statements.get(name);
+        const st = this.statements?.get(name);
         if (st === undefined) break; // unknown: the server answers "does not exist"
         this.ensure(backend, st, out, expect);
         out.push(encodeBindWithStatement(body, st.serverName));
@@ -114,7 +115,7 @@ export class StatementTracker {
       case F.Describe: {
         const name = decodeStatementTarget(body);
         if (name === null) break; // a portal, the unnamed statement or malformed
-        const st = this.statements.get(name);
+        const st = this.statements?.get(name);
         if (st === undefined) break;
         this.ensure(backend, st, out, expect);
         out.push(encodeDescribeStatement(st.serverName));
@@ -125,7 +126,7 @@ export class StatementTracker {
         const name = decodeStatementTarget(body);
         if (name === null) break;
         // The server-side statement stays cached for other clients; the client's name goes.
-        this.statements.delete(name);
+        this.statements?.delete(name);
         expect.push(synthesised(CLOSE_COMPLETE));
         return;
       }
