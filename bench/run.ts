@@ -45,6 +45,8 @@ interface Setup {
   baseline: string | null;
   /** --pgwarden-node: the Node binary the pgwarden targets run on (null: the bench's). */
   pgwardenNode: string | null;
+  /** --baseline-server: extra [server] keys of the baseline targets. */
+  baselineServer: Record<string, string | number>;
 }
 
 /** What runs where, and with which pool sizes and limits (also written to the JSON). */
@@ -161,7 +163,7 @@ async function setUp(options: BenchOptions, plan: Plan): Promise<Setup> {
   onCleanup('stop PostgreSQL', () => cluster.stop());
   // Since PostgreSQL 15 only the database owner may create tables in `public`.
   await cluster.query(`ALTER DATABASE ${DATABASE} OWNER TO ${USER}`);
-  const setup = { cluster, certs, password, workDir, baseline: options.baseline, pgwardenNode: options.pgwardenNode };
+  const setup = { cluster, certs, password, workDir, baseline: options.baseline, pgwardenNode: options.pgwardenNode, baselineServer: options.baselineServer };
   // The catalog phase logs in only (no pgbench tables needed).
   if (options.phases.some((p) => p !== 'catalog')) {
     log(`pgbench -i -s ${options.scale}…`);
@@ -216,7 +218,11 @@ async function startTargets(setup: Setup, plan: Plan, bouncer: string | null): P
       continue;
     }
     const poolSize = kind.mode === 'session' ? plan.sessionPoolSize : plan.transactionPoolSize;
-    const server = kind.proxy !== 'pgbouncer' && plan.pgwardenWorkers > 1 ? { server: { workers: plan.pgwardenWorkers } } : {};
+    const keys = {
+      ...(kind.proxy !== 'pgbouncer' && plan.pgwardenWorkers > 1 ? { workers: plan.pgwardenWorkers } : {}),
+      ...(kind.proxy === 'baseline' ? setup.baselineServer : {}),
+    };
+    const server = Object.keys(keys).length === 0 ? {} : { server: keys };
     targets.push(await startProxy(setup, bouncer, kind.proxy, kind.mode, { poolSize, maxClients: plan.maxClientConnections, ...server }));
   }
   return targets;

@@ -36,6 +36,8 @@ export interface BenchOptions {
   pgwardenWorkers: number;
   /** Another pgwarden checkout (built: DIR/dist/src/cli.js) run as the baseline-* targets; null: none. */
   baseline: string | null;
+  /** Extra [server] keys of the baseline targets (e.g. relay_io = "stream" with --baseline at this checkout). */
+  baselineServer: Record<string, string | number>;
   /** Worker counts for the workers phase (pgwarden-transaction, -M simple at the largest --clients, and -C). */
   workers: number[];
   /** `[server] worker_accept` values the workers phase runs each count > 1 with; null: what "auto" means on the proxy's Node. */
@@ -74,6 +76,8 @@ export const USAGE = `usage: npm run bench -- [options]
                         baseline-transaction (default: pgbouncer-transaction and pgwarden-transaction, as --targets has them)
   --baseline DIR        another pgwarden checkout, built (DIR/dist/src/cli.js), measured as baseline-session and
                         baseline-transaction in the same run: before/after figures in one sitting
+  --baseline-server K=V,...  extra [server] keys of the baseline targets: with --baseline at this checkout,
+                        --baseline-server relay_io=stream measures the stream path beside the handle path
   --pgwarden-workers N  [server] workers of the pgwarden targets in the matrix and connect phases (default 1:
                         pgbench and PostgreSQL share this machine's cores, the shared-host sizing; README)
   --workers LIST        [server] workers counts for the workers phase (default 1,<cores>: one worker against
@@ -124,6 +128,19 @@ function subset<T extends string>(name: string, text: string | undefined, known:
   return known.filter((k) => wanted.has(k));
 }
 
+/** `K=V,...` as a [server] table: integers as numbers, the rest as strings. */
+function keyValues(name: string, text: string | undefined): Record<string, string | number> {
+  const out: Record<string, string | number> = {};
+  if (text === undefined) return out;
+  for (const pair of text.split(',').map((p) => p.trim()).filter((p) => p !== '')) {
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw new Error(`--${name}: "${pair}" is not KEY=VALUE`);
+    const v = pair.slice(eq + 1);
+    out[pair.slice(0, eq)] = /^\d+$/.test(v) ? Number(v) : v;
+  }
+  return out;
+}
+
 /** Parsed options, or null when --help was asked for. */
 export function parseOptions(argv: string[]): BenchOptions | null {
   const s = { type: 'string' } as const;
@@ -132,7 +149,7 @@ export function parseOptions(argv: string[]): BenchOptions | null {
     options: {
       phases: s, targets: s, protocols: s, clients: s, duration: s, rounds: s, jobs: s, scale: s, warmup: s,
       'pool-size': s, 'connect-clients': s, 'connect-duration': s, idle: s, 'idle-targets': s, 'login-batch': s,
-      'isolation-clients': s, workers: s, 'worker-accept': s, 'pgwarden-node': s, 'pgwarden-workers': s, baseline: s, flood: s, 'storm-lanes': s, 'storm-pause': s, 'storm-rate': s,
+      'isolation-clients': s, workers: s, 'worker-accept': s, 'pgwarden-node': s, 'pgwarden-workers': s, baseline: s, 'baseline-server': s, flood: s, 'storm-lanes': s, 'storm-pause': s, 'storm-rate': s,
       'catalog-tenants': s, 'catalog-inserts': s, 'catalog-logins': s,
       help: { type: 'boolean', short: 'h' },
     },
@@ -150,6 +167,7 @@ export function parseOptions(argv: string[]): BenchOptions | null {
             baseline: ['baseline-session', 'baseline-transaction'],
           }),
     baseline: values.baseline === undefined ? null : path.resolve(values.baseline),
+    baselineServer: keyValues('baseline-server', values['baseline-server']),
     protocols: subset('protocols', values.protocols, PROTOCOLS),
     clients: intList('clients', values.clients, [1, 16, 64, 256]),
     durationS,
