@@ -42,6 +42,9 @@ import { LoginFailures } from './login/failures.js';
 
 export type { CloseReason, Phase, SessionView, StaffIdentity } from './types.js';
 
+/** The reason the session's signal carries once the session ends (steps throw Aborted, never this). */
+const SESSION_ENDED = Object.freeze({ sessionEnded: true });
+
 /** Where a connection comes from, as the accept path found it. */
 export interface SessionOrigin {
   /** The client's address (the peer's, or a trusted balancer's PROXY header's). */
@@ -203,7 +206,7 @@ export class ClientSession implements TrafficSource, RelayHost {
     const txStatus = (backend?.conn.txStatus ?? TxStatus.Idle) as TxStatusByte;
     const key = this.res.issueCancelKey(() => this.relay?.cancelRunning(), tenant.id);
     this.conn.send(
-      ...encodeGreeting({
+      encodeGreeting({
         saslFinal: who.kind === 'scram' ? who.serverFinal : null,
         parameters: up.parameters,
         processId: key.processId,
@@ -286,7 +289,9 @@ export class ClientSession implements TrafficSource, RelayHost {
     if (this.closed) return;
     const started = this.currentPhase === 'relaying';
     this.currentPhase = 'closed';
-    this.abort.abort();
+    // A reason of our own: abort() without one builds a DOMException and its stack trace.
+    this.abort.abort(SESSION_ENDED);
+    this.conn.interrupt();
     this.relay?.stop();
     this.conn.endWith(notice);
     if (started) this.accountEnd(reason as CloseReason, detail ?? reason);
