@@ -12,6 +12,9 @@ import { PrefixedStream } from '../net/prefixed-stream.js';
 import type { ClientAddress } from '../net/proxy-header.js';
 import type { Notice } from './types.js';
 
+/** ALPN protocol list ["postgresql"] in its wire form (built once, not per handshake). */
+const ALPN_POSTGRESQL = Buffer.from('\x0apostgresql', 'latin1');
+
 /** After a FATAL is written, how long the peer gets to read it before the socket is destroyed. */
 const CLOSE_GRACE_MS = 5_000;
 
@@ -39,8 +42,12 @@ export interface TlsUpgrade {
   readonly secureContext: tls.SecureContext;
   /** Bytes already read that belong to the TLS stream (direct TLS: the ClientHello). */
   readonly prefix: Buffer | null;
-  /** Asked for the SNI name during the handshake; an Error refuses the handshake (TLS alert). */
-  readonly onSni: (servername: string) => Error | null;
+  /**
+   * Asked for the SNI name during the handshake; an Error refuses the handshake (TLS alert). Null:
+   * no callback, so OpenSSL does not stop mid-handshake for a round trip into JS (the name is
+   * then read from the socket afterwards).
+   */
+  readonly onSni: ((servername: string) => Error | null) | null;
 }
 
 export class ClientConn {
@@ -127,15 +134,20 @@ export class ClientConn {
   async upgradeTls(u: TlsUpgrade): Promise<tls.TLSSocket> {
     const raw = this.sock;
     this.unlisten(raw);
+    const onSni = u.onSni;
     const secure = new tls.TLSSocket(u.prefix === null ? raw : new PrefixedStream(raw, u.prefix), {
       isServer: true,
       secureContext: u.secureContext,
-      ALPNProtocols: ['postgresql'],
-      SNICallback: (servername, cb) => {
-        const refusal = u.onSni(servername);
-        if (refusal !== null) cb(refusal);
-        else cb(null, u.secureContext);
-      },
+      ALPNProtocols: ALPN_POSTGRESQL,
+      ...(onSni === null
+        ? {}
+        : {
+            SNICallback: (servername: string, cb: (err: Error | null, ctx?: tls.SecureContext) => void) => {
+              const refusal = onSni(servername);
+              if (refusal !== null) cb(refusal);
+              else cb(null, u.secureContext);
+            },
+          }),
     });
     this.sock = secure;
     this.listen(secure);

@@ -123,6 +123,7 @@ export class ClientSession implements TrafficSource, RelayHost {
           refuseProxyHeader: this.refuseProxyHeader,
           onTlsPhase: this.onTlsPhase,
           onSni: (name) => rateShieldedHandshake(ctx, name, this.conn.remoteAddress),
+          sniCheckNeeded: () => ctx.anyRateShielded(),
           onTlsDone: this.onTlsDone,
         },
         this.subject.tls,
