@@ -241,6 +241,12 @@ export class Proxy {
         this.rateShield.delete(tenantId);
         return false;
       },
+      anyRateShielded: () => {
+        if (this.rateShield.size === 0) return false;
+        const now = performance.now();
+        for (const [tenantId, until] of this.rateShield) if (until <= now) this.rateShield.delete(tenantId);
+        return this.rateShield.size > 0;
+      },
       upstreamTarget: (tenant: TenantConfig): UpstreamTarget => ({
         host: tenant.backendHost,
         port: tenant.backendPort,

@@ -7,6 +7,7 @@
 import { createHash, createHmac, pbkdf2, randomBytes, timingSafeEqual } from 'node:crypto';
 import { promisify } from 'node:util';
 import { LRUCache } from 'lru-cache';
+import { pooledRandomBytes } from './random.js';
 import { Errors, PgError } from '../errors.js';
 import { decodeBase64Strict, formatScramVerifier, SCRAM_KEY_BYTES, type ScramVerifier } from '../config/scram-verifier.js';
 
@@ -205,7 +206,7 @@ export class ScramServerExchange {
       if (!ANY_ATTR_RE.test(parts[i]!)) throw Errors.malformedScram(`Attribute expected, but found invalid character "${sanitizeAttr(parts[i]!)}".`);
     }
     this.clientNonce = nonce;
-    this.serverNonce = this.fixedServerNonce ?? randomBytes(NONCE_BYTES).toString('base64');
+    this.serverNonce = this.fixedServerNonce ?? pooledRandomBytes(NONCE_BYTES).toString('base64');
     this.serverFirst = `r=${this.clientNonce}${this.serverNonce},s=${this.verifier.salt.toString('base64')},i=${this.verifier.iterations}`;
     this.phase = 'final';
     return Buffer.from(this.serverFirst, 'utf8');

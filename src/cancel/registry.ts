@@ -4,7 +4,8 @@
  * is simply not found: the caller drops it silently, as PostgreSQL does. A cancel that must reach
  * another instance or worker travels as the key's hash (hashCancelSecret), never the key.
  */
-import { createHash, createHmac, randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, randomInt, timingSafeEqual } from 'node:crypto';
+import { pooledRandomBytes } from '../auth/random.js';
 
 /**
  * What a cancel carries instead of the secret: HMAC-SHA256 under a key every instance shares
@@ -47,7 +48,7 @@ export class CancelRegistry {
     let processId: number;
     do processId = randomInt(1, 0x7fffffff);
     while (this.entries.has(processId));
-    const secretKey = randomBytes(4);
+    const secretKey = pooledRandomBytes(4);
     this.entries.set(processId, { secret: secretKey.readUInt32BE(0), target });
     return { processId, secretKey };
   }

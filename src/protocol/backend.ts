@@ -145,15 +145,47 @@ export function decodeParameterStatus(body: Buffer): { name: string; value: stri
  */
 export function encodeGreeting(g: {
   readonly saslFinal: Buffer | null;
-  readonly parameters: Iterable<readonly [string, string]>;
+  readonly parameters: ReadonlyMap<string, string>;
   readonly processId: number;
   readonly secretKey: Buffer;
   readonly txStatus: TxStatusByte;
-}): Buffer[] {
-  const out: Buffer[] = [];
-  if (g.saslFinal !== null) out.push(encodeAuthenticationSASLFinal(g.saslFinal));
-  out.push(AUTHENTICATION_OK);
-  for (const [name, value] of g.parameters) out.push(encodeParameterStatus(name, value));
-  out.push(encodeBackendKeyData(g.processId, g.secretKey), encodeReadyForQuery(g.txStatus));
+}): Buffer {
+  const params = parameterStatusBlock(g.parameters);
+  const sasl = g.saslFinal === null ? 0 : 9 + g.saslFinal.length;
+  const keyData = 9 + g.secretKey.length;
+  const out = Buffer.allocUnsafe(sasl + AUTHENTICATION_OK.length + params.length + keyData + READY_FOR_QUERY_IDLE.length);
+  let pos = 0;
+  if (g.saslFinal !== null) {
+    out[0] = Backend.Authentication;
+    out.writeUInt32BE(8 + g.saslFinal.length, 1);
+    out.writeUInt32BE(AuthCode.SASLFinal, 5);
+    pos = 9 + g.saslFinal.copy(out, 9);
+  }
+  pos += AUTHENTICATION_OK.copy(out, pos);
+  pos += params.copy(out, pos);
+  out[pos] = Backend.BackendKeyData;
+  out.writeUInt32BE(8 + g.secretKey.length, pos + 1);
+  out.writeUInt32BE(g.processId >>> 0, pos + 5);
+  pos += 9 + g.secretKey.copy(out, pos + 9);
+  out[pos] = Backend.ReadyForQuery;
+  out.writeUInt32BE(5, pos + 1);
+  out[pos + 5] = g.txStatus;
   return out;
+}
+
+/**
+ * The ParameterStatus frames of a parameter map, encoded once per map: every client of a pool key
+ * is shown the same map object, so a login copies one block instead of encoding a frame per name.
+ */
+const PARAMETER_BLOCKS = new WeakMap<ReadonlyMap<string, string>, Buffer>();
+
+function parameterStatusBlock(parameters: ReadonlyMap<string, string>): Buffer {
+  let block = PARAMETER_BLOCKS.get(parameters);
+  if (block === undefined) {
+    const frames: Buffer[] = [];
+    for (const [name, value] of parameters) frames.push(encodeParameterStatus(name, value));
+    block = Buffer.concat(frames);
+    PARAMETER_BLOCKS.set(parameters, block);
+  }
+  return block;
 }

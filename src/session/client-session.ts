@@ -42,6 +42,9 @@ import { LoginFailures } from './login/failures.js';
 
 export type { CloseReason, Phase, SessionView, StaffIdentity } from './types.js';
 
+/** The reason the session's signal carries once the session ends (steps throw Aborted, never this). */
+const SESSION_ENDED = Object.freeze({ sessionEnded: true });
+
 /** Where a connection comes from, as the accept path found it. */
 export interface SessionOrigin {
   /** The client's address (the peer's, or a trusted balancer's PROXY header's). */
@@ -136,6 +139,7 @@ export class ClientSession implements TrafficSource, RelayHost, CancelTarget {
           onTlsPhase: (inHandshake) => this.setPhase(inHandshake ? 'tls_handshake' : 'negotiating'),
           onSni: (name) => rateShieldedHandshake(ctx, name, this.conn.remoteAddress),
           onTlsDone: (version) => ctx.metrics.tlsHandshakes.inc({ outcome: 'ok', version: version ?? 'unknown' }),
+          sniCheckNeeded: () => ctx.anyRateShielded(),
         },
         this.subject.tls,
       );
@@ -219,7 +223,7 @@ export class ClientSession implements TrafficSource, RelayHost, CancelTarget {
     // The session is its own cancel target: no closure and target object per session.
     const key = this.res.issueCancelKey(this);
     this.conn.send(
-      ...encodeGreeting({
+      encodeGreeting({
         saslFinal: who.kind === 'scram' ? who.serverFinal : null,
         parameters: up.parameters,
         processId: key.processId,
@@ -306,7 +310,9 @@ export class ClientSession implements TrafficSource, RelayHost, CancelTarget {
     if (this.closed) return;
     const started = this.currentPhase === 'relaying';
     this.currentPhase = 'closed';
-    this.preauth?.abort.abort();
+    // A reason of our own: abort() without one builds a DOMException and its stack trace.
+    this.preauth?.abort.abort(SESSION_ENDED);
+    this.conn.interrupt();
     this.relay?.stop();
     this.conn.endWith(notice);
     if (started) this.accountEnd(reason as CloseReason, detail ?? reason);

@@ -46,6 +46,8 @@ export interface SessionContext {
   noteRateLimited(tenantId: string): void;
   /** Whether new handshakes for the tenant are sure to be refused for its rate right now. */
   rateShielded(tenantId: string): boolean;
+  /** Whether any tenant is shielded right now; if none is, a TLS handshake needs no SNI callback. */
+  anyRateShielded(): boolean;
   upstreamTarget(tenant: TenantConfig): UpstreamTarget;
   /** An operator revoked this staff token (by its jti) or every token of this person (by sub). */
   isStaffRevoked(jti: string, sub: string): boolean;

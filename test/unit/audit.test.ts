@@ -246,5 +246,10 @@ describe('uuidv7 and timestamps', () => {
   it('rfc3339Micros keeps microseconds', () => {
     assert.equal(rfc3339Micros(1_700_000_000_123_456_789n), '2023-11-14T22:13:20.123456Z');
     assert.equal(rfc3339Micros(0n), '1970-01-01T00:00:00.000000Z');
+    // The text up to the second is kept from the previous call: same second, the next one, and back.
+    assert.equal(rfc3339Micros(1_700_000_000_999_999_999n), '2023-11-14T22:13:20.999999Z');
+    assert.equal(rfc3339Micros(1_700_000_001_000_000_000n), '2023-11-14T22:13:21.000000Z');
+    assert.equal(rfc3339Micros(1_700_000_001_000_001_999n), '2023-11-14T22:13:21.000001Z');
+    assert.equal(rfc3339Micros(1_700_000_000_500_000_000n), '2023-11-14T22:13:20.500000Z');
   });
 });

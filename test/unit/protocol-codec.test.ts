@@ -24,6 +24,7 @@ import {
   encodeAuthenticationSASLFinal,
   encodeBackendKeyData,
   encodeErrorResponse,
+  encodeGreeting,
   encodeNegotiateProtocolVersion,
   encodeParameterStatus,
   encodeReadyForQuery,
@@ -217,6 +218,25 @@ describe('backend encoders', () => {
 
   it('BackendKeyData', () => {
     assert.ok(encodeBackendKeyData(1234, hex('01020304')).equals(hex('4b 0000000c 000004d2 01020304')));
+  });
+
+  it('the greeting is one buffer: SASLFinal, AuthenticationOk, ParameterStatus in map order, BackendKeyData, ReadyForQuery', () => {
+    const parameters = new Map([['server_version', '15.8'], ['application_name', 'ünïcødé ✓'], ['TimeZone', 'UTC']]);
+    const frames = (saslFinal: Buffer | null, txStatus: typeof TxStatus.Idle | typeof TxStatus.InTransaction): Buffer =>
+      Buffer.concat([
+        ...(saslFinal === null ? [] : [encodeAuthenticationSASLFinal(saslFinal)]),
+        AUTHENTICATION_OK,
+        ...[...parameters].map(([n, v]) => encodeParameterStatus(n, v)),
+        encodeBackendKeyData(0x8000_0001, hex('01020304')),
+        encodeReadyForQuery(txStatus),
+      ]);
+    const sasl = Buffer.from('v=c2lnbmF0dXJl');
+    // Twice each: the second use of the same map takes its ParameterStatus block from the cache.
+    for (let i = 0; i < 2; i++) {
+      assert.ok(encodeGreeting({ saslFinal: sasl, parameters, processId: 0x8000_0001, secretKey: hex('01020304'), txStatus: TxStatus.Idle }).equals(frames(sasl, TxStatus.Idle)));
+      assert.ok(encodeGreeting({ saslFinal: null, parameters, processId: 0x8000_0001, secretKey: hex('01020304'), txStatus: TxStatus.InTransaction }).equals(frames(null, TxStatus.InTransaction)));
+    }
+    assert.ok(encodeGreeting({ saslFinal: null, parameters: new Map(), processId: 7, secretKey: hex('0a0b0c0d'), txStatus: TxStatus.Idle }).equals(Buffer.concat([AUTHENTICATION_OK, encodeBackendKeyData(7, hex('0a0b0c0d')), READY_FOR_QUERY_IDLE])));
   });
 
   it('ParameterStatus counts bytes, not characters, and round-trips', () => {

@@ -7,6 +7,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
 import { PgError } from '../../src/errors.js';
+import { pooledRandomBytes } from '../../src/auth/random.js';
 import {
   formatScramVerifier,
   makeScramVerifier,
@@ -485,5 +486,34 @@ describe('saslprep', () => {
     const a = await makeScramVerifier('\u2168pass', 4096, RFC.salt);
     const b = await makeScramVerifier('IXpass', 4096, RFC.salt);
     assert.equal(a, b);
+  });
+});
+
+describe('server nonces from the pooled CSPRNG', () => {
+  it('pooledRandomBytes gives fresh buffers of the asked size, across pool refills, and refuses more than 256 bytes', () => {
+    const seen = new Set<string>();
+    // 4096-byte pool: 1000 × 18 bytes crosses several refills.
+    for (let i = 0; i < 1000; i++) {
+      const b = pooledRandomBytes(18);
+      assert.equal(b.length, 18);
+      seen.add(b.toString('hex'));
+    }
+    assert.equal(seen.size, 1000);
+    const a = pooledRandomBytes(4);
+    a.fill(0); // a caller's buffer is its own: writing it does not touch the next one
+    assert.equal(pooledRandomBytes(0).length, 0);
+    assert.throws(() => pooledRandomBytes(257), RangeError);
+  });
+
+  it('each exchange gets its own 18-byte (24 base64 characters) server nonce', () => {
+    const nonces = new Set<string>();
+    for (let i = 0; i < 200; i++) {
+      const server = new ScramServerExchange(mockVerifier(Buffer.alloc(32), 't', 'u'), null, 'u', null);
+      const first = server.clientFirst(SCRAM_SHA_256, Buffer.from('n,,n=,r=abc')).toString();
+      const nonce = /^r=abc([^,]+),/.exec(first)![1]!;
+      assert.equal(nonce.length, 24);
+      nonces.add(nonce);
+    }
+    assert.equal(nonces.size, 200);
   });
 });

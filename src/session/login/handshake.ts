@@ -42,6 +42,8 @@ export interface HandshakeDeps {
   readonly onTlsPhase: (inHandshake: boolean) => void;
   /** Called with the SNI name mid-handshake; an Error refuses it before the costly part. */
   readonly onSni: (servername: string) => Error | null;
+  /** Whether onSni could refuse anything now (a tenant is rate-shielded); if not, it is not installed. */
+  readonly sniCheckNeeded: () => boolean;
   /** A completed TLS handshake (metrics). */
   readonly onTlsDone: (version: string | null) => void;
 }
@@ -113,11 +115,14 @@ async function secure(conn: ClientConn, deps: HandshakeDeps, material: TlsMateri
   const s: tls.TLSSocket = await conn.upgradeTls({
     secureContext: material.secureContext,
     prefix,
-    onSni: (servername) => {
-      facts.sni = servername;
-      return deps.onSni(servername);
-    },
+    onSni: deps.sniCheckNeeded()
+      ? (servername) => {
+          facts.sni = servername;
+          return deps.onSni(servername);
+        }
+      : null,
   });
+  if (facts.sni === undefined && typeof s.servername === 'string') facts.sni = s.servername;
   const direct = prefix !== null;
   facts.negotiation = direct ? 'direct' : 'sslrequest';
   facts.version = s.getProtocol();

@@ -31,6 +31,10 @@ function sharedClientKey(verifier: ScramVerifier, key: Buffer): Buffer {
   return key;
 }
 
+/** AuthenticationSASL with and without channel binding on offer: two constant frames. */
+const SASL_WITH_PLUS = encodeAuthenticationSASL(ScramServerExchange.mechanisms(true));
+const SASL_WITHOUT_PLUS = encodeAuthenticationSASL(ScramServerExchange.mechanisms(false));
+
 export class ScramLogin implements Authenticator {
   constructor(
     private readonly verifiers: VerifierSource,
@@ -45,7 +49,7 @@ export class ScramLogin implements Authenticator {
     const verifier = choice.verifier;
     const scram = new ScramServerExchange(verifier, choice.failReason, plan.startup.user, this.binding);
     progress.stage = 'sasl_first';
-    const request = encodeAuthenticationSASL(ScramServerExchange.mechanisms(this.binding !== null));
+    const request = this.binding !== null ? SASL_WITH_PLUS : SASL_WITHOUT_PLUS;
     if (negotiate !== null) conn.send(negotiate, request);
     else conn.send(request);
 
