@@ -171,6 +171,30 @@ const T = { timeout: 15_000 };
 /** Resolves on 'close' with its hadError (events.once would reject on an 'error' first). */
 const closeOf = (s: Socket): Promise<boolean> => new Promise((resolve) => s.once('close', resolve));
 
+/**
+ * Starts `io` with a sink that collects into `got` and pauses the io at its first chunk (as Flow
+ * does from inside onData), then reads: the cases below check what comes after that pause.
+ * `chunksWhilePaused` counts onData calls while `paused` is set (a case clears it before resuming).
+ */
+function startPausingAtFirstChunk(io: SocketIo, got: Received): { paused: boolean; chunksWhilePaused: number } {
+  const state = { paused: false, chunksWhilePaused: 0 };
+  const sink: IoSink = {
+    onData(c) {
+      if (state.paused) state.chunksWhilePaused++;
+      got.add(c);
+      if (got.chunks.length === 1) {
+        state.paused = true;
+        io.pause();
+      }
+    },
+    onDrain() {},
+  };
+  const early = io.start(sink);
+  if (early !== null) got.add(early);
+  io.resume();
+  return state;
+}
+
 // ---------------------------------------------------------------- the cases
 
 describe('socket-io: the handle path is what runs on this Node', () => {
@@ -315,29 +339,14 @@ for (const kind of KINDS) {
         withPair(kind, async (p) => {
           const io = socketIo(p.local, mode);
           const got = new Received();
-          let paused = false;
-          let whilePaused = 0;
-          const sink: IoSink = {
-            onData(c) {
-              if (paused) whilePaused++;
-              got.add(c);
-              if (got.chunks.length === 1) {
-                paused = true;
-                io.pause();
-              }
-            },
-            onDrain() {},
-          };
-          const early = io.start(sink);
-          if (early !== null) got.add(early);
-          io.resume();
+          const state = startPausingAtFirstChunk(io, got);
           // One large write: over TLS several records arrive in one read.
           const sent = pattern(2 * MiB, 41);
           p.peer.write(sent);
           await waitFor(() => got.bytes > 0, 5_000, 'first chunk');
           await sleep(200);
-          assert.equal(whilePaused, 0, `onData calls after pause(): ${whilePaused}`);
-          paused = false;
+          assert.equal(state.chunksWhilePaused, 0, `onData calls after pause(): ${state.chunksWhilePaused}`);
+          state.paused = false;
           io.resume();
           await got.reach(sent.length, 'after resume');
           assertSameBytes(got.all, sent, 'sink');
@@ -350,16 +359,7 @@ for (const kind of KINDS) {
             const io = socketIo(p.local, mode);
             const got = new Received();
             const events: string[] = [];
-            const sink: IoSink = {
-              onData(c) {
-                got.add(c);
-                if (got.chunks.length === 1) io.pause();
-              },
-              onDrain() {},
-            };
-            const early = io.start(sink);
-            if (early !== null) got.add(early);
-            io.resume();
+            startPausingAtFirstChunk(io, got);
             p.local.on('end', () => events.push(`end after ${got.bytes}`));
             const closed = closeOf(p.local).then(() => events.push('close'));
             const sent = pattern(size, 45);
@@ -380,16 +380,7 @@ for (const kind of KINDS) {
         withPair(kind, async (p) => {
           const io = socketIo(p.local, mode);
           const got = new Received();
-          const sink: IoSink = {
-            onData(c) {
-              got.add(c);
-              if (got.chunks.length === 1) io.pause();
-            },
-            onDrain() {},
-          };
-          const early = io.start(sink);
-          if (early !== null) got.add(early);
-          io.resume();
+          startPausingAtFirstChunk(io, got);
           const sent = pattern(2 * MiB, 47);
           p.peer.write(sent);
           await waitFor(() => got.bytes > 0, 5_000, 'first chunk');
