@@ -40,15 +40,24 @@ export interface Waiter {
   readonly since: number;
   readonly resolve: (b: Backend) => void;
   readonly reject: (e: Error) => void;
-  timer: NodeJS.Timeout | null;
+  /** performance.now() past which the waiter leaves the queue, rejected with `onTimeout()`. */
+  readonly deadline: number;
+  readonly onTimeout: () => Error;
 }
 
 /**
  * A tenant's waiting clients, oldest first. Every waiter leaves the queue exactly once: served
- * (`shift`, `takeFirstOf`), failed (`failKey`, `rejectAll`) or timed out; its timer stops then.
+ * (`shift`, `takeFirstOf`), failed (`failKey`, `rejectAll`) or timed out.
+ *
+ * One timer for the whole queue, at the earliest deadline, not one per waiter: in transaction mode
+ * with more clients than backends most transactions wait, and a setTimeout/clearTimeout pair per
+ * transaction was a visible share of the proxy's CPU (issue 15).
  */
 export class WaitQueue {
   private readonly waiters: Waiter[] = [];
+  private timer: NodeJS.Timeout | null = null;
+  /** When `timer` fires (Infinity: not armed). */
+  private timerAt = Number.POSITIVE_INFINITY;
 
   get length(): number {
     return this.waiters.length;
@@ -65,13 +74,9 @@ export class WaitQueue {
    */
   wait(key: string, extra: number, timeoutMs: number, onTimeout: () => Error): Promise<Backend> {
     return new Promise<Backend>((resolve, reject) => {
-      const w: Waiter = { key, extra, since: Date.now(), resolve, reject, timer: null };
-      w.timer = setTimeout(() => {
-        const i = this.waiters.indexOf(w);
-        if (i >= 0) this.waiters.splice(i, 1);
-        reject(onTimeout());
-      }, timeoutMs);
-      this.waiters.push(w);
+      const deadline = performance.now() + timeoutMs;
+      this.waiters.push({ key, extra, since: Date.now(), resolve, reject, deadline, onTimeout });
+      if (deadline < this.timerAt) this.arm(deadline);
     });
   }
 
@@ -110,8 +115,40 @@ export class WaitQueue {
     }
   }
 
+  /** A waiter left the queue: with nobody left, the timer goes too (nothing keeps a closed pool alive). */
   private stop(w: Waiter | undefined): Waiter | undefined {
-    if (w !== undefined && w.timer !== null) clearTimeout(w.timer);
+    if (this.waiters.length === 0 && this.timer !== null) {
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.timerAt = Number.POSITIVE_INFINITY;
+    }
     return w;
   }
+
+  private arm(at: number): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timerAt = at;
+    this.timer = setTimeout(this.expire, Math.max(0, at - performance.now()));
+  }
+
+  /** Rejects the waiters past their deadline (oldest first), then waits for the next deadline. */
+  private readonly expire = (): void => {
+    this.timer = null;
+    this.timerAt = Number.POSITIVE_INFINITY;
+    const now = performance.now();
+    const expired: Waiter[] = [];
+    let next = Number.POSITIVE_INFINITY;
+    for (let i = 0; i < this.waiters.length; ) {
+      const w = this.waiters[i]!;
+      if (w.deadline <= now) {
+        this.waiters.splice(i, 1);
+        expired.push(w);
+      } else {
+        if (w.deadline < next) next = w.deadline;
+        i++;
+      }
+    }
+    if (next !== Number.POSITIVE_INFINITY) this.arm(next);
+    for (const w of expired) w.reject(w.onTimeout());
+  };
 }
