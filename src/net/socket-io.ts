@@ -15,8 +15,11 @@
  *   read buffers are fresh per read (the handle's own allocation), so a sink may keep them;
  * - backpressure: `write` says false past the socket's high-water mark, and the sink hears `onDrain`
  *   once everything has gone out, as 'drain';
- * - end of stream and errors: anything but data is handed to the stream's own `onread`, so 'end',
- *   'error' and 'close' happen as they always did, in the same order;
+ * - end of stream and read errors: anything but data is handed to the stream's own `onread`, so
+ *   'end', 'error' and 'close' happen as they always did, in the same order (an end of stream behind
+ *   bytes held while paused waits for them). A failed write destroys the socket: 'close' as on the
+ *   stream path, without the 'error' (EPIPE, ECONNRESET) the stream would emit first, which the
+ *   relay's owners only log;
  * - handing back: `stop` restores the stream's `onread` with the handle reading, so the next owner
  *   (the pool, the session's close) finds a normal socket; the close waits (`whenFlushed`) for the
  *   write in flight, since the stream may not write under it.
