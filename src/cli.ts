@@ -13,6 +13,7 @@ import { StaffTokenVerifier } from './auth/jwt.js';
 import { AUDIT_STORE_USAGE, runAuditStoreCommand } from './audit/query.js';
 import { CATALOG_USAGE, runCatalogCommand } from './catalog/cli.js';
 import { serve } from './main.js';
+import { SHOW_USAGE, ShowError, ShowUsageError, runShowCommand } from './tools/show.js';
 
 const USAGE = `usage:
   pgwarden serve --config FILE            run the proxy
@@ -26,7 +27,7 @@ const USAGE = `usage:
                                           its rotated siblings; default: the config's audit.file)
   pgwarden audit keygen --out FILE [--origin NAME]
                                           new Ed25519 checkpoint key: FILE (0600), FILE.pub
-${AUDIT_STORE_USAGE}${CATALOG_USAGE}`;
+${AUDIT_STORE_USAGE}${CATALOG_USAGE}${SHOW_USAGE}`;
 
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
@@ -86,6 +87,8 @@ async function main(argv: string[]): Promise<number> {
       if (code === null) throw new UsageError('catalog init --config FILE');
       return code;
     }
+    case 'show':
+      return await runShowCommand(rest, { out: (m) => process.stdout.write(m), err: (m) => process.stderr.write(m), env: process.env, tty: process.stdout.isTTY });
     case undefined:
     case '-h':
     case '--help':
@@ -107,7 +110,10 @@ main(process.argv.slice(2)).then(
     if (err instanceof ConfigError) {
       process.stderr.write(`${err.message}\n`);
       process.exitCode = 1;
-    } else if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') === true) {
+    } else if (err instanceof ShowError) {
+      process.stderr.write(`pgwarden show: ${err.message}\n`);
+      process.exitCode = 1;
+    } else if (err instanceof UsageError || err instanceof ShowUsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') === true) {
       process.stderr.write(`pgwarden: ${(err as Error).message}\n${USAGE}`);
       process.exitCode = 2;
     } else {
