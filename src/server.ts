@@ -286,6 +286,7 @@ export class Proxy {
   private adminBackend(): AdminBackend {
     return {
       listSessions: (tenant) => Promise.resolve(this.sessions.list(tenant)),
+      listPools: () => Promise.resolve(this.pools.snapshot()),
       terminateSession: (id) => Promise.resolve(this.sessions.terminate(id)),
       hasTenant: (id) => Promise.resolve(this.ctx.config.tenants.has(id)),
       suspend: (tenantId, suspended) => this.bus.publishSuspension(tenantId, suspended),

@@ -160,6 +160,12 @@ export const ADMIN_ROUTES: readonly AdminRoute[] = [
       };
     },
   },
+  {
+    method: 'GET',
+    path: '/pools',
+    command: 'pools.list',
+    bind: ({ backend }) => ({ target: null, run: async () => [200, { pools: await backend.listPools() }] }),
+  },
   { method: 'DELETE', path: '/sessions/{id}', command: 'session.terminate', bind: terminateSession },
   { method: 'POST', path: '/sessions/{id}/terminate', command: 'session.terminate', bind: terminateSession },
   { method: 'POST', path: '/tenants/{id}/suspend', command: 'tenant.suspend', bind: suspendTenant(true) },

@@ -345,6 +345,23 @@ export const OPENAPI: OpenApiDocument = {
         },
       }),
     },
+    '/pools': {
+      get: operation({
+        operationId: 'listPools',
+        summary: "This instance's backend pools (all its workers), like PgBouncer's SHOW POOLS",
+        description: "The same rows as GET /pools on the metrics listener, with `worker` added per worker's pool when `server.workers` > 1.",
+        'x-audit-command': 'pools.list',
+        responses: {
+          '200': {
+            description: 'One row per tenant pool.',
+            content: json(
+              { type: 'object', required: ['pools'], additionalProperties: false, properties: { pools: { type: 'array', items: ref('Pool') } } },
+              { all: { summary: 'every pool', value: { pools: [{ tenant: 'acme', mode: 'session', max: 100, keys: 1, total: 2, idle: 1, active: 1, waiting: 0 }] } } },
+            ),
+          },
+        },
+      }),
+    },
     '/sessions/{id}': { delete: termination('delete') },
     '/sessions/{id}/terminate': { post: termination('post') },
     '/tenants/{id}/suspend': { post: suspension(true) },
@@ -629,6 +646,23 @@ export const OPENAPI: OpenApiDocument = {
           backend_user: { type: 'string' },
           backend_password_env: { type: 'string' },
           max_connections: { type: 'integer', minimum: 0 },
+        },
+      },
+      Pool: {
+        type: 'object',
+        description: "A tenant's backend pools: its pool mode, its cap on backends, how many pool keys (database, role, parameters) it has, and its backends and waiting clients.",
+        required: ['tenant', 'mode', 'max', 'keys', 'total', 'idle', 'active', 'waiting'],
+        additionalProperties: false,
+        properties: {
+          tenant: { type: 'string' },
+          mode: { type: 'string', enum: ['session', 'transaction'] },
+          max: { type: 'integer', minimum: 0 },
+          keys: { type: 'integer', minimum: 0 },
+          total: { type: 'integer', minimum: 0 },
+          idle: { type: 'integer', minimum: 0 },
+          active: { type: 'integer', minimum: 0 },
+          waiting: { type: 'integer', minimum: 0 },
+          worker: { type: 'integer', minimum: 1, description: 'The worker process holding it, with `server.workers` > 1.' },
         },
       },
       Session: {

@@ -4,26 +4,23 @@
  * The pure part (views and the table formatter) is separate from the fetching, so it is tested
  * without a proxy; what the views show is the admin API's (api.ts), nothing is computed server-side.
  *
- * Sources: sessions, tenants and staff come from the admin API's GET /sessions (tenants and staff
- * are summaries of it: the API has no tenant list or revocation list); pools from GET /pools on
- * the metrics listener (`--metrics URL`), which needs no token. There is no endpoint for limits
- * yet, so `show limits` says so and exits 1 rather than guess.
+ * Sources: pools come from the admin API's GET /pools; sessions, tenants and staff from its GET
+ * /sessions (tenants and staff are summaries of it: the API has no tenant list or revocation
+ * list). There is no endpoint for limits yet, so `show limits` says so and exits 1 rather than guess.
  */
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 
-export const SHOW_USAGE = `  pgwarden show sessions|tenants|staff|pools [--json] [--watch N] [--tenant ID]
-                [--admin URL] [--token-file FILE] [--metrics URL]
+export const SHOW_USAGE = `  pgwarden show pools|sessions|tenants|staff [--json] [--watch N] [--tenant ID]
+                [--admin URL] [--token-file FILE]
                                           the admin API's view as tables, like PgBouncer's SHOW;
                                           URL from --admin or PGWARDEN_ADMIN_URL, token from
                                           --token-file or PGWARDEN_ADMIN_TOKEN (no token flag:
-                                          it would stay in the shell history); pools read GET
-                                          /pools on the metrics listener (--metrics or
-                                          PGWARDEN_METRICS_URL); tenants and staff summarise
-                                          the sessions; limits: no admin API endpoint yet
+                                          it would stay in the shell history); tenants and staff
+                                          summarise the sessions; limits: no admin API endpoint yet
 `;
 
-export const SHOW_VIEWS = ['sessions', 'tenants', 'staff', 'pools', 'limits'] as const;
+export const SHOW_VIEWS = ['pools', 'sessions', 'tenants', 'staff', 'limits'] as const;
 export type ShowView = (typeof SHOW_VIEWS)[number];
 
 /** A bad command line: the caller prints it with the usage and exits 2. */
@@ -139,14 +136,12 @@ export function staffRows(sessions: readonly Record<string, unknown>[]): Record<
   return rows;
 }
 
-/** GET /pools answers a list of pools, or with workers a list of {worker, pools}: flattened, the worker as a column. */
+/** The admin API's GET /pools rows; with workers each names its worker, shown as a first column. */
 export function poolRows(view: unknown): { rows: Record<string, unknown>[]; workers: boolean } {
-  if (!Array.isArray(view)) throw new ShowError('unexpected answer from GET /pools');
-  const workers = view.some((v) => typeof v === 'object' && v !== null && Array.isArray((v as { pools?: unknown }).pools));
-  if (!workers) return { rows: view as Record<string, unknown>[], workers };
-  const rows: Record<string, unknown>[] = [];
-  for (const w of view as { worker: unknown; pools: Record<string, unknown>[] }[]) for (const p of w.pools) rows.push({ worker: w.worker, ...p });
-  return { rows, workers };
+  const pools = (view as { pools?: unknown } | null)?.pools;
+  if (!Array.isArray(pools)) throw new ShowError('unexpected answer from GET /pools');
+  const rows = pools as Record<string, unknown>[];
+  return { rows, workers: rows.some((p) => p['worker'] !== undefined) };
 }
 
 /** The JSON a view prints with --json, and its table. */
@@ -191,7 +186,6 @@ export async function runShowCommand(args: readonly string[], io: ShowIo): Promi
       watch: { type: 'string', short: 'w' },
       tenant: { type: 'string' },
       admin: { type: 'string' },
-      metrics: { type: 'string' },
       'token-file': { type: 'string' },
     },
   });
@@ -253,17 +247,14 @@ async function watch(intervalMs: number, view: string, once: () => Promise<strin
 }
 
 /** Where the view comes from, checked before the first request: a function fetching its JSON. */
-async function source(view: Exclude<ShowView, 'limits'>, values: { admin?: string | undefined; metrics?: string | undefined; tenant?: string | undefined; 'token-file'?: string | undefined }, env: ShowIo['env']): Promise<() => Promise<unknown>> {
-  if (view === 'pools') {
-    const base = values.metrics ?? env['PGWARDEN_METRICS_URL'];
-    if (base === undefined || base === '') throw new ShowUsageError('show pools needs the metrics listener: --metrics URL or PGWARDEN_METRICS_URL');
-    const url = endpoint(base, '/pools', '--metrics');
-    return () => getJson(url, null, 'metrics listener');
-  }
+async function source(view: Exclude<ShowView, 'limits'>, values: { admin?: string | undefined; tenant?: string | undefined; 'token-file'?: string | undefined }, env: ShowIo['env']): Promise<() => Promise<unknown>> {
   const base = values.admin ?? env['PGWARDEN_ADMIN_URL'];
   if (base === undefined || base === '') throw new ShowUsageError(`show ${view} needs the admin API: --admin URL or PGWARDEN_ADMIN_URL`);
-  const url = endpoint(base, '/sessions', '--admin');
-  if (values.tenant !== undefined) url.searchParams.set('tenant', values.tenant);
+  const url = endpoint(base, view === 'pools' ? '/pools' : '/sessions', '--admin');
+  if (values.tenant !== undefined) {
+    if (view === 'pools') throw new ShowUsageError('--tenant filters sessions, tenants and staff');
+    url.searchParams.set('tenant', values.tenant);
+  }
   const token = await readToken(values['token-file'], env);
   return () => getJson(url, token, 'admin API');
 }
@@ -298,10 +289,10 @@ async function readToken(file: string | undefined, env: ShowIo['env']): Promise<
 const REQUEST_TIMEOUT_MS = 10_000;
 
 /** GET and parse; the errors name the URL and status, never the token. */
-async function getJson(url: URL, token: string | null, what: string): Promise<unknown> {
+async function getJson(url: URL, token: string, what: string): Promise<unknown> {
   let res: Response;
   try {
-    res = await fetch(url, { headers: token === null ? {} : { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+    res = await fetch(url, { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
   } catch (e) {
     const cause = (e as { cause?: { code?: string; message?: string } }).cause;
     const why = (e as Error).name === 'TimeoutError' ? 'timed out' : (cause?.code ?? cause?.message ?? (e as Error).message);

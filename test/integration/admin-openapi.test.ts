@@ -439,6 +439,12 @@ describe('admin API as its OpenAPI document says, with two workers', () => {
       assert.equal(sessions.length, 1, r.text);
       assert.ok(sessions[0]!.worker !== undefined, r.text);
       assert.deepEqual(validate(response.content['application/json'].schema, r.body, d), [], r.text);
+      // The session's pool, in the worker that holds it, as GET /pools documents it.
+      const pools = await call(child.adminPort!, 'GET', '/pools');
+      assert.equal(pools.status, 200, pools.text);
+      const rows = (pools.body as { pools: { tenant: string; worker?: number; total: number }[] }).pools;
+      assert.ok(rows.some((p) => p.tenant === 'acme' && p.worker === sessions[0]!.worker && p.total >= 1), pools.text);
+      assert.deepEqual(validate(deref(d, d.paths['/pools']!.get!.responses['200']!).content['application/json'].schema, pools.body, d), [], pools.text);
     } finally {
       await c.end();
     }

@@ -107,11 +107,15 @@ describe('pgwarden show (the SHOW-style console)', () => {
     assert.deepEqual(JSON.parse(json.stdout), { staff: [] });
   });
 
-  it('show pools reads the metrics listener', async () => {
-    const r = await cli(['show', 'pools', '--metrics', `127.0.0.1:${rp.metricsPort}`]);
+  it('show pools: the sessions\' backend pools from GET /pools, table and --json', async () => {
+    const r = await cli(['show', 'pools', '--admin', admin, '--token-file', tokenFile]);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^ tenant \| +mode +\| active \| idle \| waiting \| total \| max \| keys/);
-    assert.match(r.stdout, /\n acme +\| session/);
+    assert.match(r.stdout, /\n acme +\| session \| +2 \| +0 \| +0 \| +2 \|/);
+    assert.match(r.stdout, /\n globex +\| session \| +1 \| +0 \| +0 \| +1 \|/);
+    const json = await cli(['show', 'pools', '--json'], { PGWARDEN_ADMIN_URL: admin, PGWARDEN_ADMIN_TOKEN: TOKEN });
+    const api: unknown = await (await fetch(`${admin}/pools`, { headers: { authorization: `Bearer ${TOKEN}` } })).json();
+    assert.deepEqual(JSON.parse(json.stdout), api);
   });
 
   it('a wrong token: "token refused", exit 1, and neither token printed', async () => {

@@ -57,11 +57,12 @@ describe('show: views from the API answers', () => {
     assert.match(table, /127\.0\.0\.1:5000/);
     assert.match(table, /\(4 rows\)/);
   });
-  it('pools: a plain list, or per worker flattened with a worker column', () => {
+  it('pools: the rows of GET /pools, with a worker column when they name workers', () => {
     const pool = { tenant: 'acme', mode: 'session', total: 2, idle: 1, active: 1, waiting: 0, max: 10, keys: 1 };
-    assert.deepEqual(poolRows([pool]), { rows: [pool], workers: false });
-    assert.deepEqual(poolRows([{ worker: 2, pools: [pool] }]), { rows: [{ worker: 2, ...pool }], workers: true });
-    assert.match(render('pools', [{ worker: 2, pools: [pool] }]).table, /^ worker \| tenant/);
-    assert.throws(() => poolRows({ nope: 1 }), /unexpected answer/);
+    assert.deepEqual(poolRows({ pools: [pool] }), { rows: [pool], workers: false });
+    assert.equal(poolRows({ pools: [{ ...pool, worker: 2 }] }).workers, true);
+    assert.match(render('pools', { pools: [pool] }).table, /^ tenant \| +mode +\| active \| idle \| waiting \| total \| max \| keys\n/);
+    assert.match(render('pools', { pools: [{ ...pool, worker: 2 }] }).table, /^ worker \| tenant/);
+    assert.throws(() => poolRows([pool]), /unexpected answer/);
   });
 });
