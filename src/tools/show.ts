@@ -194,7 +194,7 @@ export async function runShowCommand(args: readonly string[], io: ShowIo): Promi
   if (!(SHOW_VIEWS as readonly string[]).includes(view)) throw new ShowUsageError(`unknown view "${view}": show ${SHOW_VIEWS.join(' | ')}`);
   if (extra.length > 0) throw new ShowUsageError(`unexpected argument "${extra[0]}"`);
   if (view === 'limits') {
-    io.err('pgwarden show limits: the admin API has no endpoint for limits yet; see the [limits] section of the configuration and the pgwarden_limit_* metrics\n');
+    io.err('pgwarden show limits: the admin API has no endpoint for limits yet; see the [limits] section of the configuration and the metric pgwarden_limit_rejections_total\n');
     return 1;
   }
   let watchMs: number | null = null;
