@@ -32,11 +32,15 @@ const arr = (v: unknown, what: string): unknown[] => {
   return v;
 };
 
+/** The YAML files under dir, relative to the repo (a walk: Dirent.parentPath needs Node 20.12). */
 function yamlFiles(dir: string): string[] {
-  return readdirSync(dir, { withFileTypes: true, recursive: true })
-    .filter((e) => e.isFile() && /\.ya?ml$/.test(e.name))
-    .map((e) => path.relative(ROOT, path.join(e.parentPath, e.name)))
-    .sort();
+  const found: string[] = [];
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const full = path.join(dir, e.name);
+    if (e.isDirectory()) found.push(...yamlFiles(full));
+    else if (e.isFile() && /\.ya?ml$/.test(e.name)) found.push(path.relative(ROOT, full));
+  }
+  return found.sort();
 }
 
 /** Every document of a multi-document YAML file (Kubernetes manifests). */
@@ -97,7 +101,9 @@ const podSpec = obj(obj(obj(deployment.spec, 'Deployment spec').template, 'pod t
 const container = obj(arr(podSpec.containers, 'containers')[0], 'pgwarden container');
 const configMapToml = String(obj(manifest('ConfigMap').data, 'ConfigMap data')['pgwarden.toml']);
 const containerPort = (name: string): number => {
-  const p = arr(container.ports, 'container ports').map((x) => obj(x, 'port')).find((x) => x.name === name);
+  const p = arr(container.ports, 'container ports')
+    .map((x) => obj(x, 'port'))
+    .find((x) => x.name === name);
   assert.ok(p, `container port ${name}`);
   return Number(p.containerPort);
 };
@@ -130,7 +136,10 @@ describe('deploy/ files', () => {
     assert.equal(composePgwarden.user, df.user);
     const volumes = arr(composePgwarden.volumes, 'volumes').map(String);
     assert.ok(volumes.includes(`./pgwarden.toml:${df.configPath}:ro`), `mounts pgwarden.toml at ${df.configPath}`);
-    assert.ok(volumes.some((v) => v.startsWith('audit:/var/lib/pgwarden')), 'the image VOLUME holds the audit');
+    assert.ok(
+      volumes.some((v) => v.startsWith('audit:/var/lib/pgwarden')),
+      'the image VOLUME holds the audit',
+    );
     const published = arr(composePgwarden.ports, 'ports').map((p) => Number(String(p).split(':').pop()));
     for (const p of df.ports) assert.ok(published.includes(p), `EXPOSE ${p} is published`);
     for (const p of [cfg.server.listenPort, cfg.metrics?.listenPort, cfg.admin?.listenPort]) {
@@ -168,11 +177,16 @@ describe('deploy/ files', () => {
     for (const p of df.ports) assert.ok(declared.includes(p), `EXPOSE ${p} is a container port`);
     // The config is mounted where CMD reads it, and the audit directory is writable (an emptyDir).
     const mounts = arr(container.volumeMounts, 'volumeMounts').map((m) => obj(m, 'mount'));
-    assert.ok(mounts.some((m) => m.mountPath === df.configPath), `pgwarden.toml at ${df.configPath}`);
+    assert.ok(
+      mounts.some((m) => m.mountPath === df.configPath),
+      `pgwarden.toml at ${df.configPath}`,
+    );
     const auditDir = path.dirname(cfg.audit.file ?? '');
     const auditMount = mounts.find((m) => auditDir === m.mountPath || auditDir.startsWith(`${String(m.mountPath)}/`));
     assert.ok(auditMount, 'the audit directory is mounted');
-    const volume = arr(podSpec.volumes, 'volumes').map((v) => obj(v, 'volume')).find((v) => v.name === auditMount.name);
+    const volume = arr(podSpec.volumes, 'volumes')
+      .map((v) => obj(v, 'volume'))
+      .find((v) => v.name === auditMount.name);
     assert.ok(volume && 'emptyDir' in volume, 'the audit directory is an emptyDir');
     // The Service targets the client and metrics ports; the env Secret carries every env var the config names.
     const svcPorts = arr(obj(manifest('Service').spec, 'Service spec').ports, 'Service ports').map((p) => obj(p, 'port').targetPort);
@@ -190,7 +204,10 @@ describe('deploy/ files', () => {
 
   it('probes ask the metrics listener for /readyz and /healthz, which pgwarden serves', () => {
     const http = read('src/admin/http.ts');
-    for (const [probe, route] of [['readinessProbe', '/readyz'], ['livenessProbe', '/healthz']] as const) {
+    for (const [probe, route] of [
+      ['readinessProbe', '/readyz'],
+      ['livenessProbe', '/healthz'],
+    ] as const) {
       const get = obj(obj(container[probe], probe).httpGet, `${probe}.httpGet`);
       assert.equal(get.path, route);
       assert.equal(get.port, 'metrics');
