@@ -16,7 +16,7 @@ import pg from 'pg';
 import { exportJWK, generateKeyPair } from 'jose';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
 import { clientConfig, configToml, connect, connectError, psql, startProxy, testCerts, type ProxySpec, type RunningProxy } from '../support/proxy.js';
-import { cancelRequest, decodeError, gssencRequest, sendCancel, sslRequest, startupMessage, typed, Wire, type WireError } from '../support/wire.js';
+import { cancelRequest, decodeError, gssencRequest, saslInitial, sendCancel, sslRequest, startupMessage, typed, Wire, type WireError } from '../support/wire.js';
 import { rawLogin } from '../support/login.js';
 import { sleep, waitFor } from '../support/wait.js';
 import { parseConfigText } from '../../src/config/load.js';
@@ -37,14 +37,6 @@ function header(type: string, length: number): Buffer {
   b.write(type, 0, 'latin1');
   b.writeUInt32BE(length >>> 0, 1);
   return b;
-}
-
-/** SASLInitialResponse: mechanism, Int32 length of the data (-1: none), the data. */
-function saslInitial(mechanism: string, data: string | null): Buffer {
-  const d = data === null ? Buffer.alloc(0) : Buffer.from(data, 'utf8');
-  const len = Buffer.alloc(4);
-  len.writeInt32BE(data === null ? -1 : d.length);
-  return typed('p', Buffer.concat([Buffer.from(`${mechanism}\0`), len, d]));
 }
 
 /** TLS with the tenant's SNI, a startup packet, and the AuthenticationSASL answer's mechanisms. */

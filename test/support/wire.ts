@@ -179,6 +179,14 @@ export function typed(type: string, body: Buffer): Buffer {
   return b;
 }
 
+/** SASLInitialResponse: mechanism, Int32 length of the data (-1: none), the data. */
+export function saslInitial(mechanism: string, data: string | null): Buffer {
+  const d = data === null ? Buffer.alloc(0) : Buffer.from(data, 'utf8');
+  const len = Buffer.alloc(4);
+  len.writeInt32BE(data === null ? -1 : d.length);
+  return typed('p', Buffer.concat([Buffer.from(`${mechanism}\0`), len, d]));
+}
+
 export function cancelRequest(pid: number, key: number): Buffer {
   const b = Buffer.alloc(16);
   b.writeUInt32BE(16, 0);
