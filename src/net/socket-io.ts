@@ -356,6 +356,9 @@ class HandleIo implements SocketIo {
   }
 
   writeAll(chunks: readonly Buffer[]): boolean {
+    // Nothing to write (every frame of a batch answered by the relay itself): a writev of no
+    // buffers fails libuv's assertion and aborts the process.
+    if (chunks.length === 0) return this.answer();
     if (chunks.length === 1) return this.write(chunks[0]!);
     if (this.inFlight || this.queue.length > 0 || this.socket.writableLength > 0) for (const c of chunks) this.enqueue(c);
     else this.submit(null, chunks.slice());

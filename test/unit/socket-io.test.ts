@@ -228,6 +228,20 @@ for (const kind of KINDS) {
         }),
       );
 
+      it('writeAll of no buffers writes nothing and keeps the socket working (transaction mode can have a batch it answers itself)', T, () =>
+        withPair(kind, async (p) => {
+          const io = socketIo(p.local, mode);
+          started(io);
+          const got = new Received();
+          p.peer.on('data', got.add);
+          assert.equal(io.writeAll([]), true);
+          const after = pattern(1000, 5);
+          io.write(after);
+          await got.reach(after.length, 'peer');
+          assertSameBytes(got.all, after, 'peer');
+        }),
+      );
+
       it('write/writeAll reach the peer exactly and in order, also while a write is in flight', T, () =>
         withPair(kind, async (p) => {
           const io = socketIo(p.local, mode);
