@@ -160,6 +160,7 @@ export class Proxy {
     }
     config = proxy.served(config);
     proxy.ctx = proxy.makeContext(config, tlsMaterial);
+    proxy.metrics.showCertificate(tlsMaterial?.notAfter);
     proxy.sessions.startSweeper(() => proxy.ctx.config.tenants);
     await proxy.listen(config);
     proxy.audit.append({ event: 'proxy.lifecycle', state: 'started', instance_id: proxy.instanceId, listen: proxy.address });
@@ -427,6 +428,7 @@ export class Proxy {
       this.log.warn('admin.listen changed: takes effect after a restart (a new token_sha256 applies now)');
     }
     this.ctx = this.makeContext(config, tlsMaterial);
+    this.metrics.showCertificate(tlsMaterial?.notAfter);
     this.pools.retain(new Set(config.tenants.keys()));
     this.authLookups.retain(new Set(config.tenants.keys()));
     this.sessions.endSessionsOfGoneTenants(config.tenants);

@@ -256,6 +256,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
       })
       .catch((err: unknown) => {
         const problems = err instanceof ConfigError ? err.problems : [String((err as { message?: unknown } | null | undefined)?.message ?? err)];
+        metrics.configReloads.inc({ outcome: 'rejected' });
         log.error({ problems }, 'reload rejected: keeping the running configuration');
       });
   }

@@ -13,6 +13,8 @@ export interface TlsMaterial {
   /** Hash of our certificate, with the hash named by its signature algorithm (SHA-1/MD5 → SHA-256). */
   readonly endpointBinding: Buffer;
   readonly minVersion: 'TLSv1.2' | 'TLSv1.3';
+  /** When our certificate (the leaf) expires, for pgwarden_tls_certificate_expiry_timestamp_seconds. */
+  readonly notAfter: Date;
 }
 
 /** Hash algorithm RFC 5929 prescribes for a certificate, or throws (Ed25519 has none: rule 4). */
@@ -35,7 +37,7 @@ export function loadTlsMaterial(certPath: string, keyPath: string, minVersion: '
   // The leaf is the first certificate in the chain file.
   const leafPem = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(certPem)?.[0];
   if (leafPem === undefined) throw new Error(`${certPath}: no PEM certificate found`);
-  const der = new x509.X509Certificate(leafPem).rawData;
-  const endpointBinding = createHash(endpointHashAlgorithm(leafPem)).update(Buffer.from(der)).digest();
-  return { secureContext, endpointBinding, minVersion };
+  const leaf = new x509.X509Certificate(leafPem);
+  const endpointBinding = createHash(endpointHashAlgorithm(leafPem)).update(Buffer.from(leaf.rawData)).digest();
+  return { secureContext, endpointBinding, minVersion, notAfter: leaf.notAfter };
 }

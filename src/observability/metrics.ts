@@ -19,8 +19,13 @@ export class Metrics {
     return new client.Counter({ name, help, labelNames, registers: [this.registry] });
   }
 
-  private gauge<L extends string = never>(name: string, help: string, labelNames: readonly L[] = []): client.Gauge<L> {
-    return new client.Gauge({ name, help, labelNames, registers: [this.registry] });
+  /**
+   * A gauge registered here. `aggregator` is how the primary of a worker set folds the workers'
+   * values (cluster/primary.ts): 'sum' for shares (sessions, backends), 'max' for a state or an age
+   * every process reports alike (degraded, stale seconds), 'min' for a deadline (a certificate's expiry).
+   */
+  private gauge<L extends string = never>(name: string, help: string, labelNames: readonly L[] = [], aggregator: client.Aggregator = 'sum'): client.Gauge<L> {
+    return new client.Gauge({ name, help, labelNames, aggregator, registers: [this.registry] });
   }
 
   readonly clientConnections = this.gauge('pgwarden_client_connections', 'Authenticated client sessions currently open', ['tenant'] as const);
@@ -44,6 +49,8 @@ export class Metrics {
   readonly limitsDegraded = this.gauge(
     'pgwarden_limits_degraded',
     '1 while the shared limit store (Redis) is unreachable and each instance enforces its local share',
+    [],
+    'max',
   );
   readonly limitsDegradedTransitions = this.counter(
     'pgwarden_limits_degraded_transitions_total',
@@ -114,7 +121,7 @@ export class Metrics {
   readonly transactions = this.counter('pgwarden_transactions_total', 'Transactions relayed (ReadyForQuery returning to idle after work)', ['tenant'] as const);
   readonly configReloads = this.counter('pgwarden_config_reloads_total', 'Configuration reloads by outcome', ['outcome'] as const);
   readonly auditRecords = this.counter('pgwarden_audit_records_total', 'Audit records written, by event', ['event'] as const);
-  readonly draining = this.gauge('pgwarden_draining', '1 while the proxy drains for shutdown');
+  readonly draining = this.gauge('pgwarden_draining', '1 while the proxy drains for shutdown', [], 'max');
   readonly workerCancelsRelayed = this.counter(
     'pgwarden_worker_cancels_relayed_total',
     'Cancel requests whose key the receiving worker did not own, relayed by the primary to the other workers',
@@ -123,7 +130,7 @@ export class Metrics {
   readonly auditWrites = this.counter('pgwarden_audit_writes_total', 'write(2) batches that reached the audit file (one batch carries many records)');
   readonly auditFsyncs = this.counter('pgwarden_audit_fsyncs_total', 'fdatasync calls on the audit file (durable appends share them)');
   readonly auditWriteFailures = this.counter('pgwarden_audit_write_failures_total', 'Failed audit file writes or fdatasyncs, by cause', ['cause'] as const);
-  readonly auditHealthy = this.gauge('pgwarden_audit_healthy', '1 while the audit file accepts writes, 0 after a failure until a write succeeds again');
+  readonly auditHealthy = this.gauge('pgwarden_audit_healthy', '1 while the audit file accepts writes, 0 after a failure until a write succeeds again', [], 'max');
   readonly auditQueueRecords = this.gauge('pgwarden_audit_queue_records', 'Audit records held in memory, not yet written');
   readonly auditQueueBytes = this.gauge('pgwarden_audit_queue_bytes', 'Bytes of audit records held in memory, not yet written');
   readonly auditDropped = this.counter(
@@ -131,7 +138,25 @@ export class Metrics {
     'Audit records dropped from the file because the in-memory queue was full (each run ends in an audit.gap record)',
   );
   /** 1 under the relay I/O path this process uses (net/socket-io.ts): a fallback to streams after a Node upgrade shows here. */
-  readonly relayIo = this.gauge('pgwarden_relay_io', 'Relay I/O path in use by the process (1): handle (native stream handle) or stream (Node streams)', ['mode'] as const);
+  readonly relayIo = this.gauge(
+    'pgwarden_relay_io',
+    'Relay I/O path in use by the process (1): handle (native stream handle) or stream (Node streams)',
+    ['mode'] as const,
+    'max',
+  );
+  /** The client listener's certificate; 'min' over workers (all load the same file, a reload may race). */
+  readonly tlsCertificateExpiry = this.gauge(
+    'pgwarden_tls_certificate_expiry_timestamp_seconds',
+    "Unix time at which the client listener's TLS certificate (the leaf of server.tls_cert) expires",
+    ['certificate'] as const,
+    'min',
+  );
+
+  /** Shows the served certificate's expiry (undefined: no TLS, no series). */
+  showCertificate(notAfter: Date | undefined): void {
+    this.tlsCertificateExpiry.reset();
+    if (notAfter !== undefined) this.tlsCertificateExpiry.set({ certificate: 'server' }, Math.floor(notAfter.getTime() / 1000));
+  }
   readonly auditRotations = this.counter('pgwarden_audit_rotations_total', 'Audit file rotations by outcome', ['outcome'] as const);
   readonly auditCheckpoints = this.counter('pgwarden_audit_checkpoints_total', 'Signed audit.checkpoint records appended');
 
@@ -157,6 +182,7 @@ export class Metrics {
   readonly auditStoreLag = new client.Gauge({
     name: 'pgwarden_audit_store_lag_seconds',
     help: 'Age of the oldest audit record not yet in the PostgreSQL store (0 when none is waiting)',
+    aggregator: 'max',
     registers: [this.registry],
     collect: () => {
       const oldest = this.auditStoreBacklog?.().oldestMs ?? null;
@@ -183,6 +209,8 @@ export class Metrics {
   readonly catalogStale = new client.Gauge({
     name: 'pgwarden_catalog_stale_seconds',
     help: 'How old the served tenant catalog may be: 0 while connected and in sync, else seconds since it last was',
+    // Every worker follows the catalog itself: the oldest copy counts, not the sum of ages.
+    aggregator: 'max',
     registers: [this.registry],
     collect: () => {
       this.catalogStale.set(this.catalogStaleSeconds?.() ?? 0);

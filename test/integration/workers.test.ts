@@ -7,6 +7,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { X509Certificate } from 'node:crypto';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
@@ -146,6 +147,13 @@ describe('workers', () => {
     // The audit writer runs in the primary; its metrics are part of the sum.
     assert.match(m.body, /^pgwarden_audit_healthy 1$/m);
     assert.match(m.body, /^pgwarden_audit_writes_total [1-9]\d*$/m);
+    // States, ages and deadlines are folded as max or min, not summed over the processes: the
+    // certificate's expiry is the file's, and each process's 1 for its relay path stays 1.
+    const certs = await testCerts();
+    const notAfter = Math.floor(Date.parse(new X509Certificate(await readFile(certs.serverCertPath)).validTo) / 1000);
+    assert.match(m.body, new RegExp(`^pgwarden_tls_certificate_expiry_timestamp_seconds\\{certificate="server"\\} ${notAfter}$`, 'm'));
+    assert.match(m.body, /^pgwarden_relay_io\{mode="(handle|stream)"\} 1$/m);
+    assert.match(m.body, /^pgwarden_limits_degraded 0$/m);
     const pools = JSON.parse((await get(child.metricsPort!, '/pools')).body) as { worker: number; pools: unknown[] }[];
     assert.equal(pools.length, 2);
     child.child.kill('SIGTERM');

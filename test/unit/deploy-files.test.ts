@@ -229,4 +229,65 @@ describe('deploy/ files', () => {
     const stop = durationSeconds(composePgwarden.stop_grace_period);
     assert.ok(stop > c.server.shutdownTimeoutMs / 1000, `compose stop_grace_period ${stop}s > shutdown_timeout`);
   });
+
+  it('the Grafana dashboard has the shape Grafana loads: unique panel ids, a grid without overlaps, defined variables', () => {
+    const dash = obj(JSON.parse(read('deploy/grafana/pgwarden.json')), 'pgwarden.json');
+    assert.equal(dash.uid, 'pgwarden');
+    assert.equal(typeof dash.title, 'string');
+    assert.ok(Number(dash.schemaVersion) >= 36, 'a schemaVersion of Grafana 9 or later');
+    const vars = arr(obj(dash.templating, 'templating').list, 'variables').map((v) => obj(v, 'variable'));
+    const names = vars.map((v) => String(v.name));
+    assert.deepEqual(names, ['datasource', 'instance', 'tenant']);
+    const tenant = vars.find((v) => v.name === 'tenant')!;
+    assert.equal(tenant.type, 'query');
+    assert.equal(tenant.includeAll, true);
+    assert.match(String(tenant.definition), /label_values\(pgwarden_\w+.*, tenant\)/);
+    const panels = arr(dash.panels, 'panels').map((p) => obj(p, 'panel'));
+    const ids = panels.map((p) => Number(p.id));
+    assert.equal(new Set(ids).size, ids.length, 'panel ids are unique');
+    const cells = new Set<string>();
+    let tenantPanels = 0;
+    for (const p of panels) {
+      const g = obj(p.gridPos, `panel ${String(p.id)} gridPos`);
+      const [x, y, w, h] = [g.x, g.y, g.w, g.h].map(Number) as [number, number, number, number];
+      assert.ok(x >= 0 && w > 0 && x + w <= 24 && h > 0, `panel ${String(p.title)} fits the 24-column grid`);
+      for (let i = x; i < x + w; i++) {
+        for (let j = y; j < y + h; j++) {
+          assert.ok(!cells.has(`${i},${j}`), `panel ${String(p.title)} overlaps another at ${i},${j}`);
+          cells.add(`${i},${j}`);
+        }
+      }
+      if (p.type === 'row') continue;
+      assert.ok(['timeseries', 'stat'].includes(String(p.type)), `panel type ${String(p.type)}`);
+      assert.equal(obj(p.datasource, 'panel datasource').uid, '${datasource}');
+      const targets = arr(p.targets, `panel ${String(p.title)} targets`).map((t) => obj(t, 'target'));
+      assert.ok(targets.length > 0, `panel ${String(p.title)} has queries`);
+      for (const t of targets) {
+        const expr = String(t.expr);
+        assert.match(expr, /pgwarden_/, `panel ${String(p.title)} queries pgwarden`);
+        for (const v of expr.match(/\$(\w+)/g) ?? []) assert.ok(v === '$__rate_interval' || names.includes(v.slice(1)), `${v} in ${String(p.title)} is defined`);
+        assert.equal(expr.split('(').length, expr.split(')').length, `balanced parentheses: ${expr}`);
+        if (expr.includes('tenant=~"$tenant"')) tenantPanels++;
+      }
+    }
+    assert.ok(tenantPanels >= 10, `${tenantPanels} queries follow the tenant variable`);
+  });
+
+  it('compose provisions the alert rules into Prometheus and the dashboard into Grafana', () => {
+    const prom = obj(services.prometheus, 'prometheus service');
+    const promVolumes = arr(prom.volumes, 'prometheus volumes').map(String);
+    const promConfig = obj(parseYaml(read('deploy/prometheus/prometheus.yml')), 'prometheus.yml');
+    const configMount = promVolumes.find((v) => v.startsWith('./prometheus/prometheus.yml:'))?.split(':')[1];
+    assert.ok(configMount, 'prometheus.yml is mounted');
+    for (const rel of arr(promConfig.rule_files, 'rule_files').map(String)) {
+      const inContainer = path.posix.join(path.posix.dirname(configMount), rel);
+      assert.ok(promVolumes.includes(`./prometheus/${rel}:${inContainer}:ro`), `${rel} is mounted at ${inContainer}`);
+    }
+    const grafana = obj(services.grafana, 'grafana service');
+    const grafanaVolumes = arr(grafana.volumes, 'grafana volumes').map(String);
+    const provider = obj(arr(obj(parseYaml(read('deploy/grafana/provisioning/dashboards/pgwarden.yaml')), 'provider file').providers, 'providers')[0], 'provider');
+    const dashDir = String(obj(provider.options, 'provider options').path);
+    assert.ok(grafanaVolumes.includes('./grafana/provisioning/dashboards:/etc/grafana/provisioning/dashboards:ro'), 'the dashboard provider is mounted');
+    assert.ok(grafanaVolumes.includes(`./grafana/pgwarden.json:${dashDir}/pgwarden.json:ro`), `the dashboard is mounted in ${dashDir}`);
+  });
 });
