@@ -83,6 +83,7 @@ async function serveWorker(configPath: string, config: Config, baseLog: Logger):
       case 'rpc':
         if (m.op === 'pools') channel.send({ k: 'rpcReply', id: m.id, result: proxy.pools.snapshot() });
         else if (m.op === 'sessions') channel.send({ k: 'rpcReply', id: m.id, result: proxy.sessions.list(m.tenant) });
+        else if (m.op === 'limits') channel.send({ k: 'rpcReply', id: m.id, result: proxy.limitRows(m.tenant) });
         else if (m.op === 'terminate') channel.send({ k: 'rpcReply', id: m.id, result: proxy.sessions.terminate(m.session) });
         else {
           proxy.metrics.registry.getMetricsAsJSON().then(

@@ -17,6 +17,7 @@ import { openSharedState, type SharedState } from './cluster/shared-state.js';
 import { AuditLog, type AuditSink } from './audit/log.js';
 import { openAuditStores } from './audit/pg-sink.js';
 import { RejectionAggregator } from './audit/rejections.js';
+import { limitRows, type TenantLimitRow } from './admin/limits-view.js';
 import { Metrics } from './observability/metrics.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { OperatorListeners } from './admin/listeners.js';
@@ -283,11 +284,18 @@ export class Proxy {
     });
   }
 
+  /** GET /limits of this process: the served tenants' limits, its logged-in sessions and open backends per tenant. */
+  limitRows(tenant: string | null): TenantLimitRow[] {
+    const backends = new Map(this.pools.snapshot().map((p) => [p.tenant, p.total]));
+    return limitRows(this.ctx.config.tenants, this.sessions.loggedInByTenant(), backends, tenant);
+  }
+
   /** The admin API's commands on a single process: sessions here, suspensions, revocations and reloads through the bus. */
   private adminBackend(): AdminBackend {
     return {
       listSessions: (tenant) => Promise.resolve(this.sessions.list(tenant)),
       listPools: () => Promise.resolve(this.pools.snapshot()),
+      listLimits: (tenant) => Promise.resolve(this.limitRows(tenant)),
       terminateSession: (id) => Promise.resolve(this.sessions.terminate(id)),
       hasTenant: (id) => Promise.resolve(this.ctx.config.tenants.has(id)),
       suspend: (tenantId, suspended) => this.bus.publishSuspension(tenantId, suspended),

@@ -166,6 +166,22 @@ export const ADMIN_ROUTES: readonly AdminRoute[] = [
     command: 'pools.list',
     bind: ({ backend }) => ({ target: null, run: async () => [200, { pools: await backend.listPools() }] }),
   },
+  {
+    method: 'GET',
+    path: '/limits',
+    command: 'limits.list',
+    bind: ({ backend, query }) => {
+      const tenant = query.get('tenant');
+      const valid = tenant === null || TENANT_ID_RE.test(tenant);
+      return {
+        target: tenant !== null && valid ? { tenant } : null,
+        run: async () => {
+          if (!valid) throw new HttpError(400, 'invalid tenant id');
+          return [200, { limits: await backend.listLimits(tenant) }];
+        },
+      };
+    },
+  },
   { method: 'DELETE', path: '/sessions/{id}', command: 'session.terminate', bind: terminateSession },
   { method: 'POST', path: '/sessions/{id}/terminate', command: 'session.terminate', bind: terminateSession },
   { method: 'POST', path: '/tenants/{id}/suspend', command: 'tenant.suspend', bind: suspendTenant(true) },

@@ -11,6 +11,8 @@ export interface AdminBackend {
   listSessions(tenant: string | null): Promise<readonly object[]>;
   /** Backend pools on this instance (all its workers), one row per tenant, as the metrics listener's GET /pools. */
   listPools(): Promise<readonly object[]>;
+  /** Each served tenant's effective limits and its use on this instance (limits-view.ts), optionally one tenant's. */
+  listLimits(tenant: string | null): Promise<readonly object[]>;
   /** Ends the session (57P01) if it is on this instance; false if there is none with that id. */
   terminateSession(id: string): Promise<boolean>;
   /** Whether the tenant is served (suspending a typo would silently do nothing). */

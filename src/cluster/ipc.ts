@@ -34,6 +34,7 @@ export type PrimaryMessage =
   | { readonly k: 'rpc'; readonly id: number; readonly op: 'pools' | 'metrics' }
   /** The admin API on the primary: the worker's sessions (describe()), or end one by id (true if it was there). */
   | { readonly k: 'rpc'; readonly id: number; readonly op: 'sessions'; readonly tenant: string | null }
+  | { readonly k: 'rpc'; readonly id: number; readonly op: 'limits'; readonly tenant: string | null }
   | { readonly k: 'rpc'; readonly id: number; readonly op: 'terminate'; readonly session: string }
   | { readonly k: 'init'; readonly suspended: readonly string[]; readonly revocations: readonly StaffRevocation[] }
   | { readonly k: 'cancel'; readonly msg: CancelMessage }

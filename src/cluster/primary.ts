@@ -14,6 +14,7 @@
  * released at once. With Redis, each worker is an instance of its own there.
  */
 import cluster, { type Worker } from 'node:cluster';
+import { mergeLimitRows, type TenantLimitRow } from '../admin/limits-view.js';
 import { AggregatorRegistry } from 'prom-client';
 import { randomUUID } from 'node:crypto';
 import { loadConfigFile } from '../config/load.js';
@@ -177,7 +178,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
   // /pools, /metrics and the admin API's sessions: asked of every worker that listens (one still starting is skipped).
   let rpcSeq = 1;
   const poolReplies = new Map<number, (v: unknown) => void>();
-  type WorkerRpc = { op: 'pools' | 'metrics' } | { op: 'sessions'; tenant: string | null } | { op: 'terminate'; session: string };
+  type WorkerRpc = { op: 'pools' | 'metrics' } | { op: 'sessions' | 'limits'; tenant: string | null } | { op: 'terminate'; session: string };
   const askWorkers = async (rpc: WorkerRpc): Promise<{ worker: number; result: unknown }[]> => {
     const views = await Promise.all(
       Object.values(cluster.workers ?? {}).map(
@@ -222,6 +223,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
         listSessions: async (tenant) =>
           (await askWorkers({ op: 'sessions', tenant })).flatMap((v) => (v.result as object[]).map((s) => ({ ...s, worker: v.worker }))),
         listPools: async () => (await askWorkers({ op: 'pools' })).flatMap((v) => (v.result as object[]).map((p) => ({ ...p, worker: v.worker }))),
+        listLimits: async (tenant) => mergeLimitRows((await askWorkers({ op: 'limits', tenant })).map((v) => v.result as TenantLimitRow[])),
         terminateSession: async (session) => (await askWorkers({ op: 'terminate', session })).some((v) => v.result === true),
         hasTenant: async (id) => (catalogStore === null ? config.tenants.has(id) : (await catalogStore.get(id)) !== undefined),
         suspend: async (tenant, isSuspended) => {

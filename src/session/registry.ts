@@ -66,6 +66,15 @@ export class SessionRegistry<S extends LiveSession = LiveSession> implements Ite
     return n;
   }
 
+  /** Logged-in sessions per tenant (GET /limits: use against max_client_connections). */
+  loggedInByTenant(): Map<string, number> {
+    const counts = new Map<string, number>();
+    for (const s of this.sessions) {
+      if (s.tenantId !== undefined && (s.phase === 'relaying' || s.phase === 'connecting')) counts.set(s.tenantId, (counts.get(s.tenantId) ?? 0) + 1);
+    }
+    return counts;
+  }
+
   /** Ends one session with 57P01, as PostgreSQL's pg_terminate_backend does; false if it is not here. */
   terminate(id: string): boolean {
     for (const s of this.sessions) {

@@ -4,20 +4,21 @@
  * The pure part (views and the table formatter) is separate from the fetching, so it is tested
  * without a proxy; what the views show is the admin API's (api.ts), nothing is computed server-side.
  *
- * Sources: pools come from the admin API's GET /pools; sessions, tenants and staff from its GET
- * /sessions (tenants and staff are summaries of it: the API has no tenant list or revocation
- * list). There is no endpoint for limits yet, so `show limits` says so and exits 1 rather than guess.
+ * Sources: pools come from the admin API's GET /pools, limits from GET /limits; sessions, tenants
+ * and staff from its GET /sessions (tenants and staff are summaries of it: the API has no tenant
+ * list or revocation list).
  */
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 
-export const SHOW_USAGE = `  pgwarden show pools|sessions|tenants|staff [--json] [--watch N] [--tenant ID]
+export const SHOW_USAGE = `  pgwarden show pools|sessions|tenants|limits|staff [--json] [--watch N] [--tenant ID]
                 [--admin URL] [--token-file FILE]
                                           the admin API's view as tables, like PgBouncer's SHOW;
                                           URL from --admin or PGWARDEN_ADMIN_URL, token from
                                           --token-file or PGWARDEN_ADMIN_TOKEN (no token flag:
                                           it would stay in the shell history); tenants and staff
-                                          summarise the sessions; limits: no admin API endpoint yet
+                                          summarise the sessions; limits: each tenant's limits
+                                          and its clients and backends now
 `;
 
 export const SHOW_VIEWS = ['pools', 'sessions', 'tenants', 'staff', 'limits'] as const;
@@ -109,6 +110,24 @@ export const POOL_COLUMNS: readonly Column[] = [
   num('keys', 'keys'),
 ];
 
+/** GET /limits rows: use beside its cap, then the rates and timeouts (ms; 0: off). */
+export const LIMIT_COLUMNS: readonly Column[] = [
+  text('tenant', 'tenant'),
+  text('mode', 'pool_mode'),
+  num('clients', 'clients'),
+  num('max_clients', 'max_client_connections'),
+  num('per_user', 'max_connections_per_user'),
+  num('conn/s', 'new_connections_per_second'),
+  num('burst', 'new_connections_burst'),
+  num('backends', 'backends'),
+  num('max_backends', 'max_backend_connections'),
+  num('pool_timeout_ms', 'pool_timeout_ms'),
+  num('query_timeout_ms', 'query_timeout_ms'),
+  num('idle_tx_timeout_ms', 'idle_in_transaction_timeout_ms'),
+  num('bandwidth_B/s', 'max_bandwidth_bytes_per_second'),
+  num('auth_failures', 'auth_failure_limit'),
+];
+
 /** Per tenant: sessions, staff sessions, distinct users, and their counters summed. */
 export function tenantRows(sessions: readonly Record<string, unknown>[]): Record<string, unknown>[] {
   const by = new Map<string, { tenant: string; sessions: number; staff: number; users: Set<unknown>; queries: number; bytes_in: number; bytes_out: number }>();
@@ -145,10 +164,15 @@ export function poolRows(view: unknown): { rows: Record<string, unknown>[]; work
 }
 
 /** The JSON a view prints with --json, and its table. */
-export function render(view: Exclude<ShowView, 'limits'>, data: unknown): { json: unknown; table: string } {
+export function render(view: ShowView, data: unknown): { json: unknown; table: string } {
   if (view === 'pools') {
     const { rows, workers } = poolRows(data);
     return { json: data, table: formatTable(workers ? [num('worker', 'worker'), ...POOL_COLUMNS] : POOL_COLUMNS, rows) };
+  }
+  if (view === 'limits') {
+    const limits = (data as { limits?: unknown } | null)?.limits;
+    if (!Array.isArray(limits)) throw new ShowError('unexpected answer from GET /limits');
+    return { json: data, table: formatTable(LIMIT_COLUMNS, limits as Record<string, unknown>[]) };
   }
   const sessions = (data as { sessions?: unknown }).sessions;
   if (!Array.isArray(sessions)) throw new ShowError('unexpected answer from GET /sessions');
@@ -193,20 +217,16 @@ export async function runShowCommand(args: readonly string[], io: ShowIo): Promi
   if (view === undefined) throw new ShowUsageError(`show needs one of ${SHOW_VIEWS.join(', ')}`);
   if (!(SHOW_VIEWS as readonly string[]).includes(view)) throw new ShowUsageError(`unknown view "${view}": show ${SHOW_VIEWS.join(' | ')}`);
   if (extra.length > 0) throw new ShowUsageError(`unexpected argument "${extra[0]}"`);
-  if (view === 'limits') {
-    io.err('pgwarden show limits: the admin API has no endpoint for limits yet; see the [limits] section of the configuration and the metric pgwarden_limit_rejections_total\n');
-    return 1;
-  }
   let watchMs: number | null = null;
   if (values.watch !== undefined) {
     const s = Number(values.watch);
     if (!Number.isFinite(s) || s < 0.5 || s > 3600) throw new ShowUsageError('--watch needs seconds from 0.5 to 3600');
     watchMs = s * 1000;
   }
-  const fetchView = await source(view as Exclude<ShowView, 'limits'>, values, io.env);
+  const fetchView = await source(view as ShowView, values, io.env);
 
   const once = async (): Promise<string> => {
-    const r = render(view as Exclude<ShowView, 'limits'>, await fetchView());
+    const r = render(view as ShowView, await fetchView());
     return values.json === true ? `${JSON.stringify(r.json, null, watchMs === null ? 2 : 0)}\n` : r.table;
   };
   if (watchMs === null) {
@@ -247,12 +267,12 @@ async function watch(intervalMs: number, view: string, once: () => Promise<strin
 }
 
 /** Where the view comes from, checked before the first request: a function fetching its JSON. */
-async function source(view: Exclude<ShowView, 'limits'>, values: { admin?: string | undefined; tenant?: string | undefined; 'token-file'?: string | undefined }, env: ShowIo['env']): Promise<() => Promise<unknown>> {
+async function source(view: ShowView, values: { admin?: string | undefined; tenant?: string | undefined; 'token-file'?: string | undefined }, env: ShowIo['env']): Promise<() => Promise<unknown>> {
   const base = values.admin ?? env['PGWARDEN_ADMIN_URL'];
   if (base === undefined || base === '') throw new ShowUsageError(`show ${view} needs the admin API: --admin URL or PGWARDEN_ADMIN_URL`);
-  const url = endpoint(base, view === 'pools' ? '/pools' : '/sessions', '--admin');
+  const url = endpoint(base, view === 'pools' ? '/pools' : view === 'limits' ? '/limits' : '/sessions', '--admin');
   if (values.tenant !== undefined) {
-    if (view === 'pools') throw new ShowUsageError('--tenant filters sessions, tenants and staff');
+    if (view === 'pools') throw new ShowUsageError('--tenant filters sessions, tenants, limits and staff');
     url.searchParams.set('tenant', values.tenant);
   }
   const token = await readToken(values['token-file'], env);

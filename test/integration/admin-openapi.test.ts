@@ -445,6 +445,16 @@ describe('admin API as its OpenAPI document says, with two workers', () => {
       const rows = (pools.body as { pools: { tenant: string; worker?: number; total: number }[] }).pools;
       assert.ok(rows.some((p) => p.tenant === 'acme' && p.worker === sessions[0]!.worker && p.total >= 1), pools.text);
       assert.deepEqual(validate(deref(d, d.paths['/pools']!.get!.responses['200']!).content['application/json'].schema, pools.body, d), [], pools.text);
+      // GET /limits: one row for the tenant, the workers' use added up (the one session, its backend).
+      const limits = await call(child.adminPort!, 'GET', '/limits');
+      assert.equal(limits.status, 200, limits.text);
+      assert.deepEqual(validate(deref(d, d.paths['/limits']!.get!.responses['200']!).content['application/json'].schema, limits.body, d), [], limits.text);
+      const lrows = (limits.body as { limits: { tenant: string; clients: number; backends: number }[] }).limits;
+      assert.deepEqual(
+        lrows.map((l) => [l.tenant, l.clients, l.backends]),
+        [['acme', 1, 1]],
+        limits.text,
+      );
     } finally {
       await c.end();
     }

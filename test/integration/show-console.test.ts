@@ -53,7 +53,11 @@ describe('pgwarden show (the SHOW-style console)', () => {
     await writeFile(badTokenFile, 'wrong-token-wrong-token-1234\n', { mode: 0o600 });
     cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
     const users = [{ name: 'app', verifier: await readVerifier(cluster, 'app') }];
-    rp = await startProxy({ admin: { token_sha256: TOKEN_SHA256 }, tenants: [{ id: 'acme', cluster, users }, { id: 'globex', cluster, users }] });
+    rp = await startProxy({ admin: { token_sha256: TOKEN_SHA256 }, tenants: [
+        { id: 'acme', cluster, users },
+        { id: 'globex', cluster, users, maxClientConnections: 7, pool: { max_backend_connections: 5 }, limits: { query_timeout: '2s' } },
+      ],
+    });
     admin = `http://127.0.0.1:${rp.adminPort}`;
     for (const tenant of ['acme', 'acme', 'globex']) {
       const c = await connect(rp, { tenant, user: 'app', password: 'app-pass' });
@@ -118,6 +122,25 @@ describe('pgwarden show (the SHOW-style console)', () => {
     assert.deepEqual(JSON.parse(json.stdout), api);
   });
 
+  it("show limits: each tenant's effective limits beside its clients and backends now (GET /limits)", async () => {
+    const r = await cli(['show', 'limits', '--admin', admin, '--token-file', tokenFile]);
+    assert.equal(r.code, 0, r.stderr);
+    const lines = r.stdout.trimEnd().split('\n');
+    assert.match(lines[0]!, /^ tenant \| +mode +\| clients \| max_clients \| per_user \| conn\/s \| burst \| backends \| max_backends \| pool_timeout_ms \| query_timeout_ms/);
+    // clients, max_clients, …, backends, max_backends, pool_timeout_ms, query_timeout_ms
+    assert.match(r.stdout, /\n acme +\| session \| +2 \| +100 \| +0 \| +0 \| +\d+ \| +2 \| +100 \| +30000 \| +0 \|/);
+    assert.match(r.stdout, /\n globex +\| session \| +1 \| +7 \| +0 \| +0 \| +\d+ \| +1 \| +5 \| +30000 \| +2000 \|/);
+    assert.equal(lines.at(-1), '(2 rows)');
+    const json = await cli(['show', 'limits', '--json', '--tenant', 'globex'], { PGWARDEN_ADMIN_URL: admin, PGWARDEN_ADMIN_TOKEN: TOKEN });
+    assert.equal(json.code, 0, json.stderr);
+    const api: unknown = await (await fetch(`${admin}/limits?tenant=globex`, { headers: { authorization: `Bearer ${TOKEN}` } })).json();
+    assert.deepEqual(JSON.parse(json.stdout), api);
+    assert.deepEqual(
+      (api as { limits: { tenant: string; clients: number; max_client_connections: number }[] }).limits.map((l) => [l.tenant, l.clients, l.max_client_connections]),
+      [['globex', 1, 7]],
+    );
+  });
+
   it('a wrong token: "token refused", exit 1, and neither token printed', async () => {
     for (const run of [
       await cli(['show', 'sessions', '--admin', admin, '--token-file', badTokenFile]),
@@ -130,7 +153,7 @@ describe('pgwarden show (the SHOW-style console)', () => {
     }
   });
 
-  it('an unreachable admin API, a missing token, an unknown view and limits: messages and non-zero exits', async () => {
+  it('an unreachable admin API, a missing token, an unknown view: messages and non-zero exits', async () => {
     const free = await new Promise<number>((resolve) => {
       const s = net.createServer().listen(0, '127.0.0.1', () => {
         const { port } = s.address() as net.AddressInfo;
@@ -151,9 +174,6 @@ describe('pgwarden show (the SHOW-style console)', () => {
     const tokenFlag = await cli(['show', 'sessions', '--admin', admin, '--token', TOKEN]);
     assert.equal(tokenFlag.code, 2);
     assert.ok(!tokenFlag.stderr.includes(TOKEN));
-    const limits = await cli(['show', 'limits', '--admin', admin, '--token-file', tokenFile]);
-    assert.equal(limits.code, 1);
-    assert.match(limits.stderr, /no endpoint for limits yet/);
   });
 
   it('--watch N redraws until SIGINT, then exits 0', async () => {
