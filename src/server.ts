@@ -301,6 +301,7 @@ export class Proxy {
       suspend: (tenantId, suspended) => this.bus.publishSuspension(tenantId, suspended),
       revokeStaff: (rev) => this.bus.publishRevocation(rev),
       reload: () => this.bus.publishReload(),
+      listRevocations: () => this.revocations.list(),
       revocationTtlMs: () => revocationTtlMs(this.ctx.config.staff),
       tenantCatalog: () => this.catalogStore,
     };

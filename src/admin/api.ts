@@ -187,6 +187,20 @@ export const ADMIN_ROUTES: readonly AdminRoute[] = [
   { method: 'POST', path: '/tenants/{id}/suspend', command: 'tenant.suspend', bind: suspendTenant(true) },
   { method: 'POST', path: '/tenants/{id}/resume', command: 'tenant.resume', bind: suspendTenant(false) },
   {
+    method: 'GET',
+    path: '/staff/revocations',
+    command: 'staff.revocations',
+    bind: ({ backend }) => ({
+      target: null,
+      run: () => {
+        const revocations = [...backend.listRevocations()]
+          .sort((a, b) => a.untilMs - b.untilMs)
+          .map((r) => ({ by: r.by, id: r.id, until: new Date(r.untilMs).toISOString() }));
+        return Promise.resolve([200, { revocations }]);
+      },
+    }),
+  },
+  {
     method: 'POST',
     path: '/staff/revoke',
     command: 'staff.revoke',

@@ -578,6 +578,39 @@ export const OPENAPI: OpenApiDocument = {
         },
       }),
     },
+    '/staff/revocations': {
+      get: operation({
+        operationId: 'listRevocations',
+        summary: 'Staff revocations in force on this instance, soonest to lapse first',
+        description:
+          'Each by token id (`jti`) or by person (`sub`), with the time until which it is remembered. Revocations travel between instances on the Redis bus: one made on another instance while Redis was unreachable is not here.',
+        'x-audit-command': 'staff.revocations',
+        responses: {
+          '200': {
+            description: 'The revocations.',
+            content: json(
+              {
+                type: 'object',
+                required: ['revocations'],
+                additionalProperties: false,
+                properties: {
+                  revocations: {
+                    type: 'array',
+                    items: {
+                      type: 'object',
+                      required: ['by', 'id', 'until'],
+                      additionalProperties: false,
+                      properties: { by: { type: 'string', enum: ['jti', 'sub'] }, id: { type: 'string' }, until: { type: 'string', format: 'date-time' } },
+                    },
+                  },
+                },
+              },
+              { all: { summary: 'in force', value: { revocations: [{ by: 'sub', id: 'alice', until: '2026-01-02T12:00:00.000Z' }] } } },
+            ),
+          },
+        },
+      }),
+    },
     '/staff/revoke': {
       post: operation({
         operationId: 'revokeStaff',

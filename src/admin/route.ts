@@ -21,6 +21,8 @@ export interface AdminBackend {
   /** Remembers the revocation on every instance and ends the matching staff sessions there. */
   revokeStaff(rev: StaffRevocation): Promise<void>;
   reload(): Promise<void>;
+  /** Staff revocations in force on this instance (made anywhere in the cluster while the bus carried them). */
+  listRevocations(): readonly StaffRevocation[];
   /** How long a revocation must be remembered: any token valid now expires within this. */
   revocationTtlMs(): number;
   /** The tenant catalog the tenant routes read and write; null when the configuration file is the source of tenants. */

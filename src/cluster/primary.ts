@@ -238,6 +238,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
           if (shared !== null) await shared.bus.publishReload();
           else reload();
         },
+        listRevocations: () => revocations.list(),
         revocationTtlMs: () => revocationTtlMs(config.staff),
         tenantCatalog: () => catalogStore,
       },

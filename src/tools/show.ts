@@ -4,9 +4,9 @@
  * The pure part (views and the table formatter) is separate from the fetching, so it is tested
  * without a proxy; what the views show is the admin API's (api.ts), nothing is computed server-side.
  *
- * Sources: pools come from the admin API's GET /pools, limits from GET /limits; sessions, tenants
- * and staff from its GET /sessions (tenants and staff are summaries of it: the API has no tenant
- * list or revocation list).
+ * Sources: pools come from the admin API's GET /pools, limits from GET /limits, sessions from GET
+ * /sessions; tenants are every served tenant (GET /limits) with its sessions summed, staff the staff
+ * sessions and the revocations in force (GET /staff/revocations).
  */
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
@@ -16,9 +16,10 @@ export const SHOW_USAGE = `  pgwarden show pools|sessions|tenants|limits|staff [
                                           the admin API's view as tables, like PgBouncer's SHOW;
                                           URL from --admin or PGWARDEN_ADMIN_URL, token from
                                           --token-file or PGWARDEN_ADMIN_TOKEN (no token flag:
-                                          it would stay in the shell history); tenants and staff
-                                          summarise the sessions; limits: each tenant's limits
-                                          and its clients and backends now
+                                          it would stay in the shell history); tenants: every
+                                          served tenant, its sessions summed; staff: staff
+                                          sessions and revocations in force; limits: each
+                                          tenant's limits and its clients and backends now
 `;
 
 export const SHOW_VIEWS = ['pools', 'sessions', 'tenants', 'staff', 'limits'] as const;
@@ -99,6 +100,8 @@ export const STAFF_COLUMNS: readonly Column[] = [
   text('session', 'session'),
 ];
 
+export const REVOCATION_COLUMNS: readonly Column[] = [text('by', 'by'), text('id', 'id'), text('until', 'until')];
+
 export const POOL_COLUMNS: readonly Column[] = [
   text('tenant', 'tenant'),
   text('mode', 'mode'),
@@ -128,13 +131,19 @@ export const LIMIT_COLUMNS: readonly Column[] = [
   num('auth_failures', 'auth_failure_limit'),
 ];
 
-/** Per tenant: sessions, staff sessions, distinct users, and their counters summed. */
-export function tenantRows(sessions: readonly Record<string, unknown>[]): Record<string, unknown>[] {
-  const by = new Map<string, { tenant: string; sessions: number; staff: number; users: Set<unknown>; queries: number; bytes_in: number; bytes_out: number }>();
+/** Per tenant: sessions, staff sessions, distinct users, and their counters summed; `served` tenants without sessions too. */
+export function tenantRows(sessions: readonly Record<string, unknown>[], served: readonly string[] = []): Record<string, unknown>[] {
+  type Row = { tenant: string; sessions: number; staff: number; users: Set<unknown>; queries: number; bytes_in: number; bytes_out: number };
+  const by = new Map<string, Row>();
+  const row = (tenant: string): Row => {
+    let t = by.get(tenant);
+    if (t === undefined) by.set(tenant, (t = { tenant, sessions: 0, staff: 0, users: new Set(), queries: 0, bytes_in: 0, bytes_out: 0 }));
+    return t;
+  };
+  for (const id of served) row(id);
   for (const s of sessions) {
     if (typeof s['tenant'] !== 'string') continue; // not yet known (before the startup message)
-    let t = by.get(s['tenant']);
-    if (t === undefined) by.set(s['tenant'], (t = { tenant: s['tenant'], sessions: 0, staff: 0, users: new Set(), queries: 0, bytes_in: 0, bytes_out: 0 }));
+    const t = row(s['tenant']);
     t.sessions++;
     if (staffOf(s) !== null) t.staff++;
     if (s['user'] !== null && s['user'] !== undefined) t.users.add(s['user']);
@@ -182,12 +191,19 @@ export function render(view: ShowView, data: unknown): { json: unknown; table: s
     case 'sessions':
       return { json: data, table: formatTable(withWorker ? [...SESSION_COLUMNS, num('worker', 'worker')] : SESSION_COLUMNS, list) };
     case 'tenants': {
-      const rows = tenantRows(list);
+      const limits = (data as { limits?: unknown }).limits;
+      const served = Array.isArray(limits) ? (limits as { tenant?: unknown }[]).flatMap((l) => (typeof l.tenant === 'string' ? [l.tenant] : [])) : [];
+      const rows = tenantRows(list, served);
       return { json: { tenants: rows }, table: formatTable(TENANT_COLUMNS, rows) };
     }
     case 'staff': {
       const rows = staffRows(list);
-      return { json: { staff: rows }, table: formatTable(STAFF_COLUMNS, rows) };
+      const revocations = (data as { revocations?: unknown }).revocations;
+      const revoked = Array.isArray(revocations) ? (revocations as Record<string, unknown>[]) : [];
+      return {
+        json: { staff: rows, revocations: revoked },
+        table: `${formatTable(STAFF_COLUMNS, rows)}\nrevocations in force:\n${formatTable(REVOCATION_COLUMNS, revoked)}`,
+      };
     }
   }
 }
@@ -270,13 +286,32 @@ async function watch(intervalMs: number, view: string, once: () => Promise<strin
 async function source(view: ShowView, values: { admin?: string | undefined; tenant?: string | undefined; 'token-file'?: string | undefined }, env: ShowIo['env']): Promise<() => Promise<unknown>> {
   const base = values.admin ?? env['PGWARDEN_ADMIN_URL'];
   if (base === undefined || base === '') throw new ShowUsageError(`show ${view} needs the admin API: --admin URL or PGWARDEN_ADMIN_URL`);
-  const url = endpoint(base, view === 'pools' ? '/pools' : view === 'limits' ? '/limits' : '/sessions', '--admin');
-  if (values.tenant !== undefined) {
-    if (view === 'pools') throw new ShowUsageError('--tenant filters sessions, tenants, limits and staff');
-    url.searchParams.set('tenant', values.tenant);
-  }
+  const url = (path: string): URL => {
+    const u = endpoint(base, path, '--admin');
+    if (values.tenant !== undefined && path !== '/staff/revocations') u.searchParams.set('tenant', values.tenant);
+    return u;
+  };
+  if (values.tenant !== undefined && view === 'pools') throw new ShowUsageError('--tenant filters sessions, tenants, limits and staff');
   const token = await readToken(values['token-file'], env);
-  return () => getJson(url, token, 'admin API');
+  const get = (path: string): Promise<unknown> => getJson(url(path), token, 'admin API');
+  switch (view) {
+    case 'pools':
+      return () => get('/pools');
+    case 'limits':
+      return () => get('/limits');
+    case 'sessions':
+      return () => get('/sessions');
+    case 'tenants':
+      return async () => {
+        const [sessions, limits] = await Promise.all([get('/sessions'), get('/limits')]);
+        return { ...(sessions as object), ...(limits as object) };
+      };
+    case 'staff':
+      return async () => {
+        const [sessions, revocations] = await Promise.all([get('/sessions'), get('/staff/revocations')]);
+        return { ...(sessions as object), ...(revocations as object) };
+      };
+  }
 }
 
 /** The base URL (`http://127.0.0.1:9188`, a bare `host:port` taken as http) with the path appended. */

@@ -108,7 +108,19 @@ describe('pgwarden show (the SHOW-style console)', () => {
     assert.match(r.stdout, /\n globex \| +1 \| +0 \| +1 \|/);
     assert.ok(!r.stdout.includes(TOKEN) && !r.stderr.includes(TOKEN));
     const json = await cli(['show', 'staff', '--json'], { PGWARDEN_ADMIN_URL: admin, PGWARDEN_ADMIN_TOKEN: TOKEN });
-    assert.deepEqual(JSON.parse(json.stdout), { staff: [] });
+    assert.deepEqual(JSON.parse(json.stdout), { staff: [], revocations: [] });
+  });
+
+  it('show staff lists the revocations in force (GET /staff/revocations)', async () => {
+    const post = await fetch(`${admin}/staff/revoke`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: '{"sub":"mallory"}' });
+    assert.equal(post.status, 200);
+    const { until } = (await post.json()) as { until: string };
+    const r = await cli(['show', 'staff'], { PGWARDEN_ADMIN_URL: admin, PGWARDEN_ADMIN_TOKEN: TOKEN });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /\nrevocations in force:\n by +\| +id +\| +until\n/);
+    assert.ok(r.stdout.includes(` sub | mallory | ${until}`), r.stdout);
+    const json = await cli(['show', 'staff', '--json'], { PGWARDEN_ADMIN_URL: admin, PGWARDEN_ADMIN_TOKEN: TOKEN });
+    assert.deepEqual((JSON.parse(json.stdout) as { revocations: unknown }).revocations, [{ by: 'sub', id: 'mallory', until }]);
   });
 
   it('show pools: the sessions\' backend pools from GET /pools, table and --json', async () => {

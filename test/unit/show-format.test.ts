@@ -46,6 +46,24 @@ describe('show: views from the API answers', () => {
       { tenant: 'zeta', sessions: 1, staff: 1, users: 1, queries: 0, bytes_in: 0, bytes_out: 0 },
     ]);
   });
+  it('tenants: served tenants without sessions are listed with zeros', () => {
+    const rows = tenantRows(sessions, ['acme', 'beta']);
+    assert.deepEqual(
+      rows.map((r) => [r['tenant'], r['sessions']]),
+      [
+        ['acme', 2],
+        ['beta', 0],
+        ['zeta', 1],
+      ],
+    );
+    assert.match(render('tenants', { sessions, limits: [{ tenant: 'beta' }] }).table, /\n beta +\| +0 \|/);
+  });
+  it('staff: the revocations in force after the staff sessions', () => {
+    const revocations = [{ by: 'jti', id: 'tok-9', until: '2030-01-01T00:00:00.000Z' }];
+    const { table, json } = render('staff', { sessions, revocations });
+    assert.deepEqual(json, { staff: staffRows(sessions), revocations });
+    assert.match(table, /\(1 row\)\n\nrevocations in force:\n by +\| +id +\| +until\n-+\+-+\+-+\n jti \| tok-9 \| 2030-01-01T00:00:00\.000Z\n\(1 row\)\n$/);
+  });
   it('staff: one row per staff session with its token claims', () => {
     assert.deepEqual(staffRows(sessions), [{ sub: 'alice', ticket: 'T-1', access: 'read', jti: 'j1', expires_at: '2030-01-01T00:00:00Z', tenant: 'zeta', database: 'db', session: 's3' }]);
   });
