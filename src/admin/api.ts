@@ -142,46 +142,31 @@ const suspendTenant =
     };
   };
 
+/** A list with an optional `?tenant=ID` filter, answered as `{ [key]: rows }`. */
+const listByTenant =
+  (key: string, list: (backend: AdminBackend, tenant: string | null) => Promise<readonly object[]>) =>
+  ({ backend, query }: RouteRequest): Bound => {
+    const tenant = query.get('tenant');
+    const valid = tenant === null || TENANT_ID_RE.test(tenant);
+    return {
+      target: tenant !== null && valid ? { tenant } : null,
+      run: async () => {
+        if (!valid) throw new HttpError(400, 'invalid tenant id');
+        return [200, { [key]: await list(backend, tenant) }];
+      },
+    };
+  };
+
 /** Every route of the API; a new one goes here and into openapi.ts (the test fails otherwise). */
 export const ADMIN_ROUTES: readonly AdminRoute[] = [
-  {
-    method: 'GET',
-    path: '/sessions',
-    command: 'sessions.list',
-    bind: ({ backend, query }) => {
-      const tenant = query.get('tenant');
-      const valid = tenant === null || TENANT_ID_RE.test(tenant);
-      return {
-        target: tenant !== null && valid ? { tenant } : null,
-        run: async () => {
-          if (!valid) throw new HttpError(400, 'invalid tenant id');
-          return [200, { sessions: await backend.listSessions(tenant) }];
-        },
-      };
-    },
-  },
+  { method: 'GET', path: '/sessions', command: 'sessions.list', bind: listByTenant('sessions', (backend, tenant) => backend.listSessions(tenant)) },
   {
     method: 'GET',
     path: '/pools',
     command: 'pools.list',
     bind: ({ backend }) => ({ target: null, run: async () => [200, { pools: await backend.listPools() }] }),
   },
-  {
-    method: 'GET',
-    path: '/limits',
-    command: 'limits.list',
-    bind: ({ backend, query }) => {
-      const tenant = query.get('tenant');
-      const valid = tenant === null || TENANT_ID_RE.test(tenant);
-      return {
-        target: tenant !== null && valid ? { tenant } : null,
-        run: async () => {
-          if (!valid) throw new HttpError(400, 'invalid tenant id');
-          return [200, { limits: await backend.listLimits(tenant) }];
-        },
-      };
-    },
-  },
+  { method: 'GET', path: '/limits', command: 'limits.list', bind: listByTenant('limits', (backend, tenant) => backend.listLimits(tenant)) },
   { method: 'DELETE', path: '/sessions/{id}', command: 'session.terminate', bind: terminateSession },
   { method: 'POST', path: '/sessions/{id}/terminate', command: 'session.terminate', bind: terminateSession },
   { method: 'POST', path: '/tenants/{id}/suspend', command: 'tenant.suspend', bind: suspendTenant(true) },

@@ -224,6 +224,15 @@ const tenantRouteParam = (examples: Examples): Parameter => ({
   schema: tenantId,
   examples: { ...examples, badId: { summary: 'not a tenant id', value: 'Not_A_Tenant' } },
 });
+/** The optional `?tenant=ID` filter of a list. */
+const tenantFilter = (description: string): Parameter => ({
+  name: 'tenant',
+  in: 'query',
+  required: false,
+  description,
+  schema: tenantId,
+  examples: { oneTenant: { summary: 'one tenant', value: 'acme' }, badId: { summary: 'not a tenant id', value: 'Not_A_Tenant' } },
+});
 const userParam = (examples: Examples): Parameter => ({
   name: 'name',
   in: 'path',
@@ -299,16 +308,7 @@ export const OPENAPI: OpenApiDocument = {
         operationId: 'listSessions',
         summary: "This instance's sessions (all its workers)",
         'x-audit-command': 'sessions.list',
-        parameters: [
-          {
-            name: 'tenant',
-            in: 'query',
-            required: false,
-            description: 'Only the sessions of this tenant.',
-            schema: tenantId,
-            examples: { oneTenant: { summary: 'one tenant', value: 'acme' }, badId: { summary: 'not a tenant id', value: 'Not_A_Tenant' } },
-          },
-        ],
+        parameters: [tenantFilter('Only the sessions of this tenant.')],
         responses: {
           '200': {
             description: 'The sessions.',
@@ -369,16 +369,7 @@ export const OPENAPI: OpenApiDocument = {
         description:
           'The `[limits]` and `[pool]` defaults with the tenant\'s overrides, beside its logged-in sessions and open backend connections on this instance (all its workers). Durations are milliseconds; 0 turns a limit off. A tenant that is not served is not listed.',
         'x-audit-command': 'limits.list',
-        parameters: [
-          {
-            name: 'tenant',
-            in: 'query',
-            required: false,
-            description: 'Only this tenant.',
-            schema: tenantId,
-            examples: { oneTenant: { summary: 'one tenant', value: 'acme' }, badId: { summary: 'not a tenant id', value: 'Not_A_Tenant' } },
-          },
-        ],
+        parameters: [tenantFilter('Only this tenant.')],
         responses: {
           '200': {
             description: 'One row per tenant, by id.',
