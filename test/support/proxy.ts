@@ -146,8 +146,9 @@ export interface RunningProxy {
   close(): Promise<void>;
 }
 
-export async function startProxy(spec: ProxySpec): Promise<RunningProxy> {
-  const certs = await testCerts();
+/** `certs`: another PKI than the shared one (a certificate about to expire, say). */
+export async function startProxy(spec: ProxySpec, certs?: DevCerts): Promise<RunningProxy> {
+  certs ??= await testCerts();
   const config = parseConfigText(configToml(spec, certs), os.tmpdir());
   const proxy = await Proxy.start(config, { logger: pino({ level: process.env['PGWARDEN_TEST_LOG'] ?? 'silent' }) });
   return {
