@@ -14,6 +14,8 @@ import { LimitKeys } from '../../src/limits/store.js';
 import { makeScramVerifier } from '../../src/auth/scram.js';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
 import { startProxy, connect, clientConfig, connectError, libpqConninfo, type RunningProxy } from '../support/proxy.js';
+import { serialize } from 'pg-protocol';
+import { rawLogin } from '../support/login.js';
 import { sendCancel } from '../support/wire.js';
 import { sleep, waitFor } from '../support/wait.js';
 
@@ -219,6 +221,44 @@ describe('pooling', () => {
       await assert.rejects(c2.query({ name: 'bad', text: 'select from nowhere_table', values: [] }), { code: '42P01' });
       assert.equal((await c2.query<{ v: number }>({ name: 'other', text: 'select 41 + $1::int as v', values: [3] })).rows[0]?.v, 44);
       await c2.end();
+    });
+
+    it('answers a lone Parse of a statement the backend has with nothing to forward, and goes on (raw protocol)', async () => {
+      // The batch the relay sends to the backend is empty (the Parse is answered here): the proxy
+      // must write nothing, not an empty writev (which aborts the process), and keep the session.
+      const text = 'select 45 + $1::int as v';
+      const login = (): ReturnType<typeof rawLogin> => rawLogin(rp.port, rp.certs.caCertPem, { tenant: 'txone', user: 'app', password: 'app-pass' });
+      const untilReady = async (w: Awaited<ReturnType<typeof rawLogin>>): Promise<{ types: string[]; row: string }> => {
+        const types: string[] = [];
+        let row = '';
+        for (;;) {
+          const f = await w.frame();
+          assert.ok(f !== null, 'the session stays open');
+          types.push(f.type);
+          if (f.type === 'D') row = f.body.toString('utf8', 6);
+          if (f.type === 'Z') return { types, row };
+        }
+      };
+      // The first session prepares the statement on the tenant's only backend (same pool key: same startup parameters).
+      const seed = await login();
+      seed.write(Buffer.concat([serialize.parse({ name: 'seed', text, types: [] }), serialize.bind({ statement: 'seed', values: ['0'] }), serialize.execute({}), serialize.sync()]));
+      assert.deepEqual((await untilReady(seed)).types, ['1', '2', 'D', 'C', 'Z']);
+      seed.end();
+      const w = await login();
+      try {
+        w.write(serialize.parse({ name: 'lone', text, types: [] }));
+        assert.equal((await w.frame())?.type, '1', 'ParseComplete, answered by the proxy before any Sync');
+        await sleep(50);
+        w.write(Buffer.concat([serialize.bind({ statement: 'lone', values: ['1'] }), serialize.execute({}), serialize.sync()]));
+        const { types, row } = await untilReady(w);
+        assert.deepEqual(types, ['2', 'D', 'C', 'Z']);
+        assert.equal(row, '46');
+      } finally {
+        w.end();
+      }
+      const after = await connect(rp, { tenant: 'txone', user: 'app', password: 'app-pass' });
+      assert.equal((await after.query<{ one: number }>('select 1 as one')).rows[0]?.one, 1, 'the proxy still serves');
+      await after.end();
     });
 
     it('keeps a client that changes session state on its backend (pinning) and no one else sees it', async () => {
