@@ -47,8 +47,9 @@ const MAX_LOGIN_BODY_BYTES = 4096;
 const MAX_FILTER_CHARS = 256;
 const SESSION_ID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
+/** The view's paths, and /favicon.ico (which browsers ask for by themselves: a 404 here, not a refused API call in the audit). */
 export function isUiPath(url: string | undefined): boolean {
-  return url !== undefined && (url === '/ui' || url.startsWith('/ui/') || url.startsWith('/ui?'));
+  return url !== undefined && (url === '/ui' || url.startsWith('/ui/') || url.startsWith('/ui?') || url === '/favicon.ico');
 }
 
 interface Answer {
@@ -93,6 +94,7 @@ export function createUiHandler(opts: UiOptions): UiHandler {
         headers: { allow: path === '/ui/login' ? 'GET, POST' : 'GET' },
       };
     if (path === '/ui/style.css') return { status: 200, body: STYLE_CSS, type: 'text/css; charset=utf-8' };
+    if (path === '/favicon.ico') return { status: 404, type: 'text/plain; charset=utf-8' };
 
     const role = sessions.touch(sid);
     if (path === '/ui/login') return role === undefined ? { status: 200, body: loginPage(null) } : redirect('/ui/sessions');
@@ -174,13 +176,15 @@ export function createUiHandler(opts: UiOptions): UiHandler {
 }
 
 /**
- * A POST must come from the view's own pages: a browser sends Origin (and Sec-Fetch-Site) with
- * every form POST, so another site's form is refused even before the SameSite cookie rule applies
- * (login CSRF: logging a victim in as someone else). Tools that send neither header pass.
+ * A POST must come from the view's own pages (login CSRF: another site logging a victim in as
+ * someone else; SameSite=Strict already keeps the cookie off other sites' requests). Browsers send
+ * Sec-Fetch-Site with every request: it must say same-origin. Without it, Origin must be this
+ * host (a browser sends `Origin: null` under Referrer-Policy no-referrer, which is refused).
+ * Tools that send neither header (curl) pass: they are not a victim's browser.
  */
 export function sameOrigin(req: http.IncomingMessage): boolean {
   const site = req.headers['sec-fetch-site'];
-  if (site !== undefined && site !== 'same-origin' && site !== 'none') return false;
+  if (site !== undefined) return site === 'same-origin';
   const origin = req.headers.origin;
   if (origin === undefined) return true;
   return origin === `http://${req.headers.host ?? ''}` || origin === `https://${req.headers.host ?? ''}`;
