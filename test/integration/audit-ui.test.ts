@@ -65,11 +65,14 @@ describe('audit view in a browser', { skip: HAVE_CHROMIUM ? false : `no Chromium
   // The DOM is read by expressions run in the page (this project's TypeScript has no DOM types).
   const q = JSON.stringify;
   /** Each matching element's text, trimmed. */
-  const texts = async (sel: string): Promise<string[]> => (await page.evaluate(`[...document.querySelectorAll(${q(sel)})].map((e) => e.textContent.trim())`)) as string[];
+  const texts = async (sel: string): Promise<string[]> =>
+    (await page.evaluate(`[...document.querySelectorAll(${q(sel)})].map((e) => e.textContent.trim())`)) as string[];
   const text = async (sel: string): Promise<string> => (await texts(sel))[0] ?? '';
   /** The table rows' cells' text. */
   const cells = async (rowSel: string): Promise<string[][]> =>
-    (await page.evaluate(`[...document.querySelectorAll(${q(rowSel)})].map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent.trim()))`)) as string[][];
+    (await page.evaluate(
+      `[...document.querySelectorAll(${q(rowSel)})].map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent.trim()))`,
+    )) as string[][];
   const count = async (sel: string): Promise<number> => (await texts(sel)).length;
 
   async function shot(name: string): Promise<void> {
@@ -111,7 +114,12 @@ describe('audit view in a browser', { skip: HAVE_CHROMIUM ? false : `no Chromium
       admin: { token_sha256: sha256(ADMIN_TOKEN), auditor_token_sha256: sha256(AUDITOR_TOKEN) },
       staff: { jwks: path.join(dir, 'jwks.json'), issuer: ISSUER, audience: AUDIENCE, algorithms: ['ES256'], require_mfa: true },
       tenants: [
-        { id: 'acme', cluster, users: [app], extra: { staff_access: 'read', staff_backend_user: 'staff_ro', staff_backend_password_env: STAFF_PW_ENV, audit_statements: 'all' } },
+        {
+          id: 'acme',
+          cluster,
+          users: [app],
+          extra: { staff_access: 'read', staff_backend_user: 'staff_ro', staff_backend_password_env: STAFF_PW_ENV, audit_statements: 'all' },
+        },
         { id: 'globex', cluster, users: [app] },
       ],
     });
@@ -134,7 +142,9 @@ describe('audit view in a browser', { skip: HAVE_CHROMIUM ? false : `no Chromium
     await other.query('SELECT 42');
     await other.end();
     // A refused staff login: tenant globex allows no staff access.
-    const refused = await connectError(clientConfig(rp, { tenant: 'globex', user: 'staff', password: await mint({ tenant: 'globex', sub: 'mallory@ops.example', ticket: 'INC-9' }) }));
+    const refused = await connectError(
+      clientConfig(rp, { tenant: 'globex', user: 'staff', password: await mint({ tenant: 'globex', sub: 'mallory@ops.example', ticket: 'INC-9' }) }),
+    );
     assert.equal(refused.code, '28P01');
     await waitFor(async () => (await records()).filter((r) => r['event'] === 'session.end').length >= 3, 10_000, 'three session.end records');
 
@@ -159,7 +169,10 @@ describe('audit view in a browser', { skip: HAVE_CHROMIUM ? false : `no Chromium
     const first = await page.goto(`${ui}/`);
     assert.equal(new URL(page.url()).pathname, '/ui/login');
     const h = first!.headers();
-    assert.equal(h['content-security-policy'], "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'");
+    assert.equal(
+      h['content-security-policy'],
+      "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    );
     assert.equal(h['x-content-type-options'], 'nosniff');
     assert.equal(h['referrer-policy'], 'no-referrer');
     assert.equal(h['cache-control'], 'no-store');
@@ -274,7 +287,11 @@ describe('audit view in a browser', { skip: HAVE_CHROMIUM ? false : `no Chromium
   it('the auditor token is refused by the admin API (403), writes and reads alike; the operator token is not', async () => {
     const api = `http://127.0.0.1:${rp.adminPort}`;
     const call = (method: string, p: string, token: string, body?: object): Promise<Response> =>
-      fetch(`${api}${p}`, { method, headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) });
+      fetch(`${api}${p}`, {
+        method,
+        headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      });
     for (const [method, p, body] of [
       ['POST', `/sessions/${randomUUID()}/terminate`],
       ['DELETE', `/sessions/${randomUUID()}`],
@@ -305,8 +322,19 @@ describe('audit view in a browser', { skip: HAVE_CHROMIUM ? false : `no Chromium
     assert.equal(login.status, 303);
     assert.match(login.headers.get('set-cookie') ?? '', /^pgwarden_ui=[A-Za-z0-9_-]{43}; Path=\/ui\/; HttpOnly; SameSite=Strict$/);
     const recs = (await records()).filter((r) => r['event'] === 'admin.command');
-    const summary = recs.map((r) => `${String(r['command'])} ${typeof r['role'] === 'string' ? r['role'] : '-'} ${String((r['outcome'] as { status: number }).status)}`);
-    for (const want of ['ui.login - 401', 'ui.login auditor 303', 'ui.logout auditor 303', 'ui.login - 401', 'session.terminate auditor 403', 'reload auditor 403', 'sessions.list - 200', 'ui.login operator 303']) {
+    const summary = recs.map(
+      (r) => `${String(r['command'])} ${typeof r['role'] === 'string' ? r['role'] : '-'} ${String((r['outcome'] as { status: number }).status)}`,
+    );
+    for (const want of [
+      'ui.login - 401',
+      'ui.login auditor 303',
+      'ui.logout auditor 303',
+      'ui.login - 401',
+      'session.terminate auditor 403',
+      'reload auditor 403',
+      'sessions.list - 200',
+      'ui.login operator 303',
+    ]) {
       assert.ok(summary.includes(want), `${want} in ${summary.join(', ')}`);
     }
     const text = await readFile(auditFile, 'utf8');

@@ -168,7 +168,7 @@ function resultCell(s: Statement): Html {
   return html`<td class="${failed ? 'failed' : 'ok'}">
     ${failed ? html`ERROR ${text(r['sqlstate'])}` : text(r['command_tag'])}${
       typeof r['rows'] === 'number' ? html` · ${r['rows']} row${r['rows'] === 1 ? '' : 's'}` : ''
-    }${r['executed'] === false ? ' · not executed' : r['executed'] === 'unknown' ? ' · outcome unknown' : ''}${typeof r['duration_ms'] === 'number' ? html` · ${r['duration_ms']} ms` : ''}
+    }${r['executed'] === false ? ' · not executed' : r['executed'] === 'unknown' && !failed ? ' · outcome unknown' : ''}${typeof r['duration_ms'] === 'number' ? html` · ${r['duration_ms']} ms` : ''}
   </td>`;
 }
 
