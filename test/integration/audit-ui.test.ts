@@ -20,6 +20,7 @@ import { startCluster, readVerifier, type Cluster } from '../support/cluster.js'
 import { clientConfig, connectError, startProxy, type RunningProxy } from '../support/proxy.js';
 import { waitFor } from '../support/wait.js';
 import { generateCheckpointKey } from '../../src/audit/checkpoint.js';
+import { initStore, newStoreClient } from '../../src/audit/store-table.js';
 
 const CHROMIUM = process.env['PGWARDEN_TEST_CHROMIUM'] ?? '/usr/bin/chromium';
 const HAVE_CHROMIUM = existsSync(CHROMIUM);
@@ -32,6 +33,39 @@ const AUDITOR_TOKEN = 'audit-ui-auditor-token-93be4a6c21';
 const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex');
 const HOSTILE = `SELECT '<img src=x onerror=alert(1)>' AS "</td><script>alert(2)</script>"`;
 const STAFF_STATEMENTS = ['SELECT count(*) AS n FROM items', 'SELECT name FROM items WHERE id = 1', 'SELECT 1 / 0'];
+
+/** A staff token as the SSO would mint it (tenant acme, read, ticket INC-4711 unless `over` says otherwise). */
+function mintToken(key: CryptoKey, over: Record<string, unknown>): Promise<string> {
+  const now = Math.floor(Date.now() / 1000);
+  return new SignJWT({ tenant: 'acme', access: 'read', ticket: 'INC-4711', amr: ['pwd', 'mfa'], jti: randomUUID(), ...over })
+    .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+    .setSubject(typeof over['sub'] === 'string' ? over['sub'] : 'alice@ops.example')
+    .setIssuer(ISSUER)
+    .setAudience(AUDIENCE)
+    .setIssuedAt(now)
+    .setExpirationTime(now + 300)
+    .sign(key);
+}
+
+/** Writes a JWKS with one ES256 key (kid k1) into `dir`; its private key signs the tokens. */
+async function staffKeys(dir: string): Promise<CryptoKey> {
+  const pair = await generateKeyPair('ES256', { extractable: true });
+  const jwk = { ...(await exportJWK(pair.publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
+  await writeFile(path.join(dir, 'jwks.json'), JSON.stringify({ keys: [jwk] }));
+  return pair.privateKey;
+}
+
+/** Logs in as a script would (no browser): the session cookie's `name=value`. */
+async function loginCookie(ui: string, token: string): Promise<string> {
+  const r = await fetch(`${ui}/login`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ token }).toString(),
+    redirect: 'manual',
+  });
+  assert.equal(r.status, 303);
+  return (r.headers.get('set-cookie') ?? '').split(';')[0]!;
+}
 
 describe('audit view prerequisites', () => {
   it('has Chromium to drive in CI', () => {
@@ -50,17 +84,7 @@ describe('audit view in a browser', { skip: HAVE_CHROMIUM ? false : `no Chromium
   let page: Page;
   let ui: string;
 
-  async function mint(over: Record<string, unknown>): Promise<string> {
-    const now = Math.floor(Date.now() / 1000);
-    return new SignJWT({ tenant: 'acme', access: 'read', ticket: 'INC-4711', amr: ['pwd', 'mfa'], jti: randomUUID(), ...over })
-      .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
-      .setSubject(typeof over['sub'] === 'string' ? over['sub'] : 'alice@ops.example')
-      .setIssuer(ISSUER)
-      .setAudience(AUDIENCE)
-      .setIssuedAt(now)
-      .setExpirationTime(now + 300)
-      .sign(key);
-  }
+  const mint = (over: Record<string, unknown>): Promise<string> => mintToken(key, over);
 
   // The DOM is read by expressions run in the page (this project's TypeScript has no DOM types).
   const q = JSON.stringify;
@@ -103,10 +127,7 @@ describe('audit view in a browser', { skip: HAVE_CHROMIUM ? false : `no Chromium
     await cluster.query('CREATE TABLE items (id int PRIMARY KEY, name text)');
     await cluster.query("INSERT INTO items VALUES (1, 'one'), (2, 'two')");
     await cluster.query('GRANT SELECT ON items TO staff_ro, app');
-    const pair = await generateKeyPair('ES256', { extractable: true });
-    key = pair.privateKey;
-    const jwk = { ...(await exportJWK(pair.publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
-    await writeFile(path.join(dir, 'jwks.json'), JSON.stringify({ keys: [jwk] }));
+    key = await staffKeys(dir);
     const app = { name: 'app', verifier: await readVerifier(cluster, 'app') };
     rp = await startProxy({
       auditFile,
@@ -339,5 +360,78 @@ describe('audit view in a browser', { skip: HAVE_CHROMIUM ? false : `no Chromium
     }
     const text = await readFile(auditFile, 'utf8');
     for (const secret of [ADMIN_TOKEN, AUDITOR_TOKEN, 'not-the-token-at-all']) assert.ok(!text.includes(secret), 'no token in the audit log');
+  });
+});
+
+describe('audit view reading the PostgreSQL store', () => {
+  const STORE_PW_ENV = 'PGWARDEN_TEST_UI_STORE_PW';
+  let store: Cluster;
+  let cluster: Cluster;
+  let rp: RunningProxy;
+  let dir: string;
+  let ui: string;
+
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-audit-ui-store-'));
+    process.env[STORE_PW_ENV] = 'ui-store-secret';
+    store = await startCluster({ users: [{ name: 'auditw', password: 'ui-store-secret' }], databases: ['audit'] });
+    await store.query('GRANT CREATE ON SCHEMA public TO auditw', [], 'audit');
+    const storeUrl = `postgresql://auditw@127.0.0.1:${store.port}/audit`;
+    const client = newStoreClient(storeUrl, STORE_PW_ENV);
+    await client.connect();
+    await initStore(client, 'ui_audit');
+    await client.end();
+    cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
+    const app = { name: 'app', verifier: await readVerifier(cluster, 'app') };
+    // No [audit] file (so no staff access either: staff needs one): the store is the only copy, and the view reads it.
+    rp = await startProxy({
+      auditPostgres: { url: storeUrl, password_env: STORE_PW_ENV, table: 'ui_audit', spool_dir: path.join(dir, 'spool'), flush_interval: '50ms' },
+      admin: { token_sha256: sha256(ADMIN_TOKEN), auditor_token_sha256: sha256(AUDITOR_TOKEN) },
+      tenants: [
+        { id: 'acme', cluster, users: [app], extra: { audit_statements: 'all' } },
+        { id: 'globex', cluster, users: [app] },
+      ],
+    });
+    ui = `http://127.0.0.1:${rp.adminPort}/ui`;
+    for (const tenant of ['acme', 'globex']) {
+      const c = new pg.Client(clientConfig(rp, { tenant, user: 'app', password: 'app-pass' }));
+      await c.connect();
+      await c.query('SELECT 7 AS seven');
+      await c.end();
+    }
+    await waitFor(
+      async () => (await store.query<{ n: string }>("SELECT count(*) AS n FROM ui_audit WHERE event = 'session.end'", [], 'audit')).rows[0]!.n === '2',
+      20_000,
+      'both session.end records in the store',
+    );
+  });
+
+  after(async () => {
+    await rp?.close();
+    await cluster?.stop();
+    await store?.stop();
+    Reflect.deleteProperty(process.env, STORE_PW_ENV);
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
+  });
+
+  it("filters in the store and shows a session's statements, with their results", async () => {
+    const cookie = await loginCookie(ui, AUDITOR_TOKEN);
+    const get = async (p: string): Promise<{ status: number; body: string }> => {
+      const r = await fetch(`${ui}${p}`, { headers: { cookie }, redirect: 'manual' });
+      return { status: r.status, body: await r.text() };
+    };
+    const all = await get('/sessions');
+    assert.equal(all.status, 200);
+    assert.equal(all.body.match(/href="\/ui\/sessions\/[0-9a-f-]{36}"/g)?.length, 2);
+    const one = await get('/sessions?tenant=acme');
+    const links = one.body.match(/\/ui\/sessions\/[0-9a-f-]{36}/g) ?? [];
+    assert.equal(links.length, 1);
+    const session = await get(links[0].slice('/ui'.length));
+    assert.equal(session.status, 200);
+    assert.match(session.body, /<pre>SELECT 7 AS seven<\/pre>/);
+    assert.match(session.body, /SELECT 1 · 1 row/);
+    const chain = await get('/chain');
+    assert.match(chain.body, /Read from the PostgreSQL store/);
+    assert.match((await get('/staff')).body, /0 decisions/);
   });
 });
