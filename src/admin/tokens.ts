@@ -21,6 +21,11 @@ export function tokenMatches(presented: string, sha256Hex: string): boolean {
   return want.length === got.length && timingSafeEqual(got, want);
 }
 
+/** The configured hash of a role's token, or undefined when that role has none. */
+export function roleTokenSha256(role: AdminRole, creds: AdminCredentials): string | undefined {
+  return role === 'operator' ? creds.tokenSha256() : creds.auditorTokenSha256();
+}
+
 /** Whose token this is, or undefined. Both comparisons always run, so timing says nothing of which. */
 export function tokenRole(presented: string, creds: AdminCredentials): AdminRole | undefined {
   const op = creds.tokenSha256();

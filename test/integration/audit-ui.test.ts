@@ -17,7 +17,7 @@ import pg from 'pg';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey } from 'jose';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
-import { clientConfig, connectError, startProxy, type RunningProxy } from '../support/proxy.js';
+import { clientConfig, connectError, startProxy, type ProxySpec, type RunningProxy } from '../support/proxy.js';
 import { waitFor } from '../support/wait.js';
 import { generateCheckpointKey } from '../../src/audit/checkpoint.js';
 import { initStore, newStoreClient } from '../../src/audit/store-table.js';
@@ -83,6 +83,7 @@ describe('audit view in a browser', { skip: HAVE_CHROMIUM ? false : `no Chromium
   let browser: Browser;
   let page: Page;
   let ui: string;
+  let spec: ProxySpec;
 
   const mint = (over: Record<string, unknown>): Promise<string> => mintToken(key, over);
 
@@ -129,7 +130,7 @@ describe('audit view in a browser', { skip: HAVE_CHROMIUM ? false : `no Chromium
     await cluster.query('GRANT SELECT ON items TO staff_ro, app');
     key = await staffKeys(dir);
     const app = { name: 'app', verifier: await readVerifier(cluster, 'app') };
-    rp = await startProxy({
+    spec = {
       auditFile,
       audit: { checkpoint_key: path.join(dir, 'checkpoint.key'), checkpoint_every_records: 10 },
       admin: { token_sha256: sha256(ADMIN_TOKEN), auditor_token_sha256: sha256(AUDITOR_TOKEN) },
@@ -143,7 +144,8 @@ describe('audit view in a browser', { skip: HAVE_CHROMIUM ? false : `no Chromium
         },
         { id: 'globex', cluster, users: [app] },
       ],
-    });
+    };
+    rp = await startProxy(spec);
     ui = `http://127.0.0.1:${rp.adminPort}/ui`;
 
     // A tenant user whose statement text is hostile HTML.
@@ -360,6 +362,17 @@ describe('audit view in a browser', { skip: HAVE_CHROMIUM ? false : `no Chromium
     }
     const text = await readFile(auditFile, 'utf8');
     for (const secret of [ADMIN_TOKEN, AUDITOR_TOKEN, 'not-the-token-at-all']) assert.ok(!text.includes(secret), 'no token in the audit log');
+  });
+
+  it("a reload that rotates the auditor token ends the logins made with it, not the operator's", async () => {
+    const auditor = await loginCookie(ui, AUDITOR_TOKEN);
+    const operator = await loginCookie(ui, ADMIN_TOKEN);
+    const status = async (cookie: string): Promise<number> => (await fetch(`${ui}/sessions`, { headers: { cookie }, redirect: 'manual' })).status;
+    assert.equal(await status(auditor), 200);
+    rp.reload({ ...spec, admin: { ...spec.admin, auditor_token_sha256: sha256(`${AUDITOR_TOKEN}-rotated`) } });
+    assert.equal(await status(auditor), 303);
+    assert.equal(await status(operator), 200);
+    await loginCookie(ui, `${AUDITOR_TOKEN}-rotated`);
   });
 });
 

@@ -61,42 +61,60 @@ describe('audit view: session cookie', () => {
 });
 
 describe('audit view: login sessions', () => {
+  const H_OP = sha('op');
+  const H_AUD = sha('aud');
+  let hashes: Record<string, string | undefined> = { operator: H_OP, auditor: H_AUD };
+  const configured = (role: string): string | undefined => hashes[role];
+
   it('give random ids of 32 bytes that stand for a role until logout', () => {
     const s = new UiSessions();
-    const a = s.create('auditor');
-    const b = s.create('operator');
+    const a = s.create('auditor', H_AUD);
+    const b = s.create('operator', H_OP);
     assert.match(a, /^[A-Za-z0-9_-]{43}$/);
     assert.notEqual(a, b);
-    assert.equal(s.touch(a), 'auditor');
-    assert.equal(s.touch(b), 'operator');
-    assert.equal(s.end(a), 'auditor');
-    assert.equal(s.touch(a), undefined);
-    assert.equal(s.end(a), undefined);
-    assert.equal(s.touch(undefined), undefined);
-    assert.equal(s.touch('not-an-id'), undefined);
+    assert.equal(s.touch(a, configured), 'auditor');
+    assert.equal(s.touch(b, configured), 'operator');
+    assert.equal(s.end(a, configured), 'auditor');
+    assert.equal(s.touch(a, configured), undefined);
+    assert.equal(s.end(a, configured), undefined);
+    assert.equal(s.touch(undefined, configured), undefined);
+    assert.equal(s.touch('not-an-id', configured), undefined);
   });
 
   it('end after IDLE_MS without a request, and MAX_AGE_MS after login however busy', () => {
     let now = 0;
     const s = new UiSessions(() => now);
-    const idle = s.create('auditor');
-    const busy = s.create('auditor');
+    const idle = s.create('auditor', H_AUD);
+    const busy = s.create('auditor', H_AUD);
     now = IDLE_MS - 1;
-    assert.equal(s.touch(busy), 'auditor');
+    assert.equal(s.touch(busy, configured), 'auditor');
     now = IDLE_MS + 1;
-    assert.equal(s.touch(idle), undefined, 'idle too long');
-    for (now = IDLE_MS; now <= MAX_AGE_MS; now += IDLE_MS / 2) assert.equal(s.touch(busy), 'auditor');
+    assert.equal(s.touch(idle, configured), undefined, 'idle too long');
+    for (now = IDLE_MS; now <= MAX_AGE_MS; now += IDLE_MS / 2) assert.equal(s.touch(busy, configured), 'auditor');
     now = MAX_AGE_MS + 1;
-    assert.equal(s.touch(busy), undefined, 'past the absolute limit');
+    assert.equal(s.touch(busy, configured), undefined, 'past the absolute limit');
     assert.equal(s.size, 0);
+  });
+
+  it('end when a reload rotates or removes the token they logged in with', () => {
+    const s = new UiSessions();
+    const aud = s.create('auditor', H_AUD);
+    const op = s.create('operator', H_OP);
+    hashes = { operator: H_OP, auditor: sha('rotated') };
+    assert.equal(s.touch(aud, configured), undefined);
+    assert.equal(s.touch(op, configured), 'operator');
+    hashes = { operator: H_OP, auditor: undefined };
+    assert.equal(s.touch(op, configured), 'operator');
+    hashes = { operator: H_OP, auditor: H_AUD };
+    assert.equal(s.touch(aud, configured), undefined, 'gone for good');
   });
 
   it('hold at most MAX_SESSIONS, dropping the oldest login', () => {
     const s = new UiSessions();
-    const first = s.create('auditor');
-    for (let i = 0; i < MAX_SESSIONS; i++) s.create('auditor');
+    const first = s.create('auditor', H_AUD);
+    for (let i = 0; i < MAX_SESSIONS; i++) s.create('auditor', H_AUD);
     assert.equal(s.size, MAX_SESSIONS);
-    assert.equal(s.touch(first), undefined);
+    assert.equal(s.touch(first, configured), undefined);
   });
 });
 

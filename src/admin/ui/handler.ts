@@ -10,7 +10,7 @@ import type { AuditConfig } from '../../config/schema.js';
 import type { Logger } from '../../observability/logger.js';
 import { AuditUsageError, parseTimeMicros, type AuditFilter } from '../../audit/query-source.js';
 import type { RefusalAudit } from '../refusals.js';
-import { tokenRole, type AdminCredentials } from '../tokens.js';
+import { roleTokenSha256, tokenRole, type AdminCredentials } from '../tokens.js';
 import { AuditReader, NoAuditError, type SessionQuery } from './audit-reader.js';
 import { clearSessionCookie, readSessionCookie, setSessionCookie } from './cookie.js';
 import type { Html } from './html.js';
@@ -65,6 +65,8 @@ export function createUiHandler(opts: UiOptions): UiHandler {
   const sessions = new UiSessions();
   const throttle = new LoginThrottle();
   const reader = new AuditReader(opts.auditConfig);
+  /** A login lasts only while its token is the configured one: a reload that rotates or removes it ends it. */
+  const configured = (role: UiRole): string | undefined => roleTokenSha256(role, opts);
 
   const record = (command: 'ui.login' | 'ui.logout', role: UiRole, status: number, addr: string): void => {
     opts.audit().append({ event: 'admin.command', command, target: null, role, outcome: { success: status < 400, status }, client: { addr } });
@@ -81,7 +83,7 @@ export function createUiHandler(opts: UiOptions): UiHandler {
     if (method === 'POST' && (path === '/ui/login' || path === '/ui/logout')) {
       if (!sameOrigin(req)) return { status: 403, body: errorPage(null, 403, 'Refused: this form was sent from another site.') };
       if (path === '/ui/logout') {
-        const role = sessions.end(sid);
+        const role = sessions.end(sid, configured);
         if (role !== undefined) record('ui.logout', role, 303, addr);
         return redirect('/ui/login', { 'set-cookie': clearSessionCookie() });
       }
@@ -96,7 +98,7 @@ export function createUiHandler(opts: UiOptions): UiHandler {
     if (path === '/ui/style.css') return { status: 200, body: STYLE_CSS, type: 'text/css; charset=utf-8' };
     if (path === '/favicon.ico') return { status: 404, type: 'text/plain; charset=utf-8' };
 
-    const role = sessions.touch(sid);
+    const role = sessions.touch(sid, configured);
     if (path === '/ui/login') return role === undefined ? { status: 200, body: loginPage(null) } : redirect('/ui/sessions');
     if (role === undefined) return redirect('/ui/login', sid === undefined ? {} : { 'set-cookie': clearSessionCookie() });
     if (path === '/ui' || path === '/ui/') return redirect('/ui/sessions');
@@ -118,7 +120,7 @@ export function createUiHandler(opts: UiOptions): UiHandler {
     }
     throttle.succeeded(addr);
     record('ui.login', role, 303, addr);
-    return redirect('/ui/sessions', { 'set-cookie': setSessionCookie(sessions.create(role)) });
+    return redirect('/ui/sessions', { 'set-cookie': setSessionCookie(sessions.create(role, configured(role)!)) });
   }
 
   async function page(role: UiRole, path: string, q: URLSearchParams): Promise<Answer> {

@@ -1,6 +1,7 @@
 /**
  * Who is logged in to the audit view: random session ids held in memory with their role, each
- * ending after IDLE_MS without a request or MAX_AGE_MS after login, whichever comes first. A
+ * ending after IDLE_MS without a request or MAX_AGE_MS after login, whichever comes first, or as
+ * soon as the token it logged in with is no longer configured (rotated or removed by a reload). A
  * restart logs everyone out. The cookie carrying the id is cookie.ts's; checking tokens is auth.ts's.
  */
 import { randomBytes } from 'node:crypto';
@@ -14,6 +15,8 @@ export const MAX_SESSIONS = 256;
 
 interface UiSession {
   readonly role: UiRole;
+  /** The configured SHA-256 of the token it logged in with (the config holds it too; not a secret). */
+  readonly tokenSha256: string;
   readonly createdMs: number;
   lastSeenMs: number;
 }
@@ -26,24 +29,27 @@ export class UiSessions {
 
   constructor(private readonly now: () => number = Date.now) {}
 
-  create(role: UiRole): string {
+  create(role: UiRole, tokenSha256: string): string {
     const id = randomBytes(32).toString('base64url');
     if (this.byId.size >= MAX_SESSIONS) {
       const oldest = this.byId.keys().next().value;
       if (oldest !== undefined) this.byId.delete(oldest);
     }
     const t = this.now();
-    this.byId.set(id, { role, createdMs: t, lastSeenMs: t });
+    this.byId.set(id, { role, tokenSha256, createdMs: t, lastSeenMs: t });
     return id;
   }
 
-  /** The session's role, refreshing its idle time; undefined (and forgotten) when unknown or expired. */
-  touch(id: string | undefined): UiRole | undefined {
+  /**
+   * The session's role, refreshing its idle time; undefined (and forgotten) when unknown, expired,
+   * or when `configured(role)` no longer gives the hash of the token it logged in with.
+   */
+  touch(id: string | undefined, configured: (role: UiRole) => string | undefined): UiRole | undefined {
     if (id === undefined || !ID_RE.test(id)) return undefined;
     const s = this.byId.get(id);
     if (s === undefined) return undefined;
     const t = this.now();
-    if (t - s.lastSeenMs > IDLE_MS || t - s.createdMs > MAX_AGE_MS) {
+    if (t - s.lastSeenMs > IDLE_MS || t - s.createdMs > MAX_AGE_MS || configured(s.role) !== s.tokenSha256) {
       this.byId.delete(id);
       return undefined;
     }
@@ -52,8 +58,8 @@ export class UiSessions {
   }
 
   /** Ends the session; its role if it was live. */
-  end(id: string | undefined): UiRole | undefined {
-    const role = this.touch(id);
+  end(id: string | undefined, configured: (role: UiRole) => string | undefined): UiRole | undefined {
+    const role = this.touch(id, configured);
     if (id !== undefined) this.byId.delete(id);
     return role;
   }
