@@ -17,7 +17,17 @@ import pg from 'pg';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey } from 'jose';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
-import { clientConfig, connectError, startProxy, type ProxySpec, type RunningProxy } from '../support/proxy.js';
+import {
+  clientConfig,
+  connect,
+  connectError,
+  spawnProxy,
+  startProxy,
+  testCerts,
+  type ChildProxy,
+  type ProxySpec,
+  type RunningProxy,
+} from '../support/proxy.js';
 import { waitFor } from '../support/wait.js';
 import { generateCheckpointKey } from '../../src/audit/checkpoint.js';
 import { initStore, newStoreClient } from '../../src/audit/store-table.js';
@@ -446,5 +456,45 @@ describe('audit view reading the PostgreSQL store', () => {
     const chain = await get('/chain');
     assert.match(chain.body, /Read from the PostgreSQL store/);
     assert.match((await get('/staff')).body, /0 decisions/);
+  });
+});
+
+describe('audit view with workers (served by the primary)', () => {
+  let cluster: Cluster;
+  let child: ChildProxy;
+  let dir: string;
+
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-audit-ui-workers-'));
+    cluster = await startCluster({ users: [{ name: 'app', password: 'app-pass' }] });
+    const app = { name: 'app', verifier: await readVerifier(cluster, 'app') };
+    child = await spawnProxy({
+      server: { workers: 2, worker_accept: 'primary' },
+      auditFile: path.join(dir, 'audit.jsonl'),
+      admin: { token_sha256: sha256(ADMIN_TOKEN), auditor_token_sha256: sha256(AUDITOR_TOKEN) },
+      tenants: [{ id: 'acme', cluster, users: [app], extra: { audit_statements: 'all' } }],
+    });
+  });
+
+  after(async () => {
+    await child?.stop();
+    await cluster?.stop();
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
+  });
+
+  it("shows the workers' sessions from the primary's audit log; the API refuses the auditor there too", async () => {
+    const c = await connect({ port: child.port, certs: await testCerts() }, { tenant: 'acme', user: 'app', password: 'app-pass' });
+    await c.query('SELECT 5 AS five');
+    await c.end();
+    const ui = `http://127.0.0.1:${child.adminPort!}/ui`;
+    const cookie = await loginCookie(ui, AUDITOR_TOKEN);
+    const page = async (p: string): Promise<string> => (await fetch(`${ui}${p}`, { headers: { cookie } })).text();
+    let list = '';
+    await waitFor(async () => /client_terminate/.test((list = await page('/sessions?tenant=acme'))), 10_000, 'the session ended in the audit view');
+    const link = /\/ui(\/sessions\/[0-9a-f-]{36})/.exec(list);
+    assert.ok(link !== null, list);
+    assert.match(await page(link[1]!), /<pre>SELECT 5 AS five<\/pre>/);
+    const r = await fetch(`http://127.0.0.1:${child.adminPort!}/reload`, { method: 'POST', headers: { authorization: `Bearer ${AUDITOR_TOKEN}` } });
+    assert.equal(r.status, 403);
   });
 });
