@@ -280,7 +280,14 @@ export class Proxy {
     if (!this.adminEnabled) return;
     this.operator = await OperatorListeners.start(config, {
       metrics: { metrics: this.metrics, isReady: () => !this.draining, log: this.log, pools: () => this.pools.snapshot() },
-      api: { tokenSha256: () => this.ctx.config.admin?.tokenSha256, backend: this.adminBackend(), audit: () => this.audit, log: this.log },
+      api: {
+        tokenSha256: () => this.ctx.config.admin?.tokenSha256,
+        auditorTokenSha256: () => this.ctx.config.admin?.auditorTokenSha256,
+        auditConfig: () => this.ctx.config.audit,
+        backend: this.adminBackend(),
+        audit: () => this.audit,
+        log: this.log,
+      },
     });
   }
 

@@ -1,12 +1,13 @@
 /**
  * The operators' admin API (`[admin] listen`): HTTP with JSON in and out, a bearer token checked
- * against the SHA-256 in the config, and one `admin.command` audit record per call. It parses,
+ * against the SHA-256 in the config, and one `admin.command` audit record per call. The auditor
+ * token (`auditor_token_sha256`) is refused here with 403 on every route: it reads the audit in the
+ * browser view under /ui/ (ui/handler.ts), served by the same listener. It parses,
  * authenticates, routes (ADMIN_ROUTES, the paths of the OpenAPI document openapi.ts, which it serves
  * at GET /openapi.json) and records; what a command does is the AdminBackend's part (the single
  * process's Proxy, or the primary of a worker set).
  */
 import http from 'node:http';
-import { createHash, timingSafeEqual } from 'node:crypto';
 import type { AuditSink } from '../audit/log.js';
 import type { Logger } from '../observability/logger.js';
 import { TENANT_ID_RE } from '../config/schema.js';
@@ -14,19 +15,22 @@ import { isRevocationId, MAX_REVOCATION_MS, type StaffRevocation } from './revoc
 import { OPENAPI } from './openapi.js';
 import { HttpError, type AdminBackend, type AdminRoute, type Bound, type Reply, type RouteRequest } from './route.js';
 import { CATALOG_DOWN_MESSAGE, TENANT_ROUTES } from './tenant-routes.js';
+import { RefusalAudit } from './refusals.js';
+import { tokenRole, type AdminCredentials } from './tokens.js';
+import { createUiHandler, isUiPath } from './ui/handler.js';
+import type { AuditConfig } from '../config/schema.js';
 
-export interface AdminApiOptions {
-  /** Hex SHA-256 of the token, read per request so a reload can rotate it; undefined refuses every call. */
-  readonly tokenSha256: () => string | undefined;
+export { tokenMatches } from './tokens.js';
+
+export interface AdminApiOptions extends AdminCredentials {
+  /** Where the audit view (/ui/) reads the audit: the current [audit] section. */
+  readonly auditConfig: () => AuditConfig;
   readonly backend: AdminBackend;
   readonly audit: () => AuditSink;
   readonly log: Logger;
 }
 
 export const MAX_BODY_BYTES = 64 * 1024;
-/** Refused calls recorded one by one up to this many per window, then counted in one record. */
-const REFUSALS_PER_WINDOW = 20;
-const REFUSAL_WINDOW_MS = 60_000;
 const SESSION_ID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 export interface AdminApi {
@@ -37,7 +41,10 @@ export interface AdminApi {
 
 export function createAdminApi(opts: AdminApiOptions): AdminApi {
   const refusals = new RefusalAudit(opts.audit);
+  const ui = createUiHandler({ ...opts, refusals });
   const server = http.createServer((req, res) => {
+    // The audit view (/ui/) answers HTML with its own login; the rest is the JSON API.
+    if (isUiPath(req.url)) return ui.serve(req, res);
     handle(opts, refusals, req).then(
       ([status, body, headers]) => {
         // A body we did not read (too large, refused) must not be parsed as the next request.
@@ -65,14 +72,25 @@ async function handle(opts: AdminApiOptions, refusals: RefusalAudit, req: http.I
   const command = match?.route.command ?? 'unknown';
   const target = match?.bound.target ?? null;
 
-  const hash = opts.tokenSha256();
   const presented = /^Bearer +([^\s]+) *$/i.exec(req.headers.authorization ?? '')?.[1];
-  if (hash === undefined || presented === undefined || !tokenMatches(presented, hash)) {
+  const role = presented === undefined ? undefined : tokenRole(presented, opts);
+  if (role === undefined) {
     // RFC 6750 §3: no credentials → just the scheme; wrong ones → error="invalid_token".
     const challenge = presented === undefined ? 'Bearer realm="pgwarden-admin"' : 'Bearer realm="pgwarden-admin", error="invalid_token"';
     refusals.record({ command, target, addr });
     opts.log.warn({ command, client: addr }, 'admin API: refused, bad or missing token');
     return [401, { error: presented === undefined ? 'missing bearer token' : 'invalid bearer token' }, { 'www-authenticate': challenge }];
+  }
+  if (role === 'auditor') {
+    // The API has no audit routes: the auditor token reads the audit in /ui/ and may call nothing
+    // here, reads included (sessions and pools are live state, not the audit). RFC 6750 §3.1.
+    opts.audit().append({ event: 'admin.command', command, target, role, outcome: { success: false, status: 403 }, client: { addr } });
+    opts.log.warn({ command, client: addr }, 'admin API: refused, the auditor token may only read the audit');
+    return [
+      403,
+      { error: 'the auditor token may only read the audit (/ui/)' },
+      { 'www-authenticate': 'Bearer realm="pgwarden-admin", error="insufficient_scope"' },
+    ];
   }
 
   let reply: Reply;
@@ -101,13 +119,6 @@ async function handle(opts: AdminApiOptions, refusals: RefusalAudit, req: http.I
   });
   opts.log.info({ command, target, status, client: addr }, 'admin command');
   return reply;
-}
-
-/** SHA-256 of what was presented against the configured hash, in constant time (both 32 bytes). */
-export function tokenMatches(presented: string, sha256Hex: string): boolean {
-  const want = Buffer.from(sha256Hex, 'hex');
-  const got = createHash('sha256').update(presented, 'utf8').digest();
-  return want.length === got.length && timingSafeEqual(got, want);
 }
 
 const terminateSession = ({ backend, params }: RouteRequest): Bound => {
@@ -291,50 +302,5 @@ async function readJson(req: http.IncomingMessage): Promise<unknown> {
     return JSON.parse(text) as unknown;
   } catch {
     throw new HttpError(400, 'request body is not valid JSON');
-  }
-}
-
-/**
- * Refused calls (401) are audited too, one record each up to REFUSALS_PER_WINDOW a minute; past
- * that they are counted and written as one record with `count` when the window ends, so a token
- * guesser cannot flood the audit log.
- */
-class RefusalAudit {
-  private inWindow = 0;
-  private suppressed = 0;
-  private windowStart = new Date();
-  private readonly timer: NodeJS.Timeout;
-
-  constructor(private readonly audit: () => AuditSink) {
-    this.timer = setInterval(() => this.roll(), REFUSAL_WINDOW_MS);
-    this.timer.unref();
-  }
-
-  record(e: { command: string; target: object | null; addr: string }): void {
-    if (this.inWindow++ < REFUSALS_PER_WINDOW) {
-      this.audit().append({ event: 'admin.command', command: e.command, target: e.target, outcome: { success: false, status: 401 }, client: { addr: e.addr } });
-    } else this.suppressed++;
-  }
-
-  stop(): void {
-    clearInterval(this.timer);
-    this.roll();
-  }
-
-  private roll(): void {
-    const end = new Date();
-    if (this.suppressed > 0) {
-      this.audit().append({
-        event: 'admin.command',
-        command: 'refused',
-        target: null,
-        outcome: { success: false, status: 401 },
-        count: this.suppressed,
-        window: { start: this.windowStart.toISOString(), end: end.toISOString() },
-      });
-    }
-    this.inWindow = 0;
-    this.suppressed = 0;
-    this.windowStart = end;
   }
 }

@@ -4,7 +4,7 @@
  * Serving, authentication and auditing are api.ts's part, like for any other route.
  *
  * Adding a route is one entry in `paths` here (beside its entry in api.ts's ADMIN_ROUTES):
- * `operation()` adds what every route can answer (400 for a body that is not JSON, 401, 413).
+ * `operation()` adds what every route can answer (400 for a body that is not JSON, 401, 403, 413).
  * The named examples are also the test's cases (test/integration/admin-openapi.test.ts): each
  * example of a response names a request that gets it, built from the parameters' and request
  * body's examples of the same name, or their first example (a valid request) when they have none
@@ -125,7 +125,7 @@ const sessionParam: Parameter = {
   },
 };
 
-/** What every route answers with too: `notJson` for any body that is not JSON, 401 and 413. */
+/** What every route answers with too: `notJson` for any body that is not JSON, 401, 403 (the auditor token) and 413. */
 function operation(op: Omit<Operation, 'responses'> & { readonly responses: Readonly<Record<string, Response>> }): Operation {
   const { '400': badRequest, ...rest } = op.responses;
   const badExamples = badRequest?.content['application/json'].examples ?? {};
@@ -138,6 +138,7 @@ function operation(op: Omit<Operation, 'responses'> & { readonly responses: Read
         content: json(ref('Error'), { ...badExamples, notJson: error('a body that is not JSON', 'request body is not valid JSON') }),
       },
       '401': { $ref: '#/components/responses/Unauthorized' },
+      '403': { $ref: '#/components/responses/Forbidden' },
       '413': { $ref: '#/components/responses/PayloadTooLarge' },
     },
   };
@@ -299,6 +300,8 @@ export const OPENAPI: OpenApiDocument = {
       'Besides what each operation lists: a path no route has answers 404 `{"error": "not found"}`,',
       'and a method a path does not have answers 405 with `Allow` (components/responses/NotFound and MethodNotAllowed);',
       'without a valid token both are 401, so routes are not revealed. A 500 `{"error": "internal error"}` is a bug.',
+      'The auditor token (`[admin] auditor_token_sha256`) is answered 403 on every operation here: it reads the audit in the',
+      'browser view under `/ui/` on the same listener (HTML with its own login, not part of this API), and nothing else.',
     ].join(' '),
   },
   security: [{ bearer: [] }],
@@ -696,7 +699,8 @@ export const OPENAPI: OpenApiDocument = {
       bearer: {
         type: 'http',
         scheme: 'bearer',
-        description: 'The token whose SHA-256 is `[admin] token_sha256` (`pgwarden hash-token`); compared in constant time.',
+        description:
+          'The token whose SHA-256 is `[admin] token_sha256` (`pgwarden hash-token`); compared in constant time. The auditor token (`auditor_token_sha256`) is refused with 403.',
       },
     },
     schemas: {
@@ -836,6 +840,17 @@ export const OPENAPI: OpenApiDocument = {
           noToken: error('no Authorization header', 'missing bearer token'),
           wrongToken: error('a wrong token', 'invalid bearer token'),
         }),
+      },
+      Forbidden: {
+        description: 'The auditor token: it may read the audit in the browser view (/ui/) and call nothing here, reads included; nothing runs.',
+        headers: {
+          'WWW-Authenticate': {
+            description: '`Bearer realm="pgwarden-admin", error="insufficient_scope"` (RFC 6750 §3.1).',
+            required: true,
+            schema: { type: 'string', pattern: '^Bearer realm="pgwarden-admin", error="insufficient_scope"$' },
+          },
+        },
+        content: json(ref('Error'), { auditorToken: error('the auditor token', 'the auditor token may only read the audit (/ui/)') }),
       },
       PayloadTooLarge: {
         description: 'A request body over 64 KiB (65536 bytes); the connection is closed after the answer.',

@@ -10,6 +10,7 @@ import { createInterface } from 'node:readline';
 import pg from 'pg';
 import { rotatedSiblings } from './files.js';
 import { quoteTable, newStoreClient, storeColumns } from './store-table.js';
+import type { AuditConfig } from '../config/schema.js';
 
 /** A command-line mistake: the caller prints it with the usage and exits 2. */
 export class AuditUsageError extends Error {}
@@ -18,6 +19,8 @@ export interface AuditFilter {
   readonly tenant?: string;
   readonly user?: string;
   readonly staff?: string;
+  /** The staff token's ticket (staff.ticket or reason_or_ticket). */
+  readonly ticket?: string;
   readonly session?: string;
   /** Exact names, or `prefix.*`. */
   readonly events?: readonly string[];
@@ -66,6 +69,7 @@ export function matches(rec: Record<string, unknown>, f: AuditFilter): boolean {
   if (f.tenant !== undefined && c.tenant !== f.tenant) return false;
   if (f.user !== undefined && c.db_user !== f.user) return false;
   if (f.staff !== undefined && c.staff_sub !== f.staff) return false;
+  if (f.ticket !== undefined && c.ticket !== f.ticket) return false;
   if (f.session !== undefined && c.session_id !== f.session) return false;
   if (f.sessionIds !== undefined && (c.session_id === null || !f.sessionIds.includes(c.session_id))) return false;
   if (f.events !== undefined && (typeof rec['event'] !== 'string' || !eventMatches(rec['event'], f.events))) return false;
@@ -152,6 +156,7 @@ export class PgSource implements AuditSource {
     if (filter.tenant !== undefined) add((p) => `tenant = ${p}`, filter.tenant);
     if (filter.user !== undefined) add((p) => `db_user = ${p}`, filter.user);
     if (filter.staff !== undefined) add((p) => `staff_sub = ${p}`, filter.staff);
+    if (filter.ticket !== undefined) add((p) => `ticket = ${p}`, filter.ticket);
     if (filter.session !== undefined) add((p) => `session_id = ${p}`, filter.session);
     if (filter.sessionIds !== undefined) add((p) => `session_id = ANY(${p}::text[])`, filter.sessionIds);
     if (filter.events !== undefined) {
@@ -177,4 +182,15 @@ export class PgSource implements AuditSource {
   async close(): Promise<void> {
     if (this.connected) await this.client.end();
   }
+}
+
+/**
+ * Where a running pgwarden's audit is read back (the admin listener's audit view): the file when
+ * [audit] file is set (complete and current; the store may lag), else [audit.postgres]; undefined
+ * when records are only counted. `pgwarden audit … --config` chooses the same way (query.ts).
+ */
+export function sourceOfAuditConfig(audit: Pick<AuditConfig, 'file' | 'postgres'>): AuditSource | undefined {
+  if (audit.file !== undefined) return new FileSource(audit.file);
+  if (audit.postgres !== undefined) return new PgSource(audit.postgres.url, audit.postgres.table, audit.postgres.passwordEnv);
+  return undefined;
 }

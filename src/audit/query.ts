@@ -22,7 +22,7 @@ export const AUDIT_STORE_USAGE = `  pgwarden audit init (--config FILE | --postg
     SOURCE:  --file PATH (and its rotated PATH.<stamp>.<seq> files) | --postgres URL [--table NAME]
              [--password-env VAR] | --config FILE [--source file|postgres] (default: audit.file if
              set, else audit.postgres)
-    FILTERS: --tenant ID --user NAME --staff SUB --session ID --event NAME[,NAME.*]
+    FILTERS: --tenant ID --user NAME --staff SUB --ticket T --session ID --event NAME[,NAME.*]
              --since T --until T (T: RFC 3339, YYYY-MM-DD, or ago as 30s 15m 2h 7d 1w)
 `;
 
@@ -39,6 +39,7 @@ const FILTER_OPTIONS = {
   tenant: { type: 'string' },
   user: { type: 'string' },
   staff: { type: 'string' },
+  ticket: { type: 'string' },
   session: { type: 'string' },
   event: { type: 'string' },
   since: { type: 'string' },
@@ -71,13 +72,14 @@ async function locate(v: { config?: string; source?: string; file?: string; post
   return { kind: 'postgres', url: audit.postgres.url, table: audit.postgres.table, passwordEnv: audit.postgres.passwordEnv };
 }
 
-function filterOf(v: { tenant?: string; user?: string; staff?: string; session?: string; event?: string; since?: string; until?: string }): AuditFilter {
+function filterOf(v: { tenant?: string; user?: string; staff?: string; ticket?: string; session?: string; event?: string; since?: string; until?: string }): AuditFilter {
   const nowMs = Date.now();
   const events = v.event?.split(',').map((e) => e.trim()).filter((e) => e !== '');
   return {
     ...(v.tenant === undefined ? {} : { tenant: v.tenant }),
     ...(v.user === undefined ? {} : { user: v.user }),
     ...(v.staff === undefined ? {} : { staff: v.staff }),
+    ...(v.ticket === undefined ? {} : { ticket: v.ticket }),
     ...(v.session === undefined ? {} : { session: v.session }),
     ...(events === undefined ? {} : { events }),
     ...(v.since === undefined ? {} : { sinceUs: parseTimeMicros(v.since, nowMs) }),

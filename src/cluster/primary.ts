@@ -217,6 +217,8 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
     metrics: { metrics, metricsText, isReady: () => !stopping, log, pools: poolsView },
     api: {
       tokenSha256: () => config.admin?.tokenSha256,
+      auditorTokenSha256: () => config.admin?.auditorTokenSha256,
+      auditConfig: () => config.audit,
       audit: () => audit,
       log,
       backend: {

@@ -249,8 +249,13 @@ export interface Config {
   readonly redis: { readonly url: string; readonly keyPrefix: string; readonly commandTimeoutMs: number; readonly leaseTtlMs: number } | undefined;
   /** The read-only metrics listener (/metrics, /healthz, /readyz, /pools); commands are on `admin`. */
   readonly metrics: { readonly listenHost: string; readonly listenPort: number } | undefined;
-  /** The operators' admin API on its own listener: bearer token checked against tokenSha256 (hex). */
-  readonly admin: { readonly listenHost: string; readonly listenPort: number; readonly tokenSha256: string } | undefined;
+  /**
+   * The operators' admin API on its own listener: bearer token checked against tokenSha256 (hex).
+   * auditorTokenSha256: a second token that may read the audit in the browser view (/ui/) and
+   * nothing else; undefined: only the operator token logs in there.
+   */
+  readonly admin:
+    { readonly listenHost: string; readonly listenPort: number; readonly tokenSha256: string; readonly auditorTokenSha256: string | undefined } | undefined;
   readonly audit: AuditConfig;
   /** Staff access with JWTs; undefined: the staff login path is off (the user name is an ordinary one). */
   readonly staff: StaffConfig | undefined;

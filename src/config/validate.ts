@@ -175,14 +175,17 @@ function readOperatorListeners(r: Reader, tree: Tree): Pick<Config, 'metrics' | 
   const m = r.section(tree, 'metrics', 'metrics', ['listen', 'admin_token_env']);
   if (m?.['admin_token_env'] !== undefined) r.problems.push('metrics.admin_token_env: removed; commands are on the [admin] listener (listen, token_sha256)');
   const metricsListen = m === undefined ? undefined : r.listen(m, 'listen', 'metrics', '127.0.0.1:9187');
-  const ad = r.section(tree, 'admin', 'admin', ['listen', 'token_sha256']);
+  const ad = r.section(tree, 'admin', 'admin', ['listen', 'token_sha256', 'auditor_token_sha256']);
   let admin: Config['admin'];
   if (ad !== undefined) {
     const adminListen = r.listen(ad, 'listen', 'admin', '127.0.0.1:9188');
     const tokenSha256 = (r.str(ad, 'token_sha256', 'admin') ?? '').toLowerCase();
     // Never echo the value: it stands for a secret.
     if (!/^[0-9a-f]{64}$/.test(tokenSha256)) r.problems.push('admin.token_sha256: must be the hex SHA-256 of the admin token (make one with "pgwarden hash-token")');
-    admin = { listenHost: adminListen.host, listenPort: adminListen.port, tokenSha256 };
+    const auditor = r.str(ad, 'auditor_token_sha256', 'admin')?.toLowerCase();
+    if (auditor !== undefined && !/^[0-9a-f]{64}$/.test(auditor)) r.problems.push('admin.auditor_token_sha256: must be the hex SHA-256 of the auditor token (make one with "pgwarden hash-token")');
+    if (auditor !== undefined && auditor === tokenSha256) r.problems.push('admin.auditor_token_sha256: must differ from admin.token_sha256 (the auditor token may only read the audit)');
+    admin = { listenHost: adminListen.host, listenPort: adminListen.port, tokenSha256, auditorTokenSha256: auditor };
   }
   return { metrics: metricsListen === undefined ? undefined : { listenHost: metricsListen.host, listenPort: metricsListen.port }, admin };
 }

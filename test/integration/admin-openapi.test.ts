@@ -28,6 +28,7 @@ import { resolve, validate } from '../support/json-schema.js';
 
 const TOKEN = 'openapi-test-token-8d41c7a2e9';
 const TOKEN_SHA256 = createHash('sha256').update(TOKEN).digest('hex');
+const AUDITOR_TOKEN = 'openapi-test-auditor-token-51f0c3';
 const METHODS: readonly Method[] = ['get', 'put', 'post', 'delete'];
 /** Methods tried on every path besides its own; PATCH has no route anywhere. */
 const PROBED_METHODS = ['GET', 'PUT', 'POST', 'DELETE', 'PATCH'] as const;
@@ -165,7 +166,12 @@ describe('admin API as its OpenAPI document says', () => {
     const body = { backend: cluster.url('postgres'), backend_tls: 'disable', allow_cidrs: ['127.0.0.0/8', '::1/128'] };
     await store.put('acme', { ...body, users: { app: { scram: verifier }, reporting: { scram: verifier } } });
     await store.put('initech', { ...body, users: { app: { scram: verifier } } });
-    rp = await startProxy({ auditFile, admin: { token_sha256: TOKEN_SHA256 }, tenants: [], catalog: catalogOf('catalog') });
+    rp = await startProxy({
+      auditFile,
+      admin: { token_sha256: TOKEN_SHA256, auditor_token_sha256: createHash('sha256').update(AUDITOR_TOKEN).digest('hex') },
+      tenants: [],
+      catalog: catalogOf('catalog'),
+    });
     const gone = storeOf('catalog_gone');
     await gone.init();
     await gone.close();
@@ -288,6 +294,9 @@ describe('admin API as its OpenAPI document says', () => {
           break;
         case 'wrongToken':
           token = `${TOKEN}-not`;
+          break;
+        case 'auditorToken':
+          token = AUDITOR_TOKEN;
           break;
         case 'notJson':
           body = '{"jti":';

@@ -1,0 +1,157 @@
+/**
+ * What the audit view shows, read through the same code as `pgwarden audit sessions | query`
+ * (query-source.ts's filters and sources, query-report.ts's session rows) and `pgwarden audit
+ * verify` (verify.ts): session rows, one session's statements paired with their results, staff
+ * access decisions, and the chain's state. Plain data out; the HTML is pages.ts's.
+ */
+import { createPublicKey, type KeyObject } from 'node:crypto';
+import type { AuditConfig } from '../../config/schema.js';
+import { loadPrivateKey } from '../../audit/checkpoint.js';
+import { listSessions, type SessionRow } from '../../audit/query-report.js';
+import { sourceOfAuditConfig, type AuditFilter, type AuditSource } from '../../audit/query-source.js';
+import { auditFileSet, verifyAuditFiles, type VerifyResult } from '../../audit/verify.js';
+
+/** Rows a list page shows at most (the newest); the page says when there were more. */
+export const MAX_ROWS = 500;
+
+export type Rec = Record<string, unknown>;
+
+const obj = (v: unknown): Rec => (typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Rec) : {});
+
+/** At most MAX_ROWS of the newest, newest first, and how many there were. */
+function newest<T>(rows: readonly T[]): { rows: T[]; total: number } {
+  return { rows: rows.slice(-MAX_ROWS).reverse(), total: rows.length };
+}
+
+export interface SessionQuery extends AuditFilter {
+  /** session.end's reason, or "open"; matched exactly. */
+  readonly end?: string;
+}
+
+export interface Statement {
+  readonly ei: number | null;
+  readonly time: string;
+  readonly kind: string;
+  readonly query: string | null;
+  readonly truncated: boolean;
+  readonly statementName: string | null;
+  /** The matching session.query_result (its `ref` is this statement's ei), if written. */
+  readonly result: Rec | undefined;
+}
+
+export interface SessionDetail {
+  readonly start: Rec | undefined;
+  readonly end: Rec | undefined;
+  readonly access: Rec | undefined;
+  /** In the order the session sent them. */
+  readonly statements: Statement[];
+  readonly records: number;
+}
+
+export interface ChainState {
+  readonly source: 'file' | 'postgres';
+  /** The files' verification (verify.ts); null when the audit is read from the store. */
+  readonly verify: VerifyResult | null;
+  readonly lastCheckpoint: Rec | undefined;
+  readonly checkpoints: number;
+  readonly gaps: Rec[];
+}
+
+/** The audit as this instance's [audit] section says (read per call: a reload may change it). */
+export class AuditReader {
+  constructor(private readonly audit: () => AuditConfig) {}
+
+  /** Whether there is anything to read (an [audit] file or store). */
+  get configured(): boolean {
+    const a = this.audit();
+    return a.file !== undefined || a.postgres !== undefined;
+  }
+
+  async sessions(q: SessionQuery): Promise<{ rows: SessionRow[]; total: number }> {
+    const { end, ...filter } = q;
+    const rows = await this.withSource((s) => listSessions(s, filter));
+    return newest(end === undefined ? rows : rows.filter((r) => r.end === end));
+  }
+
+  async session(id: string): Promise<SessionDetail> {
+    const recs = await this.withSource((s) => collect(s, { session: id }));
+    const statements: Statement[] = [];
+    const results = new Map<number, Rec>();
+    for (const r of recs) {
+      if (r['event'] === 'session.query_result' && typeof r['ref'] === 'number') results.set(r['ref'], r);
+    }
+    for (const r of recs) {
+      if (r['event'] !== 'session.query') continue;
+      const ei = typeof r['ei'] === 'number' ? r['ei'] : typeof obj(r['session'])['ei'] === 'number' ? (obj(r['session'])['ei'] as number) : null;
+      statements.push({
+        ei,
+        time: String(r['time']),
+        kind: typeof r['kind'] === 'string' ? r['kind'] : 'unknown',
+        query: typeof r['query'] === 'string' ? r['query'] : null,
+        truncated: r['query_truncated'] === true,
+        statementName: typeof r['statement_name'] === 'string' && r['statement_name'] !== '' ? r['statement_name'] : null,
+        result: ei === null ? undefined : results.get(ei),
+      });
+    }
+    const first = (event: string): Rec | undefined => recs.find((r) => r['event'] === event);
+    return { start: first('session.start'), end: first('session.end'), access: first('staff.access'), statements, records: recs.length };
+  }
+
+  async staffDecisions(filter: AuditFilter & { decision?: 'allow' | 'deny' }): Promise<{ rows: Rec[]; total: number }> {
+    const { decision, ...f } = filter;
+    const recs = await this.withSource((s) => collect(s, { ...f, events: ['staff.access'] }));
+    return newest(decision === undefined ? recs : recs.filter((r) => r['decision'] === decision));
+  }
+
+  /** The last checkpoint and every gap record; with a file, the whole chain verified (signatures too, given the key). */
+  async chain(): Promise<ChainState> {
+    const audit = this.audit();
+    const recs = await this.withSource((s) => collect(s, { events: ['audit.checkpoint', 'audit.gap'] }));
+    const checkpoints = recs.filter((r) => r['event'] === 'audit.checkpoint');
+    let verify: VerifyResult | null = null;
+    if (audit.file !== undefined) {
+      const key = await publicKeyOf(audit.checkpointKeyPath);
+      verify = await verifyAuditFiles(await auditFileSet(audit.file), key === undefined ? {} : { publicKey: key });
+    }
+    return {
+      source: audit.file !== undefined ? 'file' : 'postgres',
+      verify,
+      lastCheckpoint: checkpoints.at(-1),
+      checkpoints: checkpoints.length,
+      gaps: recs.filter((r) => r['event'] === 'audit.gap'),
+    };
+  }
+
+  private async withSource<T>(read: (s: AuditSource) => Promise<T>): Promise<T> {
+    const source = sourceOfAuditConfig(this.audit());
+    if (source === undefined) throw new NoAuditError();
+    try {
+      return await read(source);
+    } finally {
+      await source.close().catch(() => undefined);
+    }
+  }
+}
+
+/** This instance keeps no audit to read ([audit] has neither file nor store). */
+export class NoAuditError extends Error {
+  constructor() {
+    super('this pgwarden keeps no audit log to read ([audit] has no file and no [audit.postgres])');
+  }
+}
+
+async function collect(source: AuditSource, filter: AuditFilter): Promise<Rec[]> {
+  const out: Rec[] = [];
+  for await (const r of source.records(filter)) out.push(r);
+  return out;
+}
+
+/** The checkpoint key's public half, so verification checks signatures; the private key never leaves here. */
+async function publicKeyOf(path: string | undefined): Promise<KeyObject | undefined> {
+  if (path === undefined) return undefined;
+  try {
+    return createPublicKey(await loadPrivateKey(path));
+  } catch {
+    return undefined;
+  }
+}
