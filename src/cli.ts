@@ -19,8 +19,10 @@ const USAGE = `usage:
   pgwarden serve --config FILE            run the proxy
   pgwarden check-config --config FILE     validate a config file
   pgwarden hash-password [--iterations N] read a password on stdin, print a SCRAM-SHA-256 verifier
-  pgwarden hash-token [--generate]        read an admin API token on stdin (or make one), print its
-                                          [admin] token_sha256
+  pgwarden hash-token [--generate] [--auditor]
+                                          read an admin API token on stdin (or make one), print its
+                                          [admin] token_sha256 (--auditor: auditor_token_sha256,
+                                          the audit view's read-only token)
   pgwarden audit verify [--public-key PEM | --config FILE] [FILE...]
                                           check an audit log's hash chain across rotated files
                                           and its signed checkpoints (FILE: the live file finds
@@ -65,14 +67,14 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'hash-token': {
-      const { values } = parseArgs({ args: rest, options: { generate: { type: 'boolean', short: 'g' } } });
+      const { values } = parseArgs({ args: rest, options: { generate: { type: 'boolean', short: 'g' }, auditor: { type: 'boolean' } } });
       // The config holds only the hash, so the token itself must resist guessing: 32 random bytes.
       if (values.generate !== true && process.stdin.isTTY) process.stderr.write('token (then Enter, Ctrl-D): ');
       const token = values.generate === true ? randomBytes(32).toString('base64url') : (await readStdin()).replace(/\r?\n$/, '');
       if (token.length < 16) throw new UsageError('token too short: use at least 16 characters (or --generate)');
       const hash = createHash('sha256').update(token, 'utf8').digest('hex');
       if (values.generate === true) process.stdout.write(`token: ${token}\n`);
-      process.stdout.write(`token_sha256 = "${hash}"\n`);
+      process.stdout.write(`${values.auditor === true ? 'auditor_token_sha256' : 'token_sha256'} = "${hash}"\n`);
       return 0;
     }
     case 'audit': {

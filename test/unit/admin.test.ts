@@ -95,6 +95,12 @@ describe('pgwarden hash-token', () => {
     assert.equal(r.stdout, `token_sha256 = "${sha('a-long-enough-admin-token')}"\n`);
   });
 
+  it('--auditor names the audit view key', () => {
+    const r = run(['--auditor'], 'a-long-enough-auditor-token\n');
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, `auditor_token_sha256 = "${sha('a-long-enough-auditor-token')}"\n`);
+  });
+
   it('refuses a short token', () => {
     const r = run([], 'short\n');
     assert.equal(r.status, 2);
