@@ -61,7 +61,13 @@ export function createAdminApi(opts: AdminApiOptions): AdminApi {
   // Operators' scripts, not browsers: short timeouts bound what a stuck client holds.
   server.headersTimeout = 10_000;
   server.requestTimeout = 30_000;
-  return { server, stop: () => refusals.stop() };
+  return {
+    server,
+    stop: () => {
+      refusals.stop();
+      ui.close();
+    },
+  };
 }
 
 async function handle(opts: AdminApiOptions, refusals: RefusalAudit, req: http.IncomingMessage): Promise<Reply> {

@@ -57,8 +57,16 @@ export interface ChainState {
   readonly gaps: Rec[];
 }
 
+/** What the view reads (AuditReader here; reader-thread.ts runs it off the proxy's thread). */
+export interface AuditReading {
+  sessions(q: SessionQuery): Promise<{ rows: SessionRow[]; total: number }>;
+  session(id: string): Promise<SessionDetail>;
+  staffDecisions(filter: AuditFilter & { decision?: 'allow' | 'deny' }): Promise<{ rows: Rec[]; total: number }>;
+  chain(): Promise<ChainState>;
+}
+
 /** The audit as this instance's [audit] section says (read per call: a reload may change it). */
-export class AuditReader {
+export class AuditReader implements AuditReading {
   constructor(private readonly audit: () => AuditConfig) {}
 
   /** Whether there is anything to read (an [audit] file or store). */

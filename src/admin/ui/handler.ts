@@ -11,7 +11,8 @@ import type { Logger } from '../../observability/logger.js';
 import { AuditUsageError, parseTimeMicros, type AuditFilter } from '../../audit/query-source.js';
 import type { RefusalAudit } from '../refusals.js';
 import { roleTokenSha256, tokenRole, type AdminCredentials } from '../tokens.js';
-import { AuditReader, NoAuditError, type SessionQuery } from './audit-reader.js';
+import { NoAuditError, type SessionQuery } from './audit-reader.js';
+import { ReaderBusyError, ThreadedAuditReader } from './reader-thread.js';
 import { clearSessionCookie, readSessionCookie, setSessionCookie } from './cookie.js';
 import type { Html } from './html.js';
 import { chainPage, errorPage, loginPage, sessionPage, sessionsPage, staffPage, type SessionsForm, type StaffForm } from './pages.js';
@@ -28,6 +29,8 @@ export interface UiOptions extends AdminCredentials {
 
 export interface UiHandler {
   serve(req: http.IncomingMessage, res: http.ServerResponse): void;
+  /** Ends the reader thread (at shutdown). */
+  close(): void;
 }
 
 /** Sent with every answer of the view. No script may run at all; styles come from /ui/style.css only. */
@@ -64,7 +67,7 @@ const redirect = (to: string, headers: Record<string, string> = {}): Answer => (
 export function createUiHandler(opts: UiOptions): UiHandler {
   const sessions = new UiSessions();
   const throttle = new LoginThrottle();
-  const reader = new AuditReader(opts.auditConfig);
+  const reader = new ThreadedAuditReader(opts.auditConfig);
   /** A login lasts only while its token is the configured one: a reload that rotates or removes it ends it. */
   const configured = (role: UiRole): string | undefined => roleTokenSha256(role, opts);
 
@@ -153,6 +156,7 @@ export function createUiHandler(opts: UiOptions): UiHandler {
       return { status: 404, body: errorPage(role, 404, 'No such page.') };
     } catch (err) {
       if (err instanceof NoAuditError) return { status: 503, body: errorPage(role, 503, err.message) };
+      if (err instanceof ReaderBusyError) return { status: 503, body: errorPage(role, 503, 'The audit reader is busy with other reads; try again shortly.'), headers: { 'retry-after': '5' } };
       // The cause (a store's host, a file's path) goes to the log only.
       opts.log.error({ err, path }, 'audit view: reading the audit failed');
       return { status: 503, body: errorPage(role, 503, 'The audit log could not be read; the log says why.') };
@@ -160,6 +164,7 @@ export function createUiHandler(opts: UiOptions): UiHandler {
   }
 
   return {
+    close: () => void reader.close(),
     serve(req, res) {
       route(req).then(
         (a) => {
