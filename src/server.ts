@@ -27,9 +27,11 @@ import { isTrustedPeer, peerAddress, readProxyHeader, type ClientAddress } from 
 import type { SessionContext } from './session/context.js';
 import { handleIoUnavailable, type RelayIoMode } from './net/socket-io.js';
 import { SessionRegistry } from './session/registry.js';
+import { ConsentWatch } from './session/consent-watch.js';
 import type { UpstreamTarget } from './pool/upstream.js';
 import { PoolManager } from './pool/backend-pool.js';
 import { AuthLookups } from './auth/auth-query.js';
+import { SupportGrants } from './auth/support-grants.js';
 import { StaffTokenVerifier } from './auth/jwt.js';
 import { mockSecretFor } from './auth/mock-secret.js';
 import { refuseOverCap } from './net/over-cap.js';
@@ -96,6 +98,9 @@ export class Proxy {
   private readonly rejections: RejectionAggregator;
   readonly pools: PoolManager;
   readonly authLookups: AuthLookups;
+  readonly supportGrants: SupportGrants;
+  /** Re-checks the grants behind this process's on_request staff sessions (each worker its own). */
+  private readonly consentWatch: ConsentWatch;
 
   private constructor(
     config: Config,
@@ -111,6 +116,14 @@ export class Proxy {
       onLookup: (tenant, outcome) => this.metrics.authQueryLookups.inc({ tenant, outcome }),
       onCache: (tenant, result) => this.metrics.authQueryCache.inc({ tenant, result }),
       onError: (tenant, err) => this.log.warn({ tenant, err }, 'auth_query lookup failed'),
+    });
+    this.supportGrants = new SupportGrants(this.authLookups);
+    this.consentWatch = new ConsentWatch(() => this.sessions, {
+      tenants: () => this.ctx.config.tenants,
+      target: (t) => this.ctx.upstreamTarget(t),
+      grants: this.supportGrants,
+      metrics: this.metrics,
+      log: this.log,
     });
     this.metrics.poolSizes = () => this.pools.snapshot();
     this.metrics.bandwidthView = () => this.bandwidth.snapshot();
@@ -161,6 +174,7 @@ export class Proxy {
     config = proxy.served(config);
     proxy.ctx = proxy.makeContext(config, tlsMaterial);
     proxy.sessions.startSweeper(() => proxy.ctx.config.tenants);
+    proxy.consentWatch.start();
     await proxy.listen(config);
     proxy.audit.append({ event: 'proxy.lifecycle', state: 'started', instance_id: proxy.instanceId, listen: proxy.address });
     const io = relayIoMode(config);
@@ -226,6 +240,7 @@ export class Proxy {
       relayIo: relayIoMode(config),
       mockSecret: kept?.mockSecret ?? mockSecretFor(config),
       authLookups: this.authLookups,
+      supportGrants: this.supportGrants,
       staffVerifier: kept !== undefined ? kept.staffVerifier : config.staff === undefined ? null : new StaffTokenVerifier(config.staff),
       isDraining: () => this.draining,
       isSuspended: (tenantId) => this.bus.suspended().has(tenantId),
@@ -474,6 +489,7 @@ export class Proxy {
   private async closeOnce(): Promise<void> {
     if (this.drainTimer !== null) clearTimeout(this.drainTimer);
     this.sessions.stopSweeper();
+    this.consentWatch.stop();
     this.sessions.terminateAll('admin');
     // Give the FATALs a moment to leave, then close what is left: shutdown must not wait on
     // clients that do not read (the listener's close waits for every socket).

@@ -1,0 +1,241 @@
+/**
+ * Staff access on request and access transparency (issue 17) against a real PostgreSQL: the
+ * customer grants and withdraws with plain SQL through pgwarden, staff get in only while a grant
+ * is open and with the lesser access, and the customer reads what staff did in its own table.
+ */
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { exportJWK, generateKeyPair, SignJWT, type CryptoKey } from 'jose';
+import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
+import { clientConfig, connect, connectError, startProxy, type ProxySpec, type RunningProxy } from '../support/proxy.js';
+import { sleep, waitFor } from '../support/wait.js';
+import { AUTH_QUERY_FUNCTION_SQL } from '../support/auth-query-function.js';
+import { tenantSqlStatements } from '../../src/auth/tenant-sql.js';
+
+const ISSUER = 'https://sso.pgwarden.test';
+const AUDIENCE = 'pgwarden';
+const AUTH_PW_ENV = 'PGWARDEN_TEST_CONSENT_AUTH_PW';
+const STAFF_PW_ENV = 'PGWARDEN_TEST_CONSENT_STAFF_PW';
+const AUTH_PW = 'consent-auth-secret';
+const STAFF_PW = 'consent-staff-secret';
+const APP_PW = 'app-pass';
+
+type Rec = Record<string, unknown> & { event: string; seq: number; id: string; tenant?: string; chain: { hash: string }; session?: { id: string; ei: number } };
+
+async function readAudit(file: string): Promise<Rec[]> {
+  const text = await readFile(file, 'utf8');
+  return text
+    .split('\n')
+    .filter((l) => l.length > 0)
+    .map((l) => JSON.parse(l) as Rec);
+}
+
+/** Resolves with the error a client gets when the server ends its session (FATAL), or null after `ms`. */
+function sessionEnd(c: pg.Client, ms: number): Promise<(Error & { code?: string }) | null> {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(null), ms);
+    c.once('error', (err: Error & { code?: string }) => {
+      clearTimeout(t);
+      resolve(err);
+    });
+  });
+}
+
+describe('staff access on request (issue 17)', () => {
+  let cluster: Cluster;
+  let rp: RunningProxy;
+  let dir: string;
+  let auditFile: string;
+  let key: CryptoKey;
+  let spec: ProxySpec;
+
+  async function mint(ticket: string, access: 'read' | 'write', tenant = 'acme'): Promise<string> {
+    const now = Math.floor(Date.now() / 1000);
+    return new SignJWT({ tenant, access, ticket, amr: ['pwd', 'mfa'], jti: randomUUID() })
+      .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+      .setSubject('alice@ops.example')
+      .setIssuer(ISSUER)
+      .setAudience(AUDIENCE)
+      .setIssuedAt(now)
+      .setExpirationTime(now + 300)
+      .sign(key);
+  }
+
+  const staff = async (ticket: string, access: 'read' | 'write', tenant = 'acme'): Promise<pg.ClientConfig> =>
+    clientConfig(rp, { tenant, user: 'staff', password: await mint(ticket, access, tenant) });
+  /** The customer, through pgwarden, as its own admin role. */
+  const customer = (): Promise<pg.Client> => connect(rp, { tenant: 'acme', user: 'app', password: APP_PW });
+
+  async function asCustomer(sql: string, params: unknown[] = []): Promise<pg.QueryResult<Record<string, unknown>>> {
+    const c = await customer();
+    try {
+      return await c.query<Record<string, unknown>>(sql, params);
+    } finally {
+      await c.end();
+    }
+  }
+
+  async function denials(): Promise<string[]> {
+    return (await readAudit(auditFile)).filter((r) => r.event === 'staff.access' && r['decision'] === 'deny').map((r) => String(r['reason']));
+  }
+
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-consent-'));
+    auditFile = path.join(dir, 'audit.jsonl');
+    process.env[AUTH_PW_ENV] = AUTH_PW;
+    process.env[STAFF_PW_ENV] = STAFF_PW;
+    cluster = await startCluster({
+      auth: 'scram-sha-256',
+      users: [
+        { name: 'app', password: APP_PW },
+        { name: 'staff_rw', password: STAFF_PW },
+        { name: 'pgwarden_auth', password: AUTH_PW },
+      ],
+    });
+    await cluster.query('CREATE TABLE items (id int PRIMARY KEY, name text)');
+    await cluster.query("INSERT INTO items VALUES (1, 'one'), (2, 'two')");
+    await cluster.query('GRANT SELECT, INSERT, UPDATE, DELETE ON items TO staff_rw, app');
+    // The tenant's admin role (app) owns the schema; auth_query's function needs a superuser (pg_shadow).
+    await cluster.query('GRANT CREATE ON DATABASE postgres TO app');
+    await cluster.query('CREATE SCHEMA pgwarden AUTHORIZATION app');
+    for (const sql of AUTH_QUERY_FUNCTION_SQL.filter((s) => !s.startsWith('CREATE SCHEMA'))) await cluster.query(sql);
+    const admin = new pg.Client({ host: cluster.host, port: cluster.port, user: 'app', password: APP_PW, database: 'postgres' });
+    await admin.connect();
+    for (const sql of tenantSqlStatements('pgwarden_auth')) await admin.query(sql);
+    await admin.end();
+
+    const pair = await generateKeyPair('ES256', { extractable: true });
+    key = pair.privateKey;
+    const jwk = { ...(await exportJWK(pair.publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
+    await writeFile(path.join(dir, 'jwks.json'), JSON.stringify({ keys: [jwk] }));
+    const app = { name: 'app', verifier: await readVerifier(cluster, 'app') };
+    const onRequest = {
+      staff_access: 'on_request',
+      staff_backend_user: 'staff_rw',
+      staff_backend_password_env: STAFF_PW_ENV,
+      auth_user: 'pgwarden_auth',
+      auth_password_env: AUTH_PW_ENV,
+    };
+    spec = {
+      auditFile,
+      staff: { jwks: path.join(dir, 'jwks.json'), issuer: ISSUER, audience: AUDIENCE, algorithms: ['ES256'], require_mfa: true, reserved_connections: 4 },
+      tenants: [
+        { id: 'acme', cluster, users: [app], extra: onRequest },
+        { id: 'downco', cluster, users: [app], backendUrl: 'postgresql://127.0.0.1:1/postgres', extra: { ...onRequest, auth_query_timeout: '500ms' } },
+      ],
+    };
+    rp = await startProxy(spec);
+  });
+
+  after(async () => {
+    await rp?.close();
+    await cluster?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('refuses a valid staff token while the customer has granted nothing (28P01, reason in the audit only)', async () => {
+    const err = await connectError(await staff('INC-1', 'read'));
+    assert.equal(err.code, '28P01');
+    assert.match(err.message, /password authentication failed for user "staff"/);
+    await waitFor(async () => (await denials()).includes('consent:none'), 5_000, 'audit of consent:none');
+  });
+
+  it('lets staff in once the customer grants, with the lesser of the grant and the token', async () => {
+    const r = await asCustomer("SELECT pgwarden.grant_support('INC-2', interval '2 hours', 'read') AS until");
+    assert.ok(r.rows[0]!['until'] instanceof Date);
+    const c = new pg.Client(await staff('INC-2', 'write'));
+    await c.connect();
+    assert.equal((await c.query<{ n: string }>('SELECT count(*) AS n FROM items')).rows[0]!.n, '2');
+    // The token asked for write, the grant said read: read it is.
+    await assert.rejects(c.query("INSERT INTO items VALUES (9, 'nine')"), { code: '25006' });
+    await c.end();
+    const allow = (await readAudit(auditFile)).filter((r) => r.event === 'staff.access' && r['decision'] === 'allow').at(-1)!;
+    assert.equal((allow['target'] as { access_level: string }).access_level, 'read');
+    assert.deepEqual((allow['consent'] as { ticket: string; access: string }).ticket, 'INC-2');
+    assert.equal((allow['consent'] as { access: string }).access, 'read');
+
+    // A write grant and a write token: write.
+    await asCustomer("SELECT pgwarden.grant_support('INC-3', interval '1 hour', 'write')");
+    const w = new pg.Client(await staff('INC-3', 'write'));
+    await w.connect();
+    await w.query("UPDATE items SET name = 'uno' WHERE id = 1");
+    await w.end();
+  });
+
+  it('ends the session within seconds when the customer withdraws the grant (57P01)', async () => {
+    await asCustomer("SELECT pgwarden.grant_support('INC-4', interval '1 hour', 'read')");
+    const c = new pg.Client(await staff('INC-4', 'read'));
+    await c.connect();
+    await c.query('SELECT 1');
+    const ended = sessionEnd(c, 8_000);
+    const t0 = Date.now();
+    const revoked = await asCustomer("SELECT pgwarden.revoke_support('INC-4') AS revoked");
+    assert.equal(revoked.rows[0]!['revoked'], true);
+    const err = await ended;
+    assert.ok(err !== null, 'the session was not ended');
+    assert.equal(err.code, '57P01');
+    assert.match(err.message, /terminating connection because staff access was withdrawn/);
+    assert.ok(Date.now() - t0 < 5_000, `ended after ${Date.now() - t0} ms`);
+    await c.end().catch(() => undefined);
+    // And a new login on that ticket is refused.
+    assert.equal((await connectError(await staff('INC-4', 'read'))).code, '28P01');
+    await waitFor(async () => (await denials()).includes('consent:revoked'), 5_000, 'audit of consent:revoked');
+  });
+
+  it('refuses on an expired grant, and ends a session when its grant expires', async () => {
+    await asCustomer("SELECT pgwarden.grant_support('INC-5', interval '1 second', 'read')");
+    await sleep(1_300);
+    assert.equal((await connectError(await staff('INC-5', 'read'))).code, '28P01');
+    await waitFor(async () => (await denials()).includes('consent:expired'), 5_000, 'audit of consent:expired');
+
+    await asCustomer("SELECT pgwarden.grant_support('INC-6', interval '3 seconds', 'read')");
+    const c = new pg.Client(await staff('INC-6', 'read'));
+    await c.connect();
+    const err = await sessionEnd(c, 8_000);
+    assert.equal(err?.code, '57P01');
+    assert.match(err.message, /staff access was withdrawn/);
+    await c.end().catch(() => undefined);
+  });
+
+  it('a grant extended during the session keeps it; one narrowed to read ends a write session', async () => {
+    await asCustomer("SELECT pgwarden.grant_support('INC-7', interval '3 seconds', 'write')");
+    const c = new pg.Client(await staff('INC-7', 'write'));
+    await c.connect();
+    await asCustomer("SELECT pgwarden.grant_support('INC-7', interval '1 hour', 'write')");
+    assert.equal(await sessionEnd(c, 4_500), null, 'the extended grant keeps the session');
+    await c.query('SELECT 1');
+    const ended = sessionEnd(c, 5_000);
+    await asCustomer("SELECT pgwarden.grant_support('INC-7', interval '1 hour', 'read')");
+    assert.equal((await ended)?.code, '57P01');
+    await c.end().catch(() => undefined);
+  });
+
+  it("refuses staff when the tenant's server cannot be asked (fail closed), and the customer's sessions carry on", async () => {
+    assert.equal((await connectError(await staff('INC-8', 'read', 'downco'))).code, '28P01');
+    await waitFor(async () => (await denials()).includes('consent:unavailable'), 5_000, 'audit of consent:unavailable');
+
+    // acme's lookup role cannot log in: the grant cannot be checked, the customer notices nothing.
+    await asCustomer("SELECT pgwarden.grant_support('INC-9', interval '1 hour', 'read')");
+    const c = await customer();
+    await cluster.query('ALTER ROLE pgwarden_auth NOLOGIN');
+    await cluster.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'pgwarden_auth'");
+    try {
+      assert.equal((await connectError(await staff('INC-9', 'read'))).code, '28P01');
+      assert.equal((await c.query<{ n: string }>('SELECT count(*) AS n FROM items')).rows[0]!.n, '2');
+      const c2 = await customer();
+      await c2.query('SELECT 1');
+      await c2.end();
+    } finally {
+      await cluster.query('ALTER ROLE pgwarden_auth LOGIN');
+      await c.end();
+    }
+    const staffOk = new pg.Client(await staff('INC-9', 'read'));
+    await staffOk.connect();
+    await staffOk.end();
+  });
+});
