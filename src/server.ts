@@ -16,6 +16,7 @@ import type { ClusterBus } from './cluster/bus.js';
 import { openSharedState, type SharedState } from './cluster/shared-state.js';
 import { AuditLog, type AuditSink } from './audit/log.js';
 import { openAuditStores } from './audit/pg-sink.js';
+import { TransparencySink } from './audit/transparency.js';
 import { RejectionAggregator } from './audit/rejections.js';
 import { Metrics } from './observability/metrics.js';
 import { createLogger, type Logger } from './observability/logger.js';
@@ -63,6 +64,11 @@ export interface ProxyOptions {
    * through node:cluster's primary.
    */
   reusePort?: { port: number } | undefined;
+  /**
+   * A worker: how long each tenant's records for its customer's staff_access_log have waited (the
+   * primary's transparency sink, reported over IPC). Without it, this process's own sink says.
+   */
+  transparencyLagMs?: (tenantId: string) => number;
 }
 
 export class Proxy {
@@ -99,6 +105,8 @@ export class Proxy {
   readonly pools: PoolManager;
   readonly authLookups: AuthLookups;
   readonly supportGrants: SupportGrants;
+  /** How long a tenant's records for its customer's staff_access_log have waited (ms). */
+  private transparencyLagMs: (tenantId: string) => number = () => 0;
   /** Re-checks the grants behind this process's on_request staff sessions (each worker its own). */
   private readonly consentWatch: ConsentWatch;
 
@@ -136,9 +144,13 @@ export class Proxy {
     const tlsMaterial = loadTls(config);
     const metrics = new Metrics();
     const instanceId = opts.instanceId ?? INSTANCE_ID;
+    // The customer's copy of staff records is fed by the audit log that chains them: here, or in the primary.
+    const transparency = opts.audit === undefined ? new TransparencySink(config.audit.transparencySpoolDir, metrics, log) : null;
     const audit =
-      opts.audit ?? (await AuditLog.open(config.audit, instanceId, VERSION, metrics, log, { sinks: await openAuditStores(config.audit, metrics, log) }));
+      opts.audit ??
+      (await AuditLog.open(config.audit, instanceId, VERSION, metrics, log, { sinks: [...(await openAuditStores(config.audit, metrics, log)), transparency!] }));
     const proxy = new Proxy(config, tlsMaterial, metrics, audit, log);
+    proxy.transparencyLagMs = opts.transparencyLagMs ?? ((id) => transparency?.lagMs(id) ?? 0);
     proxy.instanceId = instanceId;
     proxy.adminEnabled = opts.admin ?? true;
     proxy.workers = opts.workers ?? 1;
@@ -173,6 +185,7 @@ export class Proxy {
     }
     config = proxy.served(config);
     proxy.ctx = proxy.makeContext(config, tlsMaterial);
+    transparency?.attach({ tenant: (id) => proxy.ctx.config.tenants.get(id), target: (t) => proxy.ctx.upstreamTarget(t) });
     proxy.sessions.startSweeper(() => proxy.ctx.config.tenants);
     proxy.consentWatch.start();
     await proxy.listen(config);
@@ -269,6 +282,7 @@ export class Proxy {
         ca: cas.get(tenant.id),
       }),
       isStaffRevoked: (jti, sub) => this.revocations.has(jti, sub),
+      transparencyLagMs: (tenantId) => this.transparencyLagMs(tenantId),
       onClosed: (s) => this.sessions.remove(s),
     };
   }

@@ -59,6 +59,7 @@ $$`,
   ticket      text,
   access      text,
   event       text NOT NULL,
+  kind        text,
   query       text,
   result      text,
   record_hash text NOT NULL

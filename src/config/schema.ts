@@ -176,6 +176,11 @@ export interface AuditConfig {
   /** Each bind parameter value kept in a record (as pgaudit.log_parameter_max_size). */
   readonly paramMaxBytes: number;
   readonly postgres: AuditPostgresConfig | undefined;
+  /**
+   * Where records for tenants' pgwarden.staff_access_log wait while a tenant's server is
+   * unreachable, one folder per tenant (absolute path; default: audit.file + ".transparency").
+   */
+  readonly transparencySpoolDir: string | undefined;
 }
 
 export interface AuditPostgresConfig {

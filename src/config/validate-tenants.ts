@@ -53,6 +53,9 @@ export function readTenantEntry(r: Reader, id: string, raw: unknown, resolvePath
 /** The rules between a tenant and other sections: fail-closed audit needs somewhere durable to write before a statement runs. */
 export function checkTenantNeeds(r: Reader, t: TenantConfig, audit: AuditConfig): void {
   if (audit.file === undefined && t.auditFailClosed) r.problems.push(`tenants.${t.id}.audit_fail_closed: needs audit.file`);
+  if (t.accessTransparency && audit.transparencySpoolDir === undefined) {
+    r.problems.push(`tenants.${t.id}.${t.staffAccess === 'on_request' ? 'staff_access' : 'access_transparency'}: needs audit.transparency_spool_dir (or audit.file)`);
+  }
 }
 
 function readTenant(r: Reader, id: string, tt: Tree, path: string, resolvePath: (p: string) => string, defaults: TenantDefaults): TenantConfig {

@@ -198,15 +198,31 @@ export class Metrics {
   );
   readonly transparencyRecords = this.counter(
     'pgwarden_transparency_records_total',
-    "Records for tenants' pgwarden.staff_access_log (delivered; spooled: waited on disk; dropped: the bound was reached)",
+    "Records for tenants' pgwarden.staff_access_log (delivered; spooled: waited on disk; dropped: the bound was reached; rejected: refused as data by the tenant's server; spool_failed)",
     ['tenant', 'outcome'] as const,
   );
-  readonly transparencyLag = this.gauge(
-    'pgwarden_transparency_lag_seconds',
-    "Age of the oldest record not yet in the tenant's pgwarden.staff_access_log (0: none waiting)",
-    ['tenant'] as const,
-  );
-  readonly transparencyBacklog = this.gauge('pgwarden_transparency_backlog_records', "Records waiting for the tenant's pgwarden.staff_access_log", ['tenant'] as const);
+  /** Set by the transparency sink (audit/transparency.ts): what waits per tenant, read at scrape time. */
+  transparencyView: (() => { tenant: string; records: number; lagSeconds: number }[]) | null = null;
+  readonly transparencyLag = new client.Gauge({
+    name: 'pgwarden_transparency_lag_seconds',
+    help: "Age of the oldest record not yet in the tenant's pgwarden.staff_access_log (0: none waiting)",
+    labelNames: ['tenant'] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.transparencyLag.reset();
+      for (const v of this.transparencyView?.() ?? []) this.transparencyLag.set({ tenant: v.tenant }, v.lagSeconds);
+    },
+  });
+  readonly transparencyBacklog = new client.Gauge({
+    name: 'pgwarden_transparency_backlog_records',
+    help: "Records waiting for the tenant's pgwarden.staff_access_log (memory and spool)",
+    labelNames: ['tenant'] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.transparencyBacklog.reset();
+      for (const v of this.transparencyView?.() ?? []) this.transparencyBacklog.set({ tenant: v.tenant }, v.records);
+    },
+  });
   readonly authQueryLookups = this.counter(
     'pgwarden_auth_query_lookups_total',
     "auth_query lookups on a tenant's server, by outcome (found, refused: no such role or one that may not log in, error, throttled)",

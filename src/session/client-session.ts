@@ -479,6 +479,13 @@ export class ClientSession implements TrafficSource, RelayHost, CancelTarget {
         this.terminate(Errors.staffAccessWithdrawn(), 'staff_withdrawn');
         return;
       }
+      // The customer must be able to see what this session does: not for longer than transparency_max_lag.
+      const tenant = this.subject.tenant!;
+      if (tenant.accessTransparency && this.ctx.transparencyLagMs(tenant.id) > tenant.transparencyMaxLagMs) {
+        this.ctx.log.warn({ session: this.id, tenant: tenant.id }, "staff session ended: its records cannot reach the customer's staff_access_log");
+        this.terminate(Errors.transparencyLagging(), 'transparency_lag');
+        return;
+      }
       if (this.ctx.isStaffRevoked(staff.jti, staff.sub)) {
         this.terminate(Errors.adminShutdown('staff_revoked'), 'staff_revoked');
         return;

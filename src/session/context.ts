@@ -54,6 +54,8 @@ export interface SessionContext {
   upstreamTarget(tenant: TenantConfig): UpstreamTarget;
   /** An operator revoked this staff token (by its jti) or every token of this person (by sub). */
   isStaffRevoked(jti: string, sub: string): boolean;
+  /** How long the tenant's oldest record for its customer's staff_access_log has waited (ms; 0: none waiting). */
+  transparencyLagMs(tenantId: string): number;
   /** The session ended: it leaves the registry. */
   onClosed(session: LiveSession): void;
 }

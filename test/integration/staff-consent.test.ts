@@ -37,6 +37,8 @@ async function readAudit(file: string): Promise<Rec[]> {
 
 /** Resolves with the error a client gets when the server ends its session (FATAL), or null after `ms`. */
 function sessionEnd(c: pg.Client, ms: number): Promise<(Error & { code?: string }) | null> {
+  // pg may follow the FATAL with "Connection terminated unexpectedly": nobody needs that one.
+  if (c.listenerCount('error') === 0) c.on('error', () => undefined);
   return new Promise((resolve) => {
     const t = setTimeout(() => resolve(null), ms);
     c.once('error', (err: Error & { code?: string }) => {
@@ -125,7 +127,7 @@ describe('staff access on request (issue 17)', () => {
       auditFile,
       staff: { jwks: path.join(dir, 'jwks.json'), issuer: ISSUER, audience: AUDIENCE, algorithms: ['ES256'], require_mfa: true, reserved_connections: 4 },
       tenants: [
-        { id: 'acme', cluster, users: [app], extra: onRequest },
+        { id: 'acme', cluster, users: [app], extra: { ...onRequest, transparency_max_lag: '3s' } },
         { id: 'downco', cluster, users: [app], backendUrl: 'postgresql://127.0.0.1:1/postgres', extra: { ...onRequest, auth_query_timeout: '500ms' } },
       ],
     };
@@ -237,5 +239,85 @@ describe('staff access on request (issue 17)', () => {
     const staffOk = new pg.Client(await staff('INC-9', 'read'));
     await staffOk.connect();
     await staffOk.end();
+  });
+
+  /** The operator's records the customer must see: verified staff decisions and staff sessions' records, of acme. */
+  async function operatorStaffRecords(): Promise<Rec[]> {
+    return (await readAudit(auditFile)).filter(
+      (r) =>
+        r.tenant === 'acme' &&
+        ((r.event === 'staff.access' && (r['staff'] as { unverified?: boolean }).unverified !== true) ||
+          (['session.start', 'session.query', 'session.query_result', 'session.end'].includes(r.event) && (r['principal'] as { kind: string }).kind === 'staff')),
+    );
+  }
+
+  type Row = { record_id: string; seq: string; sub: string; ticket: string; access: string; event: string; kind: string | null; query: string | null; result: string | null; record_hash: string };
+  const customerLog = async (): Promise<Row[]> => (await asCustomer('SELECT * FROM pgwarden.staff_access_log ORDER BY seq')).rows as Row[];
+
+  it("shows the customer, in its own table, every staff access decision and statement with its ticket", async () => {
+    await asCustomer("SELECT pgwarden.grant_support('INC-20', interval '1 hour', 'write')");
+    const c = new pg.Client(await staff('INC-20', 'write'));
+    await c.connect();
+    await c.query("UPDATE items SET name = 'two!' WHERE id = 2");
+    await c.query('SELECT name FROM items WHERE id = $1', [2]);
+    await c.end();
+    await waitFor(async () => (await customerLog()).some((r) => r.ticket === 'INC-20' && r.event === 'session_end'), 10_000, "INC-20's session end in the customer's table");
+    const rows = (await customerLog()).filter((r) => r.ticket === 'INC-20');
+    assert.equal(rows[0]!.event, 'access');
+    assert.equal(rows[0]!.result, 'allow');
+    assert.equal(rows[0]!.access, 'write');
+    assert.equal(rows[0]!.sub, 'alice@ops.example');
+    const statements = rows.filter((r) => r.event === 'statement');
+    assert.ok(statements.some((r) => r.query === "UPDATE items SET name = 'two!' WHERE id = 2" && r.kind === 'simple'));
+    assert.ok(statements.some((r) => r.query === 'SELECT name FROM items WHERE id = $1' && r.kind === 'parse'));
+    assert.ok(rows.some((r) => r.event === 'result' && r.result === 'UPDATE 1'));
+    // Refusals of verified tokens are there too (the customer sees who asked without a grant).
+    assert.ok((await customerLog()).some((r) => r.ticket === 'INC-1' && r.event === 'access' && r.result === 'deny: consent:none'));
+  });
+
+  it("the operator's audit and the customer's table agree record for record (same records, order and hashes)", async () => {
+    await waitFor(async () => (await customerLog()).length === (await operatorStaffRecords()).length, 10_000, 'the customer table catching up');
+    const ops = await operatorStaffRecords();
+    const rows = await customerLog();
+    assert.deepEqual(
+      rows.map((r) => [r.record_id, Number(r.seq), r.record_hash]),
+      ops.map((r) => [r.id, r.seq, r.chain.hash]),
+    );
+    const opStatements = ops.filter((r) => r.event === 'session.query');
+    const custStatements = rows.filter((r) => r.event === 'statement');
+    assert.equal(custStatements.length, opStatements.length);
+    assert.deepEqual(
+      custStatements.map((r) => r.query),
+      opStatements.map((r) => (r['query'] as string | undefined) ?? null),
+    );
+    assert.ok(custStatements.length >= 10, `only ${custStatements.length} statements`);
+  });
+
+  it("ends a staff session whose records cannot reach the customer's table within transparency_max_lag, refuses new ones, and delivers the backlog when the server takes it again", async () => {
+    await asCustomer("SELECT pgwarden.grant_support('INC-30', interval '1 hour', 'read')");
+    const c = new pg.Client(await staff('INC-30', 'read'));
+    await c.connect();
+    await cluster.query('REVOKE EXECUTE ON FUNCTION pgwarden.record_staff_access(jsonb) FROM pgwarden_auth');
+    try {
+      const ended = sessionEnd(c, 10_000);
+      await c.query('SELECT 30 AS while_undeliverable');
+      const err = await ended;
+      assert.equal(err?.code, '57P01');
+      assert.match(err.message, /access log is unavailable/);
+      // The customer's own sessions carry on meanwhile.
+      assert.equal((await asCustomer('SELECT count(*)::int AS n FROM items')).rows[0]!['n'], 2);
+      assert.equal((await connectError(await staff('INC-30', 'read'))).code, '28P01');
+      await waitFor(async () => (await denials()).includes('transparency_lagging'), 5_000, 'audit of transparency_lagging');
+    } finally {
+      await cluster.query('GRANT EXECUTE ON FUNCTION pgwarden.record_staff_access(jsonb) TO pgwarden_auth');
+      await c.end().catch(() => undefined);
+    }
+    await waitFor(async () => (await customerLog()).some((r) => r.query === 'SELECT 30 AS while_undeliverable'), 15_000, 'the backlog delivered');
+    await waitFor(async () => (await customerLog()).length === (await operatorStaffRecords()).length, 10_000, 'the customer table catching up');
+    const ops = await operatorStaffRecords();
+    assert.deepEqual(
+      (await customerLog()).map((r) => r.record_id),
+      ops.map((r) => r.id),
+    );
   });
 });

@@ -11,6 +11,8 @@ import { CONSENT_RECHECK_GRACE_MS, ConsentWatch, type ConsentSubject } from '../
 import { Metrics } from '../../src/observability/metrics.js';
 import { pino } from 'pino';
 import type { TenantConfig } from '../../src/config/schema.js';
+import { accessLogRow } from '../../src/audit/transparency.js';
+import type { AuditRecord } from '../../src/audit/record.js';
 
 const row = (ticket: string, access: string, ms: number, revoked = false, expired = false): (string | null)[] => [ticket, access, String(ms), String(revoked), String(expired)];
 
@@ -148,5 +150,33 @@ describe('ConsentWatch', () => {
     } finally {
       Date.now = realNow;
     }
+  });
+});
+
+describe('accessLogRow: what the customer sees of a record', () => {
+  const base = { schema: 'pgwarden.audit/v1', id: 'id-1', time: '2026-01-01T00:00:00.000000Z', mono_ns: 1, instance: {}, seq: 7, chain: { prev: null, hash: 'h' }, tenant: 'acme', session: { id: 's', ei: 0 } };
+  const staff = { kind: 'staff', staff: { sub: 'alice', reason_or_ticket: 'INC-1', access: 'read' } };
+  const rec = (fields: Record<string, unknown>): AuditRecord => ({ ...base, ...fields }) as unknown as AuditRecord;
+
+  it('maps decisions, statements, results and ends of staff sessions', () => {
+    const access = accessLogRow(rec({ event: 'staff.access', staff: { sub: 'alice', reason_or_ticket: 'INC-1' }, target: { access_level: 'read' }, decision: 'deny', reason: 'consent:none' }));
+    assert.deepEqual(
+      { event: access?.event, result: access?.result, ticket: access?.ticket, access: access?.access, record_hash: access?.record_hash, seq: access?.seq },
+      { event: 'access', result: 'deny: consent:none', ticket: 'INC-1', access: 'read', record_hash: 'h', seq: 7 },
+    );
+    const q = accessLogRow(rec({ event: 'session.query', principal: staff, kind: 'simple', query: 'SELECT 1' }));
+    assert.equal(q?.event, 'statement');
+    assert.equal(q?.query, 'SELECT 1');
+    assert.equal(q?.sub, 'alice');
+    assert.equal(accessLogRow(rec({ event: 'session.query_result', principal: staff, kind: 'simple', command_tag: 'SELECT 1', sqlstate: null }))?.result, 'SELECT 1');
+    assert.equal(accessLogRow(rec({ event: 'session.query_result', principal: staff, kind: 'simple', command_tag: null, sqlstate: '25006' }))?.result, 'error 25006');
+    assert.equal(accessLogRow(rec({ event: 'session.end', principal: staff, reason: 'client_terminate' }))?.result, 'client_terminate');
+  });
+
+  it("leaves out the tenant's own users, unverified tokens and other events", () => {
+    assert.equal(accessLogRow(rec({ event: 'session.query', principal: { kind: 'tenant_user' }, query: 'SELECT secret' })), null);
+    assert.equal(accessLogRow(rec({ event: 'staff.access', staff: { unverified: true, sub: 'mallory' }, decision: 'deny' })), null);
+    assert.equal(accessLogRow(rec({ event: 'session.auth_failure' })), null);
+    assert.equal(accessLogRow(rec({ event: 'audit.checkpoint' })), null);
   });
 });

@@ -30,6 +30,9 @@ pool_mode = "transaction"
 [limits]
 idle_timeout = "5m"
 max_client_connections = 33
+
+[audit]
+transparency_spool_dir = "/var/spool/pgwarden-transparency"
 `;
 
 function fileResult(id: string, tenantToml: string): { tenant?: TenantConfig; problems: readonly string[] } {
