@@ -12,7 +12,7 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey } from 'jose';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
-import { clientConfig, connect, connectError, startProxy, type ProxySpec, type RunningProxy } from '../support/proxy.js';
+import { clientConfig, connect, connectError, spawnProxy, startProxy, testCerts, workerPids, type ChildProxy, type ProxySpec, type RunningProxy } from '../support/proxy.js';
 import { sleep, waitFor } from '../support/wait.js';
 import { AUTH_QUERY_FUNCTION_SQL } from '../support/auth-query-function.js';
 import { tenantSqlStatements } from '../../src/auth/tenant-sql.js';
@@ -319,5 +319,104 @@ describe('staff access on request (issue 17)', () => {
       (await customerLog()).map((r) => r.record_id),
       ops.map((r) => r.id),
     );
+  });
+});
+
+describe('staff access on request with server.workers = 2', () => {
+  let cluster: Cluster;
+  let child: ChildProxy;
+  let dir: string;
+  let key: CryptoKey;
+  let base: { port: number; certs: Awaited<ReturnType<typeof testCerts>> };
+
+  const token = async (ticket: string): Promise<string> => {
+    const now = Math.floor(Date.now() / 1000);
+    return new SignJWT({ tenant: 'acme', access: 'read', ticket, amr: ['pwd', 'mfa'], jti: randomUUID() })
+      .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+      .setSubject('bob@ops.example')
+      .setIssuer(ISSUER)
+      .setAudience(AUDIENCE)
+      .setIssuedAt(now)
+      .setExpirationTime(now + 300)
+      .sign(key);
+  };
+  const staff = async (ticket: string): Promise<pg.ClientConfig> => clientConfig(base, { tenant: 'acme', user: 'staff', password: await token(ticket) });
+  const asCustomer = async (sql: string): Promise<pg.QueryResult<Record<string, unknown>>> => {
+    const c = await connect(base, { tenant: 'acme', user: 'app', password: APP_PW });
+    try {
+      return await c.query<Record<string, unknown>>(sql);
+    } finally {
+      await c.end();
+    }
+  };
+
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-consent-w-'));
+    process.env[AUTH_PW_ENV] = AUTH_PW;
+    process.env[STAFF_PW_ENV] = STAFF_PW;
+    cluster = await startCluster({
+      auth: 'scram-sha-256',
+      users: [
+        { name: 'app', password: APP_PW },
+        { name: 'staff_rw', password: STAFF_PW },
+        { name: 'pgwarden_auth', password: AUTH_PW },
+      ],
+    });
+    await cluster.query('GRANT CREATE ON DATABASE postgres TO app');
+    await cluster.query('CREATE SCHEMA pgwarden AUTHORIZATION app');
+    for (const sql of AUTH_QUERY_FUNCTION_SQL.filter((q) => !q.startsWith('CREATE SCHEMA'))) await cluster.query(sql);
+    const admin = new pg.Client({ host: cluster.host, port: cluster.port, user: 'app', password: APP_PW, database: 'postgres' });
+    await admin.connect();
+    for (const sql of tenantSqlStatements('pgwarden_auth')) await admin.query(sql);
+    await admin.end();
+    const pair = await generateKeyPair('ES256', { extractable: true });
+    key = pair.privateKey;
+    await writeFile(path.join(dir, 'jwks.json'), JSON.stringify({ keys: [{ ...(await exportJWK(pair.publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' }] }));
+    child = await spawnProxy({
+      server: { workers: 2 },
+      auditFile: path.join(dir, 'audit.jsonl'),
+      staff: { jwks: path.join(dir, 'jwks.json'), issuer: ISSUER, audience: AUDIENCE, algorithms: ['ES256'], require_mfa: true, reserved_connections: 6 },
+      tenants: [
+        {
+          id: 'acme',
+          cluster,
+          users: [{ name: 'app', verifier: await readVerifier(cluster, 'app') }],
+          extra: { staff_access: 'on_request', staff_backend_user: 'staff_rw', staff_backend_password_env: STAFF_PW_ENV, auth_user: 'pgwarden_auth', auth_password_env: AUTH_PW_ENV },
+        },
+      ],
+    });
+    base = { port: child.port, certs: await testCerts() };
+  });
+
+  after(async () => {
+    await child?.stop();
+    await cluster?.stop();
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('refuses without a grant, lets in after it, copies what staff did through the primary, and every worker ends its sessions at the revoke', async () => {
+    assert.equal(workerPids(child.child.pid!).length, 2);
+    assert.equal((await connectError(await staff('W-1'))).code, '28P01');
+    await asCustomer("SELECT pgwarden.grant_support('W-1', interval '1 hour', 'read')");
+    // Several sessions: the primary's round robin (or the kernel) spreads them over both workers.
+    const sessions: pg.Client[] = [];
+    for (let i = 0; i < 4; i++) {
+      const c = new pg.Client(await staff('W-1'));
+      c.on('error', () => undefined);
+      sessions.push(c);
+      await c.connect();
+      await c.query(`SELECT ${i} AS from_worker_session`);
+    }
+    await waitFor(
+      async () => (await asCustomer("SELECT count(*)::int AS n FROM pgwarden.staff_access_log WHERE query LIKE 'SELECT % AS from_worker_session'")).rows[0]!['n'] === 4,
+      10_000,
+      "the workers' statements in the customer's table",
+    );
+    const starts = (await readAudit(path.join(dir, 'audit.jsonl'))).filter((r) => r.event === 'session.start' && (r['principal'] as { kind: string }).kind === 'staff');
+    assert.equal(new Set(starts.map((r) => r['worker'])).size, 2, 'staff sessions on both workers');
+    const ended = sessions.map((c) => sessionEnd(c, 8_000));
+    await asCustomer("SELECT pgwarden.revoke_support('W-1')");
+    for (const e of await Promise.all(ended)) assert.equal(e?.code, '57P01');
+    for (const c of sessions) await c.end().catch(() => undefined);
   });
 });
