@@ -123,6 +123,9 @@ class TenantStream {
   private pump: SpooledPump | null = null;
   private readonly writer: LookupPool;
   private closed = false;
+  /** The spool could not be opened: since when (ms). Records are lost, so the tenant counts as lagging from then (fail closed). */
+  private brokenSinceMs: number | null = null;
+  private closing: Promise<void> | null = null;
 
   constructor(
     readonly key: string,
@@ -131,13 +134,17 @@ class TenantStream {
     spoolDir: string,
     private readonly metrics: Metrics,
     log: Logger,
+    /** The stream this one replaces, closing: its spool files are this one's to send first. */
+    previous: Promise<void>,
   ) {
     this.writer = new LookupPool({ ...tenant.authQuery!, poolSize: 1 }, target, 'writer');
     const id = tenant.id;
-    const opened = Spool.open(
-      spoolDir,
-      { spooled: (n) => metrics.transparencyRecords.inc({ tenant: id, outcome: 'spooled' }, n), failed: () => metrics.transparencyRecords.inc({ tenant: id, outcome: 'spool_failed' }) },
-      log,
+    const opened = previous.then(() =>
+      Spool.open(
+        spoolDir,
+        { spooled: (n) => metrics.transparencyRecords.inc({ tenant: id, outcome: 'spooled' }, n), failed: () => metrics.transparencyRecords.inc({ tenant: id, outcome: 'spool_failed' }) },
+        log,
+      ),
     );
     opened.then(
       (spool) => {
@@ -167,13 +174,14 @@ class TenantStream {
       },
       (err: unknown) => {
         this.early = null;
+        this.brokenSinceMs = Date.now();
         log.error({ tenant: id, err }, "cannot open the transparency spool; this tenant's staff records reach only the audit log");
       },
     );
   }
 
   push(entry: StoredRecord): void {
-    if (this.waiting() >= MAX_BACKLOG_RECORDS) {
+    if (this.brokenSinceMs !== null || this.waiting() >= MAX_BACKLOG_RECORDS) {
       this.metrics.transparencyRecords.inc({ tenant: this.tenant.id, outcome: 'dropped' });
       return;
     }
@@ -187,6 +195,7 @@ class TenantStream {
 
   /** When the oldest record not yet in the customer's table was written (ms), or null. */
   oldestMs(): number | null {
+    if (this.brokenSinceMs !== null) return this.brokenSinceMs;
     const first = this.early?.[0];
     if (first !== undefined) return Date.parse(first.record.time);
     return this.pump?.backlog().oldestMs ?? null;
@@ -202,10 +211,13 @@ class TenantStream {
     await this.writer.query(RECORD_SQL, [JSON.stringify(rows)], Date.now);
   }
 
-  async close(): Promise<void> {
-    this.closed = true;
-    await this.pump?.close();
-    this.writer.close();
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.closed = true;
+      await this.pump?.close();
+      this.writer.close();
+    })();
+    return this.closing;
   }
 }
 
@@ -262,12 +274,14 @@ export class TransparencySink implements RecordSink {
     const target = this.source!.target(tenant);
     const key = JSON.stringify([target.host, target.port, target.tls, target.ca?.toString('base64') ?? null, tenant.authQuery]);
     let s = this.streams.get(tenant.id);
+    let previous: Promise<void> = Promise.resolve();
     if (s !== undefined && s.key !== key) {
-      void s.close();
+      // What the old one holds goes to the spool first; the new one opens the spool after that, so the order holds.
+      previous = s.close().catch(() => undefined);
       s = undefined;
     }
     if (s === undefined) {
-      s = new TenantStream(key, tenant, target, path.join(this.spoolDir!, tenant.id), this.metrics, this.log);
+      s = new TenantStream(key, tenant, target, path.join(this.spoolDir!, tenant.id), this.metrics, this.log, previous);
       this.streams.set(tenant.id, s);
     }
     return s;
