@@ -291,6 +291,19 @@ describe('staff access on request (issue 17)', () => {
       opStatements.map((r) => (r['query'] as string | undefined) ?? null),
     );
     assert.ok(custStatements.length >= 10, `only ${custStatements.length} statements`);
+    // No token, password or verifier reaches the customer's table.
+    const text = JSON.stringify(rows);
+    for (const secret of ['eyJ', AUTH_PW, STAFF_PW, APP_PW, 'SCRAM-SHA-256$']) assert.ok(!text.includes(secret), `the customer's table holds ${secret}`);
+    const metrics = await (await fetch(`http://127.0.0.1:${rp.metricsPort}/metrics`)).text();
+    for (const line of [
+      'pgwarden_staff_consent_checks_total{tenant="acme",outcome="granted"}',
+      'pgwarden_staff_consent_checks_total{tenant="acme",outcome="none"}',
+      'pgwarden_staff_consent_checks_total{tenant="acme",outcome="withdrawn"}',
+      'pgwarden_transparency_records_total{tenant="acme",outcome="delivered"}',
+    ]) {
+      assert.match(metrics, new RegExp(`^${line.replace(/[{}]/g, '\\$&')} [1-9]`, 'm'), line);
+    }
+    assert.match(metrics, /^pgwarden_transparency_lag_seconds\{tenant="acme"\} 0$/m);
   });
 
   it("ends a staff session whose records cannot reach the customer's table within transparency_max_lag, refuses new ones, and delivers the backlog when the server takes it again", async () => {
