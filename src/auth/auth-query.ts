@@ -35,6 +35,11 @@ export interface AuthLookupHooks {
 
 /** Startup options of every lookup connection: constants, never the client's. */
 const LOOKUP_OPTIONS = '-c search_path=pg_catalog -c DateStyle=ISO -c TimeZone=UTC -c default_transaction_read_only=on';
+/**
+ * The same for the one connection that writes the customer's staff_access_log (session/transparency):
+ * identical but for read-only transactions, which its one call (a SECURITY DEFINER function) needs off.
+ */
+const WRITER_OPTIONS = '-c search_path=pg_catalog -c DateStyle=ISO -c TimeZone=UTC -c default_transaction_read_only=off';
 /** A lookup connection unused this long is closed. */
 const IDLE_CLOSE_MS = 30_000;
 /** A reply bigger than this (a hostile server's huge rows) ends the connection: the lookup fails. */
@@ -52,9 +57,20 @@ interface Entry {
 /** Connecting or querying the tenant's server failed (down, wrong auth_user, timeout, hostile reply size). */
 export class LookupFailed extends Error {}
 
+/** A reply as text: the column count and the rows, every value a string or null (no driver type parsing). */
+export interface RawReply {
+  readonly columns: number;
+  readonly rows: readonly (readonly (string | null)[])[];
+}
+
 /** Runs lookups against one tenant's server (a pool of pg connections; tests give a fake). */
 export interface LookupRunner {
   run(user: string, now: () => number): Promise<LookupResult>;
+  /**
+   * Any other statement of pgwarden's own (schema-qualified, parameters bound) over the same
+   * connections, with the same bounds (support grants, session/consent).
+   */
+  query(text: string, values: readonly unknown[], now: () => number): Promise<RawReply>;
   close(): void;
 }
 
@@ -118,6 +134,15 @@ export class AuthLookups {
     const ttl = result.ok ? t.settings.cacheTtlMs : t.settings.negativeCacheTtlMs;
     if (ttl > 0) t.cache.set(user, { result, fetchedAtMs: this.now() }, { ttl });
     return result;
+  }
+
+  /**
+   * Runs one of pgwarden's own statements on the tenant's lookup connections (the pool auth_query
+   * uses, without its token bucket: callers are past a verified staff token or a timer). Throws
+   * LookupFailed (or LookupThrottled) when the server cannot be asked.
+   */
+  query(tenant: TenantConfig, target: LookupTarget, text: string, values: readonly unknown[]): Promise<RawReply> {
+    return this.stateFor(tenant, target).pool.query(text, values, this.now);
   }
 
   /**
@@ -221,8 +246,14 @@ class TenantLookups {
 /** Text for every column: pgwarden judges the values itself (no driver type parsing). */
 const AS_TEXT = { getTypeParser: () => (v: string) => v } as unknown as pg.CustomTypesConfig;
 
-/** At most `poolSize` lookup connections to one tenant's server; idle ones close after a while. */
-class LookupPool implements LookupRunner {
+/** Which connections a pool opens: read-only lookups (auth_query, grants) or the transparency writer. */
+export type LookupMode = 'lookup' | 'writer';
+
+/**
+ * At most `poolSize` lookup connections to one tenant's server; idle ones close after a while.
+ * Exported for the transparency writer, which opens its own (mode 'writer', pool size 1).
+ */
+export class LookupPool implements LookupRunner {
   private readonly idle: { client: pg.Client; timer: NodeJS.Timeout }[] = [];
   private busy = 0;
   private readonly waiting: (() => void)[] = [];
@@ -231,9 +262,15 @@ class LookupPool implements LookupRunner {
   constructor(
     private readonly settings: AuthQuerySettings,
     private readonly target: LookupTarget,
+    private readonly mode: LookupMode = 'lookup',
   ) {}
 
   async run(user: string, now: () => number): Promise<LookupResult> {
+    const res = await this.query(this.settings.query, [user], now);
+    return judgeAuthReply(res.columns, res.rows, user, now());
+  }
+
+  async query(text: string, values: readonly unknown[], now: () => number): Promise<RawReply> {
     const deadline = now() + this.settings.timeoutMs;
     await this.slot(deadline, now);
     let client: pg.Client | undefined;
@@ -241,12 +278,12 @@ class LookupPool implements LookupRunner {
     try {
       client = this.takeIdle() ?? (await this.connect());
       const res = await withTimeout(
-        client.query({ text: this.settings.query, values: [user], rowMode: 'array', types: AS_TEXT }),
+        client.query<(string | null)[]>({ text, values: [...values], rowMode: 'array', types: AS_TEXT }),
         Math.max(1, deadline - now()),
         client,
       );
       healthy = true;
-      return judgeAuthReply(res.fields.length, res.rows, user, now());
+      return { columns: res.fields.length, rows: res.rows };
     } finally {
       if (client !== undefined) this.giveBack(client, healthy);
       this.busy--;
@@ -291,8 +328,8 @@ class LookupPool implements LookupRunner {
       user: this.settings.user,
       password: process.env[this.settings.passwordEnv] ?? '',
       database: this.settings.database,
-      options: LOOKUP_OPTIONS,
-      application_name: 'pgwarden auth_query',
+      options: this.mode === 'writer' ? WRITER_OPTIONS : LOOKUP_OPTIONS,
+      application_name: this.mode === 'writer' ? 'pgwarden transparency' : 'pgwarden auth_query',
       // verify-full: the CA's chain and the host name (pg sends SNI for a name; an address is checked against IP SANs).
       ssl: t.tls === 'disable' ? false : t.tls === 'require' ? { rejectUnauthorized: false } : { ...(t.ca === undefined ? {} : { ca: t.ca }), rejectUnauthorized: true },
       connectionTimeoutMillis: this.settings.timeoutMs,

@@ -107,7 +107,7 @@ export class StaffTokenVerifier {
       requested_access: access,
       break_glass: payload['break_glass'] === true,
     };
-    // The tenant's setting caps what any token may grant.
+    // The tenant's setting caps what any token may grant ('on_request': the customer's grant does, at login).
     return { ok: true, claims, access: cap === 'read' ? 'read' : access };
   }
 }

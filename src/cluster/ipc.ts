@@ -42,6 +42,8 @@ export type PrimaryMessage =
   /** The audit file stopped or started accepting writes (also sent after `init` while unhealthy). */
   | { readonly k: 'auditHealth'; readonly healthy: boolean }
   | { readonly k: 'revocation'; readonly rev: StaffRevocation }
+  /** Tenants whose records for the customer's staff_access_log wait, and since when (ms since the epoch); sent on change. */
+  | { readonly k: 'transparencyLag'; readonly oldest: readonly (readonly [string, number])[] }
   | { readonly k: 'reload' }
   | { readonly k: 'drain' }
   | { readonly k: 'close' };
@@ -191,6 +193,7 @@ export class IpcBus implements ClusterBus {
           case 'rpc':
           case 'rpcReply':
           case 'auditHealth':
+          case 'transparencyLag':
           case 'reload':
           case 'drain':
           case 'close':

@@ -21,6 +21,8 @@ import { loadConfigFile } from '../config/load.js';
 import { ConfigError, type Config } from '../config/schema.js';
 import { AuditLog } from '../audit/log.js';
 import { openAuditStores } from '../audit/pg-sink.js';
+import { TransparencySink } from '../audit/transparency.js';
+import { readFileSync } from 'node:fs';
 import { Metrics } from '../observability/metrics.js';
 import type { Logger } from '../observability/logger.js';
 import { OperatorListeners } from '../admin/listeners.js';
@@ -39,7 +41,21 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
   let config = first;
   const instanceId = randomUUID();
   const metrics = new Metrics();
-  const audit = await AuditLog.open(config.audit, instanceId, version, metrics, log, { sinks: await openAuditStores(config.audit, metrics, log) });
+  // The customer's copy of staff records (issue 17) is fed here, where the chain is; the workers hear each tenant's lag.
+  const transparency = new TransparencySink(config.audit.transparencySpoolDir, metrics, log);
+  const audit = await AuditLog.open(config.audit, instanceId, version, metrics, log, { sinks: [...(await openAuditStores(config.audit, metrics, log)), transparency] });
+  const cas = new Map<string, Buffer>();
+  transparency.attach({
+    tenant: (id) => config.tenants.get(id),
+    target: (t) => {
+      let ca: Buffer | undefined;
+      if (t.backendCaPath !== undefined) {
+        ca = cas.get(t.backendCaPath);
+        if (ca === undefined) cas.set(t.backendCaPath, (ca = readFileSync(t.backendCaPath)));
+      }
+      return { host: t.backendHost, port: t.backendPort, tls: t.backendTls, ca };
+    },
+  });
   // With Redis the workers share limits there; the primary still needs the bus for admin commands.
   const shared: SharedState | null = config.redis === undefined ? null : await openSharedState(config, instanceId, log, () => undefined);
   const limits = new LocalLimitStore();
@@ -67,6 +83,16 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
     for (const w of Object.values(cluster.workers ?? {})) if (w !== undefined && w !== except && w.isConnected()) w.send(m);
   };
   audit.onHealthChange((healthy) => broadcast({ k: 'auditHealth', healthy }));
+  // Each second, when it changed: which tenants' records wait, since when (each worker ends its own lagging staff sessions).
+  let lastLag = '[]';
+  const lagTimer = setInterval(() => {
+    const oldest = transparency.oldest();
+    const text = JSON.stringify(oldest);
+    if (text === lastLag) return;
+    lastLag = text;
+    broadcast({ k: 'transparencyLag', oldest });
+  }, 1_000);
+  lagTimer.unref();
 
   const onSuspension = (tenant: string, isSuspended: boolean): void => {
     if (isSuspended) suspended.add(tenant);
@@ -254,6 +280,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
           log.warn('server.workers or server.worker_accept changed: takes effect after a restart');
         }
         config = next;
+        cas.clear();
         catalogStore?.setContext(next);
         broadcast({ k: 'reload' });
         audit.append({ event: 'proxy.lifecycle', state: 'reloaded', tenants: [...next.tenants.keys()] });
@@ -293,6 +320,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
     (finishing ??= (async () => {
       await operator.close();
       await catalogStore?.close();
+      clearInterval(lagTimer);
       audit.append({ event: 'proxy.lifecycle', state: 'stopped' });
       await audit.close();
       if (shared !== null) {

@@ -76,8 +76,19 @@ export interface TenantConfig {
   readonly pool: PoolSettings;
   /** [limits] defaults with this tenant's overrides. */
   readonly limits: LimitSettings;
-  /** The most any staff token may grant on this tenant ('deny': staff cannot log in at all). */
+  /**
+   * The most any staff token may grant on this tenant ('deny': staff cannot log in at all;
+   * 'on_request': only while the tenant's own database holds an open grant for the token's ticket,
+   * and at most what that grant says: session/login/consent.ts).
+   */
   readonly staffAccess: StaffAccess;
+  /**
+   * Staff decisions and statements are also written to the tenant's own pgwarden.staff_access_log
+   * (always with 'on_request'; this turns it on for 'read' and 'write' too).
+   */
+  readonly accessTransparency: boolean;
+  /** A staff session whose records have waited this long for the tenant's server is ended. */
+  readonly transparencyMaxLagMs: number;
   /** Role staff sessions use on the tenant's server, and the env var with its password. */
   readonly staffBackendUser: string | undefined;
   readonly staffBackendPasswordEnv: string | undefined;
@@ -118,7 +129,7 @@ export interface AuthQuerySettings {
 
 export const DEFAULT_AUTH_QUERY = 'SELECT usename, passwd, valuntil FROM pgwarden.get_auth($1)';
 
-export type StaffAccess = 'deny' | 'read' | 'write';
+export type StaffAccess = 'deny' | 'read' | 'write' | 'on_request';
 export type AuditParameters = 'off' | 'redacted' | 'full';
 
 /** [staff]: staff log in with a short-lived JWT as the password (issue 5). */
@@ -165,6 +176,11 @@ export interface AuditConfig {
   /** Each bind parameter value kept in a record (as pgaudit.log_parameter_max_size). */
   readonly paramMaxBytes: number;
   readonly postgres: AuditPostgresConfig | undefined;
+  /**
+   * Where records for tenants' pgwarden.staff_access_log wait while a tenant's server is
+   * unreachable, one folder per tenant (absolute path; default: audit.file + ".transparency").
+   */
+  readonly transparencySpoolDir: string | undefined;
 }
 
 export interface AuditPostgresConfig {

@@ -48,7 +48,7 @@ export function defaultAuditConfig(file?: string): AuditConfig {
 export function readAudit(r: Reader, tree: Tree, resolvePath: (p: string) => string): AuditConfig {
   const a = r.section(tree, 'audit', 'audit', [
     'file', 'rotate_bytes', 'rotate_interval', 'fsync', 'checkpoint_key', 'checkpoint_every_records', 'checkpoint_interval', 'checkpoint_origin',
-    'query_max_bytes', 'param_max_bytes', 'postgres',
+    'query_max_bytes', 'param_max_bytes', 'postgres', 'transparency_spool_dir',
   ]);
   const file = r.str(a, 'file', 'audit');
   const key = r.str(a, 'checkpoint_key', 'audit');
@@ -70,6 +70,7 @@ export function readAudit(r: Reader, tree: Tree, resolvePath: (p: string) => str
       flushIntervalMs: r.duration(pgTree, 'flush_interval', 'audit.postgres', 200, 10, 60_000),
     };
   }
+  const transparency = r.str(a, 'transparency_spool_dir', 'audit');
   const origin = r.str(a, 'checkpoint_origin', 'audit', 'pgwarden') ?? 'pgwarden';
   if (!/^[\x21-\x7e]+$/.test(origin)) r.problems.push('audit.checkpoint_origin: must be printable ASCII without spaces');
   return {
@@ -84,5 +85,6 @@ export function readAudit(r: Reader, tree: Tree, resolvePath: (p: string) => str
     queryMaxBytes: r.bytes(a, 'query_max_bytes', 'audit', 16 * 1024, 64, 1024 ** 2),
     paramMaxBytes: r.bytes(a, 'param_max_bytes', 'audit', 1024, 0, 1024 ** 2),
     postgres,
+    transparencySpoolDir: transparency !== undefined ? resolvePath(transparency) : file !== undefined ? `${resolvePath(file)}.transparency` : undefined,
   };
 }

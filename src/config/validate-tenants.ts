@@ -10,7 +10,10 @@ import { LIMIT_KEYS, POOL_KEYS, readLimits, readPool } from './validate-settings
 
 export type { TenantDefaults };
 
-const TENANT_AUDIT_KEYS = ['staff_access', 'staff_backend_user', 'staff_backend_password_env', 'audit_statements', 'audit_parameters', 'audit_fail_closed'] as const;
+const TENANT_AUDIT_KEYS = [
+  'staff_access', 'staff_backend_user', 'staff_backend_password_env', 'audit_statements', 'audit_parameters', 'audit_fail_closed', 'access_transparency',
+  'transparency_max_lag',
+] as const;
 const AUTH_QUERY_KEYS = [
   'auth_user', 'auth_password_env', 'auth_query', 'auth_database', 'auth_cache_ttl', 'auth_negative_cache_ttl', 'auth_cache_size',
   'auth_pool_size', 'auth_query_timeout', 'auth_lookups_per_second',
@@ -50,6 +53,9 @@ export function readTenantEntry(r: Reader, id: string, raw: unknown, resolvePath
 /** The rules between a tenant and other sections: fail-closed audit needs somewhere durable to write before a statement runs. */
 export function checkTenantNeeds(r: Reader, t: TenantConfig, audit: AuditConfig): void {
   if (audit.file === undefined && t.auditFailClosed) r.problems.push(`tenants.${t.id}.audit_fail_closed: needs audit.file`);
+  if (t.accessTransparency && audit.transparencySpoolDir === undefined) {
+    r.problems.push(`tenants.${t.id}.${t.staffAccess === 'on_request' ? 'staff_access' : 'access_transparency'}: needs audit.transparency_spool_dir (or audit.file)`);
+  }
 }
 
 function readTenant(r: Reader, id: string, tt: Tree, path: string, resolvePath: (p: string) => string, defaults: TenantDefaults): TenantConfig {
@@ -77,8 +83,32 @@ function readTenant(r: Reader, id: string, tt: Tree, path: string, resolvePath: 
     users,
     pool: readPool(r, tt, path, defaults.pool),
     limits: readLimits(r, tt, path, defaults.limits),
-    ...readTenantAudit(r, tt, path),
-    authQuery: readAuthQuery(r, tt, path),
+    ...withTransparency(r, path, readTenantAudit(r, tt, path), readAuthQuery(r, tt, path), tt),
+  };
+}
+
+/**
+ * Staff access on request asks the tenant's own server (its grants; the customer's copy of the
+ * staff records), through the lookup role: so 'on_request' and access_transparency need auth_user.
+ */
+function withTransparency<A extends { staffAccess: StaffAccess }>(
+  r: Reader,
+  path: string,
+  audit: A,
+  authQuery: AuthQuerySettings | undefined,
+  tt: Tree,
+): A & Pick<TenantConfig, 'authQuery' | 'accessTransparency' | 'transparencyMaxLagMs'> {
+  const onRequest = audit.staffAccess === 'on_request';
+  const accessTransparency = r.bool(tt, 'access_transparency', path, onRequest);
+  if (onRequest && !accessTransparency) r.problems.push(`${path}.access_transparency: cannot be false with staff_access = "on_request" (the customer sees what staff did)`);
+  if ((onRequest || accessTransparency) && authQuery === undefined) {
+    r.problems.push(`${path}.${onRequest ? 'staff_access' : 'access_transparency'}: ${onRequest ? '"on_request"' : 'true'} needs auth_user and auth_password_env (the lookup role asks the tenant's server)`);
+  }
+  return {
+    ...audit,
+    authQuery,
+    accessTransparency,
+    transparencyMaxLagMs: r.duration(tt, 'transparency_max_lag', path, 30_000, 1_000, 3_600_000),
   };
 }
 
@@ -190,7 +220,7 @@ function readTenantAudit(
   tt: Tree,
   path: string,
 ): Pick<TenantConfig, 'staffAccess' | 'staffBackendUser' | 'staffBackendPasswordEnv' | 'auditStatements' | 'auditParameters' | 'auditFailClosed'> {
-  const staffAccess = r.oneOf<StaffAccess>(tt, 'staff_access', path, ['deny', 'read', 'write'], 'deny');
+  const staffAccess = r.oneOf<StaffAccess>(tt, 'staff_access', path, ['deny', 'read', 'write', 'on_request'], 'deny');
   const staffBackendUser = r.str(tt, 'staff_backend_user', path);
   const staffBackendPasswordEnv = r.str(tt, 'staff_backend_password_env', path);
   if (staffAccess !== 'deny' && (staffBackendUser === undefined || staffBackendPasswordEnv === undefined)) {

@@ -219,6 +219,38 @@ export class Metrics {
   readonly catalogTenants = this.gauge('pgwarden_catalog_tenants', 'Tenants served from the catalog');
   readonly catalogChanges = this.counter('pgwarden_catalog_changes_total', 'Tenants added, changed or removed by catalog updates');
   readonly catalogInvalidRows = this.counter('pgwarden_catalog_invalid_rows_total', 'Catalog rows refused by validation (logged, never served)');
+  readonly staffConsentChecks = this.counter(
+    'pgwarden_staff_consent_checks_total',
+    "Staff logins under staff_access = \"on_request\" checked against the tenant's grants (granted; none, expired, revoked: refused; unavailable: the server could not be asked, refused) and sessions the re-check ended (withdrawn)",
+    ['tenant', 'outcome'] as const,
+  );
+  readonly transparencyRecords = this.counter(
+    'pgwarden_transparency_records_total',
+    "Records for tenants' pgwarden.staff_access_log (delivered; spooled: waited on disk; dropped: the bound was reached; rejected: refused as data by the tenant's server; spool_failed)",
+    ['tenant', 'outcome'] as const,
+  );
+  /** Set by the transparency sink (audit/transparency.ts): what waits per tenant, read at scrape time. */
+  transparencyView: (() => { tenant: string; records: number; lagSeconds: number }[]) | null = null;
+  readonly transparencyLag = new client.Gauge({
+    name: 'pgwarden_transparency_lag_seconds',
+    help: "Age of the oldest record not yet in the tenant's pgwarden.staff_access_log (0: none waiting)",
+    labelNames: ['tenant'] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.transparencyLag.reset();
+      for (const v of this.transparencyView?.() ?? []) this.transparencyLag.set({ tenant: v.tenant }, v.lagSeconds);
+    },
+  });
+  readonly transparencyBacklog = new client.Gauge({
+    name: 'pgwarden_transparency_backlog_records',
+    help: "Records waiting for the tenant's pgwarden.staff_access_log (memory and spool)",
+    labelNames: ['tenant'] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.transparencyBacklog.reset();
+      for (const v of this.transparencyView?.() ?? []) this.transparencyBacklog.set({ tenant: v.tenant }, v.records);
+    },
+  });
   readonly authQueryLookups = this.counter(
     'pgwarden_auth_query_lookups_total',
     "auth_query lookups on a tenant's server, by outcome (found, refused: no such role or one that may not log in, error, throttled)",

@@ -10,6 +10,7 @@ import type { TenantConfig } from '../config/schema.js';
 import { sanitizeName } from '../errors.js';
 import type { AuditEvent } from '../audit/record.js';
 import type { StaffClaims, StaffDecision } from '../auth/jwt.js';
+import type { SupportGrant } from '../auth/support-grants.js';
 import type { ResolvedStartup } from '../routing/resolve.js';
 import type { TlsFacts } from './login/handshake.js';
 import type { AuthStage, StaffIdentity } from './types.js';
@@ -87,7 +88,8 @@ export class SessionRecords {
     };
   }
 
-  staffAccess(sock: Socket, decision: StaffDecision, granted: 'read' | 'write' | null, reason: string | null): AuditEvent {
+  /** `grant`: staff_access = "on_request", the customer's grant found (null: none open); undefined otherwise. */
+  staffAccess(sock: Socket, decision: StaffDecision, granted: 'read' | 'write' | null, reason: string | null, grant?: SupportGrant | null): AuditEvent {
     const s = this.s;
     const st = s.startup!;
     const tenant = s.tenant;
@@ -105,6 +107,9 @@ export class SessionRecords {
         access_level: granted ?? (decision.ok ? decision.claims.requested_access : null),
         tenant_cap: tenant?.staffAccess ?? null,
       },
+      ...(grant === undefined
+        ? {}
+        : { consent: grant === null ? null : { ticket: grant.ticket, access: grant.access, expires_at: new Date(grant.expiresAtMs).toISOString() } }),
       decision: granted === null ? 'deny' : 'allow',
       ...(reason === null ? {} : { reason }),
       outcome: { success: granted !== null, ...(reason === null ? {} : { reason }) },

@@ -38,6 +38,7 @@ import { TransactionRelay } from './relay/transaction-relay.js';
 import { statementAuditFor } from './relay/audit-gate.js';
 import { TrafficFold } from './relay/traffic.js';
 import { describeSession } from './view.js';
+import { lesserAccess, type SupportGrant } from '../auth/support-grants.js';
 import { LoginFailures } from './login/failures.js';
 
 export type { CloseReason, Phase, SessionView, StaffIdentity } from './types.js';
@@ -83,6 +84,8 @@ export class ClientSession implements TrafficSource, RelayHost, CancelTarget {
   private relay: Relay | null = null;
   /** The staff reserve this session is counted under (read once, at connect); 0: the tenant's own slots. */
   private staffSlots = 0;
+  /** staff_access = "on_request": when the customer's grant expires (ms since the epoch); null for any other session. */
+  private grantExpMs: number | null = null;
   private loginBackendPid = 0;
   /** Limits that fired during the session (audit `session.end`). */
   private readonly limitEvents: string[] = [];
@@ -192,6 +195,7 @@ export class ClientSession implements TrafficSource, RelayHost, CancelTarget {
         this.subject.staffClaims = who.claims;
         this.subject.staffIdentity = who.identity;
         this.staffSlots = ctx.config.staff?.reservedConnections ?? 0;
+        this.grantExpMs = who.identity.grantExpMs;
       }
 
       let up: UpstreamSession;
@@ -471,12 +475,44 @@ export class ClientSession implements TrafficSource, RelayHost, CancelTarget {
         this.terminate(Errors.staffAccessExpired(), 'auth_expired');
         return;
       }
+      if (this.grantExpMs !== null && Date.now() >= this.grantExpMs) {
+        this.terminate(Errors.staffAccessWithdrawn(), 'staff_withdrawn');
+        return;
+      }
+      // The customer must be able to see what this session does: not for longer than transparency_max_lag.
+      const tenant = this.subject.tenant!;
+      if (tenant.accessTransparency && this.ctx.transparencyLagMs(tenant.id) > tenant.transparencyMaxLagMs) {
+        this.ctx.log.warn({ session: this.id, tenant: tenant.id }, "staff session ended: its records cannot reach the customer's staff_access_log");
+        this.terminate(Errors.transparencyLagging(), 'transparency_lag');
+        return;
+      }
       if (this.ctx.isStaffRevoked(staff.jti, staff.sub)) {
         this.terminate(Errors.adminShutdown('staff_revoked'), 'staff_revoked');
         return;
       }
     }
     this.relay!.checkTimers(now, current ?? this.subject.tenant!.limits);
+  }
+
+  /** The ticket whose grant let this staff session in (on_request), while it relays; else null (ConsentSubject). */
+  get consentTicket(): string | null {
+    return this.grantExpMs === null || this.currentPhase !== 'relaying' ? null : this.subject.staffIdentity!.ticket;
+  }
+
+  /**
+   * The re-check found the grant (it may have been extended), or none open, or could not ask for
+   * too long: the session ends unless an open grant still allows its access. True if it ended.
+   */
+  applyGrant(grant: SupportGrant | undefined | 'unverifiable'): boolean {
+    const staff = this.subject.staffIdentity;
+    if (this.consentTicket === null || staff === null) return false;
+    if (grant !== undefined && grant !== 'unverifiable' && lesserAccess(grant.access, staff.access) === staff.access) {
+      this.grantExpMs = grant.expiresAtMs;
+      return false;
+    }
+    this.ctx.log.info({ session: this.id, tenant: this.tenantId, why: grant === 'unverifiable' ? 'unverifiable' : grant === undefined ? 'withdrawn' : 'narrowed' }, 'staff session ended: the customer\'s grant is gone');
+    this.terminate(Errors.staffAccessWithdrawn(), 'staff_withdrawn');
+    return true;
   }
 
   /** A CancelRequest with this session's key: reaches its backend if that runs something (CancelTarget). */

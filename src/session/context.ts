@@ -18,6 +18,7 @@ import type { PoolManager } from '../pool/backend-pool.js';
 import type { LiveSession } from './registry.js';
 import type { StaffTokenVerifier } from '../auth/jwt.js';
 import type { AuthLookups } from '../auth/auth-query.js';
+import type { SupportGrants } from '../auth/support-grants.js';
 
 export interface SessionContext {
   readonly config: Config;
@@ -39,6 +40,8 @@ export interface SessionContext {
   readonly mockSecret: Buffer;
   /** auth_query lookups and their cache (kept across reloads, per tenant). */
   readonly authLookups: AuthLookups;
+  /** staff_access = "on_request": the customer's grants, asked over the same lookup connections. */
+  readonly supportGrants: SupportGrants;
   isDraining(): boolean;
   /** Suspended by an operator (cluster-wide): logins fail as for a disabled tenant. */
   isSuspended(tenantId: string): boolean;
@@ -51,6 +54,8 @@ export interface SessionContext {
   upstreamTarget(tenant: TenantConfig): UpstreamTarget;
   /** An operator revoked this staff token (by its jti) or every token of this person (by sub). */
   isStaffRevoked(jti: string, sub: string): boolean;
+  /** How long the tenant's oldest record for its customer's staff_access_log has waited (ms; 0: none waiting). */
+  transparencyLagMs(tenantId: string): number;
   /** The session ended: it leaves the registry. */
   onClosed(session: LiveSession): void;
 }

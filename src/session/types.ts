@@ -23,6 +23,8 @@ export type CloseReason =
   | 'tenant_suspended'
   | 'auth_expired'
   | 'staff_revoked'
+  | 'staff_withdrawn'
+  | 'transparency_lag'
   | 'audit_unavailable'
   | 'limit';
 
@@ -37,6 +39,8 @@ export interface StaffIdentity {
   readonly access: 'read' | 'write';
   /** exp, in ms since the epoch: the session ends then (S9). */
   readonly expMs: number;
+  /** staff_access = "on_request": when the customer's grant expires (ms since the epoch), as seen at login; else null. */
+  readonly grantExpMs: number | null;
 }
 
 /** One row of the admin API's session list. */

@@ -225,7 +225,7 @@ describe('admin API', () => {
     const asStaff = async (sub: string, jti: string): Promise<pg.Client> => {
       const c = await login('other');
       const s = [...rp.proxy.sessions].find((x) => x.describe().client.port === localPort(c))!;
-      const identity: StaffIdentity = { sub, jti, ticket: 'T-1', access: 'read', expMs: Date.now() + 600_000 };
+      const identity: StaffIdentity = { sub, jti, ticket: 'T-1', access: 'read', expMs: Date.now() + 600_000, grantExpMs: null };
       (s as unknown as { subject: { staffIdentity: StaffIdentity } }).subject.staffIdentity = identity;
       assert.deepEqual(s.staff, identity);
       return c;

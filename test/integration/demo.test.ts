@@ -105,11 +105,22 @@ describe('npm run demo', { skip: livePid === undefined ? false : `a demo is runn
     assert.match(r.stdout, /acme_app@acme:3/);
   });
 
-  it('prints a staff line that reads but cannot write, and audits it with the ticket', { skip: onPath('psql') ? false : 'psql is not installed' }, async () => {
+  it("prints a staff line refused until acme grants, working after, and acme's own view of what staff did", { skip: onPath('psql') ? false : 'psql is not installed' }, async () => {
     const line = /^ {2}(PGPASSWORD='eyJ[^']+' psql "host=acme\.pg\.test [^"]* user=staff dbname=acme [^"]*")$/m.exec(out)?.[1];
     assert.ok(line, `no staff command in:\n${out}`);
     assert.ok(!line.includes('channel_binding'), 'a token exchange has no SCRAM to bind');
-    const r = await sh(line, "SELECT 'who:' || current_user FROM products LIMIT 1;\nDELETE FROM products;\n");
+    const staffSql = "SELECT 'who:' || current_user FROM products LIMIT 1;\nDELETE FROM products;\n";
+    const refused = await sh(line, staffSql);
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /password authentication failed for user "staff"/);
+    const acmeLine = (fn: string): string => {
+      const l = new RegExp(`^ {2}(PGPASSWORD=.* psql "host=acme\\.pg\\.test [^"]* user=acme_app [^"]*" -c "SELECT[^"]*${fn}[^"]*")$`, 'm').exec(out)?.[1];
+      assert.ok(l, `no ${fn} line in:\n${out}`);
+      return l;
+    };
+    const grant = await sh(acmeLine('pgwarden.grant_support'), '');
+    assert.equal(grant.code, 0, grant.stderr);
+    const r = await sh(line, staffSql);
     assert.match(r.stdout, /who:acme_staff_ro/);
     assert.match(r.stderr, /cannot execute DELETE in a read-only transaction/);
     const grep = /^ {2}(grep '"reason_or_ticket":"DEMO-1"' .*)$/m.exec(out)?.[1];
@@ -120,9 +131,22 @@ describe('npm run demo', { skip: livePid === undefined ? false : `a demo is runn
     assert.match(g.stdout, /DELETE FROM products/);
     assert.match(g.stdout, /"sqlstate":"25006"/);
     const records = readFileSync(path.join(WORK, 'audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { event: string; decision?: string; staff?: { reason_or_ticket?: string; amr?: string[] } });
-    const allow = records.find((r) => r.event === 'staff.access' && r.decision === 'allow' && r.staff?.reason_or_ticket === 'DEMO-1');
+    const allow = records.find((rec) => rec.event === 'staff.access' && rec.decision === 'allow' && rec.staff?.reason_or_ticket === 'DEMO-1');
     assert.ok(allow, 'a staff.access allow record with the ticket');
     assert.deepEqual(allow.staff?.amr, ['pwd', 'mfa']);
+    // acme's own table: the access and the statements, with the ticket (written asynchronously).
+    const watch = acmeLine('pgwarden.staff_access_log');
+    let seen = '';
+    for (let i = 0; i < 50 && !/DELETE FROM products/.test(seen); i++) {
+      await new Promise((res) => setTimeout(res, 100));
+      seen = (await sh(watch, '')).stdout;
+    }
+    assert.match(seen, /DELETE FROM products/);
+    assert.match(seen, /DEMO-1/);
+    assert.match(seen, /demo-operator/);
+    const revoke = await sh(acmeLine('pgwarden.revoke_support'), '');
+    assert.equal(revoke.code, 0, revoke.stderr);
+    assert.notEqual((await sh(line, staffSql)).code, 0, 'refused again after the revoke');
   });
 
   it('SIGINT stops everything, exits 0 and removes .demo/', async () => {

@@ -13,7 +13,7 @@ import { pino } from 'pino';
 import { AuditLog } from '../../src/audit/log.js';
 import type { RecordSink } from '../../src/audit/record-sink.js';
 import type { AuditRecord } from '../../src/audit/record.js';
-import { Spool } from '../../src/audit/spool.js';
+import { Spool, auditStoreSpoolCounters } from '../../src/audit/spool.js';
 import type { StoredRecord } from '../../src/audit/store-table.js';
 import { defaultAuditConfig } from '../../src/config/validate-audit.js';
 import { Metrics } from '../../src/observability/metrics.js';
@@ -81,7 +81,7 @@ describe('audit sinks', () => {
 
   it('the spool gives records back oldest file first, a reserved name before later files, across a restart', async () => {
     const spoolDir = path.join(dir, 'spool');
-    const spool = await Spool.open(spoolDir, new Metrics(), log);
+    const spool = await Spool.open(spoolDir, auditStoreSpoolCounters(new Metrics()), log);
     const reserved = spool.reserve(); // as the sink does for the records it holds in memory
     spool.append([stored(2), stored(3)]);
     await spool.writeFile(reserved, [stored(0), stored(1)]);
@@ -95,7 +95,7 @@ describe('audit sinks', () => {
     assert.equal(names.length, 3);
     await appendFile(path.join(spoolDir, names[2]!), '{"id":"torn');
 
-    const again = await Spool.open(spoolDir, new Metrics(), log);
+    const again = await Spool.open(spoolDir, auditStoreSpoolCounters(new Metrics()), log);
     assert.equal(again.files, 3);
     const ids: string[] = [];
     for (let batch = await again.shift(); batch !== null; batch = await again.shift()) {

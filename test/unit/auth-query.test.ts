@@ -106,6 +106,7 @@ async function harness(s: Partial<AuthQuerySettings> = {}) {
       if (failWith !== null) throw failWith;
       return roles.get(user) ?? { ok: false, reason: 'unknown_user' };
     },
+    query: () => Promise.reject(new Error('not used here')),
     close: () => undefined,
   });
   const lookups = new AuthLookups(

@@ -65,6 +65,8 @@ const SAMPLES: SampleArgs = {
   auditUnavailable: [],
   auditUnavailableSession: [],
   staffAccessExpired: [],
+  staffAccessWithdrawn: [],
+  transparencyLagging: [],
   internal: [],
   upstreamConnect: ['backend_connect_failed', new Error('connect ECONNREFUSED 10.0.0.5:5432')],
   upstreamLost: [],

@@ -30,6 +30,9 @@ pool_mode = "transaction"
 [limits]
 idle_timeout = "5m"
 max_client_connections = 33
+
+[audit]
+transparency_spool_dir = "/var/spool/pgwarden-transparency"
 `;
 
 function fileResult(id: string, tenantToml: string): { tenant?: TenantConfig; problems: readonly string[] } {
@@ -94,6 +97,20 @@ const REFUSED: [string, string, string][] = [
     VALID.replace('databases', 'auth_user = "a"\nauth_password_env = "PGWARDEN_BODY_TEST_SURELY_UNSET"\ndatabases'),
     'tenants.acme.auth_password_env',
   ],
+  [
+    'staff access on request without the lookup role',
+    VALID.replace('databases', 'staff_access = "on_request"\nstaff_backend_user = "s"\nstaff_backend_password_env = "PGWARDEN_BODY_TEST_PW"\ndatabases'),
+    'tenants.acme.staff_access',
+  ],
+  ['access transparency without the lookup role', VALID.replace('databases', 'access_transparency = true\ndatabases'), 'tenants.acme.access_transparency'],
+  [
+    'on request with access transparency off',
+    VALID.replace(
+      'databases',
+      'staff_access = "on_request"\nstaff_backend_user = "s"\nstaff_backend_password_env = "PGWARDEN_BODY_TEST_PW"\nauth_user = "a"\nauth_password_env = "PGWARDEN_BODY_TEST_PW"\naccess_transparency = false\ndatabases',
+    ),
+    'tenants.acme.access_transparency',
+  ],
   ['auth_query: a query without $1', VALID.replace('databases', 'auth_user = "a"\nauth_password_env = "PGWARDEN_BODY_TEST_PW"\nauth_query = "SELECT 1"\ndatabases'), 'tenants.acme.auth_query'],
 ];
 
@@ -121,6 +138,21 @@ describe('validateTenantBody: the same verdicts as the file', () => {
     assert.deepEqual(body.problems, []);
     assert.deepEqual(comparable(body.tenant), comparable(file.tenant));
     assert.equal(body.tenant?.authQuery?.cacheTtlMs, 5_000);
+  });
+
+  it('accepts staff_access = "on_request" with the lookup role, access transparency on by default', () => {
+    const toml = VALID.replace(
+      'databases',
+      'staff_access = "on_request"\nstaff_backend_user = "s"\nstaff_backend_password_env = "PGWARDEN_BODY_TEST_PW"\nauth_user = "a"\nauth_password_env = "PGWARDEN_BODY_TEST_PW"\ntransparency_max_lag = "10s"\ndatabases',
+    );
+    const file = fileResult('acme', toml);
+    const body = bodyResult('acme', toml);
+    assert.deepEqual(file.problems, []);
+    assert.deepEqual(comparable(body.tenant), comparable(file.tenant));
+    assert.equal(file.tenant?.staffAccess, 'on_request');
+    assert.equal(file.tenant?.accessTransparency, true);
+    assert.equal(file.tenant?.transparencyMaxLagMs, 10_000);
+    assert.equal(fileResult('acme', VALID).tenant?.accessTransparency, false);
   });
 
   for (const [name, toml, key] of REFUSED) {

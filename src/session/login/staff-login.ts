@@ -15,6 +15,8 @@ import { checkAborted, type ClientConn } from '../client-conn.js';
 import type { LoginPlan } from './admission.js';
 import { AuthFailure, Unaudited, type Authenticated, type Authenticator, type LoginProgress } from './authenticator.js';
 import { readAuthMessage } from './auth-message.js';
+import { lesserAccess, type SupportGrant } from '../../auth/support-grants.js';
+import type { TenantConfig } from '../../config/schema.js';
 
 const passwordLength = (type: number): number => (type === Frontend.Password ? Limits.passwordBytes : -1);
 
@@ -45,19 +47,31 @@ export class StaffLogin implements Authenticator {
     const decision = await ctx.staffVerifier!.decide(token, startup.tenantId, plan.tenant?.staffAccess ?? 'deny');
     checkAborted(this.signal);
     let reason = plan.failReason ?? (decision.ok ? null : decision.reason);
+    const onRequest = plan.tenant?.staffAccess === 'on_request';
+    let grant: SupportGrant | null = null;
     if (reason === null && decision.ok) {
       const c = decision.claims;
+      const tenant = plan.tenant;
       if (ctx.isStaffRevoked(c.jti, c.sub)) reason = 'jwt_invalid:revoked';
-      else if (!staffCfg.allowTokenReuse) {
+      // The customer's copy of staff records is behind by more than it may be: no new staff session either.
+      else if (tenant?.accessTransparency === true && ctx.transparencyLagMs(tenant.id) > tenant.transparencyMaxLagMs) reason = 'transparency_lagging';
+      else if (onRequest) {
+        // Before the token's single use is spent: a login refused for want of a grant may be retried once the customer grants.
+        const consent = await this.askConsent(plan.tenant, c.reason_or_ticket);
+        checkAborted(this.signal);
+        if (typeof consent === 'string') reason = consent;
+        else grant = consent;
+      }
+      if (reason === null && !staffCfg.allowTokenReuse) {
         const ttlMs = c.exp * 1000 - Date.now() + staffCfg.clockToleranceMs;
         const first = await ctx.limits.claimOnce(LimitKeys.staffToken(jtiKey(c.iss, c.jti)), Math.max(1000, ttlMs));
         checkAborted(this.signal);
         if (!first) reason = 'jwt_invalid:replay';
       }
     }
-    const granted = decision.ok && reason === null ? decision.access : null;
+    const granted = decision.ok && reason === null ? (grant === null ? decision.access : lesserAccess(decision.access, grant.access)) : null;
     try {
-      await ctx.audit.appendDurable(this.records.staffAccess(conn.sock, decision, granted, reason));
+      await ctx.audit.appendDurable(this.records.staffAccess(conn.sock, decision, granted, reason, onRequest ? grant : undefined));
     } catch (err) {
       checkAborted(this.signal);
       ctx.log.error({ session: this.sessionId, err }, 'staff access decision could not be audited');
@@ -67,6 +81,31 @@ export class StaffLogin implements Authenticator {
     checkAborted(this.signal);
     if (granted === null || !decision.ok) throw new AuthFailure(Errors.authFailed(startup.user, reason ?? 'jwt_invalid:scope'), 'password');
     const c = decision.claims;
-    return { kind: 'staff', claims: c, identity: { sub: c.sub, jti: c.jti, ticket: c.reason_or_ticket, access: granted, expMs: c.exp * 1000 } };
+    return {
+      kind: 'staff',
+      claims: c,
+      identity: { sub: c.sub, jti: c.jti, ticket: c.reason_or_ticket, access: granted, expMs: c.exp * 1000, grantExpMs: grant?.expiresAtMs ?? null },
+    };
+  }
+
+  /**
+   * staff_access = "on_request": the customer's open grant for the ticket, or the refusal's audit
+   * reason. A server that cannot be asked refuses the login (fail closed).
+   */
+  private async askConsent(tenant: TenantConfig, ticket: string): Promise<SupportGrant | string> {
+    const ctx = this.ctx;
+    let outcome: string;
+    let result: SupportGrant | string;
+    try {
+      const check = await ctx.supportGrants.check(tenant, ctx.upstreamTarget(tenant), ticket);
+      outcome = check.ok ? 'granted' : check.why;
+      result = check.ok ? check.grant : `consent:${check.why}`;
+    } catch (err) {
+      ctx.log.warn({ session: this.sessionId, tenant: tenant.id, err: (err as Error).message }, 'support grant check failed: staff login refused');
+      outcome = 'unavailable';
+      result = 'consent:unavailable';
+    }
+    ctx.metrics.staffConsentChecks.inc({ tenant: tenant.id, outcome });
+    return result;
   }
 }
