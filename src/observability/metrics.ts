@@ -235,6 +235,7 @@ export class Metrics {
     name: 'pgwarden_transparency_lag_seconds',
     help: "Age of the oldest record not yet in the tenant's pgwarden.staff_access_log (0: none waiting)",
     labelNames: ['tenant'] as const,
+    aggregator: 'max',
     registers: [this.registry],
     collect: () => {
       this.transparencyLag.reset();
