@@ -32,6 +32,7 @@ import { openSharedState, type SharedState } from './shared-state.js';
 import { onShutdownSignals } from '../signals.js';
 import { isMessage, type PrimaryMessage, type WorkerMessage } from './ipc.js';
 import { CatalogStore } from '../catalog/store.js';
+import { CatalogSource } from '../catalog/source.js';
 import { resolveWorkerAccept } from '../config/worker-accept.js';
 
 /** A worker that dies sooner than this after its start counts as a crash loop: wait before the next. */
@@ -45,8 +46,12 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
   const transparency = new TransparencySink(config.audit.transparencySpoolDir, metrics, log);
   const audit = await AuditLog.open(config.audit, instanceId, version, metrics, log, { sinks: [...(await openAuditStores(config.audit, metrics, log)), transparency] });
   const cas = new Map<string, Buffer>();
+  // The customer's copy needs each tenant's settings: with [catalog] the primary follows the catalog
+  // too (as each worker does), else catalog tenants' staff records would reach no customer table.
+  const catalog =
+    config.catalog === undefined ? null : await CatalogSource.start({ config: config.catalog, context: config, log, metrics, audit, onChange: () => undefined });
   transparency.attach({
-    tenant: (id) => config.tenants.get(id),
+    tenant: (id) => (catalog === null ? config.tenants : catalog.tenants).get(id),
     target: (t) => {
       let ca: Buffer | undefined;
       if (t.backendCaPath !== undefined) {
@@ -282,6 +287,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
         config = next;
         cas.clear();
         catalogStore?.setContext(next);
+        catalog?.setContext(next);
         broadcast({ k: 'reload' });
         audit.append({ event: 'proxy.lifecycle', state: 'reloaded', tenants: [...next.tenants.keys()] });
         log.info({ tenants: next.tenants.size }, 'configuration reloaded: workers told');
@@ -320,6 +326,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
     (finishing ??= (async () => {
       await operator.close();
       await catalogStore?.close();
+      await catalog?.close();
       clearInterval(lagTimer);
       audit.append({ event: 'proxy.lifecycle', state: 'stopped' });
       await audit.close();

@@ -216,7 +216,8 @@ export class Metrics {
       this.catalogStale.set(this.catalogStaleSeconds?.() ?? 0);
     },
   });
-  readonly catalogTenants = this.gauge('pgwarden_catalog_tenants', 'Tenants served from the catalog');
+  /** Every process follows the catalog (workers and, for the customer's access log, the primary): 'max', not their sum. */
+  readonly catalogTenants = this.gauge('pgwarden_catalog_tenants', 'Tenants served from the catalog', [], 'max');
   readonly catalogChanges = this.counter('pgwarden_catalog_changes_total', 'Tenants added, changed or removed by catalog updates');
   readonly catalogInvalidRows = this.counter('pgwarden_catalog_invalid_rows_total', 'Catalog rows refused by validation (logged, never served)');
   readonly staffConsentChecks = this.counter(

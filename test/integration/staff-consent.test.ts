@@ -16,6 +16,9 @@ import { clientConfig, connect, connectError, spawnProxy, startProxy, testCerts,
 import { sleep, waitFor } from '../support/wait.js';
 import { AUTH_QUERY_FUNCTION_SQL } from '../support/auth-query-function.js';
 import { tenantSqlStatements } from '../../src/auth/tenant-sql.js';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { configToml } from '../support/proxy.js';
 
 const ISSUER = 'https://sso.pgwarden.test';
 const AUDIENCE = 'pgwarden';
@@ -24,6 +27,10 @@ const STAFF_PW_ENV = 'PGWARDEN_TEST_CONSENT_STAFF_PW';
 const AUTH_PW = 'consent-auth-secret';
 const STAFF_PW = 'consent-staff-secret';
 const APP_PW = 'app-pass';
+const CATALOG_PW_ENV = 'PGWARDEN_TEST_CONSENT_CATALOG_PW';
+const CATALOG_PW = 'consent-catalog-secret';
+const ADMIN_TOKEN = 'consent-admin-token-5b2c9e71aa';
+const CLI = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../src/cli.js');
 
 type Rec = Record<string, unknown> & { event: string; seq: number; id: string; tenant?: string; chain: { hash: string }; session?: { id: string; ei: number } };
 
@@ -335,7 +342,9 @@ describe('staff access on request (issue 17)', () => {
   });
 });
 
-describe('staff access on request with server.workers = 2', () => {
+// The tenant from the configuration file, and from the tenant catalog (which the primary, holding
+// the audit log and so the customer's copy, must follow too).
+for (const source of ['file', 'catalog'] as const) describe(`staff access on request with server.workers = 2, tenant from the ${source}`, () => {
   let cluster: Cluster;
   let child: ChildProxy;
   let dir: string;
@@ -385,20 +394,41 @@ describe('staff access on request with server.workers = 2', () => {
     const pair = await generateKeyPair('ES256', { extractable: true });
     key = pair.privateKey;
     await writeFile(path.join(dir, 'jwks.json'), JSON.stringify({ keys: [{ ...(await exportJWK(pair.publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' }] }));
-    child = await spawnProxy({
+    const consent = { staff_access: 'on_request', staff_backend_user: 'staff_rw', staff_backend_password_env: STAFF_PW_ENV, auth_user: 'pgwarden_auth', auth_password_env: AUTH_PW_ENV };
+    const common = {
       server: { workers: 2 },
       auditFile: path.join(dir, 'audit.jsonl'),
       staff: { jwks: path.join(dir, 'jwks.json'), issuer: ISSUER, audience: AUDIENCE, algorithms: ['ES256'], require_mfa: true, reserved_connections: 6 },
-      tenants: [
-        {
-          id: 'acme',
-          cluster,
-          users: [{ name: 'app', verifier: await readVerifier(cluster, 'app') }],
-          extra: { staff_access: 'on_request', staff_backend_user: 'staff_rw', staff_backend_password_env: STAFF_PW_ENV, auth_user: 'pgwarden_auth', auth_password_env: AUTH_PW_ENV },
-        },
-      ],
-    });
+    };
+    const verifier = await readVerifier(cluster, 'app');
+    if (source === 'file') {
+      child = await spawnProxy({ ...common, tenants: [{ id: 'acme', cluster, users: [{ name: 'app', verifier }], extra: consent }] });
+    } else {
+      // The catalog in a database of the same server, initialised as an operator would, the tenant put through the admin API.
+      await cluster.query(`CREATE ROLE pgwarden_catalog LOGIN PASSWORD '${CATALOG_PW}'`);
+      await cluster.query('CREATE DATABASE catalog OWNER pgwarden_catalog');
+      process.env[CATALOG_PW_ENV] = CATALOG_PW;
+      const spec: ProxySpec = {
+        ...common,
+        tenants: [],
+        admin: { token_sha256: createHash('sha256').update(ADMIN_TOKEN).digest('hex') },
+        catalog: { url: `postgresql://pgwarden_catalog@127.0.0.1:${cluster.port}/catalog`, password_env: CATALOG_PW_ENV, snapshot_file: path.join(dir, 'catalog.snapshot.json') },
+      };
+      const initConfig = path.join(dir, 'init.toml');
+      await writeFile(initConfig, configToml(spec, await testCerts()));
+      execFileSync(process.execPath, [CLI, 'catalog', 'init', '--config', initConfig], { env: { ...process.env } });
+      child = await spawnProxy(spec, { [CATALOG_PW_ENV]: CATALOG_PW, [AUTH_PW_ENV]: AUTH_PW, [STAFF_PW_ENV]: STAFF_PW });
+      const body = { backend: cluster.url('postgres'), backend_tls: 'disable', allow_cidrs: ['127.0.0.0/8', '::1/128'], users: { app: { scram: verifier } }, ...consent };
+      const put = await fetch(`http://127.0.0.1:${child.adminPort!}/tenants/acme`, {
+        method: 'PUT',
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      assert.equal(put.status, 201, await put.text());
+    }
     base = { port: child.port, certs: await testCerts() };
+    // The tenant is served (a catalog tenant reaches the workers within a moment).
+    await waitFor(async () => (await connect(base, { tenant: 'acme', user: 'app', password: APP_PW }).then((c) => c.end().then(() => true), () => false)), 10_000, 'acme served');
   });
 
   after(async () => {
