@@ -4,7 +4,6 @@
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { startCluster, readVerifier, type Cluster } from '../support/cluster.js';
 import { connectError, startProxy, connect, clientConfig, testCerts, type RunningProxy } from '../support/proxy.js';
 import { makeScramVerifier } from '../../src/auth/scram.js';
@@ -12,15 +11,7 @@ import { makeDevCerts } from '../../src/tools/dev-certs.js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
-
+import { freePort } from '../support/ports.js';
 
 describe('upstream login', () => {
   let tlsPg: Cluster;

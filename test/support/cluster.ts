@@ -9,11 +9,11 @@ import { execFile, execFileSync } from 'node:child_process';
 import { chmod, chown, copyFile, mkdir, mkdtemp, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
+import { freePort } from './ports.js';
 
 export interface ClusterOptions {
   /** Authentication for TCP connections on loopback (unix socket connections are always trusted). */
@@ -202,22 +202,6 @@ function signal(pid: number, sig: NodeJS.Signals): void {
   } catch {
     // already gone
   }
-}
-
-/** A port that was free a moment ago: the kernel picks it, we release it for PostgreSQL. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.unref();
-    server.once('error', reject);
-    server.listen(0, HOST, () => {
-      const address = server.address();
-      server.close(() => {
-        if (address !== null && typeof address === 'object') resolve(address.port);
-        else reject(new Error('could not read the port of a probe listener'));
-      });
-    });
-  });
 }
 
 /** Clusters still running; the exit hook stops them so a crashed run leaves no postgres behind. */

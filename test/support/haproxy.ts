@@ -9,21 +9,13 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { sleep } from './wait.js';
+import { freePort } from './ports.js';
 
 export interface RunningHaproxy {
   /** Where clients connect (127.0.0.1). */
   readonly port: number;
   logs(): string;
   stop(): Promise<void>;
-}
-
-/** A free loopback port (listen on 0, close): HAProxy needs a number in its config. */
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const { port } = srv.address() as net.AddressInfo;
-  await new Promise((r) => srv.close(r));
-  return port;
 }
 
 function accepts(port: number): Promise<boolean> {

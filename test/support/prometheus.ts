@@ -5,10 +5,10 @@
  */
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { sleep } from './wait.js';
+import { freePort } from './ports.js';
 
 export interface RunningPrometheus {
   readonly url: string;
@@ -18,14 +18,6 @@ export interface RunningPrometheus {
   query(expr: string): Promise<{ metric: Record<string, string>; value: [number, string] }[]>;
   logs(): string;
   stop(): Promise<void>;
-}
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const { port } = srv.address() as net.AddressInfo;
-  await new Promise((r) => srv.close(r));
-  return port;
 }
 
 export async function startPrometheus(opts: { target: string; job: string; ruleFiles: readonly string[] }): Promise<RunningPrometheus> {

@@ -8,6 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { freePort } from './ports.js';
 
 export interface RedisServer {
   readonly host: string;
@@ -32,19 +33,6 @@ const START_TIMEOUT_MS = 10_000;
 const STOP_TIMEOUT_MS = 10_000;
 const PORT_ATTEMPTS = 3;
 const OUTPUT_TAIL_CHARS = 2_000;
-
-/** A port that was free a moment ago: listen on 0, read it, close. The server may still lose a race. */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, HOST, resolve);
-  });
-  const address = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (address === null || typeof address === 'string') throw new Error('no TCP address from listen(0)');
-  return address.port;
-}
 
 /** Sends an inline PING and resolves true on `+PONG` (false on any error or after `timeoutMs`). */
 function ping(port: number, timeoutMs = 500): Promise<boolean> {
