@@ -42,6 +42,40 @@ async function readAudit(file: string): Promise<Rec[]> {
     .map((l) => JSON.parse(l) as Rec);
 }
 
+/**
+ * The customer's server: its admin role `app` (owning schema pgwarden with what `pgwarden
+ * tenant-sql` prints), the staff role and the lookup role, SCRAM everywhere; auth_query's function
+ * needs a superuser (pg_shadow), so the test installs that one.
+ */
+async function startCustomerServer(): Promise<Cluster> {
+  process.env[AUTH_PW_ENV] = AUTH_PW;
+  process.env[STAFF_PW_ENV] = STAFF_PW;
+  const cluster = await startCluster({
+    auth: 'scram-sha-256',
+    users: [
+      { name: 'app', password: APP_PW },
+      { name: 'staff_rw', password: STAFF_PW },
+      { name: 'pgwarden_auth', password: AUTH_PW },
+    ],
+  });
+  await cluster.query('GRANT CREATE ON DATABASE postgres TO app');
+  await cluster.query('CREATE SCHEMA pgwarden AUTHORIZATION app');
+  for (const sql of AUTH_QUERY_FUNCTION_SQL.filter((q) => !q.startsWith('CREATE SCHEMA'))) await cluster.query(sql);
+  const admin = new pg.Client({ host: cluster.host, port: cluster.port, user: 'app', password: APP_PW, database: 'postgres' });
+  await admin.connect();
+  for (const sql of tenantSqlStatements('pgwarden_auth')) await admin.query(sql);
+  await admin.end();
+  return cluster;
+}
+
+/** The staff IdP's signing key; its JWKS written to dir/jwks.json for [staff] jwks. */
+async function writeJwks(dir: string): Promise<CryptoKey> {
+  const pair = await generateKeyPair('ES256', { extractable: true });
+  const jwk = { ...(await exportJWK(pair.publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
+  await writeFile(path.join(dir, 'jwks.json'), JSON.stringify({ keys: [jwk] }));
+  return pair.privateKey;
+}
+
 /** Resolves with the error a client gets when the server ends its session (FATAL), or null after `ms`. */
 function sessionEnd(c: pg.Client, ms: number): Promise<(Error & { code?: string }) | null> {
   // pg may follow the FATAL with "Connection terminated unexpectedly": nobody needs that one.
@@ -96,32 +130,11 @@ describe('staff access on request (issue 17)', () => {
   before(async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-consent-'));
     auditFile = path.join(dir, 'audit.jsonl');
-    process.env[AUTH_PW_ENV] = AUTH_PW;
-    process.env[STAFF_PW_ENV] = STAFF_PW;
-    cluster = await startCluster({
-      auth: 'scram-sha-256',
-      users: [
-        { name: 'app', password: APP_PW },
-        { name: 'staff_rw', password: STAFF_PW },
-        { name: 'pgwarden_auth', password: AUTH_PW },
-      ],
-    });
+    cluster = await startCustomerServer();
     await cluster.query('CREATE TABLE items (id int PRIMARY KEY, name text)');
     await cluster.query("INSERT INTO items VALUES (1, 'one'), (2, 'two')");
     await cluster.query('GRANT SELECT, INSERT, UPDATE, DELETE ON items TO staff_rw, app');
-    // The tenant's admin role (app) owns the schema; auth_query's function needs a superuser (pg_shadow).
-    await cluster.query('GRANT CREATE ON DATABASE postgres TO app');
-    await cluster.query('CREATE SCHEMA pgwarden AUTHORIZATION app');
-    for (const sql of AUTH_QUERY_FUNCTION_SQL.filter((s) => !s.startsWith('CREATE SCHEMA'))) await cluster.query(sql);
-    const admin = new pg.Client({ host: cluster.host, port: cluster.port, user: 'app', password: APP_PW, database: 'postgres' });
-    await admin.connect();
-    for (const sql of tenantSqlStatements('pgwarden_auth')) await admin.query(sql);
-    await admin.end();
-
-    const pair = await generateKeyPair('ES256', { extractable: true });
-    key = pair.privateKey;
-    const jwk = { ...(await exportJWK(pair.publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
-    await writeFile(path.join(dir, 'jwks.json'), JSON.stringify({ keys: [jwk] }));
+    key = await writeJwks(dir);
     const app = { name: 'app', verifier: await readVerifier(cluster, 'app') };
     const onRequest = {
       staff_access: 'on_request',
@@ -374,26 +387,8 @@ for (const source of ['file', 'catalog'] as const) describe(`staff access on req
 
   before(async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'pgwarden-consent-w-'));
-    process.env[AUTH_PW_ENV] = AUTH_PW;
-    process.env[STAFF_PW_ENV] = STAFF_PW;
-    cluster = await startCluster({
-      auth: 'scram-sha-256',
-      users: [
-        { name: 'app', password: APP_PW },
-        { name: 'staff_rw', password: STAFF_PW },
-        { name: 'pgwarden_auth', password: AUTH_PW },
-      ],
-    });
-    await cluster.query('GRANT CREATE ON DATABASE postgres TO app');
-    await cluster.query('CREATE SCHEMA pgwarden AUTHORIZATION app');
-    for (const sql of AUTH_QUERY_FUNCTION_SQL.filter((q) => !q.startsWith('CREATE SCHEMA'))) await cluster.query(sql);
-    const admin = new pg.Client({ host: cluster.host, port: cluster.port, user: 'app', password: APP_PW, database: 'postgres' });
-    await admin.connect();
-    for (const sql of tenantSqlStatements('pgwarden_auth')) await admin.query(sql);
-    await admin.end();
-    const pair = await generateKeyPair('ES256', { extractable: true });
-    key = pair.privateKey;
-    await writeFile(path.join(dir, 'jwks.json'), JSON.stringify({ keys: [{ ...(await exportJWK(pair.publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' }] }));
+    cluster = await startCustomerServer();
+    key = await writeJwks(dir);
     const consent = { staff_access: 'on_request', staff_backend_user: 'staff_rw', staff_backend_password_env: STAFF_PW_ENV, auth_user: 'pgwarden_auth', auth_password_env: AUTH_PW_ENV };
     const common = {
       server: { workers: 2 },
