@@ -37,6 +37,8 @@ export class PgSink implements RecordSink {
     this.client = new LazyPgClient(() => newStoreClient(cfg.url, cfg.passwordEnv));
     this.pump = new SpooledPump(
       {
+        // One row the store refuses must not stall the rest: it stays in the audit file (logged, counted).
+        dataErrors: 'skip',
         batchSize: cfg.batchSize,
         flushIntervalMs: cfg.flushIntervalMs,
         insert: (batch) => this.insert(batch),

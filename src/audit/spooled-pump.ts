@@ -21,14 +21,21 @@ import type { StoredRecord } from './store-table.js';
 export interface PumpTarget {
   readonly batchSize: number;
   readonly flushIntervalMs: number;
-  /** Stores a batch (all or nothing). A data error (SQLSTATE 22/23) makes the pump try one by one. */
+  /**
+   * A record the target refuses as data (SQLSTATE 22/23): 'skip' it (it stays in the audit file;
+   * the audit store, where one bad row must not stall the rest), or 'hold' it at the head and try
+   * again like an unreachable target until the target takes it (a customer's access log, where a
+   * missing row would break the promise: the backlog's age then ends staff access, fail closed).
+   */
+  readonly dataErrors: 'skip' | 'hold';
+  /** Stores a batch (all or nothing). A data error (SQLSTATE 22/23) under 'skip' makes the pump try one by one. */
   insert(batch: readonly StoredRecord[]): Promise<void>;
   delivered(records: number): void;
   failed(op: 'insert' | 'rejected' | 'spool'): void;
   /** The target is unreachable (once per outage) or reachable again. */
   downChanged(down: boolean, err: unknown, pending: number): void;
-  /** A record the target refused as data: it stays in the audit file only. */
-  rejected(entry: StoredRecord, err: unknown): void;
+  /** A record the target refused as data under 'skip': it stays in the audit file only. */
+  rejected?(entry: StoredRecord, err: unknown): void;
 }
 
 export interface PumpBacklog {
@@ -181,7 +188,7 @@ export class SpooledPump {
       try {
         await this.target.insert(batch);
       } catch (err) {
-        if (!isDataError(err)) throw err;
+        if (!isDataError(err) || this.target.dataErrors === 'hold') throw err;
         // One bad row must not stall the store: insert one by one, leaving out only what it refuses.
         await this.insertOneByOne(batch);
       }
@@ -227,7 +234,7 @@ export class SpooledPump {
       } catch (err) {
         if (!isDataError(err)) throw err;
         this.target.failed('rejected');
-        this.target.rejected(entry, err);
+        this.target.rejected?.(entry, err);
       }
     }
   }

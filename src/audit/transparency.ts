@@ -18,7 +18,7 @@ import type { Metrics } from '../observability/metrics.js';
 import type { RecordSink } from './record-sink.js';
 import type { AuditRecord } from './record.js';
 import { Spool } from './spool.js';
-import { SpooledPump } from './spooled-pump.js';
+import { isDataError, SpooledPump } from './spooled-pump.js';
 import type { StoredRecord } from './store-table.js';
 
 /** The customer's table's columns, as record_staff_access(jsonb) takes them. */
@@ -153,18 +153,20 @@ class TenantStream {
           {
             batchSize: BATCH_SIZE,
             flushIntervalMs: FLUSH_INTERVAL_MS,
+            // A row the customer's table refuses (they altered it) waits and blocks what follows, so the
+            // backlog ages and staff access ends at transparency_max_lag: no staff record goes missing.
+            dataErrors: 'hold',
             insert: (batch) => this.insert(batch),
             delivered: (n) => metrics.transparencyRecords.inc({ tenant: id, outcome: 'delivered' }, n),
-            failed: (op) => {
-              if (op === 'rejected') metrics.transparencyRecords.inc({ tenant: id, outcome: 'rejected' });
-            },
+            failed: () => undefined,
             downChanged: (down, err, pending) => {
               // The writer's errors are pg's or ours: no password in them.
-              if (down) log.warn({ tenant: id, err: (err as Error | null)?.message, pending }, "customer's staff_access_log unreachable; its records wait");
+              const code = (err as { code?: unknown } | null)?.code;
+              if (down && isDataError(err))
+                log.error({ tenant: id, code, err: (err as Error).message, pending }, "customer's staff_access_log refuses a record (its table was changed?); records wait until it takes it");
+              else if (down) log.warn({ tenant: id, err: (err as Error | null)?.message, pending }, "customer's staff_access_log unreachable; its records wait");
               else log.info({ tenant: id, pending }, "customer's staff_access_log reachable again; delivering in order");
             },
-            rejected: (entry, err) =>
-              log.error({ tenant: id, id: entry.record.id, code: (err as { code?: string }).code }, "the tenant's server refused a staff_access_log record; it stays in the audit log only"),
           },
           spool,
           log,

@@ -227,7 +227,7 @@ export class Metrics {
   );
   readonly transparencyRecords = this.counter(
     'pgwarden_transparency_records_total',
-    "Records for tenants' pgwarden.staff_access_log (delivered; spooled: waited on disk; dropped: the bound was reached; rejected: refused as data by the tenant's server; spool_failed)",
+    "Records for tenants' pgwarden.staff_access_log (delivered; spooled: waited on disk; dropped: the bound was reached; spool_failed). A row the tenant's table refuses waits, it is not dropped",
     ['tenant', 'outcome'] as const,
   );
   /** Set by the transparency sink (audit/transparency.ts): what waits per tenant, read at scrape time. */

@@ -353,6 +353,34 @@ describe('staff access on request (issue 17)', () => {
       ops.map((r) => r.id),
     );
   });
+
+  it("a row the customer's table refuses is not skipped: it waits (staff access ends at the lag bound) and arrives, in order, once the table takes it", async () => {
+    await asCustomer("SELECT pgwarden.grant_support('INC-31', interval '1 hour', 'read')");
+    const c = new pg.Client(await staff('INC-31', 'read'));
+    await c.connect();
+    // The customer adds a constraint its own table's rows must meet; one staff statement breaks it (SQLSTATE 23514).
+    await cluster.query("ALTER TABLE pgwarden.staff_access_log ADD CONSTRAINT no_refused_rows CHECK (query IS NULL OR query NOT LIKE '%refused_row%')");
+    try {
+      const ended = sessionEnd(c, 10_000);
+      await c.query('SELECT 31 AS refused_row');
+      await c.query('SELECT 32 AS after_the_refused_row').catch(() => undefined);
+      const err = await ended;
+      assert.equal(err?.code, '57P01', 'the staff session ends once the refused row has waited transparency_max_lag');
+      assert.match(err.message, /access log is unavailable/);
+      assert.equal((await connectError(await staff('INC-31', 'read'))).code, '28P01', 'and no staff gets in meanwhile');
+      assert.ok(!(await customerLog()).some((r) => r.query === 'SELECT 31 AS refused_row'));
+    } finally {
+      await cluster.query('ALTER TABLE pgwarden.staff_access_log DROP CONSTRAINT no_refused_rows');
+      await c.end().catch(() => undefined);
+    }
+    await waitFor(async () => (await customerLog()).some((r) => r.query === 'SELECT 31 AS refused_row'), 15_000, 'the held row delivered');
+    await waitFor(async () => (await customerLog()).length === (await operatorStaffRecords()).length, 10_000, 'the customer table catching up');
+    assert.deepEqual(
+      (await customerLog()).map((r) => r.record_id),
+      (await operatorStaffRecords()).map((r) => r.id),
+      'record for record, none skipped',
+    );
+  });
 });
 
 // The tenant from the configuration file, and from the tenant catalog (which the primary, holding
