@@ -17,6 +17,7 @@ import { waitFor } from '../support/wait.js';
 import { workerPids } from '../support/proxy.js';
 import type { SessionContext } from '../../src/session/context.js';
 import type { StaffIdentity } from '../../src/session/client-session.js';
+import { readAuditFile } from '../support/audit-file.js';
 
 const TOKEN = 'admin-test-token-5b2e9d0c41';
 const TOKEN_SHA256 = createHash('sha256').update(TOKEN).digest('hex');
@@ -61,13 +62,6 @@ function localPort(c: pg.Client): number {
 /** The first 'error' event of a connected client (later ones, e.g. the socket closing, are expected). */
 function nextError(c: pg.Client): Promise<{ code?: string; message: string }> {
   return new Promise((resolve) => c.on('error', (err: Error & { code?: string }) => resolve(err)));
-}
-
-async function records(file: string): Promise<Record<string, unknown>[]> {
-  return (await readFile(file, 'utf8'))
-    .split('\n')
-    .filter((l) => l !== '')
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
 }
 
 interface View {
@@ -287,7 +281,7 @@ describe('admin API', () => {
 
   it('writes an admin.command audit record for every call, refused ones included, and never the token', async () => {
     await rp.close();
-    const recs = (await records(auditFile)).filter((r) => r['event'] === 'admin.command');
+    const recs = (await readAuditFile(auditFile)).filter((r) => r['event'] === 'admin.command');
     const by = (command: string, status: number): Record<string, unknown>[] =>
       recs.filter((r) => r['command'] === command && (r['outcome'] as { status: number }).status === status);
     // 25 refused calls above: 20 recorded one by one in a minute, the rest counted in one record
@@ -399,7 +393,7 @@ describe('admin API with two workers', () => {
       await Promise.all(got.map((g) => (g.status === 'fulfilled' ? g.value.end() : Promise.resolve())));
       return got.every((g) => g.status === 'fulfilled');
     }, 10_000, 'the new tenant on both workers');
-    const recs = (await records(auditFile)).filter((x) => x['event'] === 'admin.command').map((x) => x['command']);
+    const recs = (await readAuditFile(auditFile)).filter((x) => x['event'] === 'admin.command').map((x) => x['command']);
     for (const c of ['sessions.list', 'session.terminate', 'staff.revoke', 'tenant.suspend', 'tenant.resume', 'reload']) assert.ok(recs.includes(c), c);
   });
 });

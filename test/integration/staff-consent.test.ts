@@ -5,7 +5,7 @@
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -19,6 +19,7 @@ import { tenantSqlStatements } from '../../src/auth/tenant-sql.js';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { configToml } from '../support/proxy.js';
+import { readAuditFile } from '../support/audit-file.js';
 
 const ISSUER = 'https://sso.pgwarden.test';
 const AUDIENCE = 'pgwarden';
@@ -33,14 +34,6 @@ const ADMIN_TOKEN = 'consent-admin-token-5b2c9e71aa';
 const CLI = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../src/cli.js');
 
 type Rec = Record<string, unknown> & { event: string; seq: number; id: string; tenant?: string; chain: { hash: string }; session?: { id: string; ei: number } };
-
-async function readAudit(file: string): Promise<Rec[]> {
-  const text = await readFile(file, 'utf8');
-  return text
-    .split('\n')
-    .filter((l) => l.length > 0)
-    .map((l) => JSON.parse(l) as Rec);
-}
 
 /**
  * The customer's server: its admin role `app` (owning schema pgwarden with what `pgwarden
@@ -124,7 +117,7 @@ describe('staff access on request (issue 17)', () => {
   }
 
   async function denials(): Promise<string[]> {
-    return (await readAudit(auditFile)).filter((r) => r.event === 'staff.access' && r['decision'] === 'deny').map((r) => String(r['reason']));
+    return (await readAuditFile<Rec>(auditFile)).filter((r) => r.event === 'staff.access' && r['decision'] === 'deny').map((r) => String(r['reason']));
   }
 
   before(async () => {
@@ -176,7 +169,7 @@ describe('staff access on request (issue 17)', () => {
     // The token asked for write, the grant said read: read it is.
     await assert.rejects(c.query("INSERT INTO items VALUES (9, 'nine')"), { code: '25006' });
     await c.end();
-    const allow = (await readAudit(auditFile)).filter((r) => r.event === 'staff.access' && r['decision'] === 'allow').at(-1)!;
+    const allow = (await readAuditFile<Rec>(auditFile)).filter((r) => r.event === 'staff.access' && r['decision'] === 'allow').at(-1)!;
     assert.equal((allow['target'] as { access_level: string }).access_level, 'read');
     assert.deepEqual((allow['consent'] as { ticket: string; access: string }).ticket, 'INC-2');
     assert.equal((allow['consent'] as { access: string }).access, 'read');
@@ -263,7 +256,7 @@ describe('staff access on request (issue 17)', () => {
 
   /** The operator's records the customer must see: verified staff decisions and staff sessions' records, of acme. */
   async function operatorStaffRecords(): Promise<Rec[]> {
-    return (await readAudit(auditFile)).filter(
+    return (await readAuditFile<Rec>(auditFile)).filter(
       (r) =>
         r.tenant === 'acme' &&
         ((r.event === 'staff.access' && (r['staff'] as { unverified?: boolean }).unverified !== true) ||
@@ -478,7 +471,7 @@ for (const source of ['file', 'catalog'] as const) describe(`staff access on req
       10_000,
       "the workers' statements in the customer's table",
     );
-    const starts = (await readAudit(path.join(dir, 'audit.jsonl'))).filter((r) => r.event === 'session.start' && (r['principal'] as { kind: string }).kind === 'staff');
+    const starts = (await readAuditFile<Rec>(path.join(dir, 'audit.jsonl'))).filter((r) => r.event === 'session.start' && (r['principal'] as { kind: string }).kind === 'staff');
     assert.equal(new Set(starts.map((r) => r['worker'])).size, 2, 'staff sessions on both workers');
     const ended = sessions.map((c) => sessionEnd(c, 8_000));
     await asCustomer("SELECT pgwarden.revoke_support('W-1')");

@@ -19,6 +19,7 @@ import { Proxy } from '../../src/server.js';
 import { AuditLog, type AuditSink } from '../../src/audit/log.js';
 import type { AuditEvent } from '../../src/audit/record.js';
 import { Metrics } from '../../src/observability/metrics.js';
+import { readAuditFile } from '../support/audit-file.js';
 
 const ISSUER = 'https://sso.pgwarden.test';
 const AUDIENCE = 'pgwarden';
@@ -39,14 +40,6 @@ async function writeToken(key: CryptoKey, sub: string, ticket: string): Promise<
     .setIssuedAt(now)
     .setExpirationTime(now + 300)
     .sign(key);
-}
-
-async function readAudit(file: string): Promise<Rec[]> {
-  const text = await readFile(file, 'utf8');
-  return text
-    .split('\n')
-    .filter((l) => l.length > 0)
-    .map((l) => JSON.parse(l) as Rec);
 }
 
 describe('staff access and statement audit', () => {
@@ -157,7 +150,7 @@ describe('staff access and statement audit', () => {
     await c.end();
     await rp.proxy.audit.flush();
 
-    const recs = await readAudit(auditFile);
+    const recs = await readAuditFile<Rec>(auditFile);
     const access = recs.find((x) => x.event === 'staff.access' && x['decision'] === 'allow');
     assert.ok(access, 'staff.access allow recorded');
     const sessionId = access.session!.id;
@@ -199,7 +192,7 @@ describe('staff access and statement audit', () => {
     await assert.rejects(c.query({ text: 'SELEC $1::int', values: [7] }), { code: '42601' });
     await c.end();
     await rp.proxy.audit.flush();
-    const recs = await readAudit(auditFile);
+    const recs = await readAuditFile<Rec>(auditFile);
     const sid = recs.find((x) => x.event === 'staff.access' && (x['staff'] as { reason_or_ticket?: string }).reason_or_ticket === 'CHG-9')!.session!.id;
     const mine = recs.filter((x) => x.session?.id === sid);
     const q = mine.filter((x) => x.event === 'session.query');
@@ -264,7 +257,7 @@ describe('staff access and statement audit', () => {
     assert.equal(unknown.code, '28P01');
 
     await rp.proxy.audit.flush();
-    const recs = await readAudit(auditFile);
+    const recs = await readAuditFile<Rec>(auditFile);
     const denies = recs.filter((x) => x.event === 'staff.access' && x['decision'] === 'deny').map((x) => x['reason']);
     for (const [what, , reason] of cases) assert.ok(denies.includes(reason), `${what}: ${reason} audited`);
     assert.ok(denies.includes('jwt_invalid:replay'));
@@ -305,7 +298,7 @@ describe('staff access and statement audit', () => {
     assert.equal((await revoke({ sub: 'mallory@ops.example' })).status, 200);
     assert.equal((await connectError(staffClient(await mint({ sub: 'mallory@ops.example' })))).code, '28P01');
     await rp.proxy.audit.flush();
-    const recs = await readAudit(auditFile);
+    const recs = await readAuditFile<Rec>(auditFile);
     assert.ok(recs.some((x) => x.event === 'staff.access' && x['reason'] === 'jwt_invalid:revoked'));
   });
 
@@ -357,7 +350,7 @@ describe('staff access and statement audit', () => {
     }
 
     await rp.proxy.audit.flush();
-    const starts = (await readAudit(auditFile)).filter((x) => x.event === 'session.start' && x['tenant'] === 'busy');
+    const starts = (await readAuditFile<Rec>(auditFile)).filter((x) => x.event === 'session.start' && x['tenant'] === 'busy');
     const staffStarts = starts.filter((x) => (x['principal'] as { kind?: string }).kind === 'staff');
     assert.equal(staffStarts.length, 2);
     type Limits = { tenant_active_after: number; tenant_limit: number; counted_in: string };
@@ -396,7 +389,7 @@ describe('staff access and statement audit', () => {
     await rp.proxy.audit.flush();
     const text = await readFile(auditFile, 'utf8');
     assert.ok(!text.includes('card-4111') && !text.includes('card-4242'), 'redacted parameters never reach the log');
-    const recs = await readAudit(auditFile);
+    const recs = await readAuditFile<Rec>(auditFile);
     const mine = recs.filter((x) => x['tenant'] === 'audited' && (x.event === 'session.query' || x.event === 'session.query_result'));
     const update = mine.find((x) => x.event === 'session.query' && x['query'] === 'UPDATE items SET name = name WHERE id = 1')!;
     const res = mine.find((x) => x.event === 'session.query_result' && x['ref'] === update.session!.ei)!;
@@ -601,7 +594,7 @@ describe('staff sessions across worker processes', () => {
         await child.exited;
         await child.stop();
       }
-      const recs = await readAudit(auditFile);
+      const recs = await readAuditFile<Rec>(auditFile);
       const q = recs.find((x) => x.event === 'session.query' && x['query'] === 'SELECT 6 * 7 AS n');
       assert.ok(q, 'the worker\'s statement is in the primary\'s log');
       assert.equal(typeof q['worker'], 'number');

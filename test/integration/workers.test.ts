@@ -19,6 +19,7 @@ import { waitFor } from '../support/wait.js';
 import { listeningLine, listenersOn, workerPids } from '../support/proxy.js';
 import { resolveWorkerAccept } from '../../src/config/worker-accept.js';
 import { sendCancel } from '../support/wire.js';
+import { readAuditFile } from '../support/audit-file.js';
 
 function get(port: number, urlPath: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
@@ -33,16 +34,6 @@ function get(port: number, urlPath: string): Promise<{ status: number; body: str
 }
 
 
-
-/** The audit file's whole records; a last line still being written (no newline yet) is not one. */
-async function records(file: string): Promise<Record<string, unknown>[]> {
-  const text = await readFile(file, 'utf8');
-  return text
-    .slice(0, text.lastIndexOf('\n') + 1)
-    .split('\n')
-    .filter((l) => l !== '')
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-}
 
 describe('workers', () => {
   let cluster: Cluster;
@@ -89,7 +80,7 @@ describe('workers', () => {
     const onServer = (await cluster.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where usename = 'app'")).rows[0]?.n ?? -1;
     assert.ok(onServer >= 1 && onServer <= 2, `${onServer} backends for max_backend_connections = 2`);
     await Promise.all(clients.map((c) => c.end()));
-    await waitFor(async () => new Set((await records(auditFile)).filter((r) => r['event'] === 'session.start').map((r) => r['worker'])).size === 2);
+    await waitFor(async () => new Set((await readAuditFile(auditFile)).filter((r) => r['event'] === 'session.start').map((r) => r['worker'])).size === 2);
   });
 
   it('keeps a tenant cap exact across workers', async () => {
@@ -129,7 +120,7 @@ describe('workers', () => {
     await waitFor(() => workerPids(child.child.pid!).filter((p) => !before.includes(p)).length === 1, 10_000);
     // The replacement serves once it listens (it answers /pools from then on).
     await waitFor(async () => (JSON.parse((await get(child.metricsPort!, '/pools')).body) as unknown[]).length === 2, 10_000);
-    const exited = (await records(auditFile)).find((r) => r['event'] === 'proxy.lifecycle' && r['state'] === 'worker_exited');
+    const exited = (await readAuditFile(auditFile)).find((r) => r['event'] === 'proxy.lifecycle' && r['state'] === 'worker_exited');
     assert.ok(exited !== undefined, 'audited');
     assert.ok((exited['slots_released'] as number) >= 1, 'the dead worker held slots and they were released');
     // Sessions on the survivor keep theirs; the cap admits exactly what the dead worker held.
@@ -160,7 +151,7 @@ describe('workers', () => {
     assert.equal(await child.exited, 0);
     const v = await verifyAuditFile(auditFile);
     assert.equal(v.ok, true, JSON.stringify(v));
-    const recs = await records(auditFile);
+    const recs = await readAuditFile(auditFile);
     assert.equal(recs[recs.length - 1]?.['state'], 'stopped');
   });
 });
