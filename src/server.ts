@@ -5,7 +5,6 @@
  */
 import net from 'node:net';
 import { randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import type { Config, TenantConfig } from './config/schema.js';
 import { loadTlsMaterial, type TlsMaterial } from './net/tls.js';
 import { CancelRegistry } from './cancel/registry.js';
@@ -30,7 +29,7 @@ import type { SessionContext } from './session/context.js';
 import { handleIoUnavailable, type RelayIoMode } from './net/socket-io.js';
 import { SessionRegistry } from './session/registry.js';
 import { ConsentWatch } from './session/consent-watch.js';
-import type { UpstreamTarget } from './pool/upstream.js';
+import { backendCa, type UpstreamTarget } from './pool/upstream.js';
 import { PoolManager } from './pool/backend-pool.js';
 import { AuthLookups } from './auth/auth-query.js';
 import { SupportGrants } from './auth/support-grants.js';
@@ -235,10 +234,7 @@ export class Proxy {
   private makeContext(config: Config, tlsMaterial: TlsMaterial | null, kept?: Pick<SessionContext, 'mockSecret' | 'staffVerifier'>): SessionContext {
     const cas = new Map<string, Buffer>();
     for (const t of config.tenants.values()) {
-      if (t.backendCaPath === undefined) continue;
-      let ca = this.backendCas.get(t.backendCaPath);
-      if (ca === undefined) this.backendCas.set(t.backendCaPath, (ca = readFileSync(t.backendCaPath)));
-      cas.set(t.id, ca);
+      if (t.backendCaPath !== undefined) cas.set(t.id, backendCa(this.backendCas, t.backendCaPath));
     }
     return {
       config,

@@ -17,7 +17,7 @@ import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { RecordSink } from './record-sink.js';
 import type { AuditRecord } from './record.js';
-import { Spool } from './spool.js';
+import { recordTimeMs, Spool } from './spool.js';
 import { isDataError, SpooledPump } from './spooled-pump.js';
 import type { StoredRecord } from './store-table.js';
 
@@ -199,7 +199,7 @@ class TenantStream {
   oldestMs(): number | null {
     if (this.brokenSinceMs !== null) return this.brokenSinceMs;
     const first = this.early?.[0];
-    if (first !== undefined) return Date.parse(first.record.time);
+    if (first !== undefined) return recordTimeMs(first.record);
     return this.pump?.backlog().oldestMs ?? null;
   }
 

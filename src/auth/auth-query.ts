@@ -34,12 +34,13 @@ export interface AuthLookupHooks {
 }
 
 /** Startup options of every lookup connection: constants, never the client's. */
-const LOOKUP_OPTIONS = '-c search_path=pg_catalog -c DateStyle=ISO -c TimeZone=UTC -c default_transaction_read_only=on';
+const FIXED_OPTIONS = '-c search_path=pg_catalog -c DateStyle=ISO -c TimeZone=UTC';
+const LOOKUP_OPTIONS = `${FIXED_OPTIONS} -c default_transaction_read_only=on`;
 /**
- * The same for the one connection that writes the customer's staff_access_log (session/transparency):
- * identical but for read-only transactions, which its one call (a SECURITY DEFINER function) needs off.
+ * The one connection that writes the customer's staff_access_log (audit/transparency.ts): the same
+ * but for read-only transactions, which its one call (a SECURITY DEFINER function) needs off.
  */
-const WRITER_OPTIONS = '-c search_path=pg_catalog -c DateStyle=ISO -c TimeZone=UTC -c default_transaction_read_only=off';
+const WRITER_OPTIONS = `${FIXED_OPTIONS} -c default_transaction_read_only=off`;
 /** A lookup connection unused this long is closed. */
 const IDLE_CLOSE_MS = 30_000;
 /** A reply bigger than this (a hostile server's huge rows) ends the connection: the lookup fails. */

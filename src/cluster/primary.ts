@@ -22,7 +22,7 @@ import { ConfigError, type Config } from '../config/schema.js';
 import { AuditLog } from '../audit/log.js';
 import { openAuditStores } from '../audit/pg-sink.js';
 import { TransparencySink } from '../audit/transparency.js';
-import { readFileSync } from 'node:fs';
+import { backendCa } from '../pool/upstream.js';
 import { Metrics } from '../observability/metrics.js';
 import type { Logger } from '../observability/logger.js';
 import { OperatorListeners } from '../admin/listeners.js';
@@ -52,14 +52,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
     config.catalog === undefined ? null : await CatalogSource.start({ config: config.catalog, context: config, log, metrics, audit, onChange: () => undefined });
   transparency.attach({
     tenant: (id) => (catalog === null ? config.tenants : catalog.tenants).get(id),
-    target: (t) => {
-      let ca: Buffer | undefined;
-      if (t.backendCaPath !== undefined) {
-        ca = cas.get(t.backendCaPath);
-        if (ca === undefined) cas.set(t.backendCaPath, (ca = readFileSync(t.backendCaPath)));
-      }
-      return { host: t.backendHost, port: t.backendPort, tls: t.backendTls, ca };
-    },
+    target: (t) => ({ host: t.backendHost, port: t.backendPort, tls: t.backendTls, ca: t.backendCaPath === undefined ? undefined : backendCa(cas, t.backendCaPath) }),
   });
   // With Redis the workers share limits there; the primary still needs the bus for admin commands.
   const shared: SharedState | null = config.redis === undefined ? null : await openSharedState(config, instanceId, log, () => undefined);

@@ -7,6 +7,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { serialize } from 'pg-protocol';
 import { AuthCode, Backend, ErrorField, Limits, TxStatus } from '../protocol/codes.js';
 import { decodeParameterStatus, encodeErrorResponseBody, readErrorField, SSL_ACCEPTED } from '../protocol/backend.js';
@@ -21,6 +22,13 @@ export interface UpstreamTarget {
   readonly port: number;
   readonly tls: BackendTls;
   readonly ca: Buffer | undefined;
+}
+
+/** A backend_ca file's content, read once per path into `cache` (a reload gives a new cache, so files are read again). */
+export function backendCa(cache: Map<string, Buffer>, path: string): Buffer {
+  let ca = cache.get(path);
+  if (ca === undefined) cache.set(path, (ca = readFileSync(path)));
+  return ca;
 }
 
 export interface UpstreamLogin {

@@ -2,11 +2,13 @@
  * Who is logged in to the audit view: random session ids held in memory with their role, each
  * ending after IDLE_MS without a request or MAX_AGE_MS after login, whichever comes first, or as
  * soon as the token it logged in with is no longer configured (rotated or removed by a reload). A
- * restart logs everyone out. The cookie carrying the id is cookie.ts's; checking tokens is auth.ts's.
+ * restart logs everyone out. The cookie carrying the id is cookie.ts's; checking tokens is tokens.ts's.
  */
 import { randomBytes } from 'node:crypto';
+import type { AdminRole } from '../tokens.js';
 
-export type UiRole = 'operator' | 'auditor';
+/** Either token may log in to the view. */
+export type UiRole = AdminRole;
 
 export const IDLE_MS = 30 * 60_000;
 export const MAX_AGE_MS = 8 * 3_600_000;
