@@ -378,8 +378,6 @@ describe('faults: a server restarted while clients wait for a backend', () => {
   it('a backend process SIGKILLed mid-transaction (each mode; the server then restarts itself): 08006 "connection to the tenant database was lost", then a close; the row is gone; served again after recovery', async () => {
     await cluster.query('CREATE TABLE IF NOT EXISTS hard_rows (v text)');
     await cluster.query('GRANT ALL ON hard_rows TO app');
-    // The test cluster runs with synchronous_commit off: without a checkpoint the crash could take the DDL with it.
-    await cluster.query('CHECKPOINT');
     const lostEnds = async (tenant: string): Promise<number> =>
       Number(new RegExp(`^pgwarden_session_ends_total\\{tenant="${tenant}",reason="backend_lost"\\} (\\d+)$`, 'm').exec(await (await fetch(`http://127.0.0.1:${rp.metricsPort}/metrics`)).text())?.[1] ?? 0);
     const ready = async (w: Wire): Promise<string> => {

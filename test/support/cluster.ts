@@ -49,6 +49,13 @@ export interface Cluster {
 }
 
 const SUPERUSER = 'postgres';
+/**
+ * The cluster runs with synchronous_commit off for speed, so a commit may sit in the WAL buffers
+ * for up to three wal_writer_delay rounds, and killHard() then takes it with it (a role created in
+ * setup was lost that way in CI). What the harness itself writes (roles, databases, test tables)
+ * commits synchronously, so it survives killHard(); fsync is off, so that costs a write(), not a sync.
+ */
+const DURABLE = '-c synchronous_commit=on';
 const HOST = '127.0.0.1';
 const START_TIMEOUT_S = 60;
 const PORT_ATTEMPTS = 3;
@@ -255,6 +262,7 @@ class ClusterProcess implements Cluster {
       port: this.port,
       user: SUPERUSER,
       database: database ?? 'postgres',
+      options: DURABLE,
     });
     await client.connect();
     try {
@@ -363,7 +371,7 @@ class ClusterProcess implements Cluster {
   }
 
   async createRolesAndDatabases(): Promise<void> {
-    const client = new pg.Client({ host: this.socketDir, port: this.port, user: SUPERUSER, database: 'postgres' });
+    const client = new pg.Client({ host: this.socketDir, port: this.port, user: SUPERUSER, database: 'postgres', options: DURABLE });
     try {
       await client.connect();
       for (const user of this.opts.users ?? []) {
