@@ -1,32 +1,34 @@
 /**
  * The names a session's steps share: its phases, why it ended, where a login stood, and the
- * staff identity and admin view it exposes. Types only.
+ * staff identity and admin view it exposes. Types, and the list of close reasons.
  */
 
 export type Phase = 'negotiating' | 'tls_handshake' | 'admitting' | 'authenticating' | 'connecting' | 'relaying' | 'closed';
 
-/** Why a started session ended (audit `session.end.reason`, metric label). */
-export type CloseReason =
-  | 'client_terminate'
-  | 'client_eof'
-  | 'backend_terminated'
-  | 'backend_lost'
-  | 'drain_deadline'
-  | 'protocol_violation'
-  | 'admin'
-  | 'internal'
-  | 'pool_timeout'
-  | 'send_timeout'
-  | 'idle_timeout'
-  | 'idle_in_txn_timeout'
-  | 'transaction_timeout'
-  | 'tenant_suspended'
-  | 'auth_expired'
-  | 'staff_revoked'
-  | 'staff_withdrawn'
-  | 'transparency_lag'
-  | 'audit_unavailable'
-  | 'limit';
+/** Why a started session ended (audit `session.end.reason`, metric label); the audit view offers them as filters. */
+export const CLOSE_REASONS = [
+  'client_terminate',
+  'client_eof',
+  'backend_terminated',
+  'backend_lost',
+  'drain_deadline',
+  'protocol_violation',
+  'admin',
+  'internal',
+  'pool_timeout',
+  'send_timeout',
+  'idle_timeout',
+  'idle_in_txn_timeout',
+  'transaction_timeout',
+  'tenant_suspended',
+  'auth_expired',
+  'staff_revoked',
+  'staff_withdrawn',
+  'transparency_lag',
+  'audit_unavailable',
+  'limit',
+] as const;
+export type CloseReason = (typeof CLOSE_REASONS)[number];
 
 /** Where a login stood when it failed (audit `session.auth_failure.stage`). */
 export type AuthStage = 'negotiation' | 'startup' | 'sasl_first' | 'sasl_final' | 'password' | 'backend_connect';

@@ -16,6 +16,7 @@ import { tokenRole } from '../../src/admin/tokens.js';
 import { isUiPath, parseFilter, sameOrigin, SECURITY_HEADERS } from '../../src/admin/ui/handler.js';
 import { chainPage, errorPage, loginPage, sessionPage, sessionsPage, staffPage } from '../../src/admin/ui/pages.js';
 import { matches } from '../../src/audit/query-source.js';
+import { CLOSE_REASONS } from '../../src/session/types.js';
 import { parseConfigText } from '../../src/config/load.js';
 import { ConfigError } from '../../src/config/schema.js';
 
@@ -269,6 +270,14 @@ describe('audit view: pages', () => {
     assert.match(login, /<form class="login" method="post" action="\/ui\/login">/);
     assert.ok(!login.includes('Log out'));
     assert.match(String(errorPage('operator', 404, 'x')), /<span class="role">operator<\/span> <button type="submit">Log out<\/button>/);
+  });
+
+  it('the Ended filter offers every reason a session can end with, those of staff consent too, and keeps the chosen one', () => {
+    const page = String(sessionsPage('auditor', { end: 'staff_withdrawn' }, [], 0, null));
+    const options = [...page.matchAll(/<option value="([^"]*)"/g)].map((m) => m[1]);
+    assert.deepEqual(options, ['', 'open', ...CLOSE_REASONS]);
+    assert.ok(options.includes('transparency_lag') && options.includes('backend_terminated'));
+    assert.match(page, /<option value="staff_withdrawn" {2}selected>/);
   });
 });
 

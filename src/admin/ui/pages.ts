@@ -9,6 +9,7 @@ import { html, type Html } from './html.js';
 import { formatDuration, type SessionRow } from '../../audit/query-report.js';
 import { MAX_ROWS, type ChainState, type Rec, type SessionDetail, type Statement } from './audit-reader.js';
 import type { UiRole } from './sessions.js';
+import { CLOSE_REASONS } from '../../session/types.js';
 
 const obj = (v: unknown): Rec => (typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Rec) : {});
 const text = (v: unknown): string => (v === null || v === undefined || v === '' ? '–' : typeof v === 'string' ? v : JSON.stringify(v));
@@ -90,19 +91,8 @@ export interface SessionsForm {
   end?: string;
 }
 
-const END_REASONS = [
-  'open',
-  'client_terminate',
-  'client_eof',
-  'backend_lost',
-  'drain_deadline',
-  'idle_timeout',
-  'idle_in_txn_timeout',
-  'auth_expired',
-  'audit_unavailable',
-  'send_timeout',
-  'protocol_violation',
-];
+/** The `Ended` filter's choices: still open, or any reason a session ends with. */
+const END_REASONS: readonly string[] = ['open', ...CLOSE_REASONS];
 
 export function sessionsPage(role: UiRole, form: SessionsForm, rows: readonly SessionRow[], total: number, problem: string | null): Html {
   const endOptions = END_REASONS.map((r) => html`<option value="${r}" ${form.end === r ? html` selected` : ''}>${r}</option>`);
