@@ -345,7 +345,7 @@ describe('audit view in a browser', { skip: HAVE_CHROMIUM ? false : `no Chromium
     await c.end();
   });
 
-  it('the operator token logs in to the view too; logins, logouts and refusals are audited without a token', async () => {
+  it('the operator token logs in to the view too; logins, logouts, page reads and refusals are audited without a token', async () => {
     const login = await fetch(`${ui}/login`, {
       method: 'POST',
       headers: { 'content-type': 'application/x-www-form-urlencoded' },
@@ -370,6 +370,12 @@ describe('audit view in a browser', { skip: HAVE_CHROMIUM ? false : `no Chromium
     ]) {
       assert.ok(summary.includes(want), `${want} in ${summary.join(', ')}`);
     }
+    // Reading the audit is audited: the auditor's ticket search and the session it opened, in that order.
+    const reads = recs.filter((r) => r['command'] === 'ui.read' && r['role'] === 'auditor').map((r) => r['target'] as { page: string; filter?: Record<string, string> });
+    const search = reads.findIndex((t) => t.page === 'sessions' && t.filter?.['ticket'] === 'INC-4711');
+    assert.ok(search >= 0, `the ticket search is audited: ${JSON.stringify(reads)}`);
+    assert.match(reads[search + 1]?.page ?? '', /^sessions\/[0-9a-f-]{36}$/, 'then the session it opened');
+    assert.ok(reads.some((t) => t.page === 'chain') && reads.some((t) => t.page === 'staff'));
     const text = await readFile(auditFile, 'utf8');
     for (const secret of [ADMIN_TOKEN, AUDITOR_TOKEN, 'not-the-token-at-all']) assert.ok(!text.includes(secret), 'no token in the audit log');
   });

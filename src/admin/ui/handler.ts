@@ -1,8 +1,8 @@
 /**
  * The audit view on the admin listener (/ui/): routes, the login and logout (the only POSTs),
- * the session cookie, security headers, and the admin.command records of logins and logouts. It
- * only reads the audit: audit-reader.ts reads, pages.ts renders, sessions.ts remembers who is
- * logged in, tokens.ts says whose token it is. The JSON API beside it is api.ts's.
+ * the session cookie, security headers, and the admin.command records of logins, logouts and page
+ * reads. It only reads the audit: audit-reader.ts reads, pages.ts renders, sessions.ts remembers
+ * who is logged in, tokens.ts says whose token it is. The JSON API beside it is api.ts's.
  */
 import type http from 'node:http';
 import type { AuditSink } from '../../audit/log.js';
@@ -71,8 +71,8 @@ export function createUiHandler(opts: UiOptions): UiHandler {
   /** A login lasts only while its token is the configured one: a reload that rotates or removes it ends it. */
   const configured = (role: UiRole): string | undefined => roleTokenSha256(role, opts);
 
-  const record = (command: 'ui.login' | 'ui.logout', role: UiRole, status: number, addr: string): void => {
-    opts.audit().append({ event: 'admin.command', command, target: null, role, outcome: { success: status < 400, status }, client: { addr } });
+  const record = (command: 'ui.login' | 'ui.logout' | 'ui.read', role: UiRole, status: number, addr: string, target: Record<string, unknown> | null = null): void => {
+    opts.audit().append({ event: 'admin.command', command, target, role, outcome: { success: status < 400, status }, client: { addr } });
     opts.log.info({ command, role, status, client: addr }, 'admin command');
   };
 
@@ -105,7 +105,10 @@ export function createUiHandler(opts: UiOptions): UiHandler {
     if (path === '/ui/login') return role === undefined ? { status: 200, body: loginPage(null) } : redirect('/ui/sessions');
     if (role === undefined) return redirect('/ui/login', sid === undefined ? {} : { 'set-cookie': clearSessionCookie() });
     if (path === '/ui' || path === '/ui/') return redirect('/ui/sessions');
-    return page(role, path, url.searchParams);
+    // Reading the audit is itself audited, as the API's reads are: who looked at what, when.
+    const answer = await page(role, path, url.searchParams);
+    record('ui.read', role, answer.status, addr, readTarget(path, url.searchParams));
+    return answer;
   }
 
   async function login(req: http.IncomingMessage, addr: string): Promise<Answer> {
@@ -211,6 +214,16 @@ async function readLoginToken(req: http.IncomingMessage): Promise<string | undef
   }
   const token = new URLSearchParams(Buffer.concat(chunks).toString('utf8')).get('token');
   return token === null || token === '' ? undefined : token;
+}
+
+/** The filter names the pages read; a ui.read record names those given (each cut to MAX_FILTER_CHARS). */
+const FILTER_NAMES = ['tenant', 'user', 'staff', 'ticket', 'since', 'until', 'end', 'decision'] as const;
+
+/** What a ui.read record says was read: the page (its path under /ui/, cut to 128 characters) and the filters given. */
+export function readTarget(path: string, q: URLSearchParams): Record<string, unknown> {
+  const filter: Record<string, string> = {};
+  for (const [k, v] of Object.entries(pick(q, FILTER_NAMES))) filter[k] = v.slice(0, MAX_FILTER_CHARS);
+  return { page: path.slice('/ui/'.length, '/ui/'.length + 128), ...(Object.keys(filter).length === 0 ? {} : { filter }) };
 }
 
 /** The named query parameters that are set (trimmed, non-empty). */
