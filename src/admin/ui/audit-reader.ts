@@ -18,9 +18,16 @@ export type Rec = Record<string, unknown>;
 
 const obj = (v: unknown): Rec => (typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Rec) : {});
 
-/** At most MAX_ROWS of the newest, newest first, and how many there were. */
-function newest<T>(rows: readonly T[]): { rows: T[]; total: number } {
-  return { rows: rows.slice(-MAX_ROWS).reverse(), total: rows.length };
+/**
+ * At most MAX_ROWS of the newest by time, newest first, and how many there were. Sorted by time,
+ * not taken in log order: under workers the log order may stray from the times by a little, and
+ * the older page (pages.ts) asks for everything before the oldest row shown. Record times are all
+ * RFC 3339 UTC with microseconds, so they sort as strings; the sort is stable.
+ */
+function newest<T>(rows: readonly T[], time: (row: T) => unknown): { rows: T[]; total: number } {
+  const key = (row: T): string => String(time(row));
+  const sorted = [...rows].sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
+  return { rows: sorted.slice(-MAX_ROWS).reverse(), total: rows.length };
 }
 
 export interface SessionQuery extends AuditFilter {
@@ -78,7 +85,7 @@ export class AuditReader implements AuditReading {
   async sessions(q: SessionQuery): Promise<{ rows: SessionRow[]; total: number }> {
     const { end, ...filter } = q;
     const rows = await this.withSource((s) => listSessions(s, filter));
-    return newest(end === undefined ? rows : rows.filter((r) => r.end === end));
+    return newest(end === undefined ? rows : rows.filter((r) => r.end === end), (r) => r.start);
   }
 
   async session(id: string): Promise<SessionDetail> {
@@ -108,7 +115,7 @@ export class AuditReader implements AuditReading {
   async staffDecisions(filter: AuditFilter & { decision?: 'allow' | 'deny' }): Promise<{ rows: Rec[]; total: number }> {
     const { decision, ...f } = filter;
     const recs = await this.withSource((s) => collect(s, { ...f, events: ['staff.access'] }));
-    return newest(decision === undefined ? recs : recs.filter((r) => r['decision'] === decision));
+    return newest(decision === undefined ? recs : recs.filter((r) => r['decision'] === decision), (r) => r['time']);
   }
 
   /** The last checkpoint and every gap record; with a file, the whole chain verified (signatures too, given the key). */

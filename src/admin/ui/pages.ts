@@ -7,7 +7,8 @@
  */
 import { html, type Html } from './html.js';
 import { formatDuration, type SessionRow } from '../../audit/query-report.js';
-import { MAX_ROWS, type ChainState, type Rec, type SessionDetail, type Statement } from './audit-reader.js';
+import { microsToRfc3339, parseTimeMicros } from '../../audit/query-source.js';
+import { type ChainState, type Rec, type SessionDetail, type Statement } from './audit-reader.js';
 import type { UiRole } from './sessions.js';
 import { CLOSE_REASONS } from '../../session/types.js';
 
@@ -77,8 +78,24 @@ function field(name: string, label: string, value: string | undefined, placehold
   return html`<label>${label}<input name="${name}" value="${value ?? ''}" placeholder="${placeholder}" /></label>`;
 }
 
-function more(total: number): Html | string {
-  return total > MAX_ROWS ? html`<p class="note">Showing the newest ${MAX_ROWS} of ${total}; narrow the filters to see the rest.</p>` : '';
+/**
+ * When more matched than a page holds: say so, and link the next older page. It keeps the filters
+ * and sets `until` (exclusive) one microsecond past the oldest row shown: that row, and any that
+ * share its microsecond, show again at the top of the older page rather than on none.
+ */
+function more(total: number, shown: number, page: Section, form: Readonly<Record<string, string | undefined>>, oldest: unknown): Html | string {
+  if (total <= shown) return '';
+  let until: string | undefined;
+  try {
+    if (typeof oldest === 'string') until = microsToRfc3339(parseTimeMicros(oldest) + 1);
+  } catch {
+    // a record without a readable time: no link, only the advice
+  }
+  if (until === undefined) return html`<p class="note">Showing the newest ${shown} of ${total}; narrow the filters to see the rest.</p>`;
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(form)) if (v !== undefined && k !== 'until') q.set(k, v);
+  q.set('until', until);
+  return html`<p class="note">Showing the newest ${shown} of ${total}. <a class="older" href="/ui/${page}?${q.toString()}">Older, before ${until}</a></p>`;
 }
 
 export interface SessionsForm {
@@ -114,7 +131,7 @@ export function sessionsPage(role: UiRole, form: SessionsForm, rows: readonly Se
       </form>
       ${problem === null ? '' : html`<p class="error" role="alert">${problem}</p>`}
       <p class="count">${total} session${total === 1 ? '' : 's'}</p>
-      ${more(total)}
+      ${more(total, rows.length, 'sessions', { ...form }, rows.at(-1)?.start)}
       <table class="sessions">
         <thead>
           <tr>
@@ -266,7 +283,7 @@ export function staffPage(role: UiRole, form: StaffForm, rows: readonly Rec[], t
       </form>
       ${problem === null ? '' : html`<p class="error" role="alert">${problem}</p>`}
       <p class="count">${total} decision${total === 1 ? '' : 's'}</p>
-      ${more(total)}
+      ${more(total, rows.length, 'staff', { ...form }, rows.at(-1)?.['time'])}
       <table class="staff">
         <thead>
           <tr>
