@@ -73,17 +73,77 @@ export async function verifyAuditFile(file: string, opts: VerifyOptions = {}): P
 
 /** Verifies the files as one chain, in the order given (oldest first). */
 export async function verifyAuditFiles(files: readonly string[], opts: VerifyOptions = {}): Promise<VerifyResult> {
-  const result: VerifyResult = { ok: true, records: 0, files: 0, checkpoints: 0, signaturesChecked: opts.publicKey !== undefined, uncovered: 0, gaps: [], head: null };
-  let prevHash: string | null | undefined; // undefined: no record yet
-  const boots = new Map<string, BootState>();
+  const v = new ChainVerifier(opts);
+  for (const file of files) if (!(await v.file(file))) break;
+  return v.result();
+}
 
-  for (const file of files) {
+/**
+ * Where a verification stood after some files: enough to go on with the next file exactly as one
+ * run over all of them would. A copy: the verifier it came from may go on.
+ */
+export interface ChainPoint {
+  readonly result: VerifyResult;
+  readonly prevHash: string | null | undefined;
+  readonly boots: ReadonlyMap<string, Readonly<BootState>>;
+  readonly seen: ChainRecords;
+}
+
+/** The records a verification passed that tell the chain's state: the last checkpoint, and every declared gap. */
+export interface ChainRecords {
+  readonly lastCheckpoint: Readonly<Record<string, unknown>> | undefined;
+  readonly gaps: readonly Readonly<Record<string, unknown>>[];
+}
+
+/**
+ * One chain verified file by file (oldest first), so a caller may stop after any file, keep
+ * `point()`, and later go on from it with the files that came after (the audit view does, for
+ * rotated files that cannot have changed since).
+ */
+export class ChainVerifier {
+  private res: VerifyResult;
+  private prevHash: string | null | undefined; // undefined: no record yet
+  private readonly boots: Map<string, BootState>;
+  private lastCheckpoint: Rec | undefined;
+  private readonly gapRecords: Rec[];
+
+  constructor(
+    private readonly opts: VerifyOptions = {},
+    from?: ChainPoint,
+  ) {
+    this.res = from === undefined ? { ok: true, records: 0, files: 0, checkpoints: 0, signaturesChecked: opts.publicKey !== undefined, uncovered: 0, gaps: [], head: null } : copyResult(from.result);
+    this.prevHash = from?.prevHash;
+    this.boots = new Map([...(from?.boots ?? [])].map(([id, b]) => [id, { ...b }]));
+    this.lastCheckpoint = from?.seen.lastCheckpoint;
+    this.gapRecords = [...((from?.seen.gaps ?? []) as Rec[])];
+  }
+
+  /** The last checkpoint and the declared gaps among the records verified so far (records are not changed after parsing, so they are shared). */
+  records(): ChainRecords {
+    return { lastCheckpoint: this.lastCheckpoint, gaps: [...this.gapRecords] };
+  }
+
+  /** What was found so far (ok false names the first bad record; nothing is verified after it). */
+  result(): VerifyResult {
+    return this.res.ok ? { ...copyResult(this.res), head: this.prevHash ?? null } : copyResult(this.res);
+  }
+
+  point(): ChainPoint {
+    return { result: copyResult(this.res), prevHash: this.prevHash, boots: new Map([...this.boots].map(([id, b]) => [id, { ...b }])), seen: this.records() };
+  }
+
+  /** Verifies one more file; false when a record in it does not fit (then no more files may follow). */
+  async file(file: string): Promise<boolean> {
+    if (!this.res.ok) return false;
+    const result = this.res;
+    const boots = this.boots;
     result.files++;
     const rl = createInterface({ input: createReadStream(file, 'utf8'), crlfDelay: Infinity });
     let lineNo = 0;
-    const bad = (id: string | undefined, problem: string): VerifyResult => {
+    const bad = (id: string | undefined, problem: string): false => {
       rl.close();
-      return { ...result, ok: false, head: prevHash ?? null, firstBad: { file, line: lineNo, id, problem } };
+      this.res = { ...result, ok: false, head: this.prevHash ?? null, firstBad: { file, line: lineNo, id, problem } };
+      return false;
     };
     for await (const line of rl) {
       lineNo++;
@@ -111,7 +171,7 @@ export async function verifyAuditFiles(files: readonly string[], opts: VerifyOpt
 
       // A declared gap: the writer dropped to_seq - from_seq + 1 records it could not keep, and says so.
       const gap = rec['event'] === 'audit.gap' ? declaredGap(rec, seq, boot) : null;
-      if (prevHash !== undefined && chain.prev !== prevHash && gap === null) {
+      if (this.prevHash !== undefined && chain.prev !== this.prevHash && gap === null) {
         return bad(id, 'chain broken: a record before this one was removed, inserted or reordered');
       }
       if (gap === null) {
@@ -125,20 +185,27 @@ export async function verifyAuditFiles(files: readonly string[], opts: VerifyOpt
       boots.set(bootId, state);
 
       if (rec['event'] === 'audit.checkpoint') {
-        const problem = checkCheckpoint(rec, seq, chain.prev, prevHash, state, opts.publicKey);
+        const problem = checkCheckpoint(rec, seq, chain.prev, this.prevHash, state, this.opts.publicKey);
         if (problem !== null) return bad(id, problem);
         state.lastCheckpoint = seq;
+        this.lastCheckpoint = rec;
         result.checkpoints++;
         result.uncovered = 0;
       } else {
         result.uncovered++;
       }
+      // Every gap record, declared drops and also a restart's (a new boot saying the last one ended uncleanly).
+      if (rec['event'] === 'audit.gap') this.gapRecords.push(rec);
       state.lastSeq = seq;
-      prevHash = chain.hash;
+      this.prevHash = chain.hash;
       result.records++;
     }
+    return true;
   }
-  return { ...result, head: prevHash ?? null };
+}
+
+function copyResult(r: VerifyResult): VerifyResult {
+  return { ...r, gaps: r.gaps.map((g) => ({ ...g })), ...(r.firstBad === undefined ? {} : { firstBad: { ...r.firstBad } }) };
 }
 
 /** The range an audit.gap record declares, if it fits exactly between the last record and itself. */

@@ -232,7 +232,8 @@ describe('audit view: pages', () => {
       ),
       chainPage('auditor', {
         source: 'file',
-        verify: null,
+        verify: { ok: false, records: 3, files: 2, checkpoints: 0, signaturesChecked: false, uncovered: 3, gaps: [], head: null, firstBad: { file: `/var/log/${EVIL}`, line: 4, id: EVIL, problem: EVIL } },
+        read: { files: 1, unchanged: 1 },
         lastCheckpoint: { origin: EVIL, head_hash: EVIL },
         checkpoints: 1,
         gaps: [{ cause: EVIL, from_seq: 1, to_seq: 2 }],

@@ -11,7 +11,7 @@ import { pino } from 'pino';
 import { AuditLog } from '../../src/audit/log.js';
 import { defaultAuditConfig } from '../../src/config/validate-audit.js';
 import { AUDIT_SCHEMA, recordHash, rfc3339Micros, uuidv7, type AuditEvent, type AuditRecord } from '../../src/audit/record.js';
-import { verifyAuditFile } from '../../src/audit/verify.js';
+import { ChainVerifier, verifyAuditFile } from '../../src/audit/verify.js';
 import { Metrics } from '../../src/observability/metrics.js';
 
 const log = pino({ level: 'silent' });
@@ -165,6 +165,10 @@ describe('audit log hash chain', () => {
     assert.equal(result.ok, true, JSON.stringify(result.firstBad));
     assert.equal(result.records, EVENTS.length + 3);
     assert.equal(result.head, more[1]!.chain.hash);
+    // The audit view's chain page takes its gap records from the verification: the restart's is one.
+    const verifier = new ChainVerifier();
+    assert.ok(await verifier.file(file()));
+    assert.deepEqual(verifier.records().gaps.map((g) => [g['event'], g['cause'], g['seq']]), [['audit.gap', 'restart', 0]]);
 
     // The second boot ended with "stopped": a third boot opens without a gap.
     const third = await writeLog(file(), [{ event: 'proxy.lifecycle', state: 'started' }], metrics);

@@ -4,12 +4,13 @@
  * verify` (verify.ts): session rows, one session's statements paired with their results, staff
  * access decisions, and the chain's state. Plain data out; the HTML is pages.ts's.
  */
-import { createPublicKey, type KeyObject } from 'node:crypto';
+import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
+import { stat } from 'node:fs/promises';
 import type { AuditConfig } from '../../config/schema.js';
 import { loadPrivateKey } from '../../audit/checkpoint.js';
 import { listSessions, type SessionRow } from '../../audit/query-report.js';
 import { sourceOfAuditConfig, type AuditFilter, type AuditSource } from '../../audit/query-source.js';
-import { auditFileSet, verifyAuditFiles, type VerifyResult } from '../../audit/verify.js';
+import { auditFileSet, ChainVerifier, type ChainPoint, type ChainRecords, type VerifyResult } from '../../audit/verify.js';
 
 /** Rows a list page shows at most (the newest); the page says when there were more. */
 export const MAX_ROWS = 500;
@@ -59,6 +60,8 @@ export interface ChainState {
   readonly source: 'file' | 'postgres';
   /** The files' verification (verify.ts); null when the audit is read from the store. */
   readonly verify: VerifyResult | null;
+  /** Of the files verified: how many were read now, and how many rotated ones were verified before and have not changed since. */
+  readonly read: { readonly files: number; readonly unchanged: number } | null;
   readonly lastCheckpoint: Rec | undefined;
   readonly checkpoints: number;
   readonly gaps: Rec[];
@@ -121,16 +124,22 @@ export class AuditReader implements AuditReading {
   /** The last checkpoint and every gap record; with a file, the whole chain verified (signatures too, given the key). */
   async chain(): Promise<ChainState> {
     const audit = this.audit();
-    const recs = await this.withSource((s) => collect(s, { events: ['audit.checkpoint', 'audit.gap'] }));
-    const checkpoints = recs.filter((r) => r['event'] === 'audit.checkpoint');
     let verify: VerifyResult | null = null;
+    let read: ChainState['read'] = null;
     if (audit.file !== undefined) {
       const key = await publicKeyOf(audit.checkpointKeyPath);
-      verify = await verifyAuditFiles(await auditFileSet(audit.file), key === undefined ? {} : { publicKey: key });
+      const v = await verifiedFiles.verify(await auditFileSet(audit.file), audit.file, key);
+      verify = v.result;
+      read = { files: v.files, unchanged: v.unchanged };
+      // A whole chain verified passed every checkpoint and gap record: no second read for them.
+      if (verify.ok) return { source: 'file', verify, read, lastCheckpoint: v.seen.lastCheckpoint, checkpoints: verify.checkpoints, gaps: [...v.seen.gaps] };
     }
+    const recs = await this.withSource((s) => collect(s, { events: ['audit.checkpoint', 'audit.gap'] }));
+    const checkpoints = recs.filter((r) => r['event'] === 'audit.checkpoint');
     return {
       source: audit.file !== undefined ? 'file' : 'postgres',
       verify,
+      read,
       lastCheckpoint: checkpoints.at(-1),
       checkpoints: checkpoints.length,
       gaps: recs.filter((r) => r['event'] === 'audit.gap'),
@@ -147,6 +156,63 @@ export class AuditReader implements AuditReading {
     }
   }
 }
+
+/**
+ * A file as it is now: any write, truncation, rename or utimes changes one of these, and the
+ * change time cannot be set back from user space.
+ */
+async function identity(file: string): Promise<string | null> {
+  try {
+    const st = await stat(file, { bigint: true });
+    return `${st.dev}:${st.ino}:${st.size}:${st.ctimeNs}:${st.mtimeNs}`;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Rotated audit files are never written again, so the chain page verifies each one once: the
+ * verifier's state after each is kept with the file's identity, and a later page goes on from the
+ * longest run of files (oldest first) still identical, reading only the files after it and always
+ * the live one. The result is what verifying every file would give. Kept per key (a new
+ * checkpoint key verifies everything again). `pgwarden audit verify` always reads everything.
+ */
+export class VerifiedFiles {
+  private keyId = '';
+  private done: { file: string; identity: string; point: ChainPoint }[] = [];
+
+  async verify(files: readonly string[], live: string, key: KeyObject | undefined): Promise<{ result: VerifyResult; seen: ChainRecords; files: number; unchanged: number }> {
+    const keyId = key === undefined ? 'none' : createHash('sha256').update(key.export({ type: 'spki', format: 'der' })).digest('hex');
+    if (keyId !== this.keyId) {
+      this.keyId = keyId;
+      this.done = [];
+    }
+    const rotated = files.filter((f) => f !== live);
+    // Taken before reading: a file changed while it is read is cached under its old identity, so it is read again next time.
+    const ids = await Promise.all(rotated.map(identity));
+    let k = 0;
+    while (k < this.done.length && k < rotated.length && this.done[k]!.file === rotated[k] && this.done[k]!.identity === ids[k]) k++;
+    this.done.length = k;
+    const v = new ChainVerifier(key === undefined ? {} : { publicKey: key }, k === 0 ? undefined : this.done[k - 1]!.point);
+    let read = 0;
+    let caching = true;
+    for (let i = k; i < rotated.length; i++) {
+      read++;
+      if (!(await v.file(rotated[i]!))) return { result: v.result(), seen: v.records(), files: read, unchanged: k };
+      const id = ids[i] ?? null;
+      if (id === null) caching = false; // it vanished meanwhile: keep nothing after it
+      if (caching) this.done.push({ file: rotated[i]!, identity: id!, point: v.point() });
+    }
+    if (files.includes(live)) {
+      read++;
+      await v.file(live);
+    }
+    return { result: v.result(), seen: v.records(), files: read, unchanged: k };
+  }
+}
+
+/** One per thread: the reader thread's reads share it. */
+const verifiedFiles = new VerifiedFiles();
 
 /** This instance keeps no audit to read ([audit] has neither file nor store). */
 export class NoAuditError extends Error {

@@ -5,6 +5,7 @@
  * forbids both), no asset from elsewhere. Nothing secret is shown: records hold no tokens or
  * passwords, and bind parameters are left out. Reading the data is audit-reader.ts's.
  */
+import { basename } from 'node:path';
 import { html, type Html } from './html.js';
 import { formatDuration, type SessionRow } from '../../audit/query-report.js';
 import { microsToRfc3339, parseTimeMicros } from '../../audit/query-source.js';
@@ -334,14 +335,22 @@ export function chainPage(role: UiRole, c: ChainState): Html {
             record${v.uncovered === 1 ? '' : 's'} after the last checkpoint.
           </p>`
         : html`<p class="failed" role="alert">
-            Chain verification FAILED at record ${v.firstBad?.line ?? '?'}${v.firstBad?.id === undefined ? '' : html` (id ${v.firstBad.id})`}:
+            Chain verification FAILED in ${basename(v.firstBad?.file ?? '?')} at line ${v.firstBad?.line ?? '?'}${v.firstBad?.id === undefined ? '' : html` (id ${v.firstBad.id})`}:
             ${v.firstBad?.problem ?? ''}. ${v.records} records before it verified.
           </p>`;
+  const read =
+    c.read === null
+      ? ''
+      : html`<p class="note">
+          Read now: ${c.read.files} file${c.read.files === 1 ? '' : 's'}. ${c.read.unchanged} rotated file${c.read.unchanged === 1 ? '' : 's'} verified by an earlier
+          view and unchanged since (same inode, size and change time) ${c.read.unchanged === 1 ? 'was' : 'were'} not read again; <code>pgwarden audit verify</code> reads
+          every file.
+        </p>`;
   return layout(
     'Audit chain',
     role,
     'chain',
-    html`${verdict}
+    html`${verdict}${read}
       <h2>Last checkpoint</h2>
       ${
         cp === undefined
