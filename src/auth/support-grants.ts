@@ -8,11 +8,19 @@
 import type { TenantConfig } from '../config/schema.js';
 import type { AuthLookups, LookupTarget, RawReply } from './auth-query.js';
 
-/** An open grant: what it allows, until when (ms since the epoch, the tenant server's clock). */
+/**
+ * An open grant: what it allows, and until when. The server says both its expires_at and how long
+ * is left by its own clock; pgwarden ends sessions by the time left, counted from when it asked
+ * (so the two machines' clocks may differ, and the grant ends no later than the server's clock
+ * says, only sooner by the round trip).
+ */
 export interface SupportGrant {
   readonly ticket: string;
   readonly access: 'read' | 'write';
+  /** The end on pgwarden's clock (ms since the epoch): when it asked, plus the time the server said was left. */
   readonly expiresAtMs: number;
+  /** The grant's expires_at as the customer's table holds it (ms since the epoch, the server's clock), for the audit. */
+  readonly serverExpiresAtMs: number;
 }
 
 /** Why a ticket has no open grant, for the audit (`consent:<why>`). */
@@ -25,12 +33,13 @@ export type GrantCheck = { readonly ok: true; readonly grant: SupportGrant } | {
  * Schema-qualified (the lookup connection's search_path is pg_catalog anyway), the ticket bound as $1.
  */
 export const GRANT_CHECK_SQL =
-  'SELECT ticket, access, (extract(epoch FROM expires_at) * 1000)::bigint::text, (revoked_at IS NOT NULL)::text, (expires_at <= now())::text ' +
+  'SELECT ticket, access, floor(extract(epoch FROM expires_at) * 1000)::bigint::text, floor(extract(epoch FROM expires_at - now()) * 1000)::bigint::text, ' +
+  '(revoked_at IS NOT NULL)::text, (expires_at <= now())::text ' +
   'FROM pgwarden.support_grants WHERE ticket = $1';
 
 /** The open grants among the tickets of live sessions: one query per tenant per re-check. */
 export const OPEN_GRANTS_SQL =
-  'SELECT ticket, access, (extract(epoch FROM expires_at) * 1000)::bigint::text ' +
+  'SELECT ticket, access, floor(extract(epoch FROM expires_at) * 1000)::bigint::text, floor(extract(epoch FROM expires_at - now()) * 1000)::bigint::text ' +
   'FROM pgwarden.support_grants WHERE ticket = ANY($1::text[]) AND revoked_at IS NULL AND expires_at > now()';
 
 /** A reply that is not what pgwarden's own statement returns (a hostile or altered server). */
@@ -38,35 +47,44 @@ export class GrantReplyInvalid extends Error {}
 
 const ACCESS = new Set(['read', 'write']);
 
-function grantOf(row: readonly (string | null)[], ticket: string): SupportGrant {
-  const [t, access, expires] = row;
-  const expiresAtMs = Number(expires);
-  if (t !== ticket || access === null || access === undefined || !ACCESS.has(access) || !Number.isSafeInteger(expiresAtMs)) {
-    throw new GrantReplyInvalid('support_grants row is not a grant');
-  }
-  return { ticket, access: access as 'read' | 'write', expiresAtMs };
+/** A bigint's text as a number; null for anything else (NULL, '', 'soon', past 2^53). */
+function intText(v: string | null | undefined): number | null {
+  if (typeof v !== 'string' || !/^-?\d{1,16}$/.test(v)) return null;
+  const n = Number(v);
+  return Number.isSafeInteger(n) ? n : null;
 }
 
-/** GRANT_CHECK_SQL's reply: at most one row (ticket is the primary key), five columns. */
-export function judgeGrantCheck(reply: RawReply, ticket: string): GrantCheck {
-  if (reply.columns !== 5 || reply.rows.length > 1) throw new GrantReplyInvalid('support_grants reply has the wrong shape');
+/** A row's first four columns (ticket, access, expires_at, time left) as a grant; askedAtMs: when pgwarden sent the query, on its clock. */
+function grantOf(row: readonly (string | null)[], ticket: string, askedAtMs: number): SupportGrant {
+  const [t, access, expires, left] = row;
+  const serverExpiresAtMs = intText(expires);
+  const leftMs = intText(left);
+  if (t !== ticket || access === null || access === undefined || !ACCESS.has(access) || serverExpiresAtMs === null || leftMs === null) {
+    throw new GrantReplyInvalid('support_grants row is not a grant');
+  }
+  return { ticket, access: access as 'read' | 'write', expiresAtMs: askedAtMs + leftMs, serverExpiresAtMs };
+}
+
+/** GRANT_CHECK_SQL's reply (times in whole milliseconds, rounded down: never later than the server's): at most one row (ticket is the primary key), six columns. */
+export function judgeGrantCheck(reply: RawReply, ticket: string, askedAtMs: number): GrantCheck {
+  if (reply.columns !== 6 || reply.rows.length > 1) throw new GrantReplyInvalid('support_grants reply has the wrong shape');
   const row = reply.rows[0];
   if (row === undefined) return { ok: false, why: 'none' };
-  const grant = grantOf(row, ticket);
-  if (row[3] === 'true') return { ok: false, why: 'revoked' };
-  if (row[4] !== 'false') return { ok: false, why: 'expired' };
+  const grant = grantOf(row, ticket, askedAtMs);
+  if (row[4] === 'true') return { ok: false, why: 'revoked' };
+  if (row[5] !== 'false') return { ok: false, why: 'expired' };
   return { ok: true, grant };
 }
 
 /** OPEN_GRANTS_SQL's reply: at most one row per asked ticket, each one of them. */
-export function judgeOpenGrants(reply: RawReply, tickets: readonly string[]): Map<string, SupportGrant> {
+export function judgeOpenGrants(reply: RawReply, tickets: readonly string[], askedAtMs: number): Map<string, SupportGrant> {
   const asked = new Set(tickets);
-  if (reply.columns !== 3 || reply.rows.length > asked.size) throw new GrantReplyInvalid('support_grants reply has the wrong shape');
+  if (reply.columns !== 4 || reply.rows.length > asked.size) throw new GrantReplyInvalid('support_grants reply has the wrong shape');
   const open = new Map<string, SupportGrant>();
   for (const row of reply.rows) {
     const t = row[0];
     if (t === null || t === undefined || !asked.has(t) || open.has(t)) throw new GrantReplyInvalid('support_grants reply names a ticket not asked for');
-    open.set(t, grantOf(row, t));
+    open.set(t, grantOf(row, t, askedAtMs));
   }
   return open;
 }
@@ -81,10 +99,12 @@ export class SupportGrants {
   constructor(private readonly lookups: AuthLookups) {}
 
   async check(tenant: TenantConfig, target: LookupTarget, ticket: string): Promise<GrantCheck> {
-    return judgeGrantCheck(await this.lookups.query(tenant, target, GRANT_CHECK_SQL, [ticket]), ticket);
+    const askedAtMs = Date.now();
+    return judgeGrantCheck(await this.lookups.query(tenant, target, GRANT_CHECK_SQL, [ticket]), ticket, askedAtMs);
   }
 
   async open(tenant: TenantConfig, target: LookupTarget, tickets: readonly string[]): Promise<Map<string, SupportGrant>> {
-    return judgeOpenGrants(await this.lookups.query(tenant, target, OPEN_GRANTS_SQL, [tickets]), tickets);
+    const askedAtMs = Date.now();
+    return judgeOpenGrants(await this.lookups.query(tenant, target, OPEN_GRANTS_SQL, [tickets]), tickets, askedAtMs);
   }
 }

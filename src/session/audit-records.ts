@@ -109,7 +109,7 @@ export class SessionRecords {
       },
       ...(grant === undefined
         ? {}
-        : { consent: grant === null ? null : { ticket: grant.ticket, access: grant.access, expires_at: new Date(grant.expiresAtMs).toISOString() } }),
+        : { consent: grant === null ? null : { ticket: grant.ticket, access: grant.access, expires_at: new Date(grant.serverExpiresAtMs).toISOString() } }),
       decision: granted === null ? 'deny' : 'allow',
       ...(reason === null ? {} : { reason }),
       outcome: { success: granted !== null, ...(reason === null ? {} : { reason }) },

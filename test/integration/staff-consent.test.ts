@@ -173,6 +173,8 @@ describe('staff access on request (issue 17)', () => {
     assert.equal((allow['target'] as { access_level: string }).access_level, 'read');
     assert.deepEqual((allow['consent'] as { ticket: string; access: string }).ticket, 'INC-2');
     assert.equal((allow['consent'] as { access: string }).access, 'read');
+    // The audit keeps the grant's end as the customer's table holds it (to the millisecond).
+    assert.equal((allow['consent'] as { expires_at: string }).expires_at, (r.rows[0]!['until'] as Date).toISOString());
 
     // A write grant and a write token: write.
     await asCustomer("SELECT pgwarden.grant_support('INC-3', interval '1 hour', 'write')");

@@ -14,44 +14,68 @@ import type { TenantConfig } from '../../src/config/schema.js';
 import { accessLogRow } from '../../src/audit/transparency.js';
 import type { AuditRecord } from '../../src/audit/record.js';
 
-const row = (ticket: string, access: string, ms: number, revoked = false, expired = false): (string | null)[] => [ticket, access, String(ms), String(revoked), String(expired)];
+/** A GRANT_CHECK_SQL row: the server's expires_at and the time it says is left, then revoked and expired. */
+const row = (ticket: string, access: string, ms: number, revoked = false, expired = false, leftMs = 60_000): (string | null)[] => [
+  ticket,
+  access,
+  String(ms),
+  String(leftMs),
+  String(revoked),
+  String(expired),
+];
+const ASKED = 1_000_000;
 
 describe('judgeGrantCheck', () => {
   it('an open grant', () => {
-    assert.deepEqual(judgeGrantCheck({ columns: 5, rows: [row('T', 'write', 1_700_000_000_000)] }, 'T'), {
+    assert.deepEqual(judgeGrantCheck({ columns: 6, rows: [row('T', 'write', 1_700_000_000_000)] }, 'T', ASKED), {
       ok: true,
-      grant: { ticket: 'T', access: 'write', expiresAtMs: 1_700_000_000_000 },
+      grant: { ticket: 'T', access: 'write', expiresAtMs: ASKED + 60_000, serverExpiresAtMs: 1_700_000_000_000 },
     });
   });
+  it("ends by the time the server says is left, counted on pgwarden's clock from when it asked: the clocks may differ", () => {
+    // The server's clock runs an hour ahead of pgwarden's: its expires_at says nothing to pgwarden's clock, the time left does.
+    const now = Date.now();
+    const check = judgeGrantCheck({ columns: 6, rows: [row('T', 'read', now + 3_600_000 + 120_000, false, false, 120_000)] }, 'T', now);
+    assert.ok(check.ok);
+    assert.equal(check.grant.expiresAtMs, now + 120_000);
+    assert.equal(check.grant.serverExpiresAtMs, now + 3_720_000, 'the audit keeps the customer\'s expires_at as written');
+    const open = judgeOpenGrants({ columns: 4, rows: [['T', 'read', String(now - 3_600_000 + 5_000), '5000']] }, ['T'], now);
+    assert.equal(open.get('T')?.expiresAtMs, now + 5_000, 'an hour behind: still the time left');
+  });
   it('none, revoked, expired', () => {
-    assert.deepEqual(judgeGrantCheck({ columns: 5, rows: [] }, 'T'), { ok: false, why: 'none' });
-    assert.deepEqual(judgeGrantCheck({ columns: 5, rows: [row('T', 'read', 1, true, true)] }, 'T'), { ok: false, why: 'revoked' });
-    assert.deepEqual(judgeGrantCheck({ columns: 5, rows: [row('T', 'read', 1, false, true)] }, 'T'), { ok: false, why: 'expired' });
+    assert.deepEqual(judgeGrantCheck({ columns: 6, rows: [] }, 'T', ASKED), { ok: false, why: 'none' });
+    assert.deepEqual(judgeGrantCheck({ columns: 6, rows: [row('T', 'read', 1, true, true)] }, 'T', ASKED), { ok: false, why: 'revoked' });
+    assert.deepEqual(judgeGrantCheck({ columns: 6, rows: [row('T', 'read', 1, false, true, -5)] }, 'T', ASKED), { ok: false, why: 'expired' });
   });
   it('refuses replies that are not what pgwarden asked for', () => {
     const bad = [
-      { columns: 4, rows: [] },
-      { columns: 5, rows: [row('T', 'read', 1), row('T', 'read', 1)] },
-      { columns: 5, rows: [row('U', 'read', 1)] },
-      { columns: 5, rows: [row('T', 'admin', 1)] },
-      { columns: 5, rows: [['T', 'read', 'soon', 'false', 'false']] },
-      { columns: 5, rows: [['T', null, '1', 'false', 'false']] },
+      { columns: 5, rows: [] },
+      { columns: 6, rows: [row('T', 'read', 1), row('T', 'read', 1)] },
+      { columns: 6, rows: [row('U', 'read', 1)] },
+      { columns: 6, rows: [row('T', 'admin', 1)] },
+      { columns: 6, rows: [['T', 'read', 'soon', '1', 'false', 'false']] },
+      { columns: 6, rows: [['T', 'read', '1', 'a while', 'false', 'false']] },
+      { columns: 6, rows: [['T', 'read', '1', null, 'false', 'false']] },
+      { columns: 6, rows: [['T', 'read', null, '1', 'false', 'false']] },
+      { columns: 6, rows: [['T', 'read', '1', '', 'false', 'false']] },
+      { columns: 6, rows: [['T', 'read', '1', '1e3', 'false', 'false']] },
+      { columns: 6, rows: [['T', null, '1', '1', 'false', 'false']] },
     ];
-    for (const reply of bad) assert.throws(() => judgeGrantCheck(reply, 'T'), GrantReplyInvalid, JSON.stringify(reply));
+    for (const reply of bad) assert.throws(() => judgeGrantCheck(reply, 'T', ASKED), GrantReplyInvalid, JSON.stringify(reply));
     // A state column that is not exactly 'false' never opens access.
-    assert.deepEqual(judgeGrantCheck({ columns: 5, rows: [['T', 'read', '1', 'false', null]] }, 'T'), { ok: false, why: 'expired' });
+    assert.deepEqual(judgeGrantCheck({ columns: 6, rows: [['T', 'read', '1', '1', 'false', null]] }, 'T', ASKED), { ok: false, why: 'expired' });
   });
 });
 
 describe('judgeOpenGrants', () => {
   it('maps the asked tickets that are open', () => {
-    const m = judgeOpenGrants({ columns: 3, rows: [['A', 'read', '5']] }, ['A', 'B']);
-    assert.deepEqual([...m], [['A', { ticket: 'A', access: 'read', expiresAtMs: 5 }]]);
+    const m = judgeOpenGrants({ columns: 4, rows: [['A', 'read', '5', '7']] }, ['A', 'B'], ASKED);
+    assert.deepEqual([...m], [['A', { ticket: 'A', access: 'read', expiresAtMs: ASKED + 7, serverExpiresAtMs: 5 }]]);
   });
   it('refuses tickets not asked for, duplicates and too many rows', () => {
-    assert.throws(() => judgeOpenGrants({ columns: 3, rows: [['C', 'read', '5']] }, ['A']), GrantReplyInvalid);
-    assert.throws(() => judgeOpenGrants({ columns: 3, rows: [['A', 'read', '5'], ['A', 'read', '5']] }, ['A', 'A']), GrantReplyInvalid);
-    assert.throws(() => judgeOpenGrants({ columns: 2, rows: [] }, ['A']), GrantReplyInvalid);
+    assert.throws(() => judgeOpenGrants({ columns: 4, rows: [['C', 'read', '5', '5']] }, ['A'], ASKED), GrantReplyInvalid);
+    assert.throws(() => judgeOpenGrants({ columns: 4, rows: [['A', 'read', '5', '5'], ['A', 'read', '5', '5']] }, ['A', 'A'], ASKED), GrantReplyInvalid);
+    assert.throws(() => judgeOpenGrants({ columns: 3, rows: [] }, ['A'], ASKED), GrantReplyInvalid);
   });
 });
 
@@ -110,8 +134,8 @@ describe('ConsentWatch', () => {
   it('asks once per tenant for all its tickets and ends the sessions whose grant is gone or narrowed', async () => {
     const asked: string[][] = [];
     let open = new Map<string, SupportGrant>([
-      ['A', { ticket: 'A', access: 'write', expiresAtMs: 10 }],
-      ['B', { ticket: 'B', access: 'read', expiresAtMs: 20 }],
+      ['A', { ticket: 'A', access: 'write', expiresAtMs: 10, serverExpiresAtMs: 10 }],
+      ['B', { ticket: 'B', access: 'read', expiresAtMs: 20, serverExpiresAtMs: 20 }],
     ]);
     const grants = { open: (_t: TenantConfig, _x: unknown, tickets: readonly string[]) => (asked.push([...tickets]), Promise.resolve(open)) } as unknown as SupportGrants;
     const a1 = new FakeSession('acme', 'A', 'write');
