@@ -17,7 +17,7 @@ import { AuditLog, type AuditSink } from './audit/log.js';
 import { openAuditStores } from './audit/pg-sink.js';
 import { TransparencySink } from './audit/transparency.js';
 import { RejectionAggregator } from './audit/rejections.js';
-import { limitRows, type TenantLimitRow } from './admin/limits-view.js';
+import { limitRows, withClusterCounts, type TenantLimitRow } from './admin/limits-view.js';
 import { Metrics } from './observability/metrics.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { OperatorListeners } from './admin/listeners.js';
@@ -327,7 +327,7 @@ export class Proxy {
     return {
       listSessions: (tenant) => Promise.resolve(this.sessions.list(tenant)),
       listPools: () => Promise.resolve(this.pools.snapshot()),
-      listLimits: (tenant) => Promise.resolve(this.limitRows(tenant)),
+      listLimits: (tenant) => withClusterCounts(this.limitRows(tenant), this.limits),
       terminateSession: (id) => Promise.resolve(this.sessions.terminate(id)),
       hasTenant: (id) => Promise.resolve(this.ctx.config.tenants.has(id)),
       suspend: (tenantId, suspended) => this.bus.publishSuspension(tenantId, suspended),

@@ -1,10 +1,12 @@
 /**
  * GET /limits (`pgwarden show limits`): each served tenant's effective limits (the [limits] and
  * [pool] defaults with the tenant's overrides) beside what it uses now on this instance. A process
- * reports its own use; the primary of a worker set adds up its workers' (mergeLimitRows).
+ * reports its own use; the primary of a worker set adds up its workers' (mergeLimitRows). With
+ * Redis, the answering process adds the cluster-wide count (withClusterCounts).
  * Durations are milliseconds and 0 means off, as in the configuration.
  */
 import type { TenantConfig } from '../config/schema.js';
+import { LimitKeys, type LimitStore } from '../limits/store.js';
 
 export interface TenantLimitRow {
   readonly tenant: string;
@@ -12,6 +14,12 @@ export interface TenantLimitRow {
   readonly pool_mode: string;
   /** Logged-in client sessions now, against max_client_connections. */
   readonly clients: number;
+  /**
+   * With Redis: the tenant's client slots held by every instance sharing it (what
+   * max_client_connections caps cluster-wide; staff in their reserve are not among them), read
+   * when asked. null on a single instance, or while Redis is degraded or not answering.
+   */
+  readonly cluster_clients: number | null;
   readonly max_client_connections: number;
   readonly max_connections_per_user: number;
   readonly new_connections_per_second: number;
@@ -44,6 +52,7 @@ export function limitRows(
       enabled: t.enabled,
       pool_mode: t.pool.mode,
       clients: clients.get(t.id) ?? 0,
+      cluster_clients: null,
       max_client_connections: t.maxClientConnections,
       max_connections_per_user: t.limits.maxConnectionsPerUser,
       new_connections_per_second: t.limits.newConnectionsPerSecond,
@@ -71,4 +80,10 @@ export function mergeLimitRows(perWorker: readonly (readonly TenantLimitRow[])[]
     }
   }
   return [...merged.values()].sort((a, b) => (a.tenant < b.tenant ? -1 : a.tenant > b.tenant ? 1 : 0));
+}
+
+/** The rows with each tenant's cluster-wide client count from the shared limit store (one read for all). */
+export async function withClusterCounts(rows: readonly TenantLimitRow[], limits: Pick<LimitStore, 'clusterCounts'> | null): Promise<TenantLimitRow[]> {
+  const counts = limits === null || rows.length === 0 ? null : await limits.clusterCounts(rows.map((r) => LimitKeys.tenantConnections(r.tenant)));
+  return rows.map((r, i) => ({ ...r, cluster_clients: counts?.[i] ?? null }));
 }

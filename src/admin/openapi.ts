@@ -388,6 +388,7 @@ export const OPENAPI: OpenApiDocument = {
                         enabled: true,
                         pool_mode: 'transaction',
                         clients: 3,
+                        cluster_clients: null,
                         max_client_connections: 100,
                         max_connections_per_user: 0,
                         new_connections_per_second: 0,
@@ -753,9 +754,10 @@ export const OPENAPI: OpenApiDocument = {
       },
       TenantLimits: {
         type: 'object',
-        description: "A tenant's effective limits (durations in milliseconds, 0: off) and its use on this instance: `clients` (logged-in sessions) and `backends` (open backend connections).",
+        description:
+          "A tenant's effective limits (durations in milliseconds, 0: off) and its use on this instance: `clients` (logged-in sessions) and `backends` (open backend connections); with Redis, `cluster_clients` across every instance sharing it.",
         required: [
-          'tenant', 'enabled', 'pool_mode', 'clients', 'max_client_connections', 'max_connections_per_user', 'new_connections_per_second', 'new_connections_burst',
+          'tenant', 'enabled', 'pool_mode', 'clients', 'cluster_clients', 'max_client_connections', 'max_connections_per_user', 'new_connections_per_second', 'new_connections_burst',
           'backends', 'max_backend_connections', 'pool_timeout_ms', 'query_timeout_ms', 'idle_timeout_ms', 'idle_in_transaction_timeout_ms', 'transaction_timeout_ms',
           'max_bandwidth_bytes_per_second', 'max_message_bytes', 'auth_failure_limit',
         ],
@@ -765,6 +767,12 @@ export const OPENAPI: OpenApiDocument = {
           enabled: { type: 'boolean' },
           pool_mode: { type: 'string', enum: ['session', 'transaction'] },
           clients: { type: 'integer', minimum: 0 },
+          cluster_clients: {
+            type: ['integer', 'null'],
+            minimum: 0,
+            description:
+              "With Redis: the tenant's client slots held by every live instance sharing it (what max_client_connections caps cluster-wide; staff in their reserve are not among them), read when asked. null on a single instance, or while Redis is degraded or not answering.",
+          },
           max_client_connections: { type: 'integer', minimum: 0 },
           max_connections_per_user: { type: 'integer', minimum: 0 },
           new_connections_per_second: { type: 'number', minimum: 0 },

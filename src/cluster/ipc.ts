@@ -157,6 +157,11 @@ export class IpcLimitStore implements LimitStore {
     return this.lastSeen.get(key) ?? 0;
   }
 
+  /** The primary's store is this instance's only: nothing beyond it is shared. */
+  clusterCounts(): Promise<readonly number[] | null> {
+    return Promise.resolve(null);
+  }
+
   close(): Promise<void> {
     return Promise.resolve();
   }

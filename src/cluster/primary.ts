@@ -14,7 +14,7 @@
  * released at once. With Redis, each worker is an instance of its own there.
  */
 import cluster, { type Worker } from 'node:cluster';
-import { mergeLimitRows, type TenantLimitRow } from '../admin/limits-view.js';
+import { mergeLimitRows, withClusterCounts, type TenantLimitRow } from '../admin/limits-view.js';
 import { AggregatorRegistry } from 'prom-client';
 import { randomUUID } from 'node:crypto';
 import { loadConfigFile } from '../config/load.js';
@@ -249,7 +249,8 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
         listSessions: async (tenant) =>
           (await askWorkers({ op: 'sessions', tenant })).flatMap((v) => (v.result as object[]).map((s) => ({ ...s, worker: v.worker }))),
         listPools: async () => (await askWorkers({ op: 'pools' })).flatMap((v) => (v.result as object[]).map((p) => ({ ...p, worker: v.worker }))),
-        listLimits: async (tenant) => mergeLimitRows((await askWorkers({ op: 'limits', tenant })).map((v) => v.result as TenantLimitRow[])),
+        listLimits: async (tenant) =>
+          withClusterCounts(mergeLimitRows((await askWorkers({ op: 'limits', tenant })).map((v) => v.result as TenantLimitRow[])), shared?.limits ?? null),
         terminateSession: async (session) => (await askWorkers({ op: 'terminate', session })).some((v) => v.result === true),
         hasTenant: async (id) => (catalogStore === null ? config.tenants.has(id) : (await catalogStore.get(id)) !== undefined),
         suspend: async (tenant, isSuspended) => {

@@ -103,6 +103,27 @@ end
 return out
 `);
 
+/**
+ * KEYS: instances, then hashes. Read only: the live instances' sum under each hash (an instance is
+ * live while its expiry in `instances` is ahead of Redis's clock). Returns {sum1, …}.
+ */
+export const COUNTS = script(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i = 2, #KEYS do
+  local sum = 0
+  local fields = redis.call('HGETALL', KEYS[i])
+  for j = 1, #fields, 2 do
+    local expiry = tonumber(redis.call('ZSCORE', KEYS[1], fields[j]))
+    local n = tonumber(fields[j + 1]) or 0
+    if expiry ~= nil and expiry > now and n > 0 then sum = sum + n end
+  end
+  out[i - 1] = sum
+end
+return out
+`);
+
 /** KEYS: instances, then hashes. ARGV: member. What close() leaves behind: nothing. */
 export const FORGET = script(`
 redis.call('ZREM', KEYS[1], ARGV[1])
@@ -161,7 +182,7 @@ end
 return 0
 `);
 
-export const ALL_SCRIPTS = [ACQUIRE, RELEASE, HEARTBEAT, FORGET, ADMIT, NOTE_FAILURE];
+export const ALL_SCRIPTS = [ACQUIRE, RELEASE, HEARTBEAT, FORGET, ADMIT, NOTE_FAILURE, COUNTS];
 
 /** An integer array reply, or an error: a malformed reply is treated like a failed call. */
 export function intArray(reply: unknown, minLength: number): number[] {

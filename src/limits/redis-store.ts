@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { Redis } from 'ioredis';
 import { boundedRedisOptions, redisClientSettings, redisFailureCause, waitReady, type RedisClientOptions, type RedisLog } from '../cluster/redis-connection.js';
 import { lockoutShare, rateShare, slotsShare } from './local-share.js';
-import { ACQUIRE, ADMIT, ALL_SCRIPTS, FORGET, HEARTBEAT, NOTE_FAILURE, RELEASE, intArray, runScript, type Script } from './redis-scripts.js';
+import { ACQUIRE, ADMIT, ALL_SCRIPTS, COUNTS, FORGET, HEARTBEAT, NOTE_FAILURE, RELEASE, intArray, runScript, type Script } from './redis-scripts.js';
 import {
   LocalLimitStore,
   type AcquireResult,
@@ -180,6 +180,18 @@ export class RedisLimitStore implements LimitStore {
     assert(local.ok, 'a local record without a limit is never refused');
     keys.forEach((k, i) => this.lastSeen.set(k, counts[i] ?? 0));
     return { ok: true, lease: this.wrapLease(local.lease, keys), active: counts };
+  }
+
+  async clusterCounts(keys: readonly string[]): Promise<readonly number[] | null> {
+    if (!this.usesRedis()) return null;
+    if (keys.length === 0) return [];
+    try {
+      const counts = intArray(await this.run(COUNTS, [this.instancesKey, ...keys.map((k) => this.prefix + k)], []), keys.length);
+      return counts.length === keys.length ? counts : null;
+    } catch {
+      // An admin read: it answers "not known" and leaves the mode to the limit calls and the heartbeat.
+      return null;
+    }
   }
 
   active(key: string): number {

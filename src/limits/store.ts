@@ -63,6 +63,12 @@ export interface LimitStore {
    * token's jti until its expiry). With Redis it holds cluster-wide; degraded, per instance.
    */
   claimOnce(key: string, ttlMs: number): Promise<boolean>;
+  /**
+   * Slots held under each key by every live instance sharing this store, read now (the admin
+   * API's GET /limits); null when nothing is shared (a single instance, or Redis degraded or not
+   * answering). Never for decisions.
+   */
+  clusterCounts(keys: readonly string[]): Promise<readonly number[] | null>;
   close(): Promise<void>;
 }
 
@@ -211,6 +217,11 @@ export class LocalLimitStore implements LimitStore {
 
   active(key: string): number {
     return this.counts.get(key) ?? 0;
+  }
+
+  /** Nothing shared: this instance's counts are all there is. */
+  clusterCounts(): Promise<readonly number[] | null> {
+    return Promise.resolve(null);
   }
 
   /** Every key with a slot held, and its count (the Redis store reconciles from this). */

@@ -181,7 +181,11 @@ export function render(view: ShowView, data: unknown): { json: unknown; table: s
   if (view === 'limits') {
     const limits = (data as { limits?: unknown } | null)?.limits;
     if (!Array.isArray(limits)) throw new ShowError('unexpected answer from GET /limits');
-    return { json: data, table: formatTable(LIMIT_COLUMNS, limits as Record<string, unknown>[]) };
+    const rows = limits as Record<string, unknown>[];
+    // With Redis, the tenants' clients on every instance, beside this instance's.
+    const shared = rows.some((r) => typeof r['cluster_clients'] === 'number');
+    const columns = shared ? [...LIMIT_COLUMNS.slice(0, 3), num('cluster_clients', 'cluster_clients'), ...LIMIT_COLUMNS.slice(3)] : LIMIT_COLUMNS;
+    return { json: data, table: formatTable(columns, rows) };
   }
   const sessions = (data as { sessions?: unknown }).sessions;
   if (!Array.isArray(sessions)) throw new ShowError('unexpected answer from GET /sessions');

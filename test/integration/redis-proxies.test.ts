@@ -6,6 +6,7 @@
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import http from 'node:http';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -16,6 +17,8 @@ import { spawnProxy, connect, testCerts, type ChildProxy, type ProxySpec } from 
 import { startRedis, type RedisServer } from '../support/redis.js';
 import { sendCancel } from '../support/wire.js';
 import { waitFor } from '../support/wait.js';
+
+const ADMIN_TOKEN = 'redis-proxies-admin-token-7f3a';
 
 function get(port: number, urlPath: string): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -46,6 +49,7 @@ describe('several instances sharing limits through Redis', () => {
     const verifier = await readVerifier(cluster, 'app');
     spec = {
       redis: { url: redis.url, lease_ttl: '2s', command_timeout: '200ms' },
+      admin: { token_sha256: createHash('sha256').update(ADMIN_TOKEN).digest('hex') },
       tenants: [{ id: 'acme', cluster, users: [{ name: 'app', verifier }], maxClientConnections: 4 }],
     };
     a = await spawnProxy({ ...spec, auditFile: path.join(dir, 'a.jsonl') });
@@ -59,6 +63,13 @@ describe('several instances sharing limits through Redis', () => {
     if (dir !== undefined) await rm(dir, { recursive: true, force: true });
   });
 
+  /** The tenant's row of GET /limits on one instance: its clients, the cluster's, the cap. */
+  const clients = async (p: ChildProxy): Promise<{ clients: number; cluster_clients: number | null; max_client_connections: number }> => {
+    const res = await fetch(`http://127.0.0.1:${p.adminPort}/limits?tenant=acme`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    assert.equal(res.status, 200);
+    const [row] = ((await res.json()) as { limits: { clients: number; cluster_clients: number | null; max_client_connections: number }[] }).limits;
+    return { clients: row!.clients, cluster_clients: row!.cluster_clients, max_client_connections: row!.max_client_connections };
+  };
   const login = async (p: ChildProxy): Promise<pg.Client> => {
     const c = await connect({ port: p.port, certs: await certs }, { tenant: 'acme', user: 'app', password: 'app-pass' });
     c.on('error', () => undefined);
@@ -78,6 +89,9 @@ describe('several instances sharing limits through Redis', () => {
     const onB = await tryLogins(b, 3);
     assert.equal(onB.ok.length, 1, 'cap 4: one slot left for B');
     assert.deepEqual(onB.codes, ['53300', '53300']);
+    // GET /limits: each instance's own clients, and the tenant's across both, read from Redis.
+    assert.deepEqual(await clients(a), { clients: 3, cluster_clients: 4, max_client_connections: 4 });
+    assert.deepEqual(await clients(b), { clients: 1, cluster_clients: 4, max_client_connections: 4 });
     await onA.ok[0]!.end();
     await waitFor(async () => {
       const again = await tryLogins(b, 1);
@@ -133,6 +147,7 @@ describe('several instances sharing limits through Redis', () => {
     assert.equal(during.ok.length, 1);
     const over = await tryLogins(a, 1);
     assert.deepEqual(over.codes, ['53300'], 'the local share is enforced');
+    assert.deepEqual(await clients(a), { clients: 2, cluster_clients: null, max_client_connections: 4 }, 'degraded: the cluster-wide count is not known');
     const onB = await tryLogins(b, 2);
     assert.equal(onB.ok.length, 2);
     await redis.start();
@@ -144,5 +159,20 @@ describe('several instances sharing limits through Redis', () => {
     assert.match(audit, /"event":"limits\.degraded"[^\n]*"state":"enter"/);
     assert.match(audit, /"event":"limits\.degraded"[^\n]*"state":"exit"/);
     await Promise.all([...held.ok, ...during.ok, ...onB.ok].map((c) => c.end()));
+  });
+
+  it("with workers, the primary's GET /limits adds its workers' clients and reads the cluster's from Redis", async () => {
+    const w = await spawnProxy({ ...spec, server: { workers: 2 }, auditFile: path.join(dir, 'w.jsonl') });
+    try {
+      // The sessions of the test before are released fire and forget: wait for them to be gone.
+      await waitFor(async () => (await clients(a)).cluster_clients === 0, 10_000, 'no slots held');
+      const onW = await tryLogins(w, 2);
+      const onA = await tryLogins(a, 1);
+      assert.equal(onW.ok.length + onA.ok.length, 3);
+      assert.deepEqual(await clients(w), { clients: 2, cluster_clients: 3, max_client_connections: 4 });
+      await Promise.all([...onW.ok, ...onA.ok].map((c) => c.end()));
+    } finally {
+      await w.stop();
+    }
   });
 });
