@@ -280,7 +280,7 @@ export class Proxy {
         ca: cas.get(tenant.id),
       }),
       isStaffRevoked: (jti, sub) => this.revocations.has(jti, sub),
-      transparencyLagMs: (tenantId) => this.transparencyLagMs(tenantId),
+      isTransparencyLagging: (tenant) => tenant.accessTransparency && this.transparencyLagMs(tenant.id) > tenant.transparencyMaxLagMs,
       onClosed: (s) => this.sessions.remove(s),
     };
   }

@@ -13,7 +13,7 @@ import type { Logger } from '../observability/logger.js';
 import { TENANT_ID_RE } from '../config/schema.js';
 import { isRevocationId, MAX_REVOCATION_MS, type StaffRevocation } from './revocations.js';
 import { OPENAPI } from './openapi.js';
-import { HttpError, type AdminBackend, type AdminRoute, type Bound, type Reply, type RouteRequest } from './route.js';
+import { HttpError, SESSION_ID_RE, type AdminBackend, type AdminRoute, type Bound, type Reply, type RouteRequest } from './route.js';
 import { CATALOG_DOWN_MESSAGE, TENANT_ROUTES } from './tenant-routes.js';
 import { RefusalAudit } from './refusals.js';
 import { tokenRole, type AdminCredentials } from './tokens.js';
@@ -31,7 +31,6 @@ export interface AdminApiOptions extends AdminCredentials {
 }
 
 export const MAX_BODY_BYTES = 64 * 1024;
-const SESSION_ID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 export interface AdminApi {
   readonly server: http.Server;

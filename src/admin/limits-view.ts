@@ -83,7 +83,7 @@ export function mergeLimitRows(perWorker: readonly (readonly TenantLimitRow[])[]
 }
 
 /** The rows with each tenant's cluster-wide client count from the shared limit store (one read for all). */
-export async function withClusterCounts(rows: readonly TenantLimitRow[], limits: Pick<LimitStore, 'clusterCounts'> | null): Promise<TenantLimitRow[]> {
-  const counts = limits === null || rows.length === 0 ? null : await limits.clusterCounts(rows.map((r) => LimitKeys.tenantConnections(r.tenant)));
+export async function withClusterCounts(rows: readonly TenantLimitRow[], limits: Pick<LimitStore, 'clusterCounts'>): Promise<TenantLimitRow[]> {
+  const counts = rows.length === 0 ? null : await limits.clusterCounts(rows.map((r) => LimitKeys.tenantConnections(r.tenant)));
   return rows.map((r, i) => ({ ...r, cluster_clients: counts?.[i] ?? null }));
 }

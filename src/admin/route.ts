@@ -6,6 +6,9 @@
 import type { StaffRevocation } from './revocations.js';
 
 /** What the admin API can do; every method acts cluster-wide where the issue says so. */
+/** A session id as pgwarden makes them (a UUID, lower case): anything else names no session. */
+export const SESSION_ID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
 export interface AdminBackend {
   /** Sessions on this instance (all its workers), optionally of one tenant. */
   listSessions(tenant: string | null): Promise<readonly object[]>;

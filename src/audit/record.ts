@@ -6,6 +6,16 @@ import { createHash, hash as cryptoHash, randomFillSync } from 'node:crypto';
 
 export const AUDIT_SCHEMA = 'pgwarden.audit/v1';
 
+/** A field of a record read back (a file, the store): the object it holds, or null for anything else. */
+export function objectField(v: unknown): Record<string, unknown> | null {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
+}
+
+/** A field of a record read back: the string it holds, or null for anything else. */
+export function stringField(v: unknown): string | null {
+  return typeof v === 'string' ? v : null;
+}
+
 export type AuditEventName =
   | 'session.start'
   | 'session.auth_failure'

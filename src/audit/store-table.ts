@@ -5,7 +5,7 @@
  */
 import type pg from 'pg';
 import { newPgClient } from '../storage/pg-client.js';
-import type { AuditRecord } from './record.js';
+import { objectField as obj, stringField as str, type AuditRecord } from './record.js';
 
 /** A table name as the config accepts it: lower-case identifier, optionally schema-qualified. */
 export const TABLE_NAME_RE = /^[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62})?$/;
@@ -78,9 +78,6 @@ export interface StoreColumns {
   readonly client_addr: string | null;
 }
 
-const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
-const obj = (v: unknown): Record<string, unknown> | undefined =>
-  typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
 
 export function storeColumns(rec: Record<string, unknown>): StoreColumns {
   const principal = obj(rec['principal']);

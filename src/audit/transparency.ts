@@ -16,7 +16,7 @@ import { LookupPool, type LookupTarget } from '../auth/auth-query.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { RecordSink } from './record-sink.js';
-import type { AuditRecord } from './record.js';
+import { objectField as obj, stringField as str, type AuditRecord } from './record.js';
 import { recordTimeMs, Spool } from './spool.js';
 import { isDataError, SpooledPump } from './spooled-pump.js';
 import type { StoredRecord } from './store-table.js';
@@ -55,8 +55,6 @@ const FLUSH_INTERVAL_MS = 100;
 const RECORD_SQL = 'SELECT pgwarden.record_staff_access($1::jsonb)';
 
 type Obj = Record<string, unknown>;
-const obj = (v: unknown): Obj | null => (typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Obj) : null);
-const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
 
 /**
  * The customer's row for a record, or null when the record is not about staff: staff.access with

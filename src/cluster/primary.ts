@@ -250,7 +250,7 @@ export async function runPrimary(configPath: string, first: Config, log: Logger,
           (await askWorkers({ op: 'sessions', tenant })).flatMap((v) => (v.result as object[]).map((s) => ({ ...s, worker: v.worker }))),
         listPools: async () => (await askWorkers({ op: 'pools' })).flatMap((v) => (v.result as object[]).map((p) => ({ ...p, worker: v.worker }))),
         listLimits: async (tenant) =>
-          withClusterCounts(mergeLimitRows((await askWorkers({ op: 'limits', tenant })).map((v) => v.result as TenantLimitRow[])), shared?.limits ?? null),
+          withClusterCounts(mergeLimitRows((await askWorkers({ op: 'limits', tenant })).map((v) => v.result as TenantLimitRow[])), shared?.limits ?? limits),
         terminateSession: async (session) => (await askWorkers({ op: 'terminate', session })).some((v) => v.result === true),
         hasTenant: async (id) => (catalogStore === null ? config.tenants.has(id) : (await catalogStore.get(id)) !== undefined),
         suspend: async (tenant, isSuspended) => {

@@ -480,9 +480,8 @@ export class ClientSession implements TrafficSource, RelayHost, CancelTarget {
         return;
       }
       // The customer must be able to see what this session does: not for longer than transparency_max_lag.
-      const tenant = this.subject.tenant!;
-      if (tenant.accessTransparency && this.ctx.transparencyLagMs(tenant.id) > tenant.transparencyMaxLagMs) {
-        this.ctx.log.warn({ session: this.id, tenant: tenant.id }, "staff session ended: its records cannot reach the customer's staff_access_log");
+      if (this.ctx.isTransparencyLagging(this.subject.tenant!)) {
+        this.ctx.log.warn({ session: this.id, tenant: this.tenantId }, "staff session ended: its records cannot reach the customer's staff_access_log");
         this.terminate(Errors.transparencyLagging(), 'transparency_lag');
         return;
       }

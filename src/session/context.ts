@@ -54,8 +54,11 @@ export interface SessionContext {
   upstreamTarget(tenant: TenantConfig): UpstreamTarget;
   /** An operator revoked this staff token (by its jti) or every token of this person (by sub). */
   isStaffRevoked(jti: string, sub: string): boolean;
-  /** How long the tenant's oldest record for its customer's staff_access_log has waited (ms; 0: none waiting). */
-  transparencyLagMs(tenantId: string): number;
+  /**
+   * access_transparency: the tenant's oldest record for its customer's staff_access_log has waited
+   * longer than transparency_max_lag, so no staff session may start or go on.
+   */
+  isTransparencyLagging(tenant: TenantConfig): boolean;
   /** The session ended: it leaves the registry. */
   onClosed(session: LiveSession): void;
 }

@@ -10,6 +10,7 @@ import type { AuditConfig } from '../../config/schema.js';
 import { loadPrivateKey } from '../../audit/checkpoint.js';
 import { listSessions, type SessionRow } from '../../audit/query-report.js';
 import { sourceOfAuditConfig, type AuditFilter, type AuditSource } from '../../audit/query-source.js';
+import { objectField } from '../../audit/record.js';
 import { auditFileSet, ChainVerifier, type ChainPoint, type ChainRecords, type VerifyResult } from '../../audit/verify.js';
 
 /** Rows a list page shows at most (the newest); the page says when there were more. */
@@ -17,7 +18,8 @@ export const MAX_ROWS = 500;
 
 export type Rec = Record<string, unknown>;
 
-const obj = (v: unknown): Rec => (typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Rec) : {});
+/** A record's object field, or an empty one: the views read through absent fields. */
+const obj = (v: unknown): Rec => objectField(v) ?? {};
 
 /**
  * At most MAX_ROWS of the newest by time, newest first, and how many there were. Sorted by time,
@@ -199,9 +201,9 @@ export class VerifiedFiles {
     for (let i = k; i < rotated.length; i++) {
       read++;
       if (!(await v.file(rotated[i]!))) return { result: v.result(), seen: v.records(), files: read, unchanged: k };
-      const id = ids[i] ?? null;
-      if (id === null) caching = false; // it vanished meanwhile: keep nothing after it
-      if (caching) this.done.push({ file: rotated[i]!, identity: id!, point: v.point() });
+      const id = ids[i];
+      if (id === null || id === undefined) caching = false; // it vanished meanwhile: keep nothing after it
+      else if (caching) this.done.push({ file: rotated[i]!, identity: id, point: v.point() });
     }
     if (files.includes(live)) {
       read++;

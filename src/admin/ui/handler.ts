@@ -10,6 +10,7 @@ import type { AuditConfig } from '../../config/schema.js';
 import type { Logger } from '../../observability/logger.js';
 import { AuditUsageError, parseTimeMicros, type AuditFilter } from '../../audit/query-source.js';
 import type { RefusalAudit } from '../refusals.js';
+import { SESSION_ID_RE } from '../route.js';
 import { roleTokenSha256, tokenRole, type AdminCredentials } from '../tokens.js';
 import { NoAuditError, type SessionQuery } from './audit-reader.js';
 import { ReaderBusyError, ThreadedAuditReader } from './reader-thread.js';
@@ -48,7 +49,6 @@ export const SECURITY_HEADERS: Readonly<Record<string, string>> = {
 const MAX_LOGIN_BODY_BYTES = 4096;
 /** A filter value longer than this matches nothing a record holds; refused rather than searched. */
 const MAX_FILTER_CHARS = 256;
-const SESSION_ID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /** The view's paths, and /favicon.ico (which browsers ask for by themselves: a 404 here, not a refused API call in the audit). */
 export function isUiPath(url: string | undefined): boolean {

@@ -7,13 +7,15 @@
  */
 import { basename } from 'node:path';
 import { html, type Html } from './html.js';
+import { objectField } from '../../audit/record.js';
 import { formatDuration, type SessionRow } from '../../audit/query-report.js';
 import { microsToRfc3339, parseTimeMicros } from '../../audit/query-source.js';
 import { type ChainState, type Rec, type SessionDetail, type Statement } from './audit-reader.js';
 import type { UiRole } from './sessions.js';
 import { CLOSE_REASONS } from '../../session/types.js';
 
-const obj = (v: unknown): Rec => (typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Rec) : {});
+/** A record's object field, or an empty one: the views read through absent fields. */
+const obj = (v: unknown): Rec => objectField(v) ?? {};
 const text = (v: unknown): string => (v === null || v === undefined || v === '' ? '–' : typeof v === 'string' ? v : JSON.stringify(v));
 
 export type Section = 'sessions' | 'staff' | 'chain';

@@ -54,7 +54,7 @@ export class StaffLogin implements Authenticator {
       const tenant = plan.tenant;
       if (ctx.isStaffRevoked(c.jti, c.sub)) reason = 'jwt_invalid:revoked';
       // The customer's copy of staff records is behind by more than it may be: no new staff session either.
-      else if (tenant?.accessTransparency === true && ctx.transparencyLagMs(tenant.id) > tenant.transparencyMaxLagMs) reason = 'transparency_lagging';
+      else if (tenant !== undefined && ctx.isTransparencyLagging(tenant)) reason = 'transparency_lagging';
       else if (onRequest) {
         // Before the token's single use is spent: a login refused for want of a grant may be retried once the customer grants.
         const consent = await this.askConsent(plan.tenant, c.reason_or_ticket);
